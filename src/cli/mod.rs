@@ -1,0 +1,82 @@
+//! Command line: picks the face (pool, proxy, payout, tools) from argv[0] and arguments.
+//!
+//! ckpool's own getopt flags keep working (`-c/--config`, `-k/--killold`, `-L/--log-shares`,
+//! `-l/--loglevel`, `-n/--name`, `-s/--sockdir`, `-q/--quiet`, `-p/--proxy`), so the unit files
+//! of the operator's guide run unchanged; the tools are subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Flags shared by pool and proxy mode (ckpool's getopt flags).
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServerArgs {
+    /// Configuration file (ckpool JSON; text after the closing brace is ignored)
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Stop a running instance (found through the pid file in the socket dir) before starting
+    #[arg(short = 'k', long = "killold")]
+    pub killold: bool,
+    /// Write every share to the share logs under logdir
+    #[arg(short = 'L', long = "log-shares")]
+    pub log_shares: bool,
+    /// Log level: 0-7 as ckpool (7 = debug, 6 = info, 4 = warning, 3 = error) or a name
+    #[arg(short = 'l', long = "loglevel", value_name = "LEVEL")]
+    pub loglevel: Option<String>,
+    /// Instance name: default "ckpool" or "ckproxy"; names the socket dir, pid file and log file
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Directory for the pid file (default /tmp/<name>)
+    #[arg(short = 's', long = "sockdir", value_name = "DIR")]
+    pub sockdir: Option<PathBuf>,
+    /// Quiet: do not echo the log to the terminal
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// Proxy mode (as `ckproxy`)
+    #[arg(short = 'p', long = "proxy")]
+    pub proxy: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "ckpool", version, about = "Stratum mining pool and proxy (ckpool/ckproxy compatible)")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a stratum proxy (same as starting the binary as `ckproxy`)
+    Proxy(ServerArgs),
+}
+
+/// Parses arguments and runs; returns the process exit code.
+pub fn main() -> i32 {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    let as_proxy = argv0
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("ckproxy"));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => {
+            let mut args = cli.server;
+            args.proxy |= as_proxy;
+            crate::service::run_server(args)
+        }
+        Some(Command::Proxy(mut args)) => {
+            args.proxy = true;
+            crate::service::run_server(args)
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ckpool: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! ckpool-rs: a stratum v1 mining pool and proxy for Bitcoin-family nodes.
+//!
+//! Data flows one way: template source → jobs → stratum sessions → share validation →
+//! share log / block submission. The pure parts ([`difficulty`], [`work`], [`share`]) take
+//! plain data and return plain data, so they are tested with vectors.
+
+pub mod difficulty;
+pub mod hex;
+pub mod share;
+pub mod work;

@@ -1,0 +1,255 @@
+//! A job: everything a miner gets in `mining.notify`, plus what the pool needs to rebuild
+//! the header of a submitted share and to assemble the block it may solve.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use super::coinbase::Coinbase;
+use super::merkle;
+use super::template::{Template, TemplateTx};
+use crate::difficulty::Target;
+use crate::hex;
+
+/// Stratum work shared by every session (`Arc<Job>`).
+#[derive(Debug)]
+pub struct Job {
+    pub id: u64,
+    pub height: u32,
+    pub version: u32,
+    /// Previous block hash, internal byte order.
+    pub prev_hash: [u8; 32],
+    pub nbits: u32,
+    pub ntime: u32,
+    /// Earliest ntime a share may carry (template `mintime`).
+    pub mintime: u32,
+    pub coinbase: Coinbase,
+    pub branches: Vec<[u8; 32]>,
+    pub network_target: Target,
+    /// The template's transactions; `None` for upstream jobs (proxy mode), which cannot be assembled.
+    pub transactions: Option<Arc<[TemplateTx]>>,
+    pub coinbase_value: u64,
+    pub clean: bool,
+    /// Shares already accepted on this job, by header hash (first 16 bytes).
+    seen: Mutex<HashSet<u128>>,
+}
+
+/// Why an upstream `mining.notify` could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotifyError {
+    #[error("mining.notify params must be an array of 9 (got {0})")]
+    Shape(String),
+    #[error("mining.notify field {field} is invalid: {why}")]
+    Field { field: &'static str, why: String },
+}
+
+/// Prevhash as stratum sends it: internal byte order with each 4-byte word reversed.
+pub fn prevhash_to_stratum(prev_hash: &[u8; 32]) -> String {
+    let mut swapped = [0u8; 32];
+    for (dst, src) in swapped.chunks_exact_mut(4).zip(prev_hash.chunks_exact(4)) {
+        dst.copy_from_slice(&[src[3], src[2], src[1], src[0]]);
+    }
+    hex::encode(&swapped)
+}
+
+/// Inverse of [`prevhash_to_stratum`].
+pub fn prevhash_from_stratum(s: &str) -> Result<[u8; 32], hex::HexError> {
+    let mut raw = [0u8; 32];
+    hex::decode_into(s, &mut raw)?;
+    for word in raw.chunks_exact_mut(4) {
+        word.reverse();
+    }
+    Ok(raw)
+}
+
+impl Job {
+    /// A job for `template` with its coinbase.
+    pub fn new(id: u64, template: &Template, coinbase: Coinbase, clean: bool) -> Job {
+        let txids: Vec<[u8; 32]> = template.transactions.iter().map(|t| t.txid).collect();
+        Job {
+            id,
+            height: template.height,
+            version: template.version,
+            prev_hash: template.prev_hash,
+            nbits: template.nbits,
+            ntime: template.curtime.max(template.mintime),
+            mintime: template.mintime,
+            coinbase,
+            branches: merkle::branches(&txids),
+            network_target: template.target,
+            transactions: Some(template.transactions.clone()),
+            coinbase_value: template.coinbase_value,
+            clean,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A job from an upstream pool's `mining.notify` params (proxy mode), for a session whose
+    /// extranonce1 is `nonce1_len` bytes and extranonce2 `nonce2_len` bytes.
+    pub fn from_notify(id: u64, params: &Value, nonce1_len: usize, nonce2_len: usize) -> Result<Job, NotifyError> {
+        let p = params.as_array().filter(|a| a.len() >= 9).ok_or_else(|| NotifyError::Shape(params.to_string()))?;
+        let s = |i: usize, field: &'static str| -> Result<&str, NotifyError> {
+            p[i].as_str().ok_or_else(|| NotifyError::Field { field, why: format!("{} is not a string", p[i]) })
+        };
+        let bad = |field: &'static str, e: hex::HexError| NotifyError::Field { field, why: e.to_string() };
+        let prev_hash = prevhash_from_stratum(s(1, "prevhash")?).map_err(|e| bad("prevhash", e))?;
+        let coinb1 = hex::decode(s(2, "coinb1")?).map_err(|e| bad("coinb1", e))?;
+        let coinb2 = hex::decode(s(3, "coinb2")?).map_err(|e| bad("coinb2", e))?;
+        if coinb1.len() < 5 || coinb2.len() < 4 {
+            return Err(NotifyError::Field { field: "coinb1/coinb2", why: "too short for a transaction".into() });
+        }
+        let branches = p[4]
+            .as_array()
+            .ok_or_else(|| NotifyError::Field { field: "merkle_branch", why: "not an array".into() })?
+            .iter()
+            .map(|b| {
+                let mut h = [0u8; 32];
+                let t = b.as_str().ok_or(hex::HexError::BadChar)?;
+                hex::decode_into(t, &mut h).map(|_| h)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("merkle_branch", e))?;
+        let word = |i: usize, field: &'static str| -> Result<u32, NotifyError> {
+            let t = s(i, field)?;
+            if t.len() != 8 {
+                return Err(NotifyError::Field { field, why: format!("{t:?} is not 8 hex digits") });
+            }
+            hex::parse_u32_be(t).map_err(|e| bad(field, e))
+        };
+        let version = word(5, "version")?;
+        let nbits = word(6, "nbits")?;
+        let ntime = word(7, "ntime")?;
+        let clean = p[8].as_bool().unwrap_or(false);
+        let network_target = Target::from_compact(nbits)
+            .ok_or_else(|| NotifyError::Field { field: "nbits", why: "negative or overflowing target".into() })?;
+        Ok(Job {
+            id,
+            height: 0,
+            version,
+            prev_hash,
+            nbits,
+            ntime,
+            mintime: ntime,
+            coinbase: Coinbase { coinb1, coinb2, nonce1_len, nonce2_len, witness: false, warnings: Vec::new() },
+            branches,
+            network_target,
+            transactions: None,
+            coinbase_value: 0,
+            clean,
+            seen: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The job id as sent to miners.
+    pub fn id_hex(&self) -> String {
+        format!("{:x}", self.id)
+    }
+
+    /// The nine `mining.notify` params.
+    pub fn notify_params(&self) -> Value {
+        json!([
+            self.id_hex(),
+            prevhash_to_stratum(&self.prev_hash),
+            hex::encode(&self.coinbase.coinb1),
+            hex::encode(&self.coinbase.coinb2),
+            self.branches.iter().map(|b| hex::encode(b)).collect::<Vec<_>>(),
+            format!("{:08x}", self.version),
+            format!("{:08x}", self.nbits),
+            format!("{:08x}", self.ntime),
+            self.clean,
+        ])
+    }
+
+    /// The coinbase txid (non-witness) for a session's extranonces.
+    #[inline]
+    pub fn coinbase_txid(&self, en1: &[u8], en2: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(&self.coinbase.coinb1);
+        h.update(en1);
+        h.update(en2);
+        h.update(&self.coinbase.coinb2);
+        Sha256::digest(h.finalize()).into()
+    }
+
+    #[inline]
+    pub fn merkle_root(&self, en1: &[u8], en2: &[u8]) -> [u8; 32] {
+        merkle::root_from_branches(&self.coinbase_txid(en1, en2), &self.branches)
+    }
+
+    /// The 80-byte header for a share.
+    #[inline]
+    pub fn header(&self, merkle_root: &[u8; 32], version: u32, ntime: u32, nonce: u32) -> [u8; 80] {
+        let mut h = [0u8; 80];
+        h[0..4].copy_from_slice(&version.to_le_bytes());
+        h[4..36].copy_from_slice(&self.prev_hash);
+        h[36..68].copy_from_slice(merkle_root);
+        h[68..72].copy_from_slice(&ntime.to_le_bytes());
+        h[72..76].copy_from_slice(&self.nbits.to_le_bytes());
+        h[76..80].copy_from_slice(&nonce.to_le_bytes());
+        h
+    }
+
+    /// Serializes the full block for `submitblock`; `None` for jobs without transactions (upstream work).
+    pub fn assemble_block(&self, en1: &[u8], en2: &[u8], header: &[u8; 80]) -> Option<Vec<u8>> {
+        let txs = self.transactions.as_ref()?;
+        let size = 80 + 9 + self.coinbase.size() + 40 + txs.iter().map(|t| t.data.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(header);
+        let n = txs.len() as u64 + 1;
+        match n {
+            0..=0xfc => out.push(n as u8),
+            0xfd..=0xffff => {
+                out.push(0xfd);
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+            }
+            _ => {
+                out.push(0xfe);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+            }
+        }
+        self.coinbase.write_for_block(en1, en2, &mut out);
+        for t in txs.iter() {
+            out.extend_from_slice(&t.data);
+        }
+        Some(out)
+    }
+
+    /// Records an accepted share's hash; false when the same share was already accepted on this job.
+    pub fn mark_seen(&self, hash: &[u8; 32]) -> bool {
+        let key = u128::from_le_bytes(hash[..16].try_into().expect("16 bytes"));
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key)
+    }
+
+    /// Number of distinct shares accepted on this job.
+    pub fn seen_count(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prevhash_swap_round_trips() {
+        let s = "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000";
+        let raw = prevhash_from_stratum(s).unwrap();
+        assert_eq!(prevhash_to_stratum(&raw), s);
+        // display order (reversed internal) starts with the zero word
+        assert!(hex::encode_rev(&raw).starts_with("00000000440b921e"));
+    }
+
+    #[test]
+    fn notify_shape_errors() {
+        assert!(matches!(Job::from_notify(1, &json!([1, 2]), 4, 4), Err(NotifyError::Shape(_))));
+        let mut p = json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
+        assert!(Job::from_notify(1, &p, 4, 4).is_ok());
+        p[6] = json!(12);
+        assert!(matches!(Job::from_notify(1, &p, 4, 4), Err(NotifyError::Field { field: "nbits", .. })));
+        p[6] = json!("207fffff");
+        p[4] = json!(["zz"]);
+        assert!(matches!(Job::from_notify(1, &p, 4, 4), Err(NotifyError::Field { field: "merkle_branch", .. })));
+    }
+}

@@ -1,0 +1,10 @@
+//! From a block template to stratum work and back to a block: pure data, no I/O.
+
+pub mod coinbase;
+pub mod job;
+pub mod merkle;
+pub mod template;
+
+pub use coinbase::{Coinbase, CoinbaseConfig};
+pub use job::Job;
+pub use template::{Template, TemplateTx};

@@ -8,3 +8,5 @@ pub mod difficulty;
 pub mod hex;
 pub mod share;
 pub mod work;
+pub mod cli;
+pub mod service;

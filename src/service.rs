@@ -1,10 +1,129 @@
-//! Process lifecycle for pool and proxy mode.
+//! Process lifecycle for pool and proxy mode: config, logs, pid file (`--killold`), signals,
+//! sd-notify, and the runtime.
 
-use anyhow::bail;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
 
 use crate::cli::ServerArgs;
+use crate::config::Config;
+use crate::log::operator;
 
-/// Runs pool or proxy mode until shutdown.
+/// sd-notify bridge: READY=1 once work is served, STATUS= lines; no-ops outside systemd.
+struct SystemdEvents;
+
+impl crate::pool::Events for SystemdEvents {
+    fn ready(&self, summary: &str) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(summary)]);
+    }
+    fn status(&self, status: &str) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
+    }
+}
+
+/// The pid file, removed when dropped.
+pub struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
+}
+
+/// Takes the pid file in `sockdir`. With `killold`, a running instance is asked to stop
+/// (SIGTERM, then SIGKILL after 10 s); without it, a running instance is an error.
+pub fn take_pidfile(sockdir: &Path, killold: bool) -> anyhow::Result<PidFile> {
+    std::fs::create_dir_all(sockdir).with_context(|| format!("cannot create socket dir {}", sockdir.display()))?;
+    let path = sockdir.join("main.pid");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(pid) = text.trim().parse::<i32>() {
+            if pid != std::process::id() as i32 && pid_alive(pid) {
+                if !killold {
+                    bail!(
+                        "another instance is running (pid {pid}, pid file {}); stop it or start with --killold",
+                        path.display()
+                    );
+                }
+                tracing::warn!("--killold: stopping the running instance (pid {pid})");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pid_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if pid_alive(pid) {
+                    tracing::warn!("--killold: pid {pid} ignored SIGTERM for 10 s; sending SIGKILL");
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+    std::fs::write(&path, format!("{}\n", std::process::id())).with_context(|| format!("cannot write pid file {}", path.display()))?;
+    Ok(PidFile(path))
+}
+
+/// Runs pool or proxy mode until SIGTERM/SIGINT.
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    bail!("pool/proxy service is not wired in this commit yet (config {:?})", args.config)
+    let name = args.name.clone().unwrap_or_else(|| if args.proxy { "ckproxy".into() } else { "ckpool".into() });
+    let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
+    let cfg = Config::load(&config_path)?;
+    let log_path = cfg.logdir.join(format!("{name}.log"));
+    let guard = operator::init(Some(&log_path), args.loglevel.as_deref(), args.quiet)
+        .with_context(|| format!("cannot open the log file {} (check logdir and its permissions)", log_path.display()))?;
+    tracing::info!("{name} {} starting with config {}", env!("CARGO_PKG_VERSION"), config_path.display());
+    if !cfg.unknown_keys.is_empty() {
+        tracing::warn!("config {}: unknown keys ignored: {}", config_path.display(), cfg.unknown_keys.join(", "));
+    }
+    let sockdir = args.sockdir.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/{name}")));
+    let _pid = take_pidfile(&sockdir, args.killold)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ckpool").build().context("cannot start the runtime")?;
+    let reopen = guard.as_ref().map(|g| g.reopen.clone());
+    let result = rt.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let events: Arc<dyn crate::pool::Events> = Arc::new(SystemdEvents);
+        let mut main = if args.proxy {
+            bail!("proxy mode is not available yet in this build (see the proxy issue); run without -p/ckproxy");
+        } else {
+            tokio::spawn(crate::pool::run(cfg, crate::pool::Options { log_shares: args.log_shares }, stop_rx, events))
+        };
+        loop {
+            tokio::select! {
+                r = &mut main => return r.context("pool task")?,
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reopening log files");
+                    if let Some(r) = &reopen { r.store(true, Ordering::Release); }
+                }
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(20), main).await {
+            Ok(r) => r.context("pool task")?,
+            Err(_) => {
+                tracing::warn!("shutdown took over 20 s; exiting anyway");
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    drop(guard);
+    result
 }

@@ -51,6 +51,20 @@ pub struct Cli {
 pub enum Command {
     /// Run as a stratum proxy (same as starting the binary as `ckproxy`)
     Proxy(ServerArgs),
+    /// CPU miner (SHA256d) for testing a pool: ckpool mine -o stratum+tcp://HOST:PORT -u USER -p PASS
+    Mine(crate::miner::MineArgs),
+    /// Check a config file and reach each btcd without starting the pool
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Configuration file to check
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Check as a proxy configuration
+    #[arg(short = 'p', long = "proxy")]
+    pub proxy: bool,
 }
 
 /// Parses arguments and runs; returns the process exit code.
@@ -71,6 +85,8 @@ pub fn main() -> i32 {
             args.proxy = true;
             crate::service::run_server(args)
         }
+        Some(Command::Mine(args)) => crate::miner::run(args),
+        Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,222 @@
+//! bitcoind JSON-RPC over HTTP: basic auth (rpcauth) or cookie file, timeouts, failover across
+//! the configured `btcd` entries. Errors name the node and the method, never the password.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::{Btcd, RpcAuth};
+
+/// One node's RPC endpoint.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    url: String,
+    auth: RpcAuth,
+    /// host:port, for messages.
+    label: String,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RpcError {
+    #[error("bitcoind {node}: cannot connect ({why}); is the node running and is the btcd url right?")]
+    Connect { node: String, why: String },
+    #[error("bitcoind {node}: {method} timed out after {secs} s")]
+    Timeout { node: String, method: String, secs: u64 },
+    #[error("bitcoind {node}: authentication refused for {method} (HTTP 401): check btcd auth/pass against the node's rpcauth line")]
+    Unauthorized { node: String, method: String },
+    #[error("bitcoind {node}: {method}: HTTP {status}: {body}")]
+    Http { node: String, method: String, status: u16, body: String },
+    #[error("bitcoind {node}: {method} returned error {code}: {message}")]
+    Node { node: String, method: String, code: i64, message: String },
+    #[error("bitcoind {node}: {method}: unreadable reply: {why}")]
+    Reply { node: String, method: String, why: String },
+    #[error("bitcoind: cookie file {path}: {why}")]
+    Cookie { path: String, why: String },
+    #[error("no btcd configured")]
+    NoNode,
+}
+
+impl RpcError {
+    /// bitcoind is starting up (RPC_IN_WARMUP, -28) or not yet connected to peers (-9, -10).
+    pub fn is_warming_up(&self) -> bool {
+        matches!(self, RpcError::Node { code: -28 | -9 | -10, .. })
+    }
+
+    /// The node answered (as opposed to being unreachable).
+    pub fn node_answered(&self) -> bool {
+        matches!(self, RpcError::Node { .. } | RpcError::Http { .. } | RpcError::Unauthorized { .. })
+    }
+}
+
+/// A JSON-RPC client over one or more nodes, in failover order.
+#[derive(Debug)]
+pub struct Rpc {
+    http: reqwest::Client,
+    nodes: Vec<Endpoint>,
+    /// Index of the node that last answered; calls start there.
+    current: AtomicUsize,
+    timeout: Duration,
+}
+
+fn label_of(url: &str) -> String {
+    url.trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+impl Rpc {
+    pub fn new(btcd: &[Btcd], timeout: Duration) -> Rpc {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5).min(timeout))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client without TLS always builds");
+        let nodes = btcd
+            .iter()
+            .map(|b| Endpoint { url: b.url.clone(), auth: b.auth.clone(), label: label_of(&b.url) })
+            .collect();
+        Rpc { http, nodes, current: AtomicUsize::new(0), timeout }
+    }
+
+    /// A client for one node.
+    pub fn single(url: &str, auth: RpcAuth, timeout: Duration) -> Rpc {
+        Rpc::new(&[Btcd { url: url.to_string(), auth, notify: false }], timeout)
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// host:port of node `i`.
+    pub fn node_label(&self, i: usize) -> &str {
+        &self.nodes[i].label
+    }
+
+    /// Calls `method` on node `i` only.
+    pub async fn call_node(&self, i: usize, method: &str, params: Value) -> Result<Value, RpcError> {
+        let ep = &self.nodes[i];
+        let node = ep.label.clone();
+        let (user, pass) = match &ep.auth {
+            RpcAuth::UserPass { user, pass } => (user.clone(), pass.expose().to_string()),
+            RpcAuth::Cookie(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| RpcError::Cookie { path: path.display().to_string(), why: e.to_string() })?;
+                let (u, p) = text.trim().split_once(':').ok_or_else(|| RpcError::Cookie {
+                    path: path.display().to_string(),
+                    why: "not in user:password form".into(),
+                })?;
+                (u.to_string(), p.to_string())
+            }
+        };
+        let body = json!({"jsonrpc": "1.0", "id": "ckpool", "method": method, "params": params});
+        let resp = self.http.post(&ep.url).basic_auth(user, Some(pass)).json(&body).send().await.map_err(|e| {
+            if e.is_timeout() {
+                RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
+            } else {
+                // reqwest's error chain names the url (no credentials: they are in a header).
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why = format!("{why}: {s}");
+                    src = s.source();
+                }
+                RpcError::Connect { node: node.clone(), why }
+            }
+        })?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(RpcError::Unauthorized { node, method: method.into() });
+        }
+        let text = resp.text().await.map_err(|e| {
+            if e.is_timeout() {
+                RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
+            } else {
+                RpcError::Reply { node: node.clone(), method: method.into(), why: e.to_string() }
+            }
+        })?;
+        let reply: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(if status != 200 {
+                    RpcError::Http { node, method: method.into(), status, body: text.chars().take(200).collect() }
+                } else {
+                    RpcError::Reply { node, method: method.into(), why: e.to_string() }
+                })
+            }
+        };
+        match reply.get("error") {
+            Some(err) if !err.is_null() => Err(RpcError::Node {
+                node,
+                method: method.into(),
+                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+                message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+            }),
+            _ => match reply.get("result") {
+                Some(r) => Ok(r.clone()),
+                None => Err(RpcError::Reply { node, method: method.into(), why: "no result field".into() }),
+            },
+        }
+    }
+
+    /// Calls `method`, starting with the node that last answered and failing over to the next
+    /// `btcd` entry when a node is unreachable or errs. Returns the first answer or the last error.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let n = self.nodes.len();
+        if n == 0 {
+            return Err(RpcError::NoNode);
+        }
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = RpcError::NoNode;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match self.call_node(i, method, params.clone()).await {
+                Ok(v) => {
+                    if i != start {
+                        tracing::warn!(node = %self.nodes[i].label, "bitcoind failover: now using {}", self.nodes[i].label);
+                    }
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `submitblock` to every node at once; each node's answer (null = accepted).
+    pub async fn submit_block_everywhere(&self, block_hex: &str) -> Vec<(String, Result<Value, RpcError>)> {
+        let calls = (0..self.nodes.len()).map(|i| async move {
+            (self.nodes[i].label.clone(), self.call_node(i, "submitblock", json!([block_hex])).await)
+        });
+        futures_join_all(calls).await
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order (small, dependency-free join_all).
+async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}

@@ -1,0 +1,4 @@
+//! What the pool writes for operators: the operator log and the share log.
+
+pub mod operator;
+pub mod sharelog;

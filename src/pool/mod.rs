@@ -1,0 +1,220 @@
+//! Pool mode: bitcoind templates in, miners served, shares logged, blocks submitted.
+
+pub mod blocks;
+pub mod templates;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bitcoin::{Network, ScriptBuf};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::bitcoind::{zmq, Rpc, RpcError};
+use crate::config::Config;
+use crate::log::sharelog;
+use crate::stratum::{server, Counters, ServerCtx, SessionParams};
+use crate::work::coinbase::{script_for_address, CoinbaseConfig};
+
+/// Runtime options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub log_shares: bool,
+}
+
+/// Lifecycle events for the service shell (sd-notify, tests).
+pub trait Events: Send + Sync + 'static {
+    /// The first job is being served.
+    fn ready(&self, _summary: &str) {}
+    /// A periodic status line.
+    fn status(&self, _status: &str) {}
+}
+
+impl Events for () {}
+
+/// The node's network name from `getblockchaininfo.chain`.
+pub fn network_of(chain: &str) -> Option<Network> {
+    match chain {
+        "main" => Some(Network::Bitcoin),
+        "test" | "testnet3" => Some(Network::Testnet),
+        "testnet4" => Some(Network::Testnet4),
+        "signet" => Some(Network::Signet),
+        "regtest" => Some(Network::Regtest),
+        _ => None,
+    }
+}
+
+/// Resolves `btcaddress` to the payout script, checking it against the node. A fork's address
+/// format rust-bitcoin does not parse is taken from the node's own `validateaddress` answer.
+pub async fn payout_script(rpc: &Rpc, address: &str) -> anyhow::Result<(ScriptBuf, String)> {
+    let info = rpc.call("getblockchaininfo", json!([])).await?;
+    let chain = info.get("chain").and_then(Value::as_str).unwrap_or("").to_string();
+    let network = network_of(&chain);
+    let local = network.map(|n| script_for_address(address, n));
+    let node = rpc.call("validateaddress", json!([address])).await;
+    match (&local, &node) {
+        (Some(Ok(script)), Ok(v)) => {
+            if v.get("isvalid") == Some(&Value::Bool(false)) {
+                bail!("btcaddress {address:?} is refused by the node ({chain}): validateaddress says isvalid=false");
+            }
+            Ok((script.clone(), chain))
+        }
+        (Some(Ok(script)), Err(_)) => Ok((script.clone(), chain)),
+        (_, Ok(v)) if v.get("isvalid") == Some(&Value::Bool(true)) => {
+            let spk = v
+                .get("scriptPubKey")
+                .and_then(Value::as_str)
+                .and_then(|h| crate::hex::decode(h).ok())
+                .with_context(|| format!("btcaddress {address:?}: the node accepts it but gives no scriptPubKey"))?;
+            Ok((ScriptBuf::from_bytes(spk), chain))
+        }
+        (Some(Err(e)), _) => bail!("btcaddress: {e}; set an address of the node's network ({chain})"),
+        _ => bail!("btcaddress {address:?} is not valid for the node's network ({chain})"),
+    }
+}
+
+/// Waits until the node answers (warming up, unreachable), logging what it says, or shutdown.
+async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(250);
+    let mut last_msg = String::new();
+    loop {
+        match rpc.call("getblockchaininfo", json!([])).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_msg {
+                    if matches!(e, RpcError::Unauthorized { .. }) {
+                        bail!("{e}");
+                    }
+                    tracing::warn!("waiting for bitcoind: {msg}");
+                    last_msg = msg;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => bail!("shutdown while waiting for bitcoind"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs pool mode until `shutdown` flips to true.
+pub async fn run(cfg: Config, opts: Options, mut shutdown: watch::Receiver<bool>, events: Arc<dyn Events>) -> anyhow::Result<()> {
+    cfg.require_pool()?;
+    let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
+    let listeners = server::bind_all(&cfg.serverurl)?;
+    for a in &cfg.serverurl {
+        tracing::info!("listening for miners on {a}");
+    }
+    wait_for_node(&rpc, &mut shutdown).await?;
+    let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
+    tracing::info!("bitcoind {} ({chain}); block rewards go to {}", rpc.node_label(0), cfg.btcaddress);
+
+    let mut cb = CoinbaseConfig::new(script, &cfg.btcsig);
+    cb.nonce1_len = cfg.nonce1length;
+    cb.nonce2_len = cfg.nonce2length;
+
+    let (work_tx, work_rx) = watch::channel(None);
+    let (height_tx, height_rx) = watch::channel(0u32);
+    let (refresh_tx, refresh_rx) = mpsc::channel(4);
+    let (block_tx, block_rx) = mpsc::channel(64);
+    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone(), 65_536);
+
+    let zmq_rx = match &cfg.zmqblock {
+        Some(ep) => match zmq::subscribe(ep) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!("{e}; polling the node every {:?} instead", cfg.blockpoll);
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut source = templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
+    source.refresh(templates::Reason::Start, None).await;
+    let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
+
+    let submitter = blocks::BlockSubmitter { rpc: rpc.clone(), logdir: cfg.logdir.clone(), refresh: refresh_tx };
+    let block_task = tokio::spawn(submitter.run(block_rx));
+
+    let ctx = Arc::new(ServerCtx {
+        params: SessionParams {
+            mindiff: cfg.mindiff,
+            startdiff: cfg.startdiff,
+            maxdiff: cfg.maxdiff,
+            version_mask: cfg.version_mask,
+            nonce1_len: cfg.nonce1length,
+            log_shares: opts.log_shares,
+            keepalive_secs: 55,
+        },
+        work: work_rx.clone(),
+        shares: share_tx,
+        blocks: block_tx,
+        counters: Counters::default(),
+        enonces: Mutex::new(HashSet::new()),
+        shutdown: shutdown.clone(),
+    });
+    let server_task = tokio::spawn(server::serve(ctx.clone(), listeners, cfg.maxclients));
+
+    // Ready once a job is being served.
+    let mut w = work_rx.clone();
+    loop {
+        if w.borrow().is_some() {
+            break;
+        }
+        tokio::select! {
+            r = w.changed() => if r.is_err() { bail!("template source stopped before the first job") },
+            _ = shutdown.changed() => break,
+        }
+    }
+    if !*shutdown.borrow() {
+        let summary = format!(
+            "ckpool ready: serving height {} on {}",
+            *height_rx.borrow(),
+            cfg.serverurl.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        tracing::info!("{summary}");
+        events.ready(&summary);
+    }
+
+    // Status line every minute until shutdown.
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    let mut last = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let c = &ctx.counters;
+                let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
+                let status = format!(
+                    "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}",
+                    *height_rx.borrow(), c.connections.load(Ordering::Relaxed), acc - last.0, rej - last.1
+                );
+                last = (acc, rej);
+                tracing::info!("status: {status}");
+                events.status(&status);
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    tracing::info!("shutting down: closing listeners and sessions");
+    let _ = server_task.await;
+    drop(ctx);
+    // Sessions are gone: their channel senders are dropped, so the block submitter finishes any
+    // block in flight and the share log writer drains everything queued, then both end.
+    let bounded = Duration::from_secs(15);
+    if tokio::time::timeout(bounded, block_task).await.is_err() {
+        tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
+    }
+    let _ = tokio::time::timeout(bounded, template_task).await;
+    if tokio::time::timeout(bounded, tokio::task::spawn_blocking(move || share_thread.join())).await.is_err() {
+        tracing::warn!("share log writer still flushing after {bounded:?}");
+    }
+    tracing::info!("ckpool stopped");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Template source: getblocktemplate on a new tip (ZMQ or polling) and every `update_interval`,
+//! turned into jobs and published to every session. An RPC failure never stops the pool: miners
+//! keep their last work and the log says what the node answered.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use crate::bitcoind::zmq::NewBlock;
+use crate::bitcoind::{Rpc, RpcError};
+use crate::difficulty::Difficulty;
+use crate::hex;
+use crate::stratum::Work;
+use crate::work::{coinbase, CoinbaseConfig, Job, Template};
+
+/// Why a fresh template is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Start,
+    NewBlock,
+    Update,
+    BlockFound,
+}
+
+pub struct TemplateSource {
+    pub rpc: Arc<Rpc>,
+    pub coinbase: CoinbaseConfig,
+    pub work: watch::Sender<Option<Arc<Work>>>,
+    pub blockpoll: Duration,
+    pub update_interval: Duration,
+    /// Latest block height served, for status lines.
+    pub height: watch::Sender<u32>,
+    next_id: u64,
+    node_down: bool,
+    warned_coinbase: bool,
+}
+
+impl TemplateSource {
+    pub fn new(
+        rpc: Arc<Rpc>,
+        coinbase: CoinbaseConfig,
+        work: watch::Sender<Option<Arc<Work>>>,
+        blockpoll: Duration,
+        update_interval: Duration,
+        height: watch::Sender<u32>,
+    ) -> TemplateSource {
+        // Job ids grow across restarts (ckpool's workinfoid is time-based too).
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        TemplateSource {
+            rpc,
+            coinbase,
+            work,
+            blockpoll,
+            update_interval,
+            height,
+            next_id: secs << 8,
+            node_down: false,
+            warned_coinbase: false,
+        }
+    }
+
+    async fn fetch(&mut self) -> Option<Template> {
+        let gbt = match self.rpc.call("getblocktemplate", json!([{"rules": ["segwit"]}])).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.node_trouble(&e);
+                return None;
+            }
+        };
+        match Template::from_gbt(&gbt) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("bitcoind sent a template this pool cannot use: {e}; miners keep their last work");
+                None
+            }
+        }
+    }
+
+    /// Fetches a template and publishes a job; false when the node could not serve one.
+    /// With `tip`, the template must build on that block: a node may announce a block before
+    /// its template follows (Bitcoin SV's journaling assembler does), so it is asked again for
+    /// up to two seconds rather than sending miners work on the old tip.
+    pub async fn refresh(&mut self, reason: Reason, tip: Option<[u8; 32]>) -> bool {
+        let mut attempts = 0;
+        let template = loop {
+            let Some(t) = self.fetch().await else { return false };
+            match tip {
+                Some(h) if t.prev_hash != h && attempts < 40 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(h) if t.prev_hash != h => {
+                    tracing::warn!("bitcoind announced block {} but its template still builds on {}", hex::encode_rev(&h), hex::encode_rev(&t.prev_hash));
+                    break t;
+                }
+                _ => break t,
+            }
+        };
+        if self.node_down {
+            tracing::info!("bitcoind answering again: height {}", template.height);
+            self.node_down = false;
+        }
+        let cb = match coinbase::build(&template, &self.coinbase) {
+            Ok(cb) => cb,
+            Err(e) => {
+                tracing::error!("cannot build a coinbase: {e}");
+                return false;
+            }
+        };
+        if !self.warned_coinbase {
+            self.warned_coinbase = true;
+            for w in &cb.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!("coinbase is {} bytes (NerdMiner buffers 255, stock Antminer ~750)", cb.size());
+        }
+        let prev_changed = self.work.borrow().as_ref().is_none_or(|w| w.job.prev_hash != template.prev_hash);
+        self.next_id += 1;
+        let job = Job::new(self.next_id, &template, cb, prev_changed);
+        let height = template.height;
+        let ntx = template.transactions.len();
+        let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
+        self.work.send_replace(Some(Arc::new(Work::new(Arc::new(job)))));
+        self.height.send_replace(height);
+        if prev_changed {
+            tracing::info!(
+                "new block template: height {height}, prev {}, {ntx} transactions, network difficulty {netdiff} ({reason:?})",
+                hex::encode_rev(&template.prev_hash)
+            );
+        } else {
+            tracing::debug!("template update: height {height}, {ntx} transactions");
+        }
+        true
+    }
+
+    fn node_trouble(&mut self, e: &RpcError) {
+        if !self.node_down {
+            tracing::error!("getblocktemplate failed: {e}; miners keep their last work until the node answers");
+            self.node_down = true;
+        } else {
+            tracing::debug!("getblocktemplate still failing: {e}");
+        }
+    }
+
+    /// The node's best block hash (internal order).
+    async fn best_hash(&mut self) -> Option<[u8; 32]> {
+        match self.rpc.call("getbestblockhash", json!([])).await {
+            Ok(v) => v.as_str().and_then(|s| hex::decode_hash_rev(s).ok()),
+            Err(e) => {
+                self.node_trouble(&e);
+                None
+            }
+        }
+    }
+
+    /// Runs until `shutdown` flips: ZMQ announcements, tip polling, periodic updates, and
+    /// refresh requests (after a found block).
+    pub async fn run(
+        mut self,
+        mut zmq: Option<mpsc::Receiver<NewBlock>>,
+        mut refresh: mpsc::Receiver<Option<[u8; 32]>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let poll_every = if zmq.is_some() { self.blockpoll.max(Duration::from_millis(1000)) } else { self.blockpoll };
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut update = tokio::time::interval(self.update_interval);
+        update.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        update.reset();
+        let mut retry = false;
+        loop {
+            tokio::select! {
+                ev = async { match zmq.as_mut() { Some(z) => z.recv().await, None => std::future::pending().await } } => {
+                    match ev {
+                        Some(NewBlock(hash)) => {
+                            let known = self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == hash);
+                            if !known {
+                                tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
+                                retry = !self.refresh(Reason::NewBlock, Some(hash)).await;
+                                update.reset();
+                            }
+                        }
+                        None => {
+                            tracing::warn!("ZMQ thread ended; relying on polling every {:?}", self.blockpoll);
+                            zmq = None;
+                        }
+                    }
+                }
+                _ = poll.tick() => {
+                    let current = self.work.borrow().as_ref().map(|w| w.job.prev_hash);
+                    if retry || current.is_none() {
+                        retry = !self.refresh(Reason::Start, None).await;
+                    } else if let Some(best) = self.best_hash().await {
+                        if Some(best) != current {
+                            retry = !self.refresh(Reason::NewBlock, Some(best)).await;
+                            update.reset();
+                        }
+                    }
+                }
+                _ = update.tick() => {
+                    retry = !self.refresh(Reason::Update, None).await;
+                }
+                r = refresh.recv() => {
+                    let Some(tip) = r else { break };
+                    retry = !self.refresh(Reason::BlockFound, tip).await;
+                    update.reset();
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}

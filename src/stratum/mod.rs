@@ -1,0 +1,138 @@
+//! Stratum v1 server: listeners, one task per miner, and what they share.
+
+pub mod lines;
+pub mod proto;
+pub mod server;
+pub mod session;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::difficulty::Difficulty;
+use crate::work::Job;
+
+/// Current work as every session sees it: the job and its `mining.notify` line encoded once.
+#[derive(Debug)]
+pub struct Work {
+    pub job: Arc<Job>,
+    /// The notify line with clean_jobs = true.
+    pub line_clean: Arc<str>,
+    /// The notify line with clean_jobs = false.
+    pub line_keep: Arc<str>,
+}
+
+impl Work {
+    pub fn new(job: Arc<Job>) -> Work {
+        let mut params = job.notify_params();
+        params[0] = serde_json::Value::String(format!("{:x}", job.id << 8));
+        params[8] = serde_json::Value::Bool(true);
+        let line_clean = proto::notification_line("mining.notify", &params).into();
+        params[8] = serde_json::Value::Bool(false);
+        let line_keep = proto::notification_line("mining.notify", &params).into();
+        Work { job, line_clean, line_keep }
+    }
+}
+
+/// One share as the share log records it (ckpool's sharelog fields).
+#[derive(Debug, Clone)]
+pub struct ShareRecord {
+    pub workinfoid: u64,
+    pub height: u32,
+    pub clientid: u64,
+    pub enonce1: Arc<str>,
+    pub nonce2: String,
+    pub nonce: String,
+    pub ntime: String,
+    /// Difficulty the session was asked for.
+    pub diff: Difficulty,
+    /// Difficulty the share achieved.
+    pub sdiff: Difficulty,
+    /// Display-order hash hex (empty when the share could not be hashed).
+    pub hash: String,
+    pub result: bool,
+    pub reject_reason: Option<String>,
+    /// Unix time (seconds, nanoseconds).
+    pub createdate: (u64, u32),
+    pub workername: Arc<str>,
+    pub username: Arc<str>,
+    pub address: Arc<str>,
+    pub agent: Arc<str>,
+}
+
+/// A share that meets the network target: a block to assemble and submit.
+#[derive(Debug, Clone)]
+pub struct BlockCandidate {
+    pub job: Arc<Job>,
+    pub en1: Vec<u8>,
+    pub en2: Vec<u8>,
+    pub header: [u8; 80],
+    pub hash: [u8; 32],
+    pub workername: Arc<str>,
+    pub difficulty: Difficulty,
+}
+
+/// Pool-wide counters, updated lock-free by sessions.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Accepted difficulty, in 10^-12 units, wrapping (rates are taken from differences).
+    pub accepted_diff_units: AtomicU64,
+    pub blocks: AtomicU64,
+    pub connections: AtomicU64,
+    pub sessions_total: AtomicU64,
+}
+
+impl Counters {
+    pub fn add_accepted(&self, d: Difficulty) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.accepted_diff_units.fetch_add(d.units().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Session parameters fixed at start.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub mindiff: Difficulty,
+    pub startdiff: Difficulty,
+    /// Zero: none.
+    pub maxdiff: Difficulty,
+    pub version_mask: u32,
+    pub nonce1_len: usize,
+    pub log_shares: bool,
+    /// Seconds without any notify before the current job is re-sent (cgminer drops at 90 s).
+    pub keepalive_secs: u64,
+}
+
+/// What every session shares: parameters, the current work, and the outbound channels.
+#[derive(Debug)]
+pub struct ServerCtx {
+    pub params: SessionParams,
+    pub work: watch::Receiver<Option<Arc<Work>>>,
+    pub shares: mpsc::Sender<ShareRecord>,
+    pub blocks: mpsc::Sender<BlockCandidate>,
+    pub counters: Counters,
+    /// extranonce1 values in use, so that resumed sessions never collide.
+    pub enonces: Mutex<HashSet<u64>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl ServerCtx {
+    /// Clamps a wanted difficulty into `mindiff..=maxdiff`.
+    pub fn clamp(&self, d: Difficulty) -> Difficulty {
+        let mut d = d.max(self.params.mindiff);
+        if !self.params.maxdiff.is_zero() {
+            d = d.min(self.params.maxdiff);
+        }
+        d
+    }
+}
+
+/// Display helper for peers in logs.
+pub fn peer_str(peer: &SocketAddr) -> String {
+    peer.to_string()
+}

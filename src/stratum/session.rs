@@ -1,0 +1,486 @@
+//! One miner connection: a task that owns its socket, buffer and state.
+//!
+//! Order rules (DESIGN.md, FIRMWARE.md): the first line sent answers the miner's first request;
+//! work (set_difficulty, then notify) starts once the miner is subscribed and authorized;
+//! suggest_difficulty, configure, extranonce.subscribe and unknown methods never disconnect;
+//! only submits are answered with a bare `true`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::lines::{Line, LineReader};
+use super::proto::{self, code};
+use super::{BlockCandidate, ServerCtx, ShareRecord, Work};
+use crate::difficulty::{Difficulty, Target};
+use crate::hex;
+use crate::share::{self, Reject, Submit};
+use crate::work::Job;
+
+/// Jobs remembered per session for late submits.
+const JOBS_KEPT: usize = 16;
+/// A connection that has not subscribed and authorized by then is dropped.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
+/// Consecutive unparseable lines tolerated before disconnecting.
+const MAX_BAD_LINES: u32 = 20;
+
+/// A job as this session was given it: with the difficulty in force when it was issued.
+struct SentJob {
+    local_id: u64,
+    job: Arc<Job>,
+    target: Target,
+    diff: Difficulty,
+}
+
+pub struct Session {
+    ctx: Arc<ServerCtx>,
+    id: u64,
+    peer: SocketAddr,
+    address: Arc<str>,
+    en1: Vec<u8>,
+    en1_key: u64,
+    en1_hex: Arc<str>,
+    subscribed: bool,
+    authorized: bool,
+    working: bool,
+    agent: Arc<str>,
+    username: Arc<str>,
+    workername: Arc<str>,
+    diff: Difficulty,
+    suggested: Option<Difficulty>,
+    version_mask: u32,
+    jobs: VecDeque<SentJob>,
+    rev: u8,
+    last_prev: Option<[u8; 32]>,
+    last_notify: Instant,
+    out: String,
+    bad_lines: u32,
+}
+
+/// Why the session ended, for the log.
+enum End {
+    Closed,
+    Shutdown,
+    Kick(String),
+}
+
+fn now_unix() -> (u64, u32) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
+impl Session {
+    pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_key: u64) -> Session {
+        let n1 = ctx.params.nonce1_len;
+        let en1 = en1_key.to_be_bytes()[8 - n1..].to_vec();
+        let en1_hex: Arc<str> = hex::encode(&en1).into();
+        let diff = ctx.clamp(ctx.params.startdiff);
+        let version_mask = ctx.params.version_mask;
+        Session {
+            ctx,
+            id,
+            peer,
+            address: peer.ip().to_string().into(),
+            en1,
+            en1_key,
+            en1_hex,
+            subscribed: false,
+            authorized: false,
+            working: false,
+            agent: "".into(),
+            username: "".into(),
+            workername: "".into(),
+            diff,
+            suggested: None,
+            version_mask,
+            jobs: VecDeque::with_capacity(JOBS_KEPT),
+            rev: 0,
+            last_prev: None,
+            last_notify: Instant::now(),
+            out: String::new(),
+            bad_lines: 0,
+        }
+    }
+
+    /// Serves the connection until it closes, misbehaves or the server shuts down.
+    pub async fn run(mut self, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.split();
+        let mut reader = LineReader::new(proto::MAX_LINE);
+        let mut work_rx = self.ctx.work.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let started = Instant::now();
+        let keepalive = Duration::from_secs(self.ctx.params.keepalive_secs);
+        let end = loop {
+            let tick = if self.working { self.last_notify + keepalive } else { started + HANDSHAKE_DEADLINE };
+            tokio::select! {
+                line = reader.next_line(&mut rd) => match line {
+                    Ok(Line::Data(l)) => {
+                        if let Err(why) = self.handle_line(&l).await {
+                            break End::Kick(why);
+                        }
+                        // Answer everything already buffered before writing once.
+                        let mut kicked = None;
+                        while let Some(Line::Data(l)) = reader.buffered_line() {
+                            if let Err(why) = self.handle_line(&l).await { kicked = Some(why); break; }
+                        }
+                        if let Some(why) = kicked { let _ = wr.write_all(self.out.as_bytes()).await; break End::Kick(why); }
+                    }
+                    Ok(Line::TooLong) => {
+                        self.out.push_str(&proto::error_line("null", code::OTHER, "Line too long"));
+                        let _ = wr.write_all(self.out.as_bytes()).await;
+                        break End::Kick(format!("sent a line over {} bytes", proto::MAX_LINE));
+                    }
+                    Ok(Line::Eof) => break End::Closed,
+                    Err(e) => break End::Kick(format!("read error: {e}")),
+                },
+                changed = work_rx.changed(), if self.working => {
+                    if changed.is_err() { break End::Shutdown; }
+                    let w = work_rx.borrow_and_update().clone();
+                    if let Some(w) = w { self.send_work(&w, false); }
+                }
+                _ = tokio::time::sleep_until(tick) => {
+                    if !self.working {
+                        break End::Kick("did not subscribe and authorize within 120 s".into());
+                    }
+                    let w = work_rx.borrow().clone();
+                    if let Some(w) = w { self.send_work(&w, false); }
+                }
+                _ = shutdown.changed() => break End::Shutdown,
+            }
+            if !self.out.is_empty() {
+                if let Err(e) = wr.write_all(self.out.as_bytes()).await {
+                    break End::Kick(format!("write error: {e}"));
+                }
+                self.out.clear();
+                if self.out.capacity() > 16 * 1024 {
+                    self.out = String::new();
+                }
+            }
+        };
+        match end {
+            End::Closed => tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, "miner disconnected"),
+            End::Shutdown => {}
+            End::Kick(why) => tracing::warn!(peer = %self.peer, client = self.id, worker = %self.workername, "dropping miner: {why}"),
+        }
+        self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.en1_key);
+    }
+
+    fn reply(&mut self, id: &str, result: &str) {
+        self.out.push_str(&proto::result_line(id, result));
+    }
+
+    fn error(&mut self, id: &str, code: i32, msg: &str) {
+        self.out.push_str(&proto::error_line(id, code, msg));
+    }
+
+    /// Handles one line; `Err` disconnects with the reason.
+    async fn handle_line(&mut self, line: &[u8]) -> Result<(), String> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let req = match proto::parse_request(line) {
+            Ok(r) => r,
+            Err(e) => {
+                self.bad_lines += 1;
+                self.error("null", code::OTHER, &e.to_string());
+                if self.bad_lines > MAX_BAD_LINES {
+                    return Err(format!("{} unparseable lines in a row (last: {e})", self.bad_lines));
+                }
+                tracing::debug!(peer = %self.peer, "unparseable line: {e}");
+                return Ok(());
+            }
+        };
+        self.bad_lines = 0;
+        let id = proto::id_text(req.id).to_string();
+        let method = req.method.as_deref().unwrap_or("");
+        match method {
+            "mining.submit" => self.on_submit(&id, &req.params).await,
+            "mining.subscribe" => self.on_subscribe(&id, &req.params),
+            "mining.authorize" => self.on_authorize(&id, &req.params),
+            "mining.configure" => self.on_configure(&id, &req.params),
+            "mining.suggest_difficulty" | "mining.suggest_target" => self.on_suggest(method, &req.params),
+            "mining.extranonce.subscribe" => {
+                if proto::wants_reply(req.id) {
+                    self.reply(&id, "true");
+                }
+            }
+            "mining.multi_version" => {}
+            other => {
+                tracing::debug!(peer = %self.peer, "unknown method {other:?}");
+                if proto::wants_reply(req.id) {
+                    self.error(&id, code::OTHER, &format!("Method not supported: {other}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, id: &str, params: &Value) {
+        if let Some(agent) = proto::str_param(params, 0) {
+            self.agent = agent.chars().take(128).collect::<String>().into();
+        }
+        // Session resume: a miner reconnecting with its old session id gets its extranonce1 back
+        // when no live session holds it.
+        if !self.subscribed {
+            if let Some(old) = proto::str_param(params, 1).and_then(|s| hex::decode(s).ok()) {
+                if old.len() == self.ctx.params.nonce1_len && old != self.en1 {
+                    let mut key_bytes = [0u8; 8];
+                    key_bytes[8 - old.len()..].copy_from_slice(&old);
+                    let key = u64::from_be_bytes(key_bytes);
+                    let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
+                    if set.insert(key) {
+                        set.remove(&self.en1_key);
+                        self.en1_key = key;
+                        self.en1 = old;
+                        self.en1_hex = hex::encode(&self.en1).into();
+                    }
+                }
+            }
+        }
+        self.subscribed = true;
+        let result = json!([
+            [["mining.set_difficulty", &*self.en1_hex], ["mining.notify", &*self.en1_hex]],
+            &*self.en1_hex,
+            self.ctx_nonce2_len()
+        ]);
+        self.reply(id, &result.to_string());
+        self.maybe_start();
+    }
+
+    fn ctx_nonce2_len(&self) -> usize {
+        self.ctx.work.borrow().as_ref().map(|w| w.job.coinbase.nonce2_len).unwrap_or(8)
+    }
+
+    fn on_authorize(&mut self, id: &str, params: &Value) {
+        let Some(user) = proto::str_param(params, 0).filter(|u| !u.is_empty()) else {
+            self.error(id, code::OTHER, "Invalid params: expected [\"username\", \"password\"]");
+            return;
+        };
+        let user: String = user.chars().take(256).collect();
+        let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
+        self.workername = user.clone().into();
+        self.username = base.into();
+        // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
+        if let Some(pass) = proto::str_param(params, 1) {
+            if let Some(d) = pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok()) {
+                self.suggested = Some(d);
+                self.diff = self.ctx.clamp(d);
+            }
+        }
+        if !self.authorized {
+            tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, agent = %self.agent, "miner authorized");
+        }
+        self.authorized = true;
+        self.reply(id, "true");
+        self.maybe_start();
+    }
+
+    fn on_configure(&mut self, id: &str, params: &Value) {
+        let exts: Vec<&str> = params.get(0).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let opts = params.get(1).cloned().unwrap_or(Value::Null);
+        let mut result = serde_json::Map::new();
+        for ext in exts {
+            match ext {
+                "version-rolling" => {
+                    let asked = opts.get("version-rolling.mask").and_then(Value::as_str).and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(u32::MAX);
+                    let mask = asked & self.ctx.params.version_mask;
+                    self.version_mask = mask;
+                    result.insert("version-rolling".into(), Value::Bool(true));
+                    result.insert("version-rolling.mask".into(), Value::String(format!("{mask:08x}")));
+                }
+                "minimum-difficulty" => {
+                    if let Some(d) = opts.get("minimum-difficulty.value").and_then(|v| Difficulty::from_json(v).ok()) {
+                        self.apply_suggestion(d);
+                    }
+                    result.insert("minimum-difficulty".into(), Value::Bool(true));
+                }
+                "subscribe-extranonce" => {
+                    result.insert("subscribe-extranonce".into(), Value::Bool(true));
+                }
+                other => {
+                    result.insert(other.to_string(), Value::Bool(false));
+                }
+            }
+        }
+        self.reply(id, &Value::Object(result).to_string());
+    }
+
+    fn on_suggest(&mut self, method: &str, params: &Value) {
+        let d = if method == "mining.suggest_target" {
+            proto::str_param(params, 0).and_then(|t| {
+                let mut be = [0u8; 32];
+                hex::decode_into(t, &mut be).ok()?;
+                Some(Difficulty::from_target(&Target::from_u256(ruint::aliases::U256::from_be_bytes(be))))
+            })
+        } else {
+            proto::suggested_difficulty(params)
+        };
+        match d {
+            Some(d) if !d.is_zero() => self.apply_suggestion(d),
+            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {params}"),
+        }
+    }
+
+    /// Takes a miner's difficulty wish (within mindiff..maxdiff); when work is flowing, the new
+    /// difficulty is sent followed by the current job under a new id.
+    fn apply_suggestion(&mut self, d: Difficulty) {
+        self.suggested = Some(d);
+        let new = self.ctx.clamp(d);
+        if new == self.diff {
+            return;
+        }
+        self.diff = new;
+        if self.working {
+            let w = self.ctx.work.borrow().clone();
+            if let Some(w) = w {
+                self.out.push_str(&proto::set_difficulty_line(self.diff));
+                self.rev = self.rev.wrapping_add(1);
+                self.send_work(&w, true);
+            }
+        }
+    }
+
+    /// Starts work once subscribed and authorized: set_difficulty, then the current job.
+    fn maybe_start(&mut self) {
+        if self.working || !self.subscribed || !self.authorized {
+            return;
+        }
+        self.working = true;
+        self.out.push_str(&proto::set_difficulty_line(self.diff));
+        let w = self.ctx.work.borrow().clone();
+        if let Some(w) = w {
+            self.send_work(&w, true);
+        }
+    }
+
+    /// Queues the notify for `w`. `fresh_id` re-sends the same job under a new local id (after a
+    /// difficulty change). clean_jobs is set whenever the previous block changed.
+    fn send_work(&mut self, w: &Work, fresh_id: bool) {
+        let prev_changed = self.last_prev != Some(w.job.prev_hash);
+        let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
+        let local_id = (w.job.id << 8) | self.rev as u64;
+        if !fresh_id && self.rev == 0 {
+            self.out.push_str(if clean { &w.line_clean } else { &w.line_keep });
+        } else {
+            let mut params = w.job.notify_params();
+            params[0] = Value::String(format!("{local_id:x}"));
+            params[8] = Value::Bool(clean);
+            self.out.push_str(&proto::notification_line("mining.notify", &params));
+        }
+        if prev_changed {
+            self.jobs.clear();
+        }
+        if self.jobs.len() == JOBS_KEPT {
+            self.jobs.pop_front();
+        }
+        self.jobs.push_back(SentJob { local_id, job: w.job.clone(), target: self.diff.to_target(), diff: self.diff });
+        self.last_prev = Some(w.job.prev_hash);
+        self.last_notify = Instant::now();
+    }
+
+    async fn on_submit(&mut self, id: &str, params: &Value) {
+        if !self.subscribed {
+            self.error(id, code::NOT_SUBSCRIBED, "Not subscribed");
+            return;
+        }
+        if !self.authorized {
+            self.error(id, code::UNAUTHORIZED, "Unauthorized worker");
+            return;
+        }
+        let p = |i| proto::str_param(params, i);
+        let (Some(_worker), Some(job_id), Some(en2), Some(ntime), Some(nonce)) = (p(0), p(1), p(2), p(3), p(4)) else {
+            self.counted_reject(id, None, "Invalid params", code::OTHER);
+            return;
+        };
+        let version_bits = match params.get(5) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                self.counted_reject(id, None, "Invalid version bits", code::OTHER);
+                return;
+            }
+        };
+        let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
+        let Some(sent) = u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().find(|s| s.local_id == lid)) else {
+            let r = if job_id.len() <= 16 && u64::from_str_radix(job_id, 16).is_ok() { Reject::Stale } else { Reject::UnknownJob };
+            self.counted_reject(id, Some(&sub), &r.to_string(), r.code());
+            return;
+        };
+        let (job, target, diff) = (sent.job.clone(), sent.target, sent.diff);
+        match share::check(&job, &self.en1, &sub, self.version_mask, &target) {
+            Ok(acc) => {
+                self.ctx.counters.add_accepted(diff);
+                self.reply(id, "true");
+                if acc.block {
+                    let cand = BlockCandidate {
+                        job: job.clone(),
+                        en1: self.en1.clone(),
+                        en2: acc.extranonce2().to_vec(),
+                        header: acc.header,
+                        hash: acc.hash,
+                        workername: self.workername.clone(),
+                        difficulty: acc.difficulty,
+                    };
+                    tracing::info!(worker = %self.workername, height = job.height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
+                    if self.ctx.blocks.send(cand).await.is_err() {
+                        tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&acc.hash));
+                    }
+                }
+                self.log_share(&job, &sub, diff, acc.difficulty, &hex::encode_rev(&acc.hash), true, None).await;
+            }
+            Err(r) => {
+                let (sdiff, hash) = match r {
+                    Reject::LowDifficulty { difficulty, hash } => (difficulty, hex::encode_rev(&hash)),
+                    _ => (Difficulty::ZERO, String::new()),
+                };
+                self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.error(id, r.code(), &r.to_string());
+                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(r.to_string())).await;
+            }
+        }
+    }
+
+    /// A reject before any job was found (bad params, unknown job): counted and logged.
+    fn counted_reject(&mut self, id: &str, sub: Option<&Submit>, reason: &str, code: i32) {
+        self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.error(id, code, reason);
+        tracing::debug!(peer = %self.peer, worker = %self.workername, "share rejected: {reason} ({sub:?})");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn log_share(&mut self, job: &Job, sub: &Submit<'_>, diff: Difficulty, sdiff: Difficulty, hash: &str, result: bool, reject: Option<String>) {
+        if !self.ctx.params.log_shares {
+            return;
+        }
+        let rec = ShareRecord {
+            workinfoid: job.id,
+            height: job.height,
+            clientid: self.id,
+            enonce1: self.en1_hex.clone(),
+            nonce2: sub.extranonce2.to_string(),
+            nonce: sub.nonce.to_string(),
+            ntime: sub.ntime.to_string(),
+            diff,
+            sdiff,
+            hash: hash.to_string(),
+            result,
+            reject_reason: reject,
+            createdate: now_unix(),
+            workername: self.workername.clone(),
+            username: self.username.clone(),
+            address: self.address.clone(),
+            agent: self.agent.clone(),
+        };
+        // A full channel slows this miner down; a share is never dropped.
+        if self.ctx.shares.send(rec).await.is_err() {
+            tracing::error!("share log writer is gone");
+        }
+    }
+}

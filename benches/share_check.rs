@@ -1,0 +1,147 @@
+//! Share validation cost on a realistic mainnet-sized job: 13 merkle branches (5,000 template
+//! transactions) and a segwit coinbase of about 200 bytes.
+//!
+//! Run: `cargo bench --bench share_check`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+
+use ckpool::difficulty::Difficulty;
+use ckpool::share::{self, Submit, DEFAULT_VERSION_MASK};
+use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
+use ckpool::work::job::Job;
+use ckpool::work::merkle::{self, sha256d};
+use ckpool::work::template::Template;
+use serde_json::json;
+
+fn txid(i: u32) -> [u8; 32] {
+    sha256d(&i.to_le_bytes())
+}
+
+fn realistic_job() -> Job {
+    let transactions: Vec<_> = (0..5_000u32)
+        .map(|i| json!({ "data": "00", "txid": ckpool::hex::encode_rev(&txid(i)), "fee": 1000 }))
+        .collect();
+    let t = Template::from_gbt(&json!({
+        "version": 0x2000_0000,
+        "previousblockhash": "00000000000000000002a7c4c1e48d76c5a37902165a270156b7a8d72728a054",
+        "transactions": transactions,
+        "coinbaseaux": {},
+        "coinbasevalue": 318_000_000u64,
+        "bits": "17034219",
+        "curtime": 1_713_571_767,
+        "height": 840_000,
+        "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
+    }))
+    .unwrap();
+    let script = script_for_address(
+        "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+        bitcoin::Network::Bitcoin,
+    )
+    .unwrap();
+    let cb = coinbase::build(
+        &t,
+        &CoinbaseConfig::new(
+            script,
+            "/ckpool-rs benchmark pool signature, a typical length/",
+        ),
+    )
+    .unwrap();
+    let job = Job::new(0x1234, &t, cb, true);
+    assert_eq!(job.branches.len(), 13);
+    job
+}
+
+fn bench(c: &mut Criterion) {
+    let job = realistic_job();
+    eprintln!(
+        "job: {} branches, coinbase {} bytes",
+        job.branches.len(),
+        job.coinbase.size()
+    );
+    let en1 = [0xde, 0xad, 0xbe, 0xef];
+    let id = job.id_hex();
+    let ntime = format!("{:08x}", job.ntime);
+
+    // Rejected share: full header rebuild and sha256d, then below the share target.
+    let high = Difficulty::from_integer(1_000_000_000_000).to_target();
+    let mut nonce = 0u32;
+    c.bench_function("share_check/reject_low_difficulty", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            let n = format!("{nonce:08x}");
+            let sub = Submit {
+                job_id: &id,
+                extranonce2: "0000000000000001",
+                ntime: &ntime,
+                nonce: &n,
+                version_bits: Some("00002000"),
+            };
+            let r = share::check(black_box(&job), &en1, &sub, DEFAULT_VERSION_MASK, &high);
+            assert!(r.is_err());
+            r
+        })
+    });
+
+    // Accepted share: a new extranonce2 each time so none is a duplicate (the hex is made outside the timing).
+    let any = Difficulty::ZERO.to_target();
+    let mut counter = 0u64;
+    c.bench_function("share_check/accept", |b| {
+        b.iter_batched(
+            || {
+                counter += 1;
+                format!("{counter:016x}")
+            },
+            |en2| {
+                let sub = Submit {
+                    job_id: &id,
+                    extranonce2: &en2,
+                    ntime: &ntime,
+                    nonce: "00000000",
+                    version_bits: Some("00002000"),
+                };
+                let r = share::check(black_box(&job), &en1, &sub, DEFAULT_VERSION_MASK, &any);
+                assert!(r.is_ok());
+                r
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Components, for reading the figures above: the coinbase txid folded up 13 branches, and one
+    // SHA-256 compression (the share path runs 47 of them back to back: 5 for the coinbase, 3 per
+    // branch, 3 for the header).
+    c.bench_function("components/merkle_root_13_branches", |b| {
+        b.iter(|| black_box(&job).merkle_root(&en1, &[1u8; 8]))
+    });
+    c.bench_function("components/sha256_compress_1_block", |b| {
+        let mut state = [
+            0x6a09e667u32,
+            0xbb67ae85,
+            0x3c6ef372,
+            0xa54ff53a,
+            0x510e527f,
+            0x9b05688c,
+            0x1f83d9ab,
+            0x5be0cd19,
+        ];
+        let block = sha2::digest::generic_array::GenericArray::clone_from_slice(&[5u8; 64]);
+        b.iter(|| {
+            sha2::compress256(&mut state, std::slice::from_ref(black_box(&block)));
+            state[0]
+        })
+    });
+
+    c.bench_function("notify_params_to_string", |b| {
+        b.iter(|| black_box(&job).notify_params().to_string())
+    });
+
+    let txids: Vec<[u8; 32]> = (0..3_000u32).map(txid).collect();
+    c.bench_function("merkle_branches_3000_txids", |b| {
+        b.iter(|| merkle::branches(black_box(&txids)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -51,6 +51,10 @@ pub struct Cli {
 pub enum Command {
     /// Run as a stratum proxy (same as starting the binary as `ckproxy`)
     Proxy(ServerArgs),
+    /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
+    Payout(crate::payout::PayoutArgs),
+    /// Difficulty epoch, projected next difficulty and network hashrate
+    Difficulty(crate::payout::DifficultyArgs),
 }
 
 /// Parses arguments and runs; returns the process exit code.
@@ -71,6 +75,8 @@ pub fn main() -> i32 {
             args.proxy = true;
             crate::service::run_server(args)
         }
+        Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
+        Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
     };
     match result {
         Ok(()) => 0,

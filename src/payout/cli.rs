@@ -8,7 +8,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::contracts::{self, Point, ResolvedContract};
-use super::exact::{format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio, COIN};
+use super::exact::{
+    format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio, COIN,
+};
 use super::formula::{self, Fees, PayoutInput};
 use super::node::{self, Chain, FeeSource, OwnBlocks, RpcClient};
 
@@ -93,19 +95,24 @@ pub enum SubsidySource {
 #[derive(Debug, Clone, Args)]
 pub struct PayoutArgs {
     /// H: contract hashrate ("110TH/s", "110 T", "1.1e14")
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
     pub hashrate: Option<String>,
     /// D: difficulty at the start of the next epoch (exact decimal, "83148355189239.77")
-    #[arg(long, value_name = "D", conflicts_with = "nbits")]
+    #[arg(
+        long,
+        value_name = "D",
+        conflicts_with = "nbits",
+        allow_hyphen_values = true
+    )]
     pub difficulty: Option<String>,
     /// D as compact nbits in hex ("17034219"): D = diff-1 target / target, exactly
     #[arg(long, value_name = "HEX")]
     pub nbits: Option<String>,
     /// S: block subsidy ("3.125" coins or "312500000sat")
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
     pub subsidy: Option<String>,
     /// F: average fees per block over the paid period ("0.25" coins or "25000000sat")
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
     pub fees: Option<String>,
     /// T: target seconds per block
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -145,7 +152,7 @@ pub struct PayoutArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub skip_first: u64,
     /// Carry balances below this amount to the next epoch (needs --state)
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_hyphen_values = true)]
     pub min_payout: Option<String>,
     /// Balances file (JSON), updated atomically; an epoch already in it is refused
     #[arg(long, value_name = "FILE")]
@@ -164,7 +171,12 @@ pub struct PayoutArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DifficultyArgs {
     /// Current difficulty (exact decimal)
-    #[arg(long, value_name = "D", conflicts_with = "nbits")]
+    #[arg(
+        long,
+        value_name = "D",
+        conflicts_with = "nbits",
+        allow_hyphen_values = true
+    )]
     pub difficulty: Option<String>,
     /// Current difficulty as compact nbits in hex
     #[arg(long, value_name = "HEX")]
@@ -207,6 +219,16 @@ fn check_common(block_time: u64, period: u64) -> Result<()> {
     Ok(())
 }
 
+/// Decimal, plus the exact fraction when the decimal does not terminate within 12 places.
+fn show_exact(r: &Ratio) -> String {
+    let s = r.to_decimal_trimmed(12);
+    if s.ends_with('…') {
+        format!("{s} (= {}/{})", r.num(), r.den())
+    } else {
+        s
+    }
+}
+
 fn ratio_json(r: &Ratio) -> serde_json::Value {
     json!({"num": r.num().to_string(), "den": r.den().to_string(), "decimal": r.to_decimal_trimmed(12)})
 }
@@ -224,24 +246,50 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
     if args.halving_interval == 0 {
         bail!("--halving-interval 0: must be at least 1 block");
     }
-    let min_payout = args.min_payout.as_deref().map(parse_amount).transpose().context("--min-payout")?;
+    let min_payout = args
+        .min_payout
+        .as_deref()
+        .map(parse_amount)
+        .transpose()
+        .context("--min-payout")?;
     if min_payout.is_some() && args.state.is_none() {
         bail!("--min-payout needs --state FILE to carry balances between epochs");
     }
     if args.contracts.is_none() && args.hashrate.is_none() {
         bail!("give --hashrate (one contract) or --contracts FILE");
     }
-    let hashrate = args.hashrate.as_deref().map(parse_hashrate).transpose().context("--hashrate")?;
+    let hashrate = args
+        .hashrate
+        .as_deref()
+        .map(parse_hashrate)
+        .transpose()
+        .context("--hashrate")?;
     let given_d = match (&args.difficulty, &args.nbits) {
-        (Some(d), _) => Some(Sourced { value: parse_positive("difficulty", d)?, source: "given".into() }),
+        (Some(d), _) => Some(Sourced {
+            value: parse_positive("difficulty", d)?,
+            source: "given".into(),
+        }),
         (None, Some(n)) => {
             let (bits, d) = parse_nbits(n)?;
-            Some(Sourced { value: d, source: format!("given nbits {bits:08x}") })
+            Some(Sourced {
+                value: d,
+                source: format!("given nbits {bits:08x}"),
+            })
         }
         _ => None,
     };
-    let given_s = args.subsidy.as_deref().map(parse_amount).transpose().context("--subsidy")?;
-    let given_f = args.fees.as_deref().map(parse_amount).transpose().context("--fees")?;
+    let given_s = args
+        .subsidy
+        .as_deref()
+        .map(parse_amount)
+        .transpose()
+        .context("--subsidy")?;
+    let given_f = args
+        .fees
+        .as_deref()
+        .map(parse_amount)
+        .transpose()
+        .context("--fees")?;
 
     let node = args.node.connect()?;
     let epoch_info; // (epoch, first, last, next height)
@@ -257,7 +305,10 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             .map(|(_, n)| *n)
             .collect();
             if !missing.is_empty() {
-                bail!("offline mode needs {} (or give a node with --config / --rpc-url)", missing.join(", "));
+                bail!(
+                    "offline mode needs {} (or give a node with --config / --rpc-url)",
+                    missing.join(", ")
+                );
             }
             if args.own_blocks {
                 bail!("--own-blocks needs a node (--config or --rpc-url)");
@@ -269,8 +320,14 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             let s = given_s.unwrap_or(0);
             (
                 given_d.unwrap(),
-                Sourced { value: s, source: "given".into() },
-                Sourced { value: Fees::per_block(given_f.unwrap_or(0)), source: "given".into() },
+                Sourced {
+                    value: s,
+                    source: "given".into(),
+                },
+                Sourced {
+                    value: Fees::per_block(given_f.unwrap_or(0)),
+                    source: "given".into(),
+                },
             )
         }
         Some((chain, cfg)) => {
@@ -289,8 +346,8 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                 }
             };
             let _ = completed;
-            let (first, last) =
-                formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
+            let (first, last) = formula::epoch_bounds(epoch, args.period)
+                .ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
             let next = last + 1;
             if next > tip {
                 bail!(
@@ -305,16 +362,23 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             let d = match given_d {
                 Some(d) => d,
                 None => Sourced {
-                    value: formula::difficulty_from_nbits(next_header.bits)
-                        .ok_or_else(|| anyhow!("block {next} has invalid nbits {:08x}", next_header.bits))?,
+                    value: formula::difficulty_from_nbits(next_header.bits).ok_or_else(|| {
+                        anyhow!("block {next} has invalid nbits {:08x}", next_header.bits)
+                    })?,
                     source: format!("nbits {:08x} of block {next}", next_header.bits),
                 },
             };
             let s = match (given_s, args.subsidy_source) {
-                (Some(s), _) => Sourced { value: s, source: "given".into() },
+                (Some(s), _) => Sourced {
+                    value: s,
+                    source: "given".into(),
+                },
                 (None, SubsidySource::Schedule) => Sourced {
                     value: formula::subsidy_at(next, args.halving_interval, initial),
-                    source: format!("schedule at height {next}, halving every {}", args.halving_interval),
+                    source: format!(
+                        "schedule at height {next}, halving every {}",
+                        args.halving_interval
+                    ),
                 },
                 (None, SubsidySource::Coinbase) => Sourced {
                     value: chain.subsidy_from_coinbase(&next_header.hash, args.fee_source)?,
@@ -322,7 +386,10 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                 },
             };
             let f = match given_f {
-                Some(f) => Sourced { value: Fees::per_block(f), source: "given".into() },
+                Some(f) => Sourced {
+                    value: Fees::per_block(f),
+                    source: "given".into(),
+                },
                 None => {
                     let own = if args.own_blocks {
                         Some(OwnBlocks::new(
@@ -355,9 +422,16 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                         FeeSource::Decode => "decoded blocks",
                         FeeSource::Auto => "node",
                     };
-                    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
+                    let whose = if own.is_some() {
+                        "own blocks"
+                    } else {
+                        "all blocks"
+                    };
                     Sourced {
-                        value: Fees { total_sat: total, blocks },
+                        value: Fees {
+                            total_sat: total,
+                            blocks,
+                        },
                         source: format!("{how}, {whose} of heights {first}..={last}"),
                     }
                 }
@@ -367,11 +441,32 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
     };
 
     match &args.contracts {
-        None => pay_one(&args, hashrate.expect("checked"), difficulty, subsidy, fees, epoch_info),
+        None => pay_one(
+            &args,
+            hashrate.expect("checked"),
+            difficulty,
+            subsidy,
+            fees,
+            epoch_info,
+        ),
         Some(path) => {
-            let (epoch, first, last, _) = epoch_info
-                .ok_or_else(|| anyhow!("--contracts needs --epoch N (or a node to find the latest completed epoch)"))?;
-            pay_contracts(&args, path, node.as_ref().map(|(c, _)| c), difficulty, subsidy, fees, epoch, first, last, min_payout)
+            let (epoch, first, last, _) = epoch_info.ok_or_else(|| {
+                anyhow!(
+                    "--contracts needs --epoch N (or a node to find the latest completed epoch)"
+                )
+            })?;
+            pay_contracts(
+                &args,
+                path,
+                node.as_ref().map(|(c, _)| c),
+                difficulty,
+                subsidy,
+                fees,
+                epoch,
+                first,
+                last,
+                min_payout,
+            )
         }
     }
 }
@@ -421,10 +516,23 @@ fn pay_one(
         println!("Epoch {e}: heights {first}..={last}; difficulty from height {next}");
     }
     println!("Payout = [(H × T) / (D × 2^32)] × [(S + F) × B]");
-    println!("  H  hashrate              {} ({} H/s)", format_hashrate(&hashrate), hashrate.to_decimal_trimmed(6));
+    println!(
+        "  H  hashrate              {} ({} H/s)",
+        format_hashrate(&hashrate),
+        hashrate.to_decimal_trimmed(6)
+    );
     println!("  T  target block time     {} s", args.block_time);
-    println!("  D  difficulty            {}  [{}]", d.value.to_decimal_trimmed(12), d.source);
-    println!("  S  block subsidy         {} ({} sat)  [{}]", format_coins(s.value as u128), s.value, s.source);
+    println!(
+        "  D  difficulty            {}  [{}]",
+        show_exact(&d.value),
+        d.source
+    );
+    println!(
+        "  S  block subsidy         {} ({} sat)  [{}]",
+        format_coins(s.value as u128),
+        s.value,
+        s.source
+    );
     println!(
         "  F  average fees / block  {} sat = {} sat over {} block(s)  [{}]",
         avg.to_decimal_trimmed(8),
@@ -433,10 +541,22 @@ fn pay_one(
         f.source
     );
     println!("  B  blocks per period     {}", args.period);
-    println!("  (H × T) / (D × 2^32)    = {} blocks per block", p.share_per_block.to_decimal_trimmed(12));
-    println!("  expected blocks (× B)   = {}", p.expected_blocks.to_decimal_trimmed(12));
-    println!("  (S + F) per block       = {} sat", p.reward_per_block_sat.to_decimal_trimmed(8));
-    println!("  exact payout            = {} sat (floored once)", p.exact_sat.to_decimal_trimmed(8));
+    println!(
+        "  (H × T) / (D × 2^32)    = {} blocks per block",
+        p.share_per_block.to_decimal_trimmed(12)
+    );
+    println!(
+        "  expected blocks (× B)   = {}",
+        p.expected_blocks.to_decimal_trimmed(12)
+    );
+    println!(
+        "  (S + F) per block       = {} sat",
+        p.reward_per_block_sat.to_decimal_trimmed(8)
+    );
+    println!(
+        "  exact payout            = {} sat (floored once)",
+        p.exact_sat.to_decimal_trimmed(8)
+    );
     println!("Payout: {} coins ({} sat)", format_coins(p.sat), p.sat);
     Ok(())
 }
@@ -516,9 +636,16 @@ fn pay_contracts(
         // pro-rate: exact payout × active / B, floored once
         let prorated = p
             .exact_sat
-            .checked_mul(&Ratio::new(ruint::aliases::U1024::from(active), ruint::aliases::U1024::from(args.period)).expect("period > 0"))
+            .checked_mul(
+                &Ratio::new(
+                    ruint::aliases::U1024::from(active),
+                    ruint::aliases::U1024::from(args.period),
+                )
+                .expect("period > 0"),
+            )
             .ok_or_else(|| anyhow!("payout overflow"))?;
-        let sat = u64::try_from(prorated.floor()).map_err(|_| anyhow!("payout of {:?} overflows", c.customer))?;
+        let sat = u64::try_from(prorated.floor())
+            .map_err(|_| anyhow!("payout of {:?} overflows", c.customer))?;
         let start_epoch = c.start / args.period;
         let index = epoch - start_epoch.min(epoch); // 0 = the epoch the contract started in
         let skipped = index < args.skip_first;
@@ -550,10 +677,17 @@ fn pay_contracts(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("Epoch {epoch}: heights {first}..={last}, B = {}, T = {} s", args.period, args.block_time);
+    println!(
+        "Epoch {epoch}: heights {first}..={last}, B = {}, T = {} s",
+        args.period, args.block_time
+    );
     println!("  D = {}  [{}]", d.value.to_decimal_trimmed(12), d.source);
     println!("  S = {} sat  [{}]", s.value, s.source);
-    println!("  F = {} sat/block  [{}]", f.value.average().to_decimal_trimmed(8), f.source);
+    println!(
+        "  F = {} sat/block  [{}]",
+        f.value.average().to_decimal_trimmed(8),
+        f.source
+    );
     for dt in &details {
         println!(
             "  contract {} {} heights {}..{}: active {} block(s), payout #{}{}, earned {} sat",
@@ -563,18 +697,29 @@ fn pay_contracts(
             dt["end"],
             dt["active_blocks"],
             dt["payout_index"],
-            if dt["skipped"].as_bool() == Some(true) { " (skipped)" } else { "" },
+            if dt["skipped"].as_bool() == Some(true) {
+                " (skipped)"
+            } else {
+                ""
+            },
             dt["earned_sat"]
         );
     }
-    println!("{:<20} {:>16} {:>16} {:>16} {:>16}", "customer", "earned sat", "carried in", "paid sat", "carried out");
+    println!(
+        "{:<20} {:>16} {:>16} {:>16} {:>16}",
+        "customer", "earned sat", "carried in", "paid sat", "carried out"
+    );
     for l in &lines {
         println!(
             "{:<20} {:>16} {:>16} {:>16} {:>16}",
             l.customer, l.earned_sat, l.carried_in_sat, l.paid_sat, l.carried_out_sat
         );
     }
-    println!("Total paid: {} coins ({} sat)", format_coins(total_paid as u128), total_paid);
+    println!(
+        "Total paid: {} coins ({} sat)",
+        format_coins(total_paid as u128),
+        total_paid
+    );
     Ok(())
 }
 
@@ -591,7 +736,9 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
                 }
                 _ => bail!("offline mode needs --difficulty or --nbits, --height and --elapsed (or a node)"),
             };
-            let height = args.height.ok_or_else(|| anyhow!("offline mode needs --height (the tip height)"))?;
+            let height = args
+                .height
+                .ok_or_else(|| anyhow!("offline mode needs --height (the tip height)"))?;
             let elapsed = args
                 .elapsed
                 .ok_or_else(|| anyhow!("offline mode needs --elapsed (seconds from the epoch's first block to the tip)"))?;
@@ -612,15 +759,25 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
             let first = chain.header_at(height - height % args.period)?;
             let d = formula::difficulty_from_nbits(tip.bits)
                 .ok_or_else(|| anyhow!("block {height} has invalid nbits {:08x}", tip.bits))?;
-            (d, format!("nbits {:08x} of block {height}", tip.bits), height, tip.time - first.time, Some(first.time))
+            (
+                d,
+                format!("nbits {:08x} of block {height}", tip.bits),
+                height,
+                tip.time - first.time,
+                Some(first.time),
+            )
         }
     };
     let epoch = height / args.period;
     let first = epoch * args.period;
     let intervals = height - first;
-    let hashrate = formula::network_hashrate(&d, args.block_time).ok_or_else(|| anyhow!("overflow"))?;
-    let projection = formula::project_retarget(&d, args.period, args.block_time, intervals, elapsed);
-    let next_hashrate = projection.as_ref().and_then(|r| formula::network_hashrate(&r.new_difficulty, args.block_time));
+    let hashrate =
+        formula::network_hashrate(&d, args.block_time).ok_or_else(|| anyhow!("overflow"))?;
+    let projection =
+        formula::project_retarget(&d, args.period, args.block_time, intervals, elapsed);
+    let next_hashrate = projection
+        .as_ref()
+        .and_then(|r| formula::network_hashrate(&r.new_difficulty, args.block_time));
     if args.json {
         let out = json!({
             "height": height, "epoch": epoch, "epoch_first_height": first, "epoch_first_time": first_time,
@@ -641,11 +798,22 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("Height {height}: epoch {epoch} (heights {first}..={}), block {} of {}", first + args.period - 1, intervals + 1, args.period);
-    println!("  difficulty          {}  [{d_source}]", d.to_decimal_trimmed(12));
-    println!("  network hashrate    {} (D × 2^32 / {} s)", format_hashrate(&hashrate), args.block_time);
+    println!(
+        "Height {height}: epoch {epoch} (heights {first}..={}), block {} of {}",
+        first + args.period - 1,
+        intervals + 1,
+        args.period
+    );
+    println!("  difficulty          {}  [{d_source}]", show_exact(&d));
+    println!(
+        "  network hashrate    {} (D × 2^32 / {} s)",
+        format_hashrate(&hashrate),
+        args.block_time
+    );
     match projection {
-        None => println!("  projected next difficulty: needs at least two blocks of the epoch (one interval)"),
+        None => println!(
+            "  projected next difficulty: needs at least two blocks of the epoch (one interval)"
+        ),
         Some(r) => {
             println!(
                 "  elapsed             {elapsed} s over {intervals} interval(s); projected over {} intervals: {} s \
@@ -658,10 +826,19 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
             );
             let clamp = match r.clamp {
                 formula::Clamp::None => "not clamped".to_string(),
-                formula::Clamp::MaxIncrease => format!("clamped to target/4 = {} s (at most ×4)", r.used.to_decimal_trimmed(2)),
-                formula::Clamp::MaxDecrease => format!("clamped to target×4 = {} s (at least ÷4)", r.used.to_decimal_trimmed(2)),
+                formula::Clamp::MaxIncrease => format!(
+                    "clamped to target/4 = {} s (at most ×4)",
+                    r.used.to_decimal_trimmed(2)
+                ),
+                formula::Clamp::MaxDecrease => format!(
+                    "clamped to target×4 = {} s (at least ÷4)",
+                    r.used.to_decimal_trimmed(2)
+                ),
             };
-            println!("  projected next difficulty {}  ({clamp})", r.new_difficulty.to_decimal_trimmed(12));
+            println!(
+                "  projected next difficulty {}  ({clamp})",
+                r.new_difficulty.to_decimal_trimmed(12)
+            );
             if let Some(h) = next_hashrate {
                 println!("  projected network hashrate {}", format_hashrate(&h));
             }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::contracts::{self, Point, ResolvedContract};
 use super::exact::{
-    format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio, COIN,
+    format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio,
 };
 use super::formula::{self, Fees, PayoutInput};
 use super::node::{self, Chain, FeeSource, OwnBlocks, RpcClient};
@@ -332,7 +332,6 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
         }
         Some((chain, cfg)) => {
             let tip = chain.height()?;
-            let completed = (tip + 1) / args.period; // epochs whose next epoch has started: N·B+B ≤ tip
             let epoch = match args.epoch {
                 Some(e) => e,
                 None => {
@@ -345,7 +344,6 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                     tip / args.period - 1
                 }
             };
-            let _ = completed;
             let (first, last) = formula::epoch_bounds(epoch, args.period)
                 .ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
             let next = last + 1;
@@ -844,6 +842,5 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
             }
         }
     }
-    let _ = COIN;
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod difficulty;
 pub mod hex;
+pub mod payout;
 pub mod share;
 pub mod work;
 pub mod bitcoind;

@@ -55,6 +55,10 @@ pub enum Command {
     Mine(crate::miner::MineArgs),
     /// Check a config file and reach each btcd without starting the pool
     Check(CheckArgs),
+    /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
+    Payout(crate::payout::PayoutArgs),
+    /// Difficulty epoch, projected next difficulty and network hashrate
+    Difficulty(crate::payout::DifficultyArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -87,6 +91,8 @@ pub fn main() -> i32 {
         }
         Some(Command::Mine(args)) => crate::miner::run(args),
         Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
+        Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
+        Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
     };
     match result {
         Ok(()) => 0,

@@ -35,19 +35,10 @@ fn realistic_job() -> Job {
         "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
     }))
     .unwrap();
-    let script = script_for_address(
-        "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
-        bitcoin::Network::Bitcoin,
-    )
-    .unwrap();
-    let cb = coinbase::build(
-        &t,
-        &CoinbaseConfig::new(
-            script,
-            "/ckpool-rs benchmark pool signature, a typical length/",
-        ),
-    )
-    .unwrap();
+    let script = script_for_address("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", bitcoin::Network::Bitcoin).unwrap();
+    let cb =
+        coinbase::build(&t, &CoinbaseConfig::new(script, "/ckpool-rs benchmark pool signature, a typical length/"))
+            .unwrap();
     let job = Job::new(0x1234, &t, cb, true);
     assert_eq!(job.branches.len(), 13);
     job
@@ -55,11 +46,7 @@ fn realistic_job() -> Job {
 
 fn bench(c: &mut Criterion) {
     let job = realistic_job();
-    eprintln!(
-        "job: {} branches, coinbase {} bytes",
-        job.branches.len(),
-        job.coinbase.size()
-    );
+    eprintln!("job: {} branches, coinbase {} bytes", job.branches.len(), job.coinbase.size());
     let en1 = [0xde, 0xad, 0xbe, 0xef];
     let id = job.id_hex();
     let ntime = format!("{:08x}", job.ntime);
@@ -112,20 +99,10 @@ fn bench(c: &mut Criterion) {
     // Components, for reading the figures above: the coinbase txid folded up 13 branches, and one
     // SHA-256 compression (the share path runs 47 of them back to back: 5 for the coinbase, 3 per
     // branch, 3 for the header).
-    c.bench_function("components/merkle_root_13_branches", |b| {
-        b.iter(|| black_box(&job).merkle_root(&en1, &[1u8; 8]))
-    });
+    c.bench_function("components/merkle_root_13_branches", |b| b.iter(|| black_box(&job).merkle_root(&en1, &[1u8; 8])));
     c.bench_function("components/sha256_compress_1_block", |b| {
-        let mut state = [
-            0x6a09e667u32,
-            0xbb67ae85,
-            0x3c6ef372,
-            0xa54ff53a,
-            0x510e527f,
-            0x9b05688c,
-            0x1f83d9ab,
-            0x5be0cd19,
-        ];
+        let mut state =
+            [0x6a09e667u32, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
         let block = sha2::digest::generic_array::GenericArray::clone_from_slice(&[5u8; 64]);
         b.iter(|| {
             sha2::compress256(&mut state, std::slice::from_ref(black_box(&block)));
@@ -133,14 +110,10 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    c.bench_function("notify_params_to_string", |b| {
-        b.iter(|| black_box(&job).notify_params().to_string())
-    });
+    c.bench_function("notify_params_to_string", |b| b.iter(|| black_box(&job).notify_params().to_string()));
 
     let txids: Vec<[u8; 32]> = (0..3_000u32).map(txid).collect();
-    c.bench_function("merkle_branches_3000_txids", |b| {
-        b.iter(|| merkle::branches(black_box(&txids)))
-    });
+    c.bench_function("merkle_branches_3000_txids", |b| b.iter(|| merkle::branches(black_box(&txids))));
 }
 
 criterion_group!(benches, bench);

@@ -15,7 +15,11 @@ pub fn run(path: &Path, proxy: bool) -> anyhow::Result<()> {
     for k in &cfg.unknown_keys {
         println!("warning: unknown key \"{k}\" is ignored");
     }
-    if proxy { cfg.require_proxy()? } else { cfg.require_pool()? }
+    if proxy {
+        cfg.require_proxy()?
+    } else {
+        cfg.require_pool()?
+    }
     println!(
         "ok: listening on {}, mindiff {} startdiff {} maxdiff {}",
         cfg.serverurl.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),

@@ -127,7 +127,9 @@ fn first_json_value(text: &str, path: &Path) -> Result<Value, ConfigError> {
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     match stream.next() {
         Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(ConfigError::Json { path: path.into(), why: e.to_string(), line: e.line(), column: e.column() }),
+        Some(Err(e)) => {
+            Err(ConfigError::Json { path: path.into(), why: e.to_string(), line: e.line(), column: e.column() })
+        }
         None => Err(ConfigError::Json { path: path.into(), why: "empty file".into(), line: 1, column: 1 }),
     }
 }
@@ -209,7 +211,9 @@ impl Config {
             Some(Value::Array(entries)) => {
                 for (i, e) in entries.iter().enumerate() {
                     let key = |k: &str| format!("btcd[{i}].{k}");
-                    let o = e.as_object().ok_or_else(|| r.err(&format!("btcd[{i}]"), e, "must be an object with url, auth, pass"))?;
+                    let o = e
+                        .as_object()
+                        .ok_or_else(|| r.err(&format!("btcd[{i}]"), e, "must be an object with url, auth, pass"))?;
                     let s = |k: &str| -> Result<String, ConfigError> {
                         match o.get(k) {
                             None | Some(Value::Null) => Ok(String::new()),
@@ -218,8 +222,13 @@ impl Config {
                         }
                     };
                     let raw_url = s("url")?;
-                    let url = normalize_rpc_url(&raw_url)
-                        .ok_or_else(|| r.err(&key("url"), &Value::String(raw_url.clone()), "must be host:port, e.g. \"localhost:8332\""))?;
+                    let url = normalize_rpc_url(&raw_url).ok_or_else(|| {
+                        r.err(
+                            &key("url"),
+                            &Value::String(raw_url.clone()),
+                            "must be host:port, e.g. \"localhost:8332\"",
+                        )
+                    })?;
                     let cookie = s("cookie")?;
                     let auth = if !cookie.is_empty() {
                         RpcAuth::Cookie(PathBuf::from(cookie))
@@ -227,7 +236,11 @@ impl Config {
                         let user = s("auth")?;
                         let pass = s("pass")?;
                         if user.is_empty() {
-                            return Err(r.err(&key("auth"), &Value::String(user), "must name the RPC user (rpcauth) or give \"cookie\": \"/path/.cookie\""));
+                            return Err(r.err(
+                                &key("auth"),
+                                &Value::String(user),
+                                "must name the RPC user (rpcauth) or give \"cookie\": \"/path/.cookie\"",
+                            ));
                         }
                         RpcAuth::UserPass { user, pass: Secret::new(pass) }
                     };
@@ -247,11 +260,17 @@ impl Config {
             None | Some(Value::Null) => {}
             Some(Value::Array(entries)) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let o = e.as_object().ok_or_else(|| r.err(&format!("proxy[{i}]"), e, "must be an object with url, auth, pass"))?;
+                    let o = e
+                        .as_object()
+                        .ok_or_else(|| r.err(&format!("proxy[{i}]"), e, "must be an object with url, auth, pass"))?;
                     let get = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                     let url = get("url").trim_start_matches("stratum+tcp://").to_string();
                     if !url.contains(':') {
-                        return Err(r.err(&format!("proxy[{i}].url"), &Value::String(url), "must be host:port of the upstream pool"));
+                        return Err(r.err(
+                            &format!("proxy[{i}].url"),
+                            &Value::String(url),
+                            "must be host:port of the upstream pool",
+                        ));
                     }
                     proxy.push(Upstream { url, auth: get("auth"), pass: Secret::new(get("pass")) });
                 }
@@ -265,13 +284,14 @@ impl Config {
                 .iter()
                 .enumerate()
                 .map(|(i, u)| {
-                    u.as_str()
-                        .and_then(parse_listen)
-                        .ok_or_else(|| r.err(&format!("serverurl[{i}]"), u, "must be \"address:port\", e.g. \"0.0.0.0:3333\""))
+                    u.as_str().and_then(parse_listen).ok_or_else(|| {
+                        r.err(&format!("serverurl[{i}]"), u, "must be \"address:port\", e.g. \"0.0.0.0:3333\"")
+                    })
                 })
                 .collect::<Result<_, _>>()?,
             Some(Value::String(s)) => {
-                vec![parse_listen(s).ok_or_else(|| r.err("serverurl", &Value::String(s.clone()), "must be \"address:port\""))?]
+                vec![parse_listen(s)
+                    .ok_or_else(|| r.err("serverurl", &Value::String(s.clone()), "must be \"address:port\""))?]
             }
             Some(v) => return Err(r.err("serverurl", v, "must be an array of \"address:port\" strings")),
         };
@@ -283,16 +303,25 @@ impl Config {
             return Err(r.err("mindiff", &obj["mindiff"], "must be above 0 (fractions such as 0.001 are allowed)"));
         }
         if startdiff < mindiff {
-            return Err(r.err("startdiff", &obj.get("startdiff").cloned().unwrap_or(Value::Null), format!("must be at least mindiff ({mindiff})")));
+            return Err(r.err(
+                "startdiff",
+                &obj.get("startdiff").cloned().unwrap_or(Value::Null),
+                format!("must be at least mindiff ({mindiff})"),
+            ));
         }
         if !maxdiff.is_zero() && maxdiff < startdiff {
-            return Err(r.err("maxdiff", &obj["maxdiff"], format!("must be 0 (no maximum) or at least startdiff ({startdiff})")));
+            return Err(r.err(
+                "maxdiff",
+                &obj["maxdiff"],
+                format!("must be 0 (no maximum) or at least startdiff ({startdiff})"),
+            ));
         }
 
         let version_mask = match obj.get("version_mask") {
             None | Some(Value::Null) => 0x1fff_e000,
-            Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0x"), 16)
-                .map_err(|_| r.err("version_mask", &Value::String(s.clone()), "must be a hex string such as \"1fffe000\""))?,
+            Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| {
+                r.err("version_mask", &Value::String(s.clone()), "must be a hex string such as \"1fffe000\"")
+            })?,
             Some(v) => return Err(r.err("version_mask", v, "must be a hex string such as \"1fffe000\"")),
         };
 
@@ -302,7 +331,11 @@ impl Config {
         } else if zmq.starts_with("tcp://") || zmq.starts_with("ipc://") {
             Some(zmq)
         } else {
-            return Err(r.err("zmqblock", &Value::String(zmq), "must be a ZMQ endpoint such as \"tcp://127.0.0.1:28332\""));
+            return Err(r.err(
+                "zmqblock",
+                &Value::String(zmq),
+                "must be a ZMQ endpoint such as \"tcp://127.0.0.1:28332\"",
+            ));
         };
 
         let unknown_keys = obj.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())).cloned().collect();
@@ -332,10 +365,20 @@ impl Config {
     pub fn require_pool(&self) -> Result<(), ConfigError> {
         let path = self.path.clone();
         if self.btcd.is_empty() {
-            return Err(ConfigError::Key { path, key: "btcd".into(), value: "[]".into(), allowed: "pool mode needs at least one bitcoind entry".into() });
+            return Err(ConfigError::Key {
+                path,
+                key: "btcd".into(),
+                value: "[]".into(),
+                allowed: "pool mode needs at least one bitcoind entry".into(),
+            });
         }
         if self.btcaddress.is_empty() {
-            return Err(ConfigError::Key { path, key: "btcaddress".into(), value: "\"\"".into(), allowed: "pool mode needs the address that receives block rewards".into() });
+            return Err(ConfigError::Key {
+                path,
+                key: "btcaddress".into(),
+                value: "\"\"".into(),
+                allowed: "pool mode needs the address that receives block rewards".into(),
+            });
         }
         Ok(())
     }
@@ -411,7 +454,9 @@ mod tests {
 
     #[test]
     fn password_not_in_error() {
-        let e = Config::parse(r#"{"btcd": [{"url": "h:1", "auth": "u", "pass": 5}]}"#, Path::new("x")).unwrap_err().to_string();
+        let e = Config::parse(r#"{"btcd": [{"url": "h:1", "auth": "u", "pass": 5}]}"#, Path::new("x"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("redacted") && !e.contains(" 5"), "{e}");
     }
 }

@@ -4,17 +4,17 @@
 //! share log / block submission. The pure parts ([`difficulty`], [`work`], [`share`]) take
 //! plain data and return plain data, so they are tested with vectors.
 
-pub mod difficulty;
-pub mod hex;
-pub mod payout;
-pub mod share;
-pub mod work;
 pub mod bitcoind;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod difficulty;
+pub mod hex;
 pub mod log;
 pub mod miner;
+pub mod payout;
 pub mod pool;
 pub mod service;
+pub mod share;
 pub mod stratum;
+pub mod work;

@@ -70,7 +70,15 @@ struct Found {
 }
 
 /// Searches `count` nonces from `start` for a header meeting `target`. Pure; the hashing loop.
-pub fn search(job: &Job, root: &[u8; 32], version: u32, ntime: u32, target: &Target, start: u32, count: u32) -> Option<u32> {
+pub fn search(
+    job: &Job,
+    root: &[u8; 32],
+    version: u32,
+    ntime: u32,
+    target: &Target,
+    start: u32,
+    count: u32,
+) -> Option<u32> {
     let mut header = job.header(root, version, ntime, start);
     for i in 0..count {
         let nonce = start.wrapping_add(i);
@@ -92,7 +100,13 @@ fn parse_url(url: &str) -> anyhow::Result<String> {
 
 pub fn run(args: MineArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(if args.debug { "debug" } else if args.quiet { "error" } else { "info" })
+        .with_env_filter(if args.debug {
+            "debug"
+        } else if args.quiet {
+            "error"
+        } else {
+            "info"
+        })
         .with_target(false)
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -106,15 +120,19 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
         args.pass = p.into();
     }
     let mut addr = parse_url(&args.url)?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let threads =
+        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
     let work: Arc<Mutex<Option<SharedWork>>> = Arc::new(Mutex::new(None));
     let generation = Arc::new(AtomicU64::new(0));
     let hashes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (found_tx, mut found_rx) = mpsc::channel::<Found>(256);
     for t in 0..threads {
-        let (work, generation, hashes, stop, tx) = (work.clone(), generation.clone(), hashes.clone(), stop.clone(), found_tx.clone());
-        std::thread::Builder::new().name(format!("hash{t}")).spawn(move || hash_thread(t as u32, threads as u32, work, generation, hashes, stop, tx))?;
+        let (work, generation, hashes, stop, tx) =
+            (work.clone(), generation.clone(), hashes.clone(), stop.clone(), found_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("hash{t}"))
+            .spawn(move || hash_thread(t as u32, threads as u32, work, generation, hashes, stop, tx))?;
     }
     let started = Instant::now();
     let (mut accepted, mut rejected) = (0u64, 0u64);
@@ -142,8 +160,16 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
             out.push_str(&l);
             out.push('\n');
         };
-        send(&mut out, json!({"id": 1, "method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": "1fffe000", "version-rolling.min-bit-count": 2}]}), args.protocol);
-        send(&mut out, json!({"id": 2, "method": "mining.subscribe", "params": [concat!("ckpool-mine/", env!("CARGO_PKG_VERSION"))]}), args.protocol);
+        send(
+            &mut out,
+            json!({"id": 1, "method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": "1fffe000", "version-rolling.min-bit-count": 2}]}),
+            args.protocol,
+        );
+        send(
+            &mut out,
+            json!({"id": 2, "method": "mining.subscribe", "params": [concat!("ckpool-mine/", env!("CARGO_PKG_VERSION"))]}),
+            args.protocol,
+        );
         send(&mut out, json!({"id": 3, "method": "mining.authorize", "params": [args.user, args.pass]}), args.protocol);
         wr.write_all(out.as_bytes()).await?;
         out.clear();
@@ -234,7 +260,9 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
                 _ = async { match until { Some(u) => tokio::time::sleep_until(u).await, None => std::future::pending().await } } => break 'outer Ok(()),
             }
             if !out.is_empty() {
-                if wr.write_all(out.as_bytes()).await.is_err() { break; }
+                if wr.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
                 out.clear();
             }
         }
@@ -272,7 +300,11 @@ fn hash_thread(
     let mut en2_counter: u64 = t as u64;
     while !stop.load(Ordering::Acquire) {
         let gen = generation.load(Ordering::Acquire);
-        let snapshot = work.lock().unwrap().as_ref().map(|w| (w.job.clone(), w.job_id.clone(), w.en1.clone(), w.target, w.version_mask));
+        let snapshot = work
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|w| (w.job.clone(), w.job_id.clone(), w.en1.clone(), w.target, w.version_mask));
         let Some((job, job_id, en1, target, mask)) = snapshot else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
@@ -296,7 +328,13 @@ fn hash_thread(
                     break 'job;
                 }
                 if let Some(nonce) = search(&job, &root, version, ntime, &target, start, CHUNK) {
-                    let f = Found { job_id: job_id.clone(), en2: en2.clone(), ntime, nonce, version_bits: version_bits.filter(|_| mask != 0) };
+                    let f = Found {
+                        job_id: job_id.clone(),
+                        en2: en2.clone(),
+                        ntime,
+                        nonce,
+                        version_bits: version_bits.filter(|_| mask != 0),
+                    };
                     if tx.blocking_send(f).is_err() {
                         return;
                     }

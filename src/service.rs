@@ -68,7 +68,8 @@ pub fn take_pidfile(sockdir: &Path, killold: bool) -> anyhow::Result<PidFile> {
             }
         }
     }
-    std::fs::write(&path, format!("{}\n", std::process::id())).with_context(|| format!("cannot write pid file {}", path.display()))?;
+    std::fs::write(&path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))?;
     Ok(PidFile(path))
 }
 
@@ -78,8 +79,9 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
     let cfg = Config::load(&config_path)?;
     let log_path = cfg.logdir.join(format!("{name}.log"));
-    let guard = operator::init(Some(&log_path), args.loglevel.as_deref(), args.quiet)
-        .with_context(|| format!("cannot open the log file {} (check logdir and its permissions)", log_path.display()))?;
+    let guard = operator::init(Some(&log_path), args.loglevel.as_deref(), args.quiet).with_context(|| {
+        format!("cannot open the log file {} (check logdir and its permissions)", log_path.display())
+    })?;
     tracing::info!("{name} {} starting with config {}", env!("CARGO_PKG_VERSION"), config_path.display());
     if !cfg.unknown_keys.is_empty() {
         tracing::warn!("config {}: unknown keys ignored: {}", config_path.display(), cfg.unknown_keys.join(", "));
@@ -87,7 +89,11 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let sockdir = args.sockdir.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/{name}")));
     let _pid = take_pidfile(&sockdir, args.killold)?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ckpool").build().context("cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ckpool")
+        .build()
+        .context("cannot start the runtime")?;
     let reopen = guard.as_ref().map(|g| g.reopen.clone());
     let result = rt.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -84,7 +84,13 @@ impl Reject {
 /// negotiated); `share_target` is the target of the difficulty in force when the job was issued.
 /// A hash that meets the network target is always accepted as a block, whatever the share target.
 #[inline]
-pub fn check(job: &Job, en1: &[u8], sub: &Submit, version_mask: u32, share_target: &Target) -> Result<Accepted, Reject> {
+pub fn check(
+    job: &Job,
+    en1: &[u8],
+    sub: &Submit,
+    version_mask: u32,
+    share_target: &Target,
+) -> Result<Accepted, Reject> {
     let expected = job.coinbase.nonce2_len;
     let en2_hex = sub.extranonce2.as_bytes();
     if en2_hex.len() != expected * 2 || expected > MAX_NONCE2_LEN {

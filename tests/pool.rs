@@ -90,7 +90,22 @@ async fn shares_and_blocks_on_a_real_node() {
     let lines = pool.share_lines();
     assert!(lines.iter().filter(|l| l["result"] == json!(true)).count() >= 2, "{lines:?}");
     let l = lines.iter().find(|l| l["result"] == json!(true)).unwrap();
-    for k in ["workinfoid", "clientid", "enonce1", "nonce2", "nonce", "ntime", "diff", "sdiff", "hash", "createdate", "workername", "username", "address", "agent"] {
+    for k in [
+        "workinfoid",
+        "clientid",
+        "enonce1",
+        "nonce2",
+        "nonce",
+        "ntime",
+        "diff",
+        "sdiff",
+        "hash",
+        "createdate",
+        "workername",
+        "username",
+        "address",
+        "agent",
+    ] {
         assert!(l.get(k).is_some(), "share log lacks {k}: {l}");
     }
     assert_eq!(l["workername"], "worker1.rig");
@@ -214,7 +229,10 @@ async fn bad_input_is_answered_and_isolated() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let tip = loop {
         let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
-        if ckpool::hex::encode_rev(&ckpool::work::job::prevhash_from_stratum(notify["params"][1].as_str().unwrap()).unwrap()) != tip {
+        if ckpool::hex::encode_rev(
+            &ckpool::work::job::prevhash_from_stratum(notify["params"][1].as_str().unwrap()).unwrap(),
+        ) != tip
+        {
             break tip;
         }
         assert!(std::time::Instant::now() < deadline, "block not accepted");
@@ -262,7 +280,10 @@ async fn firmware_first_lines() {
 
     // Bitaxe: configure first with mask ffffffff; the reply holds only what was asked.
     let mut c = Client::connect(&pool.addr()).await;
-    c.send_raw(r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#).await;
+    c.send_raw(
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#,
+    )
+    .await;
     let r = c.read().await.unwrap();
     assert_eq!(r["id"], json!(1));
     assert_eq!(r["result"], json!({"version-rolling": true, "version-rolling.mask": "1fffe000"}));
@@ -325,7 +346,14 @@ fn solve_with_version(notify: &Value, en1: &str, en2: &str, bits: u32) -> Option
     for nonce in 0u32..(1 << 26) {
         let h = job.header(&root, version, job.ntime, nonce);
         if target.is_met_by(&ckpool::work::merkle::sha256d(&h)) {
-            return Some(json!(["w", params[0], en2, format!("{:08x}", job.ntime), format!("{nonce:08x}"), format!("{bits:08x}")]));
+            return Some(json!([
+                "w",
+                params[0],
+                en2,
+                format!("{:08x}", job.ntime),
+                format!("{nonce:08x}"),
+                format!("{bits:08x}")
+            ]));
         }
     }
     None

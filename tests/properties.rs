@@ -2,10 +2,7 @@
 
 use bitcoin::consensus::encode::{deserialize, serialize};
 use bitcoin::hashes::{sha256d, Hash};
-use bitcoin::{
-    absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
-    Witness,
-};
+use bitcoin::{absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
 use ckpool::difficulty::{Difficulty, Target};
 use ckpool::hex;
 use ckpool::share::{self, Submit};
@@ -17,11 +14,7 @@ use ruint::aliases::U256;
 use serde_json::json;
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 /// 256-bit values spread over every magnitude: random bytes shifted right by 0..=256 bits.
@@ -38,10 +31,7 @@ fn dummy_tx(witness: bool) -> impl Strategy<Value = Transaction> {
         proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..4),
         any::<u32>(),
     );
-    let output = (
-        0u64..=21_000_000 * 100_000_000,
-        proptest::collection::vec(any::<u8>(), 0..40),
-    );
+    let output = (0u64..=21_000_000 * 100_000_000, proptest::collection::vec(any::<u8>(), 0..40));
     (
         proptest::collection::vec(input, 1..4),
         proptest::collection::vec(output, 1..4),
@@ -54,33 +44,22 @@ fn dummy_tx(witness: bool) -> impl Strategy<Value = Transaction> {
             input: ins
                 .into_iter()
                 .map(|(txid, vout, sig, wit, seq)| TxIn {
-                    previous_output: OutPoint {
-                        txid: Txid::from_byte_array(txid),
-                        vout,
-                    },
+                    previous_output: OutPoint { txid: Txid::from_byte_array(txid), vout },
                     script_sig: ScriptBuf::from_bytes(sig),
                     sequence: Sequence(seq),
-                    witness: if witness {
-                        Witness::from_slice(&wit)
-                    } else {
-                        Witness::new()
-                    },
+                    witness: if witness { Witness::from_slice(&wit) } else { Witness::new() },
                 })
                 .collect(),
             output: outs
                 .into_iter()
-                .map(|(v, s)| TxOut {
-                    value: Amount::from_sat(v),
-                    script_pubkey: ScriptBuf::from_bytes(s),
-                })
+                .map(|(v, s)| TxOut { value: Amount::from_sat(v), script_pubkey: ScriptBuf::from_bytes(s) })
                 .collect(),
         })
 }
 
 /// BIP141 commitment script for `txs` after the coinbase, computed with rust-bitcoin.
 fn witness_commitment_script(txs: &[Transaction]) -> Vec<u8> {
-    let hashes = std::iter::once(sha256d::Hash::all_zeros())
-        .chain(txs.iter().map(|t| t.compute_wtxid().to_raw_hash()));
+    let hashes = std::iter::once(sha256d::Hash::all_zeros()).chain(txs.iter().map(|t| t.compute_wtxid().to_raw_hash()));
     let root = bitcoin::merkle_tree::calculate_root(hashes).unwrap();
     let mut buf = root.to_byte_array().to_vec();
     buf.extend_from_slice(&[0u8; 32]);
@@ -101,28 +80,13 @@ fn fixed_job() -> Job {
         "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
     }))
     .unwrap();
-    let script = script_for_address(
-        "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
-        bitcoin::Network::Bitcoin,
-    )
-    .unwrap();
-    Job::new(
-        7,
-        &t,
-        coinbase::build(&t, &CoinbaseConfig::new(script, "/prop/")).unwrap(),
-        true,
-    )
+    let script = script_for_address("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", bitcoin::Network::Bitcoin).unwrap();
+    Job::new(7, &t, coinbase::build(&t, &CoinbaseConfig::new(script, "/prop/")).unwrap(), true)
 }
 
 /// Arbitrary text, hex-looking text of any length, and well-formed 4-byte hex words.
 fn submit_text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<String>(),
-        "[0-9a-fA-F]{0,20}",
-        "[0-9a-f]{8}",
-        "[0-9a-f]{16}",
-        ".{0,20}"
-    ]
+    prop_oneof![any::<String>(), "[0-9a-fA-F]{0,20}", "[0-9a-f]{8}", "[0-9a-f]{16}", ".{0,20}"]
 }
 
 proptest! {

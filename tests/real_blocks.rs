@@ -56,22 +56,14 @@ fn rebuild(name: &str, expected_hash: Option<&str>) -> Rebuilt {
     let block: Block = deserialize(&bytes).unwrap();
     let hash = block.block_hash();
     if let Some(h) = expected_hash {
-        assert_eq!(
-            hash.to_string(),
-            h,
-            "{name}: fixture is not the block its name says"
-        );
+        assert_eq!(hash.to_string(), h, "{name}: fixture is not the block its name says");
     }
     assert!(block.check_merkle_root(), "{name}: fixture merkle root");
     let coinbase = &block.txdata[0];
     assert!(coinbase.is_coinbase());
 
     // The getblocktemplate the node would have returned for this block.
-    let height = if block.header.version.to_consensus() >= 2 {
-        block.bip34_block_height().unwrap_or(0)
-    } else {
-        0
-    };
+    let height = if block.header.version.to_consensus() >= 2 { block.bip34_block_height().unwrap_or(0) } else { 0 };
     let coinbase_value: u64 = coinbase.output.iter().map(|o| o.value.to_sat()).sum();
     let commitment = commitment_script(coinbase);
     let transactions: Vec<_> = block.txdata[1..]
@@ -108,32 +100,15 @@ fn rebuild(name: &str, expected_hash: Option<&str>) -> Rebuilt {
     let script_len = coinbase.input[0].script_sig.len();
     assert!(script_len < 0xfd);
     let script_start = 4 + 1 + 36 + 1; // version, input count, null prevout, scriptSig length
-    assert_eq!(
-        &cb_base[script_start..script_start + script_len],
-        coinbase.input[0].script_sig.as_bytes()
-    );
-    let (n1, n2) = if script_len >= 9 {
-        (4, 4)
-    } else {
-        (4, script_len - 5)
-    };
-    assert!(
-        n2 >= 1,
-        "{name}: scriptSig of {script_len} bytes is too short for any slot"
-    );
+    assert_eq!(&cb_base[script_start..script_start + script_len], coinbase.input[0].script_sig.as_bytes());
+    let (n1, n2) = if script_len >= 9 { (4, 4) } else { (4, script_len - 5) };
+    assert!(n2 >= 1, "{name}: scriptSig of {script_len} bytes is too short for any slot");
     let offset = script_start + 1;
-    let (en1, en2) = (
-        &cb_base[offset..offset + n1],
-        &cb_base[offset + n1..offset + n1 + n2],
-    );
+    let (en1, en2) = (&cb_base[offset..offset + n1], &cb_base[offset + n1..offset + n1 + n2]);
     let has_witness = !coinbase.input[0].witness.is_empty();
     if has_witness {
         let items: Vec<&[u8]> = coinbase.input[0].witness.iter().collect();
-        assert_eq!(
-            items,
-            vec![&[0u8; 32][..]],
-            "{name}: coinbase witness is not the 32-byte zero reserved value"
-        );
+        assert_eq!(items, vec![&[0u8; 32][..]], "{name}: coinbase witness is not the 32-byte zero reserved value");
     }
     let cb = Coinbase {
         coinb1: cb_base[..offset].to_vec(),
@@ -144,53 +119,22 @@ fn rebuild(name: &str, expected_hash: Option<&str>) -> Rebuilt {
         warnings: Vec::new(),
     };
     let job = Job::new(1, &template, cb, true);
-    assert_eq!(
-        job.coinbase_txid(en1, en2),
-        *coinbase.compute_txid().as_byte_array()
-    );
+    assert_eq!(job.coinbase_txid(en1, en2), *coinbase.compute_txid().as_byte_array());
 
     let root = job.merkle_root(en1, en2);
-    assert_eq!(
-        root,
-        *block.header.merkle_root.as_byte_array(),
-        "{name}: merkle root"
-    );
-    let header = job.header(
-        &root,
-        block.header.version.to_consensus() as u32,
-        block.header.time,
-        block.header.nonce,
-    );
-    assert_eq!(
-        header.to_vec(),
-        serialize(&block.header),
-        "{name}: header bytes"
-    );
-    assert_eq!(
-        sha256d(&header),
-        *hash.as_byte_array(),
-        "{name}: header hash"
-    );
+    assert_eq!(root, *block.header.merkle_root.as_byte_array(), "{name}: merkle root");
+    let header = job.header(&root, block.header.version.to_consensus() as u32, block.header.time, block.header.nonce);
+    assert_eq!(header.to_vec(), serialize(&block.header), "{name}: header bytes");
+    assert_eq!(sha256d(&header), *hash.as_byte_array(), "{name}: header hash");
 
     let assembled = job.assemble_block(en1, en2, &header).unwrap();
     assert_eq!(assembled.len(), bytes.len(), "{name}: block size");
-    assert!(
-        assembled == bytes,
-        "{name}: assembled block differs from the original"
-    );
+    assert!(assembled == bytes, "{name}: assembled block differs from the original");
     let again: Block = deserialize(&assembled).unwrap();
     assert!(again.check_merkle_root(), "{name}: check_merkle_root");
-    assert!(
-        again.check_witness_commitment(),
-        "{name}: check_witness_commitment"
-    );
+    assert!(again.check_witness_commitment(), "{name}: check_witness_commitment");
     assert_eq!(again.block_hash(), hash);
-    Rebuilt {
-        txs: block.txdata.len(),
-        witness: has_witness,
-        height,
-        slot: (n1, n2),
-    }
+    Rebuilt { txs: block.txdata.len(), witness: has_witness, height, slot: (n1, n2) }
 }
 
 #[test]
@@ -211,15 +155,8 @@ fn segwit_mainnet_block() {
     );
     assert!(r.witness);
     assert_eq!(r.slot, (4, 4));
-    assert!(
-        r.height > 481_824,
-        "segwit activated at 481824; got {}",
-        r.height
-    );
-    println!(
-        "mainnet segwit block at height {}: {} transactions, rebuilt byte for byte",
-        r.height, r.txs
-    );
+    assert!(r.height > 481_824, "segwit activated at 481824; got {}", r.height);
+    println!("mainnet segwit block at height {}: {} transactions, rebuilt byte for byte", r.height, r.txs);
 }
 
 #[test]
@@ -230,8 +167,5 @@ fn segwit_testnet_block() {
     );
     assert!(r.witness);
     assert_eq!(r.slot, (4, 4));
-    println!(
-        "testnet segwit block at height {}: {} transactions, rebuilt byte for byte",
-        r.height, r.txs
-    );
+    println!("testnet segwit block at height {}: {} transactions, rebuilt byte for byte", r.height, r.txs);
 }

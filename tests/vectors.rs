@@ -31,7 +31,8 @@ fn assert_close(d: Difficulty, expected: f64, tolerance: f64) {
 fn slush_documentation_share() {
     let job = Job::from_notify(0xbf, &slush_notify("00000002"), 4, 4).unwrap();
     let en1 = hex::decode("08000002").unwrap();
-    let sub = Submit { job_id: "bf", extranonce2: "00000001", ntime: "504e86ed", nonce: "b2957c02", version_bits: None };
+    let sub =
+        Submit { job_id: "bf", extranonce2: "00000001", ntime: "504e86ed", nonce: "b2957c02", version_bits: None };
     let ok = share::check(&job, &en1, &sub, DEFAULT_VERSION_MASK, &Difficulty::ONE.to_target()).unwrap();
     assert_eq!(hex::encode_rev(&ok.hash), "000000002076870fe65a2b6eeed84fa892c0db924f1482243a6247d931dcab32");
     assert_close(ok.difficulty, 7.8858, 0.0001);
@@ -49,7 +50,8 @@ fn cpu_miner_share_below_difficulty_one() {
     // Same job and extranonce1 with header version 0x20000000: a share a real CPU miner found.
     let job = Job::from_notify(0xbf, &slush_notify("20000000"), 4, 4).unwrap();
     let en1 = hex::decode("08000002").unwrap();
-    let sub = Submit { job_id: "bf", extranonce2: "00000000", ntime: "504e86b9", nonce: "4df02400", version_bits: None };
+    let sub =
+        Submit { job_id: "bf", extranonce2: "00000000", ntime: "504e86b9", nonce: "4df02400", version_bits: None };
     let target: Target = "0.0003".parse::<Difficulty>().unwrap().to_target();
     let ok = share::check(&job, &en1, &sub, DEFAULT_VERSION_MASK, &target).unwrap();
     assert_eq!(hex::encode_rev(&ok.hash), "00000cbe3a3617201079b2e90e28c0273c7d118fe5014e258fca478326f8e411");
@@ -138,7 +140,8 @@ fn nerdminer_short_nonce_and_version_rolling() {
     let en1 = hex::decode("08000002").unwrap();
     let target = Difficulty::ZERO.to_target();
     let job = Job::from_notify(1, &notify, 4, 4).unwrap();
-    let padded = Submit { job_id: "1", extranonce2: "00000000", ntime: "504e86b9", nonce: "0a029ed1", version_bits: None };
+    let padded =
+        Submit { job_id: "1", extranonce2: "00000000", ntime: "504e86b9", nonce: "0a029ed1", version_bits: None };
     let short = Submit { nonce: "a029ed1", ..padded };
     let a = share::check(&job, &en1, &short, DEFAULT_VERSION_MASK, &target).unwrap();
     let job2 = Job::from_notify(1, &notify, 4, 4).unwrap();

@@ -74,10 +74,8 @@ pub struct CheckArgs {
 /// Parses arguments and runs; returns the process exit code.
 pub fn main() -> i32 {
     let argv0 = std::env::args_os().next().map(PathBuf::from);
-    let as_proxy = argv0
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .is_some_and(|n| n.to_string_lossy().starts_with("ckproxy"));
+    let as_proxy =
+        argv0.as_ref().and_then(|p| p.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("ckproxy"));
     let cli = Cli::parse();
     let result = match cli.command {
         None => {

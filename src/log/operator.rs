@@ -24,7 +24,11 @@ impl ReopenableFile {
             std::fs::create_dir_all(dir)?;
         }
         let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(ReopenableFile { path: path.into(), file: Arc::new(Mutex::new(f)), reopen: Arc::new(AtomicBool::new(false)) })
+        Ok(ReopenableFile {
+            path: path.into(),
+            file: Arc::new(Mutex::new(f)),
+            reopen: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// A handle that requests a reopen before the next write.
@@ -86,7 +90,8 @@ pub fn init(file: Option<&Path>, level: Option<&str>, quiet: bool) -> io::Result
             Ok(Some(LogGuard { _guard: guard, reopen }))
         }
         None => {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(io::stderr).try_init();
+            let _ =
+                tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(io::stderr).try_init();
             Ok(None)
         }
     }

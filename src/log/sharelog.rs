@@ -81,7 +81,10 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
                         match open_append(&path) {
                             Ok(f) => open = Some((path.clone(), BufWriter::with_capacity(64 * 1024, f))),
                             Err(e) => {
-                                tracing::error!("share log {}: {e}; share kept in the pool log instead", path.display());
+                                tracing::error!(
+                                    "share log {}: {e}; share kept in the pool log instead",
+                                    path.display()
+                                );
                                 line.clear();
                                 format_line(r, &mut line);
                                 tracing::info!("share: {}", line.trim_end());

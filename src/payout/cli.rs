@@ -8,9 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::contracts::{self, Point, ResolvedContract};
-use super::exact::{
-    format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio,
-};
+use super::exact::{format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio};
 use super::formula::{self, Fees, PayoutInput};
 use super::node::{self, Chain, FeeSource, OwnBlocks, RpcClient};
 
@@ -98,12 +96,7 @@ pub struct PayoutArgs {
     #[arg(long, value_name = "RATE", allow_hyphen_values = true)]
     pub hashrate: Option<String>,
     /// D: difficulty at the start of the next epoch (exact decimal, "83148355189239.77")
-    #[arg(
-        long,
-        value_name = "D",
-        conflicts_with = "nbits",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, value_name = "D", conflicts_with = "nbits", allow_hyphen_values = true)]
     pub difficulty: Option<String>,
     /// D as compact nbits in hex ("17034219"): D = diff-1 target / target, exactly
     #[arg(long, value_name = "HEX")]
@@ -171,12 +164,7 @@ pub struct PayoutArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DifficultyArgs {
     /// Current difficulty (exact decimal)
-    #[arg(
-        long,
-        value_name = "D",
-        conflicts_with = "nbits",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, value_name = "D", conflicts_with = "nbits", allow_hyphen_values = true)]
     pub difficulty: Option<String>,
     /// Current difficulty as compact nbits in hex
     #[arg(long, value_name = "HEX")]
@@ -246,50 +234,24 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
     if args.halving_interval == 0 {
         bail!("--halving-interval 0: must be at least 1 block");
     }
-    let min_payout = args
-        .min_payout
-        .as_deref()
-        .map(parse_amount)
-        .transpose()
-        .context("--min-payout")?;
+    let min_payout = args.min_payout.as_deref().map(parse_amount).transpose().context("--min-payout")?;
     if min_payout.is_some() && args.state.is_none() {
         bail!("--min-payout needs --state FILE to carry balances between epochs");
     }
     if args.contracts.is_none() && args.hashrate.is_none() {
         bail!("give --hashrate (one contract) or --contracts FILE");
     }
-    let hashrate = args
-        .hashrate
-        .as_deref()
-        .map(parse_hashrate)
-        .transpose()
-        .context("--hashrate")?;
+    let hashrate = args.hashrate.as_deref().map(parse_hashrate).transpose().context("--hashrate")?;
     let given_d = match (&args.difficulty, &args.nbits) {
-        (Some(d), _) => Some(Sourced {
-            value: parse_positive("difficulty", d)?,
-            source: "given".into(),
-        }),
+        (Some(d), _) => Some(Sourced { value: parse_positive("difficulty", d)?, source: "given".into() }),
         (None, Some(n)) => {
             let (bits, d) = parse_nbits(n)?;
-            Some(Sourced {
-                value: d,
-                source: format!("given nbits {bits:08x}"),
-            })
+            Some(Sourced { value: d, source: format!("given nbits {bits:08x}") })
         }
         _ => None,
     };
-    let given_s = args
-        .subsidy
-        .as_deref()
-        .map(parse_amount)
-        .transpose()
-        .context("--subsidy")?;
-    let given_f = args
-        .fees
-        .as_deref()
-        .map(parse_amount)
-        .transpose()
-        .context("--fees")?;
+    let given_s = args.subsidy.as_deref().map(parse_amount).transpose().context("--subsidy")?;
+    let given_f = args.fees.as_deref().map(parse_amount).transpose().context("--fees")?;
 
     let node = args.node.connect()?;
     let epoch_info; // (epoch, first, last, next height)
@@ -305,10 +267,7 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             .map(|(_, n)| *n)
             .collect();
             if !missing.is_empty() {
-                bail!(
-                    "offline mode needs {} (or give a node with --config / --rpc-url)",
-                    missing.join(", ")
-                );
+                bail!("offline mode needs {} (or give a node with --config / --rpc-url)", missing.join(", "));
             }
             if args.own_blocks {
                 bail!("--own-blocks needs a node (--config or --rpc-url)");
@@ -320,14 +279,8 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             let s = given_s.unwrap_or(0);
             (
                 given_d.unwrap(),
-                Sourced {
-                    value: s,
-                    source: "given".into(),
-                },
-                Sourced {
-                    value: Fees::per_block(given_f.unwrap_or(0)),
-                    source: "given".into(),
-                },
+                Sourced { value: s, source: "given".into() },
+                Sourced { value: Fees::per_block(given_f.unwrap_or(0)), source: "given".into() },
             )
         }
         Some((chain, cfg)) => {
@@ -344,8 +297,8 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                     tip / args.period - 1
                 }
             };
-            let (first, last) = formula::epoch_bounds(epoch, args.period)
-                .ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
+            let (first, last) =
+                formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
             let next = last + 1;
             if next > tip {
                 bail!(
@@ -360,23 +313,16 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             let d = match given_d {
                 Some(d) => d,
                 None => Sourced {
-                    value: formula::difficulty_from_nbits(next_header.bits).ok_or_else(|| {
-                        anyhow!("block {next} has invalid nbits {:08x}", next_header.bits)
-                    })?,
+                    value: formula::difficulty_from_nbits(next_header.bits)
+                        .ok_or_else(|| anyhow!("block {next} has invalid nbits {:08x}", next_header.bits))?,
                     source: format!("nbits {:08x} of block {next}", next_header.bits),
                 },
             };
             let s = match (given_s, args.subsidy_source) {
-                (Some(s), _) => Sourced {
-                    value: s,
-                    source: "given".into(),
-                },
+                (Some(s), _) => Sourced { value: s, source: "given".into() },
                 (None, SubsidySource::Schedule) => Sourced {
                     value: formula::subsidy_at(next, args.halving_interval, initial),
-                    source: format!(
-                        "schedule at height {next}, halving every {}",
-                        args.halving_interval
-                    ),
+                    source: format!("schedule at height {next}, halving every {}", args.halving_interval),
                 },
                 (None, SubsidySource::Coinbase) => Sourced {
                     value: chain.subsidy_from_coinbase(&next_header.hash, args.fee_source)?,
@@ -384,10 +330,7 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                 },
             };
             let f = match given_f {
-                Some(f) => Sourced {
-                    value: Fees::per_block(f),
-                    source: "given".into(),
-                },
+                Some(f) => Sourced { value: Fees::per_block(f), source: "given".into() },
                 None => {
                     let own = if args.own_blocks {
                         Some(OwnBlocks::new(
@@ -420,16 +363,9 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                         FeeSource::Decode => "decoded blocks",
                         FeeSource::Auto => "node",
                     };
-                    let whose = if own.is_some() {
-                        "own blocks"
-                    } else {
-                        "all blocks"
-                    };
+                    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
                     Sourced {
-                        value: Fees {
-                            total_sat: total,
-                            blocks,
-                        },
+                        value: Fees { total_sat: total, blocks },
                         source: format!("{how}, {whose} of heights {first}..={last}"),
                     }
                 }
@@ -439,20 +375,10 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
     };
 
     match &args.contracts {
-        None => pay_one(
-            &args,
-            hashrate.expect("checked"),
-            difficulty,
-            subsidy,
-            fees,
-            epoch_info,
-        ),
+        None => pay_one(&args, hashrate.expect("checked"), difficulty, subsidy, fees, epoch_info),
         Some(path) => {
-            let (epoch, first, last, _) = epoch_info.ok_or_else(|| {
-                anyhow!(
-                    "--contracts needs --epoch N (or a node to find the latest completed epoch)"
-                )
-            })?;
+            let (epoch, first, last, _) = epoch_info
+                .ok_or_else(|| anyhow!("--contracts needs --epoch N (or a node to find the latest completed epoch)"))?;
             pay_contracts(
                 &args,
                 path,
@@ -514,23 +440,10 @@ fn pay_one(
         println!("Epoch {e}: heights {first}..={last}; difficulty from height {next}");
     }
     println!("Payout = [(H × T) / (D × 2^32)] × [(S + F) × B]");
-    println!(
-        "  H  hashrate              {} ({} H/s)",
-        format_hashrate(&hashrate),
-        hashrate.to_decimal_trimmed(6)
-    );
+    println!("  H  hashrate              {} ({} H/s)", format_hashrate(&hashrate), hashrate.to_decimal_trimmed(6));
     println!("  T  target block time     {} s", args.block_time);
-    println!(
-        "  D  difficulty            {}  [{}]",
-        show_exact(&d.value),
-        d.source
-    );
-    println!(
-        "  S  block subsidy         {} ({} sat)  [{}]",
-        format_coins(s.value as u128),
-        s.value,
-        s.source
-    );
+    println!("  D  difficulty            {}  [{}]", show_exact(&d.value), d.source);
+    println!("  S  block subsidy         {} ({} sat)  [{}]", format_coins(s.value as u128), s.value, s.source);
     println!(
         "  F  average fees / block  {} sat = {} sat over {} block(s)  [{}]",
         avg.to_decimal_trimmed(8),
@@ -539,22 +452,10 @@ fn pay_one(
         f.source
     );
     println!("  B  blocks per period     {}", args.period);
-    println!(
-        "  (H × T) / (D × 2^32)    = {} blocks per block",
-        p.share_per_block.to_decimal_trimmed(12)
-    );
-    println!(
-        "  expected blocks (× B)   = {}",
-        p.expected_blocks.to_decimal_trimmed(12)
-    );
-    println!(
-        "  (S + F) per block       = {} sat",
-        p.reward_per_block_sat.to_decimal_trimmed(8)
-    );
-    println!(
-        "  exact payout            = {} sat (floored once)",
-        p.exact_sat.to_decimal_trimmed(8)
-    );
+    println!("  (H × T) / (D × 2^32)    = {} blocks per block", p.share_per_block.to_decimal_trimmed(12));
+    println!("  expected blocks (× B)   = {}", p.expected_blocks.to_decimal_trimmed(12));
+    println!("  (S + F) per block       = {} sat", p.reward_per_block_sat.to_decimal_trimmed(8));
+    println!("  exact payout            = {} sat (floored once)", p.exact_sat.to_decimal_trimmed(8));
     println!("Payout: {} coins ({} sat)", format_coins(p.sat), p.sat);
     Ok(())
 }
@@ -635,15 +536,11 @@ fn pay_contracts(
         let prorated = p
             .exact_sat
             .checked_mul(
-                &Ratio::new(
-                    ruint::aliases::U1024::from(active),
-                    ruint::aliases::U1024::from(args.period),
-                )
-                .expect("period > 0"),
+                &Ratio::new(ruint::aliases::U1024::from(active), ruint::aliases::U1024::from(args.period))
+                    .expect("period > 0"),
             )
             .ok_or_else(|| anyhow!("payout overflow"))?;
-        let sat = u64::try_from(prorated.floor())
-            .map_err(|_| anyhow!("payout of {:?} overflows", c.customer))?;
+        let sat = u64::try_from(prorated.floor()).map_err(|_| anyhow!("payout of {:?} overflows", c.customer))?;
         let start_epoch = c.start / args.period;
         let index = epoch - start_epoch.min(epoch); // 0 = the epoch the contract started in
         let skipped = index < args.skip_first;
@@ -675,17 +572,10 @@ fn pay_contracts(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
-        "Epoch {epoch}: heights {first}..={last}, B = {}, T = {} s",
-        args.period, args.block_time
-    );
+    println!("Epoch {epoch}: heights {first}..={last}, B = {}, T = {} s", args.period, args.block_time);
     println!("  D = {}  [{}]", d.value.to_decimal_trimmed(12), d.source);
     println!("  S = {} sat  [{}]", s.value, s.source);
-    println!(
-        "  F = {} sat/block  [{}]",
-        f.value.average().to_decimal_trimmed(8),
-        f.source
-    );
+    println!("  F = {} sat/block  [{}]", f.value.average().to_decimal_trimmed(8), f.source);
     for dt in &details {
         println!(
             "  contract {} {} heights {}..{}: active {} block(s), payout #{}{}, earned {} sat",
@@ -695,29 +585,18 @@ fn pay_contracts(
             dt["end"],
             dt["active_blocks"],
             dt["payout_index"],
-            if dt["skipped"].as_bool() == Some(true) {
-                " (skipped)"
-            } else {
-                ""
-            },
+            if dt["skipped"].as_bool() == Some(true) { " (skipped)" } else { "" },
             dt["earned_sat"]
         );
     }
-    println!(
-        "{:<20} {:>16} {:>16} {:>16} {:>16}",
-        "customer", "earned sat", "carried in", "paid sat", "carried out"
-    );
+    println!("{:<20} {:>16} {:>16} {:>16} {:>16}", "customer", "earned sat", "carried in", "paid sat", "carried out");
     for l in &lines {
         println!(
             "{:<20} {:>16} {:>16} {:>16} {:>16}",
             l.customer, l.earned_sat, l.carried_in_sat, l.paid_sat, l.carried_out_sat
         );
     }
-    println!(
-        "Total paid: {} coins ({} sat)",
-        format_coins(total_paid as u128),
-        total_paid
-    );
+    println!("Total paid: {} coins ({} sat)", format_coins(total_paid as u128), total_paid);
     Ok(())
 }
 
@@ -734,12 +613,10 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
                 }
                 _ => bail!("offline mode needs --difficulty or --nbits, --height and --elapsed (or a node)"),
             };
-            let height = args
-                .height
-                .ok_or_else(|| anyhow!("offline mode needs --height (the tip height)"))?;
-            let elapsed = args
-                .elapsed
-                .ok_or_else(|| anyhow!("offline mode needs --elapsed (seconds from the epoch's first block to the tip)"))?;
+            let height = args.height.ok_or_else(|| anyhow!("offline mode needs --height (the tip height)"))?;
+            let elapsed = args.elapsed.ok_or_else(|| {
+                anyhow!("offline mode needs --elapsed (seconds from the epoch's first block to the tip)")
+            })?;
             (d, src, height, elapsed, None)
         }
         Some((chain, _)) => {
@@ -757,25 +634,15 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
             let first = chain.header_at(height - height % args.period)?;
             let d = formula::difficulty_from_nbits(tip.bits)
                 .ok_or_else(|| anyhow!("block {height} has invalid nbits {:08x}", tip.bits))?;
-            (
-                d,
-                format!("nbits {:08x} of block {height}", tip.bits),
-                height,
-                tip.time - first.time,
-                Some(first.time),
-            )
+            (d, format!("nbits {:08x} of block {height}", tip.bits), height, tip.time - first.time, Some(first.time))
         }
     };
     let epoch = height / args.period;
     let first = epoch * args.period;
     let intervals = height - first;
-    let hashrate =
-        formula::network_hashrate(&d, args.block_time).ok_or_else(|| anyhow!("overflow"))?;
-    let projection =
-        formula::project_retarget(&d, args.period, args.block_time, intervals, elapsed);
-    let next_hashrate = projection
-        .as_ref()
-        .and_then(|r| formula::network_hashrate(&r.new_difficulty, args.block_time));
+    let hashrate = formula::network_hashrate(&d, args.block_time).ok_or_else(|| anyhow!("overflow"))?;
+    let projection = formula::project_retarget(&d, args.period, args.block_time, intervals, elapsed);
+    let next_hashrate = projection.as_ref().and_then(|r| formula::network_hashrate(&r.new_difficulty, args.block_time));
     if args.json {
         let out = json!({
             "height": height, "epoch": epoch, "epoch_first_height": first, "epoch_first_time": first_time,
@@ -803,15 +670,9 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
         args.period
     );
     println!("  difficulty          {}  [{d_source}]", show_exact(&d));
-    println!(
-        "  network hashrate    {} (D × 2^32 / {} s)",
-        format_hashrate(&hashrate),
-        args.block_time
-    );
+    println!("  network hashrate    {} (D × 2^32 / {} s)", format_hashrate(&hashrate), args.block_time);
     match projection {
-        None => println!(
-            "  projected next difficulty: needs at least two blocks of the epoch (one interval)"
-        ),
+        None => println!("  projected next difficulty: needs at least two blocks of the epoch (one interval)"),
         Some(r) => {
             println!(
                 "  elapsed             {elapsed} s over {intervals} interval(s); projected over {} intervals: {} s \
@@ -824,19 +685,14 @@ pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
             );
             let clamp = match r.clamp {
                 formula::Clamp::None => "not clamped".to_string(),
-                formula::Clamp::MaxIncrease => format!(
-                    "clamped to target/4 = {} s (at most ×4)",
-                    r.used.to_decimal_trimmed(2)
-                ),
-                formula::Clamp::MaxDecrease => format!(
-                    "clamped to target×4 = {} s (at least ÷4)",
-                    r.used.to_decimal_trimmed(2)
-                ),
+                formula::Clamp::MaxIncrease => {
+                    format!("clamped to target/4 = {} s (at most ×4)", r.used.to_decimal_trimmed(2))
+                }
+                formula::Clamp::MaxDecrease => {
+                    format!("clamped to target×4 = {} s (at least ÷4)", r.used.to_decimal_trimmed(2))
+                }
             };
-            println!(
-                "  projected next difficulty {}  ({clamp})",
-                r.new_difficulty.to_decimal_trimmed(12)
-            );
+            println!("  projected next difficulty {}  ({clamp})", r.new_difficulty.to_decimal_trimmed(12));
             if let Some(h) = next_hashrate {
                 println!("  projected network hashrate {}", format_hashrate(&h));
             }

@@ -45,10 +45,7 @@ pub struct ResolvedContract {
 pub fn parse_point(what: &str, text: &str) -> Result<Point> {
     let t = text.trim();
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(Point::Height(
-            t.parse()
-                .map_err(|_| anyhow!("{what} {text:?}: height out of range"))?,
-        ));
+        return Ok(Point::Height(t.parse().map_err(|_| anyhow!("{what} {text:?}: height out of range"))?));
     }
     parse_utc(t).map(Point::Time).ok_or_else(|| {
         anyhow!("{what} {text:?} is neither a block height (an integer) nor a UTC date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)")
@@ -62,13 +59,8 @@ fn parse_utc(t: &str) -> Option<i64> {
         None => (t, None),
     };
     let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) || date.len() != 10
-    {
+    let (y, m, day): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) || date.len() != 10 {
         return None;
     }
     let (mut hh, mut mm, mut ss) = (0i64, 0i64, 0i64);
@@ -94,36 +86,23 @@ fn parse_utc(t: &str) -> Option<i64> {
 /// Reads contracts from CSV (header `customer,hashrate,start,end`) or JSON (an array of objects
 /// with those keys); the format is chosen by the extension, `.json` or anything else for CSV.
 pub fn read_contracts(path: &Path) -> Result<Vec<Contract>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read contracts file {}", path.display()))?;
-    let is_json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || text.trim_start().starts_with('[');
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read contracts file {}", path.display()))?;
+    let is_json =
+        path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with('[');
     let rows: Vec<[String; 4]> = if is_json {
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("contracts file {} is not JSON", path.display()))?;
-        let arr = v
-            .as_array()
-            .ok_or_else(|| anyhow!("contracts file {}: expected a JSON array", path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("contracts file {} is not JSON", path.display()))?;
+        let arr = v.as_array().ok_or_else(|| anyhow!("contracts file {}: expected a JSON array", path.display()))?;
         arr.iter()
             .enumerate()
             .map(|(i, o)| {
                 let get = |k: &str| match o.get(k) {
                     Some(Value::String(s)) => Ok(s.clone()),
                     Some(Value::Number(n)) => Ok(n.to_string()),
-                    _ => Err(anyhow!(
-                        "contracts file {}: entry {}: missing \"{k}\"",
-                        path.display(),
-                        i + 1
-                    )),
+                    _ => Err(anyhow!("contracts file {}: entry {}: missing \"{k}\"", path.display(), i + 1)),
                 };
-                Ok([
-                    get("customer")?,
-                    get("hashrate")?,
-                    get("start")?,
-                    get("end")?,
-                ])
+                Ok([get("customer")?, get("hashrate")?, get("start")?, get("end")?])
             })
             .collect::<Result<_>>()?
     } else {
@@ -134,14 +113,8 @@ pub fn read_contracts(path: &Path) -> Result<Vec<Contract>> {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let f: Vec<String> = line
-                .split(',')
-                .map(|s| s.trim().trim_matches('"').to_string())
-                .collect();
-            if !header_seen
-                && f.first()
-                    .is_some_and(|c| c.eq_ignore_ascii_case("customer"))
-            {
+            let f: Vec<String> = line.split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+            if !header_seen && f.first().is_some_and(|c| c.eq_ignore_ascii_case("customer")) {
                 header_seen = true;
                 continue;
             }
@@ -158,26 +131,14 @@ pub fn read_contracts(path: &Path) -> Result<Vec<Contract>> {
     };
     let mut out = Vec::new();
     for (i, [customer, hashrate, start, end]) in rows.into_iter().enumerate() {
-        let ctx = || {
-            format!(
-                "contracts file {}, contract {} ({customer:?})",
-                path.display(),
-                i + 1
-            )
-        };
+        let ctx = || format!("contracts file {}, contract {} ({customer:?})", path.display(), i + 1);
         if customer.is_empty() {
             bail!("{}: empty customer name", ctx());
         }
         let h = parse_hashrate(&hashrate).with_context(ctx)?;
         let start = parse_point("start", &start).with_context(ctx)?;
         let end = parse_point("end", &end).with_context(ctx)?;
-        out.push(Contract {
-            customer,
-            hashrate_text: hashrate,
-            hashrate: h,
-            start,
-            end,
-        });
+        out.push(Contract { customer, hashrate_text: hashrate, hashrate: h, start, end });
     }
     Ok(out)
 }
@@ -230,8 +191,7 @@ pub struct State {
 
 pub fn read_state(path: &Path) -> Result<State> {
     match std::fs::read_to_string(path) {
-        Ok(t) => serde_json::from_str(&t)
-            .with_context(|| format!("state file {} is not valid", path.display())),
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("state file {} is not valid", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read state file {}", path.display())),
     }
@@ -240,18 +200,9 @@ pub fn read_state(path: &Path) -> Result<State> {
 /// Writes the state atomically: a temp file in the same directory, fsync, rename.
 pub fn write_state(path: &Path, state: &State) -> Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("state file {} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| anyhow!("state file {} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
@@ -314,16 +265,10 @@ pub fn settle(
         line.active_blocks += active;
         line.skipped |= *skipped;
         if !skipped {
-            line.earned_sat = line
-                .earned_sat
-                .checked_add(*sat)
-                .ok_or_else(|| anyhow!("payout overflow"))?;
+            line.earned_sat = line.earned_sat.checked_add(*sat).ok_or_else(|| anyhow!("payout overflow"))?;
         }
     }
-    let mut next = State {
-        last_epoch: Some(epoch),
-        balances: BTreeMap::new(),
-    };
+    let mut next = State { last_epoch: Some(epoch), balances: BTreeMap::new() };
     // customers with a balance but no active contract this epoch keep it (or are paid if above min)
     for (customer, bal) in &state.balances {
         by_customer.entry(customer.clone()).or_insert_with(|| Line {
@@ -372,10 +317,7 @@ mod tests {
         assert_eq!(parse_utc("1970-01-01"), Some(0));
         assert_eq!(parse_utc("2009-01-03T18:15:05Z"), Some(1231006505)); // genesis block time
         assert_eq!(parse_utc("2024-02-29 00:00"), Some(1709164800));
-        assert_eq!(
-            parse_point("start", "840000").unwrap(),
-            Point::Height(840000)
-        );
+        assert_eq!(parse_point("start", "840000").unwrap(), Point::Height(840000));
         assert!(parse_point("start", "2024-13-01").is_err());
         assert!(parse_point("start", "yesterday").is_err());
     }
@@ -393,9 +335,7 @@ mod tests {
     #[test]
     fn validation_errors() {
         assert!(validate(&[rc("a", 0, 10), rc("a", 10, 20), rc("b", 5, 15)]).is_ok());
-        let e = validate(&[rc("a", 0, 10), rc("a", 9, 20)])
-            .unwrap_err()
-            .to_string();
+        let e = validate(&[rc("a", 0, 10), rc("a", 9, 20)]).unwrap_err().to_string();
         assert!(e.contains("overlap") && e.contains("\"a\""), "{e}");
         let e = validate(&[rc("a", 10, 10)]).unwrap_err().to_string();
         assert!(e.contains("at or before it starts"), "{e}");
@@ -404,10 +344,7 @@ mod tests {
     #[test]
     fn settle_carries_and_refuses_repeats() {
         let s0 = State::default();
-        let earned = vec![
-            ("a".to_string(), 10, 700, false),
-            ("b".to_string(), 10, 2000, false),
-        ];
+        let earned = vec![("a".to_string(), 10, 700, false), ("b".to_string(), 10, 2000, false)];
         let (lines, s1) = settle(&s0, 5, &earned, 1000).unwrap();
         assert_eq!(lines[0].carried_out_sat, 700);
         assert_eq!(lines[1].paid_sat, 2000);
@@ -417,33 +354,20 @@ mod tests {
         assert_eq!((lines[0].carried_in_sat, lines[0].paid_sat), (700, 1100));
         assert!(s2.balances.is_empty());
         // the same epoch twice is refused
-        assert!(settle(&s2, 6, &earned, 1000)
-            .unwrap_err()
-            .to_string()
-            .contains("already paid"));
+        assert!(settle(&s2, 6, &earned, 1000).unwrap_err().to_string().contains("already paid"));
         // skipped payouts earn nothing
         let (lines, _) = settle(&s2, 7, &[("c".to_string(), 10, 500, true)], 0).unwrap();
-        assert_eq!(
-            (lines[0].earned_sat, lines[0].paid_sat, lines[0].skipped),
-            (0, 0, true)
-        );
+        assert_eq!((lines[0].earned_sat, lines[0].paid_sat, lines[0].skipped), (0, 0, true));
     }
 
     #[test]
     fn state_written_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("balances.json");
-        let mut s = State {
-            last_epoch: Some(3),
-            ..Default::default()
-        };
+        let mut s = State { last_epoch: Some(3), ..Default::default() };
         s.balances.insert("a".into(), 5);
         write_state(&p, &s).unwrap();
         assert_eq!(read_state(&p).unwrap(), s);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file left behind"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left behind");
     }
 }

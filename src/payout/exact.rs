@@ -31,10 +31,7 @@ impl Ratio {
     }
 
     pub fn integer(v: u128) -> Ratio {
-        Ratio {
-            num: U1024::from(v),
-            den: U1024::from(1u8),
-        }
+        Ratio { num: U1024::from(v), den: U1024::from(1u8) }
     }
 
     pub fn num(&self) -> U1024 {
@@ -66,10 +63,7 @@ impl Ratio {
         if other.num.is_zero() {
             return None;
         }
-        self.checked_mul(&Ratio {
-            num: other.den,
-            den: other.num,
-        })
+        self.checked_mul(&Ratio { num: other.den, den: other.num })
     }
 
     /// The value with numerator and denominator divided by their gcd.
@@ -78,10 +72,7 @@ impl Ratio {
         if g.is_zero() || g == U1024::from(1u8) {
             self
         } else {
-            Ratio {
-                num: self.num / g,
-                den: self.den / g,
-            }
+            Ratio { num: self.num / g, den: self.den / g }
         }
     }
 
@@ -95,11 +86,7 @@ impl Ratio {
         if places == 0 {
             int.to_string()
         } else {
-            format!(
-                "{int}.{:0>width$}",
-                frac.to_string(),
-                width = places as usize
-            )
+            format!("{int}.{:0>width$}", frac.to_string(), width = places as usize)
         }
     }
 
@@ -111,11 +98,7 @@ impl Ratio {
             let scale = U1024::from(10u8).pow(U1024::from(max_places));
             (self.num * scale) % self.den == U1024::ZERO
         };
-        let s = if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        };
+        let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
         if exact {
             s
         } else {
@@ -132,8 +115,7 @@ impl Ratio {
     pub fn lt(&self, other: &Ratio) -> bool {
         // cross-multiplication can exceed 1024 bits; compare in 2048.
         type U2048 = ruint::Uint<2048, 32>;
-        U2048::from(self.num) * U2048::from(other.den)
-            < U2048::from(other.num) * U2048::from(self.den)
+        U2048::from(self.num) * U2048::from(other.den) < U2048::from(other.num) * U2048::from(self.den)
     }
 }
 
@@ -176,20 +158,14 @@ pub enum ParseError {
 /// whose denominator is a power of ten. `what` names the input in error messages.
 pub fn parse_decimal(what: &'static str, text: &str) -> Result<Ratio, ParseError> {
     let s = text.trim();
-    let nan = || ParseError::NotANumber {
-        what,
-        text: text.to_string(),
-    };
+    let nan = || ParseError::NotANumber { what, text: text.to_string() };
     if s.is_empty() {
         return Err(nan());
     }
     let s = if let Some(rest) = s.strip_prefix('-') {
         // a well-formed negative number is reported as negative, anything else as not a number
         parse_decimal(what, rest)?;
-        return Err(ParseError::Negative {
-            what,
-            text: text.to_string(),
-        });
+        return Err(ParseError::Negative { what, text: text.to_string() });
     } else {
         s.strip_prefix('+').unwrap_or(s)
     };
@@ -207,10 +183,7 @@ pub fn parse_decimal(what: &'static str, text: &str) -> Result<Ratio, ParseError
     {
         return Err(nan());
     }
-    let range = || ParseError::OutOfRange {
-        what,
-        text: text.to_string(),
-    };
+    let range = || ParseError::OutOfRange { what, text: text.to_string() };
     let digits = format!("{int_part}{frac_part}");
     let digits = digits.trim_start_matches('0');
     if digits.len() > 70 || !(-200..=200).contains(&exponent) {
@@ -239,10 +212,7 @@ pub fn parse_decimal(what: &'static str, text: &str) -> Result<Ratio, ParseError
 pub fn parse_positive(what: &'static str, text: &str) -> Result<Ratio, ParseError> {
     let r = parse_decimal(what, text)?;
     if r.is_zero() {
-        return Err(ParseError::Zero {
-            what,
-            text: text.to_string(),
-        });
+        return Err(ParseError::Zero { what, text: text.to_string() });
     }
     Ok(r)
 }
@@ -271,10 +241,7 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
                 'E' => 18,
                 _ => {
                     let unit = s[body.len() - 1..].to_string();
-                    return Err(ParseError::UnknownHashUnit {
-                        text: text.to_string(),
-                        unit,
-                    });
+                    return Err(ParseError::UnknownHashUnit { text: text.to_string(), unit });
                 }
             };
             (body[..body.len() - 1].trim_end(), exp)
@@ -283,10 +250,7 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
     };
     if number.is_empty() || number.ends_with(['e', 'E']) {
         let unit = s[number.len().min(s.len())..].to_string();
-        return Err(ParseError::UnknownHashUnit {
-            text: text.to_string(),
-            unit,
-        });
+        return Err(ParseError::UnknownHashUnit { text: text.to_string(), unit });
     }
     let value = match parse_decimal("hashrate", number) {
         Ok(v) => v,
@@ -295,35 +259,19 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
             let split = number.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E');
             return Err(match split {
                 Some(i) if parse_decimal("hashrate", number[..i].trim()).is_ok() => {
-                    ParseError::UnknownHashUnit {
-                        text: text.to_string(),
-                        unit: s[i..].to_string(),
-                    }
+                    ParseError::UnknownHashUnit { text: text.to_string(), unit: s[i..].to_string() }
                 }
-                _ => ParseError::NotANumber {
-                    what: "hashrate",
-                    text: text.to_string(),
-                },
+                _ => ParseError::NotANumber { what: "hashrate", text: text.to_string() },
             });
         }
         Err(ParseError::Negative { .. }) => {
-            return Err(ParseError::Negative {
-                what: "hashrate",
-                text: text.to_string(),
-            })
+            return Err(ParseError::Negative { what: "hashrate", text: text.to_string() })
         }
         Err(e) => return Err(e),
     };
-    let value = Ratio {
-        num: value.num * U1024::from(10u8).pow(U1024::from(exp)),
-        den: value.den,
-    }
-    .reduced();
+    let value = Ratio { num: value.num * U1024::from(10u8).pow(U1024::from(exp)), den: value.den }.reduced();
     if value.is_zero() {
-        return Err(ParseError::Zero {
-            what: "hashrate",
-            text: text.to_string(),
-        });
+        return Err(ParseError::Zero { what: "hashrate", text: text.to_string() });
     }
     Ok(value)
 }
@@ -332,65 +280,38 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
 /// satoshis as an integer with a "sat"/"sats" suffix ("312500000sat", "1000 sats"). Returns satoshis.
 pub fn parse_amount(text: &str) -> Result<u64, ParseError> {
     let s = text.trim();
-    let bad = || ParseError::BadAmount {
-        text: text.to_string(),
-    };
+    let bad = || ParseError::BadAmount { text: text.to_string() };
     if s.starts_with('-') {
-        return Err(ParseError::Negative {
-            what: "amount",
-            text: text.to_string(),
-        });
+        return Err(ParseError::Negative { what: "amount", text: text.to_string() });
     }
     let lower = s.to_ascii_lowercase();
-    if let Some(n) = lower
-        .strip_suffix("sats")
-        .or_else(|| lower.strip_suffix("sat"))
-    {
+    if let Some(n) = lower.strip_suffix("sats").or_else(|| lower.strip_suffix("sat")) {
         let n = n.trim();
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        return n.parse::<u64>().map_err(|_| ParseError::OutOfRange {
-            what: "amount",
-            text: text.to_string(),
-        });
+        return n.parse::<u64>().map_err(|_| ParseError::OutOfRange { what: "amount", text: text.to_string() });
     }
-    if s.is_empty()
-        || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        || s.matches('.').count() > 1
-    {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') || s.matches('.').count() > 1 {
         return Err(bad());
     }
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if (int.is_empty() && frac.is_empty()) || frac.len() > 8 {
         return Err(bad());
     }
-    let int: u64 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| bad())?
-    };
+    let int: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
     let frac: u64 = format!("{frac:0<8}").parse().map_err(|_| bad())?;
     int.checked_mul(COIN)
         .and_then(|v| v.checked_add(frac))
-        .ok_or(ParseError::OutOfRange {
-            what: "amount",
-            text: text.to_string(),
-        })
+        .ok_or(ParseError::OutOfRange { what: "amount", text: text.to_string() })
 }
 
 /// Parses a JSON amount exactly as the node wrote it (its raw text, e.g. `0.00001920`), in coins.
 pub fn amount_from_json_text(raw: &str) -> Result<u64, ParseError> {
     let r = parse_decimal("amount", raw.trim().trim_matches('"'))?;
-    let sat = r
-        .checked_mul(&Ratio::integer(COIN as u128))
-        .ok_or(ParseError::BadAmount {
-            text: raw.to_string(),
-        })?;
+    let sat = r.checked_mul(&Ratio::integer(COIN as u128)).ok_or(ParseError::BadAmount { text: raw.to_string() })?;
     if sat.den != U1024::from(1u8) || sat.num > U1024::from(u64::MAX) {
-        return Err(ParseError::BadAmount {
-            text: raw.to_string(),
-        });
+        return Err(ParseError::BadAmount { text: raw.to_string() });
     }
     Ok(sat.num.to::<u64>())
 }
@@ -402,14 +323,7 @@ pub fn format_coins(sat: u128) -> String {
 
 /// A rate in H/s with an SI prefix for display ("110 TH/s", "1.5 EH/s"); exact digits, floored.
 pub fn format_hashrate(h: &Ratio) -> String {
-    let prefixes = [
-        (18u32, "E"),
-        (15, "P"),
-        (12, "T"),
-        (9, "G"),
-        (6, "M"),
-        (3, "k"),
-    ];
+    let prefixes = [(18u32, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")];
     for (exp, p) in prefixes {
         let unit = Ratio::integer(10u128.pow(exp));
         if !h.lt(&unit) {
@@ -425,84 +339,37 @@ mod tests {
     use super::*;
 
     fn r(n: u128, d: u128) -> Ratio {
-        Ratio::new(U1024::from(n), U1024::from(d))
-            .unwrap()
-            .reduced()
+        Ratio::new(U1024::from(n), U1024::from(d)).unwrap().reduced()
     }
 
     #[test]
     fn decimals_parse_exactly() {
         assert_eq!(parse_decimal("x", "42").unwrap(), r(42, 1));
         assert_eq!(parse_decimal("x", "0.1").unwrap(), r(1, 10));
-        assert_eq!(
-            parse_decimal("x", "1.1e14").unwrap(),
-            r(110_000_000_000_000, 1)
-        );
+        assert_eq!(parse_decimal("x", "1.1e14").unwrap(), r(110_000_000_000_000, 1));
         assert_eq!(parse_decimal("x", "1E-3").unwrap(), r(1, 1000));
         assert_eq!(parse_decimal("x", "+.5").unwrap(), r(1, 2));
-        assert!(matches!(
-            parse_decimal("x", "-1"),
-            Err(ParseError::Negative { .. })
-        ));
-        assert!(matches!(
-            parse_decimal("x", "1.2.3"),
-            Err(ParseError::NotANumber { .. })
-        ));
-        assert!(matches!(
-            parse_decimal("x", ""),
-            Err(ParseError::NotANumber { .. })
-        ));
-        assert!(matches!(
-            parse_positive("x", "0.000"),
-            Err(ParseError::Zero { .. })
-        ));
+        assert!(matches!(parse_decimal("x", "-1"), Err(ParseError::Negative { .. })));
+        assert!(matches!(parse_decimal("x", "1.2.3"), Err(ParseError::NotANumber { .. })));
+        assert!(matches!(parse_decimal("x", ""), Err(ParseError::NotANumber { .. })));
+        assert!(matches!(parse_positive("x", "0.000"), Err(ParseError::Zero { .. })));
     }
 
     #[test]
     fn hashrates_with_si_prefixes() {
         let th110 = r(110_000_000_000_000, 1);
-        for t in [
-            "110TH/s",
-            "110 TH/s",
-            "110T",
-            "110 T",
-            "1.1e14",
-            "110th/s",
-            "0.11 PH/s",
-            "110000 GH",
-        ] {
+        for t in ["110TH/s", "110 TH/s", "110T", "110 T", "1.1e14", "110th/s", "0.11 PH/s", "110000 GH"] {
             assert_eq!(parse_hashrate(t).unwrap(), th110, "{t}");
         }
-        assert_eq!(
-            parse_hashrate("1E").unwrap(),
-            r(1_000_000_000_000_000_000, 1)
-        );
+        assert_eq!(parse_hashrate("1E").unwrap(), r(1_000_000_000_000_000_000, 1));
         assert_eq!(parse_hashrate("2.5kH/s").unwrap(), r(2500, 1));
         assert_eq!(parse_hashrate("0.5").unwrap(), r(1, 2));
-        assert!(matches!(
-            parse_hashrate("110 XH/s"),
-            Err(ParseError::UnknownHashUnit { .. })
-        ));
-        assert!(matches!(
-            parse_hashrate("110 mH/s"),
-            Err(ParseError::UnknownHashUnit { .. })
-        ));
-        assert!(matches!(
-            parse_hashrate("110 TB/s"),
-            Err(ParseError::UnknownHashUnit { .. })
-        ));
-        assert!(matches!(
-            parse_hashrate("0 TH/s"),
-            Err(ParseError::Zero { .. })
-        ));
-        assert!(matches!(
-            parse_hashrate("-5T"),
-            Err(ParseError::Negative { .. })
-        ));
-        assert!(matches!(
-            parse_hashrate("TH/s"),
-            Err(ParseError::UnknownHashUnit { .. })
-        ));
+        assert!(matches!(parse_hashrate("110 XH/s"), Err(ParseError::UnknownHashUnit { .. })));
+        assert!(matches!(parse_hashrate("110 mH/s"), Err(ParseError::UnknownHashUnit { .. })));
+        assert!(matches!(parse_hashrate("110 TB/s"), Err(ParseError::UnknownHashUnit { .. })));
+        assert!(matches!(parse_hashrate("0 TH/s"), Err(ParseError::Zero { .. })));
+        assert!(matches!(parse_hashrate("-5T"), Err(ParseError::Negative { .. })));
+        assert!(matches!(parse_hashrate("TH/s"), Err(ParseError::UnknownHashUnit { .. })));
     }
 
     #[test]
@@ -515,10 +382,7 @@ mod tests {
         assert!(parse_amount("0.000000001").is_err()); // 9 places: below a satoshi
         assert!(parse_amount("1.5sat").is_err());
         assert!(parse_amount("3.125e0").is_err());
-        assert!(matches!(
-            parse_amount("-1"),
-            Err(ParseError::Negative { .. })
-        ));
+        assert!(matches!(parse_amount("-1"), Err(ParseError::Negative { .. })));
         assert_eq!(amount_from_json_text("0.00001920").unwrap(), 1920);
         assert_eq!(amount_from_json_text("1.92e-5").unwrap(), 1920);
         assert!(amount_from_json_text("0.000000015").is_err());

@@ -37,16 +37,11 @@ pub struct Fees {
 impl Fees {
     /// A given average fee per block (offline mode).
     pub fn per_block(sat: u64) -> Fees {
-        Fees {
-            total_sat: sat as u128,
-            blocks: 1,
-        }
+        Fees { total_sat: sat as u128, blocks: 1 }
     }
 
     pub fn average(&self) -> Ratio {
-        Ratio::new(U1024::from(self.total_sat), U1024::from(self.blocks.max(1)))
-            .expect("non-zero")
-            .reduced()
+        Ratio::new(U1024::from(self.total_sat), U1024::from(self.blocks.max(1))).expect("non-zero").reduced()
     }
 }
 
@@ -105,9 +100,7 @@ pub fn payout(input: &PayoutInput) -> Result<Payout, FormulaError> {
         return Err(FormulaError::Zero("period"));
     }
     if input.fees.blocks == 0 {
-        return Err(FormulaError::Zero(
-            "number of blocks the fees are averaged over",
-        ));
+        return Err(FormulaError::Zero("number of blocks the fees are averaged over"));
     }
     let of = |_| FormulaError::Overflow;
     let share_per_block = input
@@ -115,39 +108,24 @@ pub fn payout(input: &PayoutInput) -> Result<Payout, FormulaError> {
         .checked_mul(&Ratio::integer(input.block_time as u128))
         .and_then(|x| x.checked_div(&input.difficulty.checked_mul(&two_pow_32())?))
         .ok_or(FormulaError::Overflow)?;
-    let expected_blocks = share_per_block
-        .checked_mul(&Ratio::integer(input.period as u128))
-        .ok_or(FormulaError::Overflow)?;
+    let expected_blocks =
+        share_per_block.checked_mul(&Ratio::integer(input.period as u128)).ok_or(FormulaError::Overflow)?;
     // S + F = (S·n + total) / n
     let n = input.fees.blocks as u128;
-    let reward_num = (input.subsidy_sat as u128)
-        .checked_mul(n)
-        .and_then(|v| v.checked_add(input.fees.total_sat));
+    let reward_num = (input.subsidy_sat as u128).checked_mul(n).and_then(|v| v.checked_add(input.fees.total_sat));
     let reward_num = reward_num.ok_or(FormulaError::Overflow)?;
-    let reward = Ratio::new(U1024::from(reward_num), U1024::from(n))
-        .expect("n > 0")
-        .reduced();
-    let exact_sat = expected_blocks
-        .checked_mul(&reward)
-        .ok_or(FormulaError::Overflow)?;
+    let reward = Ratio::new(U1024::from(reward_num), U1024::from(n)).expect("n > 0").reduced();
+    let exact_sat = expected_blocks.checked_mul(&reward).ok_or(FormulaError::Overflow)?;
     let floor = exact_sat.floor();
     if floor > U1024::from(u128::MAX) {
         return Err(of(()));
     }
-    Ok(Payout {
-        share_per_block,
-        expected_blocks,
-        reward_per_block_sat: reward,
-        exact_sat,
-        sat: floor.to::<u128>(),
-    })
+    Ok(Payout { share_per_block, expected_blocks, reward_per_block_sat: reward, exact_sat, sat: floor.to::<u128>() })
 }
 
 /// Network hashrate = D × 2^32 / T, in H/s.
 pub fn network_hashrate(difficulty: &Ratio, block_time: u64) -> Option<Ratio> {
-    difficulty
-        .checked_mul(&two_pow_32())?
-        .checked_div(&Ratio::integer(block_time as u128))
+    difficulty.checked_mul(&two_pow_32())?.checked_div(&Ratio::integer(block_time as u128))
 }
 
 /// Block subsidy at `height`: `initial_sat` halved every `halving_interval` blocks.
@@ -205,16 +183,8 @@ pub fn retarget(recent: &Ratio, period: u64, block_time: u64, actual: Ratio) -> 
     } else {
         (actual, Clamp::None)
     };
-    let new_difficulty = recent
-        .checked_mul(&Ratio::integer(timespan as u128))?
-        .checked_div(&used)?;
-    Some(Retarget {
-        target_timespan: timespan,
-        actual,
-        used,
-        clamp,
-        new_difficulty,
-    })
+    let new_difficulty = recent.checked_mul(&Ratio::integer(timespan as u128))?.checked_div(&used)?;
+    Some(Retarget { target_timespan: timespan, actual, used, clamp, new_difficulty })
 }
 
 /// Projects the retarget from an epoch in progress: `intervals` block intervals (tip height −
@@ -233,33 +203,18 @@ pub fn project_retarget(
         return None;
     }
     let elapsed = elapsed.max(0) as u128; // time running backwards clamps like a very short epoch
-    let actual = Ratio::new(
-        U1024::from(elapsed * (period as u128 - 1)),
-        U1024::from(intervals),
-    )?
-    .reduced();
+    let actual = Ratio::new(U1024::from(elapsed * (period as u128 - 1)), U1024::from(intervals))?.reduced();
     retarget(recent, period, block_time, actual)
 }
 
 /// The `nbits` bitcoind would set after an epoch whose B − 1 intervals took `actual_secs`:
 /// new target = old target × clamped actual / (B·T), capped at `pow_limit`, in compact form.
-pub fn retarget_nbits(
-    old_nbits: u32,
-    actual_secs: i64,
-    period: u64,
-    block_time: u64,
-    pow_limit: U256,
-) -> Option<u32> {
+pub fn retarget_nbits(old_nbits: u32, actual_secs: i64, period: u64, block_time: u64, pow_limit: U256) -> Option<u32> {
     let timespan = period.checked_mul(block_time)? as i64;
     let actual = actual_secs.clamp(timespan / 4, timespan * 4);
     let old = ruint::aliases::U512::from(Target::from_compact(old_nbits)?.as_u256());
-    let new = old * ruint::aliases::U512::from(actual as u64)
-        / ruint::aliases::U512::from(timespan as u64);
-    let new = if new > ruint::aliases::U512::from(pow_limit) {
-        pow_limit
-    } else {
-        U256::from(new)
-    };
+    let new = old * ruint::aliases::U512::from(actual as u64) / ruint::aliases::U512::from(timespan as u64);
+    let new = if new > ruint::aliases::U512::from(pow_limit) { pow_limit } else { U256::from(new) };
     Some(Target::from_u256(new).to_compact())
 }
 
@@ -291,20 +246,9 @@ mod tests {
             period: 2016,
         })
         .unwrap();
-        assert_eq!(
-            p.share_per_block,
-            dec("165").checked_div(&dec("1073741824")).unwrap()
-        );
-        assert_eq!(
-            p.expected_blocks,
-            dec("10395").checked_div(&dec("33554432")).unwrap()
-        );
-        assert_eq!(
-            p.exact_sat,
-            dec("112266000000000")
-                .checked_div(&dec("1073741824"))
-                .unwrap()
-        );
+        assert_eq!(p.share_per_block, dec("165").checked_div(&dec("1073741824")).unwrap());
+        assert_eq!(p.expected_blocks, dec("10395").checked_div(&dec("33554432")).unwrap());
+        assert_eq!(p.exact_sat, dec("112266000000000").checked_div(&dec("1073741824")).unwrap());
         assert_eq!(p.sat, 104_555);
     }
 
@@ -315,14 +259,7 @@ mod tests {
         // (S+F)·B = 350 000 000 · 2016 = 705 600 000 000 sat; × 3 / 25 000 000 = 28 224 · 3 = 84 672 sat exactly.
         // In f64, (H·T)/(D·2^32) = 1.2e-7 is not representable and the product comes out
         // as 84671.99999999999, which floors to 84 671: one satoshi short.
-        let (h, t, d, s, f, b) = (
-            107_374_182_400_000f64,
-            600f64,
-            125e12f64,
-            312_500_000f64,
-            37_500_000f64,
-            2016f64,
-        );
+        let (h, t, d, s, f, b) = (107_374_182_400_000f64, 600f64, 125e12f64, 312_500_000f64, 37_500_000f64, 2016f64);
         let float = (h * t) / (d * 2f64.powi(32)) * ((s + f) * b);
         assert_eq!(float.floor(), 84_671.0, "float path: {float}");
         let p = payout(&PayoutInput {
@@ -347,10 +284,7 @@ mod tests {
             block_time: 1,
             difficulty: Ratio::integer(1),
             subsidy_sat: 10,
-            fees: Fees {
-                total_sat: 3,
-                blocks: 2,
-            },
+            fees: Fees { total_sat: 3, blocks: 2 },
             period: 2,
         })
         .unwrap();
@@ -369,44 +303,17 @@ mod tests {
             period: 10,
         };
         assert!(payout(&ok).is_ok());
-        assert_eq!(
-            payout(&PayoutInput { period: 0, ..ok }).unwrap_err(),
-            FormulaError::Zero("period")
-        );
-        assert_eq!(
-            payout(&PayoutInput {
-                block_time: 0,
-                ..ok
-            })
-            .unwrap_err(),
-            FormulaError::Zero("block time")
-        );
+        assert_eq!(payout(&PayoutInput { period: 0, ..ok }).unwrap_err(), FormulaError::Zero("period"));
+        assert_eq!(payout(&PayoutInput { block_time: 0, ..ok }).unwrap_err(), FormulaError::Zero("block time"));
         let zero = Ratio::integer(0);
-        assert_eq!(
-            payout(&PayoutInput {
-                hashrate: zero,
-                ..ok
-            })
-            .unwrap_err(),
-            FormulaError::Zero("hashrate")
-        );
-        assert_eq!(
-            payout(&PayoutInput {
-                difficulty: zero,
-                ..ok
-            })
-            .unwrap_err(),
-            FormulaError::Zero("difficulty")
-        );
+        assert_eq!(payout(&PayoutInput { hashrate: zero, ..ok }).unwrap_err(), FormulaError::Zero("hashrate"));
+        assert_eq!(payout(&PayoutInput { difficulty: zero, ..ok }).unwrap_err(), FormulaError::Zero("difficulty"));
     }
 
     #[test]
     fn difficulty_from_nbits_is_exact() {
         // 0x1d00ffff: target = diff-1 target → 1.
-        assert_eq!(
-            difficulty_from_nbits(0x1d00ffff).unwrap(),
-            Ratio::integer(1)
-        );
+        assert_eq!(difficulty_from_nbits(0x1d00ffff).unwrap(), Ratio::integer(1));
         // block 100000, nbits 1b04864c: 0xffff·2^208 / (0x04864c·2^192) = 0xffff·2^16 / 0x04864c
         // = 4294901760 / 296524 = 1073725440 / 74131 = 14484.16236122539828…
         let d = difficulty_from_nbits(0x1b04864c).unwrap();
@@ -414,10 +321,7 @@ mod tests {
         assert_eq!(d.to_decimal(8), "14484.16236122");
         // regtest 207fffff: 0xffff·2^208 / (0x7fffff·2^232) = 65535 / (8388607 · 2^24)
         let r = difficulty_from_nbits(0x207fffff).unwrap();
-        assert_eq!(
-            r,
-            dec("65535").checked_div(&dec("140737471578112")).unwrap()
-        ); // 8388607·16777216
+        assert_eq!(r, dec("65535").checked_div(&dec("140737471578112")).unwrap()); // 8388607·16777216
         assert!(difficulty_from_nbits(0x01003456).is_none()); // zero target
     }
 
@@ -475,10 +379,7 @@ mod tests {
         // perfectly on-time epoch raises the difficulty by 2016/2015: 1000 → 1000·2016/2015 = 1000.4962…
         let r = project_retarget(&Ratio::integer(1000), 2016, 600, 2015, 2015 * 600).unwrap();
         assert_eq!(r.actual, Ratio::integer(1_209_000));
-        assert_eq!(
-            r.new_difficulty,
-            dec("2016000").checked_div(&dec("2015")).unwrap()
-        );
+        assert_eq!(r.new_difficulty, dec("2016000").checked_div(&dec("2015")).unwrap());
         assert_eq!(r.new_difficulty.to_decimal(6), "1000.496277");
         // Projection halfway: 1007 intervals took 1007·600 s → projected 2015·600 s → same result.
         let half = project_retarget(&Ratio::integer(1000), 2016, 600, 1007, 1007 * 600).unwrap();
@@ -486,10 +387,7 @@ mod tests {
         // Projection: 10 intervals in 3000 s (300 s/block) → 2015 · 300 = 604 500 s → D · 1 209 600 / 604 500
         // = 1000 · 2.00099… = 2000.99255…; exactly 1 209 600 000 / 604 500 = 2 419 200 / 1209.
         let fast = project_retarget(&Ratio::integer(1000), 2016, 600, 10, 3000).unwrap();
-        assert_eq!(
-            fast.new_difficulty,
-            dec("2419200").checked_div(&dec("1209")).unwrap()
-        );
+        assert_eq!(fast.new_difficulty, dec("2419200").checked_div(&dec("1209")).unwrap());
         assert!(project_retarget(&Ratio::integer(1000), 2016, 600, 0, 0).is_none());
         // Time running backwards clamps to the maximum increase.
         let back = project_retarget(&Ratio::integer(1000), 2016, 600, 5, -100).unwrap();
@@ -501,19 +399,10 @@ mod tests {
         // Old target diff-1 (1d00ffff), epoch twice as slow: 2 419 200 s (within 4 · 1 209 600, not clamped)
         // → new target = 0xffff·2^208 · 2 = 0x1fffe·2^208 → compact 1d01fffe; difficulty 1/2.
         let pow_limit = U256::MAX >> 1; // regtest-like: far above both results
-        assert_eq!(
-            retarget_nbits(0x1d00ffff, 2_419_200, 2016, 600, pow_limit),
-            Some(0x1d01fffe)
-        );
+        assert_eq!(retarget_nbits(0x1d00ffff, 2_419_200, 2016, 600, pow_limit), Some(0x1d01fffe));
         // Twice as fast: target / 2 = 0x7fff8·2^204 → compact 1c7fff80.
-        assert_eq!(
-            retarget_nbits(0x1d00ffff, 604_800, 2016, 600, pow_limit),
-            Some(0x1c7fff80)
-        );
+        assert_eq!(retarget_nbits(0x1d00ffff, 604_800, 2016, 600, pow_limit), Some(0x1c7fff80));
         // Capped at the pow limit: the mainnet limit is the diff-1 target itself.
-        assert_eq!(
-            retarget_nbits(0x1d00ffff, 2_419_200, 2016, 600, diff1_target()),
-            Some(0x1d00ffff)
-        );
+        assert_eq!(retarget_nbits(0x1d00ffff, 2_419_200, 2016, 600, diff1_target()), Some(0x1d00ffff));
     }
 }

@@ -22,22 +22,15 @@ use super::exact::amount_from_json_text;
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
     #[error("node {url}: {method}: {msg}")]
-    Transport {
-        url: String,
-        method: String,
-        msg: String,
-    },
-    #[error("node {url}: {method}: authentication refused (HTTP 401); check the RPC user and password or the cookie file")]
+    Transport { url: String, method: String, msg: String },
+    #[error(
+        "node {url}: {method}: authentication refused (HTTP 401); check the RPC user and password or the cookie file"
+    )]
     Unauthorized { url: String, method: String },
     #[error("node {url} does not have the RPC {method} (\"Method not found\")")]
     MethodNotFound { url: String, method: String },
     #[error("node {url}: {method} failed: {message} (code {code})")]
-    Rpc {
-        url: String,
-        method: String,
-        code: i64,
-        message: String,
-    },
+    Rpc { url: String, method: String, code: i64, message: String },
 }
 
 /// Where the node is and how to log in.
@@ -67,20 +60,13 @@ impl RpcClient {
         let hostport = rest.split('/').next().unwrap_or("");
         let hostport = hostport.rsplit('@').next().unwrap_or(hostport); // never keep userinfo
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| anyhow!("node URL {hostport:?}: bad port {p:?}"))?,
-            ),
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| anyhow!("node URL {hostport:?}: bad port {p:?}"))?),
             None => (hostport, 8332),
         };
         if host.is_empty() {
             bail!("node URL {url:?} has no host; expected host:port such as 127.0.0.1:8332");
         }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         Ok(RpcClient {
             url: format!("http://{hostport}"),
             auth_header: format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
@@ -107,11 +93,7 @@ impl RpcClient {
 
     /// Calls `method`, returning the raw JSON text of `result`.
     pub fn call_raw(&self, method: &str, params: &[Value]) -> Result<Box<RawValue>, RpcError> {
-        let transport = |msg: String| RpcError::Transport {
-            url: self.url.clone(),
-            method: method.to_string(),
-            msg,
-        };
+        let transport = |msg: String| RpcError::Transport { url: self.url.clone(), method: method.to_string(), msg };
         let body = serde_json::json!({"jsonrpc": "1.0", "id": "ckpool-payout", "method": method, "params": params});
         let body = body.to_string();
         let addr = (self.host.as_str(), self.port)
@@ -119,8 +101,8 @@ impl RpcClient {
             .map_err(|e| transport(format!("cannot resolve: {e}")))?
             .next()
             .ok_or_else(|| transport("no address".into()))?;
-        let mut stream = TcpStream::connect_timeout(&addr, self.timeout)
-            .map_err(|e| transport(format!("cannot connect: {e}")))?;
+        let mut stream =
+            TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| transport(format!("cannot connect: {e}")))?;
         stream.set_read_timeout(Some(self.timeout)).ok();
         stream.set_write_timeout(Some(self.timeout)).ok();
         let request = format!(
@@ -132,14 +114,10 @@ impl RpcClient {
             body.len(),
             body
         );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| transport(format!("cannot send: {e}")))?;
+        stream.write_all(request.as_bytes()).map_err(|e| transport(format!("cannot send: {e}")))?;
         let mut reader = BufReader::new(stream);
         let mut status_line = String::new();
-        reader
-            .read_line(&mut status_line)
-            .map_err(|e| transport(format!("no reply: {e}")))?;
+        reader.read_line(&mut status_line).map_err(|e| transport(format!("no reply: {e}")))?;
         let status: u16 = status_line
             .split_whitespace()
             .nth(1)
@@ -149,9 +127,7 @@ impl RpcClient {
         let mut chunked = false;
         loop {
             let mut line = String::new();
-            reader
-                .read_line(&mut line)
-                .map_err(|e| transport(format!("reading headers: {e}")))?;
+            reader.read_line(&mut line).map_err(|e| transport(format!("reading headers: {e}")))?;
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -166,43 +142,29 @@ impl RpcClient {
             }
         }
         if status == 401 || status == 403 {
-            return Err(RpcError::Unauthorized {
-                url: self.url.clone(),
-                method: method.to_string(),
-            });
+            return Err(RpcError::Unauthorized { url: self.url.clone(), method: method.to_string() });
         }
         let mut data = Vec::new();
         if chunked {
             loop {
                 let mut size_line = String::new();
-                reader
-                    .read_line(&mut size_line)
-                    .map_err(|e| transport(format!("reading body: {e}")))?;
-                let size =
-                    usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
-                        .map_err(|_| transport("bad chunked encoding".into()))?;
+                reader.read_line(&mut size_line).map_err(|e| transport(format!("reading body: {e}")))?;
+                let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| transport("bad chunked encoding".into()))?;
                 if size == 0 {
                     break;
                 }
                 let start = data.len();
                 data.resize(start + size, 0);
-                reader
-                    .read_exact(&mut data[start..])
-                    .map_err(|e| transport(format!("reading body: {e}")))?;
+                reader.read_exact(&mut data[start..]).map_err(|e| transport(format!("reading body: {e}")))?;
                 let mut crlf = [0u8; 2];
-                reader
-                    .read_exact(&mut crlf)
-                    .map_err(|e| transport(format!("reading body: {e}")))?;
+                reader.read_exact(&mut crlf).map_err(|e| transport(format!("reading body: {e}")))?;
             }
         } else if let Some(n) = content_length {
             data.resize(n, 0);
-            reader
-                .read_exact(&mut data)
-                .map_err(|e| transport(format!("reading body: {e}")))?;
+            reader.read_exact(&mut data).map_err(|e| transport(format!("reading body: {e}")))?;
         } else {
-            reader
-                .read_to_end(&mut data)
-                .map_err(|e| transport(format!("reading body: {e}")))?;
+            reader.read_to_end(&mut data).map_err(|e| transport(format!("reading body: {e}")))?;
         }
         #[derive(serde::Deserialize)]
         struct Reply {
@@ -213,48 +175,26 @@ impl RpcClient {
             .map_err(|e| transport(format!("HTTP {status}, not a JSON-RPC reply ({e})")))?;
         if let Some(err) = reply.error.filter(|e| !e.is_null()) {
             let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
             if code == -32601 {
-                return Err(RpcError::MethodNotFound {
-                    url: self.url.clone(),
-                    method: method.to_string(),
-                });
+                return Err(RpcError::MethodNotFound { url: self.url.clone(), method: method.to_string() });
             }
-            return Err(RpcError::Rpc {
-                url: self.url.clone(),
-                method: method.to_string(),
-                code,
-                message,
-            });
+            return Err(RpcError::Rpc { url: self.url.clone(), method: method.to_string(), code, message });
         }
-        reply
-            .result
-            .ok_or_else(|| transport(format!("HTTP {status} without a result")))
+        reply.result.ok_or_else(|| transport(format!("HTTP {status} without a result")))
     }
 
     /// Calls `method` and decodes the result.
     pub fn call<T: DeserializeOwned>(&self, method: &str, params: &[Value]) -> Result<T> {
         let raw = self.call_raw(method, params)?;
-        serde_json::from_str(raw.get()).with_context(|| {
-            format!(
-                "node {}: {method}: unexpected reply {}",
-                self.url,
-                truncate(raw.get())
-            )
-        })
+        serde_json::from_str(raw.get())
+            .with_context(|| format!("node {}: {method}: unexpected reply {}", self.url, truncate(raw.get())))
     }
 }
 
 fn truncate(s: &str) -> String {
     if s.len() > 200 {
-        format!(
-            "{}…",
-            &s[..s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len())]
-        )
+        format!("{}…", &s[..s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len())])
     } else {
         s.to_string()
     }
@@ -264,11 +204,7 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -294,8 +230,7 @@ pub struct PoolConfig {
 /// Reads a ckpool JSON config: the first `btcd` entry's `url`, `auth`, `pass`, and `btcsig`,
 /// `btcaddress`. Text after the closing brace of the JSON value is ignored (as ckpool does).
 pub fn read_config(path: &Path) -> Result<PoolConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
     let v = stream
         .next()
@@ -303,27 +238,12 @@ pub fn read_config(path: &Path) -> Result<PoolConfig> {
         .with_context(|| format!("config {} is not JSON", path.display()))?;
     let btcd = v
         .get("btcd")
-        .and_then(|b| {
-            b.as_array()
-                .and_then(|a| a.first().cloned())
-                .or_else(|| b.is_object().then(|| b.clone()))
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "config {} has no \"btcd\" entry (the node's url, auth, pass)",
-                path.display()
-            )
-        })?;
+        .and_then(|b| b.as_array().and_then(|a| a.first().cloned()).or_else(|| b.is_object().then(|| b.clone())))
+        .ok_or_else(|| anyhow!("config {} has no \"btcd\" entry (the node's url, auth, pass)", path.display()))?;
     let field = |k: &str| btcd.get(k).and_then(Value::as_str).map(str::to_string);
-    let s = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .filter(|s| !s.is_empty())
-    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string).filter(|s| !s.is_empty());
     Ok(PoolConfig {
-        url: field("url")
-            .ok_or_else(|| anyhow!("config {}: btcd entry has no \"url\"", path.display()))?,
+        url: field("url").ok_or_else(|| anyhow!("config {}: btcd entry has no \"url\"", path.display()))?,
         auth: field("auth").unwrap_or_default(),
         pass: field("pass").unwrap_or_default(),
         btcsig: s("btcsig"),
@@ -365,40 +285,24 @@ impl OwnBlocks {
     pub fn new(btcsig: Option<&str>, btcaddress: Option<&str>) -> Result<OwnBlocks> {
         let script = match btcaddress {
             Some(a) => {
-                let addr: bitcoin::Address<bitcoin::address::NetworkUnchecked> = a
-                    .parse()
-                    .with_context(|| format!("btcaddress {a:?} is not a valid address"))?;
+                let addr: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+                    a.parse().with_context(|| format!("btcaddress {a:?} is not a valid address"))?;
                 Some(addr.assume_checked().script_pubkey().to_bytes())
             }
             None => None,
         };
-        let sig = btcsig
-            .filter(|s| !s.is_empty())
-            .map(|s| s.as_bytes().to_vec());
+        let sig = btcsig.filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec());
         if sig.is_none() && script.is_none() {
-            bail!(
-                "--own-blocks needs btcsig or btcaddress (from --config, or --btcsig/--btcaddress)"
-            );
+            bail!("--own-blocks needs btcsig or btcaddress (from --config, or --btcsig/--btcaddress)");
         }
         Ok(OwnBlocks { sig, script })
     }
 
     fn matches(&self, coinbase: &bitcoin::Transaction) -> bool {
-        let script_sig = coinbase
-            .input
-            .first()
-            .map(|i| i.script_sig.as_bytes())
-            .unwrap_or(&[]);
-        let by_sig = self
-            .sig
-            .as_ref()
-            .is_some_and(|s| script_sig.windows(s.len()).any(|w| w == s.as_slice()));
-        let by_addr = self.script.as_ref().is_some_and(|s| {
-            coinbase
-                .output
-                .iter()
-                .any(|o| o.script_pubkey.as_bytes() == s)
-        });
+        let script_sig = coinbase.input.first().map(|i| i.script_sig.as_bytes()).unwrap_or(&[]);
+        let by_sig = self.sig.as_ref().is_some_and(|s| script_sig.windows(s.len()).any(|w| w == s.as_slice()));
+        let by_addr =
+            self.script.as_ref().is_some_and(|s| coinbase.output.iter().any(|o| o.script_pubkey.as_bytes() == s));
         by_sig || by_addr
     }
 }
@@ -413,11 +317,7 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(rpc: RpcClient) -> Chain {
-        Chain {
-            rpc,
-            has_stats: Default::default(),
-            prev_tx: Default::default(),
-        }
+        Chain { rpc, has_stats: Default::default(), prev_tx: Default::default() }
     }
 
     pub fn height(&self) -> Result<u64> {
@@ -433,34 +333,17 @@ impl Chain {
             time: i64,
             bits: String,
         }
-        let h: H = self
-            .rpc
-            .call("getblockheader", &[hash.into(), true.into()])?;
-        let bits = u32::from_str_radix(&h.bits, 16).map_err(|_| {
-            anyhow!(
-                "node {}: getblockheader: bad bits {:?}",
-                self.rpc.url(),
-                h.bits
-            )
-        })?;
-        Ok(Header {
-            hash: h.hash,
-            height: h.height,
-            time: h.time,
-            bits,
-        })
+        let h: H = self.rpc.call("getblockheader", &[hash.into(), true.into()])?;
+        let bits = u32::from_str_radix(&h.bits, 16)
+            .map_err(|_| anyhow!("node {}: getblockheader: bad bits {:?}", self.rpc.url(), h.bits))?;
+        Ok(Header { hash: h.hash, height: h.height, time: h.time, bits })
     }
 
     pub fn block(&self, hash: &str) -> Result<bitcoin::Block> {
         let hex: String = self.rpc.call("getblock", &[hash.into(), 0.into()])?;
-        let bytes = crate::hex::decode(&hex)
-            .map_err(|e| anyhow!("node {}: getblock {hash}: {e:?}", self.rpc.url()))?;
-        deserialize(&bytes).with_context(|| {
-            format!(
-                "node {}: getblock {hash}: cannot decode the block",
-                self.rpc.url()
-            )
-        })
+        let bytes = crate::hex::decode(&hex).map_err(|e| anyhow!("node {}: getblock {hash}: {e:?}", self.rpc.url()))?;
+        deserialize(&bytes)
+            .with_context(|| format!("node {}: getblock {hash}: cannot decode the block", self.rpc.url()))
     }
 
     /// Total fees of a block in satoshis.
@@ -476,23 +359,15 @@ impl Chain {
                 Ok(raw) => {
                     self.has_stats.set(Some(true));
                     let map: HashMap<String, Box<RawValue>> = serde_json::from_str(raw.get())
-                        .with_context(|| {
-                            format!("node {}: getblockstats: not an object", self.rpc.url())
-                        })?;
-                    let fee = map.get("totalfee").ok_or_else(|| {
-                        anyhow!("node {}: getblockstats {hash}: no totalfee", self.rpc.url())
-                    })?;
-                    return Ok(amount_from_json_text(fee.get()).with_context(|| {
-                        format!(
-                            "node {}: getblockstats: totalfee {}",
-                            self.rpc.url(),
-                            fee.get()
-                        )
-                    })? as u128);
+                        .with_context(|| format!("node {}: getblockstats: not an object", self.rpc.url()))?;
+                    let fee = map
+                        .get("totalfee")
+                        .ok_or_else(|| anyhow!("node {}: getblockstats {hash}: no totalfee", self.rpc.url()))?;
+                    return Ok(amount_from_json_text(fee.get())
+                        .with_context(|| format!("node {}: getblockstats: totalfee {}", self.rpc.url(), fee.get()))?
+                        as u128);
                 }
-                Err(RpcError::MethodNotFound { .. }) if source == FeeSource::Auto => {
-                    self.has_stats.set(Some(false))
-                }
+                Err(RpcError::MethodNotFound { .. }) if source == FeeSource::Auto => self.has_stats.set(Some(false)),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -515,8 +390,7 @@ impl Chain {
         }
         // Transactions spending outputs created in the same block are covered: their parents are
         // found through getrawtransaction as well.
-        u128::try_from(total)
-            .map_err(|_| anyhow!("block {}: outputs exceed inputs", block.block_hash()))
+        u128::try_from(total).map_err(|_| anyhow!("block {}: outputs exceed inputs", block.block_hash()))
     }
 
     fn prev_output_value(&self, txid: bitcoin::Txid, vout: u32) -> Result<u64> {
@@ -531,8 +405,7 @@ impl Chain {
             .rpc
             .call("getrawtransaction", &[txid.to_string().into(), 0.into()])
             .context("looking up an input's value (the node needs -txindex=1 for this)")?;
-        let bytes =
-            crate::hex::decode(&hex).map_err(|e| anyhow!("getrawtransaction {txid}: {e:?}"))?;
+        let bytes = crate::hex::decode(&hex).map_err(|e| anyhow!("getrawtransaction {txid}: {e:?}"))?;
         let tx: bitcoin::Transaction =
             deserialize(&bytes).with_context(|| format!("cannot decode transaction {txid}"))?;
         let value = tx.output.get(vout as usize).map(|o| o.value.to_sat());
@@ -549,18 +422,12 @@ impl Chain {
     /// The node's subsidy for a block: its coinbase value minus its fees.
     pub fn subsidy_from_coinbase(&self, hash: &str, source: FeeSource) -> Result<u64> {
         let block = self.block(hash)?;
-        let cb: u64 = block
-            .txdata
-            .first()
-            .map(|t| t.output.iter().map(|o| o.value.to_sat()).sum())
-            .unwrap_or(0);
+        let cb: u64 = block.txdata.first().map(|t| t.output.iter().map(|o| o.value.to_sat()).sum()).unwrap_or(0);
         let fees = self.block_fees(hash, source)?;
         (cb as u128)
             .checked_sub(fees)
             .map(|v| v as u64)
-            .ok_or_else(|| {
-                anyhow!("block {hash}: coinbase {cb} sat is less than its fees {fees} sat")
-            })
+            .ok_or_else(|| anyhow!("block {hash}: coinbase {cb} sat is less than its fees {fees} sat"))
     }
 }
 
@@ -578,13 +445,7 @@ mod tests {
 
     #[test]
     fn url_never_shows_credentials() {
-        let c = RpcClient::new(
-            "http://u:secret@127.0.0.1:18443/",
-            "u",
-            "secret",
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let c = RpcClient::new("http://u:secret@127.0.0.1:18443/", "u", "secret", Duration::from_secs(1)).unwrap();
         assert_eq!(c.url(), "http://127.0.0.1:18443");
         assert!(!format!("{c:?}").contains("secret"));
         let c = RpcClient::new("127.0.0.1:8332", "u", "p", Duration::from_secs(1)).unwrap();
@@ -597,10 +458,7 @@ mod tests {
         // Port 1 on loopback: nothing listens there.
         let c = RpcClient::new("127.0.0.1:1", "u", "hunter2", Duration::from_secs(2)).unwrap();
         let e = c.call_raw("getblockcount", &[]).unwrap_err().to_string();
-        assert!(
-            e.contains("getblockcount") && e.contains("127.0.0.1:1"),
-            "{e}"
-        );
+        assert!(e.contains("getblockcount") && e.contains("127.0.0.1:1"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
     }
 
@@ -617,15 +475,9 @@ mod tests {
         )
         .unwrap();
         let c = read_config(&p).unwrap();
-        assert_eq!(
-            (c.url.as_str(), c.auth.as_str(), c.pass.as_str()),
-            ("127.0.0.1:8332", "user", "pw")
-        );
+        assert_eq!((c.url.as_str(), c.auth.as_str(), c.pass.as_str()), ("127.0.0.1:8332", "user", "pw"));
         assert_eq!(c.btcsig.as_deref(), Some("/mypool/"));
-        assert_eq!(
-            c.btcaddress.as_deref(),
-            Some("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2")
-        );
+        assert_eq!(c.btcaddress.as_deref(), Some("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"));
         std::fs::write(&p, r#"{"btcaddress": "x"}"#).unwrap();
         assert!(read_config(&p).unwrap_err().to_string().contains("btcd"));
     }

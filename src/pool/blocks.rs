@@ -101,7 +101,11 @@ impl BlockSubmitter {
             if text == "accepted" || text == "duplicate" || text == "inconclusive" {
                 tracing::info!("block {hash} at height {}: node {node}: {text}", c.job.height);
             } else {
-                tracing::error!("block {hash} at height {}: node {node}: {text} (hex kept in {})", c.job.height, path.display());
+                tracing::error!(
+                    "block {hash} at height {}: node {node}: {text} (hex kept in {})",
+                    c.job.height,
+                    path.display()
+                );
             }
             shown.push((node, text));
         }

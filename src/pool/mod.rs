@@ -64,11 +64,10 @@ pub async fn payout_script(rpc: &Rpc, address: &str) -> anyhow::Result<(ScriptBu
         }
         (Some(Ok(script)), Err(_)) => Ok((script.clone(), chain)),
         (_, Ok(v)) if v.get("isvalid") == Some(&Value::Bool(true)) => {
-            let spk = v
-                .get("scriptPubKey")
-                .and_then(Value::as_str)
-                .and_then(|h| crate::hex::decode(h).ok())
-                .with_context(|| format!("btcaddress {address:?}: the node accepts it but gives no scriptPubKey"))?;
+            let spk =
+                v.get("scriptPubKey").and_then(Value::as_str).and_then(|h| crate::hex::decode(h).ok()).with_context(
+                    || format!("btcaddress {address:?}: the node accepts it but gives no scriptPubKey"),
+                )?;
             Ok((ScriptBuf::from_bytes(spk), chain))
         }
         (Some(Err(e)), _) => bail!("btcaddress: {e}; set an address of the node's network ({chain})"),
@@ -103,7 +102,12 @@ async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> anyho
 }
 
 /// Runs pool mode until `shutdown` flips to true.
-pub async fn run(cfg: Config, opts: Options, mut shutdown: watch::Receiver<bool>, events: Arc<dyn Events>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    opts: Options,
+    mut shutdown: watch::Receiver<bool>,
+    events: Arc<dyn Events>,
+) -> anyhow::Result<()> {
     cfg.require_pool()?;
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
     let listeners = server::bind_all(&cfg.serverurl)?;
@@ -135,7 +139,8 @@ pub async fn run(cfg: Config, opts: Options, mut shutdown: watch::Receiver<bool>
         None => None,
     };
 
-    let mut source = templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
+    let mut source =
+        templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
     source.refresh(templates::Reason::Start, None).await;
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 

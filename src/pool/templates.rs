@@ -92,7 +92,11 @@ impl TemplateSource {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(h) if t.prev_hash != h => {
-                    tracing::warn!("bitcoind announced block {} but its template still builds on {}", hex::encode_rev(&h), hex::encode_rev(&t.prev_hash));
+                    tracing::warn!(
+                        "bitcoind announced block {} but its template still builds on {}",
+                        hex::encode_rev(&h),
+                        hex::encode_rev(&t.prev_hash)
+                    );
                     break t;
                 }
                 _ => break t,

@@ -138,6 +138,9 @@ mod tests {
         assert_eq!(d("[0.0001]").as_deref(), Some("0.0001"));
         assert_eq!(d("[]"), None);
         assert_eq!(d("[{}]"), None);
-        assert_eq!(set_difficulty_line("0.001".parse().unwrap()), "{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[0.001]}\n");
+        assert_eq!(
+            set_difficulty_line("0.001".parse().unwrap()),
+            "{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[0.001]}\n"
+        );
     }
 }

@@ -22,7 +22,9 @@ pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
             let sock = if a.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
                 .map_err(|e| anyhow::anyhow!("serverurl {a}: cannot create socket: {e}"))?;
             sock.set_reuseaddr(true).ok();
-            sock.bind(*a).map_err(|e| anyhow::anyhow!("serverurl {a}: cannot listen: {e} (another pool running? use --killold)"))?;
+            sock.bind(*a).map_err(|e| {
+                anyhow::anyhow!("serverurl {a}: cannot listen: {e} (another pool running? use --killold)")
+            })?;
             sock.listen(1024).map_err(|e| anyhow::anyhow!("serverurl {a}: cannot listen: {e}"))
         })
         .collect()

@@ -165,9 +165,13 @@ impl Session {
             }
         };
         match end {
-            End::Closed => tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, "miner disconnected"),
+            End::Closed => {
+                tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, "miner disconnected")
+            }
             End::Shutdown => {}
-            End::Kick(why) => tracing::warn!(peer = %self.peer, client = self.id, worker = %self.workername, "dropping miner: {why}"),
+            End::Kick(why) => {
+                tracing::warn!(peer = %self.peer, client = self.id, worker = %self.workername, "dropping miner: {why}")
+            }
         }
         self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.en1_key);
     }
@@ -269,7 +273,9 @@ impl Session {
         self.username = base.into();
         // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
         if let Some(pass) = proto::str_param(params, 1) {
-            if let Some(d) = pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok()) {
+            if let Some(d) =
+                pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok())
+            {
                 self.suggested = Some(d);
                 self.diff = self.ctx.clamp(d);
             }
@@ -283,13 +289,21 @@ impl Session {
     }
 
     fn on_configure(&mut self, id: &str, params: &Value) {
-        let exts: Vec<&str> = params.get(0).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let exts: Vec<&str> = params
+            .get(0)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let opts = params.get(1).cloned().unwrap_or(Value::Null);
         let mut result = serde_json::Map::new();
         for ext in exts {
             match ext {
                 "version-rolling" => {
-                    let asked = opts.get("version-rolling.mask").and_then(Value::as_str).and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(u32::MAX);
+                    let asked = opts
+                        .get("version-rolling.mask")
+                        .and_then(Value::as_str)
+                        .and_then(|m| hex::parse_u32_be(m).ok())
+                        .unwrap_or(u32::MAX);
                     let mask = asked & self.ctx.params.version_mask;
                     self.version_mask = mask;
                     result.insert("version-rolling".into(), Value::Bool(true));
@@ -408,8 +422,14 @@ impl Session {
             }
         };
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
-        let Some(sent) = u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().find(|s| s.local_id == lid)) else {
-            let r = if job_id.len() <= 16 && u64::from_str_radix(job_id, 16).is_ok() { Reject::Stale } else { Reject::UnknownJob };
+        let Some(sent) =
+            u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().find(|s| s.local_id == lid))
+        else {
+            let r = if job_id.len() <= 16 && u64::from_str_radix(job_id, 16).is_ok() {
+                Reject::Stale
+            } else {
+                Reject::UnknownJob
+            };
             self.counted_reject(id, Some(&sub), &r.to_string(), r.code());
             return;
         };
@@ -455,7 +475,16 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn log_share(&mut self, job: &Job, sub: &Submit<'_>, diff: Difficulty, sdiff: Difficulty, hash: &str, result: bool, reject: Option<String>) {
+    async fn log_share(
+        &mut self,
+        job: &Job,
+        sub: &Submit<'_>,
+        diff: Difficulty,
+        sdiff: Difficulty,
+        hash: &str,
+        result: bool,
+        reject: Option<String>,
+    ) {
         if !self.ctx.params.log_shares {
             return;
         }

@@ -228,11 +228,12 @@ pub enum AddressError {
 
 /// The scriptPubKey of an address (P2PKH, P2SH, P2WPKH, P2WSH, P2TR), checked against `network`.
 pub fn script_for_address(address: &str, network: Network) -> Result<ScriptBuf, AddressError> {
-    let unchecked: Address<NetworkUnchecked> =
-        address.trim().parse().map_err(|e: bitcoin::address::ParseError| AddressError::Parse(address.into(), e.to_string()))?;
-    let checked = unchecked
-        .require_network(network)
-        .map_err(|_| AddressError::WrongNetwork(address.into(), network))?;
+    let unchecked: Address<NetworkUnchecked> = address
+        .trim()
+        .parse()
+        .map_err(|e: bitcoin::address::ParseError| AddressError::Parse(address.into(), e.to_string()))?;
+    let checked =
+        unchecked.require_network(network).map_err(|_| AddressError::WrongNetwork(address.into(), network))?;
     Ok(checked.script_pubkey())
 }
 

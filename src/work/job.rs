@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn notify_shape_errors() {
         assert!(matches!(Job::from_notify(1, &json!([1, 2]), 4, 4), Err(NotifyError::Shape(_))));
-        let mut p = json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
+        let mut p =
+            json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
         assert!(Job::from_notify(1, &p, 4, 4).is_ok());
         p[6] = json!(12);
         assert!(matches!(Job::from_notify(1, &p, 4, 4), Err(NotifyError::Field { field: "nbits", .. })));

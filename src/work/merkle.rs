@@ -10,9 +10,7 @@ pub fn sha256d(data: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-256 initial state.
-const H0: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
+const H0: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 /// The padding block that ends a 64-byte message (0x80, zeros, bit length 512).
 const PAD_64: [u8; 64] = {
@@ -81,10 +79,7 @@ pub fn branches(txids: &[[u8; 32]]) -> Vec<[u8; 32]> {
         out.push(level[0]);
         // The coinbase side's node at the next level is unknown (it hashes level[0]);
         // pair up everything after it, duplicating an odd last node as bitcoind does.
-        level = level[1..]
-            .chunks(2)
-            .map(|c| hash_pair(&c[0], c.get(1).unwrap_or(&c[0])))
-            .collect();
+        level = level[1..].chunks(2).map(|c| hash_pair(&c[0], c.get(1).unwrap_or(&c[0]))).collect();
     }
     out
 }
@@ -104,10 +99,7 @@ pub fn root(txids: &[[u8; 32]]) -> [u8; 32] {
     assert!(!txids.is_empty(), "a block has at least its coinbase");
     let mut level = txids.to_vec();
     while level.len() > 1 {
-        level = level
-            .chunks(2)
-            .map(|c| hash_pair(&c[0], c.get(1).unwrap_or(&c[0])))
-            .collect();
+        level = level.chunks(2).map(|c| hash_pair(&c[0], c.get(1).unwrap_or(&c[0]))).collect();
     }
     level[0]
 }

@@ -88,8 +88,7 @@ fn u32_field(name: &'static str, v: i64) -> Result<u32, TemplateError> {
 impl Template {
     /// Parses the `result` of `getblocktemplate` (Bitcoin Core, Knots, and non-segwit forks).
     pub fn from_gbt(v: &serde_json::Value) -> Result<Template, TemplateError> {
-        let raw: RawTemplate =
-            serde_json::from_value(v.clone()).map_err(|e| TemplateError::Shape(e.to_string()))?;
+        let raw: RawTemplate = serde_json::from_value(v.clone()).map_err(|e| TemplateError::Shape(e.to_string()))?;
         let height = u32_field("height", raw.height)?;
         let version = raw.version as u32; // bitcoind sends the signed int32 as a number
         if raw.version < i32::MIN as i64 || raw.version > u32::MAX as i64 {
@@ -100,7 +99,8 @@ impl Template {
         if raw.bits.len() != 8 {
             return Err(field("bits", format!("{:?} is not 8 hex digits", raw.bits)));
         }
-        let compact_target = Target::from_compact(nbits).ok_or_else(|| field("bits", "negative or overflowing target"))?;
+        let compact_target =
+            Target::from_compact(nbits).ok_or_else(|| field("bits", "negative or overflowing target"))?;
         let target = match &raw.target {
             Some(t) => {
                 let mut be = [0u8; 32];
@@ -109,8 +109,7 @@ impl Template {
             }
             None => compact_target,
         };
-        let coinbase_value =
-            u64::try_from(raw.coinbasevalue).map_err(|_| field("coinbasevalue", "negative"))?;
+        let coinbase_value = u64::try_from(raw.coinbasevalue).map_err(|_| field("coinbasevalue", "negative"))?;
         if coinbase_value > 21_000_000 * 100_000_000 {
             return Err(field("coinbasevalue", format!("{coinbase_value} exceeds the money supply")));
         }
@@ -125,7 +124,10 @@ impl Template {
             None => Vec::new(),
         };
         if coinbase_flags.len() > 40 {
-            return Err(field("coinbaseaux.flags", format!("{} bytes is too long for a coinbase", coinbase_flags.len())));
+            return Err(field(
+                "coinbaseaux.flags",
+                format!("{} bytes is too long for a coinbase", coinbase_flags.len()),
+            ));
         }
         let witness_commitment = match raw.default_witness_commitment {
             Some(s) => Some(hex::decode(&s).map_err(|e| field("default_witness_commitment", e))?),
@@ -136,7 +138,9 @@ impl Template {
             let data = hex::decode(&tx.data).map_err(|e| field("transactions", format!("#{i} data: {e}")))?;
             let txid = match tx.txid.as_deref() {
                 Some(t) => hex::decode_hash_rev(t).map_err(|e| field("transactions", format!("#{i} txid: {e}")))?,
-                None => compute_txid(&data, tx.hash.as_deref()).map_err(|e| field("transactions", format!("#{i}: {e}")))?,
+                None => {
+                    compute_txid(&data, tx.hash.as_deref()).map_err(|e| field("transactions", format!("#{i}: {e}")))?
+                }
             };
             let fee = tx.fee.and_then(|f| u64::try_from(f).ok());
             transactions.push(TemplateTx { data, txid, fee });

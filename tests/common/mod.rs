@@ -115,7 +115,10 @@ impl Node {
                 Ok(_) => return,
                 Err(e) => {
                     if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!("regtest bitcoind exited ({status}) before answering RPC: {e}; debug.log in {}", self.datadir.path().display());
+                        panic!(
+                            "regtest bitcoind exited ({status}) before answering RPC: {e}; debug.log in {}",
+                            self.datadir.path().display()
+                        );
                     }
                     assert!(Instant::now() < deadline, "regtest bitcoind did not answer RPC within 60 s: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -223,7 +226,11 @@ impl Pool {
         config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
         config["logdir"] = json!(logdir.display().to_string());
         let config_path = dir.path().join("ckpool.conf");
-        std::fs::write(&config_path, format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap())).unwrap();
+        std::fs::write(
+            &config_path,
+            format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap()),
+        )
+        .unwrap();
         let mut pool = Pool { child: None, dir, port, logdir, config_path };
         pool.spawn(extra_args);
         pool
@@ -378,7 +385,9 @@ impl Client {
         let mut line = String::new();
         match tokio::time::timeout(IO_LIMIT, self.rd.read_line(&mut line)).await {
             Ok(Ok(0)) => None,
-            Ok(Ok(_)) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent non-JSON {line:?}: {e}"))),
+            Ok(Ok(_)) => {
+                Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent non-JSON {line:?}: {e}")))
+            }
             Ok(Err(_)) => None,
             Err(_) => panic!("no line from the server within {IO_LIMIT:?}"),
         }

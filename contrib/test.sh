@@ -4,4 +4,4 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash contrib/setup.sh
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

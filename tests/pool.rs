@@ -133,7 +133,7 @@ async fn new_blocks_reach_miners_by_zmq_and_by_polling() {
         let hashes = node.call("generate", json!([1])).await;
         let new_tip = hashes[0].as_str().unwrap().to_string();
         let n = c.notification("mining.notify").await;
-        assert_eq!(n["params"][8], json!(true), "zmq={zmq}: {n}");
+        assert_eq!(n["params"][8], json!(true), "zmq={zmq}: {n}\n{}", pool.log());
         assert_ne!(n["params"][1], first["params"][1]);
         let prev = ckpool::work::job::prevhash_from_stratum(n["params"][1].as_str().unwrap()).unwrap();
         assert_eq!(ckpool::hex::encode_rev(&prev), new_tip, "zmq={zmq}");

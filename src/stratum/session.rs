@@ -114,6 +114,8 @@ impl Session {
         let (mut rd, mut wr) = stream.split();
         let mut reader = LineReader::new(proto::MAX_LINE);
         let mut work_rx = self.ctx.work.clone();
+        // Work already published is sent by `maybe_start`; only later changes come through here.
+        let _ = work_rx.borrow_and_update();
         let mut shutdown = self.ctx.shutdown.clone();
         let started = Instant::now();
         let keepalive = Duration::from_secs(self.ctx.params.keepalive_secs);
@@ -377,6 +379,9 @@ impl Session {
     /// Queues the notify for `w`. `fresh_id` re-sends the same job under a new local id (after a
     /// difficulty change). clean_jobs is set whenever the previous block changed.
     fn send_work(&mut self, w: &Work, fresh_id: bool) {
+        if !fresh_id && self.jobs.back().is_some_and(|s| s.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
+            return; // this exact job was already sent
+        }
         let prev_changed = self.last_prev != Some(w.job.prev_hash);
         let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
@@ -387,9 +392,6 @@ impl Session {
             params[0] = Value::String(format!("{local_id:x}"));
             params[8] = Value::Bool(clean);
             self.out.push_str(&proto::notification_line("mining.notify", &params));
-        }
-        if prev_changed {
-            self.jobs.clear();
         }
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
@@ -434,7 +436,13 @@ impl Session {
             return;
         };
         let (job, target, diff) = (sent.job.clone(), sent.target, sent.diff);
-        match share::check(&job, &self.en1, &sub, self.version_mask, &target) {
+        // Work on a previous block: stale, and logged against its job.
+        let result = if self.last_prev != Some(job.prev_hash) {
+            Err(Reject::Stale)
+        } else {
+            share::check(&job, &self.en1, &sub, self.version_mask, &target)
+        };
+        match result {
             Ok(acc) => {
                 self.ctx.counters.add_accepted(diff);
                 self.reply(id, "true");

@@ -48,8 +48,8 @@ cat > "$demo/pool/ckpool.conf" <<CONF
 "serverurl" : [
 	"127.0.0.1:$STRATUM"
 ],
-"mindiff" : 1,
-"startdiff" : 1,
+"mindiff" : 0.0001,
+"startdiff" : 0.001,
 "maxdiff" : 0,
 "zmqblock" : "tcp://127.0.0.1:$ZMQ",
 "logdir" : "$demo/pool/logs"

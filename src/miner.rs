@@ -108,6 +108,7 @@ pub fn run(args: MineArgs) -> anyhow::Result<()> {
             "info"
         })
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(mine(args))

@@ -101,10 +101,11 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let events: Arc<dyn crate::pool::Events> = Arc::new(SystemdEvents);
+        let opts = crate::pool::Options { log_shares: args.log_shares };
         let mut main = if args.proxy {
-            bail!("proxy mode is not available yet in this build (see the proxy issue); run without -p/ckproxy");
+            tokio::spawn(crate::proxy::run(cfg, opts, stop_rx, events))
         } else {
-            tokio::spawn(crate::pool::run(cfg, crate::pool::Options { log_shares: args.log_shares }, stop_rx, events))
+            tokio::spawn(crate::pool::run(cfg, opts, stop_rx, events))
         };
         loop {
             tokio::select! {

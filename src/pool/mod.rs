@@ -160,6 +160,7 @@ pub async fn run(
         work: work_rx.clone(),
         shares: share_tx,
         blocks: block_tx,
+        upstream: None,
         counters: Counters::default(),
         enonces: Mutex::new(HashSet::new()),
         shutdown: shutdown.clone(),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::difficulty::Difficulty;
+use crate::difficulty::{Difficulty, Target};
 use crate::work::Job;
 
 /// Current work as every session sees it: the job and its `mining.notify` line encoded once.
@@ -23,9 +23,46 @@ pub struct Work {
     pub line_clean: Arc<str>,
     /// The notify line with clean_jobs = false.
     pub line_keep: Arc<str>,
+    /// Proxy mode: the upstream's extranonce1, which comes before each session's own
+    /// extranonce1 bytes. Empty in pool mode.
+    pub en1_prefix: Arc<[u8]>,
+    /// Proxy mode: the upstream job this work re-issues.
+    pub upstream: Option<UpstreamJob>,
+}
+
+/// The upstream side of a proxied job.
+#[derive(Debug, Clone)]
+pub struct UpstreamJob {
+    /// The upstream's job id, used when forwarding shares.
+    pub job_id: Arc<str>,
+    /// The upstream difficulty in force when the job was issued: shares meeting it are forwarded.
+    pub target: Target,
+    pub difficulty: Difficulty,
+    /// Which upstream session the job came from.
+    pub generation: u64,
+}
+
+/// A local share that meets the upstream's difficulty, to submit upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamShare {
+    pub job_id: Arc<str>,
+    pub generation: u64,
+    /// The session's extranonce1 bytes after the upstream's, then the miner's extranonce2: the
+    /// upstream's extranonce2.
+    pub extranonce2: String,
+    pub ntime: String,
+    pub nonce: String,
+    pub version_bits: Option<String>,
+    pub workername: Arc<str>,
+    pub difficulty: Difficulty,
 }
 
 impl Work {
+    /// Proxy-mode work: an upstream job re-issued under the upstream's extranonce1.
+    pub fn proxied(job: Arc<Job>, en1_prefix: Arc<[u8]>, upstream: UpstreamJob) -> Work {
+        Work { en1_prefix, upstream: Some(upstream), ..Work::new(job) }
+    }
+
     pub fn new(job: Arc<Job>) -> Work {
         let mut params = job.notify_params();
         params[0] = serde_json::Value::String(format!("{:x}", job.id << 8));
@@ -33,7 +70,7 @@ impl Work {
         let line_clean = proto::notification_line("mining.notify", &params).into();
         params[8] = serde_json::Value::Bool(false);
         let line_keep = proto::notification_line("mining.notify", &params).into();
-        Work { job, line_clean, line_keep }
+        Work { job, line_clean, line_keep, en1_prefix: Arc::from(&[][..]), upstream: None }
     }
 }
 
@@ -115,6 +152,8 @@ pub struct ServerCtx {
     pub work: watch::Receiver<Option<Arc<Work>>>,
     pub shares: mpsc::Sender<ShareRecord>,
     pub blocks: mpsc::Sender<BlockCandidate>,
+    /// Proxy mode: shares that meet the upstream difficulty.
+    pub upstream: Option<mpsc::Sender<UpstreamShare>>,
     pub counters: Counters,
     /// extranonce1 values in use, so that resumed sessions never collide.
     pub enonces: Mutex<HashSet<u64>>,

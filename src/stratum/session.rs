@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
 use super::proto::{self, code};
-use super::{BlockCandidate, ServerCtx, ShareRecord, Work};
+use super::{BlockCandidate, ServerCtx, ShareRecord, UpstreamJob, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::share::{self, Reject, Submit};
@@ -36,6 +36,7 @@ struct SentJob {
     job: Arc<Job>,
     target: Target,
     diff: Difficulty,
+    upstream: Option<UpstreamJob>,
 }
 
 pub struct Session {
@@ -43,9 +44,14 @@ pub struct Session {
     id: u64,
     peer: SocketAddr,
     address: Arc<str>,
+    /// extranonce1: `prefix` (the upstream's, proxy mode only) then this session's own bytes.
     en1: Vec<u8>,
     en1_key: u64,
     en1_hex: Arc<str>,
+    prefix: Arc<[u8]>,
+    extranonce_subscribed: bool,
+    /// Proxy mode: the upstream changed under a miner that cannot take set_extranonce.
+    must_reconnect: bool,
     subscribed: bool,
     authorized: bool,
     working: bool,
@@ -90,6 +96,9 @@ impl Session {
             en1,
             en1_key,
             en1_hex,
+            prefix: Arc::from(&[][..]),
+            extranonce_subscribed: false,
+            must_reconnect: false,
             subscribed: false,
             authorized: false,
             working: false,
@@ -132,7 +141,7 @@ impl Session {
                         while let Some(Line::Data(l)) = reader.buffered_line() {
                             if let Err(why) = self.handle_line(&l).await { kicked = Some(why); break; }
                         }
-                        if let Some(why) = kicked { let _ = wr.write_all(self.out.as_bytes()).await; break End::Kick(why); }
+                                    if let Some(why) = kicked { let _ = wr.write_all(self.out.as_bytes()).await; break End::Kick(why); }
                     }
                     Ok(Line::TooLong) => {
                         self.out.push_str(&proto::error_line("null", code::OTHER, "Line too long"));
@@ -159,6 +168,11 @@ impl Session {
             if !self.out.is_empty() {
                 if let Err(e) = wr.write_all(self.out.as_bytes()).await {
                     break End::Kick(format!("write error: {e}"));
+                }
+                if self.must_reconnect {
+                    break End::Kick(
+                        "upstream changed; sent client.reconnect (miner did not subscribe to set_extranonce)".into(),
+                    );
                 }
                 self.out.clear();
                 if self.out.capacity() > 16 * 1024 {
@@ -213,6 +227,7 @@ impl Session {
             "mining.configure" => self.on_configure(&id, &req.params),
             "mining.suggest_difficulty" | "mining.suggest_target" => self.on_suggest(method, &req.params),
             "mining.extranonce.subscribe" => {
+                self.extranonce_subscribed = true;
                 if proto::wants_reply(req.id) {
                     self.reply(&id, "true");
                 }
@@ -232,11 +247,19 @@ impl Session {
         if let Some(agent) = proto::str_param(params, 0) {
             self.agent = agent.chars().take(128).collect::<String>().into();
         }
+        let prefix = self.ctx.work.borrow().as_ref().map(|w| w.en1_prefix.clone());
+        if let Some(p) = prefix {
+            self.set_prefix(p);
+        }
         // Session resume: a miner reconnecting with its old session id gets its extranonce1 back
         // when no live session holds it.
         if !self.subscribed {
-            if let Some(old) = proto::str_param(params, 1).and_then(|s| hex::decode(s).ok()) {
-                if old.len() == self.ctx.params.nonce1_len && old != self.en1 {
+            let old = proto::str_param(params, 1)
+                .and_then(|s| hex::decode(s).ok())
+                .filter(|o| o.starts_with(&self.prefix))
+                .map(|o| o[self.prefix.len()..].to_vec());
+            if let Some(old) = old {
+                if old.len() == self.ctx.params.nonce1_len && old != self.en1[self.prefix.len()..] {
                     let mut key_bytes = [0u8; 8];
                     key_bytes[8 - old.len()..].copy_from_slice(&old);
                     let key = u64::from_be_bytes(key_bytes);
@@ -244,7 +267,7 @@ impl Session {
                     if set.insert(key) {
                         set.remove(&self.en1_key);
                         self.en1_key = key;
-                        self.en1 = old;
+                        self.en1 = [&self.prefix[..], &old].concat();
                         self.en1_hex = hex::encode(&self.en1).into();
                     }
                 }
@@ -258,6 +281,14 @@ impl Session {
         ]);
         self.reply(id, &result.to_string());
         self.maybe_start();
+    }
+
+    /// Puts `prefix` (the upstream's extranonce1) before this session's own bytes.
+    fn set_prefix(&mut self, prefix: Arc<[u8]>) {
+        let own = self.en1[self.prefix.len()..].to_vec();
+        self.en1 = [&prefix[..], &own].concat();
+        self.en1_hex = hex::encode(&self.en1).into();
+        self.prefix = prefix;
     }
 
     fn ctx_nonce2_len(&self) -> usize {
@@ -382,6 +413,19 @@ impl Session {
         if !fresh_id && self.jobs.back().is_some_and(|s| s.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
             return; // this exact job was already sent
         }
+        if self.subscribed && *w.en1_prefix != *self.prefix {
+            // Proxy mode: a new upstream session, so a new extranonce1 for this miner.
+            self.set_prefix(w.en1_prefix.clone());
+            self.jobs.clear();
+            if self.extranonce_subscribed {
+                let p = json!([&*self.en1_hex, w.job.coinbase.nonce2_len]);
+                self.out.push_str(&proto::notification_line("mining.set_extranonce", &p));
+            } else {
+                self.out.push_str(&proto::notification_line("client.reconnect", &json!([])));
+                self.must_reconnect = true;
+                return;
+            }
+        }
         let prev_changed = self.last_prev != Some(w.job.prev_hash);
         let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
@@ -396,7 +440,13 @@ impl Session {
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }
-        self.jobs.push_back(SentJob { local_id, job: w.job.clone(), target: self.diff.to_target(), diff: self.diff });
+        self.jobs.push_back(SentJob {
+            local_id,
+            job: w.job.clone(),
+            target: self.diff.to_target(),
+            diff: self.diff,
+            upstream: w.upstream.clone(),
+        });
         self.last_prev = Some(w.job.prev_hash);
         self.last_notify = Instant::now();
     }
@@ -435,7 +485,7 @@ impl Session {
             self.counted_reject(id, Some(&sub), &r.to_string(), r.code());
             return;
         };
-        let (job, target, diff) = (sent.job.clone(), sent.target, sent.diff);
+        let (job, target, diff, upstream) = (sent.job.clone(), sent.target, sent.diff, sent.upstream.clone());
         // Work on a previous block: stale, and logged against its job.
         let result = if self.last_prev != Some(job.prev_hash) {
             Err(Reject::Stale)
@@ -446,6 +496,29 @@ impl Session {
             Ok(acc) => {
                 self.ctx.counters.add_accepted(diff);
                 self.reply(id, "true");
+                if let (Some(up), Some(tx)) = (&upstream, &self.ctx.upstream) {
+                    // Shares meeting the upstream's difficulty go up; so does any block-meeting
+                    // share (on test networks the block target can be easier than the pool's).
+                    if acc.block || up.target.is_met_by(&acc.hash) {
+                        let mut en2 = hex::encode(&self.en1[self.prefix.len()..]);
+                        en2.push_str(sub.extranonce2);
+                        let share = UpstreamShare {
+                            job_id: up.job_id.clone(),
+                            generation: up.generation,
+                            extranonce2: en2,
+                            ntime: format!("{:08x}", acc.ntime),
+                            nonce: format!("{:08x}", acc.nonce),
+                            version_bits: (acc.version != job.version)
+                                .then(|| format!("{:08x}", acc.version & self.version_mask)),
+                            workername: self.workername.clone(),
+                            difficulty: acc.difficulty,
+                        };
+                        // Queued for the upstream task; the miner never waits for the upstream's reply.
+                        if tx.send(share).await.is_err() {
+                            tracing::error!("upstream task is gone; share from {} not forwarded", self.workername);
+                        }
+                    }
+                }
                 if acc.block {
                     let cand = BlockCandidate {
                         job: job.clone(),

@@ -214,12 +214,23 @@ pub struct Pool {
     pub port: u16,
     pub logdir: PathBuf,
     pub config_path: PathBuf,
+    /// "ckpool" or "ckproxy": names the log file and the ready line.
+    pub name: &'static str,
 }
 
 impl Pool {
     /// Writes `config` (a JSON object; serverurl/logdir are filled in) and starts
     /// `ckpool --log-shares --killold --config FILE`, waiting (≤ 60 s) for "ckpool ready".
-    pub fn start(mut config: Value, extra_args: &[&str]) -> Pool {
+    pub fn start(config: Value, extra_args: &[&str]) -> Pool {
+        Pool::start_as("ckpool", config, extra_args)
+    }
+
+    /// Proxy mode (`-p`): waits for "ckproxy ready".
+    pub fn start_proxy(config: Value) -> Pool {
+        Pool::start_as("ckproxy", config, &["-p"])
+    }
+
+    fn start_as(name: &'static str, mut config: Value, extra_args: &[&str]) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let logdir = dir.path().join("logs");
@@ -231,7 +242,7 @@ impl Pool {
             format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap()),
         )
         .unwrap();
-        let mut pool = Pool { child: None, dir, port, logdir, config_path };
+        let mut pool = Pool { child: None, dir, port, logdir, config_path, name };
         pool.spawn(extra_args);
         pool
     }
@@ -249,11 +260,12 @@ impl Pool {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         self.child = Some(cmd.spawn().expect("start ckpool"));
-        self.wait_log("ckpool ready", Duration::from_secs(60));
+        let ready = format!("{} ready", self.name);
+        self.wait_log(&ready, Duration::from_secs(60));
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.logdir.join("ckpool.log")
+        self.logdir.join(format!("{}.log", self.name))
     }
 
     pub fn log(&self) -> String {
@@ -427,6 +439,23 @@ impl Client {
                 return v;
             }
             self.backlog.push(v);
+        }
+    }
+
+    /// Discards everything up to the first `method` notification (backlog included) and returns it:
+    /// later reads see only what came after it.
+    pub async fn skip_to(&mut self, method: &str) -> Value {
+        if let Some(i) = self.backlog.iter().position(|v| v["method"] == json!(method)) {
+            let v = self.backlog[i].clone();
+            self.backlog.drain(..=i);
+            return v;
+        }
+        self.backlog.clear();
+        loop {
+            let v = self.read().await.unwrap_or_else(|| panic!("connection closed while waiting for {method}"));
+            if v["method"] == json!(method) {
+                return v;
+            }
         }
     }
 

@@ -1,0 +1,290 @@
+//! Proxy mode against this project's pool on a real regtest bitcoind pair: blocks through the
+//! proxy, failover and return, stacking, many miners on one upstream, bad upstream input.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{pool_config, solve, Client, NodePair, Pool};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+fn proxy_config(upstreams: &[&Pool], diff: f64) -> Value {
+    json!({
+        "proxy": upstreams.iter().enumerate().map(|(i, p)| json!({"url": p.addr(), "auth": format!("proxyuser.p{i}"), "pass": "x"})).collect::<Vec<_>>(),
+        "btcaddress": "",
+        "mindiff": diff,
+        "startdiff": diff,
+        "maxdiff": 0,
+    })
+}
+
+async fn wait_height_above(node: &common::Node, h: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.height().await <= h {
+        assert!(Instant::now() < deadline, "{what}: node height did not rise above {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn forwarded_from(pool: &Pool, worker: &str) -> Vec<Value> {
+    pool.share_lines().into_iter().filter(|l| l["workername"] == json!(worker)).collect()
+}
+
+/// Issue test 1: pool ← proxy ← miner: the miner's block-meeting share is a block the node
+/// accepts, and the pool saw it as a share from the proxy with the miner's full extranonce2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_through_the_proxy() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let pool = Pool::start(pool_config(node, &address).await, &[]);
+    let proxy = Pool::start_proxy(proxy_config(&[&pool], 0.0001));
+
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, n2) = c.handshake("miner.a").await;
+    assert_eq!((en1.len(), n2), (16, 4), "pool gives 4+8; proxy gives its miners 8+4");
+    let notify = c.notification("mining.notify").await;
+    let h = node.height().await;
+    let s = solve(&notify, &en1, "0000abcd", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    wait_height_above(node, h, "block through proxy").await;
+    let blocks = std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap();
+    assert!(blocks.contains("proxyuser.p0"), "{blocks}");
+    // Upstream accounting: the pool logged the share under the proxy's user with the full nonce2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = forwarded_from(&pool, "proxyuser.p0");
+        if let Some(l) = lines.iter().find(|l| l["result"] == json!(true)) {
+            assert_eq!(l["nonce2"], json!(format!("{}0000abcd", &en1[8..])), "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool never logged the forwarded share");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue test 2: two upstream pools; the first stops; miners keep getting work and accepted
+/// shares through the second; the first returns and the proxy goes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_and_return() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut first = Pool::start(pool_config(node, &address).await, &[]);
+    let second = Pool::start(pool_config(node, &address).await, &[]);
+    let proxy = Pool::start_proxy(proxy_config(&[&first, &second], 0.0001));
+
+    let mut c = Client::connect(&proxy.addr()).await;
+    let id = c.request("mining.extranonce.subscribe", json!([])).await;
+    let (mut en1, _) = c.handshake("miner.f").await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    let mut en2 = 0u32;
+    let mut share_on = |c_en1: &str, n: &Value| {
+        en2 += 1;
+        solve(n, c_en1, &format!("{en2:08x}"), "0.0001", false).unwrap()
+    };
+    let h = node.height().await;
+    let n = c.notification("mining.notify").await;
+    let id = c.request("mining.submit", share_on(&en1, &n)).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    wait_height_above(node, h, "first share's block").await;
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+
+    // The first pool goes away: new extranonce1 from the second, then work, then accepted shares.
+    let stopped_at = Instant::now();
+    first.stop();
+    let x = c.skip_to("mining.set_extranonce").await;
+    en1 = x["params"][0].as_str().unwrap().to_string();
+    // Work on the current tip (the second pool may first send work from before the last block).
+    let n = c.notify_on_tip(&tip).await;
+    let id = c.request("mining.submit", share_on(&en1, &n)).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r} {x} {n}\n{}", proxy.log());
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(20), "failover took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while forwarded_from(&second, "proxyuser.p1").is_empty() {
+        assert!(Instant::now() < deadline, "second pool got no forwarded share");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The first pool comes back: the proxy returns to it (it probes every 10 s).
+    first.spawn(&[]);
+    let x = c.skip_to("mining.set_extranonce").await;
+    en1 = x["params"][0].as_str().unwrap().to_string();
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let n = c.notify_on_tip(&tip).await;
+    let id = c.request("mining.submit", share_on(&en1, &n)).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    assert!(proxy.log().contains("primary is back"), "{}", proxy.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while forwarded_from(&first, "proxyuser.p0").is_empty() {
+        assert!(Instant::now() < deadline, "first pool got no forwarded share after the return");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Issue test 3: pool ← proxy ← proxy ← miner finds a block the node accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_proxies() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let pool = Pool::start(pool_config(node, &address).await, &[]);
+    let p1 = Pool::start_proxy(proxy_config(&[&pool], 0.0001));
+    let p2 = Pool::start_proxy(proxy_config(&[&p1], 0.0001));
+    let mut c = Client::connect(&p2.addr()).await;
+    let (en1, n2) = c.handshake("miner.s").await;
+    assert_eq!((en1.len() / 2, n2), (10, 2), "4 (pool) + 4 (proxy 1) + 2 (proxy 2), 2 left to the miner");
+    let n = c.notification("mining.notify").await;
+    let h = node.height().await;
+    let s = solve(&n, &en1, "00ff", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    wait_height_above(node, h, "stacked proxies").await;
+    assert!(std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap().contains("proxyuser.p0"));
+}
+
+/// Issue test 4: 1,000 miners through one upstream connection: distinct extranonce1 each, and
+/// no duplicate-share rejection anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_miners_one_upstream() {
+    // 1,000 sockets here and in the proxy: raise the open-file limit to the hard limit.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).unwrap();
+
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["update_interval"] = json!(3600);
+    let pool = Pool::start(cfg, &[]);
+    let proxy = Pool::start_proxy(proxy_config(&[&pool], 0.000001));
+    let addr = proxy.addr();
+    let mut handles = Vec::new();
+    for i in 0..1000u32 {
+        let addr = addr.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr).await;
+            let (en1, _) = c.handshake(&format!("m.{i}")).await;
+            (c, en1)
+        }));
+    }
+    let mut clients = Vec::new();
+    for h in handles {
+        clients.push(h.await.unwrap());
+    }
+    let en1s: HashSet<&String> = clients.iter().map(|(_, e)| e).collect();
+    assert_eq!(en1s.len(), 1000, "every miner has its own extranonce1");
+    assert_eq!(pool.log().matches("miner authorized").count(), 1, "the pool sees one miner: the proxy");
+
+    // Each miner submits one share on its current job; replies are accepted or stale (a forwarded
+    // share that is a regtest block moves the chain on), never duplicate.
+    let mut tasks = Vec::new();
+    for (mut c, en1) in clients {
+        tasks.push(tokio::spawn(async move {
+            let n = c.notification("mining.notify").await;
+            let s = tokio::task::spawn_blocking(move || solve(&n, &en1, "00000001", "0.000001", false).unwrap())
+                .await
+                .unwrap();
+            let id = c.request("mining.submit", s).await;
+            c.reply(id).await
+        }));
+    }
+    let (mut accepted, mut stale) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r["result"] == json!(true) {
+            accepted += 1;
+        } else {
+            assert_eq!(r["error"][0], json!(21), "only stale rejects are expected: {r}");
+            stale += 1;
+        }
+    }
+    assert!(accepted > 0, "no share accepted ({stale} stale)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while forwarded_from(&pool, "proxyuser.p0").is_empty() {
+        assert!(Instant::now() < deadline, "no share forwarded to the pool");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dups = pool.share_lines().iter().filter(|l| l["reject-reason"] == json!("Duplicate")).count();
+    assert_eq!(dups, 0, "duplicate rejections upstream");
+    println!("1,000 miners: {accepted} accepted locally, {stale} stale");
+}
+
+/// A fault-injecting upstream (a fake is needed here: no real pool sends these): the first
+/// never answers subscribe; the second sends garbage, a notify with wrong types and
+/// set_difficulty 0 before a valid job. The proxy must log, fail over and serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upstream_input_is_survived() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s); // accept and say nothing
+        }
+    });
+    let noisy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let noisy_addr = noisy.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = noisy.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let v: Value = serde_json::from_str(&l).unwrap();
+                    let reply = match v["method"].as_str() {
+                        Some("mining.subscribe") => {
+                            json!({"id": v["id"], "result": [[["mining.notify", "1"]], "aabbccdd", 8], "error": null})
+                        }
+                        Some("mining.authorize") => json!({"id": v["id"], "result": true, "error": null}),
+                        Some("mining.configure") => {
+                            json!({"id": v["id"], "result": {"version-rolling": true, "version-rolling.mask": "1fffe000"}, "error": null})
+                        }
+                        _ => json!({"id": v["id"], "result": true, "error": null}),
+                    };
+                    let mut out = format!("{reply}\n");
+                    if v["method"] == "mining.authorize" {
+                        out.push_str("this is not json\n");
+                        out.push_str("{\"id\":null,\"method\":\"mining.notify\",\"params\":[1,2,3]}\n");
+                        out.push_str("{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[0]}\n");
+                        out.push_str(&format!(
+                            "{}\n",
+                            json!({"id": null, "method": "mining.set_difficulty", "params": [0.5]})
+                        ));
+                        out.push_str(&format!("{}\n", json!({"id": null, "method": "mining.notify", "params": [
+                            "j1", "00".repeat(32), "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1003a08601",
+                            "ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000", [], "20000000", "207fffff", "6b000000", true
+                        ]})));
+                    }
+                    if w.write_all(out.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = json!({
+        "proxy": [{"url": silent_addr, "auth": "u", "pass": "x"}, {"url": noisy_addr, "auth": "u", "pass": "x"}],
+        "mindiff": 0.0001, "startdiff": 0.0001,
+    });
+    let proxy = Pool::start_proxy(cfg);
+    let log = proxy.log();
+    assert!(log.contains("no subscribe/authorize answer"), "{log}");
+    assert!(log.contains("unparseable line"), "{log}");
+    assert!(log.contains("unusable notify"), "{log}");
+    assert!(log.contains("ignoring set_difficulty [0]"), "{log}");
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, _) = c.handshake("m").await;
+    assert!(en1.starts_with("aabbccdd"));
+    let n = c.notification("mining.notify").await;
+    let s = solve(&n, &en1, "00000001", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+}

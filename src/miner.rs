@@ -236,7 +236,7 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
                                 en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
                                 en2_len = v["result"][2].as_u64().unwrap_or(4) as usize;
                             }
-                            Some(3) => if v["result"] != json!(true) { tracing::error!("authorize refused: {}", v["error"]); }
+                            Some(3) if v["result"] != json!(true) => tracing::error!("authorize refused: {}", v["error"]),
                             Some(_) => {
                                 if v["result"] == json!(true) { accepted += 1; } else { rejected += 1; tracing::info!("share rejected: {}", v["error"]); }
                                 if args.shares.is_some_and(|n| accepted >= n) { break 'outer Ok(()); }
@@ -320,7 +320,7 @@ fn hash_thread(
             en2[n2 - k..].copy_from_slice(&bytes[8 - k..]);
             let root = job.merkle_root(&en1, &en2);
             // Roll one version bit inside the mask per thread, when the pool granted rolling.
-            let version_bits = if mask != 0 { Some((1u32 << mask.trailing_zeros()) * (t % 2) & mask) } else { None };
+            let version_bits = if mask != 0 { Some(((1u32 << mask.trailing_zeros()) * (t % 2)) & mask) } else { None };
             let version = (job.version & !mask) | version_bits.unwrap_or(0);
             let ntime = job.ntime + started.elapsed().as_secs() as u32;
             let mut start = 0u32;

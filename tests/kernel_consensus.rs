@@ -229,7 +229,7 @@ impl Node {
         let chain = self.chainman.active_chain();
         let tip = chain.tip();
         let mut times = Vec::new();
-        let mut entry = Some(tip.clone());
+        let mut entry = Some(tip);
         while let Some(e) = entry {
             if times.len() == 11 {
                 break;

@@ -47,12 +47,14 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Parsed once at start; variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run as a stratum proxy (same as starting the binary as `ckproxy`)
     Proxy(ServerArgs),
     /// CPU miner (SHA256d) for testing a pool: ckpool mine -o stratum+tcp://HOST:PORT -u USER -p PASS
-    Mine(crate::miner::MineArgs),
+    Mine(Box<crate::miner::MineArgs>),
     /// Check a config file and reach each btcd without starting the pool
     Check(CheckArgs),
     /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
@@ -87,7 +89,7 @@ pub fn main() -> i32 {
             args.proxy = true;
             crate::service::run_server(args)
         }
-        Some(Command::Mine(args)) => crate::miner::run(args),
+        Some(Command::Mine(args)) => crate::miner::run(*args),
         Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
         Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
         Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),

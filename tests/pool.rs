@@ -358,3 +358,39 @@ fn solve_with_version(notify: &Value, en1: &str, en2: &str, bits: u32) -> Option
     }
     None
 }
+
+/// `btcd` failover and cookie auth: the first entry is unreachable, the second is a node that
+/// only takes its `.cookie` file; the pool serves from the second and its block is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btcd_failover_and_cookie_auth() {
+    let nodes = NodePair::start().await;
+    let c = common::Node::start_with_cookie().await;
+    c.connect_to(&nodes.b).await;
+    let address = c.new_address().await;
+    let dead = common::free_port();
+    let cfg = json!({
+        "btcd": [
+            {"url": format!("127.0.0.1:{dead}"), "auth": "nobody", "pass": "nothing"},
+            {"url": c.rpc_url(), "cookie": c.cookie_path().display().to_string()}
+        ],
+        "btcaddress": address,
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "blockpoll": 100,
+    });
+    let pool = Pool::start(cfg, &[]);
+    assert!(pool.log().contains("failover"), "{}", pool.log());
+    let mut m = Client::connect(&pool.addr()).await;
+    let (en1, _) = m.handshake("cookie.miner").await;
+    let n = m.notification("mining.notify").await;
+    let h = c.height().await;
+    let s = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
+    let id = m.request("mining.submit", s).await;
+    assert_eq!(m.reply(id).await["result"], json!(true));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.height().await == h {
+        assert!(std::time::Instant::now() < deadline, "cookie node did not take the block; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pool.log().contains("nothing"), "a password reached the log");
+}

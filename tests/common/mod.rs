@@ -42,6 +42,7 @@ pub struct Node {
     pub zmq_port: u16,
     pub rpc: Rpc,
     extra: Vec<String>,
+    cookie: bool,
 }
 
 impl Node {
@@ -63,8 +64,6 @@ impl Node {
             "-rpcbind=127.0.0.1".into(),
             "-rpcallowip=127.0.0.1".into(),
             format!("-rpcport={}", self.rpc_port),
-            format!("-rpcuser={RPC_USER}"),
-            format!("-rpcpassword={RPC_PASS}"),
             format!("-zmqpubrawblock=tcp://127.0.0.1:{}", self.zmq_port),
             format!("-zmqpubhashblock=tcp://127.0.0.1:{}", self.zmq_port),
             "-excessiveblocksize=10000000000".into(),
@@ -76,8 +75,40 @@ impl Node {
             "-printtoconsole=0".into(),
             format!("-datadir={}", self.datadir.path().display()),
         ];
+        if !self.cookie {
+            a.push(format!("-rpcuser={RPC_USER}"));
+            a.push(format!("-rpcpassword={RPC_PASS}"));
+        }
         a.extend(self.extra.iter().cloned());
         a
+    }
+
+    /// bitcoind's cookie file (cookie-auth nodes only).
+    pub fn cookie_path(&self) -> PathBuf {
+        self.datadir.path().join("regtest").join(".cookie")
+    }
+
+    /// A node without rpcuser/rpcpassword: RPC through its `.cookie` file.
+    pub async fn start_with_cookie() -> Node {
+        let datadir = tempfile::tempdir().unwrap();
+        let rpc_port = free_port();
+        let cookie = datadir.path().join("regtest").join(".cookie");
+        let mut node = Node {
+            child: None,
+            datadir,
+            rpc_port,
+            p2p_port: free_port(),
+            zmq_port: free_port(),
+            rpc: Rpc::single(
+                &format!("http://127.0.0.1:{rpc_port}/"),
+                RpcAuth::Cookie(cookie),
+                Duration::from_secs(30),
+            ),
+            extra: Vec::new(),
+            cookie: true,
+        };
+        node.spawn().await;
+        node
     }
 
     /// Starts a node and waits (≤ 60 s) until its RPC answers.
@@ -95,6 +126,7 @@ impl Node {
                 Duration::from_secs(30),
             ),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            cookie: false,
         };
         node.spawn().await;
         node

@@ -4,6 +4,7 @@ pub mod lines;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod vardiff;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

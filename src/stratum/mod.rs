@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use crate::difficulty::Difficulty;
+use crate::log::stats::StatEvent;
 use crate::work::Job;
+use vardiff::{Limits, VardiffParams};
 
 /// Current work as every session sees it: the job and its `mining.notify` line encoded once.
 #[derive(Debug)]
@@ -73,6 +75,7 @@ pub struct BlockCandidate {
     pub header: [u8; 80],
     pub hash: [u8; 32],
     pub workername: Arc<str>,
+    pub username: Arc<str>,
     pub difficulty: Difficulty,
 }
 
@@ -107,6 +110,8 @@ pub struct SessionParams {
     pub log_shares: bool,
     /// Seconds without any notify before the current job is re-sent (cgminer drops at 90 s).
     pub keepalive_secs: u64,
+    /// Vardiff's target share interval and retarget interval.
+    pub vardiff: VardiffParams,
 }
 
 /// What every session shares: parameters, the current work, and the outbound channels.
@@ -116,6 +121,8 @@ pub struct ServerCtx {
     pub work: watch::Receiver<Option<Arc<Work>>>,
     pub shares: mpsc::Sender<ShareRecord>,
     pub blocks: mpsc::Sender<BlockCandidate>,
+    /// Statistics events (pool.status, users/): bounded, never dropped.
+    pub stats: mpsc::Sender<StatEvent>,
     pub counters: Counters,
     /// extranonce1 values in use, so that resumed sessions never collide.
     pub enonces: Mutex<HashSet<u64>>,
@@ -130,6 +137,12 @@ impl ServerCtx {
             d = d.min(self.params.maxdiff);
         }
         d
+    }
+
+    /// The vardiff limits for a session with `suggested`, at the current job's network difficulty.
+    pub fn limits(&self, suggested: Option<Difficulty>) -> Limits {
+        let network = self.work.borrow().as_ref().map(|w| Difficulty::from_target(&w.job.network_target));
+        Limits { mindiff: self.params.mindiff, maxdiff: self.params.maxdiff, suggested, network }
     }
 }
 

@@ -44,9 +44,10 @@ const MIN_TDIFF_US: u64 = 1_000;
 const MAX_EXP: u64 = 36;
 
 /// `e^(−x)` for `x` in `[0, 1]` given in Q62, in Q62 (alternating Taylor series, 30 terms).
-fn exp_neg_unit(x: u128) -> u128 {
+const fn exp_neg_unit(x: u128) -> u128 {
     let (mut term, mut pos, mut neg) = (ONE_Q, ONE_Q, 0u128);
-    for k in 1..=30u128 {
+    let mut k = 1u128;
+    while k <= 30 {
         term = ((term * x) >> 62) / k;
         if term == 0 {
             break;
@@ -56,9 +57,13 @@ fn exp_neg_unit(x: u128) -> u128 {
         } else {
             pos += term;
         }
+        k += 1;
     }
     pos - neg
 }
+
+/// e^(−1) in Q62.
+const E_NEG1: u128 = exp_neg_unit(ONE_Q);
 
 /// `e^(−num/den)` in Q62, with `num/den` capped at 36 as ckpool does. `den` must be non-zero.
 pub fn exp_neg_q62(num: u64, den: u64) -> u128 {
@@ -69,11 +74,8 @@ pub fn exp_neg_q62(num: u64, den: u64) -> u128 {
         rem = 0;
     }
     let mut r = exp_neg_unit(((rem as u128) << 62) / den as u128);
-    if whole > 0 {
-        let e1 = exp_neg_unit(ONE_Q);
-        for _ in 0..whole {
-            r = (r * e1) >> 62;
-        }
+    for _ in 0..whole {
+        r = (r * E_NEG1) >> 62;
     }
     r
 }

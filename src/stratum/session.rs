@@ -138,7 +138,7 @@ impl Session {
     fn take_retarget(&mut self, r: Retarget) {
         tracing::debug!(
             peer = %self.peer, client = self.id, worker = %self.workername,
-            "vardiff: difficulty {} -> {} (rate {:.6} diff-1 shares/s)",
+            "vardiff: difficulty {} -> {} (rate {:.4e} diff-1 shares/s)",
             self.diff, r.new, r.rate as f64 / crate::difficulty::SCALE as f64
         );
         self.diff = r.new;

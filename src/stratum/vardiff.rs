@@ -103,8 +103,13 @@ pub fn decay(f: u128, add: u128, dt_us: u64, window_us: u64) -> u128 {
     }
 }
 
+/// Extra resolution a [`Meter`] keeps below one unit per second: a regtest miner at difficulty
+/// 1e-10 adds a fraction of a 10^-12 unit per second at each share, which must not floor away.
+const METER_SCALE: u128 = 1_000_000;
+
 /// Decaying averages of an additive quantity per second over several windows (ckpool's
-/// dsps1/dsps5/... family), with ckpool's 50 ms batching.
+/// dsps1/dsps5/... family), with ckpool's 50 ms batching. Values are held in 10^-6 of the unit
+/// added, per second.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meter {
     windows_us: Vec<u64>,
@@ -143,7 +148,7 @@ impl Meter {
 
     fn apply(&mut self, now: u64, units: u128) {
         let dt = now.saturating_sub(self.last_decay).max(MIN_TDIFF_US);
-        let add = units.saturating_add(std::mem::take(&mut self.pending));
+        let add = units.saturating_add(std::mem::take(&mut self.pending)).saturating_mul(METER_SCALE);
         for (v, w) in self.values.iter_mut().zip(&self.windows_us) {
             *v = decay(*v, add, dt, *w);
         }
@@ -157,14 +162,19 @@ impl Meter {
         }
     }
 
-    /// The current value of window `i` (per second).
+    /// The current value of window `i`, units per second (floored).
     pub fn value(&self, i: usize) -> u128 {
+        self.values[i] / METER_SCALE
+    }
+
+    /// Window `i` in 10^-6 units per second.
+    pub fn value_fine(&self, i: usize) -> u128 {
         self.values[i]
     }
 
-    /// Sets window `i` (loading saved statistics).
+    /// Sets window `i` to `v` units per second (loading saved statistics).
     pub fn set(&mut self, i: usize, v: u128) {
-        self.values[i] = v;
+        self.values[i] = v.saturating_mul(METER_SCALE);
     }
 }
 
@@ -351,10 +361,11 @@ impl Vardiff {
     /// The biased rate estimate (10^-12 units per second): `dsps5 / time_bias(age, 300 s)`, or
     /// with `fast`, `dsps1 / time_bias(age, 60 s)`.
     pub fn rate(&self, now: u64, fast: bool) -> u128 {
-        let (raw, window) = if fast { (self.meter.value(0), 60 * US) } else { (self.meter.value(1), 300 * US) };
+        let (raw, window) =
+            if fast { (self.meter.value_fine(0), 60 * US) } else { (self.meter.value_fine(1), 300 * US) };
         let age = now.saturating_sub(self.first_share.unwrap_or(self.created));
         let bias = time_bias_q62(age, window);
-        let v = U256::from(raw) * U256::from(ONE_Q) / U256::from(bias);
+        let v = U256::from(raw) * U256::from(ONE_Q) / (U256::from(bias) * U256::from(METER_SCALE));
         if v > U256::from(u128::MAX) {
             u128::MAX
         } else {
@@ -417,6 +428,20 @@ mod tests {
             let v = m.value(i) as f64 / SCALE as f64;
             assert!((v - 3.0).abs() < 0.03, "window {i}: {v}");
         }
+    }
+
+    #[test]
+    fn tiny_rates_keep_their_precision() {
+        // A regtest miner: difficulty 2.5e-10 every 0.2 s = 1.25e-9 difficulty-1 shares/s.
+        let mut m = Meter::new(&[60, 300], 0);
+        for i in 1..=600u64 {
+            m.add(i * 200_000, 250);
+        }
+        // 120 s: the 60 s window is near the rate; the 300 s one is at 1 − e^(−0.4) of it.
+        let v0 = m.value(0) as f64;
+        let v1 = m.value(1) as f64;
+        assert!((v0 / 1250.0 - (1.0 - (-2.0f64).exp())).abs() < 0.01, "{v0}");
+        assert!((v1 / 1250.0 - (1.0 - (-0.4f64).exp())).abs() < 0.01, "{v1}");
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Book {
             }
             for w in u.workers.values() {
                 workers += w.live as usize;
-                if w.live > 0 && w.last_share_mono.is_none_or(|t| now.mono_us.saturating_sub(t) > 60 * US) {
+                if w.live > 0 && w.last_share_mono.map_or(true, |t| now.mono_us.saturating_sub(t) > 60 * US) {
                     idle += w.live as usize;
                 }
                 if w.live == 0 && w.seen_this_run {
@@ -629,7 +629,7 @@ impl StatsTask {
 
     async fn write(&self, book: &mut Book, t: Now) {
         book.decay_to(t);
-        let network = self.work.borrow().as_ref().map(|w| Difficulty::from_target(&w.job.network_target));
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         let mut files = vec![(self.logdir.join("pool").join("pool.status"), book.render_pool(t, network))];
         for (name, text) in book.render_users(t) {
             if file_name_ok(&name) {

@@ -26,6 +26,8 @@ pub struct Work {
     pub line_clean: Arc<str>,
     /// The notify line with clean_jobs = false.
     pub line_keep: Arc<str>,
+    /// The job's network difficulty (from its nbits), computed once: vardiff's upper clamp.
+    pub network_diff: Difficulty,
 }
 
 impl Work {
@@ -36,7 +38,8 @@ impl Work {
         let line_clean = proto::notification_line("mining.notify", &params).into();
         params[8] = serde_json::Value::Bool(false);
         let line_keep = proto::notification_line("mining.notify", &params).into();
-        Work { job, line_clean, line_keep }
+        let network_diff = Difficulty::from_target(&job.network_target);
+        Work { job, line_clean, line_keep, network_diff }
     }
 }
 
@@ -141,7 +144,7 @@ impl ServerCtx {
 
     /// The vardiff limits for a session with `suggested`, at the current job's network difficulty.
     pub fn limits(&self, suggested: Option<Difficulty>) -> Limits {
-        let network = self.work.borrow().as_ref().map(|w| Difficulty::from_target(&w.job.network_target));
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         Limits { mindiff: self.params.mindiff, maxdiff: self.params.maxdiff, suggested, network }
     }
 }

@@ -92,6 +92,7 @@ fn simulate(phases: &[Phase], start: Difficulty, lim: &Limits, params: VardiffPa
             let changed = change.is_some();
             if let Some(r) = change {
                 assert_clamped(r.new, lim);
+                // SIMTRACE=1 prints every change (time, old -> new, the rate that decided, in band?).
                 if std::env::var("SIMTRACE").is_ok() {
                     eprintln!(
                         "t={:.1} {} -> {} rate {:.3e} band {}",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::difficulty::Difficulty;
+use crate::stratum::vardiff::VardiffParams;
 
 /// A secret that never prints (RPC and upstream passwords).
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -80,6 +81,10 @@ pub struct Config {
     pub version_mask: u32,
     /// Zero: no limit.
     pub maxclients: usize,
+    /// Vardiff's target share interval and retarget interval.
+    pub vardiff: VardiffParams,
+    /// How often logdir/pool/pool.status and logdir/users/* are rewritten.
+    pub stats_interval: Duration,
     /// Keys present in the file that this program does not know.
     pub unknown_keys: Vec<String>,
 }
@@ -114,6 +119,10 @@ const KNOWN_KEYS: &[&str] = &[
     "nonce2length",
     "version_mask",
     "maxclients",
+    // ckpool-rs keys (optional).
+    "vardiff_target_interval",
+    "vardiff_retarget_interval",
+    "stats_interval",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",
@@ -161,6 +170,19 @@ impl Reader<'_> {
                 _ => Err(self.err(key, v, format!("must be a whole number from {min} to {max}"))),
             },
         }
+    }
+
+    /// Seconds as an exact decimal ("3.333", "240"), returned in microseconds.
+    fn seconds_us(&self, key: &str, default_us: u64, min_us: u64, max_us: u64) -> Result<u64, ConfigError> {
+        let Some(v) = self.obj.get(key).filter(|v| !v.is_null()) else { return Ok(default_us) };
+        let allowed = || format!("must be seconds from {} to {}", min_us as f64 / 1e6, max_us as f64 / 1e6);
+        // Difficulty is an exact 12-place decimal: reuse its parser; 10^-12 units / 10^6 = µs.
+        let d = Difficulty::from_json(v).map_err(|_| self.err(key, v, allowed()))?;
+        let us = d.units() / 1_000_000;
+        if us < min_us as u128 || us > max_us as u128 {
+            return Err(self.err(key, v, allowed()));
+        }
+        Ok(us as u64)
     }
 
     fn difficulty(&self, key: &str, default: Difficulty) -> Result<Difficulty, ConfigError> {
@@ -338,6 +360,28 @@ impl Config {
             ));
         };
 
+        let defaults = VardiffParams::default();
+        let vardiff = VardiffParams {
+            target_interval_us: r.seconds_us(
+                "vardiff_target_interval",
+                defaults.target_interval_us,
+                10_000,
+                3_600_000_000,
+            )?,
+            retarget_interval_us: r.seconds_us(
+                "vardiff_retarget_interval",
+                defaults.retarget_interval_us,
+                100_000,
+                86_400_000_000,
+            )?,
+        };
+        if vardiff.retarget_interval_us < vardiff.target_interval_us {
+            return Err(r.err(
+                "vardiff_retarget_interval",
+                &obj["vardiff_retarget_interval"],
+                "must be at least vardiff_target_interval",
+            ));
+        }
         let unknown_keys = obj.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())).cloned().collect();
         Ok(Config {
             path: path.into(),
@@ -357,6 +401,8 @@ impl Config {
             nonce2length: r.uint("nonce2length", 8, 2, 8)? as usize,
             version_mask,
             maxclients: r.uint("maxclients", 0, 0, 10_000_000)? as usize,
+            vardiff,
+            stats_interval: Duration::from_secs(r.uint("stats_interval", 60, 1, 3600)?),
             unknown_keys,
         })
     }
@@ -403,6 +449,29 @@ mod tests {
 
     /// The operator guide's /etc/ckpool.conf, as its heredoc writes it (tabs, trailing comment).
     pub const GUIDE_CKPOOL_CONF: &str = "{\n\"btcd\" : [\n\t{\n\t\"url\" : \"localhost:19332\",\n\t\"auth\" : \"satoshi\",\n\t\"pass\" : \"s3cretPassw0rd\",\n\t\"notify\" : true\n\t}\n],\n\"btcaddress\" : \"mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn\",\n\"btcsig\" : \"\",\n\"serverurl\" : [\n\t\"0.0.0.0:3333\"\n],\n\"mindiff\" : 1,\n\"startdiff\" : 42,\n\"maxdiff\" : 0,\n\"zmqblock\" : \"tcp://127.0.0.1:28332\",\n\"logdir\" : \"/var/log/stratum\"\n}\nComments from here on are ignored.\n";
+
+    #[test]
+    fn vardiff_and_stats_keys() {
+        let c = Config::parse(GUIDE_CKPOOL_CONF, Path::new("a.conf")).unwrap();
+        assert_eq!(c.vardiff, VardiffParams::default());
+        assert_eq!(c.stats_interval, Duration::from_secs(60));
+        let text = r#"{"vardiff_target_interval": 0.25, "vardiff_retarget_interval": "2", "stats_interval": 1}"#;
+        let c = Config::parse(text, Path::new("a.conf")).unwrap();
+        assert_eq!(c.vardiff.target_interval_us, 250_000);
+        assert_eq!(c.vardiff.retarget_interval_us, 2_000_000);
+        assert_eq!(c.vardiff.retarget_shares(), 8);
+        assert_eq!(c.stats_interval, Duration::from_secs(1));
+        assert!(c.unknown_keys.is_empty());
+        for bad in [
+            r#"{"vardiff_target_interval": 0}"#,
+            r#"{"vardiff_target_interval": "x"}"#,
+            r#"{"vardiff_target_interval": 10, "vardiff_retarget_interval": 5}"#,
+            r#"{"stats_interval": 0}"#,
+        ] {
+            let e = Config::parse(bad, Path::new("a.conf")).unwrap_err().to_string();
+            assert!(e.contains("vardiff_") || e.contains("stats_interval"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn guide_config_parses() {

@@ -18,6 +18,8 @@ pub struct BlockSubmitter {
     pub logdir: PathBuf,
     /// Asks the template source for fresh work after a block.
     pub refresh: mpsc::Sender<Option<[u8; 32]>>,
+    /// Tells the statistics that a round ended.
+    pub stats: mpsc::Sender<crate::log::stats::StatEvent>,
 }
 
 /// What happened to one found block.
@@ -111,6 +113,9 @@ impl BlockSubmitter {
         }
         // Fresh work on top of our block when a node took it, else whatever the node has.
         let _ = self.refresh.try_send(if accepted_by.is_empty() { None } else { Some(c.hash) });
+        if !accepted_by.is_empty() {
+            let _ = self.stats.send(crate::log::stats::StatEvent::BlockFound).await;
+        }
         let outcome = BlockOutcome { height: c.job.height, hash, accepted_by, answers: shown };
         self.record(&c, &outcome).await;
         Some(outcome)
@@ -122,6 +127,7 @@ impl BlockSubmitter {
             "height": o.height,
             "hash": o.hash,
             "workername": &*c.workername,
+            "username": &*c.username,
             "diff": c.difficulty.as_f64(),
             "workinfoid": c.job.id,
             "createdate": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bitcoind::{zmq, Rpc, RpcError};
 use crate::config::Config;
-use crate::log::sharelog;
+use crate::log::{sharelog, stats};
 use crate::stratum::{server, Counters, ServerCtx, SessionParams};
 use crate::work::coinbase::{script_for_address, CoinbaseConfig};
 
@@ -144,7 +144,23 @@ pub async fn run(
     source.refresh(templates::Reason::Start, None).await;
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
-    let submitter = blocks::BlockSubmitter { rpc: rpc.clone(), logdir: cfg.logdir.clone(), refresh: refresh_tx };
+    let (summary_tx, summary_rx) = watch::channel(stats::Summary::default());
+    let (stats_tx, stats_task) = stats::spawn(
+        stats::StatsTask {
+            logdir: cfg.logdir.clone(),
+            interval: cfg.stats_interval,
+            work: work_rx.clone(),
+            summary: summary_tx,
+        },
+        65_536,
+    );
+
+    let submitter = blocks::BlockSubmitter {
+        rpc: rpc.clone(),
+        logdir: cfg.logdir.clone(),
+        refresh: refresh_tx,
+        stats: stats_tx.clone(),
+    };
     let block_task = tokio::spawn(submitter.run(block_rx));
 
     let ctx = Arc::new(ServerCtx {
@@ -156,11 +172,13 @@ pub async fn run(
             nonce1_len: cfg.nonce1length,
             log_shares: opts.log_shares,
             keepalive_secs: 55,
+            vardiff: cfg.vardiff,
         },
         work: work_rx.clone(),
         shares: share_tx,
         blocks: block_tx,
         upstream: None,
+        stats: stats_tx,
         counters: Counters::default(),
         enonces: Mutex::new(HashSet::new()),
         shutdown: shutdown.clone(),
@@ -198,8 +216,9 @@ pub async fn run(
                 let c = &ctx.counters;
                 let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
                 let status = format!(
-                    "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}",
-                    *height_rx.borrow(), c.connections.load(Ordering::Relaxed), acc - last.0, rej - last.1
+                    "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}; {}",
+                    *height_rx.borrow(), c.connections.load(Ordering::Relaxed), acc - last.0, rej - last.1,
+                    *summary_rx.borrow()
                 );
                 last = (acc, rej);
                 tracing::info!("status: {status}");
@@ -220,6 +239,11 @@ pub async fn run(
     let _ = tokio::time::timeout(bounded, template_task).await;
     if tokio::time::timeout(bounded, tokio::task::spawn_blocking(move || share_thread.join())).await.is_err() {
         tracing::warn!("share log writer still flushing after {bounded:?}");
+    }
+    // Every stats sender is gone with the sessions and the submitter: the task writes the files
+    // one last time and ends.
+    if tokio::time::timeout(bounded, stats_task).await.is_err() {
+        tracing::warn!("stats files still being written after {bounded:?}");
     }
     tracing::info!("ckpool stopped");
     Ok(())

@@ -14,7 +14,7 @@ use anyhow::bail;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::log::sharelog;
+use crate::log::{sharelog, stats};
 use crate::pool::{Events, Options};
 use crate::stratum::{server, Counters, ServerCtx, SessionParams};
 
@@ -57,6 +57,16 @@ pub async fn run(
     let granted = *mask_rx.borrow();
     let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone(), 65_536);
     let (block_tx, mut block_rx) = mpsc::channel::<crate::stratum::BlockCandidate>(64);
+    let (summary_tx, summary_rx) = watch::channel(stats::Summary::default());
+    let (stats_tx, stats_task) = stats::spawn(
+        stats::StatsTask {
+            logdir: cfg.logdir.clone(),
+            interval: cfg.stats_interval,
+            work: work_rx.clone(),
+            summary: summary_tx,
+        },
+        65_536,
+    );
     let ctx = Arc::new(ServerCtx {
         params: SessionParams {
             mindiff: cfg.mindiff,
@@ -66,11 +76,13 @@ pub async fn run(
             nonce1_len: prefix_len,
             log_shares: opts.log_shares,
             keepalive_secs: 55,
+            vardiff: cfg.vardiff,
         },
         work: work_rx.clone(),
         shares: share_tx,
         blocks: block_tx,
         upstream: Some(up_tx),
+        stats: stats_tx,
         counters: Counters::default(),
         enonces: Mutex::new(HashSet::new()),
         shutdown: shutdown.clone(),
@@ -101,13 +113,14 @@ pub async fn run(
             _ = tick.tick() => {
                 let c = &ctx.counters;
                 let status = format!(
-                    "{} miners, local accepted {} rejected {}, upstream forwarded {} accepted {} rejected {}",
+                    "{} miners, local accepted {} rejected {}, upstream forwarded {} accepted {} rejected {}; {}",
                     c.connections.load(Ordering::Relaxed),
                     c.accepted.load(Ordering::Relaxed),
                     c.rejected.load(Ordering::Relaxed),
                     up_counters.forwarded.load(Ordering::Relaxed),
                     up_counters.accepted.load(Ordering::Relaxed),
                     up_counters.rejected.load(Ordering::Relaxed),
+                    *summary_rx.borrow(),
                 );
                 tracing::info!("status: {status}");
                 events.status(&status);
@@ -123,6 +136,9 @@ pub async fn run(
     let _ = tokio::time::timeout(bounded, blocks_task).await;
     if tokio::time::timeout(bounded, tokio::task::spawn_blocking(move || share_thread.join())).await.is_err() {
         tracing::warn!("share log writer still flushing after {bounded:?}");
+    }
+    if tokio::time::timeout(bounded, stats_task).await.is_err() {
+        tracing::warn!("stats files still being written after {bounded:?}");
     }
     tracing::info!("ckproxy stopped");
     Ok(())

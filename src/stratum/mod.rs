@@ -4,6 +4,7 @@ pub mod lines;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod vardiff;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use crate::difficulty::{Difficulty, Target};
+use crate::log::stats::StatEvent;
 use crate::work::Job;
+use vardiff::{Limits, VardiffParams};
 
 /// Current work as every session sees it: the job and its `mining.notify` line encoded once.
 #[derive(Debug)]
@@ -28,6 +31,8 @@ pub struct Work {
     pub en1_prefix: Arc<[u8]>,
     /// Proxy mode: the upstream job this work re-issues.
     pub upstream: Option<UpstreamJob>,
+    /// The job's network difficulty (from its nbits), computed once: vardiff's upper clamp.
+    pub network_diff: Difficulty,
 }
 
 /// The upstream side of a proxied job.
@@ -70,7 +75,8 @@ impl Work {
         let line_clean = proto::notification_line("mining.notify", &params).into();
         params[8] = serde_json::Value::Bool(false);
         let line_keep = proto::notification_line("mining.notify", &params).into();
-        Work { job, line_clean, line_keep, en1_prefix: Arc::from(&[][..]), upstream: None }
+        let network_diff = Difficulty::from_target(&job.network_target);
+        Work { job, line_clean, line_keep, en1_prefix: Arc::from(&[][..]), upstream: None, network_diff }
     }
 }
 
@@ -109,6 +115,7 @@ pub struct BlockCandidate {
     pub header: [u8; 80],
     pub hash: [u8; 32],
     pub workername: Arc<str>,
+    pub username: Arc<str>,
     pub difficulty: Difficulty,
 }
 
@@ -143,6 +150,8 @@ pub struct SessionParams {
     pub log_shares: bool,
     /// Seconds without any notify before the current job is re-sent (cgminer drops at 90 s).
     pub keepalive_secs: u64,
+    /// Vardiff's target share interval and retarget interval.
+    pub vardiff: VardiffParams,
 }
 
 /// What every session shares: parameters, the current work, and the outbound channels.
@@ -154,6 +163,8 @@ pub struct ServerCtx {
     pub blocks: mpsc::Sender<BlockCandidate>,
     /// Proxy mode: shares that meet the upstream difficulty.
     pub upstream: Option<mpsc::Sender<UpstreamShare>>,
+    /// Statistics events (pool.status, users/): bounded, never dropped.
+    pub stats: mpsc::Sender<StatEvent>,
     pub counters: Counters,
     /// extranonce1 values in use, so that resumed sessions never collide.
     pub enonces: Mutex<HashSet<u64>>,
@@ -168,6 +179,12 @@ impl ServerCtx {
             d = d.min(self.params.maxdiff);
         }
         d
+    }
+
+    /// The vardiff limits for a session with `suggested`, at the current job's network difficulty.
+    pub fn limits(&self, suggested: Option<Difficulty>) -> Limits {
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
+        Limits { mindiff: self.params.mindiff, maxdiff: self.params.maxdiff, suggested, network }
     }
 }
 

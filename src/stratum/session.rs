@@ -17,9 +17,11 @@ use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
 use super::proto::{self, code};
+use super::vardiff::{Retarget, Vardiff};
 use super::{BlockCandidate, ServerCtx, ShareRecord, UpstreamJob, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
+use crate::log::stats::StatEvent;
 use crate::share::{self, Reject, Submit};
 use crate::work::Job;
 
@@ -67,6 +69,11 @@ pub struct Session {
     last_notify: Instant,
     out: String,
     bad_lines: u32,
+    /// When the session began: vardiff's clock origin.
+    born: Instant,
+    vardiff: Vardiff,
+    /// Statistics events queued while handling a line, sent (awaited) before the next one.
+    stats_out: Vec<StatEvent>,
 }
 
 /// Why the session ended, for the log.
@@ -88,6 +95,7 @@ impl Session {
         let en1_hex: Arc<str> = hex::encode(&en1).into();
         let diff = ctx.clamp(ctx.params.startdiff);
         let version_mask = ctx.params.version_mask;
+        let vardiff = Vardiff::new(ctx.params.vardiff, 0);
         Session {
             ctx,
             id,
@@ -114,6 +122,49 @@ impl Session {
             last_notify: Instant::now(),
             out: String::new(),
             bad_lines: 0,
+            born: Instant::now(),
+            vardiff,
+            stats_out: Vec::new(),
+        }
+    }
+
+    /// Microseconds since the session began (vardiff's time).
+    fn now_us(&self) -> u64 {
+        self.born.elapsed().as_micros() as u64
+    }
+
+    /// Sends the queued statistics events; a full channel slows this miner, none is dropped.
+    async fn flush_stats(&mut self) {
+        for ev in self.stats_out.drain(..) {
+            if self.ctx.stats.send(ev).await.is_err() {
+                tracing::error!("stats task is gone");
+                break;
+            }
+        }
+    }
+
+    /// Takes a vardiff decision: set_difficulty now; the caller sends work under a new id.
+    fn take_retarget(&mut self, r: Retarget) {
+        tracing::debug!(
+            peer = %self.peer, client = self.id, worker = %self.workername,
+            "vardiff: difficulty {} -> {} (rate {:.4e} diff-1 shares/s)",
+            self.diff, r.new, r.rate as f64 / crate::difficulty::SCALE as f64
+        );
+        self.diff = r.new;
+        self.out.push_str(&proto::set_difficulty_line(self.diff));
+        self.rev = self.rev.wrapping_add(1);
+    }
+
+    /// Before sending work: lowers a session that has been quiet for a retarget interval.
+    /// Returns true when the difficulty changed (the work must then go out under a new id).
+    fn idle_check(&mut self) -> bool {
+        let lim = self.ctx.limits(self.suggested);
+        match self.vardiff.on_idle(self.now_us(), self.diff, &lim) {
+            Some(r) => {
+                self.take_retarget(r);
+                true
+            }
+            None => false,
         }
     }
 
@@ -133,13 +184,17 @@ impl Session {
             tokio::select! {
                 line = reader.next_line(&mut rd) => match line {
                     Ok(Line::Data(l)) => {
-                        if let Err(why) = self.handle_line(&l).await {
+                        let handled = self.handle_line(&l).await;
+                        self.flush_stats().await;
+                        if let Err(why) = handled {
                             break End::Kick(why);
                         }
                         // Answer everything already buffered before writing once.
                         let mut kicked = None;
                         while let Some(Line::Data(l)) = reader.buffered_line() {
-                            if let Err(why) = self.handle_line(&l).await { kicked = Some(why); break; }
+                            let handled = self.handle_line(&l).await;
+                            self.flush_stats().await;
+                            if let Err(why) = handled { kicked = Some(why); break; }
                         }
                                     if let Some(why) = kicked { let _ = wr.write_all(self.out.as_bytes()).await; break End::Kick(why); }
                     }
@@ -154,14 +209,14 @@ impl Session {
                 changed = work_rx.changed(), if self.working => {
                     if changed.is_err() { break End::Shutdown; }
                     let w = work_rx.borrow_and_update().clone();
-                    if let Some(w) = w { self.send_work(&w, false); }
+                    if let Some(w) = w { let fresh = self.idle_check(); self.send_work(&w, fresh); }
                 }
                 _ = tokio::time::sleep_until(tick) => {
                     if !self.working {
                         break End::Kick("did not subscribe and authorize within 120 s".into());
                     }
                     let w = work_rx.borrow().clone();
-                    if let Some(w) = w { self.send_work(&w, false); }
+                    if let Some(w) = w { let fresh = self.idle_check(); self.send_work(&w, fresh); }
                 }
                 _ = shutdown.changed() => break End::Shutdown,
             }
@@ -190,6 +245,10 @@ impl Session {
             }
         }
         self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.en1_key);
+        if self.authorized {
+            self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
+        }
+        self.flush_stats().await;
     }
 
     fn reply(&mut self, id: &str, result: &str) {
@@ -302,8 +361,15 @@ impl Session {
         };
         let user: String = user.chars().take(256).collect();
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
+        if self.authorized && *self.workername != *user {
+            self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
+        }
+        let renamed = !self.authorized || *self.workername != *user;
         self.workername = user.clone().into();
         self.username = base.into();
+        if renamed {
+            self.stats_out.push(StatEvent::Authorized { user: self.username.clone(), worker: self.workername.clone() });
+        }
         // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
         if let Some(pass) = proto::str_param(params, 1) {
             if let Some(d) =
@@ -384,6 +450,8 @@ impl Session {
             return;
         }
         self.diff = new;
+        let now = self.now_us();
+        self.vardiff.reset(now);
         if self.working {
             let w = self.ctx.work.borrow().clone();
             if let Some(w) = w {
@@ -527,6 +595,7 @@ impl Session {
                         header: acc.header,
                         hash: acc.hash,
                         workername: self.workername.clone(),
+                        username: self.username.clone(),
                         difficulty: acc.difficulty,
                     };
                     tracing::info!(worker = %self.workername, height = job.height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
@@ -534,7 +603,23 @@ impl Session {
                         tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&acc.hash));
                     }
                 }
+                self.stats_out.push(StatEvent::Share {
+                    user: self.username.clone(),
+                    worker: self.workername.clone(),
+                    diff,
+                    sdiff: acc.difficulty,
+                    accepted: true,
+                });
                 self.log_share(&job, &sub, diff, acc.difficulty, &hex::encode_rev(&acc.hash), true, None).await;
+                let lim = self.ctx.limits(self.suggested);
+                if let Some(r) = self.vardiff.on_share(self.now_us(), diff, self.diff, &lim) {
+                    // set_difficulty, then the current job under a new id.
+                    self.take_retarget(r);
+                    let w = self.ctx.work.borrow().clone();
+                    if let Some(w) = w {
+                        self.send_work(&w, true);
+                    }
+                }
             }
             Err(r) => {
                 let (sdiff, hash) = match r {
@@ -542,6 +627,13 @@ impl Session {
                     _ => (Difficulty::ZERO, String::new()),
                 };
                 self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats_out.push(StatEvent::Share {
+                    user: self.username.clone(),
+                    worker: self.workername.clone(),
+                    diff,
+                    sdiff,
+                    accepted: false,
+                });
                 self.error(id, r.code(), &r.to_string());
                 self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(r.to_string())).await;
             }
@@ -551,6 +643,13 @@ impl Session {
     /// A reject before any job was found (bad params, unknown job): counted and logged.
     fn counted_reject(&mut self, id: &str, sub: Option<&Submit>, reason: &str, code: i32) {
         self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats_out.push(StatEvent::Share {
+            user: self.username.clone(),
+            worker: self.workername.clone(),
+            diff: self.diff,
+            sdiff: Difficulty::ZERO,
+            accepted: false,
+        });
         self.error(id, code, reason);
         tracing::debug!(peer = %self.peer, worker = %self.workername, "share rejected: {reason} ({sub:?})");
     }

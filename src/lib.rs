@@ -14,6 +14,7 @@ pub mod log;
 pub mod miner;
 pub mod payout;
 pub mod pool;
+pub mod rpcauth;
 pub mod service;
 pub mod share;
 pub mod stratum;

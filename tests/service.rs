@@ -620,12 +620,33 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// A daemon the test started (sshd, autossh), stopped on drop with SIGTERM (autossh passes it
+/// on to its ssh; sshd's sessions end with their clients), then SIGKILL after 5 s; children it
+/// had that are still alive are killed too, so none outlives the test (holding its output pipe).
 struct Reaped(Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = self.0.id();
+        let kids: Vec<(u32, String)> = children(pid)
+            .into_iter()
+            .map(|k| (k, std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default()))
+            .collect();
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for (k, comm) in kids {
+            let now = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if !comm.is_empty() && now == comm {
+                let _ = kill(Pid::from_raw(k as i32), Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -741,7 +762,7 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
             .envs(env_vars)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(d.join("autossh.stderr")).unwrap())
             .spawn()
             .expect("start autossh"),
     );

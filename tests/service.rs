@@ -784,14 +784,12 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     share_through(&tunnel, "via-tunnel", "0000000000000001").await;
     pool.log().contains("worker=via-tunnel").then_some(()).expect("pool saw the miner through the tunnel");
 
-    // Cut the connection: kill the ssh process autossh runs (SIGHUP, like a dropped session;
-    // autossh treats SIGTERM/SIGINT/SIGKILL of its child as a request to exit, and under
-    // systemd Restart=always restarts autossh itself then).
+    // Kill the ssh process autossh runs (SIGKILL: no chance to clean up, as after a crash).
     let autossh_pid = autossh.0.id();
     let ssh_pids = children(autossh_pid);
     assert_eq!(ssh_pids.len(), 1, "autossh should run one ssh: {ssh_pids:?}");
     let old = ssh_pids[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_until("autossh to start a new ssh", Duration::from_secs(30), || {
         let c = children(autossh_pid);
         !c.is_empty() && !c.contains(&old)

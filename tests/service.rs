@@ -876,3 +876,112 @@ async fn killold_takes_over_and_refuses_without_it() {
     assert_eq!(c.reply(id).await["result"], json!(true));
     assert_eq!(second.stop().and_then(|s| s.code()), Some(0));
 }
+
+/// Expands a systemd system call group (`@name`) or name to system call names, as
+/// `systemd-analyze syscall-filter` lists them (nested groups resolved).
+fn syscall_set(entry: &str, cache: &mut HashMap<String, Vec<String>>) -> Vec<String> {
+    if !entry.starts_with('@') {
+        return vec![entry.to_string()];
+    }
+    if let Some(v) = cache.get(entry) {
+        return v.clone();
+    }
+    let (ok, out, err) = run(Command::new("systemd-analyze").args(["syscall-filter", entry]));
+    assert!(ok, "systemd-analyze syscall-filter {entry}: {err}");
+    let mut names = Vec::new();
+    for l in out.lines().skip(1).map(str::trim) {
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        names.extend(syscall_set(l, cache));
+    }
+    cache.insert(entry.to_string(), names.clone());
+    names
+}
+
+/// The unit's sandbox does not break the pool: the pool runs under strace (start, a miner with
+/// an accepted share, SIGHUP, SIGTERM) and every system call it makes is allowed by the unit's
+/// `SystemCallFilter=` lines and every socket it opens is of a family in
+/// `RestrictAddressFamilies=`, and no memory mapping is both writable and executable
+/// (`MemoryDenyWriteExecute=`). (systemd is not PID 1 here, so the unit cannot be started for
+/// real; this checks the filters the unit declares against what the program does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_sandbox_allows_what_the_pool_does() {
+    let unit = read("systemd/ckpool.service");
+    let mut cache = HashMap::new();
+    let mut allowed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for v in unit_value(&unit, "SystemCallFilter") {
+        let (deny, list) = match v.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        for e in list.split_whitespace() {
+            for name in syscall_set(e, &mut cache) {
+                if deny {
+                    allowed.remove(&name);
+                } else {
+                    allowed.insert(name);
+                }
+            }
+        }
+    }
+    // systemd always lets these through (the process must be able to exit).
+    for n in ["execve", "exit", "exit_group", "getrlimit", "rt_sigreturn", "sigreturn"] {
+        allowed.insert(n.to_string());
+    }
+    assert!(allowed.contains("epoll_wait") && !allowed.contains("setrlimit") && !allowed.contains("chown"));
+    let families: Vec<&str> = unit_value(&unit, "RestrictAddressFamilies")[0].split_whitespace().collect();
+
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut pool = Pool::prepare(pool_config(&nodes.a, &address).await);
+    let trace = pool.dir.path().join("strace.out");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-o"]).arg(&trace).arg("--").arg(BIN).args(pool.args(&[]));
+    pool.spawn_command(cmd);
+    pool.wait_log("ckpool ready", Duration::from_secs(90));
+    let tracee = children(pool.pid());
+    assert_eq!(tracee.len(), 1, "strace runs one ckpool: {tracee:?}");
+    let tracee = nix::unistd::Pid::from_raw(tracee[0] as i32);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("traced").await;
+    let n = c.notification("mining.notify").await;
+    let share = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", share).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGHUP).unwrap();
+    pool.wait_log("SIGHUP: reopening", Duration::from_secs(20));
+    drop(c);
+    nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until("the traced pool to exit", Duration::from_secs(60), || pool.try_wait().is_some());
+    assert!(pool.log().contains("ckpool stopped"), "{}", pool.log());
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut used: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut socket_families: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let rest = l.split_once(' ').map(|(_, r)| r.trim_start()).unwrap_or("");
+        let rest = rest.strip_prefix("<... ").unwrap_or(rest);
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let after = &rest[name.len()..];
+        if name.is_empty() || !(after.starts_with('(') || after.starts_with(" resumed")) {
+            continue;
+        }
+        if let Some(args) = after.strip_prefix("(").filter(|_| name == "socket" || name == "socketpair") {
+            socket_families.insert(args.split(',').next().unwrap().trim().to_string());
+        }
+        // MemoryDenyWriteExecute=: no writable+executable mapping, no mapping made executable later.
+        let wx = (name == "mmap" && after.contains("PROT_WRITE") && after.contains("PROT_EXEC"))
+            || (name.ends_with("mprotect") && after.contains("PROT_EXEC"));
+        assert!(!wx, "MemoryDenyWriteExecute= would refuse: {l}");
+        used.insert(name);
+    }
+    assert!(used.len() > 20 && used.contains("accept4") || used.contains("accept"), "trace parse: {used:?}");
+    println!("system calls used by the pool: {used:?}");
+    println!("socket families: {socket_families:?}");
+    let denied: Vec<&String> = used.iter().filter(|n| !allowed.contains(*n)).collect();
+    assert!(denied.is_empty(), "system calls the unit's SystemCallFilter= would refuse: {denied:?}");
+    for f in &socket_families {
+        assert!(families.contains(&f.as_str()), "socket family {f} not in RestrictAddressFamilies={families:?}");
+    }
+}

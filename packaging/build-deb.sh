@@ -53,7 +53,6 @@ Recommends: logrotate
 Suggests: autossh, bitcoind
 Section: net
 Priority: optional
-Homepage: https://github.com/ckpool-rs/ckpool-rs
 Description: stratum mining pool and proxy (ckpool/ckproxy successor)
  ckpool-rs serves stratum v1 miners from a local bitcoind: block templates,
  ZMQ block notifications, exact share validation, share logs and block

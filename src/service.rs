@@ -73,6 +73,26 @@ pub fn take_pidfile(sockdir: &Path, killold: bool) -> anyhow::Result<PidFile> {
     Ok(PidFile(path))
 }
 
+/// With `WatchdogSec=` (systemd sets WATCHDOG_USEC and WATCHDOG_PID), sends WATCHDOG=1 at half
+/// the interval from a task of the runtime, so a runtime that stops making progress stops the
+/// keepalives and systemd restarts the service.
+fn spawn_watchdog() {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(1));
+    tracing::info!("systemd watchdog: keepalive every {period:?}");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    });
+}
+
 /// Runs pool or proxy mode until SIGTERM/SIGINT.
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(|| if args.proxy { "ckproxy".into() } else { "ckpool".into() });
@@ -102,6 +122,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let events: Arc<dyn crate::pool::Events> = Arc::new(SystemdEvents);
         let opts = crate::pool::Options { log_shares: args.log_shares };
+        spawn_watchdog();
         let mut main = if args.proxy {
             tokio::spawn(crate::proxy::run(cfg, opts, stop_rx, events))
         } else {
@@ -118,7 +139,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = sd_notify::notify(
+            false,
+            &[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping: draining miners")],
+        );
         let _ = stop_tx.send(true);
         match tokio::time::timeout(Duration::from_secs(20), main).await {
             Ok(r) => r.context("pool task")?,

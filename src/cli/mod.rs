@@ -61,6 +61,8 @@ pub enum Command {
     Payout(crate::payout::PayoutArgs),
     /// Difficulty epoch, projected next difficulty and network hashrate
     Difficulty(crate::payout::DifficultyArgs),
+    /// The rpcauth= line for bitcoin.conf and its password (as bitcoind's rpcauth.py)
+    Rpcauth(crate::rpcauth::RpcauthArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +95,7 @@ pub fn main() -> i32 {
         Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
         Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
         Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
+        Some(Command::Rpcauth(args)) => crate::rpcauth::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -114,6 +114,7 @@ pub async fn run(
     for a in &cfg.serverurl {
         tracing::info!("listening for miners on {a}");
     }
+    events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
     tracing::info!("bitcoind {} ({chain}); block rewards go to {}", rpc.node_label(0), cfg.btcaddress);

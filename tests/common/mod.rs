@@ -262,7 +262,18 @@ impl Pool {
         Pool::start_as("ckproxy", config, &["-p"])
     }
 
-    fn start_as(name: &'static str, mut config: Value, extra_args: &[&str]) -> Pool {
+    fn start_as(name: &'static str, config: Value, extra_args: &[&str]) -> Pool {
+        let mut pool = Pool::prepare_as(name, config);
+        pool.spawn(extra_args);
+        pool
+    }
+
+    /// Writes the config (as `start`) without starting the pool: start it with `spawn_command`.
+    pub fn prepare(config: Value) -> Pool {
+        Pool::prepare_as("ckpool", config)
+    }
+
+    fn prepare_as(name: &'static str, mut config: Value) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let logdir = dir.path().join("logs");
@@ -274,26 +285,42 @@ impl Pool {
             format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap()),
         )
         .unwrap();
-        let mut pool = Pool { child: None, dir, port, logdir, config_path, name };
-        pool.spawn(extra_args);
-        pool
+        Pool { child: None, dir, port, logdir, config_path, name }
+    }
+
+    /// The socket dir (pid file) the harness gives the pool.
+    pub fn sockdir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// The arguments `spawn` runs the binary with (after the binary's path).
+    pub fn args(&self, extra_args: &[&str]) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = ["--log-shares", "--killold", "--config"].iter().map(Into::into).collect();
+        a.push(self.config_path.clone().into());
+        a.push("--sockdir".into());
+        a.push(self.sockdir().into());
+        a.extend(["-q", "-l", "7"].iter().map(Into::into));
+        a.extend(extra_args.iter().map(Into::into));
+        a
     }
 
     pub fn spawn(&mut self, extra_args: &[&str]) {
-        let sockdir = self.dir.path().join("sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpool"));
-        cmd.args(["--log-shares", "--killold", "--config"])
-            .arg(&self.config_path)
-            .arg("--sockdir")
-            .arg(&sockdir)
-            .args(["-q", "-l", "7"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        self.child = Some(cmd.spawn().expect("start ckpool"));
+        cmd.args(self.args(extra_args));
+        self.spawn_command(cmd);
         let ready = format!("{} ready", self.name);
         self.wait_log(&ready, Duration::from_secs(60));
+    }
+
+    /// Starts the pool with `cmd` (stdio set here) without waiting for it to be ready.
+    pub fn spawn_command(&mut self, mut cmd: Command) {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        self.child = Some(cmd.spawn().expect("start ckpool"));
+    }
+
+    /// The exit status if the pool has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
     }
 
     pub fn log_path(&self) -> PathBuf {

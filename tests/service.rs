@@ -1,0 +1,1068 @@
+//! The Linux service suite (issue #7): the shipped systemd units, configs, logrotate file,
+//! autossh tunnel unit and Debian package, checked with the real tools (systemd-analyze,
+//! logrotate, sshd + autossh, dpkg) and the pool binary against a real regtest node pair.
+//! Everything listens on 127.0.0.1; every wait has a deadline.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ckpool::bitcoind::{Rpc, RpcError};
+use ckpool::config::{Config, RpcAuth, Secret};
+use common::{free_port, pool_config, solve, Client, Node, NodePair, Pool};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ckpool");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Runs a command to completion; returns (success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).collect()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CI test 1: the units keep the guide's lines, pass `systemd-analyze verify`, and score "OK" or
+/// better in `systemd-analyze security --offline=true`. The example configs parse and every key
+/// they use is explained in the README.
+#[test]
+fn units_verify_and_score_and_configs_parse() {
+    let pool = read("systemd/ckpool.service");
+    let proxy = read("systemd/ckproxy.service");
+    let ssh = read("systemd/stratssh@.service");
+    // The guide's lines, unchanged.
+    assert_eq!(unit_value(&pool, "ExecStart"), ["/usr/bin/ckpool --log-shares --killold --config /etc/ckpool.conf"]);
+    assert_eq!(unit_value(&proxy, "ExecStart"), ["/usr/bin/ckproxy --log-shares --killold --config /etc/ckproxy.conf"]);
+    for (u, name) in [(&pool, "ckpool"), (&proxy, "ckproxy")] {
+        assert_eq!(unit_value(u, "PIDFile"), [format!("/tmp/{name}/main.pid").as_str()]);
+        for (k, v) in [
+            ("Type", "notify"),
+            ("Restart", "always"),
+            ("RestartSec", "30"),
+            ("TimeoutStopSec", "30"),
+            ("After", "network-online.target"),
+            ("User", "ckpool"),
+            ("Group", "ckpool"),
+            ("ProtectSystem", "strict"),
+            ("ReadWritePaths", "/var/log/stratum"),
+            ("WantedBy", "multi-user.target"),
+        ] {
+            assert_eq!(unit_value(u, k), [v], "{name}.service {k}");
+        }
+        assert!(unit_value(u, "Wants").contains(&"bitcoind.service"), "{name}.service Wants=bitcoind.service");
+        assert!(!unit_value(u, "WatchdogSec").is_empty(), "{name}.service WatchdogSec");
+    }
+    assert_eq!(
+        unit_value(&ssh, "ExecStart"),
+        ["/usr/bin/autossh -M 0 -NT -o ServerAliveInterval=30 -o ExitOnForwardFailure=yes -o \"ServerAliveCountMax 3\" \
+          -i /root/.ssh/p2pkey -L 3334:localhost:3333 -p ${TARGET_PORT} p2p@${TARGET}"]
+    );
+    assert_eq!(unit_value(&ssh, "Before"), ["ckproxy.service"]);
+    assert_eq!(unit_value(&ssh, "EnvironmentFile"), ["/etc/default/p2pssh@%i"]);
+
+    // verify: /usr/bin/ckpool is not installed here, so ExecStart points at the built binary in
+    // temporary copies (ckproxy through a symlink named ckproxy, as the package installs it);
+    // the template is verified as the instance stratssh@example.service.
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_link = dir.path().join("ckproxy");
+    std::os::unix::fs::symlink(BIN, &proxy_link).unwrap();
+    std::fs::write(dir.path().join("ckpool.service"), pool.replace("/usr/bin/ckpool ", &format!("{BIN} "))).unwrap();
+    std::fs::write(
+        dir.path().join("ckproxy.service"),
+        proxy.replace("/usr/bin/ckproxy ", &format!("{} ", proxy_link.display())),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("stratssh@.service"), &ssh).unwrap();
+    assert!(Path::new("/usr/bin/autossh").exists(), "autossh missing: run contrib/setup.sh");
+    let units: Vec<PathBuf> =
+        ["ckpool.service", "ckproxy.service", "stratssh@example.service"].iter().map(|u| dir.path().join(u)).collect();
+    let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").args(&units));
+    println!("systemd-analyze verify {units:?}: ok={ok}\n{out}{err}");
+    assert!(ok, "systemd-analyze verify failed:\n{out}{err}");
+    for l in err.lines() {
+        assert!(
+            !["ckpool", "ckproxy", "stratssh", "autossh", ".service:"].iter().any(|w| l.contains(w)),
+            "verify complains about our units: {l}"
+        );
+    }
+    // The same check does look at ExecStart: the unmodified unit fails it while the binary is absent.
+    if !Path::new("/usr/bin/ckpool").exists() {
+        let raw = dir.path().join("raw");
+        std::fs::create_dir(&raw).unwrap();
+        std::fs::write(raw.join("ckpool.service"), &pool).unwrap();
+        let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").arg(raw.join("ckpool.service")));
+        assert!(!ok && (out + &err).contains("/usr/bin/ckpool"), "verify did not notice /usr/bin/ckpool missing");
+    }
+
+    // Security exposure, as `systemd-analyze security --offline=true <unit file>` prints it.
+    for (unit, limit) in [("ckpool.service", 2.0), ("ckproxy.service", 2.0), ("stratssh@example.service", 5.0)] {
+        let (ok, out, err) =
+            run(Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(dir.path().join(unit)));
+        assert!(ok, "systemd-analyze security {unit}: {err}");
+        let line = out.lines().find(|l| l.contains("Overall exposure level")).expect("exposure line");
+        println!("systemd-analyze security --offline=true {unit}: {line}");
+        let score: f64 = line.split(": ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let level = line.split(": ").nth(1).unwrap().split_whitespace().nth(1).unwrap();
+        assert!(score <= limit, "{unit}: exposure {score} > {limit}");
+        assert!(["PERFECT", "SAFE", "OK"].contains(&level) || unit.starts_with("stratssh"), "{unit}: {level}");
+    }
+
+    // The example configs: ckpool's JSON with the trailing comment text, valid for their mode,
+    // and every key explained in the README.
+    let readme = read("README.md");
+    for (file, proxy_mode) in [("etc/ckpool.conf", false), ("etc/ckproxy.conf", true)] {
+        let text = read(file);
+        assert!(text.contains("}\nComments from here on are ignored."), "{file}");
+        let cfg = Config::parse(&text, Path::new(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(cfg.unknown_keys.is_empty(), "{file}: {:?}", cfg.unknown_keys);
+        if proxy_mode {
+            cfg.require_proxy().unwrap();
+        } else {
+            cfg.require_pool().unwrap();
+        }
+        let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+        let obj = stream.next().unwrap().unwrap();
+        for key in obj.as_object().unwrap().keys() {
+            assert!(readme.contains(&format!("| `{key}` |")), "README does not explain {file}'s key {key}");
+        }
+    }
+}
+
+/// CI test 5: the package builds from the test binary; its contents and modes are right; it
+/// installs with the real dpkg into a throwaway root (`dpkg --root`, maintainer scripts run
+/// chrootless with DPKG_ROOT, so postinst creates the user, group and /var/log/stratum in that
+/// root); conffiles keep an operator's edit on reinstall; it removes cleanly.
+#[test]
+fn debian_package_builds_and_installs_into_a_throwaway_root() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, stdout, err) = run(Command::new("bash")
+        .arg(repo().join("packaging/build-deb.sh"))
+        .arg(BIN)
+        .arg(out.path())
+        .env("DEB_COMPRESS", "none"));
+    assert!(ok, "build-deb.sh failed:\n{stdout}{err}");
+    let deb = PathBuf::from(stdout.lines().last().unwrap().trim());
+    assert!(deb.exists(), "{}", deb.display());
+
+    let (ok, contents, err) = run(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    assert!(ok, "{err}");
+    println!("{contents}");
+    let mut listed: HashMap<String, (String, String)> = HashMap::new();
+    for l in contents.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let path = f[5].trim_start_matches('.').to_string();
+        listed.insert(path, (f[0].to_string(), f[1].to_string()));
+    }
+    for (path, mode) in [
+        ("/usr/bin/ckpool", "-rwxr-xr-x"),
+        ("/usr/bin/ckproxy", "lrwxrwxrwx"),
+        ("/lib/systemd/system/ckpool.service", "-rw-r--r--"),
+        ("/lib/systemd/system/ckproxy.service", "-rw-r--r--"),
+        ("/lib/systemd/system/stratssh@.service", "-rw-r--r--"),
+        ("/etc/logrotate.d/stratum", "-rw-r--r--"),
+        ("/etc/ckpool.conf", "-rw-r-----"),
+        ("/etc/ckproxy.conf", "-rw-r-----"),
+        ("/usr/share/doc/ckpool/README.md", "-rw-r--r--"),
+        ("/usr/share/doc/ckpool/examples/p2pssh@example", "-rw-r--r--"),
+    ] {
+        let (m, owner) = listed.get(path).unwrap_or_else(|| panic!("{path} not in the package:\n{contents}"));
+        assert_eq!((m.as_str(), owner.as_str()), (mode, "root/root"), "{path}");
+    }
+    assert!(contents.contains("./usr/bin/ckproxy -> ckpool"), "ckproxy symlink");
+    let (ok, conffiles, _) = run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("conffiles"));
+    assert!(ok);
+    let mut cf: Vec<&str> = conffiles.lines().collect();
+    cf.sort();
+    assert_eq!(cf, ["/etc/ckpool.conf", "/etc/ckproxy.conf", "/etc/logrotate.d/stratum"]);
+
+    // A throwaway root with an empty dpkg database and a passwd/group holding only root.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    for (f, text) in [
+        ("var/lib/dpkg/status", ""),
+        ("var/lib/dpkg/available", ""),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+        ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
+        ("etc/gshadow", "root:*::\n"),
+    ] {
+        std::fs::write(r.join(f), text).unwrap();
+    }
+    let dpkg = |args: &[&str]| {
+        let mut c = Command::new("dpkg");
+        c.arg(format!("--root={}", r.display()))
+            .args(["--force-script-chrootless", "--force-depends", "--force-not-root", "--log=/dev/null"])
+            .args(args);
+        let (ok, o, e) = run(&mut c);
+        assert!(ok, "dpkg {args:?} failed:\n{o}{e}");
+        o
+    };
+    dpkg(&["-i", deb.to_str().unwrap()]);
+    // postinst: user and group ckpool, /var/log/stratum root:ckpool 0770, configs root:ckpool 0640.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+    let user = passwd.lines().find(|l| l.starts_with("ckpool:")).expect("postinst created user ckpool");
+    assert!(user.ends_with(":/nonexistent:/usr/sbin/nologin"), "{user}");
+    let gid: u32 = group
+        .lines()
+        .find(|l| l.starts_with("ckpool:"))
+        .expect("group ckpool")
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(gid > 0);
+    let logdir = std::fs::metadata(r.join("var/log/stratum")).expect("postinst created /var/log/stratum");
+    assert!(logdir.is_dir());
+    assert_eq!((logdir.uid(), logdir.gid(), logdir.mode() & 0o7777), (0, gid, 0o770), "/var/log/stratum");
+    for f in ["etc/ckpool.conf", "etc/ckproxy.conf"] {
+        let m = std::fs::metadata(r.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, gid, 0o640), "{f}");
+    }
+    let installed = std::fs::read_link(r.join("usr/bin/ckproxy")).unwrap();
+    assert_eq!(installed, Path::new("ckpool"));
+    let (ok, version, _) = run(Command::new(r.join("usr/bin/ckpool")).arg("--version"));
+    assert!(ok && version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    // The installed units are the repository's.
+    assert_eq!(
+        std::fs::read_to_string(r.join("lib/systemd/system/ckpool.service")).unwrap(),
+        read("systemd/ckpool.service")
+    );
+
+    // An operator's edit of a conffile survives reinstalling; a second configure is idempotent.
+    let conf = r.join("etc/ckpool.conf");
+    let edited = std::fs::read_to_string(&conf).unwrap().replace("\"startdiff\" : 42", "\"startdiff\" : 64");
+    std::fs::write(&conf, &edited).unwrap();
+    dpkg(&["-i", deb.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), edited, "conffile edit lost on reinstall");
+    assert_eq!(std::fs::read_to_string(r.join("etc/passwd")).unwrap().matches("ckpool:").count(), 1);
+    let status = dpkg(&["-s", "ckpool"]);
+    assert!(status.contains("Status: install ok installed"), "{status}");
+
+    // Removal takes the files but keeps conffiles (until purge) and the logs.
+    dpkg(&["-r", "ckpool"]);
+    assert!(!r.join("usr/bin/ckpool").exists());
+    assert!(!r.join("lib/systemd/system/ckpool.service").exists());
+    assert!(conf.exists(), "remove (not purge) keeps conffiles");
+    assert!(r.join("var/log/stratum").is_dir());
+}
+
+/// `ckpool rpcauth`: a real node started with the printed `-rpcauth=` lines accepts their
+/// passwords (generated and given) and refuses a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcauth_line_is_accepted_by_a_real_node() {
+    let rpcauth = |args: &[&str]| -> (String, String) {
+        let (ok, out, err) = run(Command::new(BIN).arg("rpcauth").args(args));
+        assert!(ok, "ckpool rpcauth {args:?}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(lines[0], "String to be appended to bitcoin.conf:");
+        assert_eq!(lines[2], "Your password:");
+        (lines[1].to_string(), lines[3].to_string())
+    };
+    let (line_gen, pass_gen) = rpcauth(&["alice"]);
+    let (line_given, pass_given) = rpcauth(&["bob", "correct horse battery staple"]);
+    assert_eq!(pass_given, "correct horse battery staple");
+    assert_eq!(pass_gen.len(), 43, "32 random bytes, URL-safe base64: {pass_gen}");
+    for (line, user) in [(&line_gen, "alice"), (&line_given, "bob")] {
+        let rest = line.strip_prefix(&format!("rpcauth={user}:")).unwrap_or_else(|| panic!("{line}"));
+        let (salt, mac) = rest.split_once('$').unwrap();
+        assert!(salt.len() == 32 && mac.len() == 64, "{line}");
+        assert!(rest.chars().all(|c| c == '$' || c.is_ascii_hexdigit()), "{line}");
+    }
+    // Two runs never share a salt.
+    assert_ne!(rpcauth(&["bob", "x"]).0, rpcauth(&["bob", "x"]).0);
+    // A user name bitcoind would misread is refused.
+    let (ok, _, err) = run(Command::new(BIN).args(["rpcauth", "a:b", "pw"]));
+    assert!(!ok && err.contains("':'"), "{err}");
+
+    let node = Node::start(&[&format!("-{line_gen}"), &format!("-{line_given}")]).await;
+    let call = |user: &str, pass: &str| {
+        let rpc = Rpc::single(
+            &format!("http://127.0.0.1:{}/", node.rpc_port),
+            RpcAuth::UserPass { user: user.into(), pass: Secret::new(pass) },
+            Duration::from_secs(20),
+        );
+        async move { rpc.call("getblockchaininfo", json!([])).await }
+    };
+    call("alice", &pass_gen).await.expect("generated password accepted");
+    call("bob", &pass_given).await.expect("given password accepted");
+    for (user, pass) in [("alice", "wrong"), ("bob", pass_gen.as_str()), ("alice", pass_given.as_str())] {
+        match call(user, pass).await {
+            Err(RpcError::Unauthorized { .. }) => {}
+            other => panic!("{user} with a wrong password: expected 401, got {other:?}"),
+        }
+    }
+}
+
+/// Collects sd-notify datagrams sent to a NOTIFY_SOCKET, with their arrival times.
+struct NotifySocket {
+    path: PathBuf,
+    got: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    g.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+                }
+            }
+        });
+        NotifySocket { path, got, stop, thread: Some(thread) }
+    }
+
+    fn messages(&self) -> Vec<(Instant, String)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn first(&self, field: &str) -> Option<(Instant, String)> {
+        self.messages().into_iter().find(|(_, m)| m.lines().any(|l| l == field))
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CI test 2: sd-notify as systemd sees it. The pool runs with NOTIFY_SOCKET, WATCHDOG_USEC and
+/// WATCHDOG_PID (its own pid, as systemd sets it) against a node that cannot give templates yet
+/// (no peer): no READY=1 while it waits and a miner gets no work; once the node has a peer,
+/// READY=1 arrives with a STATUS= line and miners get notify; WATCHDOG=1 comes at half the
+/// interval; SIGTERM gives STOPPING=1 and exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd_notify_ready_status_watchdog_stopping() {
+    let b = Node::start(&[]).await;
+    let a = Node::start(&[]).await;
+    let address = a.new_address().await;
+    let mut cfg = pool_config(&a, &address).await;
+    cfg["update_interval"] = json!(1);
+    let mut pool = Pool::prepare(cfg);
+    let notify = NotifySocket::bind(pool.dir.path());
+    const WATCHDOG_USEC: u64 = 1_000_000;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args(pool.args(&[]))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", WATCHDOG_USEC.to_string());
+    pool.spawn_command(cmd);
+
+    // The pool is up and listening, but the node has no peer: getblocktemplate fails.
+    pool.wait_log("listening for miners", Duration::from_secs(30));
+    wait_until("a STATUS= line while starting", Duration::from_secs(30), || {
+        notify.messages().iter().any(|(_, m)| m.contains("STATUS=starting"))
+    });
+    let mut early = Client::connect(&pool.addr()).await;
+    early.handshake("early").await;
+    let quiet_until = Instant::now() + Duration::from_secs(3);
+    while let Some(line) = early.read_within(quiet_until.saturating_duration_since(Instant::now())).await {
+        assert_ne!(line["method"], json!("mining.notify"), "work before the node can give templates: {line}");
+        early.backlog.push(line);
+    }
+    assert!(notify.first("READY=1").is_none(), "READY=1 before any work: {:?}", notify.messages());
+
+    a.connect_to(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, ready) = loop {
+        if let Some(r) = notify.first("READY=1") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no READY=1 within 60 s; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ready.contains("STATUS=ckpool ready: serving height"), "{ready}");
+    // Work is served: the waiting miner and a new one get a notify.
+    let n = early.notification("mining.notify").await;
+    let mut late = Client::connect(&pool.addr()).await;
+    let (en1, _) = late.handshake("late").await;
+    let n2 = late.notification("mining.notify").await;
+    let share = solve(&n2, &en1, "0000000000000001", "0.0001", false).unwrap();
+    let id = late.request("mining.submit", share).await;
+    assert_eq!(late.reply(id).await["result"], json!(true));
+    assert_eq!(n["params"][1], n2["params"][1]);
+
+    // WATCHDOG=1 every WATCHDOG_USEC/2: measured over a few seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pings: Vec<Instant> =
+        notify.messages().into_iter().filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1")).map(|(t, _)| t).collect();
+    assert!(pings.len() >= 6, "only {} WATCHDOG=1 pings", pings.len());
+    let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
+    println!("{} WATCHDOG=1 pings, median gap {median:?} (WATCHDOG_USEC {WATCHDOG_USEC})", pings.len());
+    assert!(
+        median >= Duration::from_millis(400) && median <= Duration::from_millis(650),
+        "median watchdog gap {median:?}, expected ~500 ms"
+    );
+
+    let status = pool.stop().expect("pool was running");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    let stopping = notify.first("STOPPING=1").expect("STOPPING=1 after SIGTERM");
+    assert!(stopping.1.contains("STATUS=stopping"), "{}", stopping.1);
+    let msgs = notify.messages();
+    println!("sd-notify messages: {}", msgs.len());
+    for (_, m) in msgs.iter().filter(|(_, m)| !m.contains("WATCHDOG=1")) {
+        println!("  {}", m.replace('\n', " | "));
+    }
+}
+
+fn authorized_lines(logdir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(logdir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("ckpool.log") {
+            continue;
+        }
+        let text = if name.ends_with(".gz") {
+            let (ok, o, err) = run(Command::new("gzip").arg("-dc").arg(e.path()));
+            assert!(ok, "gzip -dc {name}: {err}");
+            o
+        } else {
+            std::fs::read_to_string(e.path()).unwrap()
+        };
+        for l in text.lines().filter(|l| l.contains("miner authorized")) {
+            out.push((name.clone(), l.to_string()));
+        }
+    }
+    out
+}
+
+fn worker_of(line: &str) -> String {
+    line.split_whitespace().find_map(|w| w.strip_prefix("worker=")).unwrap_or("").to_string()
+}
+
+/// CI test 3: the shipped logrotate file run by the real logrotate (`-f -s statefile`, twice)
+/// while miners connect; paths rewritten to the test's logdir, the group to `nogroup`, the
+/// postrotate to `kill -HUP <pool pid>`. The logdir is group-writable by a non-root group as
+/// /var/log/stratum is, which logrotate accepts only thanks to the file's `su` line. No
+/// "miner authorized" line is lost or doubled across ckpool.log, .1 and .2.gz, and the pool
+/// writes to the new file after rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logrotate_with_the_shipped_file_loses_no_line() {
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let logdir = pool.logdir.clone();
+    let nogroup = 65534;
+    std::os::unix::fs::chown(&logdir, Some(0), Some(nogroup)).unwrap();
+    std::fs::set_permissions(&logdir, std::fs::Permissions::from_mode(0o770)).unwrap();
+
+    let shipped = read("etc/logrotate.d/stratum");
+    assert!(shipped.contains("postrotate") && shipped.contains("systemctl kill --signal=HUP"), "{shipped}");
+    let conf = pool.dir.path().join("stratum.logrotate");
+    let state = pool.dir.path().join("logrotate.state");
+    std::fs::write(&conf, &shipped).unwrap();
+    let (ok, _, err) = run(Command::new("sed")
+        .arg("-i")
+        .args([
+            "-e",
+            &format!("s#/var/log/stratum/#{}/#g", logdir.display()),
+            "-e",
+            "s#root ckpool#root nogroup#",
+            "-e",
+            &format!("s#^\\(\\s*\\)systemctl kill .*ckpool.service.*#\\1kill -HUP {}#", pool.pid()),
+            "-e",
+            "/systemctl kill .*ckproxy.service/d",
+        ])
+        .arg(&conf));
+    assert!(ok, "{err}");
+    let rewritten = std::fs::read_to_string(&conf).unwrap();
+    println!("logrotate config used:\n{rewritten}");
+    assert!(rewritten.contains(&format!("kill -HUP {}", pool.pid())) && !rewritten.contains("systemctl"));
+
+    // Without `su`, logrotate refuses such a directory: the shipped line is needed.
+    let no_su = pool.dir.path().join("no-su.logrotate");
+    std::fs::write(&no_su, rewritten.lines().filter(|l| !l.trim().starts_with("su ")).collect::<Vec<_>>().join("\n"))
+        .unwrap();
+    let (_, o, e) = run(Command::new("logrotate").arg("-d").arg("-f").arg("-s").arg(&state).arg(&no_su));
+    assert!((o + &e).contains("insecure permissions"), "logrotate accepted a group-writable dir without su");
+
+    const N: usize = 24;
+    let addr = pool.addr();
+    let miners = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for i in 0..N {
+            let mut c = Client::connect(&addr).await;
+            c.handshake(&format!("w{i}")).await;
+            held.push(c);
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        held
+    });
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (c, s) = (conf.clone(), state.clone());
+        let (ok, o, e) =
+            tokio::task::spawn_blocking(move || run(Command::new("logrotate").arg("-f").arg("-s").arg(&s).arg(&c)))
+                .await
+                .unwrap();
+        assert!(ok, "logrotate failed:\n{o}{e}");
+    }
+    let _held = miners.await.unwrap();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&logdir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    println!("logdir after two rotations: {files:?}");
+    for f in ["ckpool.log", "ckpool.log.1", "ckpool.log.2.gz"] {
+        assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
+    }
+
+    // Every authorize line exactly once, across the three files.
+    let mut lines = Vec::new();
+    wait_until("N authorize lines in the logs", Duration::from_secs(20), || {
+        lines = authorized_lines(&logdir);
+        lines.len() >= N
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    lines = authorized_lines(&logdir);
+    let mut workers: Vec<String> = lines.iter().map(|(_, l)| worker_of(l)).collect();
+    workers.sort();
+    let mut expected: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    expected.sort();
+    assert_eq!(workers, expected, "lost or doubled lines: {lines:#?}");
+    let per_file: HashMap<&str, usize> = lines.iter().fold(HashMap::new(), |mut m, (f, _)| {
+        *m.entry(f.as_str()).or_default() += 1;
+        m
+    });
+    println!("authorize lines per file: {per_file:?}");
+
+    // After rotation the pool writes to the new file (created 0660 by logrotate's `create`).
+    let meta = std::fs::metadata(logdir.join("ckpool.log")).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, nogroup), "new ckpool.log mode/group");
+    let mut after = Client::connect(&pool.addr()).await;
+    after.handshake("after").await;
+    wait_until("the new ckpool.log to get the next line", Duration::from_secs(20), || {
+        std::fs::read_to_string(logdir.join("ckpool.log")).unwrap().contains("worker=after")
+    });
+    assert!(!std::fs::read_to_string(logdir.join("ckpool.log.1")).unwrap().contains("worker=after"));
+}
+
+/// Splits a systemd command line: whitespace-separated words, double quotes group a word.
+fn split_command_line(s: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for ch in s.chars() {
+        match ch {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+}
+
+/// Child processes of `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A daemon the test started (sshd, autossh), stopped on drop with SIGTERM (autossh passes it
+/// on to its ssh; sshd's sessions end with their clients), then SIGKILL after 5 s; children it
+/// had that are still alive are killed too, so none outlives the test (holding its output pipe).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = self.0.id();
+        let kids: Vec<(u32, String)> = children(pid)
+            .into_iter()
+            .map(|k| (k, std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default()))
+            .collect();
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        for (k, comm) in kids {
+            let now = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if !comm.is_empty() && now == comm {
+                let _ = kill(Pid::from_raw(k as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Connects through `addr` to the pool, mines one share and checks it is accepted.
+async fn share_through(addr: &str, worker: &str, en2: &str) {
+    let mut c = Client::connect(addr).await;
+    let (en1, _) = c.handshake(worker).await;
+    let n = c.notification("mining.notify").await;
+    let share = solve(&n, &en1, en2, "0.0001", false).unwrap();
+    let id = c.request("mining.submit", share).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "share through the tunnel: {r}");
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+fn wait_listening(addr: &str, limit: Duration, what: &str) {
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    wait_until(what, limit, || std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok());
+}
+
+/// CI test 4: the stratssh@ unit's autossh command line against a real sshd on loopback. A
+/// stratum miner goes through the tunnel to the pool and gets a share accepted; the ssh
+/// connection is then cut and autossh brings the tunnel back, and a new miner through it works.
+/// Then ckproxy, as the guide runs it, reaches the pool through the tunnel (localhost:3334 in the
+/// guide; the test's port here): a miner on the proxy gets a share accepted and forwarded; after
+/// the ssh process is killed and autossh restores the tunnel, the proxy reconnects by itself and
+/// the same miner, given a new extranonce1, gets shares accepted again.
+///
+/// What differs from production: ports, key and host come from the test (an env file in the
+/// p2pssh@ format gives TARGET and TARGET_PORT), the login is root (the test's user) instead of
+/// p2p, and ssh gets `-o UserKnownHostsFile=<test file> -o BatchMode=yes` so the test never reads
+/// or writes root's own known_hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autossh_tunnel_carries_a_miner_and_recovers() {
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Throwaway host and client keys; the client key is the only authorized one.
+    for k in ["host_ed25519", "client_ed25519"] {
+        let (ok, _, e) = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(k)));
+        assert!(ok, "ssh-keygen: {e}");
+    }
+    std::fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys")).unwrap();
+    let ssh_port = free_port();
+    let host_pub = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
+    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    std::fs::write(d.join("known_hosts"), format!("[127.0.0.1]:{ssh_port} {} {}\n", host_pub[0], host_pub[1])).unwrap();
+    let sshd_config = d.join("sshd_config");
+    std::fs::write(
+        &sshd_config,
+        format!(
+            "Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\nPidFile {dir}/sshd.pid\n\
+             AuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+             AllowTcpForwarding yes\nLogLevel VERBOSE\n",
+            dir = d.display()
+        ),
+    )
+    .unwrap();
+    // sshd's privilege separation directory (the openssh-server service creates it at boot).
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let (ok, o, e) = run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&sshd_config));
+    assert!(ok, "sshd -t: {o}{e}");
+    let sshd_log = std::fs::File::create(d.join("sshd.log")).unwrap();
+    let _sshd = Reaped(
+        Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&sshd_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(sshd_log)
+            .spawn()
+            .expect("start sshd"),
+    );
+    wait_listening(&format!("127.0.0.1:{ssh_port}"), Duration::from_secs(20), "sshd to listen");
+
+    // The unit's ExecStart, expanded as systemd would with an env file in p2pssh@'s format.
+    let unit = read("systemd/stratssh@.service");
+    let exec = unit_value(&unit, "ExecStart")[0].to_string();
+    let example = read("etc/default/p2pssh@example");
+    assert!(
+        example.lines().any(|l| l.starts_with("TARGET=")) && example.lines().any(|l| l.starts_with("TARGET_PORT="))
+    );
+    let env_file = format!("TARGET=127.0.0.1\nTARGET_PORT={ssh_port}\n");
+    let mut line = exec.clone();
+    for l in env_file.lines() {
+        let (k, v) = l.split_once('=').unwrap();
+        line = line.replace(&format!("${{{k}}}"), v);
+    }
+    let tunnel_port = free_port();
+    let pool_port = pool.port;
+    line = line
+        .replace("/root/.ssh/p2pkey", &d.join("client_ed25519").display().to_string())
+        .replace("-L 3334:localhost:3333", &format!("-L {tunnel_port}:localhost:{pool_port}"))
+        .replace("p2p@127.0.0.1", "root@127.0.0.1")
+        .replace("-NT ", &format!("-NT -o UserKnownHostsFile={} -o BatchMode=yes ", d.join("known_hosts").display()));
+    assert!(!line.contains('$') && !line.contains("3334"), "{line}");
+    let words = split_command_line(&line);
+    assert!(words.contains(&"ServerAliveCountMax 3".to_string()), "{words:?}");
+    println!("autossh command: {words:?}");
+    let mut env_vars: Vec<(String, String)> = unit_value(&unit, "Environment")
+        .iter()
+        .map(|v| {
+            let (k, v) = v.trim_matches('"').split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    env_vars.push(("AUTOSSH_LOGFILE".into(), d.join("autossh.log").display().to_string()));
+    assert!(env_vars.iter().any(|(k, v)| k == "AUTOSSH_GATETIME" && v == "0"));
+    let autossh = Reaped(
+        Command::new(&words[0])
+            .args(&words[1..])
+            .envs(env_vars)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("autossh.stderr")).unwrap())
+            .spawn()
+            .expect("start autossh"),
+    );
+    let tunnel = format!("127.0.0.1:{tunnel_port}");
+    let logs = || {
+        let mut s = String::new();
+        for f in ["sshd.log", "autossh.log"] {
+            let mut t = String::new();
+            let _ = std::fs::File::open(d.join(f)).and_then(|mut h| h.read_to_string(&mut t));
+            s += &format!("--- {f}\n{t}");
+        }
+        s
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&tunnel.parse().unwrap(), Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "tunnel not up within 30 s:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    share_through(&tunnel, "via-tunnel", "0000000000000001").await;
+    pool.log().contains("worker=via-tunnel").then_some(()).expect("pool saw the miner through the tunnel");
+
+    // ckproxy through the tunnel, with a miner that takes set_extranonce.
+    let proxy = Pool::start_proxy(json!({
+        "proxy": [{"url": tunnel.clone(), "auth": "tunnelproxy.rig", "pass": "x"}],
+        "mindiff": 0.0001, "startdiff": 0.0001,
+    }));
+    let mut pm = Client::connect(&proxy.addr()).await;
+    let xs = pm.request("mining.extranonce.subscribe", json!([])).await;
+    let (mut pen1, _) = pm.handshake("behind.proxy").await;
+    assert_eq!(pm.reply(xs).await["result"], json!(true));
+    let n = pm.notification("mining.notify").await;
+    let id = pm.request("mining.submit", solve(&n, &pen1, "00000001", "0.0001", false).unwrap()).await;
+    assert_eq!(pm.reply(id).await["result"], json!(true));
+    wait_until("the pool to see the proxy's share", Duration::from_secs(20), || {
+        pool.share_lines().iter().any(|l| l["workername"] == json!("tunnelproxy.rig") && l["result"] == json!(true))
+    });
+
+    // Kill the ssh process autossh runs (SIGKILL: no chance to clean up, as after a crash).
+    let autossh_pid = autossh.0.id();
+    let ssh_pids = children(autossh_pid);
+    assert_eq!(ssh_pids.len(), 1, "autossh should run one ssh: {ssh_pids:?}");
+    let old = ssh_pids[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("autossh to start a new ssh", Duration::from_secs(30), || {
+        let c = children(autossh_pid);
+        !c.is_empty() && !c.contains(&old)
+    });
+    let new = children(autossh_pid)[0];
+    println!("ssh pid {old} killed; autossh started ssh pid {new}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The new ssh must have the forward up: a connection that reaches the pool answers subscribe.
+        if let Ok(s) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&tunnel)).await {
+            if s.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "tunnel not restored within 30 s:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    share_through(&tunnel, "via-tunnel-again", "0000000000000002").await;
+    assert!(pool.log().contains("worker=via-tunnel-again"));
+    assert_eq!(children(autossh_pid), vec![new], "one ssh after the restart");
+
+    // The proxy lost its upstream with the old ssh and came back through the new one by itself.
+    let x = pm.skip_to("mining.set_extranonce").await;
+    pen1 = x["params"][0].as_str().unwrap().to_string();
+    let tip = nodes.a.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let n = pm.notify_on_tip(&tip).await;
+    let id = pm.request("mining.submit", solve(&n, &pen1, "00000002", "0.0001", false).unwrap()).await;
+    let r = pm.reply(id).await;
+    assert_eq!(r["result"], json!(true), "share through the proxy after the tunnel came back: {r}\n{}", proxy.log());
+    let accepted_upstream = || {
+        pool.share_lines()
+            .iter()
+            .filter(|l| l["workername"] == json!("tunnelproxy.rig") && l["result"] == json!(true))
+            .count()
+    };
+    wait_until("the pool to see the proxy's share after the reconnect", Duration::from_secs(20), || {
+        accepted_upstream() >= 2
+    });
+}
+
+/// CI test 6: `--killold`. A second instance with it takes over from the first (which drains and
+/// exits 0); without it, the second refuses with a clear message and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killold_takes_over_and_refuses_without_it() {
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut first = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let pidfile = first.sockdir().join("main.pid");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), first.pid().to_string());
+
+    // Without --killold: refused, the first keeps serving.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&first.config_path)
+        .arg("--sockdir")
+        .arg(first.sockdir())
+        .arg("-q")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second instance without --killold started");
+    assert!(
+        err.contains("another instance is running")
+            && err.contains(&first.pid().to_string())
+            && err.contains("--killold"),
+        "unclear refusal: {err}"
+    );
+    assert!(first.try_wait().is_none(), "the first instance died");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), first.pid().to_string());
+    let mut c = Client::connect(&first.addr()).await;
+    c.handshake("still-first").await;
+    c.notification("mining.notify").await;
+
+    // With --killold (the unit's command line): the first exits cleanly, the second serves.
+    let mut second = Pool::prepare(json!({}));
+    second.port = first.port;
+    second.logdir = first.logdir.clone();
+    let mut cmd = Command::new(BIN);
+    cmd.args(first.args(&[]));
+    second.spawn_command(cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = first.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "first instance still running 30 s after --killold");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "first instance exit after --killold's SIGTERM: {status}");
+    wait_until("the second instance to be ready", Duration::from_secs(60), || {
+        first.log().matches("ckpool ready").count() == 2
+    });
+    assert!(second.try_wait().is_none(), "second instance exited");
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), second.pid().to_string());
+    assert!(first.log().contains("--killold: stopping the running instance"));
+    let mut c = Client::connect(&second.addr()).await;
+    let (en1, _) = c.handshake("second").await;
+    let n = c.notification("mining.notify").await;
+    let share = solve(&n, &en1, "0000000000000003", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", share).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    assert_eq!(second.stop().and_then(|s| s.code()), Some(0));
+}
+
+/// Expands a systemd system call group (`@name`) or name to system call names, as
+/// `systemd-analyze syscall-filter` lists them (nested groups resolved).
+fn syscall_set(entry: &str, cache: &mut HashMap<String, Vec<String>>) -> Vec<String> {
+    if !entry.starts_with('@') {
+        return vec![entry.to_string()];
+    }
+    if let Some(v) = cache.get(entry) {
+        return v.clone();
+    }
+    let (ok, out, err) = run(Command::new("systemd-analyze").args(["syscall-filter", entry]));
+    assert!(ok, "systemd-analyze syscall-filter {entry}: {err}");
+    let mut names = Vec::new();
+    for l in out.lines().skip(1).map(str::trim) {
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        names.extend(syscall_set(l, cache));
+    }
+    cache.insert(entry.to_string(), names.clone());
+    names
+}
+
+/// The unit's sandbox does not break the pool: the pool runs under strace (start, a miner with
+/// an accepted share, SIGHUP, SIGTERM) and every system call it makes is allowed by the unit's
+/// `SystemCallFilter=` lines and every socket it opens is of a family in
+/// `RestrictAddressFamilies=`, no memory mapping is both writable and executable
+/// (`MemoryDenyWriteExecute=`), nothing is written outside the log and socket dirs
+/// (`ProtectSystem=strict`, `ReadWritePaths=`, `PrivateTmp=`), and only per-process /proc and
+/// pseudo devices are opened (`ProcSubset=pid`, `PrivateDevices=`). (systemd is not PID 1 here, so the unit cannot be started for
+/// real; this checks the filters the unit declares against what the program does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_sandbox_allows_what_the_pool_does() {
+    let unit = read("systemd/ckpool.service");
+    let mut cache = HashMap::new();
+    let mut allowed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for v in unit_value(&unit, "SystemCallFilter") {
+        let (deny, list) = match v.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        for e in list.split_whitespace() {
+            for name in syscall_set(e, &mut cache) {
+                if deny {
+                    allowed.remove(&name);
+                } else {
+                    allowed.insert(name);
+                }
+            }
+        }
+    }
+    // systemd always lets these through (the process must be able to exit).
+    for n in ["execve", "exit", "exit_group", "getrlimit", "rt_sigreturn", "sigreturn"] {
+        allowed.insert(n.to_string());
+    }
+    assert!(allowed.contains("epoll_wait") && !allowed.contains("setrlimit") && !allowed.contains("chown"));
+    let families: Vec<&str> = unit_value(&unit, "RestrictAddressFamilies")[0].split_whitespace().collect();
+
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut pool = Pool::prepare(pool_config(&nodes.a, &address).await);
+    let trace = pool.dir.path().join("strace.out");
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-s", "4096", "-o"]).arg(&trace).arg("--").arg(BIN).args(pool.args(&[]));
+    pool.spawn_command(cmd);
+    pool.wait_log("ckpool ready", Duration::from_secs(90));
+    let tracee = children(pool.pid());
+    assert_eq!(tracee.len(), 1, "strace runs one ckpool: {tracee:?}");
+    let tracee = nix::unistd::Pid::from_raw(tracee[0] as i32);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("traced").await;
+    let n = c.notification("mining.notify").await;
+    let share = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", share).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGHUP).unwrap();
+    pool.wait_log("SIGHUP: reopening", Duration::from_secs(20));
+    drop(c);
+    nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until("the traced pool to exit", Duration::from_secs(60), || pool.try_wait().is_some());
+    assert!(pool.log().contains("ckpool stopped"), "{}", pool.log());
+
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let writable = [pool.logdir.display().to_string(), pool.sockdir().display().to_string()];
+    let mut paths: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut used: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let mut socket_families: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let rest = l.split_once(' ').map(|(_, r)| r.trim_start()).unwrap_or("");
+        let rest = rest.strip_prefix("<... ").unwrap_or(rest);
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let after = &rest[name.len()..];
+        if name.is_empty() || !(after.starts_with('(') || after.starts_with(" resumed")) {
+            continue;
+        }
+        if let Some(args) = after.strip_prefix("(").filter(|_| name == "socket" || name == "socketpair") {
+            socket_families.insert(args.split(',').next().unwrap().trim().to_string());
+        }
+        // MemoryDenyWriteExecute=: no writable+executable mapping, no mapping made executable later.
+        let wx = (name == "mmap" && after.contains("PROT_WRITE") && after.contains("PROT_EXEC"))
+            || (name.ends_with("mprotect") && after.contains("PROT_EXEC"));
+        assert!(!wx, "MemoryDenyWriteExecute= would refuse: {l}");
+        // ProtectSystem=strict + ReadWritePaths=/var/log/stratum (here: the logdir) + PrivateTmp
+        // (the sockdir): nothing is written elsewhere. ProcSubset=pid: only per-process /proc.
+        // PrivateDevices: only the pseudo devices.
+        let path = after.split('"').nth(1).unwrap_or("");
+        let writes = match name.as_str() {
+            "openat" | "open" | "creat" => {
+                ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"].iter().any(|f| after.contains(f))
+            }
+            "mkdir" | "mkdirat" | "unlink" | "unlinkat" | "rename" | "renameat" | "renameat2" | "rmdir" => true,
+            _ => false,
+        };
+        let path_call = matches!(name.as_str(), "openat" | "open" | "creat" | "statx" | "newfstatat" | "access");
+        if !path.is_empty() && (writes || path_call) {
+            if writes && !path.starts_with(writable[0].as_str()) && !path.starts_with(writable[1].as_str()) {
+                assert!(path.starts_with("/dev/null"), "writes outside ReadWritePaths/private /tmp: {l}");
+            }
+            if let Some(p) = path.strip_prefix("/proc/") {
+                let first = p.split('/').next().unwrap();
+                // glibc's malloc reads overcommit_memory and copes when it is missing.
+                assert!(
+                    first == "self"
+                        || first == "thread-self"
+                        || first.chars().all(|c| c.is_ascii_digit())
+                        || path == "/proc/sys/vm/overcommit_memory",
+                    "ProcSubset=pid hides {path}: {l}"
+                );
+            }
+            if let Some(dev) = path.strip_prefix("/dev/") {
+                assert!(
+                    ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm"]
+                        .iter()
+                        .any(|d| dev.starts_with(d)),
+                    "PrivateDevices= hides {path}: {l}"
+                );
+            }
+            if writes || ["/proc/", "/dev/", "/sys/"].iter().any(|p| path.starts_with(p)) {
+                paths.insert(format!("{name} {path}"));
+            }
+        }
+        used.insert(name);
+    }
+    assert!(used.len() > 20 && used.contains("accept4") || used.contains("accept"), "trace parse: {used:?}");
+    println!("system calls used by the pool: {used:?}");
+    println!("socket families: {socket_families:?}");
+    println!("writes and /proc, /dev, /sys accesses: {paths:#?}");
+    let denied: Vec<&String> = used.iter().filter(|n| !allowed.contains(*n)).collect();
+    assert!(denied.is_empty(), "system calls the unit's SystemCallFilter= would refuse: {denied:?}");
+    for f in &socket_families {
+        assert!(families.contains(&f.as_str()), "socket family {f} not in RestrictAddressFamilies={families:?}");
+    }
+}

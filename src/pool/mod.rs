@@ -238,14 +238,7 @@ pub async fn run(
         tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
     }
     let _ = tokio::time::timeout(bounded, template_task).await;
-    if tokio::time::timeout(bounded, tokio::task::spawn_blocking(move || share_thread.join())).await.is_err() {
-        tracing::warn!("share log writer still flushing after {bounded:?}");
-    }
-    // Every stats sender is gone with the sessions and the submitter: the task writes the files
-    // one last time and ends.
-    if tokio::time::timeout(bounded, stats_task).await.is_err() {
-        tracing::warn!("stats files still being written after {bounded:?}");
-    }
+    crate::log::drain_writers(share_thread, stats_task, bounded).await;
     tracing::info!("ckpool stopped");
     Ok(())
 }

@@ -134,12 +134,7 @@ pub async fn run(
     let bounded = Duration::from_secs(15);
     let _ = tokio::time::timeout(bounded, upstream_task).await;
     let _ = tokio::time::timeout(bounded, blocks_task).await;
-    if tokio::time::timeout(bounded, tokio::task::spawn_blocking(move || share_thread.join())).await.is_err() {
-        tracing::warn!("share log writer still flushing after {bounded:?}");
-    }
-    if tokio::time::timeout(bounded, stats_task).await.is_err() {
-        tracing::warn!("stats files still being written after {bounded:?}");
-    }
+    crate::log::drain_writers(share_thread, stats_task, bounded).await;
     tracing::info!("ckproxy stopped");
     Ok(())
 }

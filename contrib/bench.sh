@@ -5,6 +5,7 @@
 #   bash contrib/bench.sh                    the whole set (a)-(c) of docs/performance.md
 #   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
 #                                            (--url and --server-pid are filled in)
+#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID and POOL_URL set (profiling)
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build. Takes about 3 minutes for the set.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ common=(-regtest -server=1 -listen=1 -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 -r
         -dnsseed=0 -discover=0 -upnp=0 -printtoconsole=0)
 pids=()
 cleanup() {
+  [ -z "${pool:-}" ] || stop_pool
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work/pool/logs"   # share logs of millions of rejected shares
@@ -53,15 +55,33 @@ cat > "$work/pool/ckpool.conf" <<CONF
 "logdir" : "$work/pool/logs"
 }
 CONF
-"$ckpool" --log-shares --killold --config "$work/pool/ckpool.conf" --sockdir "$work/pool/sock" -q & pool=$!; pids+=($pool)
-for _ in $(seq 1 300); do grep -q "ckpool ready" "$work/pool/logs/ckpool.log" 2>/dev/null && break; sleep 0.2; done
-grep "ckpool ready" "$work/pool/logs/ckpool.log"
+# A fresh pool for each measurement, so that one run's memory and jobs do not colour the next.
+pool=
+start_pool() {
+  rm -rf "$work/pool/logs" "$work/pool/sock"
+  "$ckpool" --log-shares --killold --config "$work/pool/ckpool.conf" --sockdir "$work/pool/sock" -q & pool=$!
+  for _ in $(seq 1 300); do grep -q "ckpool ready" "$work/pool/logs/ckpool.log" 2>/dev/null && break; sleep 0.2; done
+  grep -q "ckpool ready" "$work/pool/logs/ckpool.log"
+}
+stop_pool() {
+  kill "$pool" 2>/dev/null || true
+  wait "$pool" 2>/dev/null || true
+  pool=
+}
 echo "bench.sh: $("$ckpool" --version), $profile build, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 bench() {
+  start_pool
   echo; echo "### ckpool bench $*"
   "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" "$@"
+  stop_pool
 }
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
+if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID and POOL_URL are set for it
+  shift
+  start_pool
+  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" "$@"
+  exit
+fi
 if [ "${1:-}" = "--" ]; then
   shift
   bench "$@"

@@ -13,7 +13,7 @@ use crate::stratum::ShareRecord;
 
 /// Formats one share as ckpool writes it (field names and order of ckpool's stratifier).
 pub fn format_line(r: &ShareRecord, out: &mut String) {
-    let q = |s: &str| serde_json::to_string(s).expect("string serializes");
+    let q = JsonStr;
     let _ = write!(
         out,
         "{{\"workinfoid\":{},\"clientid\":{},\"enonce1\":{},\"nonce2\":{},\"nonce\":{},\"ntime\":{},\"diff\":{},\"sdiff\":{},\"hash\":{},\"result\":{},",
@@ -43,6 +43,41 @@ pub fn format_line(r: &ShareRecord, out: &mut String) {
         q(&r.agent),
     );
     out.push('\n');
+}
+
+/// A string written as a JSON string literal, escaped as serde_json does, without allocating.
+struct JsonStr<'a>(&'a str);
+
+impl std::fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        f.write_char('"')?;
+        let s = self.0;
+        let mut from = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            f.write_str(&s[from..i])?;
+            if esc.is_empty() {
+                let u = [b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
+                f.write_str(std::str::from_utf8(&u).expect("ascii"))?;
+            } else {
+                f.write_str(esc)?;
+            }
+            from = i + 1;
+        }
+        f.write_str(&s[from..])?;
+        f.write_char('"')
+    }
 }
 
 /// The file a share belongs in.
@@ -119,4 +154,18 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         std::fs::create_dir_all(dir)?;
     }
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_as_serde_json() {
+        for s in ["", "plain", "quote\"back\\slash", "nl\ncr\rtab\tbs\u{8}ff\u{c}", "\u{1}\u{1f}x", "ünï\u{7f}€"] {
+            let ours = JsonStr(s).to_string();
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+            assert_eq!(serde_json::from_str::<String>(&ours).unwrap(), s);
+        }
+    }
 }

@@ -91,7 +91,7 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
     let handle = std::thread::Builder::new()
         .name("sharelog".into())
         .spawn(move || {
-            let mut open: Option<(PathBuf, BufWriter<File>)> = None;
+            let mut open: Option<((u32, u64), PathBuf, BufWriter<File>)> = None;
             let mut batch = Vec::with_capacity(256);
             let mut line = String::with_capacity(512);
             loop {
@@ -108,13 +108,15 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
                     }
                 }
                 for r in &batch {
-                    let path = path_for(&logdir, r.height, r.workinfoid);
-                    if open.as_ref().map(|(p, _)| p != &path).unwrap_or(true) {
-                        if let Some((_, mut w)) = open.take() {
+                    // The file changes with the job: compare the key, build the path only then.
+                    let key = (r.height, r.workinfoid);
+                    if open.as_ref().map(|(k, _, _)| *k != key).unwrap_or(true) {
+                        let path = path_for(&logdir, r.height, r.workinfoid);
+                        if let Some((_, _, mut w)) = open.take() {
                             let _ = w.flush();
                         }
                         match open_append(&path) {
-                            Ok(f) => open = Some((path.clone(), BufWriter::with_capacity(64 * 1024, f))),
+                            Ok(f) => open = Some((key, path.clone(), BufWriter::with_capacity(64 * 1024, f))),
                             Err(e) => {
                                 tracing::error!(
                                     "share log {}: {e}; share kept in the pool log instead",
@@ -129,19 +131,19 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
                     }
                     line.clear();
                     format_line(r, &mut line);
-                    if let Some((p, w)) = open.as_mut() {
+                    if let Some((_, p, w)) = open.as_mut() {
                         if let Err(e) = w.write_all(line.as_bytes()) {
                             tracing::error!("share log {}: write failed: {e}", p.display());
                         }
                     }
                 }
-                if let Some((p, w)) = open.as_mut() {
+                if let Some((_, p, w)) = open.as_mut() {
                     if let Err(e) = w.flush() {
                         tracing::error!("share log {}: flush failed: {e}", p.display());
                     }
                 }
             }
-            if let Some((_, mut w)) = open.take() {
+            if let Some((_, _, mut w)) = open.take() {
                 let _ = w.flush();
             }
         })

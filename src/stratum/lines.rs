@@ -70,8 +70,9 @@ impl LineReader {
                 self.scanned -= self.start;
                 self.start = 0;
             }
-            if self.buf.capacity() - self.buf.len() < 512 {
-                self.buf.reserve(if self.buf.capacity() == 0 { 512 } else { self.buf.capacity() });
+            // 256 bytes hold a subscribe or a submit; the buffer doubles for pipelined miners.
+            if self.buf.capacity() - self.buf.len() < 256 {
+                self.buf.reserve(self.buf.capacity().max(256));
             }
             let n = r.read_buf(&mut self.buf).await?;
             if n == 0 {

@@ -5,7 +5,7 @@
 #   bash contrib/bench.sh                    the whole set (a)-(c) of docs/performance.md
 #   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
 #                                            (--url and --server-pid are filled in)
-#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID and POOL_URL set (profiling)
+#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL and TRIGGER set (profiling)
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
 set -euo pipefail
@@ -77,10 +77,10 @@ bench() {
   stop_pool
 }
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
-if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID and POOL_URL are set for it
+if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID, POOL_URL, TRIGGER are set for it
   shift
   start_pool
-  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" "$@"
+  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" TRIGGER="$trigger" "$@"
   exit
 fi
 if [ "${1:-}" = "--" ]; then

@@ -1,7 +1,5 @@
 //! Hex encoding and decoding without allocation on the share path.
 
-use std::fmt::Write as _;
-
 /// Why a hex field was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HexError {
@@ -86,8 +84,9 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Hex of `bytes` in reverse order: how txids and block hashes are displayed.
 pub fn encode_rev(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes.iter().rev() {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes.iter().rev() {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
 }

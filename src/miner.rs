@@ -90,7 +90,7 @@ pub fn search(
     None
 }
 
-fn parse_url(url: &str) -> anyhow::Result<String> {
+pub fn parse_url(url: &str) -> anyhow::Result<String> {
     let hp = url.trim().trim_start_matches("stratum+tcp://").trim_end_matches('/');
     if !hp.contains(':') {
         bail!("pool url {url:?} must be stratum+tcp://HOST:PORT");

@@ -55,6 +55,8 @@ pub enum Command {
     Proxy(ServerArgs),
     /// CPU miner (SHA256d) for testing a pool: ckpool mine -o stratum+tcp://HOST:PORT -u USER -p PASS
     Mine(Box<crate::miner::MineArgs>),
+    /// Stratum load generator for a pool on loopback: ckpool bench --url stratum+tcp://127.0.0.1:PORT
+    Bench(Box<crate::bench::BenchArgs>),
     /// Check a config file and reach each btcd without starting the pool
     Check(CheckArgs),
     /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
@@ -92,6 +94,7 @@ pub fn main() -> i32 {
             crate::service::run_server(args)
         }
         Some(Command::Mine(args)) => crate::miner::run(*args),
+        Some(Command::Bench(args)) => crate::bench::run(*args),
         Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
         Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
         Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),

@@ -13,7 +13,7 @@ use crate::stratum::ShareRecord;
 
 /// Formats one share as ckpool writes it (field names and order of ckpool's stratifier).
 pub fn format_line(r: &ShareRecord, out: &mut String) {
-    let q = |s: &str| serde_json::to_string(s).expect("string serializes");
+    let q = JsonStr;
     let _ = write!(
         out,
         "{{\"workinfoid\":{},\"clientid\":{},\"enonce1\":{},\"nonce2\":{},\"nonce\":{},\"ntime\":{},\"diff\":{},\"sdiff\":{},\"hash\":{},\"result\":{},",
@@ -45,6 +45,41 @@ pub fn format_line(r: &ShareRecord, out: &mut String) {
     out.push('\n');
 }
 
+/// A string written as a JSON string literal, escaped as serde_json does, without allocating.
+struct JsonStr<'a>(&'a str);
+
+impl std::fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        f.write_char('"')?;
+        let s = self.0;
+        let mut from = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            f.write_str(&s[from..i])?;
+            if esc.is_empty() {
+                let u = [b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
+                f.write_str(std::str::from_utf8(&u).expect("ascii"))?;
+            } else {
+                f.write_str(esc)?;
+            }
+            from = i + 1;
+        }
+        f.write_str(&s[from..])?;
+        f.write_char('"')
+    }
+}
+
 /// The file a share belongs in.
 pub fn path_for(logdir: &Path, height: u32, workinfoid: u64) -> PathBuf {
     logdir.join(format!("{height:08x}")).join(format!("{workinfoid:016x}.sharelog"))
@@ -56,7 +91,7 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
     let handle = std::thread::Builder::new()
         .name("sharelog".into())
         .spawn(move || {
-            let mut open: Option<(PathBuf, BufWriter<File>)> = None;
+            let mut open: Option<((u32, u64), PathBuf, BufWriter<File>)> = None;
             let mut batch = Vec::with_capacity(256);
             let mut line = String::with_capacity(512);
             loop {
@@ -73,13 +108,15 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
                     }
                 }
                 for r in &batch {
-                    let path = path_for(&logdir, r.height, r.workinfoid);
-                    if open.as_ref().map(|(p, _)| p != &path).unwrap_or(true) {
-                        if let Some((_, mut w)) = open.take() {
+                    // The file changes with the job: compare the key, build the path only then.
+                    let key = (r.height, r.workinfoid);
+                    if open.as_ref().map(|(k, _, _)| *k != key).unwrap_or(true) {
+                        let path = path_for(&logdir, r.height, r.workinfoid);
+                        if let Some((_, _, mut w)) = open.take() {
                             let _ = w.flush();
                         }
                         match open_append(&path) {
-                            Ok(f) => open = Some((path.clone(), BufWriter::with_capacity(64 * 1024, f))),
+                            Ok(f) => open = Some((key, path.clone(), BufWriter::with_capacity(64 * 1024, f))),
                             Err(e) => {
                                 tracing::error!(
                                     "share log {}: {e}; share kept in the pool log instead",
@@ -94,19 +131,19 @@ pub fn spawn(logdir: PathBuf, capacity: usize) -> (mpsc::Sender<ShareRecord>, st
                     }
                     line.clear();
                     format_line(r, &mut line);
-                    if let Some((p, w)) = open.as_mut() {
+                    if let Some((_, p, w)) = open.as_mut() {
                         if let Err(e) = w.write_all(line.as_bytes()) {
                             tracing::error!("share log {}: write failed: {e}", p.display());
                         }
                     }
                 }
-                if let Some((p, w)) = open.as_mut() {
+                if let Some((_, p, w)) = open.as_mut() {
                     if let Err(e) = w.flush() {
                         tracing::error!("share log {}: flush failed: {e}", p.display());
                     }
                 }
             }
-            if let Some((_, mut w)) = open.take() {
+            if let Some((_, _, mut w)) = open.take() {
                 let _ = w.flush();
             }
         })
@@ -119,4 +156,18 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         std::fs::create_dir_all(dir)?;
     }
     OpenOptions::new().create(true).append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_as_serde_json() {
+        for s in ["", "plain", "quote\"back\\slash", "nl\ncr\rtab\tbs\u{8}ff\u{c}", "\u{1}\u{1f}x", "ünï\u{7f}€"] {
+            let ours = JsonStr(s).to_string();
+            assert_eq!(ours, serde_json::to_string(s).unwrap(), "{s:?}");
+            assert_eq!(serde_json::from_str::<String>(&ours).unwrap(), s);
+        }
+    }
 }

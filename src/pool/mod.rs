@@ -35,6 +35,22 @@ pub trait Events: Send + Sync + 'static {
 
 impl Events for () {}
 
+/// Logs (and sends to systemd) `status()` every minute until `shutdown` flips.
+pub async fn status_loop(mut shutdown: watch::Receiver<bool>, events: &dyn Events, mut status: impl FnMut() -> String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let line = status();
+                tracing::info!("status: {line}");
+                events.status(&line);
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// The node's network name from `getblockchaininfo.chain`.
 pub fn network_of(chain: &str) -> Option<Network> {
     match chain {
@@ -208,26 +224,22 @@ pub async fn run(
     }
 
     // Status line every minute until shutdown.
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.tick().await;
     let mut last = (0u64, 0u64);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let c = &ctx.counters;
-                let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
-                let status = format!(
-                    "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}; {}",
-                    *height_rx.borrow(), c.connections.load(Ordering::Relaxed), acc - last.0, rej - last.1,
-                    *summary_rx.borrow()
-                );
-                last = (acc, rej);
-                tracing::info!("status: {status}");
-                events.status(&status);
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    status_loop(shutdown, &*events, || {
+        let c = &ctx.counters;
+        let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
+        let status = format!(
+            "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}; {}",
+            *height_rx.borrow(),
+            c.connections.load(Ordering::Relaxed),
+            acc - last.0,
+            rej - last.1,
+            *summary_rx.borrow()
+        );
+        last = (acc, rej);
+        status
+    })
+    .await;
     tracing::info!("shutting down: closing listeners and sessions");
     let _ = server_task.await;
     drop(ctx);

@@ -91,7 +91,7 @@ pub async fn run(
     let blocks_task = tokio::spawn(async move {
         while let Some(b) = block_rx.recv().await {
             tracing::info!(
-                "block-meeting share {} from {} forwarded upstream (height from upstream job unknown here)",
+                "block-meeting share {} from {}: forwarded to the upstream pool, which submits the block",
                 crate::hex::encode_rev(&b.hash),
                 b.workername
             );
@@ -106,28 +106,20 @@ pub async fn run(
     tracing::info!("{summary}");
     events.ready(&summary);
 
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let c = &ctx.counters;
-                let status = format!(
-                    "{} miners, local accepted {} rejected {}, upstream forwarded {} accepted {} rejected {}; {}",
-                    c.connections.load(Ordering::Relaxed),
-                    c.accepted.load(Ordering::Relaxed),
-                    c.rejected.load(Ordering::Relaxed),
-                    up_counters.forwarded.load(Ordering::Relaxed),
-                    up_counters.accepted.load(Ordering::Relaxed),
-                    up_counters.rejected.load(Ordering::Relaxed),
-                    *summary_rx.borrow(),
-                );
-                tracing::info!("status: {status}");
-                events.status(&status);
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    crate::pool::status_loop(shutdown, &*events, || {
+        let c = &ctx.counters;
+        format!(
+            "{} miners, local accepted {} rejected {}, upstream forwarded {} accepted {} rejected {}; {}",
+            c.connections.load(Ordering::Relaxed),
+            c.accepted.load(Ordering::Relaxed),
+            c.rejected.load(Ordering::Relaxed),
+            up_counters.forwarded.load(Ordering::Relaxed),
+            up_counters.accepted.load(Ordering::Relaxed),
+            up_counters.rejected.load(Ordering::Relaxed),
+            *summary_rx.borrow(),
+        )
+    })
+    .await;
     tracing::info!("shutting down: closing listeners and sessions");
     let _ = server_task.await;
     drop(ctx);

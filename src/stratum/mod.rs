@@ -7,7 +7,6 @@ pub mod session;
 pub mod vardiff;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -186,9 +185,4 @@ impl ServerCtx {
         let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         Limits { mindiff: self.params.mindiff, maxdiff: self.params.maxdiff, suggested, network }
     }
-}
-
-/// Display helper for peers in logs.
-pub fn peer_str(peer: &SocketAddr) -> String {
-    peer.to_string()
 }

@@ -387,7 +387,7 @@ async fn connection(
                     Err(e) => { stats.note_error(format!("connection {idx}: read: {e}")); break }
                 };
                 loop {
-                    match handle_line(&mut c, &line, &stats, at, &mut authorized) {
+                    match handle_line(&mut c, reader.line(line), &stats, at, &mut authorized) {
                         Ok(()) => {}
                         Err(e) => { stats.note_error(format!("connection {idx}: {e}")); stats.failed.fetch_add(1, Ordering::Relaxed); return; }
                     }

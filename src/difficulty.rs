@@ -279,17 +279,54 @@ impl FromStr for Difficulty {
     }
 }
 
+impl Difficulty {
+    /// Appends the exact decimal (as [`Display`](fmt::Display) writes it) without allocating.
+    pub fn write_decimal(&self, out: &mut Vec<u8>) {
+        let mut buf = [0u8; 64];
+        let n = self.decimal_into(&mut buf);
+        out.extend_from_slice(&buf[..n]);
+    }
+
+    /// Writes the decimal into `buf`, returning its length (u128 integer part: at most 39 digits,
+    /// then a point and at most 12 fraction digits).
+    fn decimal_into(&self, buf: &mut [u8; 64]) -> usize {
+        let mut int = self.0 / SCALE;
+        let mut frac = (self.0 % SCALE) as u64;
+        let mut digits = [0u8; 40];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (int % 10) as u8;
+            int /= 10;
+            if int == 0 {
+                break;
+            }
+        }
+        let mut n = digits.len() - i;
+        buf[..n].copy_from_slice(&digits[i..]);
+        if frac != 0 {
+            let mut places = 12;
+            while frac % 10 == 0 {
+                frac /= 10;
+                places -= 1;
+            }
+            buf[n] = b'.';
+            for k in (0..places).rev() {
+                buf[n + 1 + k] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            n += 1 + places;
+        }
+        n
+    }
+}
+
 impl fmt::Display for Difficulty {
     /// Exact decimal with trailing zeros trimmed: "42", "0.00015", "7.885791927".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let int = self.0 / SCALE;
-        let frac = self.0 % SCALE;
-        if frac == 0 {
-            write!(f, "{int}")
-        } else {
-            let s = format!("{frac:012}");
-            write!(f, "{int}.{}", s.trim_end_matches('0'))
-        }
+        let mut buf = [0u8; 64];
+        let n = self.decimal_into(&mut buf);
+        f.write_str(std::str::from_utf8(&buf[..n]).expect("ascii digits"))
     }
 }
 

@@ -91,6 +91,16 @@ pub fn encode_rev(bytes: &[u8]) -> String {
     s
 }
 
+/// Appends hex of `bytes` in reverse order (display order of hashes) to a byte buffer.
+#[inline]
+pub fn encode_rev_into(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes.iter().rev() {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+}
+
 /// Decodes display-order (reversed) hex of a 32-byte hash into internal byte order.
 pub fn decode_hash_rev(s: &str) -> Result<[u8; 32], HexError> {
     let mut out = [0u8; 32];

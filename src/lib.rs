@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod difficulty;
 pub mod hex;
+pub mod jsonw;
 pub mod log;
 pub mod miner;
 pub mod payout;

@@ -67,6 +67,23 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// The reason as replied and logged; borrowed for every reject but a bad extranonce2 length.
+    pub fn reason(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            Reject::UnknownJob => Cow::Borrowed("Invalid JobID"),
+            Reject::Stale => Cow::Borrowed("Stale"),
+            Reject::BadHex("extranonce2") => Cow::Borrowed("Invalid hex in extranonce2"),
+            Reject::BadHex("ntime") => Cow::Borrowed("Invalid hex in ntime"),
+            Reject::BadHex("nonce") => Cow::Borrowed("Invalid hex in nonce"),
+            Reject::NtimeOutOfRange => Cow::Borrowed("Ntime out of range"),
+            Reject::VersionOutsideMask => Cow::Borrowed("Invalid version mask"),
+            Reject::Duplicate => Cow::Borrowed("Duplicate"),
+            Reject::LowDifficulty { .. } => Cow::Borrowed("Above target"),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
     /// The stratum error code for the reply.
     pub fn code(&self) -> i32 {
         match self {
@@ -136,4 +153,28 @@ pub fn check(
         extranonce2: en2,
         extranonce2_len: expected,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_match_display() {
+        for r in [
+            Reject::UnknownJob,
+            Reject::Stale,
+            Reject::BadExtranonce2Length { expected: 8, got: 4 },
+            Reject::BadHex("extranonce2"),
+            Reject::BadHex("ntime"),
+            Reject::BadHex("nonce"),
+            Reject::BadHex("version bits"),
+            Reject::NtimeOutOfRange,
+            Reject::VersionOutsideMask,
+            Reject::Duplicate,
+            Reject::LowDifficulty { difficulty: Difficulty::ONE, hash: [0; 32] },
+        ] {
+            assert_eq!(r.reason(), r.to_string());
+        }
+    }
 }

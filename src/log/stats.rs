@@ -42,10 +42,41 @@ pub enum StatEvent {
     Authorized { user: Arc<str>, worker: Arc<str> },
     /// A session of `worker` ended (or re-authorized under another name).
     Gone { user: Arc<str>, worker: Arc<str> },
-    /// A share: `diff` is the difficulty it was judged at, `sdiff` what its hash reached.
-    Share { user: Arc<str>, worker: Arc<str>, diff: Difficulty, sdiff: Difficulty, accepted: bool },
+    /// Shares of one worker judged together (a session reports once per batch of lines read).
+    Shares { user: Arc<str>, worker: Arc<str>, tally: ShareTally },
     /// A node accepted a block the pool found: a new round begins (pool.status `diff`).
     BlockFound,
+}
+
+/// Shares a session judged since it last reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareTally {
+    /// Sum of the difficulties the accepted shares were judged at, and how many there were.
+    pub accepted: Difficulty,
+    pub accepted_n: u64,
+    /// Sum of the difficulties the rejected shares were judged at, and how many there were.
+    pub rejected: Difficulty,
+    pub rejected_n: u64,
+    /// The highest difficulty an accepted share's hash reached.
+    pub best: Difficulty,
+}
+
+impl ShareTally {
+    /// Counts one share: `diff` is the difficulty it was judged at, `sdiff` what its hash reached.
+    pub fn add(&mut self, diff: Difficulty, sdiff: Difficulty, accepted: bool) {
+        if accepted {
+            self.accepted = add(self.accepted, diff);
+            self.accepted_n += 1;
+            self.best = self.best.max(sdiff);
+        } else {
+            self.rejected = add(self.rejected, diff);
+            self.rejected_n += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accepted_n == 0 && self.rejected_n == 0
+    }
 }
 
 /// A moment as the book sees it: monotonic microseconds (for decays) and unix seconds (shown).
@@ -197,16 +228,17 @@ impl Book {
                     w.live = w.live.saturating_sub(1);
                 }
             }
-            StatEvent::Share { user, worker, diff, sdiff, accepted } => {
-                if !accepted {
-                    self.rejected = add(self.rejected, *diff);
+            StatEvent::Shares { user, worker, tally } => {
+                self.rejected = add(self.rejected, tally.rejected);
+                if tally.accepted_n == 0 {
                     return;
                 }
+                let (diff, sdiff) = (&tally.accepted, &tally.best);
                 self.accepted = add(self.accepted, *diff);
                 self.round = add(self.round, *diff);
                 self.best = self.best.max(*sdiff);
                 self.dsps.add(now.mono_us, diff.units());
-                self.sps.add(now.mono_us, SCALE);
+                self.sps.add(now.mono_us, SCALE * tally.accepted_n as u128);
                 let (u, _) = self.worker_mut(user, worker, now);
                 u.meter.add(now.mono_us, diff.units());
                 u.lastshare = now.unix;
@@ -664,13 +696,9 @@ mod tests {
     }
 
     fn share(user: &str, worker: &str, diff: &str, sdiff: &str, accepted: bool) -> StatEvent {
-        StatEvent::Share {
-            user: user.into(),
-            worker: worker.into(),
-            diff: diff.parse().unwrap(),
-            sdiff: sdiff.parse().unwrap(),
-            accepted,
-        }
+        let mut tally = ShareTally::default();
+        tally.add(diff.parse().unwrap(), sdiff.parse().unwrap(), accepted);
+        StatEvent::Shares { user: user.into(), worker: worker.into(), tally }
     }
 
     #[test]

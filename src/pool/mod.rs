@@ -143,7 +143,7 @@ pub async fn run(
     let (height_tx, height_rx) = watch::channel(0u32);
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let (block_tx, block_rx) = mpsc::channel(64);
-    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone(), 65_536);
+    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone());
 
     let zmq_rx = match &cfg.zmqblock {
         Some(ep) => match zmq::subscribe(ep) {

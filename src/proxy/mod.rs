@@ -55,7 +55,7 @@ pub async fn run(
     };
     let prefix_len = first.job.coinbase.nonce1_len - first.en1_prefix.len();
     let granted = *mask_rx.borrow();
-    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone(), 65_536);
+    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone());
     let (block_tx, mut block_rx) = mpsc::channel::<crate::stratum::BlockCandidate>(64);
     let (summary_tx, summary_rx) = watch::channel(stats::Summary::default());
     let (stats_tx, stats_task) = stats::spawn(

@@ -170,13 +170,13 @@ impl UpstreamClient {
             tokio::select! {
                 line = reader.next_line(&mut rd) => {
                     let l = match line {
-                        Ok(Line::Data(l)) => l,
+                        Ok(Line::Data(l)) => reader.line(l),
                         Ok(Line::TooLong) => return End::Failed("sent a line over 64 KiB".into()),
                         Ok(Line::Eof) => return End::Failed("closed the connection".into()),
                         Err(e) => return End::Failed(format!("read error: {e}")),
                     };
                     last_line = Instant::now();
-                    let v: Value = match serde_json::from_slice(&l) {
+                    let v: Value = match serde_json::from_slice(l) {
                         Ok(v) => { bad_lines = 0; v }
                         Err(e) => {
                             bad_lines += 1;

@@ -79,32 +79,6 @@ impl Work {
     }
 }
 
-/// One share as the share log records it (ckpool's sharelog fields).
-#[derive(Debug, Clone)]
-pub struct ShareRecord {
-    pub workinfoid: u64,
-    pub height: u32,
-    pub clientid: u64,
-    pub enonce1: Arc<str>,
-    pub nonce2: String,
-    pub nonce: String,
-    pub ntime: String,
-    /// Difficulty the session was asked for.
-    pub diff: Difficulty,
-    /// Difficulty the share achieved.
-    pub sdiff: Difficulty,
-    /// Display-order hash hex (empty when the share could not be hashed).
-    pub hash: String,
-    pub result: bool,
-    pub reject_reason: Option<String>,
-    /// Unix time (seconds, nanoseconds).
-    pub createdate: (u64, u32),
-    pub workername: Arc<str>,
-    pub username: Arc<str>,
-    pub address: Arc<str>,
-    pub agent: Arc<str>,
-}
-
 /// A share that meets the network target: a block to assemble and submit.
 #[derive(Debug, Clone)]
 pub struct BlockCandidate {
@@ -158,7 +132,8 @@ pub struct SessionParams {
 pub struct ServerCtx {
     pub params: SessionParams,
     pub work: watch::Receiver<Option<Arc<Work>>>,
-    pub shares: mpsc::Sender<ShareRecord>,
+    /// The share log (written by its own thread).
+    pub shares: crate::log::sharelog::ShareLog,
     pub blocks: mpsc::Sender<BlockCandidate>,
     /// Proxy mode: shares that meet the upstream difficulty.
     pub upstream: Option<mpsc::Sender<UpstreamShare>>,

@@ -1,5 +1,7 @@
 //! Stratum v1 messages: parsing miner requests and encoding replies. Pure, no I/O.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -19,15 +21,133 @@ pub mod code {
     pub const NOT_SUBSCRIBED: i32 = 25;
 }
 
-/// A request as received: the id kept verbatim (number, string or null) to echo back.
+/// A request as received, borrowed from its line: the id kept verbatim (number, string or null)
+/// to echo back, the params left unparsed until the method says what they should be.
 #[derive(Debug, Deserialize)]
 pub struct Request<'a> {
     #[serde(borrow, default)]
     pub id: Option<&'a RawValue>,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub params: Value,
+    /// Empty when absent (refused by [`parse_request`]).
+    #[serde(borrow, default)]
+    pub method: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub params: Option<&'a RawValue>,
+}
+
+impl Request<'_> {
+    /// The params as a JSON value (`null` when absent), for the rare methods that need a tree.
+    pub fn params_value(&self) -> Value {
+        self.params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null)
+    }
+}
+
+/// One param of a `mining.submit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param<'a> {
+    Str(Cow<'a, str>),
+    Null,
+    /// A number, bool, array or object: not what a submit carries.
+    Other,
+}
+
+impl<'a> Param<'a> {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Param::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Param<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Param<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Param<'a>, E> {
+                Ok(Param::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Param<'a>, E> {
+                Ok(Param::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Param<'a>, E> {
+                Ok(Param::Null)
+            }
+            fn visit_none<E>(self) -> Result<Param<'a>, E> {
+                Ok(Param::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Param<'a>, E> {
+                Ok(Param::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Param<'a>, E> {
+                Ok(Param::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Param<'a>, E> {
+                Ok(Param::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Param<'a>, E> {
+                Ok(Param::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Param<'a>, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Param::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Param<'a>, A::Error> {
+                while a.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Param::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Most params a submit carries: worker, job id, extranonce2, ntime, nonce, version bits.
+pub const SUBMIT_PARAMS: usize = 6;
+
+/// The params of a `mining.submit`, parsed without building a JSON tree: the first
+/// [`SUBMIT_PARAMS`] kept (borrowed from the line unless they hold escapes), the rest skipped.
+#[derive(Debug, Default)]
+pub struct SubmitParams<'a> {
+    params: [Option<Param<'a>>; SUBMIT_PARAMS],
+}
+
+impl<'a> SubmitParams<'a> {
+    /// `None` when the params are not an array.
+    pub fn parse(raw: Option<&'a RawValue>) -> Option<SubmitParams<'a>> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = SubmitParams<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<SubmitParams<'a>, A::Error> {
+                let mut out = SubmitParams::default();
+                for slot in out.params.iter_mut() {
+                    match a.next_element::<Param<'a>>()? {
+                        Some(p) => *slot = Some(p),
+                        None => return Ok(out),
+                    }
+                }
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(raw?.get());
+        serde::Deserializer::deserialize_seq(&mut de, V(std::marker::PhantomData)).ok()
+    }
+
+    /// Param `i`: absent (`None`), or present.
+    pub fn get(&self, i: usize) -> Option<&Param<'a>> {
+        self.params.get(i)?.as_ref()
+    }
+
+    /// Param `i` when it is a string.
+    pub fn str(&self, i: usize) -> Option<&str> {
+        self.get(i)?.as_str()
+    }
 }
 
 /// Why a line could not be understood.
@@ -45,7 +165,7 @@ pub enum ParseError {
 pub fn parse_request(line: &[u8]) -> Result<Request<'_>, ParseError> {
     let text = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
     let req: Request = serde_json::from_str(text).map_err(|e| ParseError::Json(e.to_string()))?;
-    if req.method.is_none() {
+    if req.method.is_empty() {
         return Err(ParseError::NoMethod);
     }
     Ok(req)
@@ -59,6 +179,29 @@ pub fn id_text(id: Option<&RawValue>) -> &str {
 /// True when the request carries a non-null id (expects a reply).
 pub fn wants_reply(id: Option<&RawValue>) -> bool {
     !matches!(id.map(RawValue::get), None | Some("null"))
+}
+
+/// Appends `{"id":ID,"result":RESULT,"error":null}\n` (RESULT is JSON text).
+pub fn push_result(out: &mut Vec<u8>, id: &str, result: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result.as_bytes());
+    out.extend_from_slice(b",\"error\":null}\n");
+}
+
+/// Appends `{"id":ID,"result":null,"error":[CODE,"MESSAGE",null]}\n`.
+pub fn push_error(out: &mut Vec<u8>, id: &str, code: i32, message: &str) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b",\"result\":null,\"error\":[");
+    if code < 0 {
+        out.push(b'-');
+    }
+    crate::jsonw::push_u64(out, code.unsigned_abs() as u64);
+    out.push(b',');
+    crate::jsonw::push_json_str(out, message);
+    out.extend_from_slice(b",null]}\n");
 }
 
 /// `{"id":ID,"result":RESULT,"error":null}\n`
@@ -119,6 +262,14 @@ mod tests {
         }
         assert_eq!(result_line("\"a\"", "true"), "{\"id\":\"a\",\"result\":true,\"error\":null}\n");
         assert_eq!(error_line("7", 21, "Stale"), "{\"id\":7,\"result\":null,\"error\":[21,\"Stale\",null]}\n");
+        for (id, code, msg) in [("7", 21, "Stale"), ("\"x\"", 20, "say \"hi\"\n"), ("null", -1, "")] {
+            let mut out = Vec::new();
+            push_error(&mut out, id, code, msg);
+            assert_eq!(String::from_utf8(out).unwrap(), error_line(id, code, msg));
+        }
+        let mut out = Vec::new();
+        push_result(&mut out, "3", "true");
+        assert_eq!(String::from_utf8(out).unwrap(), result_line("3", "true"));
     }
 
     #[test]
@@ -127,6 +278,35 @@ mod tests {
         assert!(matches!(parse_request(b"{nope").unwrap_err(), ParseError::Json(_)));
         assert_eq!(parse_request(br#"{"id":1}"#).unwrap_err(), ParseError::NoMethod);
         assert!(matches!(parse_request(br#"{"id":1,"method":5}"#).unwrap_err(), ParseError::Json(_)));
+    }
+
+    #[test]
+    fn submit_params_borrowed() {
+        let line = r#"{"id":4,"method":"mining.submit","params":["w.1","1a00","00000001","5f5e1000","deadbeef","1fffe000",7]}"#;
+        let r = parse_request(line.as_bytes()).unwrap();
+        assert_eq!(r.method, "mining.submit");
+        assert!(matches!(r.method, Cow::Borrowed(_)));
+        let p = SubmitParams::parse(r.params).unwrap();
+        assert_eq!(p.str(0), Some("w.1"));
+        assert_eq!(p.str(5), Some("1fffe000"));
+        assert!(matches!(p.get(1), Some(Param::Str(Cow::Borrowed(_)))));
+        // Escapes are decoded into an owned string; null, numbers and nesting are told apart.
+        let r = parse_request(br#"{"id":1,"method":"mining.submit","params":["a\u0041",null,5,[1,[2]],{"x":1}]}"#).unwrap();
+        let p = SubmitParams::parse(r.params).unwrap();
+        assert_eq!(p.str(0), Some("aA"));
+        assert_eq!(p.get(1), Some(&Param::Null));
+        assert_eq!(p.get(2), Some(&Param::Other));
+        assert_eq!(p.get(3), Some(&Param::Other));
+        assert_eq!(p.get(4), Some(&Param::Other));
+        assert_eq!(p.get(5), None);
+        // Not an array, or absent.
+        let r = parse_request(br#"{"id":1,"method":"mining.submit","params":{"a":1}}"#).unwrap();
+        assert!(SubmitParams::parse(r.params).is_none());
+        let r = parse_request(br#"{"id":1,"method":"mining.submit"}"#).unwrap();
+        assert!(SubmitParams::parse(r.params).is_none());
+        // An escaped method name still matches.
+        let r = parse_request(br#"{"id":1,"method":"mining.\u0073ubmit","params":[]}"#).unwrap();
+        assert_eq!(r.method, "mining.submit");
     }
 
     #[test]

@@ -10,18 +10,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
-use super::proto::{self, code};
+use super::proto::{self, code, Param, SubmitParams};
 use super::vardiff::{Retarget, Vardiff};
-use super::{BlockCandidate, ServerCtx, ShareRecord, UpstreamJob, UpstreamShare, Work};
+use super::{BlockCandidate, ServerCtx, UpstreamJob, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
-use crate::log::stats::StatEvent;
+use crate::log::sharelog::ShareLine;
+use crate::log::stats::{ShareTally, StatEvent};
 use crate::share::{self, Reject, Submit};
 use crate::work::Job;
 
@@ -67,13 +69,18 @@ pub struct Session {
     rev: u8,
     last_prev: Option<[u8; 32]>,
     last_notify: Instant,
-    out: String,
+    /// Lines to send, written once per batch of lines read.
+    out: Vec<u8>,
     bad_lines: u32,
     /// When the session began: vardiff's clock origin.
     born: Instant,
     vardiff: Vardiff,
-    /// Statistics events queued while handling a line, sent (awaited) before the next one.
+    /// Statistics events queued while handling a batch of lines, sent (awaited) after it.
     stats_out: Vec<StatEvent>,
+    /// Shares judged since the last statistics report (one event per batch, not per share).
+    tally: ShareTally,
+    /// The share log's backlog is over its cap: after replying, wait for room before reading on.
+    log_full: bool,
 }
 
 /// Why the session ended, for the log.
@@ -121,11 +128,13 @@ impl Session {
             rev: 0,
             last_prev: None,
             last_notify: Instant::now(),
-            out: String::new(),
+            out: Vec::new(),
             bad_lines: 0,
             born: Instant::now(),
             vardiff,
             stats_out: Vec::new(),
+            tally: ShareTally::default(),
+            log_full: false,
         }
     }
 
@@ -134,8 +143,20 @@ impl Session {
         self.born.elapsed().as_micros() as u64
     }
 
+    /// Queues the shares tallied so far as one statistics event for the current worker name.
+    fn close_tally(&mut self) {
+        if !self.tally.is_empty() {
+            let tally = std::mem::take(&mut self.tally);
+            self.stats_out.push(StatEvent::Shares { user: self.username.clone(), worker: self.workername.clone(), tally });
+        }
+    }
+
     /// Sends the queued statistics events; a full channel slows this miner, none is dropped.
     async fn flush_stats(&mut self) {
+        self.close_tally();
+        if self.stats_out.is_empty() {
+            return;
+        }
         for ev in self.stats_out.drain(..) {
             if self.ctx.stats.send(ev).await.is_err() {
                 tracing::error!("stats task is gone");
@@ -152,7 +173,7 @@ impl Session {
             self.diff, r.new, r.rate as f64 / crate::difficulty::SCALE as f64
         );
         self.diff = r.new;
-        self.out.push_str(&proto::set_difficulty_line(self.diff));
+        self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
         self.rev = self.rev.wrapping_add(1);
     }
 
@@ -172,7 +193,6 @@ impl Session {
     /// Serves the connection until it closes, misbehaves or the server shuts down.
     pub async fn run(mut self, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.split();
         let mut reader = LineReader::new(proto::MAX_LINE);
         let mut work_rx = self.ctx.work.clone();
         // Work already published is sent by `maybe_start`; only later changes come through here.
@@ -182,31 +202,39 @@ impl Session {
         let keepalive = Duration::from_secs(self.ctx.params.keepalive_secs);
         let end = loop {
             let tick = if self.working { self.last_notify + keepalive } else { started + HANDSHAKE_DEADLINE };
+            let mut kicked = None;
             tokio::select! {
-                line = reader.next_line(&mut rd) => match line {
-                    Ok(Line::Data(l)) => {
-                        let handled = self.handle_line(&l).await;
-                        self.flush_stats().await;
-                        if let Err(why) = handled {
-                            break End::Kick(why);
-                        }
-                        // Answer everything already buffered before writing once.
-                        let mut kicked = None;
-                        while let Some(Line::Data(l)) = reader.buffered_line() {
-                            let handled = self.handle_line(&l).await;
-                            self.flush_stats().await;
-                            if let Err(why) = handled { kicked = Some(why); break; }
-                        }
-                                    if let Some(why) = kicked { let _ = wr.write_all(self.out.as_bytes()).await; break End::Kick(why); }
+                // Wait for data without holding a read buffer: an idle miner keeps none.
+                ready = stream.readable() => {
+                    if let Err(e) = ready {
+                        break End::Kick(format!("read error: {e}"));
                     }
-                    Ok(Line::TooLong) => {
-                        self.out.push_str(&proto::error_line("null", code::OTHER, "Line too long"));
-                        let _ = wr.write_all(self.out.as_bytes()).await;
-                        break End::Kick(format!("sent a line over {} bytes", proto::MAX_LINE));
+                    match reader.read_ready(&stream) {
+                        Ok(0) => break End::Closed,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => break End::Kick(format!("read error: {e}")),
                     }
-                    Ok(Line::Eof) => break End::Closed,
-                    Err(e) => break End::Kick(format!("read error: {e}")),
-                },
+                    // Answer every line this read completed, then write once.
+                    while let Some(line) = reader.buffered_line() {
+                        match line {
+                            Line::Data(range) => {
+                                if let Err(why) = self.handle_line(reader.line(range)).await {
+                                    kicked = Some(why);
+                                    break;
+                                }
+                            }
+                            Line::TooLong => {
+                                proto::push_error(&mut self.out, "null", code::OTHER, "Line too long");
+                                kicked = Some(format!("sent a line over {} bytes", proto::MAX_LINE));
+                                break;
+                            }
+                            Line::Eof => break,
+                        }
+                    }
+                    reader.release_if_drained();
+                    self.flush_stats().await;
+                }
                 changed = work_rx.changed(), if self.working => {
                     if changed.is_err() { break End::Shutdown; }
                     let w = work_rx.borrow_and_update().clone();
@@ -222,7 +250,7 @@ impl Session {
                 _ = shutdown.changed() => break End::Shutdown,
             }
             if !self.out.is_empty() {
-                if let Err(e) = wr.write_all(self.out.as_bytes()).await {
+                if let Err(e) = stream.write_all(&self.out).await {
                     break End::Kick(format!("write error: {e}"));
                 }
                 if self.must_reconnect {
@@ -231,11 +259,18 @@ impl Session {
                     );
                 }
                 self.out.clear();
-                // A few share answers fit in 256 bytes and keep their buffer; a notify or a
+                // A few share answers fit in 512 bytes and keep their buffer; a notify or a
                 // pipelined batch gives its buffer back, so an idle miner holds none.
-                if self.out.capacity() > 256 {
-                    self.out = String::new();
+                if self.out.capacity() > 512 {
+                    self.out = Vec::new();
                 }
+            }
+            if let Some(why) = kicked {
+                break End::Kick(why);
+            }
+            if std::mem::take(&mut self.log_full) {
+                // The miner has its answers; it waits here, not for them, until the disk catches up.
+                self.ctx.shares.wait_for_room().await;
             }
         };
         match end {
@@ -255,11 +290,11 @@ impl Session {
     }
 
     fn reply(&mut self, id: &str, result: &str) {
-        self.out.push_str(&proto::result_line(id, result));
+        proto::push_result(&mut self.out, id, result);
     }
 
     fn error(&mut self, id: &str, code: i32, msg: &str) {
-        self.out.push_str(&proto::error_line(id, code, msg));
+        proto::push_error(&mut self.out, id, code, msg);
     }
 
     /// Handles one line; `Err` disconnects with the reason.
@@ -280,25 +315,25 @@ impl Session {
             }
         };
         self.bad_lines = 0;
-        let id = proto::id_text(req.id).to_string();
-        let method = req.method.as_deref().unwrap_or("");
+        let id = proto::id_text(req.id);
+        let method = &*req.method;
         match method {
-            "mining.submit" => self.on_submit(&id, &req.params).await,
-            "mining.subscribe" => self.on_subscribe(&id, &req.params),
-            "mining.authorize" => self.on_authorize(&id, &req.params),
-            "mining.configure" => self.on_configure(&id, &req.params),
-            "mining.suggest_difficulty" | "mining.suggest_target" => self.on_suggest(method, &req.params),
+            "mining.submit" => self.on_submit(id, req.params).await,
+            "mining.subscribe" => self.on_subscribe(id, &req.params_value()),
+            "mining.authorize" => self.on_authorize(id, &req.params_value()),
+            "mining.configure" => self.on_configure(id, &req.params_value()),
+            "mining.suggest_difficulty" | "mining.suggest_target" => self.on_suggest(method, &req.params_value()),
             "mining.extranonce.subscribe" => {
                 self.extranonce_subscribed = true;
                 if proto::wants_reply(req.id) {
-                    self.reply(&id, "true");
+                    self.reply(id, "true");
                 }
             }
             "mining.multi_version" => {}
             other => {
                 tracing::debug!(peer = %self.peer, "unknown method {other:?}");
                 if proto::wants_reply(req.id) {
-                    self.error(&id, code::OTHER, &format!("Method not supported: {other}"));
+                    self.error(id, code::OTHER, &format!("Method not supported: {other}"));
                 }
             }
         }
@@ -364,6 +399,8 @@ impl Session {
         };
         let user: String = user.chars().take(256).collect();
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
+        // Shares so far belong to the name they were sent under.
+        self.close_tally();
         if self.authorized && *self.workername != *user {
             self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
         }
@@ -458,7 +495,7 @@ impl Session {
         if self.working {
             let w = self.ctx.work.borrow().clone();
             if let Some(w) = w {
-                self.out.push_str(&proto::set_difficulty_line(self.diff));
+                self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
                 self.rev = self.rev.wrapping_add(1);
                 self.send_work(&w, true);
             }
@@ -471,7 +508,7 @@ impl Session {
             return;
         }
         self.working = true;
-        self.out.push_str(&proto::set_difficulty_line(self.diff));
+        self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
         let w = self.ctx.work.borrow().clone();
         if let Some(w) = w {
             self.send_work(&w, true);
@@ -490,9 +527,9 @@ impl Session {
             self.jobs.clear();
             if self.extranonce_subscribed {
                 let p = json!([&*self.en1_hex, w.job.coinbase.nonce2_len]);
-                self.out.push_str(&proto::notification_line("mining.set_extranonce", &p));
+                self.out.extend_from_slice(proto::notification_line("mining.set_extranonce", &p).as_bytes());
             } else {
-                self.out.push_str(&proto::notification_line("client.reconnect", &json!([])));
+                self.out.extend_from_slice(proto::notification_line("client.reconnect", &json!([])).as_bytes());
                 self.must_reconnect = true;
                 return;
             }
@@ -501,12 +538,12 @@ impl Session {
         let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
         if !fresh_id && self.rev == 0 {
-            self.out.push_str(if clean { &w.line_clean } else { &w.line_keep });
+            self.out.extend_from_slice(if clean { w.line_clean.as_bytes() } else { w.line_keep.as_bytes() });
         } else {
             let mut params = w.job.notify_params();
             params[0] = Value::String(format!("{local_id:x}"));
             params[8] = Value::Bool(clean);
-            self.out.push_str(&proto::notification_line("mining.notify", &params));
+            self.out.extend_from_slice(proto::notification_line("mining.notify", &params).as_bytes());
         }
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
@@ -522,7 +559,7 @@ impl Session {
         self.last_notify = Instant::now();
     }
 
-    async fn on_submit(&mut self, id: &str, params: &Value) {
+    async fn on_submit(&mut self, id: &str, params: Option<&RawValue>) {
         if !self.subscribed {
             self.error(id, code::NOT_SUBSCRIBED, "Not subscribed");
             return;
@@ -531,43 +568,49 @@ impl Session {
             self.error(id, code::UNAUTHORIZED, "Unauthorized worker");
             return;
         }
-        let p = |i| proto::str_param(params, i);
+        let Some(params) = SubmitParams::parse(params) else {
+            self.counted_reject(id, None, "Invalid params", code::OTHER);
+            return;
+        };
+        let p = |i| params.str(i);
         let (Some(_worker), Some(job_id), Some(en2), Some(ntime), Some(nonce)) = (p(0), p(1), p(2), p(3), p(4)) else {
             self.counted_reject(id, None, "Invalid params", code::OTHER);
             return;
         };
         let version_bits = match params.get(5) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => {
+            None | Some(Param::Null) => None,
+            Some(Param::Str(s)) => Some(&**s),
+            Some(Param::Other) => {
                 self.counted_reject(id, None, "Invalid version bits", code::OTHER);
                 return;
             }
         };
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
-        let Some(sent) =
-            u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().find(|s| s.local_id == lid))
+        let Some(idx) =
+            u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().position(|s| s.local_id == lid))
         else {
             let r = if job_id.len() <= 16 && u64::from_str_radix(job_id, 16).is_ok() {
                 Reject::Stale
             } else {
                 Reject::UnknownJob
             };
-            self.counted_reject(id, Some(&sub), &r.to_string(), r.code());
+            self.counted_reject(id, Some(&sub), &r.reason(), r.code());
             return;
         };
-        let (job, target, diff, upstream) = (sent.job.clone(), sent.target, sent.diff, sent.upstream.clone());
+        let sent = &self.jobs[idx];
+        let (target, diff, workinfoid, height) = (sent.target, sent.diff, sent.job.id, sent.job.height);
         // Work on a previous block: stale, and logged against its job.
-        let result = if self.last_prev != Some(job.prev_hash) {
+        let result = if self.last_prev != Some(sent.job.prev_hash) {
             Err(Reject::Stale)
         } else {
-            share::check(&job, &self.en1, &sub, self.version_mask, &target)
+            share::check(&sent.job, &self.en1, &sub, self.version_mask, &target)
         };
         match result {
             Ok(acc) => {
                 self.ctx.counters.add_accepted(diff);
                 self.reply(id, "true");
-                if let (Some(up), Some(tx)) = (&upstream, &self.ctx.upstream) {
+                let sent = &self.jobs[idx];
+                if let (Some(up), Some(tx)) = (&sent.upstream, &self.ctx.upstream) {
                     // Shares meeting the upstream's difficulty go up; so does any block-meeting
                     // share (on test networks the block target can be easier than the pool's).
                     if acc.block || up.target.is_met_by(&acc.hash) {
@@ -579,7 +622,7 @@ impl Session {
                             extranonce2: en2,
                             ntime: format!("{:08x}", acc.ntime),
                             nonce: format!("{:08x}", acc.nonce),
-                            version_bits: (acc.version != job.version)
+                            version_bits: (acc.version != sent.job.version)
                                 .then(|| format!("{:08x}", acc.version & self.version_mask)),
                             workername: self.workername.clone(),
                             difficulty: acc.difficulty,
@@ -591,8 +634,9 @@ impl Session {
                     }
                 }
                 if acc.block {
+                    let job = self.jobs[idx].job.clone();
                     let cand = BlockCandidate {
-                        job: job.clone(),
+                        job,
                         en1: self.en1.clone(),
                         en2: acc.extranonce2().to_vec(),
                         header: acc.header,
@@ -601,19 +645,13 @@ impl Session {
                         username: self.username.clone(),
                         difficulty: acc.difficulty,
                     };
-                    tracing::info!(worker = %self.workername, height = job.height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
+                    tracing::info!(worker = %self.workername, height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
                     if self.ctx.blocks.send(cand).await.is_err() {
                         tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&acc.hash));
                     }
                 }
-                self.stats_out.push(StatEvent::Share {
-                    user: self.username.clone(),
-                    worker: self.workername.clone(),
-                    diff,
-                    sdiff: acc.difficulty,
-                    accepted: true,
-                });
-                self.log_share(&job, &sub, diff, acc.difficulty, &hex::encode_rev(&acc.hash), true, None).await;
+                self.tally.add(diff, acc.difficulty, true);
+                self.log_share(workinfoid, height, &sub, diff, acc.difficulty, Some(&acc.hash), None);
                 let lim = self.ctx.limits(self.suggested);
                 if let Some(r) = self.vardiff.on_share(self.now_us(), diff, self.diff, &lim) {
                     // set_difficulty, then the current job under a new id.
@@ -625,75 +663,62 @@ impl Session {
                 }
             }
             Err(r) => {
-                let (sdiff, hash) = match r {
-                    Reject::LowDifficulty { difficulty, hash } => (difficulty, hex::encode_rev(&hash)),
-                    _ => (Difficulty::ZERO, String::new()),
+                let (sdiff, hash) = match &r {
+                    Reject::LowDifficulty { difficulty, hash } => (*difficulty, Some(hash)),
+                    _ => (Difficulty::ZERO, None),
                 };
                 self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.stats_out.push(StatEvent::Share {
-                    user: self.username.clone(),
-                    worker: self.workername.clone(),
-                    diff,
-                    sdiff,
-                    accepted: false,
-                });
-                let reason = r.to_string();
+                self.tally.add(diff, sdiff, false);
+                let reason = r.reason();
                 self.error(id, r.code(), &reason);
-                self.log_share(&job, &sub, diff, sdiff, &hash, false, Some(reason)).await;
+                self.log_share(workinfoid, height, &sub, diff, sdiff, hash, Some(&reason));
             }
         }
     }
 
-    /// A reject before any job was found (bad params, unknown job): counted and logged.
+    /// A reject before any job was found (bad params, unknown job): counted, not logged.
     fn counted_reject(&mut self, id: &str, sub: Option<&Submit>, reason: &str, code: i32) {
         self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.stats_out.push(StatEvent::Share {
-            user: self.username.clone(),
-            worker: self.workername.clone(),
-            diff: self.diff,
-            sdiff: Difficulty::ZERO,
-            accepted: false,
-        });
+        self.tally.add(self.diff, Difficulty::ZERO, false);
         self.error(id, code, reason);
         tracing::debug!(peer = %self.peer, worker = %self.workername, "share rejected: {reason} ({sub:?})");
     }
 
+    /// Appends the share's line to the share log (formatted here, written by the log's thread).
     #[allow(clippy::too_many_arguments)]
-    async fn log_share(
+    fn log_share(
         &mut self,
-        job: &Job,
+        workinfoid: u64,
+        height: u32,
         sub: &Submit<'_>,
         diff: Difficulty,
         sdiff: Difficulty,
-        hash: &str,
-        result: bool,
-        reject: Option<String>,
+        hash: Option<&[u8; 32]>,
+        reject: Option<&str>,
     ) {
         if !self.ctx.params.log_shares {
             return;
         }
-        let rec = ShareRecord {
-            workinfoid: job.id,
-            height: job.height,
+        let line = ShareLine {
+            workinfoid,
             clientid: self.id,
-            enonce1: self.en1_hex.clone(),
-            nonce2: sub.extranonce2.to_string(),
-            nonce: sub.nonce.to_string(),
-            ntime: sub.ntime.to_string(),
+            enonce1: &self.en1_hex,
+            nonce2: sub.extranonce2,
+            nonce: sub.nonce,
+            ntime: sub.ntime,
             diff,
             sdiff,
-            hash: hash.to_string(),
-            result,
+            hash,
+            result: reject.is_none(),
             reject_reason: reject,
             createdate: now_unix(),
-            workername: self.workername.clone(),
-            username: self.username.clone(),
-            address: self.address.clone(),
-            agent: self.agent.clone(),
+            workername: &self.workername,
+            username: &self.username,
+            address: &self.address,
+            agent: &self.agent,
         };
-        // A full channel slows this miner down; a share is never dropped.
-        if self.ctx.shares.send(rec).await.is_err() {
-            tracing::error!("share log writer is gone");
+        if self.ctx.shares.append(height, workinfoid, &line) {
+            self.log_full = true;
         }
     }
 }

@@ -5,7 +5,8 @@
 #   bash contrib/bench.sh                    the whole set (a)-(c) of docs/performance.md
 #   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
 #                                            (--url and --server-pid are filled in)
-#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL and TRIGGER set (profiling)
+#   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL, TRIGGER and ZMQ_URL set (profiling)
+# In bench arguments, the word TRIGGER stands for the node's `generate 1` command.
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
 set -euo pipefail
@@ -58,17 +59,21 @@ stop_pool() {
   pool=
 }
 echo "bench.sh: $("$ckpool" --version), $profile build, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
+# The bench also listens to the node's ZMQ, so that notify delays count from the block's ZMQ
+# message (as the pool hears it); an argument TRIGGER stands for the node's `generate 1`.
 bench() {
+  local args=()
+  for a in "$@"; do if [ "$a" = TRIGGER ]; then args+=("$trigger"); else args+=("$a"); fi; done
   start_pool
-  echo; echo "### ckpool bench $*"
-  "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" "$@"
+  echo; echo "### ckpool bench ${args[*]}"
+  "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
   stop_pool
 }
-trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
 if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID, POOL_URL, TRIGGER are set for it
   shift
   start_pool
-  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" TRIGGER="$trigger" "$@"
+  POOL_PID=$pool POOL_URL="stratum+tcp://127.0.0.1:$STRATUM" TRIGGER="$trigger" ZMQ_URL="tcp://127.0.0.1:$ZMQ" "$@"
   exit
 fi
 if [ "${1:-}" = "--" ]; then
@@ -81,6 +86,6 @@ bench --connections 20 --window 16 --duration 10 -q
 bench --connections 1000 --window 4 --duration 10 -q
 # (b) memory per idle miner
 bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q
-# (c) new block -> last connection's clean notify
-bench --connections 0 --idle 1000 --duration 2 -q --trigger "$trigger"
-bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q --trigger "$trigger"
+# (c) new block -> last connection's clean notify, 20 blocks each, timed from the ZMQ message
+bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 20
+bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q --trigger TRIGGER --blocks 20

@@ -59,6 +59,16 @@ pub struct BenchArgs {
     /// reports when the resulting clean notify reached the connections
     #[arg(long = "trigger", value_name = "CMD")]
     pub trigger: Option<String>,
+    /// How many times to run the trigger (one new block each), one every --trigger-every seconds
+    #[arg(long = "blocks", default_value_t = 1)]
+    pub blocks: usize,
+    /// Seconds between trigger runs
+    #[arg(long = "trigger-every", default_value_t = 2.0)]
+    pub trigger_every: f64,
+    /// The node's ZMQ endpoint (loopback): time each clean notify from the node's
+    /// hashblock/rawblock message for that block, as the pool hears it
+    #[arg(long = "zmq", value_name = "tcp://127.0.0.1:PORT")]
+    pub zmq: Option<String>,
     /// The server's process id: report its CPU time per share and memory per connection
     #[arg(long = "server-pid", value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -536,6 +546,21 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// Prints the spread over blocks of one per-block delay (ms).
+fn summarize(what: &str, label: &str, v: &mut [f64]) {
+    if v.is_empty() {
+        return;
+    }
+    v.sort_by(f64::total_cmp);
+    println!(
+        "bench: {what} over {} block(s), {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        v.len(),
+        quantile(v, 0.5),
+        quantile(v, 0.99),
+        v[v.len() - 1]
+    );
+}
+
 /// The value at quantile `q` of sorted `v`.
 fn quantile<T: Copy>(v: &[T], q: f64) -> T {
     v[(((v.len() - 1) as f64) * q).round() as usize]
@@ -543,6 +568,34 @@ fn quantile<T: Copy>(v: &[T], q: f64) -> T {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Block announcements heard on the node's ZMQ endpoint: when, and the new block's hash as a
+/// stratum prevhash (what the clean notify for the next block carries).
+type Announcements = Arc<Mutex<Vec<(std::time::Instant, String)>>>;
+
+/// Listens to `endpoint` (loopback only) on a thread until the process ends.
+fn listen_zmq(endpoint: &str) -> anyhow::Result<Announcements> {
+    let hostport = endpoint.strip_prefix("tcp://").unwrap_or(endpoint);
+    loopback_target(hostport).with_context(|| format!("--zmq {endpoint}"))?;
+    let ctx = zmq::Context::new();
+    let sock = ctx.socket(zmq::SUB).with_context(|| format!("--zmq {endpoint}: socket"))?;
+    for topic in [&b"rawblock"[..], b"hashblock"] {
+        sock.set_subscribe(topic).with_context(|| format!("--zmq {endpoint}: subscribe"))?;
+    }
+    sock.connect(endpoint).with_context(|| format!("--zmq {endpoint}: connect"))?;
+    let heard: Announcements = Arc::default();
+    let out = heard.clone();
+    std::thread::Builder::new().name("bench-zmq".into()).spawn(move || {
+        let _ctx = ctx;
+        while let Ok(parts) = sock.recv_multipart(0) {
+            let at = std::time::Instant::now();
+            if let Some(hash) = crate::bitcoind::zmq::block_hash_of(&parts) {
+                out.lock().unwrap().push((at, crate::work::job::prevhash_to_stratum(&hash)));
+            }
+        }
+    })?;
+    Ok(heard)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -555,11 +608,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if nofile > 0 && nofile < need {
         bail!("open-file limit is {nofile}, {need} needed for {} connections: raise it (ulimit -Hn)", need - 64);
     }
+    let heard = args.zmq.as_deref().map(listen_zmq).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
-    rt.block_on(bench(args, addr))
+    rt.block_on(bench(args, addr, heard))
 }
 
-async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
+async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let stats = Arc::new(Stats::default());
     let total = args.connections + args.idle;
@@ -618,14 +672,15 @@ async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
     let cpu0 = args.server_pid.map(proc_usage).transpose()?;
     let t0 = Instant::now();
     let mut end = t0 + Duration::from_secs(args.duration);
-    let mut trigger_at: Option<Instant> = None;
-    let mut trigger_done = args.trigger.is_none();
+    let mut trigger_ats: Vec<Instant> = Vec::new();
+    let triggers = if args.trigger.is_some() { args.blocks.max(1) } else { 0 };
     let mut tick = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
     let (mut last_acc, mut last_rej) = (0u64, stats.snapshot());
     let (mut last_ans, mut last_t) = (a0, t0);
-    let mut trigger_task = None;
+    let mut trigger_tasks = Vec::new();
+    let every = Duration::from_secs_f64(args.trigger_every.max(0.1));
     loop {
-        let trigger_due = (!trigger_done && trigger_at.is_none()).then_some(t0 + Duration::from_secs(1));
+        let trigger_due = (trigger_ats.len() < triggers).then(|| t0 + Duration::from_secs(1) + every * trigger_ats.len() as u32);
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -649,15 +704,14 @@ async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
             }
             _ = async { match trigger_due { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 let cmd = args.trigger.clone().unwrap_or_default();
-                trigger_at = Some(Instant::now());
-                trigger_task = Some(tokio::spawn(async move {
+                trigger_ats.push(Instant::now());
+                trigger_tasks.push(tokio::spawn(async move {
                     tokio::process::Command::new("sh").arg("-c").arg(&cmd)
                         .stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null())
                         .status().await
                 }));
                 // Leave time for the notify to reach everyone.
                 end = end.max(Instant::now() + Duration::from_secs(3));
-                trigger_done = true;
             }
             _ = tokio::time::sleep_until(end) => break,
         }
@@ -673,10 +727,10 @@ async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
     let _ = phase_tx.send(CLOSE);
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
     tasks.abort_all();
-    let trigger_status = match trigger_task {
-        Some(t) => Some(tokio::time::timeout(Duration::from_secs(30), t).await),
-        None => None,
-    };
+    let mut trigger_status = Vec::new();
+    for t in trigger_tasks {
+        trigger_status.push(tokio::time::timeout(Duration::from_secs(30), t).await);
+    }
 
     // Report.
     let secs = (t1 - t0).as_secs_f64();
@@ -728,25 +782,67 @@ async fn bench(args: BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
             rel(1.0)
         );
     }
-    if let (Some(at), Some(cmd)) = (trigger_at, &args.trigger) {
-        match trigger_status {
-            Some(Ok(Ok(Ok(s)))) if s.success() => {}
-            other => println!("bench: trigger command did not succeed: {other:?}"),
-        }
-        match events.iter().find(|(_, v)| v[0] >= at) {
-            Some((_, v)) => {
-                let rel = |q: f64| ms(quantile(v, q) - at);
-                println!(
-                    "bench: TRIGGER `{cmd}` -> clean notify at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
-                    rel(0.0),
-                    rel(0.5),
-                    rel(0.99),
-                    rel(1.0),
-                    v.len()
-                );
+    if let Some(cmd) = &args.trigger {
+        for (i, st) in trigger_status.iter().enumerate() {
+            if !matches!(st, Ok(Ok(Ok(s))) if s.success()) {
+                println!("bench: trigger command run {} did not succeed: {st:?}", i + 1);
             }
-            None => println!("bench: TRIGGER `{cmd}`: no clean notify arrived after it"),
         }
+        let mut lasts = Vec::new();
+        for (i, &at) in trigger_ats.iter().enumerate() {
+            let next = trigger_ats.get(i + 1).copied();
+            match events.iter().find(|(_, v)| v[0] >= at && next.is_none_or(|n| v[0] < n)) {
+                Some((_, v)) => {
+                    let rel = |q: f64| ms(quantile(v, q) - at);
+                    lasts.push(rel(1.0));
+                    println!(
+                        "bench: TRIGGER `{cmd}` -> clean notify at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
+                        rel(0.0),
+                        rel(0.5),
+                        rel(0.99),
+                        rel(1.0),
+                        v.len()
+                    );
+                }
+                None => println!("bench: TRIGGER `{cmd}` run {}: no clean notify arrived after it", i + 1),
+            }
+        }
+        summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
+    }
+    if let Some(heard) = &heard {
+        let heard = heard.lock().unwrap().clone();
+        let (mut firsts, mut lasts, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for (at, prev) in &heard {
+            if !seen.insert(prev) {
+                continue; // the same block announced as hashblock and rawblock
+            }
+            let at = Instant::from_std(*at);
+            let Some((_, v)) = events.iter().find(|(p, _)| p == prev) else {
+                println!("bench: ZMQ block ..{}: no clean notify for it reached any connection", &prev[prev.len().saturating_sub(8)..]);
+                continue;
+            };
+            if v.len() < up {
+                println!("bench: ZMQ block ..{}: clean notify reached only {}/{up} connections", &prev[prev.len().saturating_sub(8)..], v.len());
+            }
+            // Negative if the notify came first (it cannot, but clocks are read on two threads).
+            let rel = |q: f64| quantile(v, q).checked_duration_since(at).map(ms).unwrap_or(0.0);
+            println!(
+                "bench: ZMQ block ..{} -> clean notify at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the ZMQ message ({}/{up} connections)",
+                &prev[prev.len().saturating_sub(8)..],
+                rel(0.0),
+                rel(0.5),
+                rel(0.99),
+                rel(1.0),
+                v.len()
+            );
+            firsts.push(rel(0.0));
+            p99s.push(rel(0.99));
+            lasts.push(rel(1.0));
+        }
+        summarize("ZMQ", "ZMQ message -> first connection", &mut firsts);
+        summarize("ZMQ", "ZMQ message -> p99 connection", &mut p99s);
+        summarize("ZMQ", "ZMQ message -> last connection", &mut lasts);
     }
     if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, cpu0, cpu1) {
         let cpu_us = c1.0.saturating_sub(c0.0);

@@ -101,6 +101,14 @@ pub fn encode_rev_into(bytes: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends `v` in lower-case hex without leading zeros ("0" for zero), as `{:x}` writes it.
+pub fn push_u64_hex(out: &mut Vec<u8>, v: u64) {
+    let digits = (16 - (v.leading_zeros() / 4) as usize).max(1);
+    for i in (0..digits).rev() {
+        out.push(DIGITS[((v >> (4 * i)) & 15) as usize]);
+    }
+}
+
 /// Decodes display-order (reversed) hex of a 32-byte hash into internal byte order.
 pub fn decode_hash_rev(s: &str) -> Result<[u8; 32], HexError> {
     let mut out = [0u8; 32];
@@ -119,6 +127,11 @@ mod tests {
         assert_eq!(v, [0x00, 0xff, 0x10, 0xab]);
         assert_eq!(encode(&v), "00ff10ab");
         assert_eq!(encode_rev(&v), "ab10ff00");
+        for n in [0u64, 1, 0xf, 0x10, 0x1a00, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").into_bytes());
+        }
     }
 
     #[test]

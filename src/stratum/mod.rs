@@ -21,10 +21,9 @@ use vardiff::{Limits, VardiffParams};
 #[derive(Debug)]
 pub struct Work {
     pub job: Arc<Job>,
-    /// The notify line with clean_jobs = true.
-    pub line_clean: Arc<str>,
-    /// The notify line with clean_jobs = false.
-    pub line_keep: Arc<str>,
+    /// The job's `mining.notify` params after the job id, encoded once: `","PREVHASH",...,"NTIME",`
+    /// (each session writes the prefix, its own job id, this, and the clean_jobs flag).
+    notify_rest: Arc<str>,
     /// Proxy mode: the upstream's extranonce1, which comes before each session's own
     /// extranonce1 bytes. Empty in pool mode.
     pub en1_prefix: Arc<[u8]>,
@@ -68,14 +67,46 @@ impl Work {
     }
 
     pub fn new(job: Arc<Job>) -> Work {
-        let mut params = job.notify_params();
-        params[0] = serde_json::Value::String(format!("{:x}", job.id << 8));
-        params[8] = serde_json::Value::Bool(true);
-        let line_clean = proto::notification_line("mining.notify", &params).into();
-        params[8] = serde_json::Value::Bool(false);
-        let line_keep = proto::notification_line("mining.notify", &params).into();
+        let params = job.notify_params();
+        let mut rest = String::from("\",");
+        for p in params.as_array().expect("notify params are an array")[1..8].iter() {
+            rest.push_str(&p.to_string());
+            rest.push(',');
+        }
         let network_diff = Difficulty::from_target(&job.network_target);
-        Work { job, line_clean, line_keep, en1_prefix: Arc::from(&[][..]), upstream: None, network_diff }
+        Work { job, notify_rest: rest.into(), en1_prefix: Arc::from(&[][..]), upstream: None, network_diff }
+    }
+
+    /// Appends this job's `mining.notify` line under the session's `local_id`.
+    pub fn push_notify(&self, out: &mut Vec<u8>, local_id: u64, clean: bool) {
+        out.extend_from_slice(b"{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"");
+        crate::hex::push_u64_hex(out, local_id);
+        out.extend_from_slice(self.notify_rest.as_bytes());
+        out.extend_from_slice(if clean { b"true]}\n" } else { b"false]}\n" });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The composed notify line is the one the job's params give, for any id and flag.
+    #[test]
+    fn notify_line_matches_params() {
+        let p = serde_json::json!([
+            "1", "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000", "01000000010000", "00000000",
+            ["aa".repeat(32), "bb".repeat(32)], "20000000", "207fffff", "504e86b9", true
+        ]);
+        let job = Job::from_notify(7, &p, 4, 4).unwrap();
+        let w = Work::new(Arc::new(job));
+        for (id, clean) in [(0u64, true), (0x1a00, false), (u64::MAX, true)] {
+            let mut out = Vec::new();
+            w.push_notify(&mut out, id, clean);
+            let mut params = w.job.notify_params();
+            params[0] = serde_json::Value::String(format!("{id:x}"));
+            params[8] = serde_json::Value::Bool(clean);
+            assert_eq!(String::from_utf8(out).unwrap(), proto::notification_line("mining.notify", &params));
+        }
     }
 }
 

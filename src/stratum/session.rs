@@ -81,6 +81,10 @@ pub struct Session {
     tally: ShareTally,
     /// The share log's backlog is over its cap: after replying, wait for room before reading on.
     log_full: bool,
+    /// Found blocks and shares for the upstream pool, sent after the batch of lines that found
+    /// them (so that the per-line code never awaits, and the task stays small).
+    blocks_out: Vec<BlockCandidate>,
+    upstream_out: Vec<UpstreamShare>,
 }
 
 /// Why the session ended, for the log.
@@ -135,6 +139,8 @@ impl Session {
             stats_out: Vec::new(),
             tally: ShareTally::default(),
             log_full: false,
+            blocks_out: Vec::new(),
+            upstream_out: Vec::new(),
         }
     }
 
@@ -151,14 +157,25 @@ impl Session {
         }
     }
 
-    /// Sends the queued statistics events; a full channel slows this miner, none is dropped.
-    async fn flush_stats(&mut self) {
+    /// Sends what the last batch of lines produced: found blocks first, then shares for the
+    /// upstream pool, then statistics. A full channel slows this miner; nothing is dropped.
+    async fn flush_outbound(&mut self) {
         self.close_tally();
-        if self.stats_out.is_empty() {
-            return;
+        for cand in self.blocks_out.drain(..) {
+            let hash = cand.hash;
+            if send(&self.ctx.blocks, cand).await.is_err() {
+                tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
+            }
+        }
+        if let Some(tx) = &self.ctx.upstream {
+            for share in self.upstream_out.drain(..) {
+                if send(tx, share).await.is_err() {
+                    tracing::error!("upstream task is gone; share from {} not forwarded", self.workername);
+                }
+            }
         }
         for ev in self.stats_out.drain(..) {
-            if self.ctx.stats.send(ev).await.is_err() {
+            if send(&self.ctx.stats, ev).await.is_err() {
                 tracing::error!("stats task is gone");
                 break;
             }
@@ -197,11 +214,26 @@ impl Session {
         let mut work_rx = self.ctx.work.clone();
         // Work already published is sent by `maybe_start`; only later changes come through here.
         let _ = work_rx.borrow_and_update();
+        // The long-lived waits are made once, not once per batch of lines: registering and
+        // dropping a waiter on the shared work and shutdown channels (and a timer) for every
+        // share would contend between all sessions.
+        let mut work_wait = Box::pin(next_work(work_rx));
         let mut shutdown = self.ctx.shutdown.clone();
+        let shutdown_wait = async move {
+            let _ = shutdown.changed().await;
+        };
+        tokio::pin!(shutdown_wait);
         let started = Instant::now();
         let keepalive = Duration::from_secs(self.ctx.params.keepalive_secs);
+        let timer = tokio::time::sleep_until(started + HANDSHAKE_DEADLINE);
+        tokio::pin!(timer);
         let end = loop {
             let tick = if self.working { self.last_notify + keepalive } else { started + HANDSHAKE_DEADLINE };
+            // The deadline only moves later as work is sent: the timer is re-armed when it fires
+            // early, and moved here only when it must fire sooner.
+            if tick < timer.deadline() {
+                timer.as_mut().reset(tick);
+            }
             let mut kicked = None;
             tokio::select! {
                 // Wait for data without holding a read buffer: an idle miner keeps none.
@@ -219,7 +251,7 @@ impl Session {
                     while let Some(line) = reader.buffered_line() {
                         match line {
                             Line::Data(range) => {
-                                if let Err(why) = self.handle_line(reader.line(range)).await {
+                                if let Err(why) = self.handle_line(reader.line(range)) {
                                     kicked = Some(why);
                                     break;
                                 }
@@ -233,21 +265,34 @@ impl Session {
                         }
                     }
                     reader.release_if_drained();
-                    self.flush_stats().await;
+                    self.flush_outbound().await;
                 }
-                changed = work_rx.changed(), if self.working => {
+                (mut rx, changed) = &mut work_wait, if self.working => {
                     if changed.is_err() { break End::Shutdown; }
-                    let w = work_rx.borrow_and_update().clone();
+                    let w = rx.borrow_and_update().clone();
+                    work_wait = Box::pin(next_work(rx));
                     if let Some(w) = w { let fresh = self.idle_check(); self.send_work(&w, fresh); }
                 }
-                _ = tokio::time::sleep_until(tick) => {
+                _ = &mut timer => {
+                    if Instant::now() < tick {
+                        timer.as_mut().reset(tick);
+                        continue;
+                    }
                     if !self.working {
                         break End::Kick("did not subscribe and authorize within 120 s".into());
                     }
-                    let w = work_rx.borrow().clone();
-                    if let Some(w) = w { let fresh = self.idle_check(); self.send_work(&w, fresh); }
+                    // Quiet for `keepalive`: the current job again, so that the miner keeps the connection.
+                    let w = self.ctx.work.borrow().clone();
+                    if let Some(w) = w {
+                        let fresh = self.idle_check();
+                        if !self.send_work(&w, fresh) {
+                            self.resend_current(&w);
+                        }
+                    }
+                    self.last_notify = Instant::now();
+                    timer.as_mut().reset(self.last_notify + keepalive);
                 }
-                _ = shutdown.changed() => break End::Shutdown,
+                _ = &mut shutdown_wait => break End::Shutdown,
             }
             if !self.out.is_empty() {
                 if let Err(e) = stream.write_all(&self.out).await {
@@ -286,7 +331,7 @@ impl Session {
         if self.authorized {
             self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
         }
-        self.flush_stats().await;
+        self.flush_outbound().await;
     }
 
     fn reply(&mut self, id: &str, result: &str) {
@@ -298,7 +343,7 @@ impl Session {
     }
 
     /// Handles one line; `Err` disconnects with the reason.
-    async fn handle_line(&mut self, line: &[u8]) -> Result<(), String> {
+    fn handle_line(&mut self, line: &[u8]) -> Result<(), String> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
@@ -318,7 +363,7 @@ impl Session {
         let id = proto::id_text(req.id);
         let method = &*req.method;
         match method {
-            "mining.submit" => self.on_submit(id, req.params).await,
+            "mining.submit" => self.on_submit(id, req.params),
             "mining.subscribe" => self.on_subscribe(id, &req.params_value()),
             "mining.authorize" => self.on_authorize(id, &req.params_value()),
             "mining.configure" => self.on_configure(id, &req.params_value()),
@@ -517,9 +562,10 @@ impl Session {
 
     /// Queues the notify for `w`. `fresh_id` re-sends the same job under a new local id (after a
     /// difficulty change). clean_jobs is set whenever the previous block changed.
-    fn send_work(&mut self, w: &Work, fresh_id: bool) {
+    /// Returns false when nothing was queued (the exact job was sent already).
+    fn send_work(&mut self, w: &Work, fresh_id: bool) -> bool {
         if !fresh_id && self.jobs.back().is_some_and(|s| s.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
-            return; // this exact job was already sent
+            return false; // this exact job was already sent
         }
         if self.subscribed && *w.en1_prefix != *self.prefix {
             // Proxy mode: a new upstream session, so a new extranonce1 for this miner.
@@ -531,20 +577,13 @@ impl Session {
             } else {
                 self.out.extend_from_slice(proto::notification_line("client.reconnect", &json!([])).as_bytes());
                 self.must_reconnect = true;
-                return;
+                return true;
             }
         }
         let prev_changed = self.last_prev != Some(w.job.prev_hash);
         let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
-        if !fresh_id && self.rev == 0 {
-            self.out.extend_from_slice(if clean { w.line_clean.as_bytes() } else { w.line_keep.as_bytes() });
-        } else {
-            let mut params = w.job.notify_params();
-            params[0] = Value::String(format!("{local_id:x}"));
-            params[8] = Value::Bool(clean);
-            self.out.extend_from_slice(proto::notification_line("mining.notify", &params).as_bytes());
-        }
+        w.push_notify(&mut self.out, local_id, clean);
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }
@@ -557,9 +596,18 @@ impl Session {
         });
         self.last_prev = Some(w.job.prev_hash);
         self.last_notify = Instant::now();
+        true
     }
 
-    async fn on_submit(&mut self, id: &str, params: Option<&RawValue>) {
+    /// Sends the last job again as it was (same id, clean_jobs false): a keepalive.
+    fn resend_current(&mut self, w: &Work) {
+        if let Some(last) = self.jobs.back().filter(|s| s.job.id == w.job.id) {
+            let id = last.local_id;
+            w.push_notify(&mut self.out, id, false);
+        }
+    }
+
+    fn on_submit(&mut self, id: &str, params: Option<&RawValue>) {
         if !self.subscribed {
             self.error(id, code::NOT_SUBSCRIBED, "Not subscribed");
             return;
@@ -610,7 +658,7 @@ impl Session {
                 self.ctx.counters.add_accepted(diff);
                 self.reply(id, "true");
                 let sent = &self.jobs[idx];
-                if let (Some(up), Some(tx)) = (&sent.upstream, &self.ctx.upstream) {
+                if let (Some(up), Some(_)) = (&sent.upstream, &self.ctx.upstream) {
                     // Shares meeting the upstream's difficulty go up; so does any block-meeting
                     // share (on test networks the block target can be easier than the pool's).
                     if acc.block || up.target.is_met_by(&acc.hash) {
@@ -628,9 +676,7 @@ impl Session {
                             difficulty: acc.difficulty,
                         };
                         // Queued for the upstream task; the miner never waits for the upstream's reply.
-                        if tx.send(share).await.is_err() {
-                            tracing::error!("upstream task is gone; share from {} not forwarded", self.workername);
-                        }
+                        self.upstream_out.push(share);
                     }
                 }
                 if acc.block {
@@ -646,9 +692,7 @@ impl Session {
                         difficulty: acc.difficulty,
                     };
                     tracing::info!(worker = %self.workername, height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
-                    if self.ctx.blocks.send(cand).await.is_err() {
-                        tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&acc.hash));
-                    }
+                    self.blocks_out.push(cand);
                 }
                 self.tally.add(diff, acc.difficulty, true);
                 self.log_share(workinfoid, height, &sub, diff, acc.difficulty, Some(&acc.hash), None);
@@ -721,4 +765,23 @@ impl Session {
             self.log_full = true;
         }
     }
+}
+
+/// Sends on a bounded channel: at once when there is room, else waits (in a separate allocation,
+/// so that the rare wait does not enlarge every session's task).
+async fn send<T>(tx: &tokio::sync::mpsc::Sender<T>, v: T) -> Result<(), ()> {
+    use tokio::sync::mpsc::error::TrySendError;
+    match tx.try_send(v) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(v)) => Box::pin(tx.send(v)).await.map_err(|_| ()),
+        Err(TrySendError::Closed(_)) => Err(()),
+    }
+}
+
+/// Waits for the next published work, handing the receiver back with the result.
+async fn next_work(
+    mut rx: tokio::sync::watch::Receiver<Option<Arc<Work>>>,
+) -> (tokio::sync::watch::Receiver<Option<Arc<Work>>>, Result<(), tokio::sync::watch::error::RecvError>) {
+    let r = rx.changed().await;
+    (rx, r)
 }

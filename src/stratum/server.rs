@@ -89,7 +89,7 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
                 }
             }
         };
-        let session = Session::new(ctx.clone(), id, peer, key);
+        let session = Box::new(Session::new(ctx.clone(), id, peer, key));
         let ctx2 = ctx.clone();
         ctx2.counters.connections.fetch_add(1, Ordering::Relaxed);
         sessions.spawn(async move {

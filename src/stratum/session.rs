@@ -19,13 +19,12 @@ use tokio::time::Instant;
 use super::lines::{Line, LineReader};
 use super::proto::{self, code, Param, SubmitParams};
 use super::vardiff::{Retarget, Vardiff};
-use super::{BlockCandidate, ServerCtx, UpstreamJob, UpstreamShare, Work};
+use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::log::sharelog::ShareLine;
 use crate::log::stats::{ShareTally, StatEvent};
 use crate::share::{self, Reject, Submit};
-use crate::work::Job;
 
 /// Jobs remembered per session for late submits.
 const JOBS_KEPT: usize = 16;
@@ -35,12 +34,13 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
 const MAX_BAD_LINES: u32 = 20;
 
 /// A job as this session was given it: with the difficulty in force when it was issued.
+/// (64 bytes: an idle miner holds one or two.)
 struct SentJob {
     local_id: u64,
-    job: Arc<Job>,
+    /// The work it came from: the job, and in proxy mode the upstream job it re-issues.
+    work: Arc<Work>,
     target: Target,
     diff: Difficulty,
-    upstream: Option<UpstreamJob>,
 }
 
 pub struct Session {
@@ -161,21 +161,36 @@ impl Session {
     /// upstream pool, then statistics. A full channel slows this miner; nothing is dropped.
     async fn flush_outbound(&mut self) {
         self.close_tally();
+        if !self.try_flush_outbound() {
+            // Rare: a channel is full. Wait in a separate allocation so that every session's
+            // task does not carry the waiting state.
+            Box::pin(self.flush_outbound_waiting()).await;
+        }
+    }
+
+    /// Sends without waiting; false when a channel was full (what is left stays queued, in order).
+    fn try_flush_outbound(&mut self) -> bool {
+        try_send_all(&self.ctx.blocks, &mut self.blocks_out, "block submitter")
+            && self.ctx.upstream.as_ref().is_none_or(|tx| try_send_all(tx, &mut self.upstream_out, "upstream task"))
+            && try_send_all(&self.ctx.stats, &mut self.stats_out, "stats task")
+    }
+
+    async fn flush_outbound_waiting(&mut self) {
         for cand in self.blocks_out.drain(..) {
             let hash = cand.hash;
-            if send(&self.ctx.blocks, cand).await.is_err() {
+            if self.ctx.blocks.send(cand).await.is_err() {
                 tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
             }
         }
         if let Some(tx) = &self.ctx.upstream {
             for share in self.upstream_out.drain(..) {
-                if send(tx, share).await.is_err() {
+                if tx.send(share).await.is_err() {
                     tracing::error!("upstream task is gone; share from {} not forwarded", self.workername);
                 }
             }
         }
         for ev in self.stats_out.drain(..) {
-            if send(&self.ctx.stats, ev).await.is_err() {
+            if self.ctx.stats.send(ev).await.is_err() {
                 tracing::error!("stats task is gone");
                 break;
             }
@@ -208,7 +223,8 @@ impl Session {
     }
 
     /// Serves the connection until it closes, misbehaves or the server shuts down.
-    pub async fn run(mut self, mut stream: TcpStream) {
+    /// Boxed: the session's state lives once on the heap, not twice inside the task's future.
+    pub async fn run(mut self: Box<Self>, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let mut reader = LineReader::new(proto::MAX_LINE);
         let mut work_rx = self.ctx.work.clone();
@@ -563,8 +579,8 @@ impl Session {
     /// Queues the notify for `w`. `fresh_id` re-sends the same job under a new local id (after a
     /// difficulty change). clean_jobs is set whenever the previous block changed.
     /// Returns false when nothing was queued (the exact job was sent already).
-    fn send_work(&mut self, w: &Work, fresh_id: bool) -> bool {
-        if !fresh_id && self.jobs.back().is_some_and(|s| s.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
+    fn send_work(&mut self, w: &Arc<Work>, fresh_id: bool) -> bool {
+        if !fresh_id && self.jobs.back().is_some_and(|s| s.work.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
             return false; // this exact job was already sent
         }
         if self.subscribed && *w.en1_prefix != *self.prefix {
@@ -581,19 +597,13 @@ impl Session {
             }
         }
         let prev_changed = self.last_prev != Some(w.job.prev_hash);
-        let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.job.id != w.job.id));
+        let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.work.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
         w.push_notify(&mut self.out, local_id, clean);
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }
-        self.jobs.push_back(SentJob {
-            local_id,
-            job: w.job.clone(),
-            target: self.diff.to_target(),
-            diff: self.diff,
-            upstream: w.upstream.clone(),
-        });
+        self.jobs.push_back(SentJob { local_id, work: w.clone(), target: self.diff.to_target(), diff: self.diff });
         self.last_prev = Some(w.job.prev_hash);
         self.last_notify = Instant::now();
         true
@@ -601,7 +611,7 @@ impl Session {
 
     /// Sends the last job again as it was (same id, clean_jobs false): a keepalive.
     fn resend_current(&mut self, w: &Work) {
-        if let Some(last) = self.jobs.back().filter(|s| s.job.id == w.job.id) {
+        if let Some(last) = self.jobs.back().filter(|s| s.work.job.id == w.job.id) {
             let id = last.local_id;
             w.push_notify(&mut self.out, id, false);
         }
@@ -646,19 +656,19 @@ impl Session {
             return;
         };
         let sent = &self.jobs[idx];
-        let (target, diff, workinfoid, height) = (sent.target, sent.diff, sent.job.id, sent.job.height);
+        let (target, diff, workinfoid, height) = (sent.target, sent.diff, sent.work.job.id, sent.work.job.height);
         // Work on a previous block: stale, and logged against its job.
-        let result = if self.last_prev != Some(sent.job.prev_hash) {
+        let result = if self.last_prev != Some(sent.work.job.prev_hash) {
             Err(Reject::Stale)
         } else {
-            share::check(&sent.job, &self.en1, &sub, self.version_mask, &target)
+            share::check(&sent.work.job, &self.en1, &sub, self.version_mask, &target)
         };
         match result {
             Ok(acc) => {
                 self.ctx.counters.add_accepted(diff);
                 self.reply(id, "true");
                 let sent = &self.jobs[idx];
-                if let (Some(up), Some(_)) = (&sent.upstream, &self.ctx.upstream) {
+                if let (Some(up), Some(_)) = (&sent.work.upstream, &self.ctx.upstream) {
                     // Shares meeting the upstream's difficulty go up; so does any block-meeting
                     // share (on test networks the block target can be easier than the pool's).
                     if acc.block || up.target.is_met_by(&acc.hash) {
@@ -670,7 +680,7 @@ impl Session {
                             extranonce2: en2,
                             ntime: format!("{:08x}", acc.ntime),
                             nonce: format!("{:08x}", acc.nonce),
-                            version_bits: (acc.version != sent.job.version)
+                            version_bits: (acc.version != sent.work.job.version)
                                 .then(|| format!("{:08x}", acc.version & self.version_mask)),
                             workername: self.workername.clone(),
                             difficulty: acc.difficulty,
@@ -680,7 +690,7 @@ impl Session {
                     }
                 }
                 if acc.block {
-                    let job = self.jobs[idx].job.clone();
+                    let job = self.jobs[idx].work.job.clone();
                     let cand = BlockCandidate {
                         job,
                         en1: self.en1.clone(),
@@ -767,15 +777,30 @@ impl Session {
     }
 }
 
-/// Sends on a bounded channel: at once when there is room, else waits (in a separate allocation,
-/// so that the rare wait does not enlarge every session's task).
-async fn send<T>(tx: &tokio::sync::mpsc::Sender<T>, v: T) -> Result<(), ()> {
+/// Sends `items` in order without waiting. Returns false at the first full channel, with that
+/// item and the rest left in `items`; a closed channel is logged and its items dropped (the
+/// task behind it is gone: shutdown).
+fn try_send_all<T>(tx: &tokio::sync::mpsc::Sender<T>, items: &mut Vec<T>, what: &str) -> bool {
     use tokio::sync::mpsc::error::TrySendError;
-    match tx.try_send(v) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(v)) => Box::pin(tx.send(v)).await.map_err(|_| ()),
-        Err(TrySendError::Closed(_)) => Err(()),
+    if items.is_empty() {
+        return true;
     }
+    let mut it = std::mem::take(items).into_iter();
+    while let Some(v) = it.next() {
+        match tx.try_send(v) {
+            Ok(()) => {}
+            Err(TrySendError::Full(v)) => {
+                items.push(v);
+                items.extend(it);
+                return false;
+            }
+            Err(TrySendError::Closed(_)) => {
+                tracing::error!("{what} is gone; {} item(s) not delivered", 1 + it.len());
+                return true;
+            }
+        }
+    }
+    true
 }
 
 /// Waits for the next published work, handing the receiver back with the result.

@@ -235,6 +235,8 @@ struct Conn {
     en2_counter: u64,
     target: Target,
     work: Option<ConnWork>,
+    /// A notify arrived (idle sessions keep no job).
+    notified: bool,
     working: bool,
     rng: Rng,
     next_id: u64,
@@ -245,6 +247,26 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(idx: usize, idle: bool, args: &BenchArgs) -> Conn {
+        Conn {
+            idx,
+            idle,
+            user: args.user.clone(),
+            en1: Vec::new(),
+            en2_len: 8,
+            en2_counter: (idx as u64) << 32,
+            target: Difficulty::ONE.to_target(),
+            work: None,
+            notified: false,
+            working: false,
+            rng: Rng((0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1),
+            next_id: 10,
+            pending: VecDeque::new(),
+            latencies: Vec::new(),
+            out: String::with_capacity(if idle { 0 } else { 256 * args.window.max(1) }),
+        }
+    }
+
     /// Appends one unsolved, well-formed submit to `out`. False when there is no work yet.
     fn push_submit(&mut self) -> bool {
         let Some(w) = self.work.as_mut() else { return false };
@@ -346,22 +368,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut reader = LineReader::new(crate::stratum::proto::MAX_LINE);
-    let mut c = Conn {
-        idx,
-        idle,
-        user: args.user.clone(),
-        en1: Vec::new(),
-        en2_len: 8,
-        en2_counter: (idx as u64) << 32,
-        target: Difficulty::ONE.to_target(),
-        work: None,
-        working: false,
-        rng: Rng((0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1),
-        next_id: 10,
-        pending: VecDeque::new(),
-        latencies: Vec::new(),
-        out: String::with_capacity(if idle { 0 } else { 256 * args.window.max(1) }),
-    };
+    let mut c = Conn::new(idx, idle, &args);
     let _ = writeln!(
         c.out,
         "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ckpool-bench/{}\"]}}",
@@ -441,41 +448,8 @@ fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized
             Answer::Ok(id) => (id, None, ""),
             Answer::Err(id, code, msg) => (id, Some(code), msg),
         };
-        if id >= 10 {
-            if let Some(pos) = c.pending.iter().position(|(i, _)| *i == id) {
-                let (_, sent) = c.pending.remove(pos).expect("position is in range");
-                c.latencies.push(at.saturating_duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
-            }
-            stats.answered.fetch_add(1, Ordering::Relaxed);
-            match code {
-                None => {
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(code) => {
-                    let slot = code_slot(code);
-                    if stats.rejected[slot].fetch_add(1, Ordering::Relaxed) == 0 {
-                        let mut r = stats.reasons.lock().unwrap();
-                        if r[slot].is_none() {
-                            r[slot] = Some(if slot == 6 { format!("code {code}: {msg}") } else { msg.to_string() });
-                        }
-                    }
-                }
-            }
-            return Ok(());
-        }
-        if id == 2 {
-            if code.is_some() {
-                return Err(format!("authorize refused: {msg}"));
-            }
-            *authorized = true;
-            if !c.working && c.work.is_some() {
-                c.working = true;
-                stats.working.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(());
-        }
-        if code.is_some() {
-            return Err(format!("request {id} refused: {msg}"));
+        if id != 1 {
+            return on_answer(c, stats, at, authorized, id, code, msg);
         }
     }
     if c.idle {
@@ -483,6 +457,7 @@ fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized
             if clean && c.working {
                 stats.notifies.lock().unwrap().entry(prev.to_string()).or_default().push(at);
             }
+            c.notified = true;
             if *authorized && !c.working {
                 c.working = true;
                 stats.working.fetch_add(1, Ordering::Relaxed);
@@ -494,6 +469,7 @@ fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized
     match v.get("method").and_then(Value::as_str) {
         Some("mining.notify") => {
             c.take_notify(&v["params"], stats, at);
+            c.notified = true;
             if *authorized && !c.working {
                 c.working = true;
                 stats.working.fetch_add(1, Ordering::Relaxed);
@@ -505,15 +481,82 @@ fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized
             }
         }
         Some(_) => {}
-        None => {
-            if v["id"].as_u64() == Some(1) {
+        None => match v["id"].as_u64() {
+            Some(1) => {
                 if !v["error"].is_null() {
                     return Err(format!("subscribe refused: {}", v["error"]));
                 }
                 c.en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
                 c.en2_len = v["result"][2].as_u64().unwrap_or(8) as usize;
             }
+            // An answer in another key order (ckpool puts "id" last, and says why a share was
+            // refused in "reject-reason" with a null "error").
+            Some(id) => {
+                if v["result"] == Value::Bool(true) {
+                    return on_answer(c, stats, at, authorized, id, None, "");
+                }
+                let code = v["error"].get(0).and_then(Value::as_i64).unwrap_or(-1);
+                let msg = v["error"]
+                    .get(1)
+                    .and_then(Value::as_str)
+                    .or_else(|| v["reject-reason"].as_str())
+                    .unwrap_or("refused")
+                    .to_string();
+                return on_answer(c, stats, at, authorized, id, Some(code), &msg);
+            }
+            None => {}
+        },
+    }
+    Ok(())
+}
+
+/// An answer to request `id` (2: authorize; 10 and up: submits); `code` is `None` when accepted.
+fn on_answer(
+    c: &mut Conn,
+    stats: &Stats,
+    at: Instant,
+    authorized: &mut bool,
+    id: u64,
+    code: Option<i64>,
+    msg: &str,
+) -> Result<(), String> {
+    if id >= 10 {
+        if let Some(pos) = c.pending.iter().position(|(i, _)| *i == id) {
+            let (_, sent) = c.pending.remove(pos).expect("position is in range");
+            c.latencies.push(at.saturating_duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
         }
+        stats.answered.fetch_add(1, Ordering::Relaxed);
+        match code {
+            None => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(code) => {
+                let slot = code_slot(code);
+                if stats.rejected[slot].fetch_add(1, Ordering::Relaxed) == 0 {
+                    let mut r = stats.reasons.lock().unwrap();
+                    if r[slot].is_none() {
+                        r[slot] = Some(if slot == 6 { format!("code {code}: {msg}") } else { msg.to_string() });
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    if id == 2 {
+        if code.is_some() {
+            return Err(format!("authorize refused: {msg}"));
+        }
+        *authorized = true;
+        // Some pools send the first notify before this answer: an idle session that has had one
+        // is working now; a submitting one needs its job.
+        if !c.working && (c.work.is_some() || (c.idle && c.notified)) {
+            c.working = true;
+            stats.working.fetch_add(1, Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    if code.is_some() {
+        return Err(format!("request {id} refused: {msg}"));
     }
     Ok(())
 }
@@ -879,6 +922,38 @@ mod tests {
         );
         assert_eq!(fast_answer(r#"{"id":null,"method":"mining.notify","params":[]}"#), None);
         assert_eq!(fast_answer(r#"{"id":1,"result":[[],"00",8],"error":null}"#), None);
+    }
+
+    /// ckpool (C) writes "id" last, sends its first notify before the authorize answer, and
+    /// refuses shares with a "reject-reason" and a null "error".
+    #[test]
+    fn answers_in_ckpools_key_order() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct A {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let args = A::parse_from(["x", "--url", "127.0.0.1:1"]).b;
+        let stats = Stats::default();
+        let at = Instant::now();
+        let mut c = Conn::new(0, true, &args);
+        let mut authorized = false;
+        let notify = r#"{"params": ["1", "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000", "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true], "id": null, "method": "mining.notify"}"#;
+        handle_line(&mut c, notify.as_bytes(), &stats, at, &mut authorized).unwrap();
+        assert!(!c.working);
+        handle_line(&mut c, br#"{"result": true, "error": null, "id": 2}"#, &stats, at, &mut authorized).unwrap();
+        assert!(authorized && c.working, "idle session works once authorized after its first notify");
+        c.pending.push_back((10, at));
+        c.pending.push_back((11, at));
+        handle_line(&mut c, br#"{"reject-reason":"Above target","result":false,"error":null,"id":10}"#, &stats, at, &mut authorized)
+            .unwrap();
+        handle_line(&mut c, br#"{"result":true,"error":null,"id":11}"#, &stats, at, &mut authorized).unwrap();
+        assert_eq!(stats.answered.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.snapshot().iter().sum::<u64>(), 1);
+        assert!(c.pending.is_empty());
+        assert!(handle_line(&mut c, br#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#, &stats, at, &mut authorized).is_err());
     }
 
     #[test]

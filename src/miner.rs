@@ -236,7 +236,13 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
                                 en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
                                 en2_len = v["result"][2].as_u64().unwrap_or(4) as usize;
                             }
-                            Some(3) if v["result"] != json!(true) => tracing::error!("authorize refused: {}", v["error"]),
+                            Some(3) => {
+                                if v["result"] == json!(true) {
+                                    tracing::info!("authorized as {}", args.user);
+                                } else {
+                                    tracing::error!("authorize refused: {}", v["error"]);
+                                }
+                            }
                             Some(_) => {
                                 if v["result"] == json!(true) { accepted += 1; } else { rejected += 1; tracing::info!("share rejected: {}", v["error"]); }
                                 if args.shares.is_some_and(|n| accepted >= n) { break 'outer Ok(()); }

@@ -1,5 +1,7 @@
-//! Share validation cost on a realistic mainnet-sized job: 13 merkle branches (5,000 template
-//! transactions) and a segwit coinbase of about 200 bytes.
+//! The per-share and per-notify hot paths on a realistic mainnet-sized job: 13 merkle branches
+//! (5,000 template transactions) and a segwit coinbase of about 200 bytes. Share validation,
+//! submit parsing, share-log line formatting, notify serialization (once per job, and the
+//! per-session line), merkle branch computation.
 //!
 //! Run: `cargo bench --bench share_check`
 
@@ -7,7 +9,12 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
+use std::sync::Arc;
+
 use ckpool::difficulty::Difficulty;
+use ckpool::log::sharelog::{format_line, ShareLine};
+use ckpool::stratum::proto::{parse_request, SubmitParams};
+use ckpool::stratum::Work;
 use ckpool::share::{self, Submit, DEFAULT_VERSION_MASK};
 use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
 use ckpool::work::job::Job;
@@ -110,7 +117,57 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // Notify serialization: once per job (the JSON params, encoded when the job is published),
+    // then per session and notify only the session's id and the encoded tail are copied.
     c.bench_function("notify_params_to_string", |b| b.iter(|| black_box(&job).notify_params().to_string()));
+    let work = Work::new(Arc::new(realistic_job()));
+    let mut out = Vec::with_capacity(4096);
+    c.bench_function("notify/per_session_line", |b| {
+        b.iter(|| {
+            out.clear();
+            work.push_notify(&mut out, black_box(0x0012_3405), true);
+            out.len()
+        })
+    });
+
+    // Submit parsing: the line to the five strings the share check takes, borrowed.
+    let submit = r#"{"id":4711,"method":"mining.submit","params":["bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq.rig1","123405","0000000000000001","65000000","1a2b3c4d","00002000"]}"#;
+    c.bench_function("submit/parse", |b| {
+        b.iter(|| {
+            let r = parse_request(black_box(submit.as_bytes())).unwrap();
+            let p = SubmitParams::parse(r.params).unwrap();
+            p.str(4).map(str::len)
+        })
+    });
+
+    // Share-log line, as a session appends it to the log's batch buffer.
+    let hash = [0x5au8; 32];
+    let line = ShareLine {
+        workinfoid: 0x6552_3a1f_0000_0001,
+        clientid: 4711,
+        enonce1: "0a0b0c0d",
+        nonce2: "0000000000000001",
+        nonce: "1a2b3c4d",
+        ntime: "65000000",
+        diff: Difficulty::from_integer(42),
+        sdiff: "0.000307".parse().unwrap(),
+        hash: Some(&hash),
+        result: false,
+        reject_reason: Some("Above target"),
+        createdate: (1_700_000_000, 123_456_789),
+        workername: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq.rig1",
+        username: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+        address: "192.168.1.77",
+        agent: "bitaxe/BM1370/v2.4.2",
+    };
+    let mut buf = Vec::with_capacity(1024);
+    c.bench_function("sharelog/format_line", |b| {
+        b.iter(|| {
+            buf.clear();
+            format_line(black_box(&line), &mut buf);
+            buf.len()
+        })
+    });
 
     let txids: Vec<[u8; 32]> = (0..3_000u32).map(txid).collect();
     c.bench_function("merkle_branches_3000_txids", |b| b.iter(|| merkle::branches(black_box(&txids))));

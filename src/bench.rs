@@ -902,6 +902,11 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
             r.1 / 1024,
             rss_delta / up.max(1) as i64
         );
+        println!(
+            "bench: SERVER pid {pid}: rss {} KiB at the end of the load: {} bytes/connection",
+            c1.1 / 1024,
+            (c1.1 as i64 - b.1 as i64) / up.max(1) as i64
+        );
     }
     if let Some(e) = stats.first_error.lock().unwrap().clone() {
         println!("bench: first error: {e}");

@@ -600,6 +600,12 @@ impl Session {
         let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.work.job.id != w.job.id));
         let local_id = (w.job.id << 8) | self.rev as u64;
         w.push_notify(&mut self.out, local_id, clean);
+        if prev_changed && self.jobs.len() > 1 {
+            // A new block: of the old block's jobs only the last is kept (late shares on it are
+            // logged as stale against it); the rest, and their memory, go.
+            self.jobs.drain(..self.jobs.len() - 1);
+            self.jobs.shrink_to(4);
+        }
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }

@@ -495,7 +495,13 @@ fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized
                 if v["result"] == Value::Bool(true) {
                     return on_answer(c, stats, at, authorized, id, None, "");
                 }
-                let code = v["error"].get(0).and_then(Value::as_i64).unwrap_or(-1);
+                // ckpool's "reject-reason" texts carry no code: the usual ones get theirs.
+                let code = v["error"].get(0).and_then(Value::as_i64).unwrap_or(match v["reject-reason"].as_str() {
+                    Some("Above target") => 23,
+                    Some("Stale") | Some("Invalid JobID") => 21,
+                    Some("Duplicate") => 22,
+                    _ => -1,
+                });
                 let msg = v["error"]
                     .get(1)
                     .and_then(Value::as_str)
@@ -957,6 +963,7 @@ mod tests {
         assert_eq!(stats.answered.load(Ordering::Relaxed), 2);
         assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
         assert_eq!(stats.snapshot().iter().sum::<u64>(), 1);
+        assert_eq!(stats.snapshot()[code_slot(23)], 1, "ckpool's Above target counts as low difficulty");
         assert!(c.pending.is_empty());
         assert!(handle_line(&mut c, br#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#, &stats, at, &mut authorized).is_err());
     }

@@ -411,3 +411,44 @@ async fn btcd_failover_and_cookie_auth() {
     }
     assert!(!pool.log().contains("nothing"), "a password reached the log");
 }
+
+/// Late shares on the previous block's jobs are answered "Stale" and written to the share log
+/// against the job they name: the last old job (still kept) and an older one (whose job the
+/// session dropped at the new block to save memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_shares_on_old_jobs_are_logged_stale() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    node.call("generate", json!([1])).await;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["update_interval"] = json!(3600);
+    let mut pool = Pool::start(cfg, &[]);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (_, n2) = c.handshake("late.rig").await;
+    let first = c.notification("mining.notify").await;
+    // A difficulty change re-sends the job under a second id: two jobs on the same block.
+    c.send_raw(&json!({"id": null, "method": "mining.suggest_difficulty", "params": [0.5]}).to_string()).await;
+    let second = c.notification("mining.notify").await;
+    let (old, kept) = (first["params"][0].as_str().unwrap(), second["params"][0].as_str().unwrap());
+    assert_ne!(old, kept, "{second}");
+    let hashes = node.call("generate", json!([1])).await;
+    c.notify_on_tip(hashes[0].as_str().unwrap()).await;
+    let ntime = first["params"][7].as_str().unwrap();
+    for (job, en2) in [(old, 1u64), (kept, 2u64)] {
+        let params = json!(["late.rig", job, format!("{en2:0width$x}", width = n2 * 2), ntime, "00000000"]);
+        let id = c.request("mining.submit", params).await;
+        let r = c.reply(id).await;
+        assert_eq!(r["error"][0], json!(21), "job {job}: {r}");
+        assert_eq!(r["error"][1], json!("Stale"), "job {job}: {r}");
+    }
+    pool.stop().expect("pool exits on SIGTERM");
+    let lines = pool.share_lines();
+    for job in [old, kept] {
+        let workinfoid = u64::from_str_radix(job, 16).unwrap() >> 8;
+        assert!(
+            lines.iter().any(|l| l["workinfoid"] == json!(workinfoid) && l["reject-reason"] == json!("Stale")),
+            "no stale line for job {job} (workinfoid {workinfoid}): {lines:?}"
+        );
+    }
+}

@@ -85,6 +85,17 @@ pub struct Session {
     /// them (so that the per-line code never awaits, and the task stays small).
     blocks_out: Vec<BlockCandidate>,
     upstream_out: Vec<UpstreamShare>,
+    /// The jobs of the previous block dropped at the last new block: their local ids, height and
+    /// the difficulty they were sent at, so that a late share on one is still logged (as stale).
+    dropped: Option<Dropped>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dropped {
+    first_local_id: u64,
+    last_local_id: u64,
+    height: u32,
+    diff: Difficulty,
 }
 
 /// Why the session ended, for the log.
@@ -141,6 +152,7 @@ impl Session {
             log_full: false,
             blocks_out: Vec::new(),
             upstream_out: Vec::new(),
+            dropped: None,
         }
     }
 
@@ -251,6 +263,7 @@ impl Session {
                 timer.as_mut().reset(tick);
             }
             let mut kicked = None;
+            let mut outbound_waiting = false;
             tokio::select! {
                 // Wait for data without holding a read buffer: an idle miner keeps none.
                 ready = stream.readable() => {
@@ -281,7 +294,10 @@ impl Session {
                         }
                     }
                     reader.release_if_drained();
-                    self.flush_outbound().await;
+                    // Blocks, upstream shares and statistics leave now if their channels have
+                    // room; if one is full, the waiting is done after the miner has its answers.
+                    self.close_tally();
+                    outbound_waiting = !self.try_flush_outbound();
                 }
                 (mut rx, changed) = &mut work_wait, if self.working => {
                     if changed.is_err() { break End::Shutdown; }
@@ -326,12 +342,21 @@ impl Session {
                     self.out = Vec::new();
                 }
             }
+            if outbound_waiting {
+                // A channel was full (the block submitter, the upstream task or statistics):
+                // the miner has its answers; this session waits, in a boxed future, before reading on.
+                Box::pin(self.flush_outbound_waiting()).await;
+            }
             if let Some(why) = kicked {
                 break End::Kick(why);
             }
             if std::mem::take(&mut self.log_full) {
                 // The miner has its answers; it waits here, not for them, until the disk catches up.
-                self.ctx.shares.wait_for_room().await;
+                let room = self.ctx.shares.wait_for_room();
+                tokio::select! {
+                    _ = room => {}
+                    _ = &mut shutdown_wait => break End::Shutdown,
+                }
             }
         };
         match end {
@@ -603,7 +628,18 @@ impl Session {
         if prev_changed && self.jobs.len() > 1 {
             // A new block: of the old block's jobs only the last is kept (late shares on it are
             // logged as stale against it); the rest, and their memory, go.
-            self.jobs.drain(..self.jobs.len() - 1);
+            let n = self.jobs.len() - 1;
+            // The remembered range covers only the previous block's jobs (one height).
+            let old_prev = self.jobs[n - 1].work.job.prev_hash;
+            let from = self.jobs.iter().take(n).position(|j| j.work.job.prev_hash == old_prev).unwrap_or(n - 1);
+            let (first, last) = (&self.jobs[from], &self.jobs[n - 1]);
+            self.dropped = Some(Dropped {
+                first_local_id: first.local_id,
+                last_local_id: last.local_id,
+                height: last.work.job.height,
+                diff: last.diff,
+            });
+            self.jobs.drain(..n);
             self.jobs.shrink_to(4);
         }
         if self.jobs.len() == JOBS_KEPT {
@@ -653,11 +689,18 @@ impl Session {
         let Some(idx) =
             u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().position(|s| s.local_id == lid))
         else {
-            let r = if job_id.len() <= 16 && u64::from_str_radix(job_id, 16).is_ok() {
-                Reject::Stale
-            } else {
-                Reject::UnknownJob
-            };
+            let lid = u64::from_str_radix(job_id, 16).ok().filter(|_| job_id.len() <= 16);
+            let r = if lid.is_some() { Reject::Stale } else { Reject::UnknownJob };
+            // A late share on a job of the previous block that was dropped at the new block:
+            // logged as stale against that job, as if it were still kept.
+            let dropped = self.dropped.filter(|d| lid.is_some_and(|l| (d.first_local_id..=d.last_local_id).contains(&l)));
+            if let (Some(d), Some(l)) = (dropped, lid) {
+                self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.tally.add(d.diff, Difficulty::ZERO, false);
+                self.error(id, r.code(), &r.reason());
+                self.log_share(l >> 8, d.height, &sub, d.diff, Difficulty::ZERO, None, Some(&r.reason()));
+                return;
+            }
             self.counted_reject(id, Some(&sub), &r.reason(), r.code());
             return;
         };

@@ -218,3 +218,63 @@ proptest! {
         }
     }
 }
+
+/// One JSON value a miner might put in a submit's params: strings (with escapes and any
+/// characters), null, numbers, booleans, nested arrays and objects.
+fn any_param() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        any::<String>().prop_map(serde_json::Value::String),
+        "[0-9a-f]{0,16}".prop_map(serde_json::Value::String),
+        Just(serde_json::Value::Null),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<bool>().prop_map(|b| json!(b)),
+        (-1e6f64..1e6).prop_map(|f| json!(f)),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::vec(("[a-z]{1,4}", inner), 0..3)
+                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The borrowed submit parser reads what a full JSON parse reads: for every param, the same
+    /// string, null, or "something else"; params beyond the sixth are skipped; the id and
+    /// method are the same.
+    #[test]
+    fn submit_params_agree_with_serde_json(
+        params in proptest::collection::vec(any_param(), 0..9),
+        id in prop_oneof![Just(json!(7)), Just(json!("x\"y")), Just(serde_json::Value::Null)],
+    ) {
+        use ckpool::stratum::proto::{parse_request, Param, SubmitParams, SUBMIT_PARAMS};
+        let line = json!({"id": id, "method": "mining.submit", "params": params}).to_string();
+        let req = parse_request(line.as_bytes()).unwrap();
+        prop_assert_eq!(&*req.method, "mining.submit");
+        prop_assert_eq!(ckpool::stratum::proto::id_text(req.id), id.to_string());
+        let p = SubmitParams::parse(req.params).unwrap();
+        for i in 0..SUBMIT_PARAMS + 2 {
+            let want = params.get(i).filter(|_| i < SUBMIT_PARAMS);
+            match (want, p.get(i)) {
+                (None, None) => {}
+                (Some(serde_json::Value::String(s)), Some(Param::Str(got))) => prop_assert_eq!(s, &**got),
+                (Some(serde_json::Value::Null), Some(Param::Null)) => {}
+                (Some(v), Some(Param::Other)) => prop_assert!(!v.is_string() && !v.is_null(), "{v}"),
+                (w, g) => prop_assert!(false, "param {i}: want {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    /// Any bytes: the request parser answers (a request or an error), never panics, and a
+    /// submit's params parse or are refused.
+    #[test]
+    fn any_line_parses_or_is_refused(line in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(req) = ckpool::stratum::proto::parse_request(&line) {
+            let _ = ckpool::stratum::proto::SubmitParams::parse(req.params);
+            let _ = req.params_value();
+        }
+    }
+}

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use ckpool::difficulty::Difficulty;
 use ckpool::log::sharelog::{format_line, ShareLine};
+use ckpool::share::{self, Submit, DEFAULT_VERSION_MASK};
 use ckpool::stratum::proto::{parse_request, SubmitParams};
 use ckpool::stratum::Work;
-use ckpool::share::{self, Submit, DEFAULT_VERSION_MASK};
 use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
 use ckpool::work::job::Job;
 use ckpool::work::merkle::{self, sha256d};

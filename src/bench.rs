@@ -729,7 +729,8 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
     let mut trigger_tasks = Vec::new();
     let every = Duration::from_secs_f64(args.trigger_every.max(0.1));
     loop {
-        let trigger_due = (trigger_ats.len() < triggers).then(|| t0 + Duration::from_secs(1) + every * trigger_ats.len() as u32);
+        let trigger_due =
+            (trigger_ats.len() < triggers).then(|| t0 + Duration::from_secs(1) + every * trigger_ats.len() as u32);
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -868,11 +869,18 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
             }
             let at = Instant::from_std(*at);
             let Some((_, v)) = events.iter().find(|(p, _)| p == prev) else {
-                println!("bench: ZMQ block ..{}: no clean notify for it reached any connection", &prev[prev.len().saturating_sub(8)..]);
+                println!(
+                    "bench: ZMQ block ..{}: no clean notify for it reached any connection",
+                    &prev[prev.len().saturating_sub(8)..]
+                );
                 continue;
             };
             if v.len() < up {
-                println!("bench: ZMQ block ..{}: clean notify reached only {}/{up} connections", &prev[prev.len().saturating_sub(8)..], v.len());
+                println!(
+                    "bench: ZMQ block ..{}: clean notify reached only {}/{up} connections",
+                    &prev[prev.len().saturating_sub(8)..],
+                    v.len()
+                );
             }
             // Negative if the notify came first (it cannot, but clocks are read on two threads).
             let rel = |q: f64| quantile(v, q).checked_duration_since(at).map(ms).unwrap_or(0.0);
@@ -957,15 +965,28 @@ mod tests {
         assert!(authorized && c.working, "idle session works once authorized after its first notify");
         c.pending.push_back((10, at));
         c.pending.push_back((11, at));
-        handle_line(&mut c, br#"{"reject-reason":"Above target","result":false,"error":null,"id":10}"#, &stats, at, &mut authorized)
-            .unwrap();
+        handle_line(
+            &mut c,
+            br#"{"reject-reason":"Above target","result":false,"error":null,"id":10}"#,
+            &stats,
+            at,
+            &mut authorized,
+        )
+        .unwrap();
         handle_line(&mut c, br#"{"result":true,"error":null,"id":11}"#, &stats, at, &mut authorized).unwrap();
         assert_eq!(stats.answered.load(Ordering::Relaxed), 2);
         assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
         assert_eq!(stats.snapshot().iter().sum::<u64>(), 1);
         assert_eq!(stats.snapshot()[code_slot(23)], 1, "ckpool's Above target counts as low difficulty");
         assert!(c.pending.is_empty());
-        assert!(handle_line(&mut c, br#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#, &stats, at, &mut authorized).is_err());
+        assert!(handle_line(
+            &mut c,
+            br#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#,
+            &stats,
+            at,
+            &mut authorized
+        )
+        .is_err());
     }
 
     #[test]

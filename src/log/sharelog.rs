@@ -252,7 +252,12 @@ fn write_loop(inner: &Inner, logdir: &Path) {
 
 /// Writes `lines` (whole lines) to the file for `key`, opening it when the job changed. A file
 /// that cannot be opened sends its lines to the pool log instead: no share is lost.
-fn write_segment(open: &mut Option<((u32, u64), PathBuf, BufWriter<File>)>, logdir: &Path, key: (u32, u64), lines: &[u8]) {
+fn write_segment(
+    open: &mut Option<((u32, u64), PathBuf, BufWriter<File>)>,
+    logdir: &Path,
+    key: (u32, u64),
+    lines: &[u8],
+) {
     if open.as_ref().map(|(k, _, _)| *k != key).unwrap_or(true) {
         if let Some((_, p, mut w)) = open.take() {
             if let Err(e) = w.flush() {

@@ -122,7 +122,10 @@ impl LineReader {
     }
 
     /// [`next_line`](Self::next_line) for callers that want the bytes: `None` at end of stream.
-    pub async fn next_owned<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Option<Result<Vec<u8>, ()>>> {
+    pub async fn next_owned<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> std::io::Result<Option<Result<Vec<u8>, ()>>> {
         Ok(match self.next_line(r).await? {
             Line::Data(range) => Some(Ok(self.buf[range].to_vec())),
             Line::TooLong => Some(Err(())),

@@ -94,8 +94,15 @@ mod tests {
     #[test]
     fn notify_line_matches_params() {
         let p = serde_json::json!([
-            "1", "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000", "01000000010000", "00000000",
-            ["aa".repeat(32), "bb".repeat(32)], "20000000", "207fffff", "504e86b9", true
+            "1",
+            "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000",
+            "01000000010000",
+            "00000000",
+            ["aa".repeat(32), "bb".repeat(32)],
+            "20000000",
+            "207fffff",
+            "504e86b9",
+            true
         ]);
         let job = Job::from_notify(7, &p, 4, 4).unwrap();
         let w = Work::new(Arc::new(job));

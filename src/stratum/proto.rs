@@ -291,7 +291,8 @@ mod tests {
         assert_eq!(p.str(5), Some("1fffe000"));
         assert!(matches!(p.get(1), Some(Param::Str(Cow::Borrowed(_)))));
         // Escapes are decoded into an owned string; null, numbers and nesting are told apart.
-        let r = parse_request(br#"{"id":1,"method":"mining.submit","params":["a\u0041",null,5,[1,[2]],{"x":1}]}"#).unwrap();
+        let r =
+            parse_request(br#"{"id":1,"method":"mining.submit","params":["a\u0041",null,5,[1,[2]],{"x":1}]}"#).unwrap();
         let p = SubmitParams::parse(r.params).unwrap();
         assert_eq!(p.str(0), Some("aA"));
         assert_eq!(p.get(1), Some(&Param::Null));

@@ -165,7 +165,11 @@ impl Session {
     fn close_tally(&mut self) {
         if !self.tally.is_empty() {
             let tally = std::mem::take(&mut self.tally);
-            self.stats_out.push(StatEvent::Shares { user: self.username.clone(), worker: self.workername.clone(), tally });
+            self.stats_out.push(StatEvent::Shares {
+                user: self.username.clone(),
+                worker: self.workername.clone(),
+                tally,
+            });
         }
     }
 
@@ -605,7 +609,9 @@ impl Session {
     /// difficulty change). clean_jobs is set whenever the previous block changed.
     /// Returns false when nothing was queued (the exact job was sent already).
     fn send_work(&mut self, w: &Arc<Work>, fresh_id: bool) -> bool {
-        if !fresh_id && self.jobs.back().is_some_and(|s| s.work.job.id == w.job.id && s.local_id & 0xff == self.rev as u64) {
+        if !fresh_id
+            && self.jobs.back().is_some_and(|s| s.work.job.id == w.job.id && s.local_id & 0xff == self.rev as u64)
+        {
             return false; // this exact job was already sent
         }
         if self.subscribed && *w.en1_prefix != *self.prefix {
@@ -693,7 +699,8 @@ impl Session {
             let r = if lid.is_some() { Reject::Stale } else { Reject::UnknownJob };
             // A late share on a job of the previous block that was dropped at the new block:
             // logged as stale against that job, as if it were still kept.
-            let dropped = self.dropped.filter(|d| lid.is_some_and(|l| (d.first_local_id..=d.last_local_id).contains(&l)));
+            let dropped =
+                self.dropped.filter(|d| lid.is_some_and(|l| (d.first_local_id..=d.last_local_id).contains(&l)));
             if let (Some(d), Some(l)) = (dropped, lid) {
                 self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.tally.add(d.diff, Difficulty::ZERO, false);

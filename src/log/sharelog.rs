@@ -120,6 +120,8 @@ struct Inner {
     /// Wakes sessions waiting for room.
     room: tokio::sync::Notify,
     handles: AtomicUsize,
+    /// For the operator's message when the writer falls behind.
+    logdir: PathBuf,
 }
 
 impl Inner {
@@ -162,8 +164,16 @@ impl ShareLog {
     /// reply to its miner and then [`ShareLog::wait_for_room`] before taking more shares.
     pub fn append(&self, height: u32, workinfoid: u64, line: &ShareLine<'_>) -> bool {
         let mut b = self.inner.lock();
+        let before = b.buf.len();
         format_line(line, &mut b.buf);
         let end = b.buf.len();
+        if before <= SOFT_CAP && end > SOFT_CAP {
+            tracing::warn!(
+                "share log is {} MB behind: is the disk under {} slow or full? Miners sending shares are slowed until it catches up; nothing is dropped",
+                end >> 20,
+                self.inner.logdir.display()
+            );
+        }
         match b.segments.last_mut() {
             Some(s) if s.height == height && s.workinfoid == workinfoid => s.end = end,
             _ => b.segments.push(Segment { height, workinfoid, end }),
@@ -197,6 +207,7 @@ pub fn spawn(logdir: PathBuf) -> (ShareLog, std::thread::JoinHandle<()>) {
         lines: Condvar::new(),
         room: tokio::sync::Notify::new(),
         handles: AtomicUsize::new(1),
+        logdir: logdir.clone(),
     });
     let writer = inner.clone();
     let handle = std::thread::Builder::new()

@@ -121,11 +121,9 @@ impl LineReader {
         }
     }
 
-    /// [`next_line`](Self::next_line) for callers that want the bytes: `None` at end of stream.
-    pub async fn next_owned<R: AsyncRead + Unpin>(
-        &mut self,
-        r: &mut R,
-    ) -> std::io::Result<Option<Result<Vec<u8>, ()>>> {
+    /// [`next_line`](Self::next_line) with the bytes copied out (tests): `None` at end of stream.
+    #[cfg(test)]
+    async fn next_owned<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Option<Result<Vec<u8>, ()>>> {
         Ok(match self.next_line(r).await? {
             Line::Data(range) => Some(Ok(self.buf[range].to_vec())),
             Line::TooLong => Some(Err(())),

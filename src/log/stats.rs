@@ -778,7 +778,8 @@ mod tests {
             lines[2]
         );
         // Block counts: extra keys after ckpool's, the line stays one JSON object.
-        let counts = BlockCounts { found: 3, accepted: 2, rejected: 0, stale: 1, confirmed: 2, orphaned: 1, matured: 1 };
+        let counts =
+            BlockCounts { found: 3, accepted: 2, rejected: 0, stale: 1, confirmed: 2, orphaned: 1, matured: 1 };
         b.apply(&StatEvent::Blocks(counts), at(60));
         let l2: Value = serde_json::from_str(b.render_pool(at(60), None).lines().nth(2).unwrap()).unwrap();
         assert_eq!((l2["blocks_found"].as_u64(), l2["blocks_orphaned"].as_u64()), (Some(3), Some(1)), "{l2}");

@@ -256,7 +256,10 @@ mod tests {
                 other => panic!("round {round}: {other:?}"),
             }
         }
-        assert_eq!(s.on_answers(now, &[(0, Answer::Accepted)]), Action::Done(Outcome::Accepted { nodes: vec!["node0".into()] }));
+        assert_eq!(
+            s.on_answers(now, &[(0, Answer::Accepted)]),
+            Action::Done(Outcome::Accepted { nodes: vec!["node0".into()] })
+        );
     }
 
     #[test]
@@ -283,12 +286,12 @@ mod tests {
         let other = chain_view(10, ours, Some(11), Some("00cd"));
         assert_eq!(other, ChainView::Other { hash: "00cd".into(), tip: 11 });
         assert_eq!(s.on_chain(&[ChainView::Unknown, ChainView::Below { tip: 9 }]), None);
-        assert_eq!(s.on_chain(&[ChainView::Unknown, other.clone()]), Some(Outcome::Stale { by: "00cd".into(), tip: 11 }));
-        // A node holding ours wins over one that has another block there.
         assert_eq!(
-            s.on_chain(&[other, ChainView::Ours]),
-            Some(Outcome::Accepted { nodes: vec!["node1".into()] })
+            s.on_chain(&[ChainView::Unknown, other.clone()]),
+            Some(Outcome::Stale { by: "00cd".into(), tip: 11 })
         );
+        // A node holding ours wins over one that has another block there.
+        assert_eq!(s.on_chain(&[other, ChainView::Ours]), Some(Outcome::Accepted { nodes: vec!["node1".into()] }));
     }
 
     #[test]

@@ -84,9 +84,15 @@ mod tests {
         assert_eq!(observe(Stage::Accepted, 10, OURS, 10, Some(OURS)), Some(Change::Confirmed { confirmations: 1 }));
         assert_eq!(observe(Stage::Confirmed(1), 10, OURS, 10, Some(OURS)), None);
         assert_eq!(observe(Stage::Confirmed(1), 10, OURS, 14, Some(OURS)), None, "5 confirmations: no milestone");
-        assert_eq!(observe(Stage::Confirmed(1), 10, OURS, 15, Some(OURS)), Some(Change::Confirmed { confirmations: 6 }));
+        assert_eq!(
+            observe(Stage::Confirmed(1), 10, OURS, 15, Some(OURS)),
+            Some(Change::Confirmed { confirmations: 6 })
+        );
         assert_eq!(observe(Stage::Confirmed(6), 10, OURS, 50, Some(OURS)), None);
-        assert_eq!(observe(Stage::Confirmed(6), 10, OURS, 109, Some(OURS)), Some(Change::Matured { confirmations: 100 }));
+        assert_eq!(
+            observe(Stage::Confirmed(6), 10, OURS, 109, Some(OURS)),
+            Some(Change::Matured { confirmations: 100 })
+        );
         // A jump straight past several milestones records where it landed.
         assert_eq!(observe(Stage::Accepted, 10, OURS, 20, Some(OURS)), Some(Change::Confirmed { confirmations: 11 }));
         assert_eq!(observe(Stage::Accepted, 10, OURS, 200, Some(OURS)), Some(Change::Matured { confirmations: 191 }));

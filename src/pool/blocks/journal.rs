@@ -143,10 +143,12 @@ impl Ledger {
 
     /// Records `state` for the block (a newer stage replaces an older one, never the reverse).
     pub fn set(&mut self, meta: Meta, state: State) {
-        let e = self
-            .entries
-            .entry(meta.hash.clone())
-            .or_insert_with(|| Entry { meta: meta.clone(), state, ever_accepted: false, max_confirmations: 0 });
+        let e = self.entries.entry(meta.hash.clone()).or_insert_with(|| Entry {
+            meta: meta.clone(),
+            state,
+            ever_accepted: false,
+            max_confirmations: 0,
+        });
         if e.meta.workername.is_empty() && !meta.workername.is_empty() {
             e.meta = meta;
         }
@@ -157,7 +159,8 @@ impl Ledger {
             }
         }
         let newer = state.rank() > e.state.rank()
-            || state.rank() == e.state.rank() && !matches!((e.state, state), (State::Fate(Stage::Confirmed(a)), State::Fate(Stage::Confirmed(b))) if b < a);
+            || state.rank() == e.state.rank()
+                && !matches!((e.state, state), (State::Fate(Stage::Confirmed(a)), State::Fate(Stage::Confirmed(b))) if b < a);
         if newer {
             e.state = state;
         }

@@ -77,12 +77,21 @@ pub fn run(args: SubmitblockArgs) -> anyhow::Result<()> {
     let refused = answers.iter().all(|(_, a)| matches!(a, Answer::Rejected(_)));
     // Record what is settled; a node that could not be reached leaves the block to the pool.
     let ledger = super::load_ledger(&cfg.logdir).0;
-    let meta =
-        ledger.get(&hash).map(|e| e.meta.clone()).unwrap_or_else(|| Meta { height, hash: hash.clone(), ..Meta::default() });
+    let meta = ledger.get(&hash).map(|e| e.meta.clone()).unwrap_or_else(|| Meta {
+        height,
+        hash: hash.clone(),
+        ..Meta::default()
+    });
     let answers_json: Vec<_> = answers.iter().map(|(n, a)| json!({"node": n, "answer": a.text()})).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let line = if !holders.is_empty() {
-        Some(journal::line(&meta, "accepted", true, now, json!({"answers": answers_json, "nodes": holders, "source": "submitblock"})))
+        Some(journal::line(
+            &meta,
+            "accepted",
+            true,
+            now,
+            json!({"answers": answers_json, "nodes": holders, "source": "submitblock"}),
+        ))
     } else if refused {
         Some(journal::line(&meta, "rejected", false, now, json!({"answers": answers_json, "source": "submitblock"})))
     } else {

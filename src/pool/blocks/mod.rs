@@ -157,7 +157,14 @@ impl BlockSubmitter {
         loop {
             while tasks.len() < MAX_SUBMITTING {
                 let Some(p) = queue.pop_front() else { break };
-                tasks.spawn(submit_task(self.rpc.clone(), self.logdir.clone(), p, self.shutdown.clone(), note_tx.clone(), origin));
+                tasks.spawn(submit_task(
+                    self.rpc.clone(),
+                    self.logdir.clone(),
+                    p,
+                    self.shutdown.clone(),
+                    note_tx.clone(),
+                    origin,
+                ));
             }
             if !queue.is_empty() {
                 tracing::warn!("blocks: {} found block(s) wait for a submission slot (saved on disk)", queue.len());
@@ -367,13 +374,22 @@ async fn submit_task(
             let text = a.text();
             match a {
                 Answer::Accepted | Answer::Duplicate | Answer::Inconclusive => {
-                    tracing::info!("block {hash} at height {height}: submitblock round {round}: node {}: {text}", labels[*i])
+                    tracing::info!(
+                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
+                        labels[*i]
+                    )
                 }
                 Answer::Transient(_) => {
-                    tracing::warn!("block {hash} at height {height}: submitblock round {round}: node {}: {text}", labels[*i])
+                    tracing::warn!(
+                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
+                        labels[*i]
+                    )
                 }
                 Answer::Rejected(_) => {
-                    tracing::error!("block {hash} at height {height}: submitblock round {round}: node {}: {text}", labels[*i])
+                    tracing::error!(
+                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
+                        labels[*i]
+                    )
                 }
             }
             last[*i] = Some(text);

@@ -142,6 +142,32 @@ async fn a_restarted_pool_submits_a_block_no_node_took() {
     pool.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_block_beaten_to_its_height_is_recorded_stale_not_submitted() {
+    let mut nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let cfg = pool_config(&nodes.a, &address).await;
+    let (mut pool, height, hash, _) = block_while_node_down(&mut nodes, cfg).await;
+    pool.wait_log("submitting again in", LIMIT);
+    pool.stop().expect("pool was running");
+    // While the pool is away the node comes back and mines its own block at that height.
+    nodes.a.restart().await;
+    nodes.a.connect_to(&nodes.b).await;
+    nodes.a.call("generate", json!([1])).await;
+    let other = nodes.a.call("getblockhash", json!([height])).await;
+    assert_ne!(other, json!(hash));
+    pool.spawn(&[]);
+    wait_outcome(&pool, &hash, "stale").await;
+    let stale = blocks_log(&pool).into_iter().find(|l| l["outcome"] == "stale").unwrap();
+    assert_eq!((stale["by"].clone(), stale["accepted"].clone()), (other.clone(), json!(false)), "{stale}");
+    assert!(pool.log().contains(&format!("block {hash} at height {height}: STALE")), "{}", pool.log());
+    // Looked at the chain first: the restarted pool did not submit it.
+    let restarted = pool.log().rsplit("starting with config").next().unwrap().to_string();
+    assert!(!restarted.contains(&format!("block {hash} at height {height}: submitblock round")), "{restarted}");
+    assert_eq!(nodes.a.call("getblockhash", json!([height])).await, other);
+    pool.stop();
+}
+
 /// The third line of pool/pool.status.
 fn pool_status(pool: &Pool) -> Value {
     let text = std::fs::read_to_string(pool.logdir.join("pool").join("pool.status")).unwrap_or_default();

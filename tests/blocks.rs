@@ -215,6 +215,10 @@ async fn found_blocks_are_followed_to_maturity_or_orphaned() {
     let hash2 = saved_blocks(&pool).into_iter().find(|b| b.1 != hash1).unwrap().1;
     wait_outcome(&pool, &hash2, "confirmed").await;
     wait_on_chain(&pool, a, h2, &hash2).await;
+    // Follow state survives a restart: the restarted pool reads blocks.log and goes on
+    // following block 2 (it is not submitted again).
+    pool.stop();
+    pool.spawn(&[]);
     a.call("invalidateblock", json!([hash2])).await;
     a.call("generate", json!([2])).await;
     wait_outcome(&pool, &hash2, "orphaned").await;
@@ -222,6 +226,8 @@ async fn found_blocks_are_followed_to_maturity_or_orphaned() {
     let other = a.call("getblockhash", json!([h2])).await;
     assert_eq!(orphaned["by"], other, "{orphaned}");
     assert!(pool.log().contains(&format!("block {hash2} at height {h2}: ORPHANED")), "{}", pool.log());
+    assert!(pool.log().contains("blocks: following 1 found block(s) to maturity"), "{}", pool.log());
+    assert!(!pool.log().contains("submitting it again"), "{}", pool.log());
 
     // Block counts in pool.status (extra keys of ckpool's third line).
     wait_until(&pool, "pool.status block counts", || {
@@ -237,8 +243,8 @@ async fn found_blocks_are_followed_to_maturity_or_orphaned() {
     assert_eq!(o1, ["accepted", "confirmed", "confirmed", "matured"], "block at {h1}");
     assert_eq!(outcomes(&pool, &hash2), ["accepted", "confirmed", "orphaned"], "block at {h2}");
 
-    // Follow state survives a restart: nothing is submitted or recorded again, and the counts
-    // come back from blocks.log (pool.status is removed so it cannot carry them over).
+    // Nothing is submitted or recorded again after another restart, and the counts come back
+    // from blocks.log (pool.status is removed so it cannot carry them over).
     pool.stop();
     std::fs::remove_file(pool.logdir.join("pool").join("pool.status")).unwrap();
     pool.spawn(&[]);

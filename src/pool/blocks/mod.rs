@@ -166,9 +166,6 @@ impl BlockSubmitter {
                     origin,
                 ));
             }
-            if !queue.is_empty() {
-                tracing::warn!("blocks: {} found block(s) wait for a submission slot (saved on disk)", queue.len());
-            }
             if closed && tasks.is_empty() && queue.is_empty() {
                 break;
             }
@@ -180,6 +177,12 @@ impl BlockSubmitter {
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
                         if let Some(p) = self.found(c).await {
+                            if tasks.len() >= MAX_SUBMITTING {
+                                tracing::warn!(
+                                    "block {}: {MAX_SUBMITTING} blocks are being submitted; it waits its turn (saved on disk)",
+                                    p.meta.hash
+                                );
+                            }
                             queue.push_back(p);
                         }
                     }

@@ -5,14 +5,17 @@
 //! restart reads blocks.log back, submits again what no node has, and keeps following the rest.
 //!
 //! Shape: one task ([`BlockSubmitter::run`]) owns the ledger and blocks.log; each block being
-//! submitted is its own task (at most [`MAX_SUBMITTING`]; more wait their turn, already on disk),
-//! so a block waiting for a node never holds up the next one, and the share path only ever
-//! hands a candidate over a channel.
+//! submitted is its own task (`submit.rs`, at most [`MAX_SUBMITTING`]; more wait their turn,
+//! already on disk), so a block waiting for a node never holds up the next one, and the share
+//! path only ever hands a candidate over a channel. Fates are polled on their own task at each
+//! new height the template source serves (and every [`FOLLOW_EVERY`]). `manual.rs` is
+//! `ckpool submitblock`.
 
 pub mod decide;
 pub mod fate;
 pub mod journal;
 pub mod manual;
+mod submit;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -29,9 +32,10 @@ use crate::bitcoind::Rpc;
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::stratum::BlockCandidate;
-use decide::{Action, Answer, ChainView, Outcome, Submission};
+use decide::Outcome;
 use fate::{Change, Stage};
 use journal::{Ledger, Meta, State};
+use submit::{submit_task, Ended, Note, Pending};
 
 /// Blocks submitted at once; later ones wait (their hex is already on disk).
 pub const MAX_SUBMITTING: usize = 32;
@@ -49,27 +53,6 @@ pub struct BlockSubmitter {
     pub height: watch::Receiver<u32>,
     /// Stops retrying (what no node has yet is submitted again at the next start).
     pub shutdown: watch::Receiver<bool>,
-}
-
-/// A block to submit.
-struct Pending {
-    meta: Meta,
-    hex: Arc<str>,
-    /// Read back at start: look at the chain before submitting.
-    resumed: bool,
-}
-
-/// A submission task's news for the ledger.
-enum Note {
-    /// The first round found no node to take it.
-    Retrying { meta: Meta, answers: Vec<(String, String)> },
-}
-
-/// How a submission task ended: `None` when stopped by shutdown.
-struct Ended {
-    meta: Meta,
-    outcome: Option<Outcome>,
-    answers: Vec<(String, String)>,
 }
 
 fn unix_now() -> u64 {
@@ -331,140 +314,6 @@ fn answers_json(answers: &[(String, String)]) -> Value {
     answers.iter().map(|(n, a)| json!({"node": n, "answer": a})).collect()
 }
 
-/// One block's submission: rounds of `submitblock` to the nodes still to answer, with backoff,
-/// until [`Submission`] says it is settled or the pool shuts down.
-async fn submit_task(
-    rpc: Arc<Rpc>,
-    logdir: PathBuf,
-    p: Pending,
-    mut shutdown: watch::Receiver<bool>,
-    notes: mpsc::Sender<Note>,
-    origin: tokio::time::Instant,
-) -> Ended {
-    let Pending { meta, hex: block_hex, resumed } = p;
-    let (hash, height) = (meta.hash.as_str(), meta.height);
-    let labels: Vec<String> = (0..rpc.node_count()).map(|i| rpc.node_label(i).to_string()).collect();
-    let now_ms = || origin.elapsed().as_millis() as u64;
-    let mut sub = Submission::new(labels.clone(), now_ms());
-    let mut last: Vec<Option<String>> = vec![None; labels.len()];
-    let answers = |last: &[Option<String>]| -> Vec<(String, String)> {
-        labels.iter().zip(last).filter_map(|(l, a)| a.clone().map(|a| (l.clone(), a))).collect()
-    };
-    let end = |outcome: Option<Outcome>, last: &[Option<String>]| {
-        if let Some(o) = &outcome {
-            log_outcome(hash, height, o);
-        }
-        Ended { meta: meta.clone(), outcome, answers: answers(last) }
-    };
-    let mut nodes = sub.pending();
-    let mut look_first = resumed;
-    loop {
-        if look_first {
-            let views = chain_views(&rpc, height, hash).await;
-            if let Some(o) = sub.on_chain(&views) {
-                return end(Some(o), &last);
-            }
-        }
-        look_first = true;
-        let round = sub.rounds + 1;
-        let calls = nodes.iter().map(|&i| {
-            let rpc = rpc.clone();
-            let block_hex = block_hex.clone();
-            async move { (i, decide::classify(&rpc.call_node(i, "submitblock", json!([&*block_hex])).await)) }
-        });
-        let got = join_all(calls).await;
-        for (i, a) in &got {
-            let text = a.text();
-            match a {
-                Answer::Accepted | Answer::Duplicate | Answer::Inconclusive => {
-                    tracing::info!(
-                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
-                        labels[*i]
-                    )
-                }
-                Answer::Transient(_) => {
-                    tracing::warn!(
-                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
-                        labels[*i]
-                    )
-                }
-                Answer::Rejected(_) => {
-                    tracing::error!(
-                        "block {hash} at height {height}: submitblock round {round}: node {}: {text}",
-                        labels[*i]
-                    )
-                }
-            }
-            last[*i] = Some(text);
-        }
-        match sub.on_answers(now_ms(), &got) {
-            Action::Done(o) => return end(Some(o), &last),
-            Action::Retry { delay, nodes: next, .. } => {
-                if round == 1 {
-                    let _ = notes.send(Note::Retrying { meta: meta.clone(), answers: answers(&last) }).await;
-                }
-                if *shutdown.borrow() {
-                    log_shutdown(&logdir, &meta);
-                    return end(None, &last);
-                }
-                tracing::warn!(
-                    "block {hash} at height {height}: no node has it yet; submitting again in {delay:?} (round {}, hex in {})",
-                    round + 1,
-                    hex_path(&logdir, height, hash).display()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {
-                        log_shutdown(&logdir, &meta);
-                        return end(None, &last);
-                    }
-                }
-                nodes = next;
-            }
-        }
-    }
-}
-
-fn log_outcome(hash: &str, height: u64, o: &Outcome) {
-    match o {
-        Outcome::Accepted { nodes } => {
-            tracing::info!("block {hash} at height {height}: ACCEPTED by {}", nodes.join(", "))
-        }
-        Outcome::Rejected { reasons } => {
-            tracing::error!("block {hash} at height {height}: REJECTED by every node: {}", reasons.join("; "))
-        }
-        Outcome::Stale { by, tip } => tracing::error!(
-            "block {hash} at height {height}: STALE: a node's chain (tip {tip}) has block {by} at that height; not submitting again"
-        ),
-    }
-}
-
-fn log_shutdown(logdir: &Path, meta: &Meta) {
-    tracing::warn!(
-        "block {} at height {}: shutting down before any node took it; {} is submitted again at the next start (or by `ckpool submitblock {}`)",
-        meta.hash,
-        meta.height,
-        hex_path(logdir, meta.height, &meta.hash).display(),
-        meta.hash
-    );
-}
-
-/// What each node's chain says at `height` (nodes that do not answer are `Unknown`).
-async fn chain_views(rpc: &Rpc, height: u64, ours: &str) -> Vec<ChainView> {
-    let mut out = Vec::new();
-    for i in 0..rpc.node_count() {
-        let tip = rpc.call_node(i, "getblockcount", json!([])).await.ok().and_then(|v| v.as_u64());
-        let at = match tip {
-            Some(t) if t >= height => {
-                rpc.call_node(i, "getblockhash", json!([height])).await.ok().and_then(|v| v.as_str().map(String::from))
-            }
-            _ => None,
-        };
-        out.push(decide::chain_view(height, ours, tip, at.as_deref()));
-    }
-    out
-}
-
 /// Asks the node (failover order) about each followed block; the changes to record.
 async fn poll_fates(rpc: Arc<Rpc>, followed: Vec<(Meta, Stage)>) -> Vec<(Meta, Change)> {
     let tip = match rpc.call("getblockcount", json!([])).await {
@@ -490,20 +339,6 @@ async fn poll_fates(rpc: Arc<Rpc>, followed: Vec<(Meta, Stage)>) -> Vec<(Meta, C
         if let Some(change) = fate::observe(stage, meta.height, &meta.hash, tip, at.as_deref()) {
             out.push((meta, change));
         }
-    }
-    out
-}
-
-/// Runs futures concurrently and collects their outputs in order.
-async fn join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("submitblock call does not panic"));
     }
     out
 }

@@ -282,6 +282,25 @@ mod tests {
     }
 
     #[test]
+    fn stages_only_move_forward_except_a_refused_block_a_node_later_takes() {
+        let mut l = Ledger::default();
+        let m = meta("aa");
+        l.set(m.clone(), State::Rejected);
+        l.set(m.clone(), State::Pending);
+        assert_eq!(l.get("aa").unwrap().state, State::Rejected, "a refusal is not undone by a retry line");
+        l.set(m.clone(), State::Fate(Stage::Accepted));
+        assert_eq!(l.get("aa").unwrap().state, State::Fate(Stage::Accepted), "taken by hand after a refusal");
+        l.set(m.clone(), State::Fate(Stage::Confirmed(6)));
+        l.set(m.clone(), State::Fate(Stage::Confirmed(1)));
+        assert_eq!(l.get("aa").unwrap().state, State::Fate(Stage::Confirmed(6)));
+        l.set(m.clone(), State::Fate(Stage::Orphaned));
+        l.set(m.clone(), State::Fate(Stage::Accepted));
+        l.set(m, State::Stale);
+        assert_eq!(l.get("aa").unwrap().state, State::Fate(Stage::Orphaned));
+        assert!(l.followed().is_empty() && l.pending().is_empty());
+    }
+
+    #[test]
     fn hex_file_names() {
         let h = "0".repeat(60) + "abCD";
         assert_eq!(parse_hex_name(&format!("00000102-{h}.hex")), Some((102, h.to_ascii_lowercase())));

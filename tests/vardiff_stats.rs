@@ -256,7 +256,24 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
     );
     assert_keys_in_order(
         status_lines[2],
-        &["diff", "accepted", "rejected", "bestshare", "SPS1m", "SPS5m", "SPS15m", "SPS1h"],
+        &[
+            "diff",
+            "accepted",
+            "rejected",
+            "bestshare",
+            "SPS1m",
+            "SPS5m",
+            "SPS15m",
+            "SPS1h",
+            // ckpool's keys first, then the found blocks' counts (extra keys, issue #14).
+            "blocks_found",
+            "blocks_accepted",
+            "blocks_rejected",
+            "blocks_stale",
+            "blocks_confirmed",
+            "blocks_orphaned",
+            "blocks_matured",
+        ],
     );
     let status = read_pool_status(&pool);
     assert!(status[1]["hashrate1m"].is_string());

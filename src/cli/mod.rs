@@ -65,6 +65,8 @@ pub enum Command {
     Difficulty(crate::payout::DifficultyArgs),
     /// The rpcauth= line for bitcoin.conf and its password (as bitcoind's rpcauth.py)
     Rpcauth(crate::rpcauth::RpcauthArgs),
+    /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
+    Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -99,6 +101,7 @@ pub fn main() -> i32 {
         Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
         Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
         Some(Command::Rpcauth(args)) => crate::rpcauth::run(args),
+        Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
     };
     match result {
         Ok(()) => 0,

@@ -46,6 +46,20 @@ pub enum StatEvent {
     Shares { user: Arc<str>, worker: Arc<str>, tally: ShareTally },
     /// A node accepted a block the pool found: a new round begins (pool.status `diff`).
     BlockFound,
+    /// The found blocks' tally (from blocks.log), shown as extra keys of pool.status' third line.
+    Blocks(BlockCounts),
+}
+
+/// Found blocks by what became of them (a block counts in each stage it reached).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockCounts {
+    pub found: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub stale: u64,
+    pub confirmed: u64,
+    pub orphaned: u64,
+    pub matured: u64,
 }
 
 /// Shares a session judged since it last reported.
@@ -154,6 +168,7 @@ pub struct Book {
     /// Accepted difficulty since the last block found (pool.status `diff`, a percentage of the
     /// network difficulty as in ckpool).
     round: Difficulty,
+    blocks: BlockCounts,
     users: BTreeMap<String, UserStats>,
 }
 
@@ -199,6 +214,7 @@ impl Book {
             rejected: Difficulty::ZERO,
             best: Difficulty::ZERO,
             round: Difficulty::ZERO,
+            blocks: BlockCounts::default(),
             users: BTreeMap::new(),
         }
     }
@@ -254,6 +270,7 @@ impl Book {
                 w.best_ever = w.best_ever.max(*sdiff);
             }
             StatEvent::BlockFound => self.round = Difficulty::ZERO,
+            StatEvent::Blocks(c) => self.blocks = *c,
         }
     }
 
@@ -330,14 +347,23 @@ impl Book {
             .enumerate()
             .map(|(i, k)| format!("\"{k}\": {}", json_real(self.sps.value(i) as f64 / SCALE as f64, 3)))
             .collect();
+        // Block counts are extra keys after ckpool's (dashboards read keys by name).
+        let b = &self.blocks;
         let _ = writeln!(
             s,
-            "{{\"diff\": {}, \"accepted\": {}, \"rejected\": {}, \"bestshare\": {}, {}}}",
+            "{{\"diff\": {}, \"accepted\": {}, \"rejected\": {}, \"bestshare\": {}, {}, \"blocks_found\": {}, \"blocks_accepted\": {}, \"blocks_rejected\": {}, \"blocks_stale\": {}, \"blocks_confirmed\": {}, \"blocks_orphaned\": {}, \"blocks_matured\": {}}}",
             json_real(percent, 3),
             self.accepted,
             self.rejected,
             self.best,
-            sps.join(", ")
+            sps.join(", "),
+            b.found,
+            b.accepted,
+            b.rejected,
+            b.stale,
+            b.confirmed,
+            b.orphaned,
+            b.matured
         );
         s
     }
@@ -751,6 +777,13 @@ mod tests {
             "{}",
             lines[2]
         );
+        // Block counts: extra keys after ckpool's, the line stays one JSON object.
+        let counts =
+            BlockCounts { found: 3, accepted: 2, rejected: 0, stale: 1, confirmed: 2, orphaned: 1, matured: 1 };
+        b.apply(&StatEvent::Blocks(counts), at(60));
+        let l2: Value = serde_json::from_str(b.render_pool(at(60), None).lines().nth(2).unwrap()).unwrap();
+        assert_eq!((l2["blocks_found"].as_u64(), l2["blocks_orphaned"].as_u64()), (Some(3), Some(1)), "{l2}");
+        assert_eq!((l2["blocks_matured"].as_u64(), l2["blocks_stale"].as_u64()), (Some(1), Some(1)), "{l2}");
         let users = b.render_users(at(60));
         assert_eq!(users.len(), 1);
         let (name, text) = &users[0];

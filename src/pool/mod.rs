@@ -177,6 +177,8 @@ pub async fn run(
         logdir: cfg.logdir.clone(),
         refresh: refresh_tx,
         stats: stats_tx.clone(),
+        height: height_rx.clone(),
+        shutdown: shutdown.clone(),
     };
     let block_task = tokio::spawn(submitter.run(block_rx));
 
@@ -243,8 +245,9 @@ pub async fn run(
     tracing::info!("shutting down: closing listeners and sessions");
     let _ = server_task.await;
     drop(ctx);
-    // Sessions are gone: their channel senders are dropped, so the block submitter finishes any
-    // block in flight and the share log writer drains everything queued, then both end.
+    // Sessions are gone: their channel senders are dropped, so the block submitter ends its
+    // submissions in flight (a block no node took yet is submitted again at the next start) and
+    // the share log writer drains everything queued, then both end.
     let bounded = Duration::from_secs(15);
     if tokio::time::timeout(bounded, block_task).await.is_err() {
         tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");

@@ -296,7 +296,8 @@ async fn check_payout_and_difficulty_against_core() {
 
 /// Core's error shapes: a wrong password stops the start with a clear line (never the password);
 /// with miners connected, Core stopped and started again (its RPC refuses, then warms up): the
-/// miners keep their connection, get work on the next block, and a block they find is accepted.
+/// miners keep their connection, a block found while Core is down reaches Core when it is back,
+/// they get work on the next block, and a block they find on it is accepted.
 /// Fault injected: the node process is stopped by RPC `stop` and started again on the same port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
@@ -328,17 +329,38 @@ async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
     let mut c = Client::connect(&pool.addr()).await;
     let (en1, _) = c.handshake("restart.rig").await;
     let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
-    c.notify_on_tip(&tip).await;
+    let work = c.notify_on_tip(&tip).await;
     node.stop().await;
     pool.wait_log("getblocktemplate failed", Duration::from_secs(20));
-    // The miner is still served while the node is away: a share on the kept job gets an answer.
+    // The miner is still served while the node is away: a share on an unknown job is answered.
     let id = c
         .request("mining.submit", json!(["restart.rig", "ffffffff", "0000000000000000", "00000000", "00000000"]))
         .await;
     let r = c.reply(id).await;
     assert_eq!(r["error"][0], json!(21), "unknown job answered as job-not-found: {r}");
+    // A block found while Core is down: the miner gets its answer at once; the block is kept and
+    // reaches Core's chain once Core is back.
+    let submit = solve(&work, &en1, "00000000000000a9", "0.0001", true).unwrap();
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
     node.restart().await;
     pool.wait_log("bitcoind answering again", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ours = loop {
+        let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+        if best != tip {
+            break best;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the block found while Core was down never reached it; log:\n{}",
+            pool.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let b = node.block(&ours).await;
+    assert_eq!(b.header.prev_blockhash.to_string(), tip);
+    assert!(b.txdata[0].input[0].script_sig.as_bytes().windows(21).any(|w| w == b"/ckpool-rs-core-test/"));
     // A block by RPC reaches the connected miner as work on the new tip.
     let h = node.generate_to(1, &addr).await.remove(0);
     let n = c.notify_on_tip(&h).await;

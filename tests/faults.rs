@@ -141,6 +141,13 @@ async fn zmq_publisher_gone_then_back() {
     let mut nodes = NodePair::start().await;
     let c = Node::start(&[]).await;
     nodes.a.connect_to(&c).await;
+    // A must keep a peer (C) while B is down, or it gives no templates.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.a.call("getconnectioncount", json!([])).await.as_u64().unwrap() < 2 {
+        assert!(Instant::now() < deadline, "node A did not connect to both B and C");
+        let _ = nodes.a.rpc.call("addnode", json!([format!("127.0.0.1:{}", c.p2p_port), "onetry"])).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let address = nodes.a.new_address().await;
     let mut cfg = pool_config(&nodes.a, &address).await;
     cfg["zmqblock"] = json!(nodes.b.zmq_url());
@@ -254,7 +261,8 @@ struct Mount(PathBuf);
 impl Mount {
     fn tmpfs(at: &Path, size: &str) -> Mount {
         assert!(
-            nix::unistd::geteuid().is_root(),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            unsafe { nix::libc::geteuid() } == 0,
             "the full-filesystem test mounts a tmpfs and needs root: run it as root (CI does)"
         );
         std::fs::create_dir_all(at).unwrap();
@@ -301,7 +309,7 @@ async fn logdir_on_a_full_filesystem() {
     cfg["update_interval"] = json!(3600);
     cfg["stats_interval"] = json!(1);
     let mut pool = Pool::prepare(cfg);
-    let _mount = Mount::tmpfs(&pool.logdir, "4m");
+    let mount = Mount::tmpfs(&pool.logdir, "4m");
     pool.spawn(&[]);
     let mut m = Miner::connect(&pool.addr(), "full.rig", false).await;
     for _ in 0..20 {
@@ -337,12 +345,14 @@ async fn logdir_on_a_full_filesystem() {
     assert!(failing <= 1 && failing == again, "stats lines: {failing} failures, {again} recoveries:\n{log}");
 
     pool.stop().expect("pool stops on SIGTERM");
-    assert_each_share_logged_once(&pool.share_lines(), &m.sent, "share log after the full disk");
+    let lines = pool.share_lines();
     let status: Vec<Value> = std::fs::read_to_string(pool.logdir.join("pool/pool.status"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    drop(mount); // before the pool's temporary directory goes
+    assert_each_share_logged_once(&lines, &m.sent, "share log after the full disk");
     assert_eq!(as_diff(&status[2]["accepted"]), diff_times(140), "pool.status accepted");
 }
 

@@ -61,7 +61,8 @@ struct Miner {
 impl Miner {
     async fn connect(addr: &str, worker: &str, extranonce_subscribe: bool) -> Miner {
         let mut c = Client::connect(addr).await;
-        let x = if extranonce_subscribe { Some(c.request("mining.extranonce.subscribe", json!([])).await) } else { None };
+        let x =
+            if extranonce_subscribe { Some(c.request("mining.extranonce.subscribe", json!([])).await) } else { None };
         let (en1, en2_len) = c.handshake(worker).await;
         if let Some(id) = x {
             assert_eq!(c.reply(id).await["result"], json!(true));
@@ -243,7 +244,12 @@ async fn upstream_killed_mid_share_stream() {
     let m = tokio::time::timeout(Duration::from_secs(300), miner).await.expect("miner finished").unwrap();
     assert_eq!(m.replies.len(), m.sent.len(), "every share got an answer");
     let rejects: Vec<&Value> = m.replies.iter().filter(|r| r["result"] != json!(true)).collect();
-    println!("{} shares, {} refused: {:?}", m.sent.len(), rejects.len(), rejects.iter().map(|r| &r["error"]).collect::<Vec<_>>());
+    println!(
+        "{} shares, {} refused: {:?}",
+        m.sent.len(),
+        rejects.len(),
+        rejects.iter().map(|r| &r["error"]).collect::<Vec<_>>()
+    );
     for r in &rejects {
         assert_eq!(r["error"][1], json!("Stale"), "only shares on the dead pool's work may be refused: {r}");
     }
@@ -266,7 +272,11 @@ impl Mount {
             "the full-filesystem test mounts a tmpfs and needs root: run it as root (CI does)"
         );
         std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "mount tmpfs on {}: {}", at.display(), String::from_utf8_lossy(&out.stderr));
         Mount(at.into())
     }

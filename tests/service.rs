@@ -549,14 +549,20 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
         assert!(files.contains(&f.to_string()), "{f} missing: {files:?}");
     }
 
-    // Every authorize line exactly once, across the three files.
-    let mut lines = Vec::new();
-    wait_until("N authorize lines in the logs", Duration::from_secs(20), || {
-        lines = authorized_lines(&logdir);
-        lines.len() >= N
+    // After rotation the pool writes to the new file (created 0660 by logrotate's `create`).
+    let meta = std::fs::metadata(logdir.join("ckpool.log")).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, nogroup), "new ckpool.log mode/group");
+    let mut after = Client::connect(&pool.addr()).await;
+    after.handshake("after").await;
+    wait_until("the new ckpool.log to get the next line", Duration::from_secs(20), || {
+        std::fs::read_to_string(logdir.join("ckpool.log")).unwrap().contains("worker=after")
     });
-    std::thread::sleep(Duration::from_millis(500));
-    lines = authorized_lines(&logdir);
+    assert!(!std::fs::read_to_string(logdir.join("ckpool.log.1")).unwrap().contains("worker=after"));
+
+    // Every authorize line exactly once, across the three files. The log is written in order, so
+    // once the later miner's line is in, every earlier line is written (no timed settle).
+    let lines: Vec<(String, String)> =
+        authorized_lines(&logdir).into_iter().filter(|(_, l)| worker_of(l) != "after").collect();
     let mut workers: Vec<String> = lines.iter().map(|(_, l)| worker_of(l)).collect();
     workers.sort();
     let mut expected: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
@@ -567,16 +573,6 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
         m
     });
     println!("authorize lines per file: {per_file:?}");
-
-    // After rotation the pool writes to the new file (created 0660 by logrotate's `create`).
-    let meta = std::fs::metadata(logdir.join("ckpool.log")).unwrap();
-    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, nogroup), "new ckpool.log mode/group");
-    let mut after = Client::connect(&pool.addr()).await;
-    after.handshake("after").await;
-    wait_until("the new ckpool.log to get the next line", Duration::from_secs(20), || {
-        std::fs::read_to_string(logdir.join("ckpool.log")).unwrap().contains("worker=after")
-    });
-    assert!(!std::fs::read_to_string(logdir.join("ckpool.log.1")).unwrap().contains("worker=after"));
 }
 
 /// Splits a systemd command line: whitespace-separated words, double quotes group a word.

@@ -49,7 +49,8 @@ impl FileState {
         };
         self.pending.drain(..done);
         if res.is_ok() && self.dropped > 0 {
-            let note = format!("(log {}: {} lines were lost while it could not be written)\n", path.display(), self.dropped);
+            let note =
+                format!("(log {}: {} lines were lost while it could not be written)\n", path.display(), self.dropped);
             self.dropped = 0;
             let _ = self.file.write_all(note.as_bytes());
         }

@@ -373,12 +373,7 @@ fn write_loop(inner: &Inner, logdir: &Path) {
 
 /// Writes a batch's segments to their files. On the first failure returns where the unwritten
 /// part starts (segment index, byte offset in `buf`) and the error naming the file.
-fn write_batch(
-    open: &mut Open,
-    logdir: &Path,
-    buf: &[u8],
-    segments: &[Segment],
-) -> Option<((usize, usize), String)> {
+fn write_batch(open: &mut Open, logdir: &Path, buf: &[u8], segments: &[Segment]) -> Option<((usize, usize), String)> {
     let mut from = 0;
     for (i, s) in segments.iter().enumerate() {
         let key = (s.height, s.workinfoid);

@@ -338,11 +338,11 @@ impl Pool {
         if self.port != 0 {
             return;
         }
-        let port = self.logged_port().unwrap_or_else(|| panic!("no \"listening for miners on\" line; log:\n{}", self.log()));
+        let port =
+            self.logged_port().unwrap_or_else(|| panic!("no \"listening for miners on\" line; log:\n{}", self.log()));
         self.port = port;
         let text = std::fs::read_to_string(&self.config_path).unwrap();
-        let mut config: Value =
-            serde_json::Deserializer::from_str(&text).into_iter::<Value>().next().unwrap().unwrap();
+        let mut config: Value = serde_json::Deserializer::from_str(&text).into_iter::<Value>().next().unwrap().unwrap();
         config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
         std::fs::write(&self.config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     }

@@ -349,6 +349,10 @@ async fn logdir_on_a_full_filesystem() {
     assert!(refused.contains(&logdir), "the line names the path: {refused}");
     let back = log.lines().find(|l| l.contains("share log: writing again to")).unwrap();
     assert!(back.contains("none lost"), "{back}");
+    println!("{refused}\n{back}");
+    for l in log.lines().filter(|l| l.contains("stats:")) {
+        println!("{l}");
+    }
     // The stats files (rewritten every second) failed while full if a rewrite fell in that
     // period: one line when it starts failing and one when it works again, not one per second.
     let (failing, again) = (log.matches("stats: could not write").count(), log.matches("stats: writing").count());

@@ -156,3 +156,27 @@ pub fn init(file: Option<&Path>, level: Option<&str>, quiet: bool) -> io::Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines the file refuses (ENOSPC from /dev/full) are not errors to the writer and not lost:
+    /// once the log is reopened on a file that takes them, they come first, in order.
+    #[test]
+    fn refused_lines_are_kept_and_written_when_the_file_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpool.log");
+        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+        let mut f = ReopenableFile::open(&path).unwrap();
+        for i in 0..3 {
+            assert_eq!(f.write(format!("line {i}\n").as_bytes()).unwrap(), 7);
+        }
+        f.flush().unwrap(); // still refused by /dev/full: kept, and no error for the writer to drop them on
+        std::fs::remove_file(&path).unwrap();
+        f.reopen_flag().store(true, Ordering::Release);
+        f.write_all(b"line 3\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 0\nline 1\nline 2\nline 3\n");
+    }
+}

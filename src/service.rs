@@ -134,8 +134,9 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reopening log files");
+                    // Flag first: this line is the first one in the reopened file.
                     if let Some(r) = &reopen { r.store(true, Ordering::Release); }
+                    tracing::info!("SIGHUP: reopening log files");
                 }
             }
         }

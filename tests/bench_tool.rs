@@ -87,7 +87,8 @@ async fn bench_loads_the_pool_with_unsolved_shares() {
 
     // Server figures from /proc.
     let server = line_with(&stdout, "us/share");
-    assert!(number_after(server, "cpu") >= 0.0, "{server}");
+    // The pool hashed and logged every answered share: it spent CPU on them.
+    assert!(number_after(server, "cpu") > 0.0, "{server}");
     assert!(line_with(&stdout, "bytes/connection").contains("with 25 connections up"), "{stdout}");
 
     // The server's own record: every share hashed and logged as "Above target", none accepted.

@@ -52,10 +52,10 @@ async fn shares_and_blocks_on_a_real_node() {
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "{r}");
     assert_eq!(r["error"], Value::Null);
-    // Same share again: duplicate.
+    // Same share again: duplicate (also once the block it found made its job stale).
     let id = c.request("mining.submit", submit).await;
     let r = c.reply(id).await;
-    assert!(r["error"][0] == json!(22) || r["error"][0] == json!(21), "{r}");
+    assert_eq!((&r["error"][0], &r["error"][1]), (&json!(22), &json!("Duplicate")), "{r}");
 
     // The node accepts the block.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -245,21 +245,20 @@ async fn bad_input_is_answered_and_isolated() {
     big.send_raw(&"x".repeat(20_000)).await;
     let r = big.read().await.unwrap();
     assert_eq!(r["error"][1], "Line too long");
-    assert!(big.read_within(Duration::from_secs(5)).await.is_none(), "connection should be closed");
+    // End of stream, not merely silence (a line or 20 s without EOF fails).
+    assert!(big.read().await.is_none(), "connection should be closed");
 
     // A flood of garbage lines: dropped after the limit.
     let mut flood = Client::connect(&pool.addr()).await;
     for _ in 0..30 {
         flood.send_raw("garbage").await;
     }
-    let mut closed = false;
-    for _ in 0..40 {
-        if flood.read_within(Duration::from_secs(5)).await.is_none() {
-            closed = true;
-            break;
-        }
+    // Error replies, then end of stream (silence for 20 s fails in `read`).
+    let mut replies = 0;
+    while flood.read().await.is_some() {
+        replies += 1;
+        assert!(replies <= 30, "flooding client should be disconnected");
     }
-    assert!(closed, "flooding client should be disconnected");
 
     // Still fine.
     let s = good_share(&notify);

@@ -95,7 +95,6 @@ async fn failover_and_return() {
     let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
 
     // The first pool goes away: new extranonce1 from the second, then work, then accepted shares.
-    let stopped_at = Instant::now();
     first.stop();
     let x = c.skip_to("mining.set_extranonce").await;
     en1 = x["params"][0].as_str().unwrap().to_string();
@@ -106,8 +105,6 @@ async fn failover_and_return() {
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "{r} {x} {n}\n{}", proxy.log());
     wait_height_above(node, h, "share through the second pool").await;
-    let took = stopped_at.elapsed();
-    assert!(took < Duration::from_secs(20), "failover took {took:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while forwarded_from(&second, "proxyuser.p1").is_empty() {
         assert!(Instant::now() < deadline, "second pool got no forwarded share");

@@ -6,9 +6,16 @@
 //! so share replies never wait on the disk. When the disk falls behind by more than
 //! [`SOFT_CAP`] bytes, a session answers its miner first and then waits for room before reading
 //! more: nothing is dropped, and only the miners sending shares are slowed.
+//!
+//! When a file cannot be written (ENOSPC, a failing disk), the writer keeps the unwritten lines
+//! in memory (up to [`HELD_CAP`]), says so once in the operator log (file and error), retries
+//! every second while miners keep being answered, and writes them in order once the disk takes
+//! them again, saying so. Shares beyond [`HELD_CAP`] during one outage are counted and the count
+//! is logged when writing resumes; at shutdown with the disk still failing, the number of
+//! unwritten shares is logged.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -217,19 +224,84 @@ pub fn spawn(logdir: PathBuf) -> (ShareLog, std::thread::JoinHandle<()>) {
     (ShareLog { inner }, handle)
 }
 
+/// Bytes of share lines the writer holds in memory while their files cannot be written (a full
+/// or failing disk), ~160,000 shares. Miners are answered meanwhile; lines beyond this are
+/// counted and the count is logged, never dropped silently.
+pub const HELD_CAP: usize = 64 << 20;
+
+/// How often held lines are retried while their files cannot be written.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Lines that could not be written yet, in order, with the file each run belongs to.
+#[derive(Default)]
+struct Held {
+    buf: Vec<u8>,
+    segments: Vec<Segment>,
+    /// Shares left out because `buf` was at [`HELD_CAP`], since the trouble began.
+    dropped: u64,
+    /// The error that started the trouble (for the line when it ends).
+    since: Option<String>,
+}
+
+impl Held {
+    /// Appends `buf[from..]` (cut at `segments`) within [`HELD_CAP`]; whole lines only.
+    fn keep(&mut self, logdir: &Path, buf: &[u8], mut from: usize, segments: &[Segment]) {
+        for s in segments {
+            let part = &buf[from..s.end];
+            from = s.end;
+            if part.is_empty() {
+                continue;
+            }
+            if self.buf.len() + part.len() > HELD_CAP {
+                let lines = part.iter().filter(|&&b| b == b'\n').count() as u64;
+                if self.dropped == 0 {
+                    tracing::error!(
+                        "share log: {} MB of shares held in memory while {} cannot be written; further shares are counted, not logged, until it can",
+                        HELD_CAP >> 20,
+                        logdir.display()
+                    );
+                }
+                self.dropped += lines;
+                continue;
+            }
+            self.buf.extend_from_slice(part);
+            match self.segments.last_mut() {
+                Some(l) if l.height == s.height && l.workinfoid == s.workinfoid => l.end = self.buf.len(),
+                _ => self.segments.push(Segment { height: s.height, workinfoid: s.workinfoid, end: self.buf.len() }),
+            }
+        }
+    }
+
+    fn shares(&self) -> usize {
+        self.buf.iter().filter(|&&b| b == b'\n').count()
+    }
+}
+
+/// The file being appended to.
+type Open = Option<((u32, u64), PathBuf, File)>;
+
 fn write_loop(inner: &Inner, logdir: &Path) {
-    let mut open: Option<((u32, u64), PathBuf, BufWriter<File>)> = None;
+    let mut open: Open = None;
+    let mut held = Held::default();
     let mut buf = Vec::new();
     let mut segments = Vec::new();
     loop {
+        let closed;
         {
             let mut b = inner.lock();
-            while b.buf.is_empty() && !b.closed {
-                b.writer_waiting = true;
-                b = inner.lines.wait(b).unwrap_or_else(|p| p.into_inner());
+            if held.buf.is_empty() {
+                while b.buf.is_empty() && !b.closed {
+                    b.writer_waiting = true;
+                    b = inner.lines.wait(b).unwrap_or_else(|p| p.into_inner());
+                }
+            } else if !b.closed {
+                // Lines are held for a disk that refused them: retry after a pause (at once when
+                // the log is closing). New lines gather in the batch meanwhile.
+                b = inner.lines.wait_timeout(b, RETRY_EVERY).unwrap_or_else(|p| p.into_inner()).0;
             }
             b.writer_waiting = false;
-            if b.buf.is_empty() {
+            closed = b.closed;
+            if b.buf.is_empty() && held.buf.is_empty() && closed {
                 break; // closed and drained
             }
             std::mem::swap(&mut b.buf, &mut buf);
@@ -237,61 +309,111 @@ fn write_loop(inner: &Inner, logdir: &Path) {
         }
         inner.room.notify_waiters();
         let written = buf.len();
-        let mut from = 0;
-        for s in segments.drain(..) {
-            write_segment(&mut open, logdir, (s.height, s.workinfoid), &buf[from..s.end]);
-            from = s.end;
+        // Held lines first (they are older), then the new batch; after a failure everything
+        // later is held too, so each file keeps its lines in order.
+        if !held.buf.is_empty() {
+            let old = std::mem::take(&mut held.buf);
+            let old_segments = std::mem::take(&mut held.segments);
+            let failed = write_batch(&mut open, logdir, &old, &old_segments);
+            if let Some((at, e)) = failed {
+                held.keep(logdir, &old, at.1, &old_segments[at.0..]);
+                held.keep(logdir, &buf, 0, &segments);
+                if closed {
+                    tracing::error!(
+                        "share log: stopping with {} shares unwritten ({e}); {} more were counted but not kept",
+                        held.shares(),
+                        held.dropped
+                    );
+                    break;
+                }
+            } else {
+                let (shares, dropped) = (old.iter().filter(|&&b| b == b'\n').count(), held.dropped);
+                let since = held.since.take().unwrap_or_default();
+                held.dropped = 0;
+                if dropped == 0 {
+                    tracing::warn!(
+                        "share log: writing again to {} after \"{since}\"; the {shares} shares held meanwhile are written, none lost",
+                        logdir.display()
+                    );
+                } else {
+                    tracing::error!(
+                        "share log: writing again to {} after \"{since}\"; {shares} shares held meanwhile are written, {dropped} shares beyond the {} MB held were not logged",
+                        logdir.display(),
+                        HELD_CAP >> 20
+                    );
+                }
+            }
         }
-        if let Some((_, p, w)) = open.as_mut() {
-            if let Err(e) = w.flush() {
-                tracing::error!("share log {}: flush failed: {e}", p.display());
+        if held.buf.is_empty() {
+            if let Some(((si, from), e)) = write_batch(&mut open, logdir, &buf, &segments) {
+                // `e` names the file and the error (e.g. "No space left on device").
+                tracing::error!(
+                    "share log {e}; shares are held in memory (up to {} MB) and written when it works again (retried every {RETRY_EVERY:?}); miners are answered meanwhile",
+                    HELD_CAP >> 20
+                );
+                held.since = Some(e.to_string());
+                held.keep(logdir, &buf, from, &segments[si..]);
+                if closed {
+                    tracing::error!("share log: stopping with {} shares unwritten ({e})", held.shares());
+                    break;
+                }
             }
         }
         buf.clear();
+        segments.clear();
         if buf.capacity() > 2 * SOFT_CAP {
             buf = Vec::new();
         }
         // A small batch: let lines gather for a moment instead of waking per share.
-        if written < 64 * 1024 {
+        if written < 64 * 1024 && held.buf.is_empty() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    if let Some((_, _, mut w)) = open.take() {
-        let _ = w.flush();
-    }
 }
 
-/// Writes `lines` (whole lines) to the file for `key`, opening it when the job changed. A file
-/// that cannot be opened sends its lines to the pool log instead: no share is lost.
-fn write_segment(
-    open: &mut Option<((u32, u64), PathBuf, BufWriter<File>)>,
-    logdir: &Path,
-    key: (u32, u64),
-    lines: &[u8],
-) {
+/// Writes a batch's segments to their files. On the first failure returns where the unwritten
+/// part starts (segment index, byte offset in `buf`) and the error naming the file.
+fn write_batch(open: &mut Open, logdir: &Path, buf: &[u8], segments: &[Segment]) -> Option<((usize, usize), String)> {
+    let mut from = 0;
+    for (i, s) in segments.iter().enumerate() {
+        let key = (s.height, s.workinfoid);
+        if let Err((done, e)) = write_segment(open, logdir, key, &buf[from..s.end]) {
+            return Some(((i, from + done), e));
+        }
+        from = s.end;
+    }
+    None
+}
+
+/// Appends `lines` to the file for `key`, opening it when the job changed. On failure returns
+/// how many bytes did reach the file (the rest is written later, completing any cut line) and
+/// the error with the file's path; the file is closed so that the retry opens it afresh.
+fn write_segment(open: &mut Open, logdir: &Path, key: (u32, u64), lines: &[u8]) -> Result<(), (usize, String)> {
     if open.as_ref().map(|(k, _, _)| *k != key).unwrap_or(true) {
-        if let Some((_, p, mut w)) = open.take() {
-            if let Err(e) = w.flush() {
-                tracing::error!("share log {}: flush failed: {e}", p.display());
-            }
-        }
+        *open = None;
         let path = path_for(logdir, key.0, key.1);
-        match open_append(&path) {
-            Ok(f) => *open = Some((key, path, BufWriter::with_capacity(64 * 1024, f))),
+        let f = open_append(&path).map_err(|e| (0, format!("{}: cannot open: {e}", path.display())))?;
+        *open = Some((key, path, f));
+    }
+    let (_, path, f) = open.as_mut().expect("opened above");
+    let mut done = 0;
+    while done < lines.len() {
+        match f.write(&lines[done..]) {
+            Ok(0) => {
+                let e = format!("{}: write returned 0 bytes", path.display());
+                *open = None;
+                return Err((done, e));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                tracing::error!("share log {}: {e}; shares kept in the pool log instead", path.display());
-                for l in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    tracing::info!("share: {}", String::from_utf8_lossy(l));
-                }
-                return;
+                let e = format!("{}: write failed: {e}", path.display());
+                *open = None;
+                return Err((done, e));
             }
         }
     }
-    if let Some((_, p, w)) = open.as_mut() {
-        if let Err(e) = w.write_all(lines) {
-            tracing::error!("share log {}: write failed: {e}", p.display());
-        }
-    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -388,6 +510,43 @@ mod tests {
             let want: Vec<u64> = (0..1000).filter(|i| i % 2 == parity).collect();
             assert_eq!(ids, want);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file that cannot be written (its height directory is blocked by a plain file, as a
+    /// full disk refuses it) holds the lines; once it can be written, every line is there, in
+    /// order, and nothing was written twice.
+    #[test]
+    fn held_lines_are_written_when_the_disk_takes_them_again() {
+        let dir = std::env::temp_dir().join(format!("sharelog-held-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let blocker = dir.join(format!("{:08x}", 3));
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let (log, thread) = spawn(dir.clone());
+        for i in 0..500u64 {
+            let mut l = sample(true);
+            l.clientid = i;
+            assert!(!log.append(3, 30, &l));
+        }
+        // The writer has tried and failed (the file cannot exist); let it retry a while.
+        let path = path_for(&dir, 3, 30);
+        std::thread::sleep(RETRY_EVERY * 2);
+        assert!(!path.exists());
+        std::fs::remove_file(&blocker).unwrap();
+        for i in 500..1000u64 {
+            let mut l = sample(true);
+            l.clientid = i;
+            assert!(!log.append(3, 30, &l));
+        }
+        drop(log);
+        thread.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["clientid"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..1000).collect::<Vec<u64>>());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -628,8 +628,12 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    let res = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if res.is_err() {
+        // A cut temporary file (ENOSPC) would only hold space the next write needs.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// A user name that is safe as a file name under logdir/users.
@@ -651,6 +655,8 @@ pub struct StatsTask {
     pub interval: Duration,
     pub work: watch::Receiver<Option<Arc<Work>>>,
     pub summary: watch::Sender<Summary>,
+    /// The last write failed (for one log line per change, not one per interval).
+    pub failing: bool,
 }
 
 /// Loads the saved statistics and starts the task. Returns the event sender and the task.
@@ -663,7 +669,7 @@ pub fn spawn(task: StatsTask, capacity: usize) -> (mpsc::Sender<StatEvent>, toki
 }
 
 impl StatsTask {
-    async fn run(self, mut book: Book, mut rx: mpsc::Receiver<StatEvent>, origin: tokio::time::Instant) {
+    async fn run(mut self, mut book: Book, mut rx: mpsc::Receiver<StatEvent>, origin: tokio::time::Instant) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -685,7 +691,7 @@ impl StatsTask {
         self.write(&mut book, now(origin)).await;
     }
 
-    async fn write(&self, book: &mut Book, t: Now) {
+    async fn write(&mut self, book: &mut Book, t: Now) {
         book.decay_to(t);
         let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         let mut files = vec![(self.logdir.join("pool").join("pool.status"), book.render_pool(t, network))];
@@ -705,10 +711,23 @@ impl StatsTask {
             errors
         })
         .await;
-        match res {
-            Ok(errors) if errors.is_empty() => {}
-            Ok(errors) => tracing::error!("stats: could not write {}", errors.join("; ")),
-            Err(e) => tracing::error!("stats: writer failed: {e}"),
+        // One line when writing starts failing and one when it works again, not one per interval;
+        // the totals stay in memory meanwhile and the next good write carries them.
+        let failure = match res {
+            Ok(errors) if errors.is_empty() => None,
+            Ok(errors) => Some(format!("could not write {}", errors.join("; "))),
+            Err(e) => Some(format!("writer failed: {e}")),
+        };
+        match (failure, self.failing) {
+            (None, true) => {
+                tracing::warn!("stats: writing {} again; the files carry every total", self.logdir.display());
+                self.failing = false;
+            }
+            (Some(f), false) => {
+                tracing::error!("stats: {f}; totals are kept in memory and written when it works again");
+                self.failing = true;
+            }
+            _ => {}
         }
     }
 }

@@ -127,9 +127,7 @@ pub async fn run(
     cfg.require_pool()?;
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
     let listeners = server::bind_all(&cfg.serverurl)?;
-    for a in &cfg.serverurl {
-        tracing::info!("listening for miners on {a}");
-    }
+    server::log_listening(&listeners);
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
@@ -146,7 +144,7 @@ pub async fn run(
     let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone());
 
     let zmq_rx = match &cfg.zmqblock {
-        Some(ep) => match zmq::subscribe(ep) {
+        Some(ep) => match zmq::subscribe(ep, templates::poll_interval(cfg.blockpoll, true)) {
             Ok(rx) => Some(rx),
             Err(e) => {
                 tracing::warn!("{e}; polling the node every {:?} instead", cfg.blockpoll);
@@ -168,6 +166,7 @@ pub async fn run(
             interval: cfg.stats_interval,
             work: work_rx.clone(),
             summary: summary_tx,
+            failing: false,
         },
         65_536,
     );

@@ -24,6 +24,16 @@ pub enum Reason {
     BlockFound,
 }
 
+/// How often the node's tip is polled: `blockpoll`, or at least every second alongside ZMQ (which
+/// then only makes new blocks arrive sooner; polling carries on when the publisher is gone).
+pub fn poll_interval(blockpoll: Duration, zmq: bool) -> Duration {
+    if zmq {
+        blockpoll.max(Duration::from_millis(1000))
+    } else {
+        blockpoll
+    }
+}
+
 pub struct TemplateSource {
     pub rpc: Arc<Rpc>,
     pub coinbase: CoinbaseConfig,
@@ -167,7 +177,7 @@ impl TemplateSource {
         mut refresh: mpsc::Receiver<Option<[u8; 32]>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let poll_every = if zmq.is_some() { self.blockpoll.max(Duration::from_millis(1000)) } else { self.blockpoll };
+        let poll_every = poll_interval(self.blockpoll, zmq.is_some());
         let mut poll = tokio::time::interval(poll_every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut update = tokio::time::interval(self.update_interval);
@@ -180,8 +190,9 @@ impl TemplateSource {
                     match ev {
                         Some(NewBlock(hash)) => {
                             let known = self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == hash);
+                            // Logged even when polling was first: the announcement itself arrived.
+                            tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
                             if !known {
-                                tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
                                 retry = !self.refresh(Reason::NewBlock, Some(hash)).await;
                                 update.reset();
                             }

@@ -27,9 +27,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.require_proxy()?;
     let listeners = server::bind_all(&cfg.serverurl)?;
-    for a in &cfg.serverurl {
-        tracing::info!("listening for miners on {a}");
-    }
+    server::log_listening(&listeners);
     if !cfg.btcd.is_empty() {
         tracing::info!(
             "proxy mode: btcd entries are not used (an upstream job carries no transactions to assemble a block from)"
@@ -64,6 +62,7 @@ pub async fn run(
             interval: cfg.stats_interval,
             work: work_rx.clone(),
             summary: summary_tx,
+            failing: false,
         },
         65_536,
     );

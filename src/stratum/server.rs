@@ -30,6 +30,17 @@ pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
         .collect()
 }
 
+/// One operator line per listener with the address it is bound to (a configured port 0 shows the
+/// port the system chose; tests start the pool that way and read the port from this line).
+pub fn log_listening(listeners: &[TcpListener]) {
+    for l in listeners {
+        match l.local_addr() {
+            Ok(a) => tracing::info!("listening for miners on {a}"),
+            Err(e) => tracing::warn!("listening for miners (address unknown: {e})"),
+        }
+    }
+}
+
 /// A random 64-bit start for extranonce1 allocation (distinct per run).
 fn random_u64() -> u64 {
     let mut h = RandomState::new().build_hasher();

@@ -617,6 +617,16 @@ impl Session {
         if self.subscribed && *w.en1_prefix != *self.prefix {
             // Proxy mode: a new upstream session, so a new extranonce1 for this miner.
             self.set_prefix(w.en1_prefix.clone());
+            // Shares still on their way for the old upstream's jobs are answered stale and
+            // logged against their job, as at a new block (none missing from the share log).
+            if let (Some(first), Some(last)) = (self.jobs.front(), self.jobs.back()) {
+                self.dropped = Some(Dropped {
+                    first_local_id: first.local_id,
+                    last_local_id: last.local_id,
+                    height: last.work.job.height,
+                    diff: last.diff,
+                });
+            }
             self.jobs.clear();
             if self.extranonce_subscribed {
                 let p = json!([&*self.en1_hex, w.job.coinbase.nonce2_len]);
@@ -713,9 +723,14 @@ impl Session {
         };
         let sent = &self.jobs[idx];
         let (target, diff, workinfoid, height) = (sent.target, sent.diff, sent.work.job.id, sent.work.job.height);
-        // Work on a previous block: stale, and logged against its job.
+        // Work on a previous block: stale, and logged against its job; but a share this job has
+        // already taken is a duplicate whenever it comes back (the answer does not depend on
+        // whether the next block's work reached the session first).
         let result = if self.last_prev != Some(sent.work.job.prev_hash) {
-            Err(Reject::Stale)
+            match share::check(&sent.work.job, &self.en1, &sub, self.version_mask, &target) {
+                Err(Reject::Duplicate) => Err(Reject::Duplicate),
+                _ => Err(Reject::Stale),
+            }
         } else {
             share::check(&sent.work.job, &self.en1, &sub, self.version_mask, &target)
         };

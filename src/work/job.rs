@@ -222,7 +222,7 @@ impl Job {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key)
     }
 
-    /// Number of distinct shares accepted on this job.
+    /// Number of distinct share hashes this job has taken (accepted, or valid but late).
     pub fn seen_count(&self) -> usize {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

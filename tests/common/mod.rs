@@ -30,7 +30,8 @@ pub fn node_bin() -> PathBuf {
     p
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now (for programs that cannot bind port 0 and report it:
+/// bitcoind, sshd; the pool binds port 0 itself).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -277,7 +278,9 @@ impl Pool {
 
     fn prepare_as(name: &'static str, mut config: Value) -> Pool {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        // Port 0: the pool binds a port the system chooses and logs it ("listening for miners on
+        // 127.0.0.1:PORT"); no port is picked here, dropped and raced for. `spawn` reads it back.
+        let port = 0;
         let logdir = dir.path().join("logs");
         config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
         config["logdir"] = json!(logdir.display().to_string());
@@ -309,9 +312,41 @@ impl Pool {
     pub fn spawn(&mut self, extra_args: &[&str]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpool"));
         cmd.args(self.args(extra_args));
-        self.spawn_command(cmd);
+        // A restart appends to the same log: wait for one more ready line than there was.
         let ready = format!("{} ready", self.name);
-        self.wait_log(&ready, Duration::from_secs(60));
+        let before = self.log().matches(&ready).count();
+        self.spawn_command(cmd);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches(&ready).count() <= before {
+            if let Some(status) = self.try_wait() {
+                panic!("{} exited ({status}) before logging {ready:?}; log:\n{}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not log {ready:?} within 60 s; log:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.pin_port();
+    }
+
+    /// The port the running pool logged it listens on (the last "listening for miners on" line).
+    pub fn logged_port(&self) -> Option<u16> {
+        let log = self.log();
+        let line = log.lines().rev().find_map(|l| l.split_once("listening for miners on ").map(|(_, a)| a.trim()))?;
+        line.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+    }
+
+    /// After the first start on port 0: remembers the chosen port and writes it into the config,
+    /// so a restart (and anything configured with `addr()`, such as a proxy) keeps it.
+    fn pin_port(&mut self) {
+        if self.port != 0 {
+            return;
+        }
+        let port =
+            self.logged_port().unwrap_or_else(|| panic!("no \"listening for miners on\" line; log:\n{}", self.log()));
+        self.port = port;
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let mut config: Value = serde_json::Deserializer::from_str(&text).into_iter::<Value>().next().unwrap().unwrap();
+        config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
+        std::fs::write(&self.config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     }
 
     /// Starts the pool with `cmd` (stdio set here) without waiting for it to be ready.
@@ -348,8 +383,15 @@ impl Pool {
         }
     }
 
+    /// The miners' address: the pinned port, or the one the pool logged (started with
+    /// `spawn_command`, after its "listening for miners" line).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let port = if self.port != 0 {
+            self.port
+        } else {
+            self.logged_port().unwrap_or_else(|| panic!("the pool has not logged its port yet; log:\n{}", self.log()))
+        };
+        format!("127.0.0.1:{port}")
     }
 
     pub fn pid(&self) -> u32 {
@@ -370,6 +412,14 @@ impl Pool {
                 return c.wait().ok();
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (no chance to flush or clean up) and reap: the pid file stays behind.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 

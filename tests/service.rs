@@ -278,6 +278,15 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
     assert_eq!(cf, ["/etc/ckpool.conf", "/etc/ckproxy.conf", "/etc/logrotate.d/stratum"]);
     let (ok, control, _) = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Maintainer"));
     assert!(ok && !control.contains("localhost"), "{control}");
+    // The changelog's newest entry is this version (packaging/changelog gets an entry per release).
+    let (ok, version, err) = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"));
+    assert!(ok && version.trim() == format!("{}-1", env!("CARGO_PKG_VERSION")), "{version}{err}");
+    let (ok, logged, err) = run(Command::new("dpkg-parsechangelog")
+        .arg("-l")
+        .arg(repo().join("packaging/changelog"))
+        .args(["-S", "Version"]));
+    assert!(ok, "{err}");
+    assert_eq!(logged.trim(), version.trim(), "packaging/changelog's newest entry is not the package's version");
 
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
@@ -333,7 +342,10 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
 
     // man renders the installed pages, flags included; the completions load in bash.
     for (page, needles) in [
-        ("ckpool.1.gz", &["--config", "--killold", "--log-shares", "rpcauth", "completions"][..]),
+        (
+            "ckpool.1.gz",
+            &["--config", "--killold", "--log-shares", "rpcauth", "completions", "/etc/ckpool.conf", "SEE ALSO"][..],
+        ),
         ("ckproxy.1.gz", &["--config", "--proxy"][..]),
         ("ckpool-check.1.gz", &["--config"][..]),
     ] {

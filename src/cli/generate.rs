@@ -48,13 +48,67 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
     out.flush().context("writing the completion script")
 }
 
-fn write_page(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+/// FILES and SEE ALSO of the ckpool and ckproxy pages (roff).
+const FILES: &str = r#".SH FILES
+.TP
+.I /etc/ckpool.conf
+Pool configuration: ckpool's JSON keys. Every key, its type and default:
+.IR /usr/share/doc/ckpool/configuration.md .
+Check it with
+.BR "ckpool check \-\-config /etc/ckpool.conf" .
+.TP
+.I /etc/ckproxy.conf
+Proxy configuration (upstream pools in
+.BR proxy ).
+.TP
+.I /var/log/stratum
+The default
+.B logdir
+of the shipped configs: the operator log (ckpool.log, ckproxy.log), share logs, found blocks and
+statistics.
+.TP
+.I /var/lib/ckpool
+State of the services, owned by the user ckpool.
+.TP
+.I /tmp/ckpool/main.pid
+The pid file used by
+.BR \-\-killold
+(the socket dir; see
+.BR \-\-sockdir ).
+.TP
+.IR /usr/lib/systemd/system/ckpool.service ", " ckproxy.service
+The services: systemctl enable \-\-now ckpool.
+"#;
+
+/// The page, with the sections clap_mangen renders from the definitions, plus `extra` (roff)
+/// before the version.
+fn write_page(cmd: clap::Command, dir: &Path, extra: &str, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let has_options = cmd.get_arguments().any(|a| !a.is_hide_set());
+    let has_subcommands = cmd.get_subcommands().any(|s| !s.is_hide_set());
+    let has_version = cmd.get_version().is_some();
     let man = clap_mangen::Man::new(cmd)
         .manual("ckpool-rs manual")
         .source(format!("ckpool-rs {}", env!("CARGO_PKG_VERSION")));
     let path = dir.join(man.get_filename());
     let mut page = Vec::new();
-    man.render(&mut page).context("rendering a manual page")?;
+    let render = |page: &mut Vec<u8>| -> std::io::Result<()> {
+        man.render_title(page)?;
+        man.render_name_section(page)?;
+        man.render_synopsis_section(page)?;
+        man.render_description_section(page)?;
+        if has_options {
+            man.render_options_section(page)?;
+        }
+        if has_subcommands {
+            man.render_subcommands_section(page)?;
+        }
+        page.extend_from_slice(extra.as_bytes());
+        if has_version {
+            man.render_version_section(page)?;
+        }
+        Ok(())
+    };
+    render(&mut page).context("rendering a manual page")?;
     std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
     written.push(path);
     Ok(())
@@ -62,10 +116,18 @@ fn write_page(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> any
 
 /// Renders a page and its visible subcommands' pages (named `ckpool-mine.1` and so on).
 fn write_pages(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+    let subs: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    let see_also: Vec<String> =
+        subs.iter().map(|s| format!(".BR {} (1)", s.get_display_name().unwrap_or(s.get_name()))).collect();
+    for sub in subs {
         write_pages(sub, dir, written)?;
     }
-    write_page(cmd, dir, written)
+    let extra = if cmd.get_name() == "ckpool" {
+        format!("{FILES}.SH \"SEE ALSO\"\n.BR ckproxy (1),\n{}\n", see_also.join(",\n"))
+    } else {
+        ".SH \"SEE ALSO\"\n.BR ckpool (1)\n".to_string()
+    };
+    write_page(cmd, dir, &extra, written)
 }
 
 /// Writes ckpool.1, ckproxy.1 and ckpool-SUBCOMMAND.1 into `dir`; prints each path.
@@ -82,7 +144,7 @@ pub fn manpages(dir: &Path) -> anyhow::Result<()> {
         proxy = proxy.mut_subcommand(s, |c| c.hide(true));
     }
     proxy.build();
-    write_page(proxy, dir, &mut written)?;
+    write_page(proxy, dir, &format!("{FILES}.SH \"SEE ALSO\"\n.BR ckpool (1)\n"), &mut written)?;
     for p in written {
         println!("{}", p.display());
     }
@@ -114,5 +176,21 @@ mod tests {
         let proxy = std::fs::read_to_string(dir.path().join("ckproxy.1")).unwrap();
         assert!(proxy.contains(".TH ckproxy 1"), "{proxy}");
         assert!(proxy.contains("\\-\\-config") && !proxy.contains("rpcauth"), "{proxy}");
+    }
+
+    #[test]
+    fn completions_name_the_command_they_complete() {
+        for (bin, shell, needle) in [
+            ("ckpool", Shell::Bash, "complete -F _ckpool"),
+            ("ckproxy", Shell::Bash, "complete -F _ckproxy"),
+            ("ckpool", Shell::Zsh, "#compdef ckpool"),
+            ("ckpool", Shell::Fish, "complete -c ckpool"),
+        ] {
+            let mut cmd = command(bin);
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, bin, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains(needle) && text.contains("killold"), "{bin} {shell}: {text}");
+        }
     }
 }

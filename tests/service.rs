@@ -225,7 +225,18 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
     let out = tempfile::tempdir().unwrap();
     let deb = build_deb(out.path(), &[]);
 
-    // lintian: no errors, no warnings (overrides only with a reason, in packaging/lintian-overrides).
+    // lintian: no errors, no warnings (overrides only with a reason, in packaging/lintian-overrides:
+    // each override follows a comment giving it).
+    let overrides = read("packaging/lintian-overrides");
+    let mut reason = false;
+    for l in overrides.lines() {
+        if l.starts_with('#') {
+            reason = true;
+        } else if !l.trim().is_empty() {
+            assert!(reason, "lintian override without a reason: {l}");
+            reason = false;
+        }
+    }
     let (ok, lint, err) = run(Command::new("lintian").arg("--fail-on").arg("error,warning").arg(&deb));
     println!("lintian --fail-on error,warning {}: ok={ok}\n{lint}{err}", deb.display());
     assert!(ok, "lintian (apt-get install lintian: contrib/setup.sh):\n{lint}{err}");
@@ -337,6 +348,12 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
             "{u}"
         );
     }
+    // ... but known to deb-systemd-helper (postinst ran its snippets), so an operator's enable
+    // is kept across upgrades and purge cleans up.
+    for u in ["ckpool.service", "ckproxy.service"] {
+        let state = r.join("var/lib/systemd/deb-systemd-helper-enabled").join(format!("{u}.dsh-also"));
+        assert!(state.exists(), "deb-systemd-helper state of {u}");
+    }
     let wants = r.join("etc/systemd/system/multi-user.target.wants");
     assert!(!wants.exists() || std::fs::read_dir(&wants).unwrap().next().is_none(), "a unit was enabled on install");
 
@@ -369,6 +386,21 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
             "{name}: {spec}{err}"
         );
     }
+    // zsh registers the completion function; fish completes a flag from its description.
+    let zsh_file = r.join("usr/share/zsh/vendor-completions/_ckpool");
+    let (ok, comp, err) = run(Command::new("zsh").arg("-fc").arg(format!(
+        "autoload -Uz compinit && compinit -u -d '{}'; source '{}'; print -r -- $_comps[ckpool]",
+        r.join("zcompdump").display(),
+        zsh_file.display()
+    )));
+    assert!(ok && comp.trim() == "_ckpool", "zsh (contrib/setup.sh installs it): {comp}{err}");
+    let fish_file = r.join("usr/share/fish/vendor_completions.d/ckpool.fish");
+    let (ok, comp, err) = run(Command::new("fish")
+        .arg("--no-config")
+        .arg("-c")
+        .arg(format!("source '{}'; complete -C'ckpool --kil'", fish_file.display())));
+    assert!(ok && comp.starts_with("--killold\t"), "fish (contrib/setup.sh installs it): {comp}{err}");
+    std::fs::remove_file(r.join("zcompdump")).ok();
     // The bash completion offers the subcommands and the long flags.
     let (ok, words, err) = run(Command::new("bash").arg("-c").arg(format!(
         "source '{}'; COMP_WORDS=(ckpool --); COMP_CWORD=1; COMP_LINE='ckpool --'; COMP_POINT=9; _ckpool ckpool -- ckpool; \

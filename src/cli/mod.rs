@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod generate;
+
 /// Flags shared by pool and proxy mode (ckpool's getopt flags).
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServerArgs {
@@ -67,6 +69,11 @@ pub enum Command {
     Rpcauth(crate::rpcauth::RpcauthArgs),
     /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
+    /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
+    Completions(generate::CompletionsArgs),
+    /// Write the manual pages (ckpool.1, ckproxy.1, ckpool-SUBCOMMAND.1) into a directory
+    #[command(hide = true)]
+    Manpages(generate::ManpagesArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -102,6 +109,8 @@ pub fn main() -> i32 {
         Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
         Some(Command::Rpcauth(args)) => crate::rpcauth::run(args),
         Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
+        Some(Command::Completions(args)) => generate::completions(&args),
+        Some(Command::Manpages(args)) => generate::manpages(&args.dir),
     };
     match result {
         Ok(()) => 0,

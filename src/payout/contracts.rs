@@ -88,11 +88,17 @@ fn parse_utc(t: &str) -> Option<i64> {
 pub fn read_contracts(path: &Path) -> Result<Vec<Contract>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read contracts file {}", path.display()))?;
+    parse_contracts(&text, path)
+}
+
+/// Parses the text of a contracts file as [`read_contracts`] does (`path` chooses the format
+/// with its extension and names the file in messages).
+pub fn parse_contracts(text: &str, path: &Path) -> Result<Vec<Contract>> {
     let is_json =
         path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with('[');
     let rows: Vec<[String; 4]> = if is_json {
         let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("contracts file {} is not JSON", path.display()))?;
+            serde_json::from_str(text).with_context(|| format!("contracts file {} is not JSON", path.display()))?;
         let arr = v.as_array().ok_or_else(|| anyhow!("contracts file {}: expected a JSON array", path.display()))?;
         arr.iter()
             .enumerate()

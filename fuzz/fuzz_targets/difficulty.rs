@@ -1,0 +1,32 @@
+//! Difficulty text (config, suggest_difficulty, set_difficulty, `ckpool difficulty`):
+//! `Difficulty::from_str` and `from_json`. Whatever parses displays as a number that parses to
+//! itself, as JSON too, and its target maps back within one unit.
+#![no_main]
+use ckpool::difficulty::Difficulty;
+use ckpool::stratum::proto::suggested_difficulty;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(d) = text.parse::<Difficulty>() {
+        let shown = d.to_string();
+        assert_eq!(shown.parse::<Difficulty>(), Ok(d), "{text:?} -> {shown}");
+        let mut w = Vec::new();
+        d.write_decimal(&mut w);
+        assert_eq!(w, shown.as_bytes());
+        assert_eq!(Difficulty::from_json(&Value::String(text.to_string())), Ok(d));
+        if let Ok(n) = serde_json::from_str::<Value>(&shown) {
+            assert_eq!(Difficulty::from_json(&n), Ok(d), "{shown} as a JSON number");
+        }
+        if d.units() >= 233 {
+            let back = Difficulty::from_target(&d.to_target());
+            assert!(back.units().abs_diff(d.units()) <= 1, "{d} -> {back}");
+        }
+        let _ = d.as_f64();
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        let _ = Difficulty::from_json(&v);
+        let _ = suggested_difficulty(&v);
+    }
+});

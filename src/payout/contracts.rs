@@ -69,7 +69,7 @@ fn parse_utc(t: &str) -> Option<i64> {
         hh = p.next()?.parse().ok()?;
         mm = p.next()?.parse().ok()?;
         ss = p.next().map(|s| s.parse().ok()).unwrap_or(Some(0))?;
-        if p.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+        if p.next().is_some() || !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=60).contains(&ss) {
             return None;
         }
     }
@@ -326,6 +326,10 @@ mod tests {
         assert_eq!(parse_point("start", "840000").unwrap(), Point::Height(840000));
         assert!(parse_point("start", "2024-13-01").is_err());
         assert!(parse_point("start", "yesterday").is_err());
+        // A negative hour, minute or second was let through, and i64::MIN hours overflowed.
+        for t in ["2024-05-01T-9223372036854775808:00", "2024-05-01 -1:00", "2024-05-01T00:-5", "2024-05-01T00:00:-1"] {
+            assert!(parse_point("start", t).is_err(), "{t}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::stratum::lines::{Line, LineReader};
 use crate::stratum::{UpstreamJob, UpstreamShare, Work};
+use crate::work::coinbase::MAX_NONCE2_LEN;
 use crate::work::Job;
 
 /// No line from the upstream for this long: it is dead (pools notify at least every ~60 s).
@@ -271,7 +272,7 @@ impl UpstreamClient {
                             difficulty = Some(d);
                         }
                         UpstreamMsg::SetDifficulty(None) => tracing::warn!("upstream {addr}: ignoring set_difficulty {}", v["params"]),
-                        UpstreamMsg::SetExtranonce(Some((e, n))) if self.prefix_len.is_some_and(|p| n > p) => {
+                        UpstreamMsg::SetExtranonce(Some((e, n))) if self.prefix_len.is_some_and(|p| n > p && n - p <= MAX_NONCE2_LEN) => {
                             tracing::info!("upstream {addr}: new extranonce1 {} (extranonce2 {n} bytes)", hex::encode(&e));
                             en1 = Some(e);
                             en2_size = n;
@@ -298,6 +299,9 @@ impl UpstreamClient {
                             let p = *self.prefix_len.get_or_insert(p);
                             if n <= p {
                                 return End::Failed(format!("extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"));
+                            }
+                            if n - p > MAX_NONCE2_LEN {
+                                return End::Failed(format!("extranonce2 size {n} leaves local miners more than {MAX_NONCE2_LEN} bytes after a {p}-byte prefix"));
                             }
                             if n - p < 4 {
                                 tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);

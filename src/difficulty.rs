@@ -419,9 +419,10 @@ mod tests {
     /// string carries all 12 decimal places.
     #[test]
     fn json_numbers_exact_to_15_significant_digits() {
-        let j: serde_json::Value =
-            serde_json::from_str("[86388558925171.011712694762, \"86388558925171.011712694762\", 123456789.012345, 18446744073709551615]")
-                .unwrap();
+        let j: serde_json::Value = serde_json::from_str(
+            "[86388558925171.011712694762, \"86388558925171.011712694762\", 123456789.012345, 18446744073709551615]",
+        )
+        .unwrap();
         assert_eq!(Difficulty::from_json(&j[0]).unwrap().to_string(), "86388558925171.02");
         assert_eq!(Difficulty::from_json(&j[1]).unwrap().to_string(), "86388558925171.011712694762");
         assert_eq!(Difficulty::from_json(&j[2]).unwrap().to_string(), "123456789.012345");

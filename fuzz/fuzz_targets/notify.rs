@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!((back.version, back.nbits, back.ntime, back.clean), (job.version, job.nbits, job.ntime, job.clean));
     let ntime = format!("{:08x}", job.ntime);
-    let sub = Submit { job_id: "1", extranonce2: "0000000000000000", ntime: &ntime, nonce: "0000000", version_bits: None };
+    let sub =
+        Submit { job_id: "1", extranonce2: "0000000000000000", ntime: &ntime, nonce: "0000000", version_bits: None };
     let _ = share::check(&job, &[0; 4], &sub, 0x1fff_e000, &Target::MAX);
 });

@@ -20,7 +20,8 @@ fn share_on(params: &Value, en1_len: usize, en2_len: usize) {
     let en1 = vec![0u8; en1_len.min(64)];
     let en2 = "00".repeat(en2_len.min(64));
     let ntime = format!("{:08x}", job.ntime);
-    let sub = Submit { job_id: "1", extranonce2: &en2, ntime: &ntime, nonce: "00000000", version_bits: Some("00002000") };
+    let sub =
+        Submit { job_id: "1", extranonce2: &en2, ntime: &ntime, nonce: "00000000", version_bits: Some("00002000") };
     let _ = share::check(&job, &en1, &sub, 0x1fff_e000, &Target::MAX);
 }
 

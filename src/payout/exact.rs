@@ -236,7 +236,8 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
     for unit in ["h/s", "hs", "h"] {
         // Compared as bytes: the text may end in a multi-byte character, where a str slice would
         // panic; a match is ASCII, so cutting it off leaves a char boundary.
-        if body.len() >= unit.len() && body.as_bytes()[body.len() - unit.len()..].eq_ignore_ascii_case(unit.as_bytes()) {
+        if body.len() >= unit.len() && body.as_bytes()[body.len() - unit.len()..].eq_ignore_ascii_case(unit.as_bytes())
+        {
             body = body[..body.len() - unit.len()].trim_end();
             break;
         }

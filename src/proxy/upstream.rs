@@ -79,10 +79,12 @@ pub enum UpstreamMsg {
 pub fn read_upstream(v: &Value) -> UpstreamMsg {
     match v.get("method").and_then(Value::as_str) {
         Some("mining.notify") => UpstreamMsg::Notify,
-        Some("mining.set_difficulty") => UpstreamMsg::SetDifficulty(match v["params"].get(0).map(Difficulty::from_json) {
-            Some(Ok(d)) if !d.is_zero() => Some(d),
-            _ => None,
-        }),
+        Some("mining.set_difficulty") => {
+            UpstreamMsg::SetDifficulty(match v["params"].get(0).map(Difficulty::from_json) {
+                Some(Ok(d)) if !d.is_zero() => Some(d),
+                _ => None,
+            })
+        }
         Some("mining.set_extranonce") => {
             let e = v["params"].get(0).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
             let n = v["params"].get(1).and_then(Value::as_u64).map(|n| n as usize);
@@ -102,7 +104,8 @@ pub fn read_upstream(v: &Value) -> UpstreamMsg {
         Some(other) => UpstreamMsg::Other(other.to_string()),
         None => match v.get("id").and_then(Value::as_u64) {
             Some(1) => {
-                let m = v["result"]["version-rolling.mask"].as_str().and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(0);
+                let m =
+                    v["result"]["version-rolling.mask"].as_str().and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(0);
                 UpstreamMsg::Configured(if v["result"]["version-rolling"] == json!(true) { m } else { 0 })
             }
             Some(2) => {
@@ -386,6 +389,37 @@ impl UpstreamClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_lines_read() {
+        let r = |line: &str| read_upstream(&serde_json::from_str(line).unwrap());
+        assert_eq!(
+            r(r#"{"id":2,"result":[[["mining.notify","1"]],"08000001",8],"error":null}"#),
+            UpstreamMsg::Subscribed(Some((vec![8, 0, 0, 1], 8)))
+        );
+        assert_eq!(r(r#"{"id":2,"result":null,"error":[20,"no",null]}"#), UpstreamMsg::Subscribed(None));
+        assert_eq!(
+            r(r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#),
+            UpstreamMsg::Configured(0x1fffe000)
+        );
+        assert_eq!(r(r#"{"id":3,"result":true,"error":null}"#), UpstreamMsg::Authorized(true));
+        assert_eq!(r(r#"{"id":12,"result":false}"#), UpstreamMsg::ShareAnswer { id: 12, accepted: false });
+        assert_eq!(
+            r(r#"{"id":null,"method":"mining.set_difficulty","params":[0.0001]}"#),
+            UpstreamMsg::SetDifficulty(Some("0.0001".parse().unwrap()))
+        );
+        assert_eq!(r(r#"{"id":null,"method":"mining.set_difficulty","params":[0]}"#), UpstreamMsg::SetDifficulty(None));
+        assert_eq!(
+            r(r#"{"id":null,"method":"client.reconnect","params":["h","3334",0]}"#),
+            UpstreamMsg::Reconnect(Some("h:3334".into()))
+        );
+        assert_eq!(r(r#"{"id":null,"method":"mining.notify","params":[]}"#), UpstreamMsg::Notify);
+        assert_eq!(
+            r(r#"{"id":null,"method":"client.show_message","params":["hi"]}"#),
+            UpstreamMsg::Other("client.show_message".into())
+        );
+        assert_eq!(r(r#"{"id":"x","result":true}"#), UpstreamMsg::Unknown);
+    }
 
     #[test]
     fn prefix_sizes() {

@@ -267,7 +267,8 @@ mod tests {
     /// (`expected * 2`); `ckpool mine` and `ckpool bench` allocated that many bytes per job.
     #[test]
     fn notify_refuses_extranonce2_beyond_max() {
-        let p = json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
+        let p =
+            json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
         assert!(Job::from_notify(1, &p, 4, MAX_NONCE2_LEN).is_ok());
         for n2 in [MAX_NONCE2_LEN + 1, usize::MAX / 2 + 1, usize::MAX] {
             let e = Job::from_notify(1, &p, 8, n2).unwrap_err();

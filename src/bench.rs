@@ -165,14 +165,14 @@ impl Stats {
 
 /// An answer to one of our requests, read without a full JSON parse (the hot path).
 #[derive(Debug, PartialEq)]
-enum Answer<'a> {
+pub enum Answer<'a> {
     Ok(u64),
     Err(u64, i64, &'a str),
 }
 
 /// Parses `{"id":N,"result":true,...}` or `{"id":N,"result":null,"error":[CODE,"MSG",...]}`.
 /// `None` for anything else (notifications, other shapes): those go through serde_json.
-fn fast_answer(line: &str) -> Option<Answer<'_>> {
+pub fn fast_answer(line: &str) -> Option<Answer<'_>> {
     let rest = line.strip_prefix("{\"id\":")?;
     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
     let id: u64 = rest[..digits].parse().ok()?;
@@ -191,7 +191,7 @@ fn fast_answer(line: &str) -> Option<Answer<'_>> {
 
 /// For idle sessions, which need no job: a `mining.notify` line's prevhash and clean_jobs flag,
 /// read without a JSON parse so that thousands of them are timed, not parsed.
-fn fast_notify(line: &str) -> Option<(&str, bool)> {
+pub fn fast_notify(line: &str) -> Option<(&str, bool)> {
     let rest = line.split_once("\"method\":\"mining.notify\",\"params\":[\"")?.1;
     let rest = rest.split_once("\",\"")?.1; // past the job id
     let prev = rest.split_once('"')?.0;

@@ -199,7 +199,9 @@ impl Difficulty {
         (self.0 / SCALE) as f64 + (self.0 % SCALE) as f64 / SCALE as f64
     }
 
-    /// Parses a JSON number as written (`1`, `42`, `0.00015`, `1e-4`), exactly.
+    /// Parses a JSON number as written (`1`, `42`, `0.00015`, `1e-4`), or a string holding one.
+    /// Integers up to 2^64 - 1 are exact; other numbers are exact up to 15 significant digits (serde_json holds it as an f64: `86388558925171.011712694762` reads as
+    /// `86388558925171.02`); strings are exact to 12 decimal places.
     pub fn from_json(v: &serde_json::Value) -> Result<Difficulty, ParseDifficultyError> {
         match v {
             serde_json::Value::Number(n) => n.to_string().parse(),
@@ -410,6 +412,21 @@ mod tests {
         assert_eq!(Difficulty::from_json(&j[0]).unwrap().to_string(), "0.0001");
         assert_eq!(Difficulty::from_json(&j[1]).unwrap(), Difficulty::from_integer(1000));
         assert_eq!(Difficulty::from_json(&j[2]).unwrap().to_string(), "0.5");
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/difficulty.rs): a JSON number is read through f64, so
+    /// `from_json` is exact to 15 significant digits (what its documentation now says); a
+    /// string carries all 12 decimal places.
+    #[test]
+    fn json_numbers_exact_to_15_significant_digits() {
+        let j: serde_json::Value = serde_json::from_str(
+            "[86388558925171.011712694762, \"86388558925171.011712694762\", 123456789.012345, 18446744073709551615]",
+        )
+        .unwrap();
+        assert_eq!(Difficulty::from_json(&j[0]).unwrap().to_string(), "86388558925171.02");
+        assert_eq!(Difficulty::from_json(&j[1]).unwrap().to_string(), "86388558925171.011712694762");
+        assert_eq!(Difficulty::from_json(&j[2]).unwrap().to_string(), "123456789.012345");
+        assert_eq!(Difficulty::from_json(&j[3]).unwrap(), Difficulty::from_integer(u64::MAX));
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub fn check(
 ) -> Result<Accepted, Reject> {
     let expected = job.coinbase.nonce2_len;
     let en2_hex = sub.extranonce2.as_bytes();
-    if en2_hex.len() != expected * 2 || expected > MAX_NONCE2_LEN {
+    if expected > MAX_NONCE2_LEN || en2_hex.len() != expected * 2 {
         return Err(Reject::BadExtranonce2Length { expected, got: en2_hex.len() / 2 });
     }
     let mut en2 = [0u8; MAX_NONCE2_LEN];

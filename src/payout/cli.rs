@@ -188,7 +188,8 @@ pub struct DifficultyArgs {
     pub node: NodeArgs,
 }
 
-fn parse_nbits(text: &str) -> Result<(u32, Ratio)> {
+/// Parses `--nbits` (hex, optional `0x`): the compact target and the difficulty it encodes.
+pub fn parse_nbits(text: &str) -> Result<(u32, Ratio)> {
     let t = text.trim().trim_start_matches("0x");
     let bits = u32::from_str_radix(t, 16)
         .map_err(|_| anyhow!("nbits {text:?} is not 8 hex digits such as 1d00ffff or 17034219"))?;

@@ -69,7 +69,7 @@ fn parse_utc(t: &str) -> Option<i64> {
         hh = p.next()?.parse().ok()?;
         mm = p.next()?.parse().ok()?;
         ss = p.next().map(|s| s.parse().ok()).unwrap_or(Some(0))?;
-        if p.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+        if p.next().is_some() || !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=60).contains(&ss) {
             return None;
         }
     }
@@ -88,11 +88,17 @@ fn parse_utc(t: &str) -> Option<i64> {
 pub fn read_contracts(path: &Path) -> Result<Vec<Contract>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read contracts file {}", path.display()))?;
+    parse_contracts(&text, path)
+}
+
+/// Parses the text of a contracts file as [`read_contracts`] does (`path` chooses the format
+/// with its extension and names the file in messages).
+pub fn parse_contracts(text: &str, path: &Path) -> Result<Vec<Contract>> {
     let is_json =
         path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with('[');
     let rows: Vec<[String; 4]> = if is_json {
         let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("contracts file {} is not JSON", path.display()))?;
+            serde_json::from_str(text).with_context(|| format!("contracts file {} is not JSON", path.display()))?;
         let arr = v.as_array().ok_or_else(|| anyhow!("contracts file {}: expected a JSON array", path.display()))?;
         arr.iter()
             .enumerate()
@@ -320,6 +326,10 @@ mod tests {
         assert_eq!(parse_point("start", "840000").unwrap(), Point::Height(840000));
         assert!(parse_point("start", "2024-13-01").is_err());
         assert!(parse_point("start", "yesterday").is_err());
+        // A negative hour, minute or second was let through, and i64::MIN hours overflowed.
+        for t in ["2024-05-01T-9223372036854775808:00", "2024-05-01 -1:00", "2024-05-01T00:-5", "2024-05-01T00:00:-1"] {
+            assert!(parse_point("start", t).is_err(), "{t}");
+        }
     }
 
     #[test]

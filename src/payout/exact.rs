@@ -186,14 +186,23 @@ pub fn parse_decimal(what: &'static str, text: &str) -> Result<Ratio, ParseError
     let range = || ParseError::OutOfRange { what, text: text.to_string() };
     let digits = format!("{int_part}{frac_part}");
     let digits = digits.trim_start_matches('0');
-    if digits.len() > 70 || !(-200..=200).contains(&exponent) {
+    // 78 digits hold any value below 2^256 (which has 78), so a value's own decimal parses back.
+    if digits.len() > 78 || !(-200..=200).contains(&exponent) {
+        return Err(range());
+    }
+    if digits.is_empty() {
+        return Ok(Ratio::integer(0));
+    }
+    let pow10 = exponent as i64 - frac_part.len() as i64;
+    // 10^300 < 2^1024; any power beyond it (a long fraction) would wrap in U1024 (to a zero
+    // denominator from 10^1024 on). An in-range value never needs more than 10^155.
+    if pow10.unsigned_abs() > 300 {
         return Err(range());
     }
     let mut num = U1024::ZERO;
     for b in digits.bytes() {
         num = num * U1024::from(10u8) + U1024::from(b - b'0');
     }
-    let pow10 = exponent as i64 - frac_part.len() as i64;
     let ten = U1024::from(10u8);
     let (num, den) = if pow10 >= 0 {
         (num * ten.pow(U1024::from(pow10 as u64)), U1024::from(1u8))
@@ -225,7 +234,10 @@ pub fn parse_hashrate(text: &str) -> Result<Ratio, ParseError> {
     let s = text.trim();
     let mut body = s;
     for unit in ["h/s", "hs", "h"] {
-        if body.len() >= unit.len() && body[body.len() - unit.len()..].eq_ignore_ascii_case(unit) {
+        // Compared as bytes: the text may end in a multi-byte character, where a str slice would
+        // panic; a match is ASCII, so cutting it off leaves a char boundary.
+        if body.len() >= unit.len() && body.as_bytes()[body.len() - unit.len()..].eq_ignore_ascii_case(unit.as_bytes())
+        {
             body = body[..body.len() - unit.len()].trim_end();
             break;
         }
@@ -370,6 +382,31 @@ mod tests {
         assert!(matches!(parse_hashrate("0 TH/s"), Err(ParseError::Zero { .. })));
         assert!(matches!(parse_hashrate("-5T"), Err(ParseError::Negative { .. })));
         assert!(matches!(parse_hashrate("TH/s"), Err(ParseError::UnknownHashUnit { .. })));
+    }
+
+    #[test]
+    fn decimals_found_by_fuzzing() {
+        // fuzz/fuzz_targets/payout_numbers.rs: 4E76 parsed but its own 77-digit decimal did not.
+        let r = parse_decimal("value", "4E76").unwrap();
+        assert_eq!(parse_decimal("value", &r.to_string()).unwrap(), r);
+        let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935"; // 2^256 - 1
+        assert_eq!(parse_decimal("value", max).unwrap().to_string(), max);
+        // A fraction past 1024 digits made a zero denominator (10^1024 wraps in U1024), and
+        // displaying the value divided by zero.
+        let zeros = "0".repeat(1100);
+        assert!(parse_decimal("value", &format!("0.{zeros}")).unwrap().is_zero());
+        assert_eq!(parse_decimal("value", &format!("0.{zeros}")).unwrap().to_string(), "0");
+        assert!(matches!(parse_decimal("value", &format!("0.{zeros}1")), Err(ParseError::OutOfRange { .. })));
+        assert!(matches!(parse_decimal("value", &format!("1{zeros}")), Err(ParseError::OutOfRange { .. })));
+        assert!(matches!(parse_hashrate(&format!("0.{zeros}1 TH/s")), Err(ParseError::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn hashrate_ending_in_multibyte_char_is_refused() {
+        // Found by fuzzing (fuzz/fuzz_targets/payout_numbers.rs): a unit check sliced inside 'Я'.
+        for text in ["\u{42f}H.", "\u{42f}", "110 T\u{6cc}", "5\u{1f600}h", "é"] {
+            assert!(parse_hashrate(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::stratum::lines::{Line, LineReader};
 use crate::stratum::{UpstreamJob, UpstreamShare, Work};
+use crate::work::coinbase::MAX_NONCE2_LEN;
 use crate::work::Job;
 
 /// No line from the upstream for this long: it is dead (pools notify at least every ~60 s).
@@ -42,6 +43,80 @@ pub fn prefix_len_for(upstream_en2: usize) -> Option<usize> {
         0 | 1 => None,
         2 => Some(1),
         n => Some((n - 2).min(4)),
+    }
+}
+
+/// What one upstream line says, read from its JSON without any session state: the session
+/// decides what to do with it (the pure part of the proxy's upstream parsing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamMsg {
+    /// `mining.notify`: its params go to [`Job::from_notify`].
+    Notify,
+    /// `mining.set_difficulty`: `None` when the first param is not a difficulty above zero.
+    SetDifficulty(Option<Difficulty>),
+    /// `mining.set_extranonce`: extranonce1 and the extranonce2 size; `None` when malformed.
+    SetExtranonce(Option<(Vec<u8>, usize)>),
+    /// `client.reconnect`: `host:port` when both are given, else the same address.
+    Reconnect(Option<String>),
+    /// `mining.set_version_mask`: `None` when not a hex word.
+    SetVersionMask(Option<u32>),
+    /// Another method, ignored.
+    Other(String),
+    /// The answer to our configure (id 1): the mask granted, 0 when version rolling was refused.
+    Configured(u32),
+    /// The answer to our subscribe (id 2): extranonce1 and the extranonce2 size; `None` when
+    /// refused or malformed.
+    Subscribed(Option<(Vec<u8>, usize)>),
+    /// The answer to our authorize (id 3).
+    Authorized(bool),
+    /// The answer to a forwarded share.
+    ShareAnswer { id: u64, accepted: bool },
+    /// Neither a method nor a numeric id.
+    Unknown,
+}
+
+/// Reads one upstream line's JSON.
+pub fn read_upstream(v: &Value) -> UpstreamMsg {
+    match v.get("method").and_then(Value::as_str) {
+        Some("mining.notify") => UpstreamMsg::Notify,
+        Some("mining.set_difficulty") => {
+            UpstreamMsg::SetDifficulty(match v["params"].get(0).map(Difficulty::from_json) {
+                Some(Ok(d)) if !d.is_zero() => Some(d),
+                _ => None,
+            })
+        }
+        Some("mining.set_extranonce") => {
+            let e = v["params"].get(0).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
+            let n = v["params"].get(1).and_then(Value::as_u64).map(|n| n as usize);
+            UpstreamMsg::SetExtranonce(e.zip(n))
+        }
+        Some("client.reconnect") => {
+            let host = v["params"].get(0).and_then(Value::as_str).filter(|h| !h.is_empty());
+            let port = v["params"].get(1).and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())));
+            UpstreamMsg::Reconnect(match (host, port) {
+                (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+                _ => None,
+            })
+        }
+        Some("mining.set_version_mask") => UpstreamMsg::SetVersionMask(
+            v["params"].get(0).and_then(Value::as_str).and_then(|m| hex::parse_u32_be(m).ok()),
+        ),
+        Some(other) => UpstreamMsg::Other(other.to_string()),
+        None => match v.get("id").and_then(Value::as_u64) {
+            Some(1) => {
+                let m =
+                    v["result"]["version-rolling.mask"].as_str().and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(0);
+                UpstreamMsg::Configured(if v["result"]["version-rolling"] == json!(true) { m } else { 0 })
+            }
+            Some(2) => {
+                let e = v["result"].get(1).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
+                let n = v["result"].get(2).and_then(Value::as_u64).map(|n| n as usize);
+                UpstreamMsg::Subscribed(e.zip(n))
+            }
+            Some(3) => UpstreamMsg::Authorized(v["result"] == json!(true)),
+            Some(id) => UpstreamMsg::ShareAnswer { id, accepted: v["result"] == json!(true) },
+            None => UpstreamMsg::Unknown,
+        },
     }
 }
 
@@ -185,8 +260,8 @@ impl UpstreamClient {
                             continue;
                         }
                     };
-                    match v.get("method").and_then(Value::as_str) {
-                        Some("mining.notify") => {
+                    match read_upstream(&v) {
+                        UpstreamMsg::Notify => {
                             let Some(e1) = en1.clone() else {
                                 tracing::debug!("upstream {addr}: notify before the subscribe answer ignored");
                                 continue;
@@ -195,83 +270,66 @@ impl UpstreamClient {
                             let d = *difficulty.get_or_insert(Difficulty::ONE);
                             self.publish(&v["params"], &e1, en2_size, d, addr);
                         }
-                        Some("mining.set_difficulty") => {
-                            match v["params"].get(0).map(Difficulty::from_json) {
-                                Some(Ok(d)) if !d.is_zero() => {
-                                    if difficulty != Some(d) { tracing::info!("upstream {addr}: difficulty {d}"); }
-                                    difficulty = Some(d);
-                                }
-                                _ => tracing::warn!("upstream {addr}: ignoring set_difficulty {}", v["params"]),
-                            }
+                        UpstreamMsg::SetDifficulty(Some(d)) => {
+                            if difficulty != Some(d) { tracing::info!("upstream {addr}: difficulty {d}"); }
+                            difficulty = Some(d);
                         }
-                        Some("mining.set_extranonce") => {
-                            let e = v["params"].get(0).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
-                            let n = v["params"].get(1).and_then(Value::as_u64).map(|n| n as usize);
-                            match (e, n) {
-                                (Some(e), Some(n)) if self.prefix_len.is_some_and(|p| n > p) => {
-                                    tracing::info!("upstream {addr}: new extranonce1 {} (extranonce2 {n} bytes)", hex::encode(&e));
-                                    en1 = Some(e);
-                                    en2_size = n;
-                                    self.generation += 1;
-                                }
-                                _ => return End::Failed(format!("unusable set_extranonce {}", v["params"])),
-                            }
+                        UpstreamMsg::SetDifficulty(None) => tracing::warn!("upstream {addr}: ignoring set_difficulty {}", v["params"]),
+                        UpstreamMsg::SetExtranonce(Some((e, n))) if self.prefix_len.is_some_and(|p| n > p && n - p <= MAX_NONCE2_LEN) => {
+                            tracing::info!("upstream {addr}: new extranonce1 {} (extranonce2 {n} bytes)", hex::encode(&e));
+                            en1 = Some(e);
+                            en2_size = n;
+                            self.generation += 1;
                         }
-                        Some("client.reconnect") => {
-                            let host = v["params"].get(0).and_then(Value::as_str).filter(|h| !h.is_empty());
-                            let port = v["params"].get(1).and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())));
-                            let to = match (host, port) { (Some(h), Some(p)) => Some(format!("{h}:{p}")), _ => None };
-                            return End::Reconnect(to);
-                        }
-                        Some("mining.set_version_mask") => {
-                            if let Some(m) = v["params"].get(0).and_then(Value::as_str).and_then(|m| hex::parse_u32_be(m).ok()) {
+                        UpstreamMsg::SetExtranonce(_) => return End::Failed(format!("unusable set_extranonce {}", v["params"])),
+                        UpstreamMsg::Reconnect(to) => return End::Reconnect(to),
+                        UpstreamMsg::SetVersionMask(m) => {
+                            if let Some(m) = m {
                                 self.granted_mask.send_replace(m & self.version_mask);
                             }
                         }
-                        Some(other) => tracing::debug!("upstream {addr}: ignoring {other}"),
-                        None => match v.get("id").and_then(Value::as_u64) {
-                            Some(1) => {
-                                let m = v["result"]["version-rolling.mask"].as_str().and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(0);
-                                self.granted_mask.send_replace(if v["result"]["version-rolling"] == json!(true) { m & self.version_mask } else { 0 });
+                        UpstreamMsg::Other(other) => tracing::debug!("upstream {addr}: ignoring {other}"),
+                        UpstreamMsg::Configured(m) => {
+                            self.granted_mask.send_replace(m & self.version_mask);
+                        }
+                        UpstreamMsg::Subscribed(sub) => {
+                            let Some((e, n)) = sub else {
+                                return End::Failed(format!("subscribe refused or malformed: {}", v));
+                            };
+                            let Some(p) = prefix_len_for(n) else {
+                                return End::Failed(format!("extranonce2 size {n} leaves no room for local miners"));
+                            };
+                            let p = *self.prefix_len.get_or_insert(p);
+                            if n <= p {
+                                return End::Failed(format!("extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"));
                             }
-                            Some(2) => {
-                                let e = v["result"].get(1).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
-                                let n = v["result"].get(2).and_then(Value::as_u64).map(|n| n as usize);
-                                let (Some(e), Some(n)) = (e, n) else {
-                                    return End::Failed(format!("subscribe refused or malformed: {}", v));
-                                };
-                                let Some(p) = prefix_len_for(n) else {
-                                    return End::Failed(format!("extranonce2 size {n} leaves no room for local miners"));
-                                };
-                                let p = *self.prefix_len.get_or_insert(p);
-                                if n <= p {
-                                    return End::Failed(format!("extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"));
-                                }
-                                if n - p < 4 {
-                                    tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);
-                                }
-                                en1 = Some(e);
-                                en2_size = n;
+                            if n - p > MAX_NONCE2_LEN {
+                                return End::Failed(format!("extranonce2 size {n} leaves local miners more than {MAX_NONCE2_LEN} bytes after a {p}-byte prefix"));
                             }
-                            Some(3) => {
-                                if v["result"] != json!(true) {
-                                    return End::Failed(format!("authorize as {:?} refused: {}", entry.auth, v["error"]));
-                                }
-                                authorized = true;
-                                tracing::info!("upstream {addr}: connected and authorized as {}", entry.auth);
+                            if n - p < 4 {
+                                tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);
                             }
-                            Some(id) => {
-                                if let Some((worker, d)) = pending.remove(&id) {
-                                    if v["result"] == json!(true) {
-                                        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                                    } else {
-                                        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                                        tracing::info!("upstream {addr} rejected a share from {worker} (difficulty {d}): {}", v["error"]);
-                                    }
+                            en1 = Some(e);
+                            en2_size = n;
+                        }
+                        UpstreamMsg::Authorized(ok) => {
+                            if !ok {
+                                return End::Failed(format!("authorize as {:?} refused: {}", entry.auth, v["error"]));
+                            }
+                            authorized = true;
+                            tracing::info!("upstream {addr}: connected and authorized as {}", entry.auth);
+                        }
+                        UpstreamMsg::ShareAnswer { id, accepted } => {
+                            if let Some((worker, d)) = pending.remove(&id) {
+                                if accepted {
+                                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                                    tracing::info!("upstream {addr} rejected a share from {worker} (difficulty {d}): {}", v["error"]);
                                 }
                             }
-                            None => tracing::debug!("upstream {addr}: ignoring {v}"),
-                        },
+                        }
+                        UpstreamMsg::Unknown => tracing::debug!("upstream {addr}: ignoring {v}"),
                     }
                 }
                 share = self.shares.recv() => {
@@ -331,6 +389,37 @@ impl UpstreamClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_lines_read() {
+        let r = |line: &str| read_upstream(&serde_json::from_str(line).unwrap());
+        assert_eq!(
+            r(r#"{"id":2,"result":[[["mining.notify","1"]],"08000001",8],"error":null}"#),
+            UpstreamMsg::Subscribed(Some((vec![8, 0, 0, 1], 8)))
+        );
+        assert_eq!(r(r#"{"id":2,"result":null,"error":[20,"no",null]}"#), UpstreamMsg::Subscribed(None));
+        assert_eq!(
+            r(r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#),
+            UpstreamMsg::Configured(0x1fffe000)
+        );
+        assert_eq!(r(r#"{"id":3,"result":true,"error":null}"#), UpstreamMsg::Authorized(true));
+        assert_eq!(r(r#"{"id":12,"result":false}"#), UpstreamMsg::ShareAnswer { id: 12, accepted: false });
+        assert_eq!(
+            r(r#"{"id":null,"method":"mining.set_difficulty","params":[0.0001]}"#),
+            UpstreamMsg::SetDifficulty(Some("0.0001".parse().unwrap()))
+        );
+        assert_eq!(r(r#"{"id":null,"method":"mining.set_difficulty","params":[0]}"#), UpstreamMsg::SetDifficulty(None));
+        assert_eq!(
+            r(r#"{"id":null,"method":"client.reconnect","params":["h","3334",0]}"#),
+            UpstreamMsg::Reconnect(Some("h:3334".into()))
+        );
+        assert_eq!(r(r#"{"id":null,"method":"mining.notify","params":[]}"#), UpstreamMsg::Notify);
+        assert_eq!(
+            r(r#"{"id":null,"method":"client.show_message","params":["hi"]}"#),
+            UpstreamMsg::Other("client.show_message".into())
+        );
+        assert_eq!(r(r#"{"id":"x","result":true}"#), UpstreamMsg::Unknown);
+    }
 
     #[test]
     fn prefix_sizes() {

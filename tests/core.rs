@@ -242,43 +242,22 @@ async fn check_payout_and_difficulty_against_core() {
     // 65535/(8388607·2^24), S = 50 coins, F = (4 345 + 10 000)/10 (see tests/payout.rs):
     let fees = 14_345u128;
     let expected = 6000 * (10 * 5_000_000_000u128 + fees) * 8_388_607 / (10 * 65535 * 256);
+    // Epoch 11 (heights 110..=119) at 1 H/s, regtest's 150-block halving interval.
+    let payout = |extra: &[&str]| {
+        let mut args =
+            vec!["payout", "--config", &conf, "--period", "10", "--hashrate", "1 H/s", "--halving-interval", "150"];
+        args.extend(["--epoch", "11", "--json"]);
+        args.extend(extra);
+        ckpool_json(&args)
+    };
     for source in ["stats", "decode"] {
-        let out = ckpool_json(&[
-            "payout",
-            "--config",
-            &conf,
-            "--period",
-            "10",
-            "--hashrate",
-            "1 H/s",
-            "--halving-interval",
-            "150",
-            "--epoch",
-            "11",
-            "--fee-source",
-            source,
-            "--json",
-        ]);
+        let out = payout(&["--fee-source", source]);
         assert_eq!(out["fees_total_sat"], fees.to_string(), "{source}: {out}");
         assert_eq!(out["subsidy_sat"], 5_000_000_000u64, "{source}");
         assert_eq!(out["payout_sat"], expected.to_string(), "{source}: {out}");
     }
     // Own blocks only (coinbase pays btcaddress): 111 is ours, 115 is not.
-    let own = ckpool_json(&[
-        "payout",
-        "--config",
-        &conf,
-        "--period",
-        "10",
-        "--hashrate",
-        "1",
-        "--halving-interval",
-        "150",
-        "--epoch",
-        "11",
-        "--own-blocks",
-        "--json",
-    ]);
+    let own = payout(&["--own-blocks"]);
     assert_eq!(own["fees_blocks"], 1, "{own}");
     assert_eq!(own["fees_total_sat"], "4345", "{own}");
     let d = ckpool_json(&["difficulty", "--config", &conf, "--period", "10", "--height", "119", "--json"]);

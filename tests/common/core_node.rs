@@ -13,7 +13,7 @@ use ckpool::bitcoind::Rpc;
 use ckpool::config::{RpcAuth, Secret};
 use serde_json::{json, Value};
 
-use super::free_port;
+use super::{free_port, stop_node, wait_for_rpc};
 
 /// The Core bitcoind that contrib/setup.sh builds (linked at .regtest/core).
 pub fn core_bin() -> PathBuf {
@@ -123,47 +123,18 @@ impl CoreNode {
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // Core says why it refuses to start on stderr, before debug.log exists.
+            .stderr(std::fs::File::create(self.datadir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("start Bitcoin Core regtest bitcoind");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.rpc.call("getblockchaininfo", json!([])).await {
-                Ok(_) => return,
-                Err(e) => {
-                    if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                        let mut err = String::new();
-                        if let Some(mut s) = self.child.take().and_then(|mut c| c.stderr.take()) {
-                            use std::io::Read;
-                            let _ = s.read_to_string(&mut err);
-                        }
-                        panic!(
-                            "Bitcoin Core exited ({status}) before answering RPC: {e}; stderr: {err}; debug.log in {}",
-                            self.datadir.path().display()
-                        );
-                    }
-                    assert!(Instant::now() < deadline, "Bitcoin Core did not answer RPC within 60 s: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let child = self.child.as_mut().unwrap();
+        wait_for_rpc(&self.rpc, child, "Bitcoin Core", self.datadir.path()).await;
     }
 
     /// Stops the node (RPC stop, then kill after 30 s) and waits for it to exit.
     pub async fn stop(&mut self) {
-        let _ = self.rpc.call("stop", json!([])).await;
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        stop_node(&self.rpc, self.child.take()).await;
     }
 
     /// Starts the node again on the same port and datadir.

@@ -36,6 +36,40 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Waits (≤ 60 s) until a node's RPC answers; panics, naming `what` and its datadir, if the
+/// process exits first or the deadline passes.
+pub async fn wait_for_rpc(rpc: &Rpc, child: &mut Child, what: &str, datadir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rpc.call("getblockchaininfo", json!([])).await {
+            Ok(_) => return,
+            Err(e) => {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("{what} exited ({status}) before answering RPC: {e}; debug.log in {}", datadir.display());
+                }
+                assert!(Instant::now() < deadline, "{what} did not answer RPC within 60 s: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Stops a node: RPC `stop`, then kill after 30 s; waits for the process to exit.
+pub async fn stop_node(rpc: &Rpc, child: Option<Child>) {
+    let _ = rpc.call("stop", json!([])).await;
+    if let Some(mut c) = child {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// One regtest bitcoind on loopback ports, in a temporary datadir.
 pub struct Node {
     child: Option<Child>,
@@ -144,38 +178,13 @@ impl Node {
             .spawn()
             .expect("start regtest bitcoind");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.rpc.call("getblockchaininfo", json!([])).await {
-                Ok(_) => return,
-                Err(e) => {
-                    if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                        panic!(
-                            "regtest bitcoind exited ({status}) before answering RPC: {e}; debug.log in {}",
-                            self.datadir.path().display()
-                        );
-                    }
-                    assert!(Instant::now() < deadline, "regtest bitcoind did not answer RPC within 60 s: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let child = self.child.as_mut().unwrap();
+        wait_for_rpc(&self.rpc, child, "regtest bitcoind", self.datadir.path()).await;
     }
 
     /// Stops the node (RPC stop, then kill) and waits for it to exit.
     pub async fn stop(&mut self) {
-        let _ = self.rpc.call("stop", json!([])).await;
-        if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        stop_node(&self.rpc, self.child.take()).await;
     }
 
     /// Starts the node again on the same ports and datadir.

@@ -21,7 +21,7 @@ pub fn core_bin() -> PathBuf {
     assert!(
         p.exists(),
         "Bitcoin Core's bitcoind is missing at {}: run `bash contrib/setup.sh` (the README's test command does; \
-         it builds it once from the vendored source, ~10-15 minutes)",
+         it builds it once from the vendored source, about 5 minutes)",
         p.display()
     );
     p

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bitcoin::{Amount, Denomination, Network, PrivateKey};
 use ckpool::bitcoind::Rpc;

@@ -287,3 +287,62 @@ async fn bad_upstream_input_is_survived() {
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
 }
+
+/// More miners than extranonce1 values: an upstream with 3 bytes of extranonce2 leaves the proxy
+/// a 1-byte prefix, 256 miners. The 257th is answered "server full" (error 20) and closed, the
+/// operator log says why; the first 256 keep mining and a new block reaches them; when one
+/// leaves, its value serves the next miner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_miners_than_extranonce_values_are_refused_clearly() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["nonce2length"] = json!(3);
+    let pool = Pool::start(cfg, &[]);
+    // Difficulty below regtest's network difficulty, so a share need not be a block.
+    let mut proxy = Pool::start_proxy(proxy_config(&[&pool], 1e-10));
+
+    let mut miners = Vec::new();
+    let mut en1s = HashSet::new();
+    for i in 0..256 {
+        let mut c = Client::connect(&proxy.addr()).await;
+        let (en1, n2) = c.handshake(&format!("m.{i}")).await;
+        assert_eq!(n2, 2, "1-byte prefix, 2 bytes left to the miner");
+        assert!(en1s.insert(en1.clone()), "extranonce1 {en1} given twice");
+        miners.push((c, en1));
+    }
+    // The 257th: a clear answer to its subscribe, then the connection closes.
+    let mut extra = Client::connect(&proxy.addr()).await;
+    let id = extra.request("mining.subscribe", json!(["late/1.0"])).await;
+    let r = extra.reply(id).await;
+    assert_eq!(r["error"][0], json!(20), "{r}");
+    assert!(r["error"][1].as_str().unwrap().contains("server full"), "{r}");
+    assert!(extra.read().await.is_none(), "the refused miner's connection stays open");
+    proxy.wait_log("refused: all 256 extranonce1 values of 1 byte(s) are held", Duration::from_secs(10));
+
+    // The first and the last miner still mine, and a new block reaches them.
+    let h = node.call("generate", json!([1])).await[0].as_str().unwrap().to_string();
+    for k in [0, 255] {
+        let (c, en1) = &mut miners[k];
+        let n = c.notify_on_tip(&h).await;
+        let s = common::solve_not_block(&n, en1, &format!("{:04x}", k), "0.0000000001").unwrap();
+        let id = c.request("mining.submit", s).await;
+        assert_eq!(c.reply(id).await["result"], json!(true), "miner {k}");
+    }
+    // One leaves: the next miner gets its value.
+    let (gone, gone_en1) = miners.remove(17);
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = Client::connect(&proxy.addr()).await;
+        let id = c.request("mining.subscribe", json!(["next/1.0"])).await;
+        let r = c.reply(id).await;
+        if r["error"].is_null() {
+            assert_eq!(r["result"][1], json!(gone_en1), "the freed value is the only one left");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed extranonce1 never served a new miner: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,13 +1,15 @@
 //! Listeners: accept miners on every `serverurl`, one task each, within `maxclients`.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -48,6 +50,78 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Takes a free extranonce1 value (of `mask`+1) after `*next`, or None when every value is held
+/// by a live session. Never loops more than once around the space, so it cannot spin while the
+/// caller holds the lock on `set`.
+pub fn take_en1(set: &mut HashSet<u64>, next: &mut u64, mask: u64) -> Option<u64> {
+    if mask != u64::MAX && set.len() as u64 > mask {
+        return None;
+    }
+    // At least one value is free: found within mask+1 steps.
+    loop {
+        *next = next.wrapping_add(1) & mask;
+        if set.insert(*next) {
+            return Some(*next);
+        }
+    }
+}
+
+/// Miners refused because the extranonce1 space is full: each gets an answer to its first request
+/// saying so (error 20, then the connection closes), and the operator log gets one line per
+/// 10 s with how many were refused, not one per connection.
+struct Refusals {
+    local: String,
+    last_log: Option<Instant>,
+    unlogged: u64,
+    /// Bounds the answering tasks (each lives at most 10 s); beyond it a miner is just closed.
+    answering: Arc<Semaphore>,
+}
+
+impl Refusals {
+    fn new(local: &str) -> Refusals {
+        Refusals { local: local.to_string(), last_log: None, unlogged: 0, answering: Arc::new(Semaphore::new(64)) }
+    }
+
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, held: usize, nonce1_len: usize) {
+        self.unlogged += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(
+                "miner {peer} on {} refused: all {held} extranonce1 values of {nonce1_len} byte(s) are held by \
+                 connected miners ({} refused since the last such line); lower maxclients or give this \
+                 server a longer extranonce1 (nonce1length, or an upstream with more extranonce2)",
+                self.local,
+                self.unlogged
+            );
+            self.last_log = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, held)).await;
+        });
+    }
+}
+
+/// Reads the miner's first request (at most 4 KB) and answers it: the pool is full.
+async fn answer_full(stream: TcpStream, held: usize) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd.take(4096));
+    let _ = rd.read_line(&mut line).await;
+    let id = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(serde_json::Value::Null);
+    let reply = serde_json::json!({
+        "id": id,
+        "result": null,
+        "error": [20, format!("server full: all {held} extranonce1 values are in use; try again later"), null],
+    });
+    let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
+    let _ = wr.shutdown().await;
+}
+
 /// Accepts miners until shutdown, then waits (bounded) for sessions to end.
 pub async fn serve(ctx: Arc<ServerCtx>, listeners: Vec<TcpListener>, maxclients: usize) {
     let limit = Arc::new(Semaphore::new(if maxclients == 0 { Semaphore::MAX_PERMITS } else { maxclients }));
@@ -67,6 +141,7 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
     let mask = if ctx.params.nonce1_len >= 8 { u64::MAX } else { (1u64 << (8 * ctx.params.nonce1_len)) - 1 };
     let mut backoff = Duration::from_millis(10);
     let mut sessions = JoinSet::new();
+    let mut refused = Refusals::new(&local);
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -89,17 +164,20 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
                 continue;
             }
         };
-        let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-        // A fresh extranonce1 not held by a live session.
-        let key = {
+        // A fresh extranonce1 not held by a live session; none when the space is full.
+        let taken = {
             let mut set = ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                next_en1 = next_en1.wrapping_add(1) & mask;
-                if set.insert(next_en1) {
-                    break next_en1;
-                }
+            take_en1(&mut set, &mut next_en1, mask).ok_or(set.len())
+        };
+        let key = match taken {
+            Ok(key) => key,
+            Err(held) => {
+                drop(permit);
+                refused.refuse(stream, peer, held, ctx.params.nonce1_len);
+                continue;
             }
         };
+        let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
         let session = Box::new(Session::new(ctx.clone(), id, peer, key));
         let ctx2 = ctx.clone();
         ctx2.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -112,4 +190,28 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
     }
     // Shutdown: sessions see the same signal; give them a moment to flush.
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while sessions.join_next().await.is_some() {} }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn en1_allocation_fills_the_space_then_refuses_without_spinning() {
+        // A proxy with a 1-byte prefix: 256 values.
+        let mut set = HashSet::new();
+        let mut next = 77;
+        let mut got: Vec<u64> = (0..256).map(|_| take_en1(&mut set, &mut next, 0xff).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..256).collect::<Vec<u64>>());
+        assert_eq!(take_en1(&mut set, &mut next, 0xff), None);
+        // One leaves: exactly that value comes back, wherever the cursor is.
+        set.remove(&200);
+        assert_eq!(take_en1(&mut set, &mut next, 0xff), Some(200));
+        assert_eq!(take_en1(&mut set, &mut next, 0xff), None);
+        // The full 8-byte space never reports full.
+        let mut set = HashSet::from([u64::MAX, 0]);
+        let mut next = u64::MAX - 1;
+        assert_eq!(take_en1(&mut set, &mut next, u64::MAX), Some(1));
+    }
 }

@@ -625,3 +625,25 @@ pub fn solve(notify: &Value, en1: &str, en2: &str, difficulty: &str, block: bool
     }
     None
 }
+
+/// Solves a share at `difficulty` that is NOT a block (its hash misses the network target): on
+/// regtest the network difficulty is ~4.7e-10, so `difficulty` must be below it (e.g. 1e-10).
+/// Bounded: gives up after 2^26 nonces.
+pub fn solve_not_block(notify: &Value, en1: &str, en2: &str, difficulty: &str) -> Option<Value> {
+    use ckpool::difficulty::Difficulty;
+    use ckpool::work::job::Job;
+    let params = &notify["params"];
+    let en1b = ckpool::hex::decode(en1).unwrap();
+    let en2b = ckpool::hex::decode(en2).unwrap();
+    let job = Job::from_notify(1, params, en1b.len(), en2b.len()).unwrap();
+    let target = difficulty.parse::<Difficulty>().unwrap().to_target();
+    let root = job.merkle_root(&en1b, &en2b);
+    let ntime = job.ntime;
+    for nonce in 0u32..(1 << 26) {
+        let h = ckpool::work::merkle::sha256d(&job.header(&root, job.version, ntime, nonce));
+        if target.is_met_by(&h) && !job.network_target.is_met_by(&h) {
+            return Some(json!(["worker", params[0], en2, format!("{ntime:08x}"), format!("{nonce:08x}")]));
+        }
+    }
+    None
+}

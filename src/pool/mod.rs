@@ -3,9 +3,8 @@
 pub mod blocks;
 pub mod templates;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bitcoind::{zmq, Rpc, RpcError};
 use crate::config::Config;
-use crate::log::{sharelog, stats};
-use crate::stratum::{server, Counters, ServerCtx, SessionParams};
+use crate::stratum::frontend::FrontEnd;
+use crate::stratum::{server, SessionParams};
 use crate::work::coinbase::{script_for_address, CoinbaseConfig};
 
 /// Runtime options from the command line.
@@ -141,7 +140,6 @@ pub async fn run(
     let (height_tx, height_rx) = watch::channel(0u32);
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let (block_tx, block_rx) = mpsc::channel(64);
-    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone());
 
     let zmq_rx = match &cfg.zmqblock {
         Some(ep) => match zmq::subscribe(ep, templates::poll_interval(cfg.blockpoll, true)) {
@@ -159,49 +157,18 @@ pub async fn run(
     source.refresh(templates::Reason::Start, None).await;
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
-    let (summary_tx, summary_rx) = watch::channel(stats::Summary::default());
-    let (stats_tx, stats_task) = stats::spawn(
-        stats::StatsTask {
-            logdir: cfg.logdir.clone(),
-            interval: cfg.stats_interval,
-            work: work_rx.clone(),
-            summary: summary_tx,
-            failing: false,
-        },
-        65_536,
-    );
-
+    let params = SessionParams::from_config(&cfg, cfg.version_mask, cfg.nonce1length, opts.log_shares);
+    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone());
     let submitter = blocks::BlockSubmitter {
         rpc: rpc.clone(),
         logdir: cfg.logdir.clone(),
         refresh: refresh_tx,
-        stats: stats_tx.clone(),
+        stats: fe.ctx.stats.clone(),
         height: height_rx.clone(),
         shutdown: shutdown.clone(),
     };
     let block_task = tokio::spawn(submitter.run(block_rx));
-
-    let ctx = Arc::new(ServerCtx {
-        params: SessionParams {
-            mindiff: cfg.mindiff,
-            startdiff: cfg.startdiff,
-            maxdiff: cfg.maxdiff,
-            version_mask: cfg.version_mask,
-            nonce1_len: cfg.nonce1length,
-            log_shares: opts.log_shares,
-            keepalive_secs: 55,
-            vardiff: cfg.vardiff,
-        },
-        work: work_rx.clone(),
-        shares: share_tx,
-        blocks: block_tx,
-        upstream: None,
-        stats: stats_tx,
-        counters: Counters::default(),
-        enonces: Mutex::new(HashSet::new()),
-        shutdown: shutdown.clone(),
-    });
-    let server_task = tokio::spawn(server::serve(ctx.clone(), listeners, cfg.maxclients));
+    fe.serve(listeners, cfg.maxclients);
 
     // Ready once a job is being served.
     let mut w = work_rx.clone();
@@ -226,6 +193,7 @@ pub async fn run(
 
     // Status line every minute until shutdown.
     let mut last = (0u64, 0u64);
+    let (ctx, summary_rx) = (fe.ctx.clone(), fe.summary.clone());
     status_loop(shutdown, &*events, || {
         let c = &ctx.counters;
         let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
@@ -241,9 +209,8 @@ pub async fn run(
         status
     })
     .await;
-    tracing::info!("shutting down: closing listeners and sessions");
-    let _ = server_task.await;
     drop(ctx);
+    let writers = fe.stop_serving().await;
     // Sessions are gone: their channel senders are dropped, so the block submitter ends its
     // submissions in flight (a block no node took yet is submitted again at the next start) and
     // the share log writer drains everything queued, then both end.
@@ -252,7 +219,7 @@ pub async fn run(
         tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
     }
     let _ = tokio::time::timeout(bounded, template_task).await;
-    crate::log::drain_writers(share_thread, stats_task, bounded).await;
+    writers.drain(bounded).await;
     tracing::info!("ckpool stopped");
     Ok(())
 }

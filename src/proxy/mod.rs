@@ -5,18 +5,17 @@
 
 pub mod upstream;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::log::{sharelog, stats};
 use crate::pool::{Events, Options};
-use crate::stratum::{server, Counters, ServerCtx, SessionParams};
+use crate::stratum::frontend::FrontEnd;
+use crate::stratum::{server, SessionParams};
 
 /// Runs proxy mode until `shutdown` flips to true.
 pub async fn run(
@@ -53,39 +52,9 @@ pub async fn run(
     };
     let prefix_len = first.job.coinbase.nonce1_len - first.en1_prefix.len();
     let granted = *mask_rx.borrow();
-    let (share_tx, share_thread) = sharelog::spawn(cfg.logdir.clone());
     let (block_tx, mut block_rx) = mpsc::channel::<crate::stratum::BlockCandidate>(64);
-    let (summary_tx, summary_rx) = watch::channel(stats::Summary::default());
-    let (stats_tx, stats_task) = stats::spawn(
-        stats::StatsTask {
-            logdir: cfg.logdir.clone(),
-            interval: cfg.stats_interval,
-            work: work_rx.clone(),
-            summary: summary_tx,
-            failing: false,
-        },
-        65_536,
-    );
-    let ctx = Arc::new(ServerCtx {
-        params: SessionParams {
-            mindiff: cfg.mindiff,
-            startdiff: cfg.startdiff,
-            maxdiff: cfg.maxdiff,
-            version_mask: granted,
-            nonce1_len: prefix_len,
-            log_shares: opts.log_shares,
-            keepalive_secs: 55,
-            vardiff: cfg.vardiff,
-        },
-        work: work_rx.clone(),
-        shares: share_tx,
-        blocks: block_tx,
-        upstream: Some(up_tx),
-        stats: stats_tx,
-        counters: Counters::default(),
-        enonces: Mutex::new(HashSet::new()),
-        shutdown: shutdown.clone(),
-    });
+    let params = SessionParams::from_config(&cfg, granted, prefix_len, opts.log_shares);
+    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, Some(up_tx), shutdown.clone());
     // A block-meeting share is also an upstream share; it is logged here for the operator.
     let blocks_task = tokio::spawn(async move {
         while let Some(b) = block_rx.recv().await {
@@ -96,7 +65,7 @@ pub async fn run(
             );
         }
     });
-    let server_task = tokio::spawn(server::serve(ctx.clone(), listeners, cfg.maxclients));
+    fe.serve(listeners, cfg.maxclients);
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",
         first.job.coinbase.nonce2_len,
@@ -105,6 +74,7 @@ pub async fn run(
     tracing::info!("{summary}");
     events.ready(&summary);
 
+    let (ctx, summary_rx) = (fe.ctx.clone(), fe.summary.clone());
     crate::pool::status_loop(shutdown, &*events, || {
         let c = &ctx.counters;
         format!(
@@ -119,13 +89,12 @@ pub async fn run(
         )
     })
     .await;
-    tracing::info!("shutting down: closing listeners and sessions");
-    let _ = server_task.await;
     drop(ctx);
+    let writers = fe.stop_serving().await;
     let bounded = Duration::from_secs(15);
     let _ = tokio::time::timeout(bounded, upstream_task).await;
     let _ = tokio::time::timeout(bounded, blocks_task).await;
-    crate::log::drain_writers(share_thread, stats_task, bounded).await;
+    writers.drain(bounded).await;
     tracing::info!("ckproxy stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Stratum v1 server: listeners, one task per miner, and what they share.
 
+pub mod frontend;
 pub mod lines;
 pub mod proto;
 pub mod server;

@@ -1,0 +1,113 @@
+//! One front end for pool and proxy mode: the share log writer and the statistics task under
+//! `logdir`, the context every session shares, the listeners served on it, and one shutdown order
+//! (sessions first, then whatever still holds their channels, then the writers drain).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::{server, BlockCandidate, Counters, ServerCtx, SessionParams, UpstreamShare, Work};
+use crate::config::Config;
+use crate::log::{sharelog, stats};
+
+/// Queued statistics events before a session waits for the writer (never dropped).
+const STATS_QUEUE: usize = 65_536;
+
+impl SessionParams {
+    /// The session parameters of `cfg`, with what the mode decides: the version mask it grants
+    /// and the extranonce1 bytes it owns.
+    pub fn from_config(cfg: &Config, version_mask: u32, nonce1_len: usize, log_shares: bool) -> SessionParams {
+        SessionParams {
+            mindiff: cfg.mindiff,
+            startdiff: cfg.startdiff,
+            maxdiff: cfg.maxdiff,
+            version_mask,
+            nonce1_len,
+            log_shares,
+            keepalive_secs: 55,
+            vardiff: cfg.vardiff,
+        }
+    }
+}
+
+/// The running front end: the shared context, the statistics summary for status lines, and the
+/// tasks to stop in order.
+pub struct FrontEnd {
+    pub ctx: Arc<ServerCtx>,
+    /// The last statistics summary (for the status line).
+    pub summary: watch::Receiver<stats::Summary>,
+    server_task: Option<JoinHandle<()>>,
+    writers: Writers,
+}
+
+/// The share log thread and statistics task, drained last.
+pub struct Writers {
+    share_thread: std::thread::JoinHandle<()>,
+    stats_task: JoinHandle<()>,
+}
+
+impl FrontEnd {
+    /// Starts the share log and statistics writers under `cfg.logdir` and builds the context on
+    /// them. Nothing listens until `serve`.
+    pub fn new(
+        cfg: &Config,
+        params: SessionParams,
+        work: watch::Receiver<Option<Arc<Work>>>,
+        blocks: mpsc::Sender<BlockCandidate>,
+        upstream: Option<mpsc::Sender<UpstreamShare>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> FrontEnd {
+        let (shares, share_thread) = sharelog::spawn(cfg.logdir.clone());
+        let (summary_tx, summary) = watch::channel(stats::Summary::default());
+        let (stats, stats_task) = stats::spawn(
+            stats::StatsTask {
+                logdir: cfg.logdir.clone(),
+                interval: cfg.stats_interval,
+                work: work.clone(),
+                summary: summary_tx,
+                failing: false,
+            },
+            STATS_QUEUE,
+        );
+        let ctx = Arc::new(ServerCtx {
+            params,
+            work,
+            shares,
+            blocks,
+            upstream,
+            stats,
+            counters: Counters::default(),
+            enonces: Mutex::new(HashSet::new()),
+            shutdown,
+        });
+        FrontEnd { ctx, summary, server_task: None, writers: Writers { share_thread, stats_task } }
+    }
+
+    /// Accepts miners on every listener (within `maxclients`, 0 = no limit) until shutdown.
+    pub fn serve(&mut self, listeners: Vec<TcpListener>, maxclients: usize) {
+        self.server_task = Some(tokio::spawn(server::serve(self.ctx.clone(), listeners, maxclients)));
+    }
+
+    /// After shutdown flipped: waits for the listeners and sessions to end and drops the context,
+    /// so the sessions' channels (blocks, upstream shares) close and their readers can finish.
+    /// Returns the writers, to drain once those readers are done.
+    pub async fn stop_serving(self) -> Writers {
+        tracing::info!("shutting down: closing listeners and sessions");
+        if let Some(t) = self.server_task {
+            let _ = t.await;
+        }
+        drop(self.ctx);
+        self.writers
+    }
+}
+
+impl Writers {
+    /// Flushes everything queued for the share log and the statistics files (bounded).
+    pub async fn drain(self, bounded: Duration) {
+        crate::log::drain_writers(self.share_thread, self.stats_task, bounded).await;
+    }
+}

@@ -120,8 +120,7 @@ async fn segwit_block_with_mempool_spends_is_accepted_by_core() {
     assert_eq!(cb.output[0].script_pubkey, ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()));
     assert_eq!(cb.output[0].value.to_sat(), 50 * 100_000_000 + fees);
     assert_eq!(cb.output[0].value.to_sat(), reward_of(&node, &hash).await);
-    let log = std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap();
-    assert!(log.contains(&hash), "blocks.log lacks {hash}: {log}");
+    pool.wait_blocks_log(&hash);
 }
 
 /// `btcaddress` of each type Core knows (P2PKH, P2SH-P2WPKH, P2WPKH, P2TR): a block found through

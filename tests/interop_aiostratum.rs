@@ -215,8 +215,8 @@ async fn pool_aiostratum_client_block() {
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "share through aiostratum: {r}\n{}", ctx());
     wait_height_above(node, h, "block through aiostratum", &ctx).await;
-    let blocks = std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap();
-    assert!(blocks.contains(AIO_ACCOUNT), "the block is credited to aiostratum's account: {blocks}");
+    // The block is credited to aiostratum's account.
+    pool.wait_blocks_log(AIO_ACCOUNT);
     let line = wait_share_line(&pool, AIO_ACCOUNT, |l| l["result"] == json!(true)).await;
     assert_eq!(line["nonce2"], json!(en2), "{line}");
     assert_eq!(pool.log().matches("miner authorized").count(), 1, "the pool sees one miner: aiostratum");

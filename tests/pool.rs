@@ -75,7 +75,7 @@ async fn shares_and_blocks_on_a_real_node() {
     // The block hex was saved before submission.
     let hexes = block_hexes(&pool);
     assert!(hexes.iter().any(|h| h == raw.as_str().unwrap()), "block hex not in logdir/blocks");
-    assert!(std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap().contains(tip.as_str().unwrap()));
+    pool.wait_blocks_log(tip.as_str().unwrap());
 
     // New work on the new tip arrives as a clean notify; a share on it is accepted.
     let n2 = c.notify_on_tip(tip.as_str().unwrap()).await;

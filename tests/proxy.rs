@@ -52,8 +52,7 @@ async fn block_through_the_proxy() {
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
     wait_height_above(node, h, "block through proxy").await;
-    let blocks = std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap();
-    assert!(blocks.contains("proxyuser.p0"), "{blocks}");
+    pool.wait_blocks_log("proxyuser.p0");
     // Upstream accounting: the pool logged the share under the proxy's user with the full nonce2.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -145,7 +144,7 @@ async fn stacked_proxies() {
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
     wait_height_above(node, h, "stacked proxies").await;
-    assert!(std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap().contains("proxyuser.p0"));
+    pool.wait_blocks_log("proxyuser.p0");
 }
 
 /// Issue test 4: 1,000 miners through one upstream connection: distinct extranonce1 each, and

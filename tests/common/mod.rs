@@ -432,6 +432,20 @@ impl Pool {
         }
     }
 
+    /// Waits (≤ 30 s) until logdir/blocks.log contains `needle` and returns its text: the node
+    /// can take a block before the pool has written the outcome line.
+    pub fn wait_blocks_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(self.logdir.join("blocks.log")).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "blocks.log never had {needle:?}: {text}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// All share log lines written so far.
     pub fn share_lines(&self) -> Vec<Value> {
         let mut out = Vec::new();

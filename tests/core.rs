@@ -348,12 +348,31 @@ async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
     let id = c.request("mining.submit", submit).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while node.call("getbestblockhash", json!([])).await == json!(h) {
+    let found = loop {
+        let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+        if best != h {
+            break best;
+        }
         assert!(Instant::now() < deadline, "Core did not take the block; log:\n{}", pool.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Both blocks the pool found are recorded accepted in blocks.log.
+    for hash in [&ours, &found] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = pool.wait_blocks_log(hash);
+            let accepted = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| l["hash"] == json!(hash) && l["outcome"] == json!("accepted"));
+            if accepted {
+                break;
+            }
+            assert!(Instant::now() < deadline, "blocks.log has no accepted line for {hash}: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     pool.stop();
-    assert!(pool.log().contains("accepted"), "{}", pool.log());
 }
 
 /// Core answers JSON-RPC 1.0 requests in the legacy shape (`result` and `error` both present,

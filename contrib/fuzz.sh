@@ -23,6 +23,9 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
+# The fuzz workspace starts from the main lock file (same dependency versions); cargo adds the
+# fuzzing crates to this copy, which is not committed.
+[ -f Cargo.lock ] || cp ../Cargo.lock Cargo.lock
 targets=${FUZZ_TARGETS:-$(cargo +"$toolchain" fuzz list)}
 echo "fuzz.sh: building the fuzz targets (sanitizer: $sanitizer)"
 cargo +"$toolchain" fuzz build -s "$sanitizer"

@@ -14,6 +14,7 @@ pub mod hex;
 pub mod jsonw;
 pub mod log;
 pub mod miner;
+pub mod mining;
 pub mod payout;
 pub mod pool;
 pub mod proxy;

@@ -33,15 +33,16 @@ async fn shares_and_blocks_on_a_real_node() {
     let n2 = first["result"][2].as_u64().unwrap() as usize;
     assert_eq!((en1.len(), n2), (8, 8));
     let auth = c.request("mining.authorize", json!(["worker1.rig", "x"])).await;
-    let a = c.read().await.unwrap();
-    assert_eq!((a["id"].clone(), a["result"].clone()), (json!(auth), json!(true)), "{a}");
-    // Then set_difficulty, then notify.
+    // The authorize completes the handshake: set_difficulty, notify, then its answer (a client
+    // that stops reading at the answer, as ckproxy does, has its work).
     let d = c.read().await.unwrap();
     assert_eq!(d["method"], "mining.set_difficulty");
     assert_eq!(d["params"], json!([0.0001]));
     let notify = c.read().await.unwrap();
     assert_eq!(notify["method"], "mining.notify");
     assert_eq!(notify["params"][8], json!(true));
+    let a = c.read().await.unwrap();
+    assert_eq!((a["id"].clone(), a["result"].clone()), (json!(auth), json!(true)), "{a}");
 
     // A share at the fractional difficulty: on regtest it also meets the network target.
     let height_before = node.height().await;
@@ -308,9 +309,29 @@ async fn firmware_first_lines() {
     let r = w.read().await.unwrap();
     assert_eq!(r["id"], json!(6), "suggest_difficulty must not be answered with a result line: {r}");
     w.send_raw(r#"{"id":7,"method":"mining.authorize","params":["wm","x"]}"#).await;
-    assert_eq!(w.read().await.unwrap()["id"], json!(7));
     let d = w.read().await.unwrap();
     assert_eq!(d["params"], json!([0.002]), "{d}");
+    assert_eq!(w.read().await.unwrap()["method"], "mining.notify");
+    assert_eq!(w.read().await.unwrap()["id"], json!(7));
+
+    // ckproxy 0.9.9 (upstream ckpool's proxy stacked below): after subscribing it reads up to
+    // its authorize answer and leaves whatever follows it in that read unparsed until the next
+    // socket event (FIRMWARE.md). Replayed here: everything it would parse is what came before
+    // the answer, and that must hold its work.
+    let mut k = Client::connect(&pool.addr()).await;
+    k.send_raw(r#"{"method": "mining.subscribe", "params": ["ckpool/0.9.9"], "id": 0}"#).await;
+    assert_eq!(k.read().await.unwrap()["id"], json!(0));
+    k.send_raw(r#"{"method": "mining.authorize", "params": ["proxy", "x"], "id": 1}"#).await;
+    let mut before_answer = Vec::new();
+    loop {
+        let v = k.read().await.expect("ckproxy's authorize answer");
+        if v["id"] == json!(1) {
+            assert_eq!(v["result"], json!(true));
+            break;
+        }
+        before_answer.push(v["method"].as_str().unwrap_or("?").to_string());
+    }
+    assert_eq!(before_answer, ["mining.set_difficulty", "mining.notify"], "work must precede the answer");
 
     // Braiins OS: subscribe with nulls; string ids.
     let mut b = Client::connect(&pool.addr()).await;

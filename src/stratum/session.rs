@@ -1,11 +1,13 @@
-//! One miner connection: a task that owns its socket, buffer and state.
+//! One miner connection, SV1's face of the mining core: a task that owns its socket, read
+//! buffer, the SV1 handshake state and a [`Channel`] that decides about work and shares.
 //!
 //! Order rules (DESIGN.md, FIRMWARE.md): the first line sent answers the miner's first request;
-//! work (set_difficulty, then notify) starts once the miner is subscribed and authorized;
-//! suggest_difficulty, configure, extranonce.subscribe and unknown methods never disconnect;
-//! only submits are answered with a bare `true`.
+//! work (set_difficulty, then notify) starts once the miner is subscribed and authorized — when
+//! the authorize completes the handshake, the work goes out just before its answer, so that a
+//! client that stops reading at the answer (ckproxy 0.9.9) has it; suggest_difficulty,
+//! configure, extranonce.subscribe and unknown methods never disconnect; only submits are
+//! answered with a bare `true`.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,41 +20,33 @@ use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
 use super::proto::{self, code, Param, SubmitParams};
-use super::vardiff::{Retarget, Vardiff};
 use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::log::sharelog::ShareLine;
-use crate::log::stats::{ShareTally, StatEvent};
-use crate::share::{self, Reject, Submit};
+use crate::log::stats::StatEvent;
+use crate::mining::vardiff::Retarget;
+use crate::mining::{Channel, Effects, Issued, ShareRecord};
+use crate::share::Submit;
 
-/// Jobs remembered per session for late submits.
-const JOBS_KEPT: usize = 16;
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
 /// Consecutive unparseable lines tolerated before disconnecting.
 const MAX_BAD_LINES: u32 = 20;
-
-/// A job as this session was given it: with the difficulty in force when it was issued.
-/// (64 bytes: an idle miner holds one or two.)
-struct SentJob {
-    local_id: u64,
-    /// The work it came from: the job, and in proxy mode the upstream job it re-issues.
-    work: Arc<Work>,
-    target: Target,
-    diff: Difficulty,
-}
 
 pub struct Session {
     ctx: Arc<ServerCtx>,
     id: u64,
     peer: SocketAddr,
     address: Arc<str>,
-    /// extranonce1: `prefix` (the upstream's, proxy mode only) then this session's own bytes.
-    en1: Vec<u8>,
+    /// The mining core's state for this miner: jobs, difficulty, vardiff, extranonce1.
+    channel: Channel,
+    /// The effects of the last submit (reused: no allocation per share).
+    fx: Effects,
+    /// This session's own extranonce1 value, as held in the server's set.
     en1_key: u64,
+    /// The whole extranonce1 (upstream prefix included), hex: sent at subscribe, logged per share.
     en1_hex: Arc<str>,
-    prefix: Arc<[u8]>,
     extranonce_subscribed: bool,
     /// Proxy mode: the upstream changed under a miner that cannot take set_extranonce.
     must_reconnect: bool,
@@ -60,42 +54,20 @@ pub struct Session {
     authorized: bool,
     working: bool,
     agent: Arc<str>,
-    username: Arc<str>,
-    workername: Arc<str>,
-    diff: Difficulty,
-    suggested: Option<Difficulty>,
-    version_mask: u32,
-    jobs: VecDeque<SentJob>,
-    rev: u8,
-    last_prev: Option<[u8; 32]>,
     last_notify: Instant,
     /// Lines to send, written once per batch of lines read.
     out: Vec<u8>,
     bad_lines: u32,
-    /// When the session began: vardiff's clock origin.
+    /// When the session began: the channel's clock origin.
     born: Instant,
-    vardiff: Vardiff,
     /// Statistics events queued while handling a batch of lines, sent (awaited) after it.
     stats_out: Vec<StatEvent>,
-    /// Shares judged since the last statistics report (one event per batch, not per share).
-    tally: ShareTally,
     /// The share log's backlog is over its cap: after replying, wait for room before reading on.
     log_full: bool,
     /// Found blocks and shares for the upstream pool, sent after the batch of lines that found
     /// them (so that the per-line code never awaits, and the task stays small).
     blocks_out: Vec<BlockCandidate>,
     upstream_out: Vec<UpstreamShare>,
-    /// The jobs of the previous block dropped at the last new block: their local ids, height and
-    /// the difficulty they were sent at, so that a late share on one is still logged (as stale).
-    dropped: Option<Dropped>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Dropped {
-    first_local_id: u64,
-    last_local_id: u64,
-    height: u32,
-    diff: Difficulty,
 }
 
 /// Why the session ended, for the log.
@@ -113,61 +85,50 @@ fn now_unix() -> (u64, u32) {
 impl Session {
     pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_key: u64) -> Session {
         let n1 = ctx.params.nonce1_len;
-        let en1 = en1_key.to_be_bytes()[8 - n1..].to_vec();
-        let en1_hex: Arc<str> = hex::encode(&en1).into();
-        let diff = ctx.clamp(ctx.params.startdiff);
-        let version_mask = ctx.params.version_mask;
-        let vardiff = Vardiff::new(ctx.params.vardiff, 0);
+        let channel = Channel::new(ctx.params.channel(), &en1_key.to_be_bytes()[8 - n1..], 0);
+        let en1_hex: Arc<str> = hex::encode(channel.en1()).into();
         Session {
             ctx,
             id,
             peer,
             address: peer.ip().to_string().into(),
-            en1,
+            channel,
+            fx: Effects::default(),
             en1_key,
             en1_hex,
-            prefix: Arc::from(&[][..]),
             extranonce_subscribed: false,
             must_reconnect: false,
             subscribed: false,
             authorized: false,
             working: false,
             agent: "".into(),
-            username: "".into(),
-            workername: "".into(),
-            diff,
-            suggested: None,
-            version_mask,
-            // Grows with the jobs sent (an idle miner holds one or two): no 16-slot block up front.
-            jobs: VecDeque::new(),
-            rev: 0,
-            last_prev: None,
             last_notify: Instant::now(),
             out: Vec::new(),
             bad_lines: 0,
             born: Instant::now(),
-            vardiff,
             stats_out: Vec::new(),
-            tally: ShareTally::default(),
             log_full: false,
             blocks_out: Vec::new(),
             upstream_out: Vec::new(),
-            dropped: None,
         }
     }
 
-    /// Microseconds since the session began (vardiff's time).
+    /// Microseconds since the session began (the channel's time).
     fn now_us(&self) -> u64 {
         self.born.elapsed().as_micros() as u64
     }
 
+    fn worker(&self) -> &str {
+        self.channel.worker()
+    }
+
     /// Queues the shares tallied so far as one statistics event for the current worker name.
     fn close_tally(&mut self) {
-        if !self.tally.is_empty() {
-            let tally = std::mem::take(&mut self.tally);
+        let tally = self.channel.take_tally();
+        if !tally.is_empty() {
             self.stats_out.push(StatEvent::Shares {
-                user: self.username.clone(),
-                worker: self.workername.clone(),
+                user: self.channel.user().clone(),
+                worker: self.channel.worker().clone(),
                 tally,
             });
         }
@@ -201,7 +162,7 @@ impl Session {
         if let Some(tx) = &self.ctx.upstream {
             for share in self.upstream_out.drain(..) {
                 if tx.send(share).await.is_err() {
-                    tracing::error!("upstream task is gone; share from {} not forwarded", self.workername);
+                    tracing::error!("upstream task is gone; share from {} not forwarded", self.channel.worker());
                 }
             }
         }
@@ -213,25 +174,26 @@ impl Session {
         }
     }
 
-    /// Takes a vardiff decision: set_difficulty now; the caller sends work under a new id.
-    fn take_retarget(&mut self, r: Retarget) {
-        tracing::debug!(
-            peer = %self.peer, client = self.id, worker = %self.workername,
-            "vardiff: difficulty {} -> {} (rate {:.4e} diff-1 shares/s)",
-            self.diff, r.new, r.rate as f64 / crate::difficulty::SCALE as f64
-        );
-        self.diff = r.new;
-        self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
-        self.rev = self.rev.wrapping_add(1);
+    /// A difficulty change the channel decided: set_difficulty now; the caller sends work under
+    /// a new id.
+    fn send_difficulty(&mut self, r: Option<Retarget>) {
+        if let Some(r) = r {
+            tracing::debug!(
+                peer = %self.peer, client = self.id, worker = %self.worker(),
+                "vardiff: difficulty -> {} (rate {:.4e} diff-1 shares/s)",
+                r.new, r.rate as f64 / crate::difficulty::SCALE as f64
+            );
+        }
+        self.out.extend_from_slice(proto::set_difficulty_line(self.channel.difficulty()).as_bytes());
     }
 
     /// Before sending work: lowers a session that has been quiet for a retarget interval.
     /// Returns true when the difficulty changed (the work must then go out under a new id).
     fn idle_check(&mut self) -> bool {
-        let lim = self.ctx.limits(self.suggested);
-        match self.vardiff.on_idle(self.now_us(), self.diff, &lim) {
+        let network = self.ctx.network_diff();
+        match self.channel.idle_check(self.now_us(), network) {
             Some(r) => {
-                self.take_retarget(r);
+                self.send_difficulty(Some(r));
                 true
             }
             None => false,
@@ -280,24 +242,7 @@ impl Session {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => break End::Kick(format!("read error: {e}")),
                     }
-                    // Answer every line this read completed, then write once.
-                    while let Some(line) = reader.buffered_line() {
-                        match line {
-                            Line::Data(range) => {
-                                if let Err(why) = self.handle_line(reader.line(range)) {
-                                    kicked = Some(why);
-                                    break;
-                                }
-                            }
-                            Line::TooLong => {
-                                proto::push_error(&mut self.out, "null", code::OTHER, "Line too long");
-                                kicked = Some(format!("sent a line over {} bytes", proto::MAX_LINE));
-                                break;
-                            }
-                            Line::Eof => break,
-                        }
-                    }
-                    reader.release_if_drained();
+                    kicked = self.handle_lines(&mut reader).err();
                     // Blocks, upstream shares and statistics leave now if their channels have
                     // room; if one is full, the waiting is done after the miner has its answers.
                     self.close_tally();
@@ -317,15 +262,7 @@ impl Session {
                     if !self.working {
                         break End::Kick("did not subscribe and authorize within 120 s".into());
                     }
-                    // Quiet for `keepalive`: the current job again, so that the miner keeps the connection.
-                    let w = self.ctx.work.borrow().clone();
-                    if let Some(w) = w {
-                        let fresh = self.idle_check();
-                        if !self.send_work(&w, fresh) {
-                            self.resend_current(&w);
-                        }
-                    }
-                    self.last_notify = Instant::now();
+                    self.keepalive();
                     timer.as_mut().reset(self.last_notify + keepalive);
                 }
                 _ = &mut shutdown_wait => break End::Shutdown,
@@ -363,18 +300,63 @@ impl Session {
                 }
             }
         };
+        self.finish(end).await;
+    }
+
+    /// Answers every line the last read completed (written once, after); `Err` disconnects.
+    fn handle_lines(&mut self, reader: &mut LineReader) -> Result<(), String> {
+        let mut result = Ok(());
+        while let Some(line) = reader.buffered_line() {
+            match line {
+                Line::Data(range) => {
+                    if let Err(why) = self.handle_line(reader.line(range)) {
+                        result = Err(why);
+                        break;
+                    }
+                }
+                Line::TooLong => {
+                    proto::push_error(&mut self.out, "null", code::OTHER, "Line too long");
+                    result = Err(format!("sent a line over {} bytes", proto::MAX_LINE));
+                    break;
+                }
+                Line::Eof => break,
+            }
+        }
+        reader.release_if_drained();
+        result
+    }
+
+    /// Quiet for a keepalive interval: the current job again, so that the miner keeps the
+    /// connection (cgminer drops a pool after 90 s without work).
+    fn keepalive(&mut self) {
+        let w = self.ctx.work.borrow().clone();
+        if let Some(w) = w {
+            let fresh = self.idle_check();
+            if !self.send_work(&w, fresh) {
+                if let Some(id) = self.channel.current_local_id(&w) {
+                    w.push_notify(&mut self.out, id, false);
+                }
+            }
+        }
+        self.last_notify = Instant::now();
+    }
+
+    /// Logs why the session ended, frees its extranonce1 and reports it gone.
+    async fn finish(mut self: Box<Self>, end: End) {
         match end {
             End::Closed => {
-                tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, "miner disconnected")
+                tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), "miner disconnected")
             }
             End::Shutdown => {}
             End::Kick(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, worker = %self.workername, "dropping miner: {why}")
+                tracing::warn!(peer = %self.peer, client = self.id, worker = %self.worker(), "dropping miner: {why}")
             }
         }
         self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.en1_key);
         if self.authorized {
-            self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
+            let (user, worker) = (self.channel.user().clone(), self.channel.worker().clone());
+            self.close_tally();
+            self.stats_out.push(StatEvent::Gone { user, worker });
         }
         self.flush_outbound().await;
     }
@@ -436,30 +418,12 @@ impl Session {
         }
         let prefix = self.ctx.work.borrow().as_ref().map(|w| w.en1_prefix.clone());
         if let Some(p) = prefix {
-            self.set_prefix(p);
+            self.channel.set_prefix(&p);
         }
-        // Session resume: a miner reconnecting with its old session id gets its extranonce1 back
-        // when no live session holds it.
         if !self.subscribed {
-            let old = proto::str_param(params, 1)
-                .and_then(|s| hex::decode(s).ok())
-                .filter(|o| o.starts_with(&self.prefix))
-                .map(|o| o[self.prefix.len()..].to_vec());
-            if let Some(old) = old {
-                if old.len() == self.ctx.params.nonce1_len && old != self.en1[self.prefix.len()..] {
-                    let mut key_bytes = [0u8; 8];
-                    key_bytes[8 - old.len()..].copy_from_slice(&old);
-                    let key = u64::from_be_bytes(key_bytes);
-                    let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-                    if set.insert(key) {
-                        set.remove(&self.en1_key);
-                        self.en1_key = key;
-                        self.en1 = [&self.prefix[..], &old].concat();
-                        self.en1_hex = hex::encode(&self.en1).into();
-                    }
-                }
-            }
+            self.resume(proto::str_param(params, 1));
         }
+        self.en1_hex = hex::encode(self.channel.en1()).into();
         self.subscribed = true;
         let result = json!([
             [["mining.set_difficulty", &*self.en1_hex], ["mining.notify", &*self.en1_hex]],
@@ -470,12 +434,29 @@ impl Session {
         self.maybe_start();
     }
 
-    /// Puts `prefix` (the upstream's extranonce1) before this session's own bytes.
-    fn set_prefix(&mut self, prefix: Arc<[u8]>) {
-        let own = self.en1[self.prefix.len()..].to_vec();
-        self.en1 = [&prefix[..], &own].concat();
-        self.en1_hex = hex::encode(&self.en1).into();
-        self.prefix = prefix;
+    /// Session resume: a miner reconnecting with its old session id (its extranonce1) gets it
+    /// back when no live session holds it.
+    fn resume(&mut self, old_session: Option<&str>) {
+        let prefix = self.channel.prefix();
+        let Some(old) = old_session
+            .and_then(|s| hex::decode(s).ok())
+            .filter(|o| o.starts_with(prefix))
+            .map(|o| o[prefix.len()..].to_vec())
+        else {
+            return;
+        };
+        if old.len() != self.ctx.params.nonce1_len || old == self.channel.own_en1() {
+            return;
+        }
+        let mut key_bytes = [0u8; 8];
+        key_bytes[8 - old.len()..].copy_from_slice(&old);
+        let key = u64::from_be_bytes(key_bytes);
+        let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
+        if set.insert(key) {
+            set.remove(&self.en1_key);
+            self.en1_key = key;
+            self.channel.set_own_en1(&old);
+        }
     }
 
     fn ctx_nonce2_len(&self) -> usize {
@@ -491,30 +472,33 @@ impl Session {
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
         // Shares so far belong to the name they were sent under.
         self.close_tally();
-        if self.authorized && *self.workername != *user {
-            self.stats_out.push(StatEvent::Gone { user: self.username.clone(), worker: self.workername.clone() });
+        let renamed = !self.authorized || **self.channel.worker() != *user;
+        if self.authorized && renamed {
+            let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
+            self.stats_out.push(StatEvent::Gone { user: u, worker: w });
         }
-        let renamed = !self.authorized || *self.workername != *user;
-        self.workername = user.clone().into();
-        self.username = base.into();
+        self.channel.set_identity(base.into(), user.into());
         if renamed {
-            self.stats_out.push(StatEvent::Authorized { user: self.username.clone(), worker: self.workername.clone() });
+            let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
+            self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
         }
         // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
         if let Some(pass) = proto::str_param(params, 1) {
             if let Some(d) =
                 pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok())
             {
-                self.suggested = Some(d);
-                self.diff = self.ctx.clamp(d);
+                self.channel.ask_start_difficulty(d);
             }
         }
         if !self.authorized {
-            tracing::info!(peer = %self.peer, client = self.id, worker = %self.workername, agent = %self.agent, "miner authorized");
+            tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), agent = %self.agent, "miner authorized");
         }
         self.authorized = true;
-        self.reply(id, "true");
+        // The first work goes out before the answer (FIRMWARE.md: ckproxy 0.9.9 reads up to the
+        // authorize answer and leaves what follows it in the same read unread until the next
+        // notify). Every client handles notifications before a pending reply.
         self.maybe_start();
+        self.reply(id, "true");
     }
 
     fn on_configure(&mut self, id: &str, params: &Value) {
@@ -533,8 +517,7 @@ impl Session {
                         .and_then(Value::as_str)
                         .and_then(|m| hex::parse_u32_be(m).ok())
                         .unwrap_or(u32::MAX);
-                    let mask = asked & self.ctx.params.version_mask;
-                    self.version_mask = mask;
+                    let mask = self.channel.negotiate_version_mask(asked);
                     result.insert("version-rolling".into(), Value::Bool(true));
                     result.insert("version-rolling.mask".into(), Value::String(format!("{mask:08x}")));
                 }
@@ -574,21 +557,14 @@ impl Session {
     /// Takes a miner's difficulty wish (within mindiff..maxdiff); when work is flowing, the new
     /// difficulty is sent followed by the current job under a new id.
     fn apply_suggestion(&mut self, d: Difficulty) {
-        self.suggested = Some(d);
-        let new = self.ctx.clamp(d);
-        if new == self.diff {
+        let now = self.now_us();
+        if self.channel.suggest(d, now).is_none() || !self.working {
             return;
         }
-        self.diff = new;
-        let now = self.now_us();
-        self.vardiff.reset(now);
-        if self.working {
-            let w = self.ctx.work.borrow().clone();
-            if let Some(w) = w {
-                self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
-                self.rev = self.rev.wrapping_add(1);
-                self.send_work(&w, true);
-            }
+        let w = self.ctx.work.borrow().clone();
+        if let Some(w) = w {
+            self.send_difficulty(None);
+            self.send_work(&w, true);
         }
     }
 
@@ -598,7 +574,7 @@ impl Session {
             return;
         }
         self.working = true;
-        self.out.extend_from_slice(proto::set_difficulty_line(self.diff).as_bytes());
+        self.send_difficulty(None);
         let w = self.ctx.work.borrow().clone();
         if let Some(w) = w {
             self.send_work(&w, true);
@@ -606,28 +582,12 @@ impl Session {
     }
 
     /// Queues the notify for `w`. `fresh_id` re-sends the same job under a new local id (after a
-    /// difficulty change). clean_jobs is set whenever the previous block changed.
-    /// Returns false when nothing was queued (the exact job was sent already).
+    /// difficulty change). Returns false when nothing was queued (the exact job was sent already).
     fn send_work(&mut self, w: &Arc<Work>, fresh_id: bool) -> bool {
-        if !fresh_id
-            && self.jobs.back().is_some_and(|s| s.work.job.id == w.job.id && s.local_id & 0xff == self.rev as u64)
-        {
-            return false; // this exact job was already sent
-        }
-        if self.subscribed && *w.en1_prefix != *self.prefix {
+        if self.subscribed && *w.en1_prefix != *self.channel.prefix() {
             // Proxy mode: a new upstream session, so a new extranonce1 for this miner.
-            self.set_prefix(w.en1_prefix.clone());
-            // Shares still on their way for the old upstream's jobs are answered stale and
-            // logged against their job, as at a new block (none missing from the share log).
-            if let (Some(first), Some(last)) = (self.jobs.front(), self.jobs.back()) {
-                self.dropped = Some(Dropped {
-                    first_local_id: first.local_id,
-                    last_local_id: last.local_id,
-                    height: last.work.job.height,
-                    diff: last.diff,
-                });
-            }
-            self.jobs.clear();
+            self.channel.switch_prefix(&w.en1_prefix);
+            self.en1_hex = hex::encode(self.channel.en1()).into();
             if self.extranonce_subscribed {
                 let p = json!([&*self.en1_hex, w.job.coinbase.nonce2_len]);
                 self.out.extend_from_slice(proto::notification_line("mining.set_extranonce", &p).as_bytes());
@@ -637,41 +597,13 @@ impl Session {
                 return true;
             }
         }
-        let prev_changed = self.last_prev != Some(w.job.prev_hash);
-        let clean = prev_changed || (w.job.clean && self.jobs.back().is_none_or(|s| s.work.job.id != w.job.id));
-        let local_id = (w.job.id << 8) | self.rev as u64;
-        w.push_notify(&mut self.out, local_id, clean);
-        if prev_changed && self.jobs.len() > 1 {
-            // A new block: of the old block's jobs only the last is kept (late shares on it are
-            // logged as stale against it); the rest, and their memory, go.
-            let n = self.jobs.len() - 1;
-            // The remembered range covers only the previous block's jobs (one height).
-            let old_prev = self.jobs[n - 1].work.job.prev_hash;
-            let from = self.jobs.iter().take(n).position(|j| j.work.job.prev_hash == old_prev).unwrap_or(n - 1);
-            let (first, last) = (&self.jobs[from], &self.jobs[n - 1]);
-            self.dropped = Some(Dropped {
-                first_local_id: first.local_id,
-                last_local_id: last.local_id,
-                height: last.work.job.height,
-                diff: last.diff,
-            });
-            self.jobs.drain(..n);
-            self.jobs.shrink_to(4);
-        }
-        if self.jobs.len() == JOBS_KEPT {
-            self.jobs.pop_front();
-        }
-        self.jobs.push_back(SentJob { local_id, work: w.clone(), target: self.diff.to_target(), diff: self.diff });
-        self.last_prev = Some(w.job.prev_hash);
-        self.last_notify = Instant::now();
-        true
-    }
-
-    /// Sends the last job again as it was (same id, clean_jobs false): a keepalive.
-    fn resend_current(&mut self, w: &Work) {
-        if let Some(last) = self.jobs.back().filter(|s| s.work.job.id == w.job.id) {
-            let id = last.local_id;
-            w.push_notify(&mut self.out, id, false);
+        match self.channel.issue(w, fresh_id) {
+            Issued::AlreadySent => false,
+            Issued::Job { local_id, clean } => {
+                w.push_notify(&mut self.out, local_id, clean);
+                self.last_notify = Instant::now();
+                true
+            }
         }
     }
 
@@ -685,164 +617,96 @@ impl Session {
             return;
         }
         let Some(params) = SubmitParams::parse(params) else {
-            self.counted_reject(id, None, "Invalid params", code::OTHER);
-            return;
+            return self.unread_submit(id, "Invalid params");
         };
         let p = |i| params.str(i);
         let (Some(_worker), Some(job_id), Some(en2), Some(ntime), Some(nonce)) = (p(0), p(1), p(2), p(3), p(4)) else {
-            self.counted_reject(id, None, "Invalid params", code::OTHER);
-            return;
+            return self.unread_submit(id, "Invalid params");
         };
         let version_bits = match params.get(5) {
             None | Some(Param::Null) => None,
             Some(Param::Str(s)) => Some(&**s),
-            Some(Param::Other) => {
-                self.counted_reject(id, None, "Invalid version bits", code::OTHER);
-                return;
-            }
+            Some(Param::Other) => return self.unread_submit(id, "Invalid version bits"),
         };
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
-        let Some(idx) =
-            u64::from_str_radix(job_id, 16).ok().and_then(|lid| self.jobs.iter().position(|s| s.local_id == lid))
-        else {
-            let lid = u64::from_str_radix(job_id, 16).ok().filter(|_| job_id.len() <= 16);
-            let r = if lid.is_some() { Reject::Stale } else { Reject::UnknownJob };
-            // A late share on a job of the previous block that was dropped at the new block:
-            // logged as stale against that job, as if it were still kept.
-            let dropped =
-                self.dropped.filter(|d| lid.is_some_and(|l| (d.first_local_id..=d.last_local_id).contains(&l)));
-            if let (Some(d), Some(l)) = (dropped, lid) {
-                self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.tally.add(d.diff, Difficulty::ZERO, false);
-                self.error(id, r.code(), &r.reason());
-                self.log_share(l >> 8, d.height, &sub, d.diff, Difficulty::ZERO, None, Some(&r.reason()));
-                return;
-            }
-            self.counted_reject(id, Some(&sub), &r.reason(), r.code());
-            return;
-        };
-        let sent = &self.jobs[idx];
-        let (target, diff, workinfoid, height) = (sent.target, sent.diff, sent.work.job.id, sent.work.job.height);
-        // Work on a previous block: stale, and logged against its job; but a share this job has
-        // already taken is a duplicate whenever it comes back (the answer does not depend on
-        // whether the next block's work reached the session first).
-        let result = if self.last_prev != Some(sent.work.job.prev_hash) {
-            match share::check(&sent.work.job, &self.en1, &sub, self.version_mask, &target) {
-                Err(Reject::Duplicate) => Err(Reject::Duplicate),
-                _ => Err(Reject::Stale),
-            }
-        } else {
-            share::check(&sent.work.job, &self.en1, &sub, self.version_mask, &target)
-        };
-        match result {
-            Ok(acc) => {
-                self.ctx.counters.add_accepted(diff);
+        let mut fx = std::mem::take(&mut self.fx);
+        let (now, network) = (self.now_us(), self.ctx.network_diff());
+        let verdict = self.channel.submit(&sub, now, network, self.ctx.upstream.is_some(), &mut fx);
+        let reject = match verdict.result {
+            Ok(()) => {
+                self.ctx.counters.add_accepted(verdict.diff);
                 self.reply(id, "true");
-                let sent = &self.jobs[idx];
-                if let (Some(up), Some(_)) = (&sent.work.upstream, &self.ctx.upstream) {
-                    // Shares meeting the upstream's difficulty go up; so does any block-meeting
-                    // share (on test networks the block target can be easier than the pool's).
-                    if acc.block || up.target.is_met_by(&acc.hash) {
-                        let mut en2 = hex::encode(&self.en1[self.prefix.len()..]);
-                        en2.push_str(sub.extranonce2);
-                        let share = UpstreamShare {
-                            job_id: up.job_id.clone(),
-                            generation: up.generation,
-                            extranonce2: en2,
-                            ntime: format!("{:08x}", acc.ntime),
-                            nonce: format!("{:08x}", acc.nonce),
-                            version_bits: (acc.version != sent.work.job.version)
-                                .then(|| format!("{:08x}", acc.version & self.version_mask)),
-                            workername: self.workername.clone(),
-                            difficulty: acc.difficulty,
-                        };
-                        // Queued for the upstream task; the miner never waits for the upstream's reply.
-                        self.upstream_out.push(share);
-                    }
-                }
-                if acc.block {
-                    let job = self.jobs[idx].work.job.clone();
-                    let cand = BlockCandidate {
-                        job,
-                        en1: self.en1.clone(),
-                        en2: acc.extranonce2().to_vec(),
-                        header: acc.header,
-                        hash: acc.hash,
-                        workername: self.workername.clone(),
-                        username: self.username.clone(),
-                        difficulty: acc.difficulty,
-                    };
-                    tracing::info!(worker = %self.workername, height, "block candidate {} from {}", hex::encode_rev(&acc.hash), self.workername);
-                    self.blocks_out.push(cand);
-                }
-                self.tally.add(diff, acc.difficulty, true);
-                self.log_share(workinfoid, height, &sub, diff, acc.difficulty, Some(&acc.hash), None);
-                let lim = self.ctx.limits(self.suggested);
-                if let Some(r) = self.vardiff.on_share(self.now_us(), diff, self.diff, &lim) {
-                    // set_difficulty, then the current job under a new id.
-                    self.take_retarget(r);
-                    let w = self.ctx.work.borrow().clone();
-                    if let Some(w) = w {
-                        self.send_work(&w, true);
-                    }
-                }
+                None
             }
             Err(r) => {
-                let (sdiff, hash) = match &r {
-                    Reject::LowDifficulty { difficulty, hash } => (*difficulty, Some(hash)),
-                    _ => (Difficulty::ZERO, None),
-                };
                 self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.tally.add(diff, sdiff, false);
                 let reason = r.reason();
                 self.error(id, r.code(), &reason);
-                self.log_share(workinfoid, height, &sub, diff, sdiff, hash, Some(&reason));
+                if fx.share.is_none() {
+                    tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
+                }
+                Some(reason)
+            }
+        };
+        if let Some(record) = fx.share.take() {
+            self.log_share(&record, &sub, reject.as_deref());
+        }
+        self.take_effects(&mut fx);
+        self.fx = fx;
+    }
+
+    /// Queues a submit's block and upstream share, and answers a retarget: set_difficulty, then
+    /// the current job under a new id.
+    fn take_effects(&mut self, fx: &mut Effects) {
+        if let Some(up) = fx.upstream.take() {
+            // Queued for the upstream task; the miner never waits for the upstream's reply.
+            self.upstream_out.push(up);
+        }
+        if let Some(cand) = fx.block.take() {
+            tracing::info!(worker = %self.worker(), height = cand.job.height, "block candidate {} from {}", hex::encode_rev(&cand.hash), self.worker());
+            self.blocks_out.push(cand);
+        }
+        if let Some(r) = fx.retarget.take() {
+            self.send_difficulty(Some(r));
+            let current = self.ctx.work.borrow().clone();
+            if let Some(w) = current {
+                self.send_work(&w, true);
             }
         }
     }
 
-    /// A reject before any job was found (bad params, unknown job): counted, not logged.
-    fn counted_reject(&mut self, id: &str, sub: Option<&Submit>, reason: &str, code: i32) {
+    /// A submit whose params could not be read: counted as rejected, answered, not logged.
+    fn unread_submit(&mut self, id: &str, reason: &str) {
         self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.tally.add(self.diff, Difficulty::ZERO, false);
-        self.error(id, code, reason);
-        tracing::debug!(peer = %self.peer, worker = %self.workername, "share rejected: {reason} ({sub:?})");
+        self.channel.count_unread();
+        self.error(id, code::OTHER, reason);
+        tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason}");
     }
 
     /// Appends the share's line to the share log (formatted here, written by the log's thread).
-    #[allow(clippy::too_many_arguments)]
-    fn log_share(
-        &mut self,
-        workinfoid: u64,
-        height: u32,
-        sub: &Submit<'_>,
-        diff: Difficulty,
-        sdiff: Difficulty,
-        hash: Option<&[u8; 32]>,
-        reject: Option<&str>,
-    ) {
+    fn log_share(&mut self, r: &ShareRecord, sub: &Submit<'_>, reject: Option<&str>) {
         if !self.ctx.params.log_shares {
             return;
         }
         let line = ShareLine {
-            workinfoid,
+            workinfoid: r.workinfoid,
             clientid: self.id,
             enonce1: &self.en1_hex,
             nonce2: sub.extranonce2,
             nonce: sub.nonce,
             ntime: sub.ntime,
-            diff,
-            sdiff,
-            hash,
+            diff: r.diff,
+            sdiff: r.sdiff,
+            hash: r.hash.as_ref(),
             result: reject.is_none(),
             reject_reason: reject,
             createdate: now_unix(),
-            workername: &self.workername,
-            username: &self.username,
+            workername: self.channel.worker(),
+            username: self.channel.user(),
             address: &self.address,
             agent: &self.agent,
         };
-        if self.ctx.shares.append(height, workinfoid, &line) {
+        if self.ctx.shares.append(r.height, r.workinfoid, &line) {
             self.log_full = true;
         }
     }

@@ -1,0 +1,22 @@
+//! The mining core: what a pool decides about work and shares, whatever protocol carries them.
+//!
+//! No sockets, no clock reads, no tokio, no locks: a [`Channel`] (one miner's SV1 session, or an
+//! SV2 standard channel) takes typed inputs — work issued, a submit's fields, the time as plain
+//! microseconds — and returns a verdict plus [`Effects`] (share-log record, block candidate,
+//! share for the upstream pool, retarget). The protocol faces (`stratum::session` for SV1) own
+//! the sockets, encode what the channel decided, and send the effects to the outputs (share log,
+//! statistics, block submitter, upstream).
+//!
+//! ```text
+//!  work sources                      mining core                          outputs
+//!  pool/templates.rs ─┐                                                  log/sharelog, log/stats
+//!  proxy/upstream.rs ─┴─► Work ─► Channel::issue / Channel::submit ─►    pool/blocks, proxy upstream
+//!                                  (jobs sent, stale window, vardiff)
+//! ```
+
+pub mod channel;
+pub mod vardiff;
+mod work;
+
+pub use channel::{Channel, ChannelParams, Effects, Issued, ShareRecord, Verdict};
+pub use work::{BlockCandidate, UpstreamJob, UpstreamShare, Work};

@@ -7,6 +7,10 @@
 #                                            (--url and --server-pid are filled in)
 #   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL, TRIGGER and ZMQ_URL set (profiling)
 # In bench arguments, the word TRIGGER stands for the node's `generate 1` command.
+#   MEMPOOL=3000 bash contrib/bench.sh     full templates: node a's mempool holds 3,000 transactions
+#                                            for every block (node b mines, relaying none), then
+#                                            new block -> first/last of 1,000 notifies, beside the
+#                                            node's own getblocktemplate time
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
 set -euo pipefail
@@ -30,6 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 . "$here/contrib/regtest-pair.sh"
+[ -z "${MEMPOOL:-}" ] || export B_BLOCKSONLY=1
 regtest_pair_start "$work"
 STRATUM=$(free_port)
 cat > "$work/pool/ckpool.conf" <<CONF
@@ -70,6 +75,52 @@ bench() {
   "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
   stop_pool
 }
+# Fills node a's mempool with $1 wallet transactions (JSON-RPC batches of 500), spending outputs
+# made by splitting mature coinbases 100 ways.
+fill_mempool() {
+  local n=$1
+  cli generate 131 >/dev/null
+  python3 - "$RPCA" "$user" "$pass" "$n" <<'PY'
+import base64, json, sys, urllib.request
+port, user, pw, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+auth = base64.b64encode(f"{user}:{pw}".encode()).decode()
+def rpc(calls):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", json.dumps(calls).encode(),
+                                 {"Authorization": "Basic " + auth, "Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=600))
+# 3,000 outputs to spend: one sendmany of 100 outputs per mature coinbase, then a block.
+addrs = [r["result"] for r in rpc([{"id": i, "method": "getnewaddress", "params": []} for i in range(100)])]
+for r in rpc([{"id": i, "method": "sendmany", "params": ["", {a: 0.4 for a in addrs}]} for i in range(n // 100 + 1)]):
+    assert r.get("error") is None, r
+rpc([{"id": 0, "method": "generate", "params": [1]}])
+sent = 0
+while sent < n:
+    k = min(500, n - sent)
+    for r in rpc([{"id": i, "method": "sendtoaddress", "params": [addrs[i % 100], 0.001]} for i in range(k)]):
+        assert r.get("error") is None, r
+    sent += k
+print(f"bench.sh: node a's mempool holds {rpc([{'id': 0, 'method': 'getmempoolinfo', 'params': []}])[0]['result']['size']} transactions")
+PY
+}
+if [ -n "${MEMPOOL:-}" ]; then
+  fill_mempool "$MEMPOOL"
+  python3 - "$RPCA" "$user" "$pass" <<'PY'
+import base64, json, sys, time, urllib.request
+port, user, pw = sys.argv[1], sys.argv[2], sys.argv[3]
+auth = base64.b64encode(f"{user}:{pw}".encode()).decode()
+ms = []
+for _ in range(10):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", json.dumps({"id": 1, "method": "getblocktemplate", "params": []}).encode(),
+                                 {"Authorization": "Basic " + auth, "Content-Type": "application/json"})
+    t = time.perf_counter(); body = urllib.request.urlopen(req, timeout=60).read(); ms.append((time.perf_counter() - t) * 1000)
+ntx = len(json.loads(body)["result"]["transactions"])
+ms.sort()
+print(f"bench.sh: the node's own getblocktemplate ({ntx} transactions, {len(body) // 1024} KB): median {ms[5]:.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (10 calls)")
+PY
+  trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCB generate 1"
+  bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 20
+  exit
+fi
 if [ "${1:-}" = "--run" ]; then   # e.g. a profiler: POOL_PID, POOL_URL, TRIGGER are set for it
   shift
   start_pool

@@ -12,27 +12,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
-use super::proto::{self, code, Param, SubmitParams};
+use super::proto::{self, code};
 use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
-use crate::difficulty::{Difficulty, Target};
 use crate::hex;
-use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
-use crate::mining::{Channel, Effects, Issued, ShareRecord};
-use crate::share::Submit;
+use crate::mining::{Channel, Effects, Issued};
 
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
 /// Consecutive unparseable lines tolerated before disconnecting.
 const MAX_BAD_LINES: u32 = 20;
+
+mod handshake;
+mod shares;
 
 pub struct Session {
     ctx: Arc<ServerCtx>,
@@ -120,58 +119,6 @@ impl Session {
 
     fn worker(&self) -> &str {
         self.channel.worker()
-    }
-
-    /// Queues the shares tallied so far as one statistics event for the current worker name.
-    fn close_tally(&mut self) {
-        let tally = self.channel.take_tally();
-        if !tally.is_empty() {
-            self.stats_out.push(StatEvent::Shares {
-                user: self.channel.user().clone(),
-                worker: self.channel.worker().clone(),
-                tally,
-            });
-        }
-    }
-
-    /// Sends what the last batch of lines produced: found blocks first, then shares for the
-    /// upstream pool, then statistics. A full channel slows this miner; nothing is dropped.
-    async fn flush_outbound(&mut self) {
-        self.close_tally();
-        if !self.try_flush_outbound() {
-            // Rare: a channel is full. Wait in a separate allocation so that every session's
-            // task does not carry the waiting state.
-            Box::pin(self.flush_outbound_waiting()).await;
-        }
-    }
-
-    /// Sends without waiting; false when a channel was full (what is left stays queued, in order).
-    fn try_flush_outbound(&mut self) -> bool {
-        try_send_all(&self.ctx.blocks, &mut self.blocks_out, "block submitter")
-            && self.ctx.upstream.as_ref().is_none_or(|tx| try_send_all(tx, &mut self.upstream_out, "upstream task"))
-            && try_send_all(&self.ctx.stats, &mut self.stats_out, "stats task")
-    }
-
-    async fn flush_outbound_waiting(&mut self) {
-        for cand in self.blocks_out.drain(..) {
-            let hash = cand.hash;
-            if self.ctx.blocks.send(cand).await.is_err() {
-                tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
-            }
-        }
-        if let Some(tx) = &self.ctx.upstream {
-            for share in self.upstream_out.drain(..) {
-                if tx.send(share).await.is_err() {
-                    tracing::error!("upstream task is gone; share from {} not forwarded", self.channel.worker());
-                }
-            }
-        }
-        for ev in self.stats_out.drain(..) {
-            if self.ctx.stats.send(ev).await.is_err() {
-                tracing::error!("stats task is gone");
-                break;
-            }
-        }
     }
 
     /// A difficulty change the channel decided: set_difficulty now; the caller sends work under
@@ -412,162 +359,6 @@ impl Session {
         Ok(())
     }
 
-    fn on_subscribe(&mut self, id: &str, params: &Value) {
-        if let Some(agent) = proto::str_param(params, 0) {
-            self.agent = agent.chars().take(128).collect::<String>().into();
-        }
-        let prefix = self.ctx.work.borrow().as_ref().map(|w| w.en1_prefix.clone());
-        if let Some(p) = prefix {
-            self.channel.set_prefix(&p);
-        }
-        if !self.subscribed {
-            self.resume(proto::str_param(params, 1));
-        }
-        self.en1_hex = hex::encode(self.channel.en1()).into();
-        self.subscribed = true;
-        let result = json!([
-            [["mining.set_difficulty", &*self.en1_hex], ["mining.notify", &*self.en1_hex]],
-            &*self.en1_hex,
-            self.ctx_nonce2_len()
-        ]);
-        self.reply(id, &result.to_string());
-        self.maybe_start();
-    }
-
-    /// Session resume: a miner reconnecting with its old session id (its extranonce1) gets it
-    /// back when no live session holds it.
-    fn resume(&mut self, old_session: Option<&str>) {
-        let prefix = self.channel.prefix();
-        let Some(old) = old_session
-            .and_then(|s| hex::decode(s).ok())
-            .filter(|o| o.starts_with(prefix))
-            .map(|o| o[prefix.len()..].to_vec())
-        else {
-            return;
-        };
-        if old.len() != self.ctx.params.nonce1_len || old == self.channel.own_en1() {
-            return;
-        }
-        let mut key_bytes = [0u8; 8];
-        key_bytes[8 - old.len()..].copy_from_slice(&old);
-        let key = u64::from_be_bytes(key_bytes);
-        let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-        if set.insert(key) {
-            set.remove(&self.en1_key);
-            self.en1_key = key;
-            self.channel.set_own_en1(&old);
-        }
-    }
-
-    fn ctx_nonce2_len(&self) -> usize {
-        self.ctx.work.borrow().as_ref().map(|w| w.job.coinbase.nonce2_len).unwrap_or(8)
-    }
-
-    fn on_authorize(&mut self, id: &str, params: &Value) {
-        let Some(user) = proto::str_param(params, 0).filter(|u| !u.is_empty()) else {
-            self.error(id, code::OTHER, "Invalid params: expected [\"username\", \"password\"]");
-            return;
-        };
-        let user: String = user.chars().take(256).collect();
-        let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
-        // Shares so far belong to the name they were sent under.
-        self.close_tally();
-        let renamed = !self.authorized || **self.channel.worker() != *user;
-        if self.authorized && renamed {
-            let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
-            self.stats_out.push(StatEvent::Gone { user: u, worker: w });
-        }
-        self.channel.set_identity(base.into(), user.into());
-        if renamed {
-            let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
-            self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
-        }
-        // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
-        if let Some(pass) = proto::str_param(params, 1) {
-            if let Some(d) =
-                pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok())
-            {
-                self.channel.ask_start_difficulty(d);
-            }
-        }
-        if !self.authorized {
-            tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), agent = %self.agent, "miner authorized");
-        }
-        self.authorized = true;
-        // The first work goes out before the answer (FIRMWARE.md: ckproxy 0.9.9 reads up to the
-        // authorize answer and leaves what follows it in the same read unread until the next
-        // notify). Every client handles notifications before a pending reply.
-        self.maybe_start();
-        self.reply(id, "true");
-    }
-
-    fn on_configure(&mut self, id: &str, params: &Value) {
-        let exts: Vec<&str> = params
-            .get(0)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let opts = params.get(1).cloned().unwrap_or(Value::Null);
-        let mut result = serde_json::Map::new();
-        for ext in exts {
-            match ext {
-                "version-rolling" => {
-                    let asked = opts
-                        .get("version-rolling.mask")
-                        .and_then(Value::as_str)
-                        .and_then(|m| hex::parse_u32_be(m).ok())
-                        .unwrap_or(u32::MAX);
-                    let mask = self.channel.negotiate_version_mask(asked);
-                    result.insert("version-rolling".into(), Value::Bool(true));
-                    result.insert("version-rolling.mask".into(), Value::String(format!("{mask:08x}")));
-                }
-                "minimum-difficulty" => {
-                    if let Some(d) = opts.get("minimum-difficulty.value").and_then(|v| Difficulty::from_json(v).ok()) {
-                        self.apply_suggestion(d);
-                    }
-                    result.insert("minimum-difficulty".into(), Value::Bool(true));
-                }
-                "subscribe-extranonce" => {
-                    result.insert("subscribe-extranonce".into(), Value::Bool(true));
-                }
-                other => {
-                    result.insert(other.to_string(), Value::Bool(false));
-                }
-            }
-        }
-        self.reply(id, &Value::Object(result).to_string());
-    }
-
-    fn on_suggest(&mut self, method: &str, params: &Value) {
-        let d = if method == "mining.suggest_target" {
-            proto::str_param(params, 0).and_then(|t| {
-                let mut be = [0u8; 32];
-                hex::decode_into(t, &mut be).ok()?;
-                Some(Difficulty::from_target(&Target::from_u256(ruint::aliases::U256::from_be_bytes(be))))
-            })
-        } else {
-            proto::suggested_difficulty(params)
-        };
-        match d {
-            Some(d) if !d.is_zero() => self.apply_suggestion(d),
-            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {params}"),
-        }
-    }
-
-    /// Takes a miner's difficulty wish (within mindiff..maxdiff); when work is flowing, the new
-    /// difficulty is sent followed by the current job under a new id.
-    fn apply_suggestion(&mut self, d: Difficulty) {
-        let now = self.now_us();
-        if self.channel.suggest(d, now).is_none() || !self.working {
-            return;
-        }
-        let w = self.ctx.work.borrow().clone();
-        if let Some(w) = w {
-            self.send_difficulty(None);
-            self.send_work(&w, true);
-        }
-    }
-
     /// Starts work once subscribed and authorized: set_difficulty, then the current job.
     fn maybe_start(&mut self) {
         if self.working || !self.subscribed || !self.authorized {
@@ -606,136 +397,6 @@ impl Session {
             }
         }
     }
-
-    fn on_submit(&mut self, id: &str, params: Option<&RawValue>) {
-        if !self.subscribed {
-            self.error(id, code::NOT_SUBSCRIBED, "Not subscribed");
-            return;
-        }
-        if !self.authorized {
-            self.error(id, code::UNAUTHORIZED, "Unauthorized worker");
-            return;
-        }
-        let Some(params) = SubmitParams::parse(params) else {
-            return self.unread_submit(id, "Invalid params");
-        };
-        let p = |i| params.str(i);
-        let (Some(_worker), Some(job_id), Some(en2), Some(ntime), Some(nonce)) = (p(0), p(1), p(2), p(3), p(4)) else {
-            return self.unread_submit(id, "Invalid params");
-        };
-        let version_bits = match params.get(5) {
-            None | Some(Param::Null) => None,
-            Some(Param::Str(s)) => Some(&**s),
-            Some(Param::Other) => return self.unread_submit(id, "Invalid version bits"),
-        };
-        let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
-        let mut fx = std::mem::take(&mut self.fx);
-        let (now, network) = (self.now_us(), self.ctx.network_diff());
-        let verdict = self.channel.submit(&sub, now, network, self.ctx.upstream.is_some(), &mut fx);
-        let reject = match verdict.result {
-            Ok(()) => {
-                self.ctx.counters.add_accepted(verdict.diff);
-                self.reply(id, "true");
-                None
-            }
-            Err(r) => {
-                self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let reason = r.reason();
-                self.error(id, r.code(), &reason);
-                if fx.share.is_none() {
-                    tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
-                }
-                Some(reason)
-            }
-        };
-        if let Some(record) = fx.share.take() {
-            self.log_share(&record, &sub, reject.as_deref());
-        }
-        self.take_effects(&mut fx);
-        self.fx = fx;
-    }
-
-    /// Queues a submit's block and upstream share, and answers a retarget: set_difficulty, then
-    /// the current job under a new id.
-    fn take_effects(&mut self, fx: &mut Effects) {
-        if let Some(up) = fx.upstream.take() {
-            // Queued for the upstream task; the miner never waits for the upstream's reply.
-            self.upstream_out.push(up);
-        }
-        if let Some(cand) = fx.block.take() {
-            tracing::info!(worker = %self.worker(), height = cand.job.height, "block candidate {} from {}", hex::encode_rev(&cand.hash), self.worker());
-            self.blocks_out.push(cand);
-        }
-        if let Some(r) = fx.retarget.take() {
-            self.send_difficulty(Some(r));
-            let current = self.ctx.work.borrow().clone();
-            if let Some(w) = current {
-                self.send_work(&w, true);
-            }
-        }
-    }
-
-    /// A submit whose params could not be read: counted as rejected, answered, not logged.
-    fn unread_submit(&mut self, id: &str, reason: &str) {
-        self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.channel.count_unread();
-        self.error(id, code::OTHER, reason);
-        tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason}");
-    }
-
-    /// Appends the share's line to the share log (formatted here, written by the log's thread).
-    fn log_share(&mut self, r: &ShareRecord, sub: &Submit<'_>, reject: Option<&str>) {
-        if !self.ctx.params.log_shares {
-            return;
-        }
-        let line = ShareLine {
-            workinfoid: r.workinfoid,
-            clientid: self.id,
-            enonce1: &self.en1_hex,
-            nonce2: sub.extranonce2,
-            nonce: sub.nonce,
-            ntime: sub.ntime,
-            diff: r.diff,
-            sdiff: r.sdiff,
-            hash: r.hash.as_ref(),
-            result: reject.is_none(),
-            reject_reason: reject,
-            createdate: now_unix(),
-            workername: self.channel.worker(),
-            username: self.channel.user(),
-            address: &self.address,
-            agent: &self.agent,
-        };
-        if self.ctx.shares.append(r.height, r.workinfoid, &line) {
-            self.log_full = true;
-        }
-    }
-}
-
-/// Sends `items` in order without waiting. Returns false at the first full channel, with that
-/// item and the rest left in `items`; a closed channel is logged and its items dropped (the
-/// task behind it is gone: shutdown).
-fn try_send_all<T>(tx: &tokio::sync::mpsc::Sender<T>, items: &mut Vec<T>, what: &str) -> bool {
-    use tokio::sync::mpsc::error::TrySendError;
-    if items.is_empty() {
-        return true;
-    }
-    let mut it = std::mem::take(items).into_iter();
-    while let Some(v) = it.next() {
-        match tx.try_send(v) {
-            Ok(()) => {}
-            Err(TrySendError::Full(v)) => {
-                items.push(v);
-                items.extend(it);
-                return false;
-            }
-            Err(TrySendError::Closed(_)) => {
-                tracing::error!("{what} is gone; {} item(s) not delivered", 1 + it.len());
-                return true;
-            }
-        }
-    }
-    true
 }
 
 /// Waits for the next published work, handing the receiver back with the result.

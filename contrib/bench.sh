@@ -73,6 +73,8 @@ bench() {
   start_pool
   echo; echo "### ckpool bench ${args[*]}"
   "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
+  # Full templates: where the pool's time went, block by block (its own log line).
+  [ -z "${MEMPOOL:-}" ] || grep -o "new block template: height.*" "$work/pool/logs/ckpool.log" | sed 's/^/pool: /' || true
   stop_pool
 }
 # Fills node a's mempool with $1 wallet transactions (JSON-RPC batches of 500), spending outputs

@@ -345,3 +345,95 @@ async fn more_miners_than_extranonce_values_are_refused_clearly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An upstream that narrows its version mask mid-session (BIP310 allows it; this project's pool
+/// never does, so a fake upstream sends it): after the first forwarded share it sends
+/// `mining.set_version_mask ["0000e000"]` and a new job. The miner that negotiated version rolling
+/// is told before that job; a share on the new job rolling bits outside the new mask is
+/// refused, one inside it accepted and forwarded with its bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_version_mask_change_reaches_miners() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap().to_string();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<Value>(16);
+    tokio::spawn(async move {
+        let notify = |id: &str| {
+            json!({"id": null, "method": "mining.notify", "params": [
+                id, "00".repeat(32), "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1003a08601",
+                "ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000", [], "20000000", "1d00ffff", "6b000000", true
+            ]})
+        };
+        let (s, _) = upstream.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let mut narrowed = false;
+        while let Ok(Some(l)) = lines.next_line().await {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            let mut out = String::new();
+            match v["method"].as_str() {
+                Some("mining.configure") => out.push_str(&format!("{}\n", json!({"id": v["id"], "result": {"version-rolling": true, "version-rolling.mask": "1fffe000"}, "error": null}))),
+                Some("mining.subscribe") => out.push_str(&format!("{}\n", json!({"id": v["id"], "result": [[["mining.notify", "1"]], "aabbccdd", 8], "error": null}))),
+                Some("mining.authorize") => {
+                    out.push_str(&format!("{}\n", json!({"id": v["id"], "result": true, "error": null})));
+                    out.push_str(&format!("{}\n", json!({"id": null, "method": "mining.set_difficulty", "params": [0.0001]})));
+                    out.push_str(&format!("{}\n", notify("j1")));
+                }
+                Some("mining.submit") => {
+                    out.push_str(&format!("{}\n", json!({"id": v["id"], "result": true, "error": null})));
+                    let _ = seen_tx.send(v["params"].clone()).await;
+                    if !narrowed {
+                        narrowed = true;
+                        out.push_str(&format!("{}\n", json!({"id": null, "method": "mining.set_version_mask", "params": ["0000e000"]})));
+                        out.push_str(&format!("{}\n", notify("j2")));
+                    }
+                }
+                _ => out.push_str(&format!("{}\n", json!({"id": v["id"], "result": true, "error": null}))),
+            }
+            if w.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let cfg = json!({"proxy": [{"url": up_addr, "auth": "u", "pass": "x"}], "mindiff": 0.0001, "startdiff": 0.0001});
+    let proxy = Pool::start_proxy(cfg);
+    let mut c = Client::connect(&proxy.addr()).await;
+    let id = c.request("mining.configure", json!([["version-rolling"], {"version-rolling.mask": "ffffffff"}])).await;
+    assert_eq!(c.reply(id).await["result"]["version-rolling.mask"], json!("1fffe000"));
+    let (en1, _) = c.handshake("m").await;
+    let n1 = c.notification("mining.notify").await;
+    // A plain share on j1 reaches the upstream, which then narrows its mask.
+    let s = solve(&n1, &en1, "00000001", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    tokio::time::timeout(Duration::from_secs(20), seen_rx.recv()).await.expect("share forwarded").unwrap();
+    let m = c.notification("mining.set_version_mask").await;
+    assert_eq!(m["params"], json!(["0000e000"]), "{m}");
+    let n2 = c.skip_to("mining.notify").await;
+    assert_ne!(n2["params"][0], n1["params"][0], "a new job after the mask change");
+    for (bits, accepted) in [(0x0020_0000u32, false), (0x0000_4000, true)] {
+        let s = solve_rolled(&n2, &en1, "00000002", bits);
+        let id = c.request("mining.submit", s).await;
+        let r = c.reply(id).await;
+        if accepted {
+            assert_eq!(r["result"], json!(true), "bits {bits:08x} inside the new mask: {r}");
+        } else {
+            assert_eq!(r["error"][1], json!("Invalid version mask"), "bits {bits:08x} outside the new mask: {r}");
+        }
+    }
+    let fwd = tokio::time::timeout(Duration::from_secs(20), seen_rx.recv()).await.expect("second share forwarded").unwrap();
+    assert_eq!(fwd[5], json!("00004000"), "forwarded with its rolled bits: {fwd}");
+}
+
+/// A share on `notify` at difficulty 0.0001 with `bits` rolled into the version.
+fn solve_rolled(notify: &Value, en1: &str, en2: &str, bits: u32) -> Value {
+    use ckpool::difficulty::Difficulty;
+    use ckpool::work::job::Job;
+    let p = &notify["params"];
+    let job = Job::from_notify(1, p, en1.len() / 2, en2.len() / 2).unwrap();
+    let root = job.merkle_root(&ckpool::hex::decode(en1).unwrap(), &ckpool::hex::decode(en2).unwrap());
+    let target = "0.0001".parse::<Difficulty>().unwrap().to_target();
+    let nonce = (0u32..1 << 26)
+        .find(|&n| target.is_met_by(&ckpool::work::merkle::sha256d(&job.header(&root, job.version | bits, job.ntime, n))))
+        .expect("a nonce within 2^26");
+    json!(["m", p[0], en2, format!("{:08x}", job.ntime), format!("{nonce:08x}"), format!("{bits:08x}")])
+}

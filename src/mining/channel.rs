@@ -124,8 +124,17 @@ pub struct Channel {
     /// extranonce1: `prefix_len` bytes of the upstream's (proxy mode only), then this channel's own.
     en1: Vec<u8>,
     prefix_len: usize,
-    /// The negotiated BIP310 mask (the server's when the miner never asked).
+    /// The BIP310 mask in force: what the miner asked for (everything when it never asked)
+    /// within what the server allows.
     version_mask: u32,
+    /// What the miner asked for in mining.configure, if it did.
+    asked_mask: Option<u32>,
+    /// What the server allows; in proxy mode the upstream can change it (set_version_mask).
+    allowed_mask: u32,
+    /// Jobs older than `mask_since_job` (by job id) were sent under `old_version_mask`: BIP310's
+    /// new mask holds for the jobs sent after it.
+    old_version_mask: u32,
+    mask_since_job: u64,
     diff: Difficulty,
     suggested: Option<Difficulty>,
     vardiff: Vardiff,
@@ -149,6 +158,10 @@ impl Channel {
             en1: own_en1.to_vec(),
             prefix_len: 0,
             version_mask: params.version_mask,
+            asked_mask: None,
+            allowed_mask: params.version_mask,
+            old_version_mask: params.version_mask,
+            mask_since_job: 0,
             diff: params.clamp(params.startdiff),
             suggested: None,
             vardiff: Vardiff::new(params.vardiff, now),
@@ -232,8 +245,32 @@ impl Channel {
 
     /// The miner asked for `asked` in mining.configure: it may roll the bits both allow.
     pub fn negotiate_version_mask(&mut self, asked: u32) -> u32 {
-        self.version_mask = asked & self.params.version_mask;
+        self.asked_mask = Some(asked);
+        self.version_mask = asked & self.allowed_mask;
+        self.old_version_mask = self.version_mask;
         self.version_mask
+    }
+
+    /// True when the miner negotiated version rolling (it then takes `mining.set_version_mask`).
+    pub fn negotiated_version_rolling(&self) -> bool {
+        self.asked_mask.is_some()
+    }
+
+    /// The server now allows `allowed` (an upstream's set_version_mask), from job `since_job` on.
+    /// Returns the miner's new mask when it changed; jobs sent before keep the old one.
+    pub fn allow_version_mask(&mut self, allowed: u32, since_job: u64) -> Option<u32> {
+        if allowed == self.allowed_mask {
+            return None;
+        }
+        self.allowed_mask = allowed;
+        let new = self.asked_mask.unwrap_or(u32::MAX) & allowed;
+        if new == self.version_mask {
+            return None;
+        }
+        self.old_version_mask = self.version_mask;
+        self.version_mask = new;
+        self.mask_since_job = since_job;
+        Some(new)
     }
 
     /// The vardiff limits at `network` (the current job's network difficulty).
@@ -349,7 +386,8 @@ impl Channel {
         // Work on a previous block: stale, and logged against its job; but a share this job has
         // already taken is a duplicate whenever it comes back (the answer does not depend on
         // whether the next block's work reached the channel first).
-        let checked = share::check(&work.job, &self.en1, sub, self.version_mask, &sent.target);
+        let mask = if work.job.id >= self.mask_since_job { self.version_mask } else { self.old_version_mask };
+        let checked = share::check(&work.job, &self.en1, sub, mask, &sent.target);
         let checked = match checked {
             Err(Reject::Duplicate) => Err(Reject::Duplicate),
             _ if self.last_prev != Some(work.job.prev_hash) => Err(Reject::Stale),
@@ -372,7 +410,7 @@ impl Channel {
         fx.share = Some(record);
         self.tally.add(diff, acc.difficulty, true);
         if upstream {
-            fx.upstream = self.upstream_share(&work, &acc, sub);
+            fx.upstream = self.upstream_share(&work, &acc, sub, mask);
         }
         if acc.block {
             fx.block = Some(BlockCandidate {
@@ -421,7 +459,7 @@ impl Channel {
 
     /// Proxy mode: the share for the upstream pool when it meets the upstream's difficulty, or
     /// any block-meeting share (on test networks the block target can be easier than the pool's).
-    fn upstream_share(&self, work: &Work, acc: &Accepted, sub: &Submit) -> Option<UpstreamShare> {
+    fn upstream_share(&self, work: &Work, acc: &Accepted, sub: &Submit, mask: u32) -> Option<UpstreamShare> {
         let up = work.upstream.as_ref()?;
         if !acc.block && !up.target.is_met_by(&acc.hash) {
             return None;
@@ -435,7 +473,7 @@ impl Channel {
             extranonce2: en2,
             ntime: format!("{:08x}", acc.ntime),
             nonce: format!("{:08x}", acc.nonce),
-            version_bits: (acc.version != work.job.version).then(|| format!("{:08x}", acc.version & self.version_mask)),
+            version_bits: (acc.version != work.job.version).then(|| format!("{:08x}", acc.version & mask)),
             workername: self.worker.clone(),
             difficulty: acc.difficulty,
         })

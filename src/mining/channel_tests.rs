@@ -278,3 +278,37 @@ fn start_difficulty_from_the_password_is_a_floor_within_limits() {
     assert_eq!(c.difficulty(), d("0.00000001"), "mindiff floors it");
     assert_eq!(c.limits(None).suggested, Some(d("0.000000001")));
 }
+
+#[test]
+fn an_upstream_mask_change_holds_for_jobs_sent_after_it() {
+    let mut c = Channel::new(params(), &EN1, 0);
+    assert!(!c.negotiated_version_rolling());
+    assert_eq!(c.negotiate_version_mask(0xffff_ffff), 0x1fff_e000);
+    let old = work(1, 1, MAINNETISH);
+    let (old_id, _) = issued(c.issue(&old, false));
+    assert_eq!(c.allow_version_mask(0x1fff_e000, 2), None, "same grant: nothing to tell");
+    assert_eq!(c.allow_version_mask(0x0000_e000, 2), Some(0x0000_e000));
+    let new = work(2, 1, MAINNETISH);
+    let (new_id, _) = issued(c.issue(&new, false));
+    let mut fx = Effects::default();
+    // Bits 0x00200000: inside the old mask, outside the new one.
+    let with_bits = |w: &Work, id: u64, en2: u32| {
+        let job = &w.job;
+        let root = job.merkle_root(&EN1, &en2.to_be_bytes());
+        let version = job.version | 0x0020_0000;
+        let nonce = (0..1_000_000u32)
+            .find(|&n| Difficulty::from_hash(&sha256d_header(&job.header(&root, version, job.ntime, n))) >= d("0.000001"))
+            .unwrap();
+        (format!("{id:x}"), format!("{en2:08x}"), format!("{nonce:08x}"))
+    };
+    let (j, e, n) = with_bits(&old, old_id, 1);
+    let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
+    assert_eq!(c.submit(&sub, 1, None, false, &mut fx).result, Ok(()), "a job sent before the change keeps the old mask");
+    let (j, e, n) = with_bits(&new, new_id, 2);
+    let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
+    assert_eq!(c.submit(&sub, 2, None, false, &mut fx).result, Err(Reject::VersionOutsideMask));
+    // A miner that never negotiated rolls within whatever is granted.
+    let mut q = Channel::new(params(), &EN1, 0);
+    assert_eq!(q.allow_version_mask(0x0000_e000, 1), Some(0x0000_e000));
+    assert_eq!(q.version_mask(), 0x0000_e000);
+}

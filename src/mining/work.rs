@@ -20,6 +20,9 @@ pub struct Work {
     pub upstream: Option<UpstreamJob>,
     /// The job's network difficulty (from its nbits), computed once: vardiff's upper clamp.
     pub network_diff: Difficulty,
+    /// Proxy mode: the BIP310 mask the upstream grants now (configure reply or its latest
+    /// set_version_mask); sessions pass a change on to miners. `None` in pool mode.
+    pub version_mask: Option<u32>,
 }
 
 /// The upstream side of a proxied job.
@@ -63,7 +66,7 @@ impl Work {
             rest.push(',');
         }
         let network_diff = Difficulty::from_target(&job.network_target);
-        Work { job, notify_rest: rest.into(), en1_prefix: Arc::from(&[][..]), upstream: None, network_diff }
+        Work { job, notify_rest: rest.into(), en1_prefix: Arc::from(&[][..]), upstream: None, network_diff, version_mask: None }
     }
 
     /// Appends this job's `mining.notify` line under the session's `local_id`.

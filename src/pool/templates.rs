@@ -3,7 +3,7 @@
 //! keep their last work and the log says what the node answered.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -14,6 +14,13 @@ use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::stratum::Work;
 use crate::work::{coinbase, CoinbaseConfig, Job, Template};
+
+/// Where a refresh's time went: waiting for the node's answers, and parsing them.
+#[derive(Debug, Default)]
+struct Timing {
+    node: Duration,
+    parse: Duration,
+}
 
 /// Why a fresh template is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,15 +78,22 @@ impl TemplateSource {
         }
     }
 
-    async fn fetch(&mut self) -> Option<Template> {
-        let gbt = match self.rpc.call("getblocktemplate", json!([{"rules": ["segwit"]}])).await {
+    /// One getblocktemplate, parsed; adds the time spent waiting for the node and parsing.
+    async fn fetch(&mut self, timing: &mut Timing) -> Option<Template> {
+        let t0 = Instant::now();
+        let gbt = self.rpc.call("getblocktemplate", json!([{"rules": ["segwit"]}])).await;
+        let t1 = Instant::now();
+        timing.node += t1 - t0;
+        let gbt = match gbt {
             Ok(v) => v,
             Err(e) => {
                 self.node_trouble(&e);
                 return None;
             }
         };
-        match Template::from_gbt(&gbt) {
+        let parsed = Template::from_gbt(&gbt);
+        timing.parse += t1.elapsed();
+        match parsed {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::error!("bitcoind sent a template this pool cannot use: {e}; miners keep their last work");
@@ -94,8 +108,10 @@ impl TemplateSource {
     /// up to two seconds rather than sending miners work on the old tip.
     pub async fn refresh(&mut self, reason: Reason, tip: Option<[u8; 32]>) -> bool {
         let mut attempts = 0;
+        let mut timing = Timing::default();
+        let started = Instant::now();
         let template = loop {
-            let Some(t) = self.fetch().await else { return false };
+            let Some(t) = self.fetch(&mut timing).await else { return false };
             match tip {
                 Some(h) if t.prev_hash != h && attempts < 40 => {
                     attempts += 1;
@@ -138,13 +154,18 @@ impl TemplateSource {
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
         self.work.send_replace(Some(Arc::new(Work::new(Arc::new(job)))));
         self.height.send_replace(height);
+        // From the announcement (or tick) to work published: the node's share, ours, and waits.
+        let total = started.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let own = total.saturating_sub(timing.node);
         if prev_changed {
             tracing::info!(
-                "new block template: height {height}, prev {}, {ntx} transactions, network difficulty {netdiff} ({reason:?})",
-                hex::encode_rev(&template.prev_hash)
+                "new block template: height {height}, prev {}, {ntx} transactions, network difficulty {netdiff} ({reason:?}; work out {:.1} ms after: node {:.1} ms, parse {:.1} ms, rest {:.1} ms, {attempts} template(s) on the old tip)",
+                hex::encode_rev(&template.prev_hash),
+                ms(total), ms(timing.node), ms(timing.parse), ms(own.saturating_sub(timing.parse)),
             );
         } else {
-            tracing::debug!("template update: height {height}, {ntx} transactions");
+            tracing::debug!("template update: height {height}, {ntx} transactions, work out in {:.1} ms", ms(total));
         }
         true
     }

@@ -283,11 +283,13 @@ impl UpstreamClient {
                         }
                         UpstreamMsg::SetExtranonce(_) => return End::Failed(format!("unusable set_extranonce {}", v["params"])),
                         UpstreamMsg::Reconnect(to) => return End::Reconnect(to),
-                        UpstreamMsg::SetVersionMask(m) => {
-                            if let Some(m) = m {
+                        UpstreamMsg::SetVersionMask(m) => match m {
+                            Some(m) => {
+                                tracing::info!("upstream {addr}: version mask now {m:08x} (miners get {:08x} from the next job)", m & self.version_mask);
                                 self.granted_mask.send_replace(m & self.version_mask);
                             }
-                        }
+                            None => tracing::warn!("upstream {addr}: ignoring set_version_mask {}", v["params"]),
+                        },
                         UpstreamMsg::Other(other) => tracing::debug!("upstream {addr}: ignoring {other}"),
                         UpstreamMsg::Configured(m) => {
                             self.granted_mask.send_replace(m & self.version_mask);
@@ -378,7 +380,8 @@ impl UpstreamClient {
         match Job::from_notify(self.next_job, params, en1.len() + p, en2_size - p) {
             Ok(job) => {
                 let up = UpstreamJob { job_id: job_id.into(), target: difficulty.to_target(), difficulty, generation };
-                let work = Work::proxied(Arc::new(job), Arc::from(en1), up);
+                let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up);
+                work.version_mask = Some(*self.granted_mask.borrow());
                 self.work.send_replace(Some(Arc::new(work)));
             }
             Err(e) => tracing::warn!("upstream {addr}: unusable notify: {e}"),

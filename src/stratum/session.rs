@@ -388,6 +388,15 @@ impl Session {
                 return true;
             }
         }
+        if let Some(allowed) = w.version_mask {
+            // The upstream changed the mask it grants: miners that negotiated version rolling
+            // are told before the job it applies to.
+            let changed = self.channel.allow_version_mask(allowed, w.job.id);
+            if let Some(m) = changed.filter(|_| self.channel.negotiated_version_rolling()) {
+                let p = json!([format!("{m:08x}")]);
+                self.out.extend_from_slice(proto::notification_line("mining.set_version_mask", &p).as_bytes());
+            }
+        }
         match self.channel.issue(w, fresh_id) {
             Issued::AlreadySent => false,
             Issued::Job { local_id, clean } => {

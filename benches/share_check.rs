@@ -171,6 +171,69 @@ fn bench(c: &mut Criterion) {
 
     let txids: Vec<[u8; 32]> = (0..3_000u32).map(txid).collect();
     c.bench_function("merkle_branches_3000_txids", |b| b.iter(|| merkle::branches(black_box(&txids))));
+
+    // A full template as a node sends it (3,000 transactions of 625 bytes, 1.9 MB of JSON, as
+    // contrib/bench.sh's MEMPOOL=3000 node answers) to the work every session gets: the pool's
+    // own share of "new block -> first notify" after the node has answered.
+    let body = gbt_reply(3_000);
+    let cb_cfg = ckpool::work::CoinbaseConfig::new(
+        bitcoin::ScriptBuf::from_bytes(ckpool::hex::decode("0014751e76e8199196d454941c45d1b3a323f1433bd6").unwrap()),
+        "/bench/",
+    );
+    c.bench_function("template/gbt_reply_3000_txs_to_work", |b| {
+        b.iter(|| {
+            let v = ckpool::bitcoind::rpc::parse_reply("node", "getblocktemplate", 200, black_box(&body)).unwrap();
+            let t = ckpool::work::Template::from_gbt(&v).unwrap();
+            let cb = ckpool::work::coinbase::build(&t, &cb_cfg).unwrap();
+            let job = ckpool::work::Job::new(1, &t, cb, true);
+            ckpool::mining::Work::new(std::sync::Arc::new(job))
+        })
+    });
+    // The same from the result's JSON text (what the pool does): no tree of values in between.
+    c.bench_function("template/gbt_text_3000_txs_to_work", |b| {
+        b.iter(|| {
+            #[derive(serde::Deserialize)]
+            struct Reply<'a> {
+                #[serde(borrow)]
+                result: &'a serde_json::value::RawValue,
+            }
+            let r: Reply = serde_json::from_str(black_box(&body)).unwrap();
+            let t = ckpool::work::Template::from_gbt_json(r.result.get()).unwrap();
+            let cb = ckpool::work::coinbase::build(&t, &cb_cfg).unwrap();
+            let job = ckpool::work::Job::new(1, &t, cb, true);
+            ckpool::mining::Work::new(std::sync::Arc::new(job))
+        })
+    });
+}
+
+/// A getblocktemplate reply with `n` transactions (distinct txids, 625-byte bodies).
+fn gbt_reply(n: u32) -> String {
+    let txs: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "data": format!("{:08x}{}", i, "ab".repeat(621)),
+                "txid": ckpool::hex::encode(&txid(i)),
+                "hash": ckpool::hex::encode(&txid(i)),
+                "depends": [],
+                "fee": 500,
+                "sigops": 1,
+            })
+        })
+        .collect();
+    serde_json::json!({"result": {
+        "version": 536870912,
+        "previousblockhash": "000000000000000000024bead8df69990852c202db0e0097c1a12ea637d7e96d",
+        "transactions": txs,
+        "coinbaseaux": {"flags": ""},
+        "coinbasevalue": 625000000u64 + 500 * n as u64,
+        "target": "00000000000000000004e0b10000000000000000000000000000000000000000",
+        "mintime": 1700000000,
+        "curtime": 1700000600,
+        "bits": "17034219",
+        "height": 820000,
+        "rules": ["csv", "!segwit", "taproot"],
+    }, "error": null, "id": "ckpool"})
+    .to_string()
 }
 
 criterion_group!(benches, bench);

@@ -420,7 +420,8 @@ async fn an_upstream_version_mask_change_reaches_miners() {
             assert_eq!(r["error"][1], json!("Invalid version mask"), "bits {bits:08x} outside the new mask: {r}");
         }
     }
-    let fwd = tokio::time::timeout(Duration::from_secs(20), seen_rx.recv()).await.expect("second share forwarded").unwrap();
+    let fwd =
+        tokio::time::timeout(Duration::from_secs(20), seen_rx.recv()).await.expect("second share forwarded").unwrap();
     assert_eq!(fwd[5], json!("00004000"), "forwarded with its rolled bits: {fwd}");
 }
 
@@ -433,7 +434,9 @@ fn solve_rolled(notify: &Value, en1: &str, en2: &str, bits: u32) -> Value {
     let root = job.merkle_root(&ckpool::hex::decode(en1).unwrap(), &ckpool::hex::decode(en2).unwrap());
     let target = "0.0001".parse::<Difficulty>().unwrap().to_target();
     let nonce = (0u32..1 << 26)
-        .find(|&n| target.is_met_by(&ckpool::work::merkle::sha256d(&job.header(&root, job.version | bits, job.ntime, n))))
+        .find(|&n| {
+            target.is_met_by(&ckpool::work::merkle::sha256d(&job.header(&root, job.version | bits, job.ntime, n)))
+        })
         .expect("a nonce within 2^26");
     json!(["m", p[0], en2, format!("{:08x}", job.ntime), format!("{nonce:08x}"), format!("{bits:08x}")])
 }

@@ -204,7 +204,7 @@ async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item =
 /// 500/404 on error) or 2.0 (only one of them, HTTP 200), or a plain-text HTTP error (Core's
 /// 503 "Work queue depth exceeded"). Pure: `status` and `text` in, the result or a typed error out.
 pub fn parse_reply(node: &str, method: &str, status: u16, text: &str) -> Result<Value, RpcError> {
-    let reply: Value = match serde_json::from_str(text) {
+    let mut reply: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             return Err(if status != 200 {
@@ -226,8 +226,9 @@ pub fn parse_reply(node: &str, method: &str, status: u16, text: &str) -> Result<
             code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
             message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
         }),
-        _ => match reply.get("result") {
-            Some(r) => Ok(r.clone()),
+        // Taken out of the reply, not copied (a template is megabytes).
+        _ => match reply.get_mut("result") {
+            Some(r) => Ok(r.take()),
             None => Err(RpcError::Reply { node: node.into(), method: method.into(), why: "no result field".into() }),
         },
     }

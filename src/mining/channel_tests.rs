@@ -297,13 +297,19 @@ fn an_upstream_mask_change_holds_for_jobs_sent_after_it() {
         let root = job.merkle_root(&EN1, &en2.to_be_bytes());
         let version = job.version | 0x0020_0000;
         let nonce = (0..1_000_000u32)
-            .find(|&n| Difficulty::from_hash(&sha256d_header(&job.header(&root, version, job.ntime, n))) >= d("0.000001"))
+            .find(|&n| {
+                Difficulty::from_hash(&sha256d_header(&job.header(&root, version, job.ntime, n))) >= d("0.000001")
+            })
             .unwrap();
         (format!("{id:x}"), format!("{en2:08x}"), format!("{nonce:08x}"))
     };
     let (j, e, n) = with_bits(&old, old_id, 1);
     let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
-    assert_eq!(c.submit(&sub, 1, None, false, &mut fx).result, Ok(()), "a job sent before the change keeps the old mask");
+    assert_eq!(
+        c.submit(&sub, 1, None, false, &mut fx).result,
+        Ok(()),
+        "a job sent before the change keeps the old mask"
+    );
     let (j, e, n) = with_bits(&new, new_id, 2);
     let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
     assert_eq!(c.submit(&sub, 2, None, false, &mut fx).result, Err(Reject::VersionOutsideMask));

@@ -66,7 +66,14 @@ impl Work {
             rest.push(',');
         }
         let network_diff = Difficulty::from_target(&job.network_target);
-        Work { job, notify_rest: rest.into(), en1_prefix: Arc::from(&[][..]), upstream: None, network_diff, version_mask: None }
+        Work {
+            job,
+            notify_rest: rest.into(),
+            en1_prefix: Arc::from(&[][..]),
+            upstream: None,
+            network_diff,
+            version_mask: None,
+        }
     }
 
     /// Appends this job's `mining.notify` line under the session's `local_id`.

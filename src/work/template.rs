@@ -1,5 +1,6 @@
 //! A bitcoind `getblocktemplate` result, checked and turned into plain data.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bitcoin::consensus::encode::deserialize;
@@ -47,32 +48,39 @@ pub enum TemplateError {
     Field { field: &'static str, why: String },
 }
 
+/// The template's fields as the node wrote them: hex strings borrowed from the reply (a
+/// `Cow` falls back to a copy only for a string with JSON escapes).
 #[derive(Deserialize)]
-struct RawTx {
-    data: String,
-    txid: Option<String>,
-    hash: Option<String>,
+struct RawTx<'a> {
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+    #[serde(borrow, default)]
+    txid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    hash: Option<Cow<'a, str>>,
     fee: Option<i64>,
 }
 
 #[derive(Deserialize)]
-struct RawTemplate {
+struct RawTemplate<'a> {
     version: i64,
-    previousblockhash: String,
-    #[serde(default)]
-    transactions: Vec<RawTx>,
+    #[serde(borrow)]
+    previousblockhash: Cow<'a, str>,
+    #[serde(borrow, default)]
+    transactions: Vec<RawTx<'a>>,
     coinbasevalue: i64,
-    bits: String,
+    #[serde(borrow)]
+    bits: Cow<'a, str>,
     curtime: i64,
     #[serde(default)]
     mintime: Option<i64>,
     height: i64,
     #[serde(default)]
     coinbaseaux: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    default_witness_commitment: Option<String>,
-    #[serde(default)]
-    target: Option<String>,
+    #[serde(borrow, default)]
+    default_witness_commitment: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    target: Option<Cow<'a, str>>,
     #[serde(default)]
     rules: Vec<String>,
 }
@@ -88,7 +96,17 @@ fn u32_field(name: &'static str, v: i64) -> Result<u32, TemplateError> {
 impl Template {
     /// Parses the `result` of `getblocktemplate` (Bitcoin Core, Knots, and non-segwit forks).
     pub fn from_gbt(v: &serde_json::Value) -> Result<Template, TemplateError> {
-        let raw: RawTemplate = serde_json::from_value(v.clone()).map_err(|e| TemplateError::Shape(e.to_string()))?;
+        // Deserialized from the borrowed tree: no copy of a multi-megabyte template first.
+        Template::from_raw(RawTemplate::deserialize(v).map_err(|e| TemplateError::Shape(e.to_string()))?)
+    }
+
+    /// Parses the `result` of `getblocktemplate` from its JSON text, as the node wrote it:
+    /// no tree of values in between (a mainnet template is 1-2 MB of hex strings).
+    pub fn from_gbt_json(text: &str) -> Result<Template, TemplateError> {
+        Template::from_raw(serde_json::from_str(text).map_err(|e| TemplateError::Shape(e.to_string()))?)
+    }
+
+    fn from_raw(raw: RawTemplate<'_>) -> Result<Template, TemplateError> {
         let height = u32_field("height", raw.height)?;
         let version = raw.version as u32; // bitcoind sends the signed int32 as a number
         if raw.version < i32::MIN as i64 || raw.version > u32::MAX as i64 {
@@ -208,6 +226,30 @@ mod tests {
             "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
             "rules": ["csv", "!segwit", "taproot"]
         })
+    }
+
+    /// The text parser and the value parser agree, escapes and errors included.
+    #[test]
+    fn text_and_value_parsers_agree() {
+        let mut v = base();
+        v["transactions"] = json!([{
+            "data": "01000000000100000000000000000000000000",
+            "txid": "aa".repeat(32),
+            "hash": "aa".repeat(32),
+            "fee": 250
+        }]);
+        v["coinbaseaux"] = json!({"flags": "062f503253482f"});
+        let text = v.to_string();
+        assert_eq!(Template::from_gbt_json(&text), Template::from_gbt(&v));
+        assert_eq!(Template::from_gbt_json(&text).unwrap().total_fees(), 250);
+        // A JSON escape inside a hex string (legal JSON, odd node): still read.
+        let escaped = text.replace("\"bits\":\"17034219\"", "\"bits\":\"1703421\\u0039\"");
+        assert_ne!(escaped, text);
+        assert_eq!(Template::from_gbt_json(&escaped), Template::from_gbt(&v));
+        let mut bad = base();
+        bad["bits"] = json!(17034219);
+        assert!(matches!(Template::from_gbt_json(&bad.to_string()), Err(TemplateError::Shape(_))));
+        assert!(matches!(Template::from_gbt(&bad), Err(TemplateError::Shape(_))));
     }
 
     #[test]

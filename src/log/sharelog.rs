@@ -280,6 +280,25 @@ impl Held {
 /// The file being appended to.
 type Open = Option<((u32, u64), PathBuf, File)>;
 
+/// The disk takes lines again: one line saying how many held shares were written, and how many
+/// (beyond the memory cap) were not kept.
+fn report_recovered(held: &mut Held, logdir: &Path, shares: usize) {
+    let dropped = std::mem::take(&mut held.dropped);
+    let since = held.since.take().unwrap_or_default();
+    if dropped == 0 {
+        tracing::warn!(
+            "share log: writing again to {} after \"{since}\"; the {shares} shares held meanwhile are written, none lost",
+            logdir.display()
+        );
+    } else {
+        tracing::error!(
+            "share log: writing again to {} after \"{since}\"; {shares} shares held meanwhile are written, {dropped} shares beyond the {} MB held were not logged",
+            logdir.display(),
+            HELD_CAP >> 20
+        );
+    }
+}
+
 fn write_loop(inner: &Inner, logdir: &Path) {
     let mut open: Open = None;
     let mut held = Held::default();
@@ -327,21 +346,7 @@ fn write_loop(inner: &Inner, logdir: &Path) {
                     break;
                 }
             } else {
-                let (shares, dropped) = (old.iter().filter(|&&b| b == b'\n').count(), held.dropped);
-                let since = held.since.take().unwrap_or_default();
-                held.dropped = 0;
-                if dropped == 0 {
-                    tracing::warn!(
-                        "share log: writing again to {} after \"{since}\"; the {shares} shares held meanwhile are written, none lost",
-                        logdir.display()
-                    );
-                } else {
-                    tracing::error!(
-                        "share log: writing again to {} after \"{since}\"; {shares} shares held meanwhile are written, {dropped} shares beyond the {} MB held were not logged",
-                        logdir.display(),
-                        HELD_CAP >> 20
-                    );
-                }
+                report_recovered(&mut held, logdir, old.iter().filter(|&&b| b == b'\n').count());
             }
         }
         if held.buf.is_empty() {

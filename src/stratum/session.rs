@@ -214,21 +214,8 @@ impl Session {
                 }
                 _ = &mut shutdown_wait => break End::Shutdown,
             }
-            if !self.out.is_empty() {
-                if let Err(e) = stream.write_all(&self.out).await {
-                    break End::Kick(format!("write error: {e}"));
-                }
-                if self.must_reconnect {
-                    break End::Kick(
-                        "upstream changed; sent client.reconnect (miner did not subscribe to set_extranonce)".into(),
-                    );
-                }
-                self.out.clear();
-                // A few share answers fit in 512 bytes and keep their buffer; a notify or a
-                // pipelined batch gives its buffer back, so an idle miner holds none.
-                if self.out.capacity() > 512 {
-                    self.out = Vec::new();
-                }
+            if let Err(end) = self.write_out(&mut stream).await {
+                break end;
             }
             if outbound_waiting {
                 // A channel was full (the block submitter, the upstream task or statistics):
@@ -248,6 +235,28 @@ impl Session {
             }
         };
         self.finish(end).await;
+    }
+
+    /// Writes what the last batch produced, in one write.
+    async fn write_out(&mut self, stream: &mut TcpStream) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = stream.write_all(&self.out).await {
+            return Err(End::Kick(format!("write error: {e}")));
+        }
+        if self.must_reconnect {
+            return Err(End::Kick(
+                "upstream changed; sent client.reconnect (miner did not subscribe to set_extranonce)".into(),
+            ));
+        }
+        self.out.clear();
+        // A few share answers fit in 512 bytes and keep their buffer; a notify or a pipelined
+        // batch gives its buffer back, so an idle miner holds none.
+        if self.out.capacity() > 512 {
+            self.out = Vec::new();
+        }
+        Ok(())
     }
 
     /// Answers every line the last read completed (written once, after); `Err` disconnects.

@@ -87,6 +87,9 @@ pub struct Config {
     pub stats_interval: Duration,
     /// Keys present in the file that this program does not know.
     pub unknown_keys: Vec<String>,
+    /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
+    /// block goes to `btcaddress`.
+    pub donation_bp: u32,
 }
 
 /// What went wrong with a configuration file.
@@ -385,6 +388,17 @@ impl Config {
             ));
         }
         let unknown_keys = obj.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())).cloned().collect();
+        let donation_bp = match obj.get("donation") {
+            None | Some(Value::Null) => 0,
+            Some(v) => {
+                let text = match v {
+                    Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                };
+                crate::work::coinbase::donation_basis_points(&text)
+                    .ok_or_else(|| r.err("donation", v, "must be a percent from 0 to 100 with at most two decimals"))?
+            }
+        };
         Ok(Config {
             path: path.into(),
             btcd,
@@ -406,6 +420,7 @@ impl Config {
             vardiff,
             stats_interval: Duration::from_secs(r.uint("stats_interval", 60, 1, 3600)?),
             unknown_keys,
+            donation_bp,
         })
     }
 

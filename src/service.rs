@@ -121,7 +121,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let events: Arc<dyn crate::pool::Events> = Arc::new(SystemdEvents);
-        let opts = crate::pool::Options { log_shares: args.log_shares };
+        let opts = crate::pool::Options { log_shares: args.log_shares, btcsolo: args.btcsolo };
         spawn_watchdog();
         let mut main = if args.proxy {
             tokio::spawn(crate::proxy::run(cfg, opts, stop_rx, events))

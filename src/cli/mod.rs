@@ -1,7 +1,7 @@
 //! Command line: picks the face (pool, proxy, payout, tools) from argv[0] and arguments.
 //!
 //! ckpool's own getopt flags keep working (`-c/--config`, `-k/--killold`, `-L/--log-shares`,
-//! `-l/--loglevel`, `-n/--name`, `-s/--sockdir`, `-q/--quiet`, `-p/--proxy`), so the unit files
+//! `-l/--loglevel`, `-n/--name`, `-s/--sockdir`, `-q/--quiet`, `-p/--proxy`, `-B/--btcsolo`), so the unit files
 //! of the operator's guide run unchanged; the tools are subcommands.
 
 use std::path::PathBuf;
@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// Proxy mode (as `ckproxy`)
     #[arg(short = 'p', long = "proxy")]
     pub proxy: bool,
+    /// Solo mining (ckpool's BTCSOLO): each username is the miner's payout address and a block
+    /// pays its finder (less `donation` percent to btcaddress)
+    #[arg(short = 'B', long = "btcsolo")]
+    pub btcsolo: bool,
 }
 
 #[derive(Debug, Parser)]

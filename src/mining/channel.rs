@@ -299,6 +299,12 @@ impl Channel {
         Some(new)
     }
 
+    /// Jobs sent from now on get new ids even for work already sent (solo mode: the same
+    /// template under another payout address is a different job for the miner).
+    pub fn renumber(&mut self) {
+        self.rev = self.rev.wrapping_add(1);
+    }
+
     fn set_difficulty(&mut self, d: Difficulty) {
         self.diff = d;
         self.rev = self.rev.wrapping_add(1);

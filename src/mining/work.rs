@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::difficulty::{Difficulty, Target};
-use crate::work::Job;
+use crate::work::{Job, Template};
 
 /// Current work as every session sees it: the job and its `mining.notify` line encoded once.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct Work {
     /// Proxy mode: the BIP310 mask the upstream grants now (configure reply or its latest
     /// set_version_mask); sessions pass a change on to miners. `None` in pool mode.
     pub version_mask: Option<u32>,
+    /// Solo mode: the template the job was built from, to build each address's coinbase.
+    pub template: Option<Arc<Template>>,
 }
 
 /// The upstream side of a proxied job.
@@ -73,6 +75,7 @@ impl Work {
             upstream: None,
             network_diff,
             version_mask: None,
+            template: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Pool mode: bitcoind templates in, miners served, shares logged, blocks submitted.
 
 pub mod blocks;
+pub mod solo;
 pub mod templates;
 
 use std::sync::atomic::Ordering;
@@ -22,6 +23,8 @@ use crate::work::coinbase::{script_for_address, CoinbaseConfig};
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub log_shares: bool,
+    /// Solo mining (`-B`): usernames are payout addresses.
+    pub btcsolo: bool,
 }
 
 /// Lifecycle events for the service shell (sd-notify, tests).
@@ -152,12 +155,26 @@ pub async fn run(
         None => None,
     };
 
+    let solo = opts.btcsolo.then(|| {
+        let bp = cfg.donation_bp;
+        tracing::info!(
+            "solo mode (-B): each username is its miner's payout address ({chain}); a block pays its finder{}",
+            if bp > 0 {
+                format!(", {}.{:02} % of it to {}", bp / 100, bp % 100, cfg.btcaddress)
+            } else {
+                String::new()
+            }
+        );
+        Arc::new(solo::Solo::new(network_of(&chain), cb.clone(), bp))
+    });
     let mut source =
         templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
+    source.solo = solo.is_some();
     source.refresh(templates::Reason::Start, None).await;
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
-    let params = SessionParams::from_config(&cfg, cfg.version_mask, cfg.nonce1length, opts.log_shares);
+    let mut params = SessionParams::from_config(&cfg, cfg.version_mask, cfg.nonce1length, opts.log_shares);
+    params.solo = solo;
     let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone());
     let submitter = blocks::BlockSubmitter {
         rpc: rpc.clone(),

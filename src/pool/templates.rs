@@ -49,6 +49,8 @@ pub struct TemplateSource {
     pub update_interval: Duration,
     /// Latest block height served, for status lines.
     pub height: watch::Sender<u32>,
+    /// Solo mode: works carry their template (each address gets its own coinbase from it).
+    pub solo: bool,
     next_id: u64,
     node_down: bool,
     warned_coinbase: bool,
@@ -75,6 +77,7 @@ impl TemplateSource {
             next_id: secs << 8,
             node_down: false,
             warned_coinbase: false,
+            solo: false,
         }
     }
 
@@ -152,7 +155,12 @@ impl TemplateSource {
         let height = template.height;
         let ntx = template.transactions.len();
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
-        self.work.send_replace(Some(Arc::new(Work::new(Arc::new(job)))));
+        let mut work = Work::new(Arc::new(job));
+        if self.solo {
+            // Each address's coinbase is built from the template (pool/solo.rs).
+            work.template = Some(Arc::new(template.clone()));
+        }
+        self.work.send_replace(Some(Arc::new(work)));
         self.height.send_replace(height);
         // From the announcement (or tick) to work published: the node's share, ours, and waits.
         let total = started.elapsed();

@@ -30,6 +30,7 @@ impl SessionParams {
             log_shares,
             keepalive_secs: 55,
             vardiff: cfg.vardiff,
+            solo: None,
         }
     }
 }

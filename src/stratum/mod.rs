@@ -53,6 +53,8 @@ pub struct SessionParams {
     pub keepalive_secs: u64,
     /// Vardiff's target share interval and retarget interval.
     pub vardiff: VardiffParams,
+    /// Solo mode (`-B`): usernames are payout addresses, each mining its own coinbase.
+    pub solo: Option<Arc<crate::pool::solo::Solo>>,
 }
 
 /// What every session shares: parameters, the current work, and the outbound channels.

@@ -53,6 +53,8 @@ pub struct Session {
     authorized: bool,
     working: bool,
     agent: Arc<str>,
+    /// Solo mode: the authorized address's payout script (its own coinbase).
+    payout: Option<bitcoin::ScriptBuf>,
     last_notify: Instant,
     /// Lines to send, written once per batch of lines read.
     out: Vec<u8>,
@@ -101,6 +103,7 @@ impl Session {
             authorized: false,
             working: false,
             agent: "".into(),
+            payout: None,
             last_notify: Instant::now(),
             out: Vec::new(),
             bad_lines: 0,
@@ -110,6 +113,22 @@ impl Session {
             blocks_out: Vec::new(),
             upstream_out: Vec::new(),
         }
+    }
+
+    /// The work this session mines from the published `base`: itself, or in solo mode the
+    /// authorized address's own (its coinbase pays that address).
+    fn work_of(&self, base: Option<Arc<Work>>) -> Option<Arc<Work>> {
+        let base = base?;
+        match (&self.ctx.params.solo, &self.payout) {
+            (Some(solo), Some(script)) => solo.work_for(&base, script),
+            _ => Some(base),
+        }
+    }
+
+    /// The current work for this session (see [`Session::work_of`]).
+    fn current_work(&self) -> Option<Arc<Work>> {
+        let base = self.ctx.work.borrow().clone();
+        self.work_of(base)
     }
 
     /// Microseconds since the session began (the channel's time).
@@ -199,6 +218,7 @@ impl Session {
                     if changed.is_err() { break End::Shutdown; }
                     let w = rx.borrow_and_update().clone();
                     work_wait = Box::pin(next_work(rx));
+                    let w = self.work_of(w);
                     if let Some(w) = w { let fresh = self.idle_check(); self.send_work(&w, fresh); }
                 }
                 _ = &mut timer => {
@@ -285,7 +305,7 @@ impl Session {
     /// Quiet for a keepalive interval: the current job again, so that the miner keeps the
     /// connection (cgminer drops a pool after 90 s without work).
     fn keepalive(&mut self) {
-        let w = self.ctx.work.borrow().clone();
+        let w = self.current_work();
         if let Some(w) = w {
             let fresh = self.idle_check();
             if !self.send_work(&w, fresh) {
@@ -375,7 +395,7 @@ impl Session {
         }
         self.working = true;
         self.send_difficulty(None);
-        let w = self.ctx.work.borrow().clone();
+        let w = self.current_work();
         if let Some(w) = w {
             self.send_work(&w, true);
         }

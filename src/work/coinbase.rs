@@ -34,11 +34,42 @@ pub struct CoinbaseConfig {
     pub nonce1_len: usize,
     /// ckpool's `nonce2length`: extranonce2 bytes (rolled by the miner).
     pub nonce2_len: usize,
+    /// Solo mode's `donation`: this many hundredths of a percent of each block's value go to
+    /// this script (`btcaddress`), the rest to `payout_script` (the finder). Exact satoshis.
+    pub donation: Option<(ScriptBuf, u32)>,
+}
+
+/// Basis points (1/100 %) of a ckpool `donation` percent such as `0.5` or `2`: exact decimal,
+/// at most two decimals, 0..=100 %.
+pub fn donation_basis_points(percent: &str) -> Option<u32> {
+    let (int, frac) = percent.trim().split_once('.').unwrap_or((percent.trim(), ""));
+    if int.is_empty() && frac.is_empty()
+        || frac.len() > 2
+        || !(int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let whole: u32 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let cents: u32 = format!("{frac:0<2}").parse().ok()?;
+    let bp = whole.checked_mul(100)?.checked_add(cents)?;
+    (bp <= 10_000).then_some(bp)
+}
+
+/// Splits `value` between the finder and the donation: `floor(value * bp / 10000)` donated.
+pub fn split_donation(value: u64, bp: u32) -> (u64, u64) {
+    let donated = (value as u128 * bp.min(10_000) as u128 / 10_000) as u64;
+    (value - donated, donated)
 }
 
 impl CoinbaseConfig {
     pub fn new(payout_script: ScriptBuf, btcsig: &str) -> CoinbaseConfig {
-        CoinbaseConfig { payout_script, btcsig: btcsig.as_bytes().to_vec(), nonce1_len: 4, nonce2_len: 8 }
+        CoinbaseConfig {
+            payout_script,
+            btcsig: btcsig.as_bytes().to_vec(),
+            nonce1_len: 4,
+            nonce2_len: 8,
+            donation: None,
+        }
     }
 }
 
@@ -163,9 +194,16 @@ pub fn build(template: &Template, cfg: &CoinbaseConfig) -> Result<Coinbase, Coin
     let mut coinb2 = Vec::with_capacity(128);
     coinb2.extend_from_slice(&sig_tail);
     coinb2.extend_from_slice(&u32::MAX.to_le_bytes()); // sequence
-    let outputs = 1 + template.witness_commitment.is_some() as u64;
+    let (finder, donated) = match &cfg.donation {
+        Some((_, bp)) => split_donation(template.coinbase_value, *bp),
+        None => (template.coinbase_value, 0),
+    };
+    let outputs = 1 + (donated > 0) as u64 + template.witness_commitment.is_some() as u64;
     write_varint(&mut coinb2, outputs);
-    write_output(&mut coinb2, template.coinbase_value, cfg.payout_script.as_bytes());
+    write_output(&mut coinb2, finder, cfg.payout_script.as_bytes());
+    if let Some((script, _)) = cfg.donation.as_ref().filter(|_| donated > 0) {
+        write_output(&mut coinb2, donated, script.as_bytes());
+    }
     if let Some(commitment) = &template.witness_commitment {
         write_output(&mut coinb2, 0, commitment);
     }
@@ -242,6 +280,47 @@ mod tests {
     use super::*;
     use bitcoin::consensus::encode::deserialize;
     use bitcoin::Transaction;
+
+    #[test]
+    fn donation_is_exact() {
+        assert_eq!(donation_basis_points("0"), Some(0));
+        assert_eq!(donation_basis_points("0.5"), Some(50));
+        assert_eq!(donation_basis_points("2"), Some(200));
+        assert_eq!(donation_basis_points("1.25"), Some(125));
+        assert_eq!(donation_basis_points(".5"), Some(50));
+        assert_eq!(donation_basis_points("100"), Some(10_000));
+        for bad in ["100.01", "1.255", "-1", "1e2", "", ".", "abc", "0x10"] {
+            assert_eq!(donation_basis_points(bad), None, "{bad}");
+        }
+        assert_eq!(split_donation(312_500_000, 50), (310_937_500, 1_562_500));
+        assert_eq!(split_donation(5_000_000_001, 150), (4_925_000_001, 75_000_000));
+        assert_eq!(split_donation(999, 1), (999, 0), "rounds the donation down, never the finder");
+        assert_eq!(split_donation(21_000_000 * 100_000_000, 10_000), (0, 21_000_000 * 100_000_000));
+    }
+
+    #[test]
+    fn a_donation_is_a_second_output_paying_exact_satoshis() {
+        let t = template(true);
+        let mut cfg = CoinbaseConfig::new(ScriptBuf::from_bytes(vec![0x51]), "/x/");
+        cfg.donation = Some((ScriptBuf::from_bytes(vec![0x52]), 150));
+        let cb = build(&t, &cfg).unwrap();
+        let mut raw = cb.coinb1.clone();
+        raw.extend_from_slice(&[0u8; 12]);
+        raw.extend_from_slice(&cb.coinb2);
+        let tx: Transaction = deserialize(&raw).unwrap();
+        let outs: Vec<(u64, Vec<u8>)> =
+            tx.output.iter().map(|o| (o.value.to_sat(), o.script_pubkey.to_bytes())).collect();
+        assert_eq!(outs.len(), 3, "finder, donation, witness commitment");
+        assert_eq!((outs[0].0, outs[1].0, outs[2].0), (307_812_500, 4_687_500, 0));
+        assert_eq!((outs[0].1.as_slice(), outs[1].1.as_slice()), (&[0x51][..], &[0x52][..]));
+        // A donation that rounds to nothing adds no output.
+        cfg.donation = Some((ScriptBuf::from_bytes(vec![0x52]), 0));
+        let cb = build(&t, &cfg).unwrap();
+        let mut raw = cb.coinb1.clone();
+        raw.extend_from_slice(&[0u8; 12]);
+        raw.extend_from_slice(&cb.coinb2);
+        assert_eq!(deserialize::<Transaction>(&raw).unwrap().output.len(), 2);
+    }
 
     fn template(commit: bool) -> Template {
         let mut v = serde_json::json!({

@@ -85,6 +85,27 @@ impl Job {
         }
     }
 
+    /// The same job with another coinbase (solo mode: one per payout address); the merkle
+    /// branches, transactions and header fields are shared, the duplicate set is its own.
+    pub fn with_coinbase(&self, coinbase: Coinbase) -> Job {
+        Job {
+            id: self.id,
+            height: self.height,
+            version: self.version,
+            prev_hash: self.prev_hash,
+            nbits: self.nbits,
+            ntime: self.ntime,
+            mintime: self.mintime,
+            coinbase,
+            branches: self.branches.clone(),
+            network_target: self.network_target,
+            transactions: self.transactions.clone(),
+            coinbase_value: self.coinbase_value,
+            clean: self.clean,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
     /// A job from an upstream pool's `mining.notify` params (proxy mode), for a session whose
     /// extranonce1 is `nonce1_len` bytes and extranonce2 `nonce2_len` bytes.
     /// An extranonce2 above [`MAX_NONCE2_LEN`] bytes (a pool's subscribe answer says how long)

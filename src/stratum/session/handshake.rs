@@ -68,6 +68,16 @@ impl Session {
         };
         let user: String = user.chars().take(256).collect();
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
+        let mut new_payout = false;
+        if let Some(solo) = &self.ctx.params.solo {
+            match solo.payout_script(&user) {
+                Ok(script) => {
+                    new_payout = self.payout.as_ref() != Some(&script);
+                    self.payout = Some(script);
+                }
+                Err(why) => return self.refuse_solo_worker(id, &user, &why),
+            }
+        }
         // Shares so far belong to the name they were sent under.
         self.close_tally();
         let renamed = !self.authorized || **self.channel.worker() != *user;
@@ -92,11 +102,27 @@ impl Session {
             tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), agent = %self.agent, "miner authorized");
         }
         self.authorized = true;
+        if self.working && new_payout {
+            // Solo: another address on a working session: its own coinbase, under new job ids.
+            self.channel.renumber();
+            if let Some(w) = self.current_work() {
+                self.send_work(&w, true);
+            }
+        }
         // The first work goes out before the answer (FIRMWARE.md: ckproxy 0.9.9 reads up to the
         // authorize answer and leaves what follows it in the same read unread until the next
         // notify). Every client handles notifications before a pending reply.
         self.maybe_start();
         self.reply(id, "true");
+    }
+
+    /// Solo mode: a username that is no payout address of the node's chain gets `false`, the
+    /// reason as a `client.show_message`, and no work; the operator log says why.
+    fn refuse_solo_worker(&mut self, id: &str, user: &str, why: &str) {
+        tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "solo: refusing worker {user:?}: {why}");
+        let text = format!("Solo mining: the username must start with a payout address of this pool's chain ({why})");
+        self.out.extend_from_slice(proto::notification_line("client.show_message", &json!([text])).as_bytes());
+        self.reply(id, "false");
     }
 
     pub(super) fn on_configure(&mut self, id: &str, params: &Value) {
@@ -159,7 +185,7 @@ impl Session {
         if self.channel.suggest(d, now).is_none() || !self.working {
             return;
         }
-        let w = self.ctx.work.borrow().clone();
+        let w = self.current_work();
         if let Some(w) = w {
             self.send_difficulty(None);
             self.send_work(&w, true);

@@ -125,7 +125,7 @@ impl Session {
         }
         if let Some(r) = fx.retarget.take() {
             self.send_difficulty(Some(r));
-            let current = self.ctx.work.borrow().clone();
+            let current = self.current_work();
             if let Some(w) = current {
                 self.send_work(&w, true);
             }

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::chain::{Chain, FeeSource, OwnBlocks};
-use super::{check_common, parse_nbits, ratio_json, show_exact, NodeArgs, Sourced};
+use super::{check_common, parse_nbits, ratio_json, show_exact, NodeArgs, PoolMarks, Sourced};
 use crate::payout::contracts::{self, Point, ResolvedContract};
 use crate::payout::exact::{format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio};
 use crate::payout::formula::{self, Fees, PayoutInput};
@@ -158,31 +158,8 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                 Sourced { value: Fees::per_block(given_f.unwrap_or(0)), source: "given".into() },
             )
         }
-        Some((chain, cfg)) => {
-            let tip = chain.height()?;
-            let epoch = match args.epoch {
-                Some(e) => e,
-                None => {
-                    if tip < args.period {
-                        bail!(
-                            "no completed epoch yet: the tip is height {tip} and the first block of epoch 1 is height {}",
-                            args.period
-                        );
-                    }
-                    tip / args.period - 1
-                }
-            };
-            let (first, last) =
-                formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
-            let next = last + 1;
-            if next > tip {
-                bail!(
-                    "--epoch {epoch} is not complete: its difficulty comes from height {next} (first block of epoch {}), \
-                     but the node's tip is height {tip}; the latest completed epoch is {}",
-                    epoch + 1,
-                    if tip >= args.period { (tip / args.period - 1).to_string() } else { "none yet".into() }
-                );
-            }
+        Some((chain, marks)) => {
+            let (epoch, first, last, next) = node_epoch(&args, chain)?;
             epoch_info = Some((epoch, first, last, next));
             let next_header = chain.header_at(next)?;
             let d = match given_d {
@@ -206,44 +183,7 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             };
             let f = match given_f {
                 Some(f) => Sourced { value: Fees::per_block(f), source: "given".into() },
-                None => {
-                    let own = if args.own_blocks {
-                        Some(OwnBlocks::new(
-                            args.btcsig.as_deref().or(cfg.btcsig.as_deref()),
-                            args.btcaddress.as_deref().or(cfg.btcaddress.as_deref()),
-                        )?)
-                    } else {
-                        None
-                    };
-                    let mut total: u128 = 0;
-                    let mut blocks = 0u64;
-                    for h in first..=last {
-                        let hash = chain.hash_at(h)?;
-                        if let Some(own) = &own {
-                            if !chain.is_own(&hash, own)? {
-                                continue;
-                            }
-                        }
-                        total += chain.block_fees(&hash, args.fee_source)?;
-                        blocks += 1;
-                    }
-                    if blocks == 0 {
-                        bail!(
-                            "no block in epoch {epoch} (heights {first}..={last}) was mined by this pool \
-                             (btcsig/btcaddress); cannot average its fees — give --fees or drop --own-blocks"
-                        );
-                    }
-                    let how = match args.fee_source {
-                        FeeSource::Stats => "getblockstats",
-                        FeeSource::Decode => "decoded blocks",
-                        FeeSource::Auto => "node",
-                    };
-                    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
-                    Sourced {
-                        value: Fees { total_sat: total, blocks },
-                        source: format!("{how}, {whose} of heights {first}..={last}"),
-                    }
-                }
+                None => epoch_fees(&args, chain, marks, epoch, first, last)?,
             };
             (d, s, f)
         }
@@ -268,6 +208,84 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             )
         }
     }
+}
+
+/// The epoch to pay with a node: `--epoch` or the latest completed one, checked against the
+/// tip. Returns (epoch, first height, last height, height whose nbits give D).
+fn node_epoch(args: &PayoutArgs, chain: &Chain) -> Result<(u64, u64, u64, u64)> {
+    let tip = chain.height()?;
+    let epoch = match args.epoch {
+        Some(e) => e,
+        None => {
+            if tip < args.period {
+                bail!(
+                    "no completed epoch yet: the tip is height {tip} and the first block of epoch 1 is height {}",
+                    args.period
+                );
+            }
+            tip / args.period - 1
+        }
+    };
+    let (first, last) =
+        formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
+    let next = last + 1;
+    if next > tip {
+        bail!(
+            "--epoch {epoch} is not complete: its difficulty comes from height {next} (first block of epoch {}), \
+             but the node's tip is height {tip}; the latest completed epoch is {}",
+            epoch + 1,
+            if tip >= args.period { (tip / args.period - 1).to_string() } else { "none yet".into() }
+        );
+    }
+    Ok((epoch, first, last, next))
+}
+
+/// F from the node: the fees of the epoch's blocks (all, or the pool's own with --own-blocks),
+/// exact in satoshis, with the number of blocks they average over.
+fn epoch_fees(
+    args: &PayoutArgs,
+    chain: &Chain,
+    marks: &PoolMarks,
+    epoch: u64,
+    first: u64,
+    last: u64,
+) -> Result<Sourced<Fees>> {
+    let own = if args.own_blocks {
+        Some(OwnBlocks::new(
+            args.btcsig.as_deref().or(marks.btcsig.as_deref()),
+            args.btcaddress.as_deref().or(marks.btcaddress.as_deref()),
+        )?)
+    } else {
+        None
+    };
+    let mut total: u128 = 0;
+    let mut blocks = 0u64;
+    for h in first..=last {
+        let hash = chain.hash_at(h)?;
+        if let Some(own) = &own {
+            if !chain.is_own(&hash, own)? {
+                continue;
+            }
+        }
+        total += chain.block_fees(&hash, args.fee_source)?;
+        blocks += 1;
+    }
+    if blocks == 0 {
+        bail!(
+            "no block in epoch {epoch} (heights {first}..={last}) was mined by this pool \
+             (btcsig/btcaddress); cannot average its fees — give --fees or drop --own-blocks"
+        );
+    }
+    let how = match args.fee_source {
+        FeeSource::Stats => "getblockstats",
+        FeeSource::Decode => "decoded blocks",
+        FeeSource::Auto => "node",
+    };
+    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
+    Ok(Sourced {
+        value: Fees { total_sat: total, blocks },
+        source: format!("{how}, {whose} of heights {first}..={last}"),
+    })
 }
 
 fn pay_one(

@@ -60,7 +60,10 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
-/// A decimal key: a JSON number or a string, parsed exactly (never through a binary float).
+/// A decimal key: a JSON number or a string, parsed by `Difficulty`'s exact decimal parser. A
+/// string keeps every digit; a JSON number is held by serde_json as an f64 (no
+/// `arbitrary_precision`) and printed back as its shortest text, so it is exact up to 15
+/// significant digits, as `Difficulty::from_json` documents.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Decimal {

@@ -6,7 +6,6 @@
 
 pub mod bench;
 pub mod bitcoind;
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod difficulty;
@@ -18,8 +17,8 @@ pub mod mining;
 pub mod payout;
 pub mod pool;
 pub mod proxy;
-pub mod rpcauth;
 pub mod service;
 pub mod share;
 pub mod stratum;
+pub mod tools;
 pub mod work;

@@ -15,6 +15,18 @@ use crate::cli::ServerArgs;
 use crate::config::Config;
 use crate::log::operator;
 
+/// Shutdown budget, in the order things stop (SIGTERM → exit), adding up under systemd's
+/// `TimeoutStopSec=30` (systemd/ckpool.service, ckproxy.service):
+/// 1. sessions get 5 s to flush and end (stratum/server.rs);
+/// 2. then the block submitter, the template source (or upstream session) and the share log /
+///    stats writers, which all end on their own once the sessions are gone, are waited for
+///    together, within [`DRAIN_AFTER_SESSIONS`] (one deadline, not one per task);
+/// 3. [`STOP_LIMIT`] bounds the whole: past it the process exits anyway, 5 s before systemd's
+///    SIGKILL.
+pub const DRAIN_AFTER_SESSIONS: Duration = Duration::from_secs(15);
+/// See [`DRAIN_AFTER_SESSIONS`]: 5 s + 15 s of work, 5 s to spare, under `TimeoutStopSec=30`.
+pub const STOP_LIMIT: Duration = Duration::from_secs(25);
+
 /// sd-notify bridge: READY=1 once work is served, STATUS= lines; no-ops outside systemd.
 struct SystemdEvents;
 
@@ -145,10 +157,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             &[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping: draining miners")],
         );
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(Duration::from_secs(20), main).await {
+        match tokio::time::timeout(STOP_LIMIT, main).await {
             Ok(r) => r.context("pool task")?,
             Err(_) => {
-                tracing::warn!("shutdown took over 20 s; exiting anyway");
+                tracing::warn!("shutdown took over {} s; exiting anyway", STOP_LIMIT.as_secs());
                 Ok(())
             }
         }
@@ -158,4 +170,27 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     }
     drop(guard);
     result
+}
+
+#[cfg(test)]
+mod shutdown_budget_tests {
+    use super::*;
+
+    /// The stop budget adds up: sessions (5 s) + the rest together + a margin fit under the
+    /// units' TimeoutStopSec, so systemd never has to SIGKILL a pool that is flushing its share log.
+    #[test]
+    fn stop_budget_fits_the_units() {
+        let sessions = Duration::from_secs(5);
+        assert!(sessions + DRAIN_AFTER_SESSIONS < STOP_LIMIT);
+        for unit in [include_str!("../systemd/ckpool.service"), include_str!("../systemd/ckproxy.service")] {
+            let stop: u64 = unit
+                .lines()
+                .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+                .expect("TimeoutStopSec= in the unit")
+                .trim()
+                .parse()
+                .expect("seconds");
+            assert!(STOP_LIMIT + Duration::from_secs(5) <= Duration::from_secs(stop), "TimeoutStopSec={stop}");
+        }
+    }
 }

@@ -211,6 +211,25 @@ async fn check_payout_and_difficulty_against_core() {
     let pool = Pool::start(cookie_node.pool_config(&addr), &[]);
     assert!(pool.log().contains("(regtest)"), "{}", pool.log());
     drop(pool);
+    // `ckpool payout` on cookie auth, through the config's cookie entry and through --rpc-url
+    // with --rpc-cookie: epoch 1 (heights 10..=19) of empty blocks, F = 0, D from block 20.
+    cookie_node.generate_to(20, &addr).await;
+    assert_eq!(cookie_node.height().await, 20);
+    let cookie_cfg = cookie_node.pool_config(&addr);
+    let (url, cookie) =
+        (cookie_cfg["btcd"][0]["url"].as_str().unwrap(), cookie_cfg["btcd"][0]["cookie"].as_str().unwrap());
+    let empty_epoch = 6000 * (10 * 5_000_000_000u128) * 8_388_607 / (10 * 65535 * 256);
+    let common = ["--period", "10", "--hashrate", "1 H/s", "--halving-interval", "150", "--epoch", "1", "--json"];
+    for node_args in [vec!["--config", conf.as_str()], vec!["--rpc-url", url, "--rpc-cookie", cookie]] {
+        let mut args = vec!["payout"];
+        args.extend(node_args.iter().chain(common.iter()));
+        let out = ckpool_json(&args);
+        assert_eq!(out["fees_total_sat"], "0", "{node_args:?}: {out}");
+        assert_eq!(out["subsidy_sat"], 5_000_000_000u64, "{node_args:?}");
+        assert_eq!(out["payout_sat"], empty_epoch.to_string(), "{node_args:?}: {out}");
+    }
+    let d = ckpool_json(&["difficulty", "--rpc-url", url, "--rpc-cookie", cookie, "--period", "10", "--json"]);
+    assert_eq!(d["height"], 20, "{d}");
     drop(cookie_node);
 
     // rpcauth: heights 0..=119; our key's coinbases at 1..=10; spends mined in blocks 111 and 115.

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ckpool::payout::node::RpcClient;
+use ckpool::bitcoind::{Rpc, RpcError};
+use ckpool::config::{RpcAuth, Secret};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 fn bitcoind_path() -> PathBuf {
@@ -28,11 +30,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The node process and its datadir; killed and removed on drop.
+/// The node process and its datadir; killed and removed on drop. RPC through the pool's own
+/// client, on a runtime of the test's own (the test itself is synchronous).
 struct Node {
     child: Child,
     _dir: tempfile::TempDir,
-    rpc: RpcClient,
+    rpc: Rpc,
+    rt: tokio::runtime::Runtime,
     url: String,
 }
 
@@ -60,11 +64,13 @@ impl Node {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let url = format!("127.0.0.1:{rpc_port}");
-        let rpc = RpcClient::new(&url, "u", "p", Duration::from_secs(30)).unwrap();
-        let mut node = Node { child, _dir: dir, rpc, url };
+        let auth = RpcAuth::UserPass { user: "u".into(), pass: Secret::new("p") };
+        let rpc = Rpc::single(&format!("http://{url}/"), auth, Duration::from_secs(30));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut node = Node { child, _dir: dir, rpc, rt, url };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if node.rpc.call_raw("getblockcount", &[]).is_ok() {
+            if node.call_raw("getblockcount", &[]).is_ok() {
                 break;
             }
             if let Ok(Some(status)) = node.child.try_wait() {
@@ -76,8 +82,12 @@ impl Node {
         node
     }
 
+    fn call_raw(&self, method: &str, params: &[Value]) -> Result<Box<RawValue>, RpcError> {
+        self.rt.block_on(self.rpc.call_raw(method, Value::from(params)))
+    }
+
     fn call(&self, method: &str, params: &[Value]) -> Value {
-        self.rpc.call(method, params).unwrap_or_else(|e| panic!("{method}: {e:#}"))
+        self.rt.block_on(self.rpc.call(method, Value::from(params))).unwrap_or_else(|e| panic!("{method}: {e:#}"))
     }
 
     fn mine_to(&self, n: u64, address: &str) {
@@ -153,7 +163,7 @@ fn payout_and_difficulty_against_regtest_node() {
 
     // Cross-check the fees we built with the node's own accounting.
     let h111 = node.call("getblockhash", &[111.into()]);
-    let stats = node.rpc.call_raw("getblockstats", &[h111, json!(["totalfee"])]).unwrap();
+    let stats = node.call_raw("getblockstats", &[h111, json!(["totalfee"])]).unwrap();
     let stats: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_str(stats.get()).unwrap();
     assert_eq!(stats["totalfee"].get(), "0.00003345");

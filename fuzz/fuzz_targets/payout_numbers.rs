@@ -1,7 +1,7 @@
 //! What an operator types for `ckpool payout` / `ckpool difficulty`: decimals, hashrates,
 //! amounts, heights and dates, nbits. Amounts print back to themselves; exact decimals too.
 #![no_main]
-use ckpool::payout::cli::parse_nbits;
+use ckpool::tools::payout::parse_nbits;
 use ckpool::payout::contracts::parse_point;
 use ckpool::payout::exact::{
     amount_from_json_text, format_coins, format_hashrate, parse_amount, parse_decimal, parse_hashrate, parse_positive,

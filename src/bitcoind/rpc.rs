@@ -1,9 +1,15 @@
 //! bitcoind JSON-RPC over HTTP: basic auth (rpcauth) or cookie file, timeouts, failover across
 //! the configured `btcd` entries. Errors name the node and the method, never the password.
+//!
+//! [`Rpc::call`] gives the result as a `serde_json::Value`; [`Rpc::call_raw`] gives its JSON text
+//! as the node wrote it, for amounts that must not pass through a binary float (`ckpool payout`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::config::{Btcd, RpcAuth};
@@ -93,8 +99,34 @@ impl Rpc {
         &self.nodes[i].label
     }
 
+    /// host:port of the node that answered last (the one the next call tries first).
+    pub fn current_label(&self) -> &str {
+        self.nodes.get(self.current.load(Ordering::Relaxed) % self.nodes.len().max(1)).map_or("", |n| &n.label)
+    }
+
     /// Calls `method` on node `i` only.
     pub async fn call_node(&self, i: usize, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.call_node_as(i, method, params).await
+    }
+
+    /// Calls `method` on node `i` only; the result's JSON text as the node wrote it.
+    pub async fn call_node_raw(&self, i: usize, method: &str, params: Value) -> Result<Box<RawValue>, RpcError> {
+        self.call_node_as(i, method, params).await
+    }
+
+    /// Calls `method`, starting with the node that last answered and failing over to the next
+    /// `btcd` entry when a node is unreachable or errs. Returns the first answer or the last error.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.call_as(method, params).await
+    }
+
+    /// As [`Rpc::call`], the result's JSON text as the node wrote it (numbers exactly as written).
+    pub async fn call_raw(&self, method: &str, params: Value) -> Result<Box<RawValue>, RpcError> {
+        self.call_as(method, params).await
+    }
+
+    /// One HTTP exchange with node `i`: the status and the body.
+    async fn post(&self, i: usize, method: &str, params: Value) -> Result<(u16, String), RpcError> {
         let ep = &self.nodes[i];
         let node = ep.label.clone();
         let (user, pass) = match &ep.auth {
@@ -136,12 +168,15 @@ impl Rpc {
                 RpcError::Reply { node: node.clone(), method: method.into(), why: e.to_string() }
             }
         })?;
-        parse_reply(&node, method, status, &text)
+        Ok((status, text))
     }
 
-    /// Calls `method`, starting with the node that last answered and failing over to the next
-    /// `btcd` entry when a node is unreachable or errs. Returns the first answer or the last error.
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+    async fn call_node_as<T: DeserializeOwned>(&self, i: usize, method: &str, params: Value) -> Result<T, RpcError> {
+        let (status, text) = self.post(i, method, params).await?;
+        parse_reply_as(&self.nodes[i].label, method, status, &text)
+    }
+
+    async fn call_as<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, RpcError> {
         let n = self.nodes.len();
         if n == 0 {
             return Err(RpcError::NoNode);
@@ -150,7 +185,7 @@ impl Rpc {
         let mut last = RpcError::NoNode;
         for k in 0..n {
             let i = (start + k) % n;
-            match self.call_node(i, method, params.clone()).await {
+            match self.call_node_as(i, method, params.clone()).await {
                 Ok(v) => {
                     if i != start {
                         tracing::warn!(node = %self.nodes[i].label, "bitcoind failover: now using {}", self.nodes[i].label);
@@ -204,7 +239,31 @@ async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item =
 /// 500/404 on error) or 2.0 (only one of them, HTTP 200), or a plain-text HTTP error (Core's
 /// 503 "Work queue depth exceeded"). Pure: `status` and `text` in, the result or a typed error out.
 pub fn parse_reply(node: &str, method: &str, status: u16, text: &str) -> Result<Value, RpcError> {
-    let mut reply: Value = match serde_json::from_str(text) {
+    parse_reply_as(node, method, status, text)
+}
+
+/// As [`parse_reply`], the result's JSON text as the node wrote it.
+pub fn parse_reply_raw(node: &str, method: &str, status: u16, text: &str) -> Result<Box<RawValue>, RpcError> {
+    parse_reply_as(node, method, status, text)
+}
+
+/// A JSON-RPC reply; `result` is `Some` whenever the key is there, `null` included (submitblock's
+/// "accepted" is a null result).
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "T: DeserializeOwned"))]
+struct Reply<T> {
+    #[serde(default, deserialize_with = "present")]
+    result: Option<T>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+fn present<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn parse_reply_as<T: DeserializeOwned>(node: &str, method: &str, status: u16, text: &str) -> Result<T, RpcError> {
+    let reply: Reply<T> = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
             return Err(if status != 200 {
@@ -219,18 +278,18 @@ pub fn parse_reply(node: &str, method: &str, status: u16, text: &str) -> Result<
             })
         }
     };
-    match reply.get("error") {
+    match reply.error {
         Some(err) if !err.is_null() => Err(RpcError::Node {
             node: node.into(),
             method: method.into(),
             code: err.get("code").and_then(Value::as_i64).unwrap_or(0),
             message: err.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
         }),
-        // Taken out of the reply, not copied (a template is megabytes).
-        _ => match reply.get_mut("result") {
-            Some(r) => Ok(r.take()),
-            None => Err(RpcError::Reply { node: node.into(), method: method.into(), why: "no result field".into() }),
-        },
+        _ => reply.result.ok_or_else(|| RpcError::Reply {
+            node: node.into(),
+            method: method.into(),
+            why: "no result field".into(),
+        }),
     }
 }
 
@@ -292,5 +351,27 @@ mod tests {
             Err(RpcError::Http { body, .. }) => assert_eq!(body.len(), 200),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Raw results keep the node's text: amounts as written (BTC with 8 places, big integers),
+    /// never through a float; errors and null results as for `parse_reply`.
+    #[test]
+    fn raw_results_keep_the_nodes_text() {
+        let body = r#"{"result":{"totalfee":0.00014345,"subsidy":2099999997690000,"x":92233720368.54775807},"error":null,"id":"ckpool"}"#;
+        let raw = parse_reply_raw("n", "getblockstats", 200, body).unwrap();
+        assert_eq!(raw.get(), r#"{"totalfee":0.00014345,"subsidy":2099999997690000,"x":92233720368.54775807}"#);
+        // Through f64 the last one would read 92233720368.54776.
+        assert_ne!(serde_json::from_str::<Value>(raw.get()).unwrap()["x"].to_string(), "92233720368.54775807");
+        assert_eq!(
+            parse_reply_raw("n", "submitblock", 200, r#"{"jsonrpc":"2.0","result":null,"id":1}"#).unwrap().get(),
+            "null"
+        );
+        let e = r#"{"result":null,"error":{"code":-32601,"message":"Method not found"},"id":"ckpool"}"#;
+        assert!(matches!(parse_reply_raw("n", "getblockstats", 404, e), Err(RpcError::Node { code: -32601, .. })));
+        assert!(matches!(parse_reply_raw("n", "m", 200, r#"{"id":1}"#), Err(RpcError::Reply { .. })));
+        assert!(matches!(
+            parse_reply_raw("n", "m", 503, "Work queue depth exceeded"),
+            Err(RpcError::Http { status: 503, .. })
+        ));
     }
 }

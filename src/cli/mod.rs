@@ -66,11 +66,11 @@ pub enum Command {
     /// Check a config file and reach each btcd without starting the pool
     Check(CheckArgs),
     /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
-    Payout(crate::payout::PayoutArgs),
+    Payout(crate::tools::payout::PayoutArgs),
     /// Difficulty epoch, projected next difficulty and network hashrate
-    Difficulty(crate::payout::DifficultyArgs),
+    Difficulty(crate::tools::payout::DifficultyArgs),
     /// The rpcauth= line for bitcoin.conf and its password (as bitcoind's rpcauth.py)
-    Rpcauth(crate::rpcauth::RpcauthArgs),
+    Rpcauth(crate::tools::rpcauth::RpcauthArgs),
     /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
@@ -108,10 +108,10 @@ pub fn main() -> i32 {
         }
         Some(Command::Mine(args)) => crate::miner::run(*args),
         Some(Command::Bench(args)) => crate::bench::run(*args),
-        Some(Command::Check(args)) => crate::check::run(&args.config, args.proxy || as_proxy),
-        Some(Command::Payout(args)) => crate::payout::cli::run_payout(args),
-        Some(Command::Difficulty(args)) => crate::payout::cli::run_difficulty(args),
-        Some(Command::Rpcauth(args)) => crate::rpcauth::run(args),
+        Some(Command::Check(args)) => crate::tools::check::run(&args.config, args.proxy || as_proxy),
+        Some(Command::Payout(args)) => crate::tools::payout::run_payout(args),
+        Some(Command::Difficulty(args)) => crate::tools::payout::run_difficulty(args),
+        Some(Command::Rpcauth(args)) => crate::tools::rpcauth::run(args),
         Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
         Some(Command::Completions(args)) => generate::completions(&args),
         Some(Command::Manpages(args)) => generate::manpages(&args.dir),

@@ -231,12 +231,16 @@ pub async fn run(
     // Sessions are gone: their channel senders are dropped, so the block submitter ends its
     // submissions in flight (a block no node took yet is submitted again at the next start) and
     // the share log writer drains everything queued, then both end.
-    let bounded = Duration::from_secs(15);
-    if tokio::time::timeout(bounded, block_task).await.is_err() {
+    // The three are independent: waited for together, within one deadline (service.rs).
+    let bounded = crate::service::DRAIN_AFTER_SESSIONS;
+    let (blocks, _, _) = tokio::join!(
+        tokio::time::timeout(bounded, block_task),
+        tokio::time::timeout(bounded, template_task),
+        writers.drain(bounded)
+    );
+    if blocks.is_err() {
         tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
     }
-    let _ = tokio::time::timeout(bounded, template_task).await;
-    writers.drain(bounded).await;
     tracing::info!("ckpool stopped");
     Ok(())
 }

@@ -7,7 +7,6 @@ pub mod upstream;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::bail;
 use tokio::sync::{mpsc, watch};
@@ -91,10 +90,13 @@ pub async fn run(
     .await;
     drop(ctx);
     let writers = fe.stop_serving().await;
-    let bounded = Duration::from_secs(15);
-    let _ = tokio::time::timeout(bounded, upstream_task).await;
-    let _ = tokio::time::timeout(bounded, blocks_task).await;
-    writers.drain(bounded).await;
+    // The three are independent: waited for together, within one deadline (service.rs).
+    let bounded = crate::service::DRAIN_AFTER_SESSIONS;
+    let _ = tokio::join!(
+        tokio::time::timeout(bounded, upstream_task),
+        tokio::time::timeout(bounded, blocks_task),
+        writers.drain(bounded)
+    );
     tracing::info!("ckproxy stopped");
     Ok(())
 }

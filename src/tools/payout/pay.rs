@@ -1,74 +1,16 @@
-//! The `payout` and `difficulty` subcommands.
+//! `ckpool payout`: one contract or a contracts file, for one difficulty epoch.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use super::contracts::{self, Point, ResolvedContract};
-use super::exact::{format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio};
-use super::formula::{self, Fees, PayoutInput};
-use super::node::{self, Chain, FeeSource, OwnBlocks, RpcClient};
-
-/// How to reach the node (node-aware mode). Without any of these the command is offline.
-#[derive(Debug, Clone, Args, Default)]
-pub struct NodeArgs {
-    /// ckpool JSON config: the first "btcd" entry's url/auth/pass, and btcsig/btcaddress
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Node RPC URL, "host:port" or "http://host:port"
-    #[arg(long, value_name = "URL")]
-    pub rpc_url: Option<String>,
-    /// RPC user
-    #[arg(long, value_name = "USER")]
-    pub rpc_user: Option<String>,
-    /// RPC password
-    #[arg(long, value_name = "PASS")]
-    pub rpc_pass: Option<String>,
-    /// bitcoind cookie file (instead of --rpc-user/--rpc-pass)
-    #[arg(long, value_name = "FILE")]
-    pub rpc_cookie: Option<PathBuf>,
-    /// Seconds to wait for each RPC reply
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub rpc_timeout: u64,
-}
-
-impl NodeArgs {
-    fn is_set(&self) -> bool {
-        self.config.is_some() || self.rpc_url.is_some() || self.rpc_cookie.is_some()
-    }
-
-    /// The client and the config's btcsig/btcaddress; `None` in offline mode.
-    fn connect(&self) -> Result<Option<(Chain, node::PoolConfig)>> {
-        if !self.is_set() {
-            return Ok(None);
-        }
-        let mut cfg = match &self.config {
-            Some(p) => node::read_config(p)?,
-            None => node::PoolConfig::default(),
-        };
-        if let Some(u) = &self.rpc_url {
-            cfg.url = u.clone();
-        }
-        if let Some(u) = &self.rpc_user {
-            cfg.auth = u.clone();
-        }
-        if let Some(p) = &self.rpc_pass {
-            cfg.pass = p.clone();
-        }
-        if cfg.url.is_empty() {
-            bail!("no node URL: give --rpc-url (or --config with a btcd entry)");
-        }
-        let timeout = Duration::from_secs(self.rpc_timeout.max(1));
-        let rpc = match &self.rpc_cookie {
-            Some(c) => RpcClient::with_cookie(&cfg.url, c, timeout)?,
-            None => RpcClient::new(&cfg.url, &cfg.auth, &cfg.pass, timeout)?,
-        };
-        Ok(Some((Chain::new(rpc), cfg)))
-    }
-}
+use super::chain::{Chain, FeeSource, OwnBlocks};
+use super::{check_common, parse_nbits, ratio_json, show_exact, NodeArgs, PoolMarks, Sourced};
+use crate::payout::contracts::{self, Point, ResolvedContract};
+use crate::payout::exact::{format_coins, format_hashrate, parse_amount, parse_hashrate, parse_positive, Ratio};
+use crate::payout::formula::{self, Fees, PayoutInput};
 
 /// Where the subsidy comes from in node-aware mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,74 +102,6 @@ pub struct PayoutArgs {
 /// Difficulty epoch, projected next difficulty and network hashrate.
 ///
 /// Offline: --difficulty (or --nbits), --height (the tip) and --elapsed (seconds from the first
-/// block of the tip's epoch to the tip). With a node (--config or --rpc-url) all three are read.
-#[derive(Debug, Clone, Args)]
-pub struct DifficultyArgs {
-    /// Current difficulty (exact decimal)
-    #[arg(long, value_name = "D", conflicts_with = "nbits", allow_hyphen_values = true)]
-    pub difficulty: Option<String>,
-    /// Current difficulty as compact nbits in hex
-    #[arg(long, value_name = "HEX")]
-    pub nbits: Option<String>,
-    /// Tip height
-    #[arg(long, value_name = "HEIGHT")]
-    pub height: Option<u64>,
-    /// Seconds from the first block of the current epoch to the tip
-    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
-    pub elapsed: Option<i64>,
-    /// T: target seconds per block
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
-    pub block_time: u64,
-    /// B: blocks per difficulty period
-    #[arg(long, value_name = "BLOCKS", default_value_t = 2016)]
-    pub period: u64,
-    /// Machine-readable output
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
-
-/// Parses `--nbits` (hex, optional `0x`): the compact target and the difficulty it encodes.
-pub fn parse_nbits(text: &str) -> Result<(u32, Ratio)> {
-    let t = text.trim().trim_start_matches("0x");
-    let bits = u32::from_str_radix(t, 16)
-        .map_err(|_| anyhow!("nbits {text:?} is not 8 hex digits such as 1d00ffff or 17034219"))?;
-    let d = formula::difficulty_from_nbits(bits)
-        .ok_or_else(|| anyhow!("nbits {text:?} encodes a zero, negative or overflowing target"))?;
-    Ok((bits, d))
-}
-
-fn check_common(block_time: u64, period: u64) -> Result<()> {
-    if block_time == 0 {
-        bail!("--block-time 0: the target time per block must be at least 1 second");
-    }
-    if period == 0 {
-        bail!("--period 0: the number of blocks per period must be at least 1");
-    }
-    Ok(())
-}
-
-/// Decimal, plus the exact fraction when the decimal does not terminate within 12 places.
-fn show_exact(r: &Ratio) -> String {
-    let s = r.to_decimal_trimmed(12);
-    if s.ends_with('…') {
-        format!("{s} (= {}/{})", r.num(), r.den())
-    } else {
-        s
-    }
-}
-
-fn ratio_json(r: &Ratio) -> serde_json::Value {
-    json!({"num": r.num().to_string(), "den": r.den().to_string(), "decimal": r.to_decimal_trimmed(12)})
-}
-
-/// Where each input came from, for the printout.
-struct Sourced<T> {
-    value: T,
-    source: String,
-}
-
 /// Runs `ckpool payout`.
 pub fn run_payout(args: PayoutArgs) -> Result<()> {
     check_common(args.block_time, args.period)?;
@@ -284,31 +158,8 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
                 Sourced { value: Fees::per_block(given_f.unwrap_or(0)), source: "given".into() },
             )
         }
-        Some((chain, cfg)) => {
-            let tip = chain.height()?;
-            let epoch = match args.epoch {
-                Some(e) => e,
-                None => {
-                    if tip < args.period {
-                        bail!(
-                            "no completed epoch yet: the tip is height {tip} and the first block of epoch 1 is height {}",
-                            args.period
-                        );
-                    }
-                    tip / args.period - 1
-                }
-            };
-            let (first, last) =
-                formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
-            let next = last + 1;
-            if next > tip {
-                bail!(
-                    "--epoch {epoch} is not complete: its difficulty comes from height {next} (first block of epoch {}), \
-                     but the node's tip is height {tip}; the latest completed epoch is {}",
-                    epoch + 1,
-                    if tip >= args.period { (tip / args.period - 1).to_string() } else { "none yet".into() }
-                );
-            }
+        Some((chain, marks)) => {
+            let (epoch, first, last, next) = node_epoch(&args, chain)?;
             epoch_info = Some((epoch, first, last, next));
             let next_header = chain.header_at(next)?;
             let d = match given_d {
@@ -332,44 +183,7 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             };
             let f = match given_f {
                 Some(f) => Sourced { value: Fees::per_block(f), source: "given".into() },
-                None => {
-                    let own = if args.own_blocks {
-                        Some(OwnBlocks::new(
-                            args.btcsig.as_deref().or(cfg.btcsig.as_deref()),
-                            args.btcaddress.as_deref().or(cfg.btcaddress.as_deref()),
-                        )?)
-                    } else {
-                        None
-                    };
-                    let mut total: u128 = 0;
-                    let mut blocks = 0u64;
-                    for h in first..=last {
-                        let hash: String = chain.rpc.call("getblockhash", &[h.into()])?;
-                        if let Some(own) = &own {
-                            if !chain.is_own(&hash, own)? {
-                                continue;
-                            }
-                        }
-                        total += chain.block_fees(&hash, args.fee_source)?;
-                        blocks += 1;
-                    }
-                    if blocks == 0 {
-                        bail!(
-                            "no block in epoch {epoch} (heights {first}..={last}) was mined by this pool \
-                             (btcsig/btcaddress); cannot average its fees — give --fees or drop --own-blocks"
-                        );
-                    }
-                    let how = match args.fee_source {
-                        FeeSource::Stats => "getblockstats",
-                        FeeSource::Decode => "decoded blocks",
-                        FeeSource::Auto => "node",
-                    };
-                    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
-                    Sourced {
-                        value: Fees { total_sat: total, blocks },
-                        source: format!("{how}, {whose} of heights {first}..={last}"),
-                    }
-                }
+                None => epoch_fees(&args, chain, marks, epoch, first, last)?,
             };
             (d, s, f)
         }
@@ -394,6 +208,84 @@ pub fn run_payout(args: PayoutArgs) -> Result<()> {
             )
         }
     }
+}
+
+/// The epoch to pay with a node: `--epoch` or the latest completed one, checked against the
+/// tip. Returns (epoch, first height, last height, height whose nbits give D).
+fn node_epoch(args: &PayoutArgs, chain: &Chain) -> Result<(u64, u64, u64, u64)> {
+    let tip = chain.height()?;
+    let epoch = match args.epoch {
+        Some(e) => e,
+        None => {
+            if tip < args.period {
+                bail!(
+                    "no completed epoch yet: the tip is height {tip} and the first block of epoch 1 is height {}",
+                    args.period
+                );
+            }
+            tip / args.period - 1
+        }
+    };
+    let (first, last) =
+        formula::epoch_bounds(epoch, args.period).ok_or_else(|| anyhow!("--epoch {epoch} is out of range"))?;
+    let next = last + 1;
+    if next > tip {
+        bail!(
+            "--epoch {epoch} is not complete: its difficulty comes from height {next} (first block of epoch {}), \
+             but the node's tip is height {tip}; the latest completed epoch is {}",
+            epoch + 1,
+            if tip >= args.period { (tip / args.period - 1).to_string() } else { "none yet".into() }
+        );
+    }
+    Ok((epoch, first, last, next))
+}
+
+/// F from the node: the fees of the epoch's blocks (all, or the pool's own with --own-blocks),
+/// exact in satoshis, with the number of blocks they average over.
+fn epoch_fees(
+    args: &PayoutArgs,
+    chain: &Chain,
+    marks: &PoolMarks,
+    epoch: u64,
+    first: u64,
+    last: u64,
+) -> Result<Sourced<Fees>> {
+    let own = if args.own_blocks {
+        Some(OwnBlocks::new(
+            args.btcsig.as_deref().or(marks.btcsig.as_deref()),
+            args.btcaddress.as_deref().or(marks.btcaddress.as_deref()),
+        )?)
+    } else {
+        None
+    };
+    let mut total: u128 = 0;
+    let mut blocks = 0u64;
+    for h in first..=last {
+        let hash = chain.hash_at(h)?;
+        if let Some(own) = &own {
+            if !chain.is_own(&hash, own)? {
+                continue;
+            }
+        }
+        total += chain.block_fees(&hash, args.fee_source)?;
+        blocks += 1;
+    }
+    if blocks == 0 {
+        bail!(
+            "no block in epoch {epoch} (heights {first}..={last}) was mined by this pool \
+             (btcsig/btcaddress); cannot average its fees — give --fees or drop --own-blocks"
+        );
+    }
+    let how = match args.fee_source {
+        FeeSource::Stats => "getblockstats",
+        FeeSource::Decode => "decoded blocks",
+        FeeSource::Auto => "node",
+    };
+    let whose = if own.is_some() { "own blocks" } else { "all blocks" };
+    Ok(Sourced {
+        value: Fees { total_sat: total, blocks },
+        source: format!("{how}, {whose} of heights {first}..={last}"),
+    })
 }
 
 fn pay_one(
@@ -598,106 +490,5 @@ fn pay_contracts(
         );
     }
     println!("Total paid: {} coins ({} sat)", format_coins(total_paid as u128), total_paid);
-    Ok(())
-}
-
-/// Runs `ckpool difficulty`.
-pub fn run_difficulty(args: DifficultyArgs) -> Result<()> {
-    check_common(args.block_time, args.period)?;
-    let (d, d_source, height, elapsed, first_time) = match args.node.connect()? {
-        None => {
-            let (d, src) = match (&args.difficulty, &args.nbits) {
-                (Some(d), _) => (parse_positive("difficulty", d)?, "given".to_string()),
-                (None, Some(n)) => {
-                    let (bits, d) = parse_nbits(n)?;
-                    (d, format!("given nbits {bits:08x}"))
-                }
-                _ => bail!("offline mode needs --difficulty or --nbits, --height and --elapsed (or a node)"),
-            };
-            let height = args.height.ok_or_else(|| anyhow!("offline mode needs --height (the tip height)"))?;
-            let elapsed = args.elapsed.ok_or_else(|| {
-                anyhow!("offline mode needs --elapsed (seconds from the epoch's first block to the tip)")
-            })?;
-            (d, src, height, elapsed, None)
-        }
-        Some((chain, _)) => {
-            let height = match args.height {
-                Some(h) => {
-                    let tip = chain.height()?;
-                    if h > tip {
-                        bail!("--height {h} is in the future: the node's tip is height {tip}");
-                    }
-                    h
-                }
-                None => chain.height()?,
-            };
-            let tip = chain.header_at(height)?;
-            let first = chain.header_at(height - height % args.period)?;
-            let d = formula::difficulty_from_nbits(tip.bits)
-                .ok_or_else(|| anyhow!("block {height} has invalid nbits {:08x}", tip.bits))?;
-            (d, format!("nbits {:08x} of block {height}", tip.bits), height, tip.time - first.time, Some(first.time))
-        }
-    };
-    let epoch = height / args.period;
-    let first = epoch * args.period;
-    let intervals = height - first;
-    let hashrate = formula::network_hashrate(&d, args.block_time).ok_or_else(|| anyhow!("overflow"))?;
-    let projection = formula::project_retarget(&d, args.period, args.block_time, intervals, elapsed);
-    let next_hashrate = projection.as_ref().and_then(|r| formula::network_hashrate(&r.new_difficulty, args.block_time));
-    if args.json {
-        let out = json!({
-            "height": height, "epoch": epoch, "epoch_first_height": first, "epoch_first_time": first_time,
-            "blocks_into_epoch": intervals + 1, "intervals_measured": intervals,
-            "blocks_left": args.period - intervals - 1, "next_epoch_height": first + args.period,
-            "elapsed": elapsed, "block_time": args.block_time, "period": args.period,
-            "difficulty": ratio_json(&d), "difficulty_source": d_source,
-            "network_hashrate_hs": ratio_json(&hashrate),
-            "projection": projection.map(|r| json!({
-                "target_timespan": r.target_timespan,
-                "projected_actual": ratio_json(&r.actual),
-                "used_actual": ratio_json(&r.used),
-                "clamp": r.clamp,
-                "next_difficulty": ratio_json(&r.new_difficulty),
-                "next_network_hashrate_hs": next_hashrate.as_ref().map(ratio_json),
-            })),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    println!(
-        "Height {height}: epoch {epoch} (heights {first}..={}), block {} of {}",
-        first + args.period - 1,
-        intervals + 1,
-        args.period
-    );
-    println!("  difficulty          {}  [{d_source}]", show_exact(&d));
-    println!("  network hashrate    {} (D × 2^32 / {} s)", format_hashrate(&hashrate), args.block_time);
-    match projection {
-        None => println!("  projected next difficulty: needs at least two blocks of the epoch (one interval)"),
-        Some(r) => {
-            println!(
-                "  elapsed             {elapsed} s over {intervals} interval(s); projected over {} intervals: {} s \
-                 (target {} s = {} × {} s)",
-                args.period - 1,
-                r.actual.to_decimal_trimmed(2),
-                r.target_timespan,
-                args.period,
-                args.block_time
-            );
-            let clamp = match r.clamp {
-                formula::Clamp::None => "not clamped".to_string(),
-                formula::Clamp::MaxIncrease => {
-                    format!("clamped to target/4 = {} s (at most ×4)", r.used.to_decimal_trimmed(2))
-                }
-                formula::Clamp::MaxDecrease => {
-                    format!("clamped to target×4 = {} s (at least ÷4)", r.used.to_decimal_trimmed(2))
-                }
-            };
-            println!("  projected next difficulty {}  ({clamp})", r.new_difficulty.to_decimal_trimmed(12));
-            if let Some(h) = next_hashrate {
-                println!("  projected network hashrate {}", format_hashrate(&h));
-            }
-        }
-    }
     Ok(())
 }

@@ -6,8 +6,8 @@
 use std::io::Read;
 
 use anyhow::{bail, Context};
+use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
 use clap::Args;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Args)]
 pub struct RpcauthArgs {
@@ -17,18 +17,11 @@ pub struct RpcauthArgs {
     pub password: Option<String>,
 }
 
-/// HMAC-SHA256 (RFC 2104).
+/// HMAC-SHA256 (RFC 2104), rust-bitcoin's.
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
-    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+    let mut engine = hmac::HmacEngine::<sha256::Hash>::new(key);
+    engine.input(msg);
+    hmac::Hmac::<sha256::Hash>::from_engine(engine).to_byte_array()
 }
 
 /// The `rpcauth=` line for `user`, `password` and a salt (its hex text is the HMAC key).

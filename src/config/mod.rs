@@ -1,0 +1,199 @@
+//! ckpool.conf / ckproxy.conf: ckpool's JSON keys with ckpool's meanings, checked before anything
+//! starts. Text after the closing brace is ignored (the operator's guide ends its files with
+//! "Comments from here on are ignored."). Unknown keys are reported by name; a bad value is an
+//! error naming the key, the value and what is allowed.
+//!
+//! `raw.rs`: serde reads the file into `RawConfig` (ckpool's key names, each value typed through
+//! `Field` so that a wrong type is our message, not serde's); `RawConfig::validate` checks
+//! values and the rules between them and makes the [`Config`] the rest of the program uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::difficulty::Difficulty;
+use crate::stratum::vardiff::VardiffParams;
+
+mod raw;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use raw::normalize_rpc_url;
+
+/// A secret that never prints (RPC and upstream passwords).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// How to authenticate to bitcoind.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RpcAuth {
+    /// rpcauth / rpcuser+rpcpassword: HTTP basic auth.
+    UserPass { user: String, pass: Secret },
+    /// A bitcoind `.cookie` file, read at each connection (it changes on every node restart).
+    Cookie(PathBuf),
+}
+
+/// One `btcd` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Btcd {
+    /// http://host:port/
+    pub url: String,
+    pub auth: RpcAuth,
+    /// ckpool's `notify`: the node announces blocks itself (ckpool's blocknotify); informational here.
+    pub notify: bool,
+}
+
+/// One `proxy` (upstream pool) entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// host:port
+    pub url: String,
+    pub auth: String,
+    pub pass: Secret,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub btcd: Vec<Btcd>,
+    pub proxy: Vec<Upstream>,
+    pub btcaddress: String,
+    pub btcsig: String,
+    pub serverurl: Vec<SocketAddr>,
+    pub mindiff: Difficulty,
+    pub startdiff: Difficulty,
+    /// Zero: no maximum.
+    pub maxdiff: Difficulty,
+    pub zmqblock: Option<String>,
+    pub logdir: PathBuf,
+    pub blockpoll: Duration,
+    pub update_interval: Duration,
+    pub nonce1length: usize,
+    pub nonce2length: usize,
+    pub version_mask: u32,
+    /// Zero: no limit.
+    pub maxclients: usize,
+    /// Vardiff's target share interval and retarget interval.
+    pub vardiff: VardiffParams,
+    /// How often logdir/pool/pool.status and logdir/users/* are rewritten.
+    pub stats_interval: Duration,
+    /// Keys present in the file that this program does not know.
+    pub unknown_keys: Vec<String>,
+    /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
+    /// block goes to `btcaddress`.
+    pub donation_bp: u32,
+}
+
+/// What went wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid JSON: {why} (line {line}, column {column})")]
+    Json { path: PathBuf, why: String, line: usize, column: usize },
+    #[error("config file {path}: the top level must be a JSON object {{ ... }}")]
+    NotObject { path: PathBuf },
+    #[error("config file {path}: key \"{key}\" = {value}: {allowed}")]
+    Key { path: PathBuf, key: String, value: String, allowed: String },
+}
+
+/// Every top-level key the parser knows (anything else is reported as unknown). Each one is
+/// documented in docs/configuration.md; a test keeps the two equal.
+pub const KNOWN_KEYS: &[&str] = &[
+    "btcd",
+    "proxy",
+    "btcaddress",
+    "btcsig",
+    "serverurl",
+    "mindiff",
+    "startdiff",
+    "maxdiff",
+    "zmqblock",
+    "logdir",
+    "blockpoll",
+    "update_interval",
+    "nonce1length",
+    "nonce2length",
+    "version_mask",
+    "maxclients",
+    // ckpool-rs keys (optional).
+    "vardiff_target_interval",
+    "vardiff_retarget_interval",
+    "stats_interval",
+    // ckpool keys accepted for compatibility; their features are not used here.
+    "donation",
+    "useragent",
+    "redirecturl",
+    "dropidle",
+    "serverurls",
+];
+
+/// The keys of a `btcd` entry (anything else is reported as unknown, as `btcd[i].key`).
+pub const BTCD_KEYS: &[&str] = &["url", "auth", "pass", "cookie", "notify"];
+
+/// The keys of a `proxy` entry (anything else is reported as unknown, as `proxy[i].key`).
+pub const PROXY_KEYS: &[&str] = &["url", "auth", "pass"];
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text (`path` is used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        raw::parse(text, path)
+    }
+
+    /// Checks what pool mode needs beyond the file's own consistency.
+    pub fn require_pool(&self) -> Result<(), ConfigError> {
+        let path = self.path.clone();
+        if self.btcd.is_empty() {
+            return Err(ConfigError::Key {
+                path,
+                key: "btcd".into(),
+                value: "[]".into(),
+                allowed: "pool mode needs at least one bitcoind entry".into(),
+            });
+        }
+        if self.btcaddress.is_empty() {
+            return Err(ConfigError::Key {
+                path,
+                key: "btcaddress".into(),
+                value: "\"\"".into(),
+                allowed: "pool mode needs the address that receives block rewards".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks what proxy mode needs.
+    pub fn require_proxy(&self) -> Result<(), ConfigError> {
+        if self.proxy.is_empty() {
+            return Err(ConfigError::Key {
+                path: self.path.clone(),
+                key: "proxy".into(),
+                value: "[]".into(),
+                allowed: "proxy mode needs at least one upstream {\"url\", \"auth\", \"pass\"}".into(),
+            });
+        }
+        Ok(())
+    }
+}

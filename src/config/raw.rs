@@ -1,0 +1,450 @@
+//! The file as serde reads it (ckpool's key names, every value through [`Field`]) and
+//! [`RawConfig::validate`], which checks each value and the rules between them and makes the
+//! [`Config`]. Every error names the file, the key, the value (passwords redacted) and the rule.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Btcd, Config, ConfigError, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS};
+use crate::difficulty::{Difficulty, ParseDifficultyError};
+use crate::stratum::vardiff::VardiffParams;
+
+/// Parses and validates config text (`path` is used in messages).
+pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    // Through a Value first: the first value of the text only, and a key written twice is
+    // read as ckpool (jansson) reads it: the last one counts.
+    let v = first_json_value(text, path)?;
+    let Value::Object(obj) = &v else { return Err(ConfigError::NotObject { path: path.into() }) };
+    let unknown = obj.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())).cloned().collect();
+    // Every key is read through `Field`, which takes any JSON value: this cannot fail on an object.
+    let raw = RawConfig::deserialize(v).map_err(|e| ConfigError::Json {
+        path: path.into(),
+        why: e.to_string(),
+        line: e.line(),
+        column: e.column(),
+    })?;
+    raw.validate(path, unknown)
+}
+
+/// Reads the first JSON value of `text`, ignoring whatever follows it.
+fn first_json_value(text: &str, path: &Path) -> Result<Value, ConfigError> {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    match stream.next() {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => {
+            Err(ConfigError::Json { path: path.into(), why: e.to_string(), line: e.line(), column: e.column() })
+        }
+        None => Err(ConfigError::Json { path: path.into(), why: "empty file".into(), line: 1, column: 1 }),
+    }
+}
+
+/// One key's value as the file wrote it, and the same value read as `T` when it has `T`'s JSON
+/// type. Every key of the raw structs is read through this, so a value of the wrong type does not
+/// stop serde with its own message (which names neither the key nor the rule): `validate()` names
+/// the file, the key, the value and what is allowed.
+struct Field<T> {
+    json: Value,
+    typed: Option<T>,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let json = Value::deserialize(d)?;
+        let typed = T::deserialize(&json).ok();
+        Ok(Field { json, typed })
+    }
+}
+
+/// A decimal key: a JSON number or a string, parsed by `Difficulty`'s exact decimal parser. A
+/// string keeps every digit; a JSON number is held by serde_json as an f64 (no
+/// `arbitrary_precision`) and printed back as its shortest text, so it is exact up to 15
+/// significant digits, as `Difficulty::from_json` documents.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Decimal {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl Decimal {
+    fn difficulty(&self) -> Result<Difficulty, ParseDifficultyError> {
+        match self {
+            Decimal::Number(n) => n.to_string().parse(),
+            Decimal::Text(s) => s.trim().parse(),
+        }
+    }
+}
+
+/// `serverurl`: one `"address:port"` string or an array of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ServerUrls {
+    One(String),
+    Many(Vec<Field<String>>),
+}
+
+/// A config file as ckpool names its keys, each read through [`Field`]; [`RawConfig::validate`]
+/// makes the [`Config`]. A key missing or `null` takes its default.
+#[derive(Deserialize)]
+pub(super) struct RawConfig {
+    btcd: Option<Field<Vec<Field<RawBtcd>>>>,
+    proxy: Option<Field<Vec<Field<RawUpstream>>>>,
+    btcaddress: Option<Field<String>>,
+    btcsig: Option<Field<String>>,
+    serverurl: Option<Field<ServerUrls>>,
+    mindiff: Option<Field<Decimal>>,
+    startdiff: Option<Field<Decimal>>,
+    maxdiff: Option<Field<Decimal>>,
+    zmqblock: Option<Field<String>>,
+    logdir: Option<Field<String>>,
+    blockpoll: Option<Field<u64>>,
+    update_interval: Option<Field<u64>>,
+    nonce1length: Option<Field<u64>>,
+    nonce2length: Option<Field<u64>>,
+    version_mask: Option<Field<String>>,
+    maxclients: Option<Field<u64>>,
+    vardiff_target_interval: Option<Field<Decimal>>,
+    vardiff_retarget_interval: Option<Field<Decimal>>,
+    stats_interval: Option<Field<u64>>,
+    donation: Option<Field<Decimal>>,
+    // ckpool keys accepted for compatibility: any value, not used (docs/configuration.md).
+    #[allow(dead_code)]
+    useragent: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    redirecturl: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    dropidle: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    serverurls: Option<IgnoredAny>,
+}
+
+/// One `btcd` entry as written.
+#[derive(Deserialize)]
+pub(super) struct RawBtcd {
+    url: Option<Field<String>>,
+    auth: Option<Field<String>>,
+    pass: Option<Field<String>>,
+    cookie: Option<Field<String>>,
+    notify: Option<Field<bool>>,
+}
+
+/// One `proxy` entry as written: typed as strictly as a `btcd` entry.
+#[derive(Deserialize)]
+pub(super) struct RawUpstream {
+    url: Option<Field<String>>,
+    auth: Option<Field<String>>,
+    pass: Option<Field<String>>,
+}
+
+/// `(field, "its key")`: the key named in messages is the field's own name.
+macro_rules! key {
+    ($raw:ident . $field:ident) => {
+        (&$raw.$field, stringify!($field))
+    };
+}
+
+type Key<'a, T> = (&'a Option<Field<T>>, &'a str);
+
+/// Builds the errors of one file: file, key, value (passwords redacted) and rule.
+struct Ctx<'a> {
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, value: &Value, allowed: impl Into<String>) -> ConfigError {
+        let shown = if key.ends_with("pass") { "\"<redacted>\"".to_string() } else { value.to_string() };
+        ConfigError::Key { path: self.path.into(), key: key.into(), value: shown, allowed: allowed.into() }
+    }
+
+    /// The typed value (`None`: key missing or null), or the error naming `key` and `rule`.
+    fn typed<'f, T>(&self, (field, key): Key<'f, T>, rule: &str) -> Result<Option<&'f T>, ConfigError> {
+        match field {
+            None => Ok(None),
+            Some(Field { typed: Some(t), .. }) => Ok(Some(t)),
+            Some(Field { json, typed: None }) => Err(self.err(key, json, rule)),
+        }
+    }
+
+    fn string(&self, k: Key<String>, default: &str) -> Result<String, ConfigError> {
+        Ok(self.typed(k, "must be a string")?.map_or(default, String::as_str).to_string())
+    }
+
+    fn uint(&self, k: Key<u64>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let rule = format!("must be a whole number from {min} to {max}");
+        match self.typed(k, &rule)? {
+            None => Ok(default),
+            Some(n) if (min..=max).contains(n) => Ok(*n),
+            Some(_) => Err(self.err(k.1, &k.0.as_ref().expect("typed").json, rule)),
+        }
+    }
+
+    /// Seconds as an exact decimal ("3.333", "240"), returned in microseconds.
+    fn seconds_us(&self, k: Key<Decimal>, default_us: u64, min_us: u64, max_us: u64) -> Result<u64, ConfigError> {
+        // f64 only to show the range.
+        let rule = format!("must be seconds from {} to {}", min_us as f64 / 1e6, max_us as f64 / 1e6);
+        let Some(d) = self.typed(k, &rule)? else { return Ok(default_us) };
+        let bad = || self.err(k.1, &k.0.as_ref().expect("typed").json, rule.as_str());
+        // Difficulty is an exact 12-place decimal: reuse its parser; 10^-12 units / 10^6 = µs.
+        let us = d.difficulty().map_err(|_| bad())?.units() / 1_000_000;
+        if us < min_us as u128 || us > max_us as u128 {
+            return Err(bad());
+        }
+        Ok(us as u64)
+    }
+
+    fn difficulty(&self, (field, key): Key<Decimal>, default: Difficulty) -> Result<Difficulty, ConfigError> {
+        let rule = |e: ParseDifficultyError| format!("must be a difficulty >= 0, fractions allowed ({e})");
+        match field {
+            None => Ok(default),
+            Some(Field { typed: Some(d), json }) => d.difficulty().map_err(|e| self.err(key, json, rule(e))),
+            Some(Field { typed: None, json }) => {
+                Err(self.err(key, json, rule(ParseDifficultyError::NotANumber(json.to_string()))))
+            }
+        }
+    }
+
+    /// ckpool's `donation` percent (solo mode), in basis points: exact, at most two decimals.
+    fn donation(&self, (field, key): Key<Decimal>) -> Result<u32, ConfigError> {
+        let rule = "must be a percent from 0 to 100 with at most two decimals";
+        match field {
+            None => Ok(0),
+            Some(Field { typed: Some(d), json }) => {
+                let text = match d {
+                    Decimal::Number(n) => n.to_string(),
+                    Decimal::Text(t) => t.clone(),
+                };
+                crate::work::coinbase::donation_basis_points(&text).ok_or_else(|| self.err(key, json, rule))
+            }
+            Some(Field { typed: None, json }) => Err(self.err(key, json, rule)),
+        }
+    }
+
+    /// The entries of `btcd` or `proxy`: each must be a JSON object; keys it has that `known`
+    /// does not list go to `unknown` as `name[i].key`.
+    fn entries<'f, T>(
+        &self,
+        k: Key<'f, Vec<Field<T>>>,
+        known: &[&str],
+        unknown: &mut Vec<String>,
+    ) -> Result<Vec<&'f T>, ConfigError> {
+        let name = k.1;
+        let Some(entries) = self.typed(k, "must be an array of {\"url\", \"auth\", \"pass\"} objects")? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            // A derived struct would also take an array by position: only an object is an entry.
+            match (&e.json, &e.typed) {
+                (Value::Object(o), Some(t)) => {
+                    unknown
+                        .extend(o.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("{name}[{i}].{k}")));
+                    out.push(t);
+                }
+                _ => return Err(self.err(&format!("{name}[{i}]"), &e.json, "must be an object with url, auth, pass")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Normalizes a btcd url ("localhost:19332", "127.0.0.1:8332", "http://host:port") to http://host:port/.
+pub(crate) fn normalize_rpc_url(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.starts_with("https://") || rest.is_empty() || rest.contains(char::is_whitespace) {
+        return None;
+    }
+    let hostport = rest.trim_end_matches('/');
+    valid_host_port(hostport).then(|| format!("http://{hostport}/"))
+}
+
+/// `host:port` with a host and a port from 1 to 65535.
+fn valid_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !s.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p > 0)
+    })
+}
+
+/// Microseconds as exact decimal seconds ("3.333333", "240").
+fn seconds_text(us: u64) -> String {
+    let frac = format!("{:06}", us % 1_000_000);
+    match frac.trim_end_matches('0') {
+        "" => (us / 1_000_000).to_string(),
+        f => format!("{}.{f}", us / 1_000_000),
+    }
+}
+
+fn parse_listen(s: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim().trim_start_matches("stratum+tcp://");
+    s.parse().ok().or_else(|| s.to_socket_addrs().ok()?.next())
+}
+
+impl RawBtcd {
+    fn validate(&self, c: &Ctx, i: usize) -> Result<Btcd, ConfigError> {
+        let key = |k: &str| format!("btcd[{i}].{k}");
+        let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
+        let raw_url = s(key!(self.url))?;
+        let url = normalize_rpc_url(&raw_url).ok_or_else(|| {
+            c.err(&key("url"), &Value::String(raw_url.clone()), "must be host:port, e.g. \"localhost:8332\"")
+        })?;
+        let (cookie, user, pass) = (s(key!(self.cookie))?, s(key!(self.auth))?, s(key!(self.pass))?);
+        let auth = if !cookie.is_empty() {
+            RpcAuth::Cookie(PathBuf::from(cookie))
+        } else if user.is_empty() {
+            return Err(c.err(
+                &key("auth"),
+                &Value::String(user),
+                "must name the RPC user (rpcauth) or give \"cookie\": \"/path/.cookie\"",
+            ));
+        } else {
+            RpcAuth::UserPass { user, pass: Secret::new(pass) }
+        };
+        let notify = c.typed((&self.notify, &key("notify")), "must be true or false")?.copied().unwrap_or(false);
+        Ok(Btcd { url, auth, notify })
+    }
+}
+
+impl RawUpstream {
+    fn validate(&self, c: &Ctx, i: usize) -> Result<Upstream, ConfigError> {
+        let key = |k: &str| format!("proxy[{i}].{k}");
+        let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
+        let raw_url = s(key!(self.url))?;
+        let url = raw_url.trim_start_matches("stratum+tcp://").to_string();
+        if !valid_host_port(&url) {
+            return Err(c.err(&key("url"), &Value::String(raw_url), "must be host:port of the upstream pool"));
+        }
+        Ok(Upstream { url, auth: s(key!(self.auth))?, pass: Secret::new(s(key!(self.pass))?) })
+    }
+}
+
+impl RawConfig {
+    /// Checks every key and the rules between keys; `unknown` is the file's unknown keys.
+    fn validate(self, path: &Path, mut unknown_keys: Vec<String>) -> Result<Config, ConfigError> {
+        let c = Ctx { path };
+        let r = &self;
+        let btcd = c
+            .entries(key!(r.btcd), BTCD_KEYS, &mut unknown_keys)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.validate(&c, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxy = c
+            .entries(key!(r.proxy), PROXY_KEYS, &mut unknown_keys)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.validate(&c, i))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let serverurl = match c.typed(key!(r.serverurl), "must be an array of \"address:port\" strings")? {
+            None => vec!["0.0.0.0:3333".parse().expect("literal")],
+            Some(ServerUrls::Many(a)) if !a.is_empty() => a
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    u.typed.as_deref().and_then(parse_listen).ok_or_else(|| {
+                        c.err(&format!("serverurl[{i}]"), &u.json, "must be \"address:port\", e.g. \"0.0.0.0:3333\"")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(ServerUrls::One(s)) => vec![parse_listen(s)
+                .ok_or_else(|| c.err("serverurl", &Value::String(s.clone()), "must be \"address:port\""))?],
+            Some(ServerUrls::Many(_)) => {
+                return Err(c.err("serverurl", &Value::Array(vec![]), "must be an array of \"address:port\" strings"))
+            }
+        };
+
+        let json = |f: &Option<Field<Decimal>>| f.as_ref().map_or(Value::Null, |f| f.json.clone());
+        let mindiff = c.difficulty(key!(r.mindiff), Difficulty::ONE)?;
+        let startdiff = c.difficulty(key!(r.startdiff), Difficulty::from_integer(42))?;
+        let maxdiff = c.difficulty(key!(r.maxdiff), Difficulty::ZERO)?;
+        if mindiff.is_zero() {
+            return Err(c.err("mindiff", &json(&r.mindiff), "must be above 0 (fractions such as 0.001 are allowed)"));
+        }
+        if startdiff < mindiff {
+            return Err(c.err("startdiff", &json(&r.startdiff), format!("must be at least mindiff ({mindiff})")));
+        }
+        if !maxdiff.is_zero() && maxdiff < startdiff {
+            return Err(c.err(
+                "maxdiff",
+                &json(&r.maxdiff),
+                format!("must be 0 (no maximum) or at least startdiff ({startdiff})"),
+            ));
+        }
+
+        const MASK_RULE: &str = "must be a hex string such as \"1fffe000\"";
+        let version_mask = match c.typed(key!(r.version_mask), MASK_RULE)? {
+            None => 0x1fff_e000,
+            Some(s) => u32::from_str_radix(s.trim_start_matches("0x"), 16)
+                .map_err(|_| c.err("version_mask", &Value::String(s.clone()), MASK_RULE))?,
+        };
+
+        let zmq = c.string(key!(r.zmqblock), "")?;
+        let zmqblock = if zmq.is_empty() {
+            None
+        } else if zmq.starts_with("tcp://") || zmq.starts_with("ipc://") {
+            Some(zmq)
+        } else {
+            return Err(c.err(
+                "zmqblock",
+                &Value::String(zmq),
+                "must be a ZMQ endpoint such as \"tcp://127.0.0.1:28332\"",
+            ));
+        };
+
+        let defaults = VardiffParams::default();
+        let vardiff = VardiffParams {
+            target_interval_us: c.seconds_us(
+                key!(r.vardiff_target_interval),
+                defaults.target_interval_us,
+                10_000,
+                3_600_000_000,
+            )?,
+            retarget_interval_us: c.seconds_us(
+                key!(r.vardiff_retarget_interval),
+                defaults.retarget_interval_us,
+                100_000,
+                86_400_000_000,
+            )?,
+        };
+        if vardiff.retarget_interval_us < vardiff.target_interval_us {
+            let mut rule = "must be at least vardiff_target_interval".to_string();
+            if r.vardiff_retarget_interval.is_none() {
+                // Not set: say what the default is (the rule alone would puzzle).
+                rule += &format!(
+                    " ({} s); not set, it is {} s",
+                    seconds_text(vardiff.target_interval_us),
+                    seconds_text(vardiff.retarget_interval_us)
+                );
+            }
+            return Err(c.err("vardiff_retarget_interval", &json(&r.vardiff_retarget_interval), rule));
+        }
+        Ok(Config {
+            path: path.into(),
+            btcd,
+            proxy,
+            btcaddress: c.string(key!(r.btcaddress), "")?.trim().to_string(),
+            btcsig: c.string(key!(r.btcsig), "")?,
+            serverurl,
+            mindiff,
+            startdiff,
+            maxdiff,
+            zmqblock,
+            logdir: PathBuf::from(c.string(key!(r.logdir), "logs")?),
+            blockpoll: Duration::from_millis(c.uint(key!(r.blockpoll), 100, 1, 60_000)?),
+            update_interval: Duration::from_secs(c.uint(key!(r.update_interval), 30, 1, 3600)?),
+            nonce1length: c.uint(key!(r.nonce1length), 4, 2, 8)? as usize,
+            nonce2length: c.uint(key!(r.nonce2length), 8, 2, 8)? as usize,
+            version_mask,
+            maxclients: c.uint(key!(r.maxclients), 0, 0, 10_000_000)? as usize,
+            vardiff,
+            stats_interval: Duration::from_secs(c.uint(key!(r.stats_interval), 60, 1, 3600)?),
+            donation_bp: c.donation(key!(r.donation))?,
+            unknown_keys,
+        })
+    }
+}

@@ -173,6 +173,51 @@ async fn every_address_type_core_knows_is_paid() {
     assert!(mempool.as_array().unwrap().iter().any(|t| t == txid.as_str()), "{mempool}");
 }
 
+/// Solo mode (`-B`) on Core: a P2WPKH finder and a taproot finder each mine a block paying their
+/// own address, 2 % of it to the pool's address, exact to the satoshi of Core's own accounting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solo_segwit_and_taproot_finders_are_paid_on_core() {
+    let node = CoreNode::start(&[]).await;
+    let secp = Secp256k1::new();
+    let wpkh = |n: u8| {
+        let k = regtest_key(n);
+        (
+            format!("wpkh({})", k.to_wif()),
+            ScriptBuf::new_p2wpkh(&CompressedPublicKey::from_private_key(&secp, &k).unwrap().wpubkey_hash()),
+        )
+    };
+    let tr_key = regtest_key(22);
+    let (xonly, _) = CompressedPublicKey::from_private_key(&secp, &tr_key).unwrap().0.x_only_public_key();
+    let (pool_desc, pool_script) = wpkh(20);
+    let pool_addr = node.derive_address(&pool_desc).await;
+    node.generate_to(1, &pool_addr).await;
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["donation"] = json!(2);
+    let pool = Pool::start(cfg, &["-B"]);
+    let finders = [wpkh(21), (format!("tr({})", tr_key.to_wif()), ScriptBuf::new_p2tr(&secp, xonly, None))];
+    for (desc, script) in finders {
+        let addr = node.derive_address(&desc).await;
+        let hash = mine_block_through_pool(&pool, &node, &format!("{addr}.rig")).await;
+        let cb = &node.block(&hash).await.txdata[0];
+        let reward = reward_of(&node, &hash).await;
+        let donated = reward * 200 / 10_000;
+        assert_eq!(
+            (&cb.output[0].script_pubkey, cb.output[0].value.to_sat()),
+            (&script, reward - donated),
+            "{desc}: the finder {addr}"
+        );
+        assert_eq!(
+            (&cb.output[1].script_pubkey, cb.output[1].value.to_sat()),
+            (&pool_script, donated),
+            "{desc}: donation"
+        );
+        assert!(
+            cb.output[2].script_pubkey.as_bytes().starts_with(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]),
+            "witness commitment"
+        );
+    }
+}
+
 fn ckpool(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ckpool")).args(args).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))

@@ -128,3 +128,24 @@ async fn a_second_authorize_switches_the_payout_address() {
     assert_eq!(outs[0].1, script_of(node, &second).await);
     assert_eq!(outs.len(), 1, "no donation configured: one output");
 }
+
+/// A proxy below a solo pool: the proxy authorizes upstream with its own address, and a block
+/// its miner finds pays the proxy's address (the proxy's miners mine to the proxy's username).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_below_a_solo_pool_mines_to_its_own_address() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let (pool_address, proxy_address) = (node.new_address().await, node.new_address().await);
+    let pool = common::Pool::start(pool_config(node, &pool_address).await, &["-B"]);
+    let proxy = common::Pool::start_proxy(json!({
+        "proxy": [{"url": pool.addr(), "auth": format!("{proxy_address}.proxy"), "pass": "x"}],
+        "mindiff": 0.0001, "startdiff": 0.0001,
+    }));
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, _) = c.handshake("anyname.worker").await;
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let hash = find_block(node, &pool, &mut c, &en1, &tip, "0000beef").await;
+    let outs = coinbase_outputs(node, &hash).await;
+    assert_eq!(outs[0].1, script_of(node, &proxy_address).await, "the block pays the proxy's address");
+    pool.wait_blocks_log(&proxy_address);
+}

@@ -118,9 +118,11 @@ impl Effects {
     }
 }
 
-/// One miner's mining state.
+/// One miner's mining state (kept small: an idle miner costs its session and this).
 pub struct Channel {
-    params: ChannelParams,
+    /// The difficulty range (`mindiff`, `maxdiff`; zero: no maximum).
+    mindiff: Difficulty,
+    maxdiff: Difficulty,
     /// extranonce1: `prefix_len` bytes of the upstream's (proxy mode only), then this channel's own.
     en1: Vec<u8>,
     prefix_len: usize,
@@ -154,7 +156,8 @@ impl Channel {
     /// A channel with extranonce1 `own_en1`, opened at `now` (microseconds).
     pub fn new(params: ChannelParams, own_en1: &[u8], now: u64) -> Channel {
         Channel {
-            params,
+            mindiff: params.mindiff,
+            maxdiff: params.maxdiff,
             en1: own_en1.to_vec(),
             prefix_len: 0,
             version_mask: params.version_mask,
@@ -275,14 +278,24 @@ impl Channel {
 
     /// The vardiff limits at `network` (the current job's network difficulty).
     pub fn limits(&self, network: Option<Difficulty>) -> Limits {
-        Limits { mindiff: self.params.mindiff, maxdiff: self.params.maxdiff, suggested: self.suggested, network }
+        Limits { mindiff: self.mindiff, maxdiff: self.maxdiff, suggested: self.suggested, network }
+    }
+
+    /// Clamps a wanted difficulty into `mindiff..=maxdiff`.
+    fn clamp(&self, d: Difficulty) -> Difficulty {
+        let d = d.max(self.mindiff);
+        if self.maxdiff.is_zero() {
+            d
+        } else {
+            d.min(self.maxdiff)
+        }
     }
 
     /// A start difficulty asked for at authorize (`d=N` in the password): taken as the
     /// difficulty and as a floor, without restarting vardiff's clock (no work was sent at it).
     pub fn ask_start_difficulty(&mut self, d: Difficulty) {
         self.suggested = Some(d);
-        self.diff = self.params.clamp(d);
+        self.diff = self.clamp(d);
     }
 
     /// A miner's difficulty wish (suggest_difficulty, suggest_target, configure) at `now`: a
@@ -290,7 +303,7 @@ impl Channel {
     /// the current work under a new id.
     pub fn suggest(&mut self, d: Difficulty, now: u64) -> Option<Difficulty> {
         self.suggested = Some(d);
-        let new = self.params.clamp(d);
+        let new = self.clamp(d);
         if new == self.diff {
             return None;
         }

@@ -23,7 +23,7 @@ use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
-use crate::mining::{Channel, Effects, Issued};
+use crate::mining::{Channel, Issued};
 
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
@@ -40,8 +40,6 @@ pub struct Session {
     address: Arc<str>,
     /// The mining core's state for this miner: jobs, difficulty, vardiff, extranonce1.
     channel: Channel,
-    /// The effects of the last submit (reused: no allocation per share).
-    fx: Effects,
     /// This session's own extranonce1 value, as held in the server's set.
     en1_key: u64,
     /// The whole extranonce1 (upstream prefix included), hex: sent at subscribe, logged per share.
@@ -94,7 +92,6 @@ impl Session {
             peer,
             address: peer.ip().to_string().into(),
             channel,
-            fx: Effects::default(),
             en1_key,
             en1_hex,
             extranonce_subscribed: false,

@@ -86,7 +86,8 @@ impl Session {
             Some(Param::Other) => return self.unread_submit(id, "Invalid version bits"),
         };
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
-        let mut fx = std::mem::take(&mut self.fx);
+        // On the stack (no allocation); not kept in the session, so an idle miner does not pay for it.
+        let mut fx = Effects::default();
         let (now, network) = (self.now_us(), self.ctx.network_diff());
         let verdict = self.channel.submit(&sub, now, network, self.ctx.upstream.is_some(), &mut fx);
         let reject = match verdict.result {
@@ -109,7 +110,6 @@ impl Session {
             self.log_share(&record, &sub, reject.as_deref());
         }
         self.take_effects(&mut fx);
-        self.fx = fx;
     }
 
     /// Queues a submit's block and upstream share, and answers a retarget: set_difficulty, then

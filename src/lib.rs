@@ -4,7 +4,6 @@
 //! share log / block submission. The pure parts ([`difficulty`], [`work`], [`share`]) take
 //! plain data and return plain data, so they are tested with vectors.
 
-pub mod bench;
 pub mod bitcoind;
 pub mod cli;
 pub mod config;
@@ -12,7 +11,6 @@ pub mod difficulty;
 pub mod hex;
 pub mod jsonw;
 pub mod log;
-pub mod miner;
 pub mod mining;
 pub mod payout;
 pub mod pool;
@@ -20,5 +18,6 @@ pub mod proxy;
 pub mod service;
 pub mod share;
 pub mod stratum;
+pub mod sv1;
 pub mod tools;
 pub mod work;

@@ -277,7 +277,7 @@ async fn bad_upstream_input_is_survived() {
     assert!(log.contains("no subscribe/authorize answer"), "{log}");
     assert!(log.contains("unparseable line"), "{log}");
     assert!(log.contains("unusable notify"), "{log}");
-    assert!(log.contains("ignoring set_difficulty [0]"), "{log}");
+    assert!(log.contains("ignoring mining.set_difficulty [0]"), "{log}");
     let mut c = Client::connect(&proxy.addr()).await;
     let (en1, _) = c.handshake("m").await;
     assert!(en1.starts_with("aabbccdd"));

@@ -12,11 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ckpool::difficulty::Difficulty;
-use common::{pool_config, solve, NodePair, Pool};
+use common::{pool_config, solve, Client, NodePair, Pool};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// The simulated miner's hashrate, H/s: 4 shares/s at difficulty 3e-10.
 const HASHRATE: f64 = 4.0 * 3e-10 * 4_294_967_296.0;
@@ -27,11 +24,9 @@ fn rate_at(d: Difficulty) -> f64 {
     HASHRATE / 4_294_967_296.0 / d.as_f64()
 }
 
-/// Stratum client whose lines arrive through a reader task, so nothing is lost to a timeout.
+/// The pool's stratum client, keeping every line and the work in force.
 struct Miner {
-    wr: tokio::net::tcp::OwnedWriteHalf,
-    rx: mpsc::Receiver<Value>,
-    next_id: u64,
+    c: Client,
     /// Every line received, in order (for the set_difficulty → notify order check).
     seen: Vec<Value>,
     work: Work,
@@ -39,33 +34,21 @@ struct Miner {
 
 impl Miner {
     async fn connect(addr: &str) -> Miner {
-        let s = TcpStream::connect(addr).await.unwrap();
-        let (r, wr) = s.into_split();
-        let (tx, rx) = mpsc::channel(100_000);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("non-JSON line {l:?}: {e}"));
-                if tx.send(v).await.is_err() {
-                    break;
-                }
-            }
-        });
         let start = Difficulty::from_units(100);
-        Miner { wr, rx, next_id: 1, seen: Vec::new(), work: Work { notify: None, diff: start, pending_diff: start } }
+        Miner {
+            c: Client::connect(addr).await,
+            seen: Vec::new(),
+            work: Work { notify: None, diff: start, pending_diff: start },
+        }
     }
 
     async fn request(&mut self, method: &str, params: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let line = json!({"id": id, "method": method, "params": params}).to_string() + "\n";
-        self.wr.write_all(line.as_bytes()).await.unwrap();
-        id
+        self.c.request(method, params).await
     }
 
-    /// Next line within `limit` (None on timeout).
+    /// Next line within `limit` (None on timeout; nothing is lost to it).
     async fn next(&mut self, limit: Duration) -> Option<Value> {
-        let v = tokio::time::timeout(limit, self.rx.recv()).await.ok().flatten()?;
+        let v = self.c.read_within(limit).await?;
         self.work.take(&v);
         self.seen.push(v.clone());
         Some(v)
@@ -189,7 +172,9 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
             pool.log()
         );
         // Take every line already here; wait (bounded) for the first notify.
-        while m.work.notify.is_none() || !m.rx.is_empty() {
+        // Everything already sent (a zero timeout still takes what is there), and a notify.
+        while m.next(Duration::ZERO).await.is_some() {}
+        while m.work.notify.is_none() {
             m.next(Duration::from_secs(20)).await.expect("a notify within 20 s");
         }
         let notify = m.work.notify.clone().expect("notify");

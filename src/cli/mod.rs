@@ -60,9 +60,9 @@ pub enum Command {
     /// Run as a stratum proxy (same as starting the binary as `ckproxy`)
     Proxy(ServerArgs),
     /// CPU miner (SHA256d) for testing a pool: ckpool mine -o stratum+tcp://HOST:PORT -u USER -p PASS
-    Mine(Box<crate::miner::MineArgs>),
+    Mine(Box<crate::tools::miner::MineArgs>),
     /// Stratum load generator for a pool on loopback: ckpool bench --url stratum+tcp://127.0.0.1:PORT
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<crate::tools::bench::BenchArgs>),
     /// Check a config file and reach each btcd without starting the pool
     Check(CheckArgs),
     /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
@@ -106,8 +106,8 @@ pub fn main() -> i32 {
             args.proxy = true;
             crate::service::run_server(args)
         }
-        Some(Command::Mine(args)) => crate::miner::run(*args),
-        Some(Command::Bench(args)) => crate::bench::run(*args),
+        Some(Command::Mine(args)) => crate::tools::miner::run(*args),
+        Some(Command::Bench(args)) => crate::tools::bench::run(*args),
         Some(Command::Check(args)) => crate::tools::check::run(&args.config, args.proxy || as_proxy),
         Some(Command::Payout(args)) => crate::tools::payout::run_payout(args),
         Some(Command::Difficulty(args)) => crate::tools::payout::run_difficulty(args),

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
@@ -16,10 +14,11 @@ use tokio::time::{timeout, Instant};
 use crate::config::Upstream;
 use crate::difficulty::Difficulty;
 use crate::hex;
-use crate::stratum::lines::{Line, LineReader};
+use crate::share::Submit;
 use crate::stratum::{UpstreamJob, UpstreamShare, Work};
+use crate::sv1::client::{Client, ClientError};
+use crate::sv1::server_msg::{Event, Notify, NotifyJob, Subscription};
 use crate::work::coinbase::MAX_NONCE2_LEN;
-use crate::work::Job;
 
 /// No line from the upstream for this long: it is dead (pools notify at least every ~60 s).
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(150);
@@ -46,80 +45,6 @@ pub fn prefix_len_for(upstream_en2: usize) -> Option<usize> {
     }
 }
 
-/// What one upstream line says, read from its JSON without any session state: the session
-/// decides what to do with it (the pure part of the proxy's upstream parsing).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamMsg {
-    /// `mining.notify`: its params go to [`Job::from_notify`].
-    Notify,
-    /// `mining.set_difficulty`: `None` when the first param is not a difficulty above zero.
-    SetDifficulty(Option<Difficulty>),
-    /// `mining.set_extranonce`: extranonce1 and the extranonce2 size; `None` when malformed.
-    SetExtranonce(Option<(Vec<u8>, usize)>),
-    /// `client.reconnect`: `host:port` when both are given, else the same address.
-    Reconnect(Option<String>),
-    /// `mining.set_version_mask`: `None` when not a hex word.
-    SetVersionMask(Option<u32>),
-    /// Another method, ignored.
-    Other(String),
-    /// The answer to our configure (id 1): the mask granted, 0 when version rolling was refused.
-    Configured(u32),
-    /// The answer to our subscribe (id 2): extranonce1 and the extranonce2 size; `None` when
-    /// refused or malformed.
-    Subscribed(Option<(Vec<u8>, usize)>),
-    /// The answer to our authorize (id 3).
-    Authorized(bool),
-    /// The answer to a forwarded share.
-    ShareAnswer { id: u64, accepted: bool },
-    /// Neither a method nor a numeric id.
-    Unknown,
-}
-
-/// Reads one upstream line's JSON.
-pub fn read_upstream(v: &Value) -> UpstreamMsg {
-    match v.get("method").and_then(Value::as_str) {
-        Some("mining.notify") => UpstreamMsg::Notify,
-        Some("mining.set_difficulty") => {
-            UpstreamMsg::SetDifficulty(match v["params"].get(0).map(Difficulty::from_json) {
-                Some(Ok(d)) if !d.is_zero() => Some(d),
-                _ => None,
-            })
-        }
-        Some("mining.set_extranonce") => {
-            let e = v["params"].get(0).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
-            let n = v["params"].get(1).and_then(Value::as_u64).map(|n| n as usize);
-            UpstreamMsg::SetExtranonce(e.zip(n))
-        }
-        Some("client.reconnect") => {
-            let host = v["params"].get(0).and_then(Value::as_str).filter(|h| !h.is_empty());
-            let port = v["params"].get(1).and_then(|p| p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())));
-            UpstreamMsg::Reconnect(match (host, port) {
-                (Some(h), Some(p)) => Some(format!("{h}:{p}")),
-                _ => None,
-            })
-        }
-        Some("mining.set_version_mask") => UpstreamMsg::SetVersionMask(
-            v["params"].get(0).and_then(Value::as_str).and_then(|m| hex::parse_u32_be(m).ok()),
-        ),
-        Some(other) => UpstreamMsg::Other(other.to_string()),
-        None => match v.get("id").and_then(Value::as_u64) {
-            Some(1) => {
-                let m =
-                    v["result"]["version-rolling.mask"].as_str().and_then(|m| hex::parse_u32_be(m).ok()).unwrap_or(0);
-                UpstreamMsg::Configured(if v["result"]["version-rolling"] == json!(true) { m } else { 0 })
-            }
-            Some(2) => {
-                let e = v["result"].get(1).and_then(Value::as_str).and_then(|s| hex::decode(s).ok());
-                let n = v["result"].get(2).and_then(Value::as_u64).map(|n| n as usize);
-                UpstreamMsg::Subscribed(e.zip(n))
-            }
-            Some(3) => UpstreamMsg::Authorized(v["result"] == json!(true)),
-            Some(id) => UpstreamMsg::ShareAnswer { id, accepted: v["result"] == json!(true) },
-            None => UpstreamMsg::Unknown,
-        },
-    }
-}
-
 pub struct UpstreamClient {
     pub entries: Vec<Upstream>,
     pub version_mask: u32,
@@ -130,6 +55,8 @@ pub struct UpstreamClient {
     pub prefix_len: Option<usize>,
     /// The version mask the upstream granted (0 = none).
     pub granted_mask: watch::Sender<u32>,
+    /// The same, as published with each job.
+    mask: u32,
     next_job: u64,
     generation: u64,
 }
@@ -160,6 +87,7 @@ impl UpstreamClient {
             counters: Arc::default(),
             prefix_len: None,
             granted_mask,
+            mask: 0,
             next_job: 0,
             generation: 0,
         }
@@ -213,140 +141,56 @@ impl UpstreamClient {
             Ok(Err(e)) => return End::Failed(format!("cannot connect: {e}")),
             Err(_) => return End::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
         };
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::new(rd);
-        let mut reader = LineReader::new(64 * 1024);
-        let hello = format!(
-            "{}\n{}\n{}\n",
-            json!({"id": 1, "method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": format!("{:08x}", self.version_mask), "version-rolling.min-bit-count": 2}]}),
-            json!({"id": 2, "method": "mining.subscribe", "params": [concat!("ckpool-rs-proxy/", env!("CARGO_PKG_VERSION"))]}),
-            json!({"id": 3, "method": "mining.authorize", "params": [entry.auth, entry.pass.expose()]}),
-        );
-        if let Err(e) = wr.write_all(hello.as_bytes()).await {
-            return End::Failed(format!("write failed: {e}"));
-        }
-        let mut en1: Option<Vec<u8>> = None;
-        let mut en2_size = 0usize;
-        let mut authorized = false;
-        let mut difficulty: Option<Difficulty> = None;
-        let mut pending: HashMap<u64, (Arc<str>, Difficulty)> = HashMap::new();
-        let mut next_id = 10u64;
+        let mut up = Client::new(stream);
+        // Pipelined: a pool that ignores configure still answers the other two.
+        up.send_configure(self.version_mask);
+        up.send_subscribe(concat!("ckpool-rs-proxy/", env!("CARGO_PKG_VERSION")), None);
+        up.send_authorize(&entry.auth, entry.pass.expose());
+        let mut s = Session { en1: None, en2_size: 0, authorized: false, difficulty: None, pending: HashMap::new() };
         let mut bad_lines = 0u32;
         let mut last_line = Instant::now();
         let started = Instant::now();
         let mut probe = tokio::time::interval(PRIMARY_PROBE);
         probe.tick().await;
         self.generation += 1;
-        let mut out = String::new();
         loop {
             let limit =
-                if authorized && en1.is_some() { last_line + SILENCE_LIMIT } else { started + HANDSHAKE_TIMEOUT };
+                if s.authorized && s.en1.is_some() { last_line + SILENCE_LIMIT } else { started + HANDSHAKE_TIMEOUT };
             tokio::select! {
-                line = reader.next_line(&mut rd) => {
-                    let l = match line {
-                        Ok(Line::Data(l)) => reader.line(l),
-                        Ok(Line::TooLong) => return End::Failed("sent a line over 64 KiB".into()),
-                        Ok(Line::Eof) => return End::Failed("closed the connection".into()),
+                ev = up.next_event() => {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(ClientError::TooLong(n)) => return End::Failed(format!("sent a line over {} KiB", n / 1024)),
+                        Err(ClientError::Closed) => return End::Failed("closed the connection".into()),
                         Err(e) => return End::Failed(format!("read error: {e}")),
                     };
                     last_line = Instant::now();
-                    let v: Value = match serde_json::from_slice(l) {
-                        Ok(v) => { bad_lines = 0; v }
-                        Err(e) => {
-                            bad_lines += 1;
-                            tracing::warn!("upstream {addr}: unparseable line ({e}): {}", String::from_utf8_lossy(&l[..l.len().min(120)]));
-                            if bad_lines > MAX_BAD_LINES { return End::Failed(format!("{bad_lines} unparseable lines in a row")); }
-                            continue;
-                        }
-                    };
-                    match read_upstream(&v) {
-                        UpstreamMsg::Notify => {
-                            let Some(e1) = en1.clone() else {
-                                tracing::debug!("upstream {addr}: notify before the subscribe answer ignored");
-                                continue;
-                            };
-                            // Stratum's default difficulty is 1 until set_difficulty says otherwise.
-                            let d = *difficulty.get_or_insert(Difficulty::ONE);
-                            self.publish(&v["params"], &e1, en2_size, d, addr);
-                        }
-                        UpstreamMsg::SetDifficulty(Some(d)) => {
-                            if difficulty != Some(d) { tracing::info!("upstream {addr}: difficulty {d}"); }
-                            difficulty = Some(d);
-                        }
-                        UpstreamMsg::SetDifficulty(None) => tracing::warn!("upstream {addr}: ignoring set_difficulty {}", v["params"]),
-                        UpstreamMsg::SetExtranonce(Some((e, n))) if self.prefix_len.is_some_and(|p| n > p && n - p <= MAX_NONCE2_LEN) => {
-                            tracing::info!("upstream {addr}: new extranonce1 {} (extranonce2 {n} bytes)", hex::encode(&e));
-                            en1 = Some(e);
-                            en2_size = n;
-                            self.generation += 1;
-                        }
-                        UpstreamMsg::SetExtranonce(_) => return End::Failed(format!("unusable set_extranonce {}", v["params"])),
-                        UpstreamMsg::Reconnect(to) => return End::Reconnect(to),
-                        UpstreamMsg::SetVersionMask(m) => match m {
-                            Some(m) => {
-                                tracing::info!("upstream {addr}: version mask now {m:08x} (miners get {:08x} from the next job)", m & self.version_mask);
-                                self.granted_mask.send_replace(m & self.version_mask);
-                            }
-                            None => tracing::warn!("upstream {addr}: ignoring set_version_mask {}", v["params"]),
-                        },
-                        UpstreamMsg::Other(other) => tracing::debug!("upstream {addr}: ignoring {other}"),
-                        UpstreamMsg::Configured(m) => {
-                            self.granted_mask.send_replace(m & self.version_mask);
-                        }
-                        UpstreamMsg::Subscribed(sub) => {
-                            let Some((e, n)) = sub else {
-                                return End::Failed(format!("subscribe refused or malformed: {}", v));
-                            };
-                            let Some(p) = prefix_len_for(n) else {
-                                return End::Failed(format!("extranonce2 size {n} leaves no room for local miners"));
-                            };
-                            let p = *self.prefix_len.get_or_insert(p);
-                            if n <= p {
-                                return End::Failed(format!("extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"));
-                            }
-                            if n - p > MAX_NONCE2_LEN {
-                                return End::Failed(format!("extranonce2 size {n} leaves local miners more than {MAX_NONCE2_LEN} bytes after a {p}-byte prefix"));
-                            }
-                            if n - p < 4 {
-                                tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);
-                            }
-                            en1 = Some(e);
-                            en2_size = n;
-                        }
-                        UpstreamMsg::Authorized(ok) => {
-                            if !ok {
-                                return End::Failed(format!("authorize as {:?} refused: {}", entry.auth, v["error"]));
-                            }
-                            authorized = true;
-                            tracing::info!("upstream {addr}: connected and authorized as {}", entry.auth);
-                        }
-                        UpstreamMsg::ShareAnswer { id, accepted } => {
-                            if let Some((worker, d)) = pending.remove(&id) {
-                                if accepted {
-                                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                                    tracing::info!("upstream {addr} rejected a share from {worker} (difficulty {d}): {}", v["error"]);
-                                }
-                            }
-                        }
-                        UpstreamMsg::Unknown => tracing::debug!("upstream {addr}: ignoring {v}"),
+                    if let Event::NotJson { line, error } = &ev {
+                        bad_lines += 1;
+                        tracing::warn!("upstream {addr}: unparseable line ({error}): {}", line.chars().take(120).collect::<String>());
+                        if bad_lines > MAX_BAD_LINES { return End::Failed(format!("{bad_lines} unparseable lines in a row")); }
+                        continue;
+                    }
+                    bad_lines = 0;
+                    if let Some(end) = self.on_event(ev, &mut s, addr, entry) {
+                        return end;
                     }
                 }
                 share = self.shares.recv() => {
-                    let Some(s) = share else { return End::Shutdown };
-                    if s.generation != self.generation {
-                        tracing::debug!("share from {} for a previous upstream session dropped as stale", s.workername);
+                    let Some(sh) = share else { return End::Shutdown };
+                    if sh.generation != self.generation {
+                        tracing::debug!("share from {} for a previous upstream session dropped as stale", sh.workername);
                         continue;
                     }
-                    next_id += 1;
-                    let mut params = vec![json!(entry.auth), json!(&*s.job_id), json!(s.extranonce2), json!(s.ntime), json!(s.nonce)];
-                    if let Some(b) = &s.version_bits { params.push(json!(b)); }
-                    out.push_str(&json!({"id": next_id, "method": "mining.submit", "params": params}).to_string());
-                    out.push('\n');
-                    pending.insert(next_id, (s.workername.clone(), s.difficulty));
-                    if pending.len() > 100_000 { pending.clear(); }
+                    let id = up.send_submit(&entry.auth, &Submit {
+                        job_id: &sh.job_id,
+                        extranonce2: &sh.extranonce2,
+                        ntime: &sh.ntime,
+                        nonce: &sh.nonce,
+                        version_bits: sh.version_bits.as_deref(),
+                    });
+                    s.pending.insert(id, (sh.workername.clone(), sh.difficulty));
+                    if s.pending.len() > 100_000 { s.pending.clear(); }
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = probe.tick(), if idx != 0 => {
@@ -355,33 +199,117 @@ impl UpstreamClient {
                     }
                 }
                 _ = tokio::time::sleep_until(limit) => {
-                    return End::Failed(if authorized { format!("silent for {SILENCE_LIMIT:?}") } else { "no subscribe/authorize answer within 15 s".into() });
+                    return End::Failed(if s.authorized { format!("silent for {SILENCE_LIMIT:?}") } else { "no subscribe/authorize answer within 15 s".into() });
                 }
                 _ = shutdown.changed() => return End::Shutdown,
-            }
-            if !out.is_empty() {
-                if let Err(e) = wr.write_all(out.as_bytes()).await {
-                    return End::Failed(format!("write failed: {e}"));
-                }
-                out.clear();
             }
         }
     }
 
-    /// Re-issues an upstream notify to local miners.
-    fn publish(&mut self, params: &Value, en1: &[u8], en2_size: usize, difficulty: Difficulty, addr: &str) {
+    /// One upstream line; `Some` ends the session.
+    fn on_event(&mut self, ev: Event<'_>, s: &mut Session, addr: &str, entry: &Upstream) -> Option<End> {
+        match ev {
+            Event::Notify(n) => {
+                let Some(e1) = s.en1.clone() else {
+                    tracing::debug!("upstream {addr}: notify before the subscribe answer ignored");
+                    return None;
+                };
+                // Stratum's default difficulty is 1 until set_difficulty says otherwise.
+                let d = *s.difficulty.get_or_insert(Difficulty::ONE);
+                self.publish(&n, &e1, s.en2_size, d, addr);
+            }
+            Event::SetDifficulty(d) => {
+                if s.difficulty != Some(d) {
+                    tracing::info!("upstream {addr}: difficulty {d}");
+                }
+                s.difficulty = Some(d);
+            }
+            Event::SetExtranonce(Subscription { extranonce1: e, extranonce2_size: n })
+                if self.prefix_len.is_some_and(|p| n > p && n - p <= MAX_NONCE2_LEN) =>
+            {
+                tracing::info!("upstream {addr}: new extranonce1 {} (extranonce2 {n} bytes)", hex::encode(&e));
+                s.en1 = Some(e);
+                s.en2_size = n;
+                self.generation += 1;
+            }
+            Event::SetExtranonce(x) => {
+                return Some(End::Failed(format!(
+                    "unusable set_extranonce [{:?}, {}]",
+                    hex::encode(&x.extranonce1),
+                    x.extranonce2_size
+                )))
+            }
+            Event::Malformed { method, params } if method == "mining.set_extranonce" => {
+                return Some(End::Failed(format!("unusable set_extranonce {params}")))
+            }
+            Event::Malformed { method, params } => tracing::warn!("upstream {addr}: ignoring {method} {params}"),
+            Event::Reconnect(to) => return Some(End::Reconnect(to)),
+            Event::SetVersionMask(m) => {
+                self.mask = m & self.version_mask;
+                tracing::info!("upstream {addr}: version mask now {m:08x} (miners get {:08x} from the next job)", self.mask);
+                self.granted_mask.send_replace(self.mask);
+            }
+            Event::Configured(m) => {
+                self.mask = m & self.version_mask;
+                self.granted_mask.send_replace(self.mask);
+            }
+            Event::Subscribed(Err(r)) => return Some(End::Failed(format!("subscribe refused or malformed: {r}"))),
+            Event::Subscribed(Ok(Subscription { extranonce1: e, extranonce2_size: n })) => {
+                let Some(p) = prefix_len_for(n) else {
+                    return Some(End::Failed(format!("extranonce2 size {n} leaves no room for local miners")));
+                };
+                let p = *self.prefix_len.get_or_insert(p);
+                if n <= p {
+                    return Some(End::Failed(format!(
+                        "extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"
+                    )));
+                }
+                if n - p > MAX_NONCE2_LEN {
+                    return Some(End::Failed(format!("extranonce2 size {n} leaves local miners more than {MAX_NONCE2_LEN} bytes after a {p}-byte prefix")));
+                }
+                if n - p < 4 {
+                    tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);
+                }
+                s.en1 = Some(e);
+                s.en2_size = n;
+            }
+            Event::Authorized(Err(r)) => {
+                return Some(End::Failed(format!("authorize as {:?} refused: {r}", entry.auth)));
+            }
+            Event::Authorized(Ok(())) => {
+                s.authorized = true;
+                tracing::info!("upstream {addr}: connected and authorized as {}", entry.auth);
+            }
+            Event::Submitted { id, result } => {
+                if let Some((worker, d)) = s.pending.remove(&id) {
+                    match result {
+                        Ok(()) => self.counters.accepted.fetch_add(1, Ordering::Relaxed),
+                        Err(r) => {
+                            tracing::info!("upstream {addr} rejected a share from {worker} (difficulty {d}): {r}");
+                            self.counters.rejected.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }
+            Event::ShowMessage(m) => tracing::info!("upstream {addr} says: {m}"),
+            Event::Method { method, .. } => tracing::debug!("upstream {addr}: ignoring {method}"),
+            Event::Replied { .. } | Event::Stray(_) | Event::NotJson { .. } => {
+                tracing::debug!("upstream {addr}: ignoring {ev:?}")
+            }
+        }
+        None
+    }
+
+    /// Re-issues an upstream notify to local miners, with the mask granted now.
+    fn publish(&mut self, n: &Notify, en1: &[u8], en2_size: usize, difficulty: Difficulty, addr: &str) {
         let generation = self.generation;
         let Some(p) = self.prefix_len else { return };
-        let Some(job_id) = params.get(0).and_then(Value::as_str) else {
-            tracing::warn!("upstream {addr}: unusable notify (job id is not a string): {params}");
-            return;
-        };
         self.next_job += 1;
-        match Job::from_notify(self.next_job, params, en1.len() + p, en2_size - p) {
-            Ok(job) => {
+        match n.job(self.next_job, en1.len() + p, en2_size - p) {
+            Ok(NotifyJob { job, job_id }) => {
                 let up = UpstreamJob { job_id: job_id.into(), target: difficulty.to_target(), difficulty, generation };
                 let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up);
-                work.version_mask = Some(*self.granted_mask.borrow());
+                work.version_mask = Some(self.mask);
                 self.work.send_replace(Some(Arc::new(work)));
             }
             Err(e) => tracing::warn!("upstream {addr}: unusable notify: {e}"),
@@ -389,39 +317,105 @@ impl UpstreamClient {
     }
 }
 
+/// What one upstream session knows.
+struct Session {
+    en1: Option<Vec<u8>>,
+    en2_size: usize,
+    authorized: bool,
+    difficulty: Option<Difficulty>,
+    /// Forwarded shares awaiting the upstream's answer: who sent them, at what difficulty.
+    pending: HashMap<u64, (Arc<str>, Difficulty)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn upstream_lines_read() {
-        let r = |line: &str| read_upstream(&serde_json::from_str(line).unwrap());
-        assert_eq!(
-            r(r#"{"id":2,"result":[[["mining.notify","1"]],"08000001",8],"error":null}"#),
-            UpstreamMsg::Subscribed(Some((vec![8, 0, 0, 1], 8)))
-        );
-        assert_eq!(r(r#"{"id":2,"result":null,"error":[20,"no",null]}"#), UpstreamMsg::Subscribed(None));
-        assert_eq!(
-            r(r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#),
-            UpstreamMsg::Configured(0x1fffe000)
-        );
-        assert_eq!(r(r#"{"id":3,"result":true,"error":null}"#), UpstreamMsg::Authorized(true));
-        assert_eq!(r(r#"{"id":12,"result":false}"#), UpstreamMsg::ShareAnswer { id: 12, accepted: false });
-        assert_eq!(
-            r(r#"{"id":null,"method":"mining.set_difficulty","params":[0.0001]}"#),
-            UpstreamMsg::SetDifficulty(Some("0.0001".parse().unwrap()))
-        );
-        assert_eq!(r(r#"{"id":null,"method":"mining.set_difficulty","params":[0]}"#), UpstreamMsg::SetDifficulty(None));
-        assert_eq!(
-            r(r#"{"id":null,"method":"client.reconnect","params":["h","3334",0]}"#),
-            UpstreamMsg::Reconnect(Some("h:3334".into()))
-        );
-        assert_eq!(r(r#"{"id":null,"method":"mining.notify","params":[]}"#), UpstreamMsg::Notify);
-        assert_eq!(
-            r(r#"{"id":null,"method":"client.show_message","params":["hi"]}"#),
-            UpstreamMsg::Other("client.show_message".into())
-        );
-        assert_eq!(r(r#"{"id":"x","result":true}"#), UpstreamMsg::Unknown);
+    /// The mask the upstream grants in its configure answer, then in `mining.set_version_mask`,
+    /// reaches the published work (within the proxy's own mask); shares go up with the user and
+    /// their answers are counted.
+    #[tokio::test]
+    async fn version_mask_follows_the_upstream() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = l.local_addr().unwrap().to_string();
+        let (go_tx, mut go_rx) = mpsc::channel::<&'static str>(4);
+        let (seen_tx, mut seen_rx) = mpsc::channel::<serde_json::Value>(16);
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let notify = format!(
+                r#"{{"id":null,"method":"mining.notify","params":["j1","{}","01000000010000","00000000",[],"20000000","207fffff","65000000",true]}}"#,
+                "00".repeat(32)
+            );
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => {
+                        let Ok(Some(line)) = line else { return };
+                        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        let id = v["id"].clone();
+                        let answer = match v["method"].as_str().unwrap() {
+                            "mining.configure" => format!(r#"{{"id":{id},"result":{{"version-rolling":true,"version-rolling.mask":"00ffe000"}},"error":null}}"#),
+                            "mining.subscribe" => format!(r#"{{"id":{id},"result":[[],"aabbccdd",8],"error":null}}"#),
+                            "mining.authorize" => format!("{{\"id\":{id},\"result\":true,\"error\":null}}\n{notify}"),
+                            _ => format!(r#"{{"id":{id},"result":null,"error":[23,"Low difficulty share",null]}}"#),
+                        };
+                        w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();
+                        let _ = seen_tx.send(v).await;
+                    }
+                    Some(m) = go_rx.recv() => {
+                        let line = format!("{{\"id\":null,\"method\":\"mining.set_version_mask\",\"params\":[\"{m}\"]}}\n{notify}\n");
+                        w.write_all(line.as_bytes()).await.unwrap();
+                    }
+                }
+            }
+        });
+        let (work_tx, mut work_rx) = watch::channel(None);
+        let (share_tx, share_rx) = mpsc::channel(4);
+        let (mask_tx, mask_rx) = watch::channel(0);
+        let entry = Upstream { url, auth: "up.user".into(), pass: crate::config::Secret::new("x") };
+        let client = UpstreamClient::new(vec![entry], 0x1fffe000, work_tx, share_rx, mask_tx);
+        let counters = client.counters.clone();
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(client.run(stop_rx));
+        let limit = Duration::from_secs(10);
+        async fn next_work(rx: &mut watch::Receiver<Option<Arc<Work>>>) -> Arc<Work> {
+            timeout(Duration::from_secs(10), rx.changed()).await.expect("work within 10 s").unwrap();
+            rx.borrow_and_update().clone().expect("work")
+        }
+        let w = next_work(&mut work_rx).await;
+        assert_eq!(w.version_mask, Some(0x00ffe000));
+        assert_eq!(*mask_rx.borrow(), 0x00ffe000);
+        go_tx.send("ffffffff").await.unwrap();
+        let w = next_work(&mut work_rx).await;
+        assert_eq!(w.version_mask, Some(0x1fffe000), "the upstream's new mask, within the proxy's");
+        let up = w.upstream.as_ref().unwrap();
+        let share = UpstreamShare {
+            job_id: up.job_id.clone(),
+            generation: up.generation,
+            extranonce2: "0000000000000000".into(),
+            ntime: "65000000".into(),
+            nonce: "00000000".into(),
+            version_bits: None,
+            workername: "local.w".into(),
+            difficulty: Difficulty::ONE,
+        };
+        share_tx.send(share).await.unwrap();
+        let deadline = Instant::now() + limit;
+        let submit = loop {
+            let v = timeout(deadline - Instant::now(), seen_rx.recv()).await.expect("submit within 10 s").unwrap();
+            if v["method"] == "mining.submit" {
+                break v;
+            }
+        };
+        assert_eq!(submit["params"], serde_json::json!(["up.user", "j1", "0000000000000000", "65000000", "00000000"]));
+        while counters.rejected.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the upstream's answer was not counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counters.forwarded.load(Ordering::Relaxed), 1);
+        task.abort();
     }
 
     #[test]

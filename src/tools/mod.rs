@@ -1,8 +1,11 @@
-//! Subcommands beside the server: they share its config reader and node client but are not on
-//! its path. `ckpool check` (a config file and its nodes), `ckpool rpcauth` (bitcoin.conf's
-//! rpcauth line), `ckpool payout` / `ckpool difficulty` (mining-contract payouts; their exact
-//! arithmetic is [`crate::payout`]).
+//! Subcommands beside the server: they share its config reader, node client and stratum client
+//! but are not on its path. `ckpool check` (a config file and its nodes), `ckpool rpcauth`
+//! (bitcoin.conf's rpcauth line), `ckpool payout` / `ckpool difficulty` (mining-contract
+//! payouts; their exact arithmetic is [`crate::payout`]), `ckpool mine` (a CPU miner) and
+//! `ckpool bench` (a load generator), both on [`crate::sv1::client`].
 
+pub mod bench;
 pub mod check;
+pub mod miner;
 pub mod payout;
 pub mod rpcauth;

@@ -283,7 +283,7 @@ mod tests {
         assert!(matches!(Job::from_notify(1, &p, 4, 4), Err(NotifyError::Field { field: "merkle_branch", .. })));
     }
 
-    /// Found by fuzzing (fuzz/fuzz_targets/upstream.rs): an upstream subscribe answer with an
+    /// Found by fuzzing (the upstream target, now `client_lines`): an upstream subscribe answer with an
     /// extranonce2 size of 2^64 - 1 made a proxied job on which the share check overflowed
     /// (`expected * 2`); `ckpool mine` and `ckpool bench` allocated that many bytes per job.
     #[test]

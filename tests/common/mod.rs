@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use ckpool::bitcoind::Rpc;
 use ckpool::config::{RpcAuth, Secret};
+use ckpool::sv1::client::{Client as Sv1Client, ClientError};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 pub const RPC_USER: &str = "satoshi";
 pub const RPC_PASS: &str = "regtest-pass-for-tests";
@@ -500,11 +498,10 @@ pub async fn pool_config(node: &Node, address: &str) -> Value {
     })
 }
 
-/// A line-oriented stratum client with deadlines.
+/// The pool's own stratum client ([`Sv1Client`]) with deadlines, read as JSON trees so that
+/// tests can assert exact shapes.
 pub struct Client {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
-    next_id: u64,
+    pub sv1: Sv1Client,
     /// Lines received but not yet consumed by `expect_*`.
     pub backlog: Vec<Value>,
 }
@@ -513,48 +510,56 @@ pub const IO_LIMIT: Duration = Duration::from_secs(20);
 
 impl Client {
     pub async fn connect(addr: &str) -> Client {
-        let s = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let (r, w) = s.into_split();
-        Client { rd: BufReader::new(r), wr: w, next_id: 1, backlog: Vec::new() }
+        let sv1 = Sv1Client::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Client { sv1, backlog: Vec::new() }
     }
 
+    /// Sends `line` as it is (a newline added when missing).
     pub async fn send_raw(&mut self, line: &str) {
-        self.wr.write_all(line.as_bytes()).await.unwrap();
+        self.sv1.send_raw(line.as_bytes());
         if !line.ends_with('\n') {
-            self.wr.write_all(b"\n").await.unwrap();
+            self.sv1.send_raw(b"\n");
         }
+        self.flush().await;
     }
 
     pub async fn wr_bytes(&mut self, bytes: &[u8]) {
-        self.wr.write_all(bytes).await.unwrap();
+        self.sv1.send_raw(bytes);
+        self.flush().await;
+    }
+
+    pub async fn flush(&mut self) {
+        tokio::time::timeout(IO_LIMIT, self.sv1.flush())
+            .await
+            .unwrap_or_else(|_| panic!("could not write to the server within {IO_LIMIT:?}"))
+            .unwrap();
     }
 
     /// Sends a request and returns its id.
     pub async fn request(&mut self, method: &str, params: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send_raw(&json!({"id": id, "method": method, "params": params}).to_string()).await;
+        let id = self.sv1.send_request(method, &params);
+        self.flush().await;
         id
     }
 
     /// Next line from the server, or None at EOF; panics after `IO_LIMIT`.
     pub async fn read(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match tokio::time::timeout(IO_LIMIT, self.rd.read_line(&mut line)).await {
-            Ok(Ok(0)) => None,
-            Ok(Ok(_)) => {
-                Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("server sent non-JSON {line:?}: {e}")))
-            }
-            Ok(Err(_)) => None,
+        match tokio::time::timeout(IO_LIMIT, self.sv1.next_line()).await {
+            Ok(Ok(line)) => Some(
+                serde_json::from_slice(line)
+                    .unwrap_or_else(|e| panic!("server sent non-JSON {:?}: {e}", String::from_utf8_lossy(line))),
+            ),
+            Ok(Err(ClientError::Closed | ClientError::Io(_))) => None,
+            Ok(Err(e)) => panic!("reading from the server: {e}"),
             Err(_) => panic!("no line from the server within {IO_LIMIT:?}"),
         }
     }
 
-    /// Next line, possibly waiting at most `limit`; None on timeout or EOF.
+    /// Next line, possibly waiting at most `limit`; None on timeout or EOF. Nothing is lost
+    /// to the timeout (the client's reads are cancel-safe).
     pub async fn read_within(&mut self, limit: Duration) -> Option<Value> {
-        let mut line = String::new();
-        match tokio::time::timeout(limit, self.rd.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).ok(),
+        match tokio::time::timeout(limit, self.sv1.next_line()).await {
+            Ok(Ok(line)) => serde_json::from_slice(line).ok(),
             _ => None,
         }
     }
@@ -618,15 +623,19 @@ impl Client {
         }
     }
 
-    /// subscribe + authorize; returns (extranonce1 hex, extranonce2 size).
+    /// subscribe + authorize; returns (extranonce1 hex, extranonce2 size). Lines that come
+    /// before the answers are read afterwards, in order.
     pub async fn handshake(&mut self, worker: &str) -> (String, usize) {
-        let id = self.request("mining.subscribe", json!(["ckpool-test/1.0"])).await;
-        let r = self.reply(id).await;
-        let en1 = r["result"][1].as_str().unwrap().to_string();
-        let n2 = r["result"][2].as_u64().unwrap() as usize;
-        let id = self.request("mining.authorize", json!([worker, "x"])).await;
-        assert_eq!(self.reply(id).await["result"], json!(true));
-        (en1, n2)
+        let sub = tokio::time::timeout(IO_LIMIT, self.sv1.subscribe("ckpool-test/1.0", None))
+            .await
+            .expect("subscribe answered in time")
+            .expect("subscribed");
+        let auth = tokio::time::timeout(IO_LIMIT, self.sv1.authorize(worker, "x"))
+            .await
+            .expect("authorize answered in time")
+            .expect("authorize answered");
+        assert_eq!(auth, Ok(()), "authorize {worker}");
+        (ckpool::hex::encode(&sub.extranonce1), sub.extranonce2_size)
     }
 }
 

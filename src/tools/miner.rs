@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
+use crate::share::Submit;
+use crate::sv1::client::Client;
+use crate::sv1::server_msg::{Event, Subscription};
 use crate::work::job::Job;
 use crate::work::merkle::sha256d;
 
@@ -136,11 +136,21 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
             .spawn(move || hash_thread(t as u32, threads as u32, work, generation, hashes, stop, tx))?;
     }
     let started = Instant::now();
-    let (mut accepted, mut rejected) = (0u64, 0u64);
+    let mut m = Mining {
+        accepted: 0,
+        rejected: 0,
+        work,
+        generation,
+        en1: Vec::new(),
+        en2_len: 4,
+        mask: 0,
+        diff: Difficulty::ONE,
+    };
     let mut backoff = Duration::from_secs(1);
-    let result = 'outer: loop {
-        let stream = match TcpStream::connect(&addr).await {
-            Ok(s) => s,
+    let deadline = args.duration.map(|d| tokio::time::Instant::from_std(started + Duration::from_secs(d)));
+    let result = loop {
+        let mut pool = match Client::connect(&addr).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!("cannot connect to {addr}: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
@@ -150,136 +160,129 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
         };
         backoff = Duration::from_secs(1);
         tracing::info!("connected to {addr}");
-        let (rd, mut wr) = stream.into_split();
-        let mut lines = BufReader::new(rd).lines();
-        let mut out = String::new();
-        let send = |out: &mut String, v: Value, proto: bool| {
-            let l = v.to_string();
-            if proto {
-                println!("> {l}");
-            }
-            out.push_str(&l);
-            out.push('\n');
-        };
-        send(
-            &mut out,
-            json!({"id": 1, "method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": "1fffe000", "version-rolling.min-bit-count": 2}]}),
-            args.protocol,
-        );
-        send(
-            &mut out,
-            json!({"id": 2, "method": "mining.subscribe", "params": [concat!("ckpool-mine/", env!("CARGO_PKG_VERSION"))]}),
-            args.protocol,
-        );
-        send(&mut out, json!({"id": 3, "method": "mining.authorize", "params": [args.user, args.pass]}), args.protocol);
-        wr.write_all(out.as_bytes()).await?;
-        out.clear();
-        let mut en1 = Vec::new();
-        let mut en2_len = 4usize;
-        let mut mask = 0u32;
-        let mut diff = Difficulty::ONE;
-        let mut next_id = 10u64;
+        pool.dump_protocol(args.protocol);
+        pool.send_configure(0x1fffe000);
+        pool.send_subscribe(concat!("ckpool-mine/", env!("CARGO_PKG_VERSION")), None);
+        pool.send_authorize(&args.user, &args.pass);
+        (m.en1, m.en2_len, m.mask, m.diff) = (Vec::new(), 4, 0, Difficulty::ONE);
         let mut report = tokio::time::interval(Duration::from_secs(10));
         report.tick().await;
         let mut last_hashes = 0u64;
         let mut last_report = Instant::now();
-        let deadline = args.duration.map(|d| started + Duration::from_secs(d));
-        loop {
-            let until = deadline.map(tokio::time::Instant::from_std);
+        let end = loop {
             tokio::select! {
-                line = lines.next_line() => {
-                    let line = match line {
-                        Ok(Some(l)) => l,
-                        Ok(None) | Err(_) => { tracing::warn!("connection to {addr} lost; reconnecting"); break; }
-                    };
-                    if args.protocol { println!("< {line}"); }
-                    let Ok(v) = serde_json::from_str::<Value>(&line) else { tracing::warn!("pool sent non-JSON: {line}"); continue };
-                    match v.get("method").and_then(Value::as_str) {
-                        Some("mining.notify") => {
-                            let p = &v["params"];
-                            match Job::from_notify(0, p, en1.len().max(1), en2_len) {
-                                Ok(job) => {
-                                    let id = p[0].as_str().unwrap_or("").to_string();
-                                    let clean = p[8].as_bool().unwrap_or(false);
-                                    *work.lock().unwrap() = Some(SharedWork { job: Arc::new(job), job_id: id, en1: en1.clone(), target: diff.to_target(), version_mask: mask });
-                                    generation.fetch_add(1, Ordering::AcqRel);
-                                    tracing::debug!("new job {} (clean {clean})", p[0]);
-                                }
-                                Err(e) => tracing::warn!("unusable notify: {e}"),
-                            }
-                        }
-                        Some("mining.set_difficulty") => {
-                            if let Some(d) = v["params"].get(0).and_then(|d| Difficulty::from_json(d).ok()) {
-                                diff = d;
-                                tracing::info!("difficulty {diff}");
-                            }
-                        }
-                        Some("mining.set_extranonce") => {
-                            if let Some(e) = v["params"][0].as_str().and_then(|s| hex::decode(s).ok()) { en1 = e; }
-                            if let Some(n) = v["params"][1].as_u64() { en2_len = n as usize; }
-                            *work.lock().unwrap() = None;
-                            generation.fetch_add(1, Ordering::AcqRel);
-                        }
-                        Some("client.reconnect") => {
-                            let host = v["params"][0].as_str().map(str::to_string);
-                            let port = v["params"][1].as_u64().or_else(|| v["params"][1].as_str().and_then(|s| s.parse().ok()));
-                            if let (Some(h), Some(p)) = (host, port) { addr = format!("{h}:{p}"); }
-                            tracing::info!("pool asked to reconnect to {addr}");
-                            break;
-                        }
-                        Some(_) => {}
-                        None => match v["id"].as_u64() {
-                            Some(1) => {
-                                if let Some(m) = v["result"]["version-rolling.mask"].as_str() { mask = hex::parse_u32_be(m).unwrap_or(0); }
-                            }
-                            Some(2) => {
-                                en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
-                                en2_len = v["result"][2].as_u64().unwrap_or(4) as usize;
-                            }
-                            Some(3) => {
-                                if v["result"] == json!(true) {
-                                    tracing::info!("authorized as {}", args.user);
-                                } else {
-                                    tracing::error!("authorize refused: {}", v["error"]);
-                                }
-                            }
-                            Some(_) => {
-                                if v["result"] == json!(true) { accepted += 1; } else { rejected += 1; tracing::info!("share rejected: {}", v["error"]); }
-                                if args.shares.is_some_and(|n| accepted >= n) { break 'outer Ok(()); }
-                            }
-                            None => {}
-                        },
-                    }
-                }
+                ev = pool.next_event() => match ev {
+                    Ok(ev) => if let Some(leave) = m.on_event(ev, &args, &mut addr) { break leave },
+                    Err(e) => { tracing::warn!("connection to {addr} lost ({e}); reconnecting"); break Leave::Reconnect }
+                },
                 f = found_rx.recv() => {
-                    let Some(f) = f else { break 'outer Ok(()) };
-                    next_id += 1;
-                    let mut params = vec![json!(args.user), json!(f.job_id), json!(hex::encode(&f.en2)), json!(format!("{:08x}", f.ntime)), json!(format!("{:08x}", f.nonce))];
-                    if let Some(b) = f.version_bits { params.push(json!(format!("{b:08x}"))); }
-                    send(&mut out, json!({"id": next_id, "method": "mining.submit", "params": params}), args.protocol);
+                    let Some(f) = f else { break Leave::Done };
+                    let (en2, ntime, nonce) = (hex::encode(&f.en2), format!("{:08x}", f.ntime), format!("{:08x}", f.nonce));
+                    let bits = f.version_bits.map(|b| format!("{b:08x}"));
+                    pool.send_submit(&args.user, &Submit { job_id: &f.job_id, extranonce2: &en2, ntime: &ntime, nonce: &nonce, version_bits: bits.as_deref() });
                 }
                 _ = report.tick() => {
                     let h = hashes.load(Ordering::Relaxed);
                     let rate = (h - last_hashes) as f64 / last_report.elapsed().as_secs_f64();
                     last_hashes = h; last_report = Instant::now();
-                    tracing::info!("{}, accepted {accepted}, rejected {rejected}", crate::miner::format_rate(rate));
+                    tracing::info!("{}, accepted {}, rejected {}", format_rate(rate), m.accepted, m.rejected);
                 }
-                _ = async { match until { Some(u) => tokio::time::sleep_until(u).await, None => std::future::pending().await } } => break 'outer Ok(()),
+                _ = async { match deadline { Some(u) => tokio::time::sleep_until(u).await, None => std::future::pending().await } } => break Leave::Done,
             }
-            if !out.is_empty() {
-                if wr.write_all(out.as_bytes()).await.is_err() {
-                    break;
-                }
-                out.clear();
-            }
+        };
+        if let Leave::Done = end {
+            break Ok(());
         }
-        *work.lock().unwrap() = None;
-        generation.fetch_add(1, Ordering::AcqRel);
+        m.set_work(None);
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     stop.store(true, Ordering::Release);
-    println!("ckpool mine: accepted {accepted}, rejected {rejected}");
+    println!("ckpool mine: accepted {}, rejected {}", m.accepted, m.rejected);
     result
+}
+
+/// The mining session's state, kept across reconnections for the counts and the threads' work.
+struct Mining {
+    accepted: u64,
+    rejected: u64,
+    work: Arc<Mutex<Option<SharedWork>>>,
+    generation: Arc<AtomicU64>,
+    en1: Vec<u8>,
+    en2_len: usize,
+    mask: u32,
+    diff: Difficulty,
+}
+
+/// Why a connection is left.
+enum Leave {
+    Reconnect,
+    /// The run is over (enough shares, the duration, or the threads stopped).
+    Done,
+}
+
+impl Mining {
+    /// One pool line; `Some` leaves the connection.
+    fn on_event(&mut self, ev: Event<'_>, args: &MineArgs, addr: &mut String) -> Option<Leave> {
+        match ev {
+            Event::Notify(n) => match n.job(0, self.en1.len().max(1), self.en2_len) {
+                Ok(j) => {
+                    tracing::debug!("new job {} (clean {})", j.job_id, j.job.clean);
+                    let w = SharedWork {
+                        job: Arc::new(j.job),
+                        job_id: j.job_id,
+                        en1: self.en1.clone(),
+                        target: self.diff.to_target(),
+                        version_mask: self.mask,
+                    };
+                    self.set_work(Some(w));
+                }
+                Err(e) => tracing::warn!("unusable notify: {e}"),
+            },
+            Event::SetDifficulty(d) => {
+                self.diff = d;
+                tracing::info!("difficulty {d}");
+            }
+            Event::SetExtranonce(Subscription { extranonce1, extranonce2_size }) => {
+                (self.en1, self.en2_len) = (extranonce1, extranonce2_size);
+                self.set_work(None);
+            }
+            Event::Reconnect(to) => {
+                if let Some(to) = to {
+                    *addr = to;
+                }
+                tracing::info!("pool asked to reconnect to {addr}");
+                return Some(Leave::Reconnect);
+            }
+            Event::SetVersionMask(m) | Event::Configured(m) => self.mask = m,
+            Event::Subscribed(Ok(s)) => (self.en1, self.en2_len) = (s.extranonce1, s.extranonce2_size),
+            Event::Subscribed(Err(r)) => tracing::error!("subscribe refused: {r}"),
+            Event::Authorized(Ok(())) => tracing::info!("authorized as {}", args.user),
+            Event::Authorized(Err(r)) => tracing::error!("authorize refused: {r}"),
+            Event::Submitted { result, .. } => {
+                match result {
+                    Ok(()) => self.accepted += 1,
+                    Err(r) => {
+                        self.rejected += 1;
+                        tracing::info!("share rejected: {r}");
+                    }
+                }
+                if args.shares.is_some_and(|n| self.accepted >= n) {
+                    return Some(Leave::Done);
+                }
+            }
+            Event::ShowMessage(msg) => tracing::info!("pool says: {msg}"),
+            Event::NotJson { line, .. } => tracing::warn!("pool sent non-JSON: {line}"),
+            Event::Malformed { method, params } => tracing::warn!("pool sent unusable {method} {params}"),
+            Event::Method { .. } | Event::Replied { .. } | Event::Stray(_) => {}
+        }
+        None
+    }
+
+    /// Replaces the threads' work; they drop what they do.
+    fn set_work(&self, w: Option<SharedWork>) {
+        *self.work.lock().unwrap() = w;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// "12.3 MH/s" style rate (display only).

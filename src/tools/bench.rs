@@ -21,14 +21,13 @@ use tokio::sync::watch;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
-use crate::stratum::lines::{Line, LineReader};
+use crate::share::Submit;
+use crate::sv1::client::{Client, ClientError};
+use crate::sv1::server_msg::{Event, Notify, Refusal};
 use crate::work::job::Job;
 use crate::work::merkle::sha256d_header;
 
@@ -85,7 +84,7 @@ pub struct BenchArgs {
 
 /// Checks that `url` names a loopback address (127.0.0.0/8 or ::1) and returns it.
 pub fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
-    let hp = crate::miner::parse_url(url)?;
+    let hp = super::miner::parse_url(url)?;
     let addrs: Vec<SocketAddr> =
         hp.to_socket_addrs().with_context(|| format!("cannot resolve {hp}"))?.collect::<Vec<_>>();
     let Some(first) = addrs.first().copied() else { bail!("{hp} resolves to no address") };
@@ -163,42 +162,6 @@ impl Stats {
     }
 }
 
-/// An answer to one of our requests, read without a full JSON parse (the hot path).
-#[derive(Debug, PartialEq)]
-pub enum Answer<'a> {
-    Ok(u64),
-    Err(u64, i64, &'a str),
-}
-
-/// Parses `{"id":N,"result":true,...}` or `{"id":N,"result":null,"error":[CODE,"MSG",...]}`.
-/// `None` for anything else (notifications, other shapes): those go through serde_json.
-pub fn fast_answer(line: &str) -> Option<Answer<'_>> {
-    let rest = line.strip_prefix("{\"id\":")?;
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    let id: u64 = rest[..digits].parse().ok()?;
-    let rest = &rest[digits..];
-    if rest.starts_with(",\"result\":true") {
-        return Some(Answer::Ok(id));
-    }
-    let e = rest.find("\"error\":[")? + 9;
-    let rest = &rest[e..];
-    let comma = rest.find(',')?;
-    let code: i64 = rest[..comma].trim().parse().ok()?;
-    let msg = rest[comma + 1..].trim_start().strip_prefix('"')?;
-    let end = msg.find('"')?;
-    Some(Answer::Err(id, code, &msg[..end]))
-}
-
-/// For idle sessions, which need no job: a `mining.notify` line's prevhash and clean_jobs flag,
-/// read without a JSON parse so that thousands of them are timed, not parsed.
-pub fn fast_notify(line: &str) -> Option<(&str, bool)> {
-    let rest = line.split_once("\"method\":\"mining.notify\",\"params\":[\"")?.1;
-    let rest = rest.split_once("\",\"")?.1; // past the job id
-    let prev = rest.split_once('"')?.0;
-    let clean = line.trim_end().strip_suffix("]}")?.ends_with("true");
-    Some((prev, clean))
-}
-
 /// A small xorshift generator: nonces need to differ, not to be unpredictable.
 struct Rng(u64);
 
@@ -223,9 +186,11 @@ struct ConnWork {
     ntime_hex: String,
     root: [u8; 32],
     en2: Vec<u8>,
+    en2_hex: String,
     left_on_en2: u32,
 }
 
+/// One connection's state; its stratum client is beside it (see `connection`).
 struct Conn {
     idx: usize,
     idle: bool,
@@ -237,13 +202,12 @@ struct Conn {
     work: Option<ConnWork>,
     /// A notify arrived (idle sessions keep no job).
     notified: bool,
+    authorized: bool,
     working: bool,
     rng: Rng,
-    next_id: u64,
-    /// Our submits awaiting an answer: (id, sent at). The server answers in order.
+    /// Our submits awaiting an answer: (id, sent at), oldest first.
     pending: VecDeque<(u64, Instant)>,
     latencies: Vec<u32>,
-    out: String,
 }
 
 impl Conn {
@@ -258,17 +222,16 @@ impl Conn {
             target: Difficulty::ONE.to_target(),
             work: None,
             notified: false,
+            authorized: false,
             working: false,
             rng: Rng((0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1),
-            next_id: 10,
             pending: VecDeque::new(),
             latencies: Vec::new(),
-            out: String::with_capacity(if idle { 0 } else { 256 * args.window.max(1) }),
         }
     }
 
-    /// Appends one unsolved, well-formed submit to `out`. False when there is no work yet.
-    fn push_submit(&mut self) -> bool {
+    /// Queues one unsolved, well-formed submit. False when there is no work yet.
+    fn push_submit(&mut self, client: &mut Client) -> bool {
         let Some(w) = self.work.as_mut() else { return false };
         if w.left_on_en2 == 0 {
             self.en2_counter = self.en2_counter.wrapping_add(1);
@@ -276,6 +239,8 @@ impl Conn {
             let k = w.en2.len().min(8);
             let n = w.en2.len();
             w.en2[n - k..].copy_from_slice(&bytes[8 - k..]);
+            w.en2_hex.clear();
+            hex::encode_to(&w.en2, &mut w.en2_hex);
             w.root = w.job.merkle_root(&self.en1, &w.en2);
             w.left_on_en2 = SHARES_PER_EN2;
         }
@@ -289,34 +254,55 @@ impl Conn {
                 break nonce;
             }
         };
-        let id = self.next_id;
-        self.next_id += 1;
-        let _ = write!(
-            self.out,
-            "{{\"id\":{id},\"method\":\"mining.submit\",\"params\":[\"{}\",\"{}\",\"",
-            self.user, w.job_id
+        let mut nonce_hex = [0u8; 8];
+        hex_word(nonce, &mut nonce_hex);
+        let id = client.send_submit(
+            &self.user,
+            &Submit {
+                job_id: &w.job_id,
+                extranonce2: &w.en2_hex,
+                ntime: &w.ntime_hex,
+                nonce: std::str::from_utf8(&nonce_hex).expect("hex digits"),
+                version_bits: None,
+            },
         );
-        hex_into(&mut self.out, &w.en2);
-        let _ = writeln!(self.out, "\",\"{}\",\"{nonce:08x}\"]}}", w.ntime_hex);
         self.pending.push_back((id, Instant::now()));
         true
     }
 
-    fn take_notify(&mut self, params: &Value, stats: &Stats, at: Instant) {
-        let clean = params.get(8).and_then(Value::as_bool).unwrap_or(false);
-        if clean && self.working && self.work.is_some() {
-            if let Some(prev) = params.get(1).and_then(Value::as_str) {
-                stats.notifies.lock().unwrap().entry(prev.to_string()).or_default().push(at);
-            }
-        }
-        match Job::from_notify(0, params, self.en1.len().max(1), self.en2_len) {
-            Ok(job) => {
-                let job_id = params[0].as_str().unwrap_or("").to_string();
-                let ntime_hex = format!("{:08x}", job.ntime);
+    fn take_notify(&mut self, n: &Notify, stats: &Stats, at: Instant) {
+        match n.job(0, self.en1.len().max(1), self.en2_len) {
+            Ok(j) => {
+                if j.job.clean && self.working && self.work.is_some() {
+                    stats
+                        .notifies
+                        .lock()
+                        .unwrap()
+                        .entry(crate::work::job::prevhash_to_stratum(&j.job.prev_hash))
+                        .or_default()
+                        .push(at);
+                }
+                let ntime_hex = format!("{:08x}", j.job.ntime);
                 let en2 = vec![0u8; self.en2_len];
-                self.work = Some(ConnWork { job, job_id, ntime_hex, root: [0; 32], en2, left_on_en2: 0 });
+                self.work = Some(ConnWork {
+                    job: j.job,
+                    job_id: j.job_id,
+                    ntime_hex,
+                    root: [0; 32],
+                    en2,
+                    en2_hex: String::new(),
+                    left_on_en2: 0,
+                });
             }
             Err(e) => stats.note_error(format!("connection {}: unusable notify: {e}", self.idx)),
+        }
+    }
+
+    /// Counts this session as working once it is authorized and has had a notify.
+    fn check_working(&mut self, stats: &Stats) {
+        if self.authorized && !self.working && (self.work.is_some() || (self.idle && self.notified)) {
+            self.working = true;
+            stats.working.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -330,11 +316,11 @@ impl Stats {
     }
 }
 
-fn hex_into(out: &mut String, bytes: &[u8]) {
+/// Eight lowercase hex digits of `v`.
+fn hex_word(v: u32, out: &mut [u8; 8]) {
     const D: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(D[(b >> 4) as usize] as char);
-        out.push(D[(b & 15) as usize] as char);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = D[((v >> (28 - 4 * i)) & 15) as usize];
     }
 }
 
@@ -357,65 +343,59 @@ async fn connection(
     stats: Arc<Stats>,
     mut phase: watch::Receiver<u8>,
 ) {
-    let stream = match TcpStream::connect(addr).await {
-        Ok(s) => s,
+    let mut client = match Client::connect(addr).await {
+        Ok(c) => c,
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             stats.note_error(format!("connection {idx}: connect {addr}: {e}"));
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut reader = LineReader::new(crate::stratum::proto::MAX_LINE);
     let mut c = Conn::new(idx, idle, &args);
-    let _ = writeln!(
-        c.out,
-        "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ckpool-bench/{}\"]}}",
-        env!("CARGO_PKG_VERSION")
-    );
-    let _ = writeln!(c.out, "{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"{}\",\"x\"]}}", c.user);
+    client.send_subscribe(concat!("ckpool-bench/", env!("CARGO_PKG_VERSION")), None);
+    client.send_authorize(&c.user, "x");
     let mut pace = (args.rate > 0 && !idle).then(|| {
         let per_conn = (args.rate as f64 / args.connections.max(1) as f64).max(0.001);
         Pace { every: Duration::from_secs_f64(1.0 / per_conn), next: Instant::now() }
     });
-    let mut authorized = false;
     loop {
-        if !c.out.is_empty() {
-            if let Err(e) = wr.write_all(c.out.as_bytes()).await {
-                stats.note_error(format!("connection {idx}: write: {e}"));
-                break;
-            }
-            c.out.clear();
-        }
         let now_phase = *phase.borrow_and_update();
         if now_phase == CLOSE || (now_phase == STOP && c.pending.is_empty()) {
             break;
         }
-        let submitting = authorized && !c.idle && !stats.stop.load(Ordering::Relaxed);
+        let submitting = c.authorized && !c.idle && !stats.stop.load(Ordering::Relaxed);
         let pace_at = pace.as_ref().filter(|_| submitting).map(|p| p.next);
         tokio::select! {
-            line = reader.next_line(&mut rd) => {
+            ev = client.next_event() => {
                 let at = Instant::now();
-                let mut line = match line {
-                    Ok(Line::Data(l)) => l,
-                    Ok(Line::TooLong) => { stats.note_error(format!("connection {idx}: line too long")); break }
-                    Ok(Line::Eof) => { if !stats.stop.load(Ordering::Relaxed) { stats.note_error(format!("connection {idx}: server closed the connection")); } break }
-                    Err(e) => { stats.note_error(format!("connection {idx}: read: {e}")); break }
-                };
-                loop {
-                    match handle_line(&mut c, reader.line(line), &stats, at, &mut authorized) {
-                        Ok(()) => {}
-                        Err(e) => { stats.note_error(format!("connection {idx}: {e}")); stats.failed.fetch_add(1, Ordering::Relaxed); return; }
+                let mut next = Some(ev);
+                // Every line already read, then one write for the submits they call for.
+                let mut failed = None;
+                while let Some(ev) = next {
+                    match ev {
+                        Ok(ev) => if let Err(why) = handle_event(&mut c, ev, &stats, at) {
+                            stats.note_error(format!("connection {idx}: {why}"));
+                            failed = Some(true);
+                            break;
+                        },
+                        Err(e) => {
+                            if !(matches!(e, ClientError::Closed) && stats.stop.load(Ordering::Relaxed)) {
+                                stats.note_error(format!("connection {idx}: {e}"));
+                            }
+                            failed = Some(false);
+                            break;
+                        }
                     }
-                    match reader.buffered_line() {
-                        Some(Line::Data(l)) => line = l,
-                        _ => break,
-                    }
+                    next = client.try_event();
                 }
-                if authorized && !c.idle && !stats.stop.load(Ordering::Relaxed) && pace.is_none() {
+                match failed {
+                    Some(true) => { stats.failed.fetch_add(1, Ordering::Relaxed); return }
+                    Some(false) => break,
+                    None => {}
+                }
+                if c.authorized && !c.idle && !stats.stop.load(Ordering::Relaxed) && pace.is_none() {
                     // Window mode: refill to the window (the first time, and one per answer).
-                    while c.pending.len() < args.window.max(1) && c.push_submit() {}
+                    while c.pending.len() < args.window.max(1) && c.push_submit(&mut client) {}
                 }
             }
             _ = async { match pace_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
@@ -423,7 +403,7 @@ async fn connection(
                     // Catch up on missed ticks, but never with more than 64 queued at once.
                     let now = Instant::now();
                     while p.next <= now && c.pending.len() < 64 {
-                        if !c.push_submit() { p.next = now + p.every; break; }
+                        if !c.push_submit(&mut client) { p.next = now + p.every; break; }
                         p.next += p.every;
                     }
                     if p.next <= now { p.next = now + p.every; }
@@ -440,131 +420,71 @@ async fn connection(
     }
 }
 
-/// Handles one server line.
-fn handle_line(c: &mut Conn, line: &[u8], stats: &Stats, at: Instant, authorized: &mut bool) -> Result<(), String> {
-    let text = std::str::from_utf8(line).map_err(|_| "server sent non-UTF-8".to_string())?;
-    if let Some(a) = fast_answer(text) {
-        let (id, code, msg) = match a {
-            Answer::Ok(id) => (id, None, ""),
-            Answer::Err(id, code, msg) => (id, Some(code), msg),
-        };
-        if id != 1 {
-            return on_answer(c, stats, at, authorized, id, code, msg);
+/// Handles one server line; `Err` ends the connection.
+fn handle_event(c: &mut Conn, ev: Event<'_>, stats: &Stats, at: Instant) -> Result<(), String> {
+    match ev {
+        Event::Submitted { id, result } => {
+            if let Some(pos) = c.pending.iter().position(|(i, _)| *i == id) {
+                let (_, sent) = c.pending.remove(pos).expect("position is in range");
+                c.latencies.push(at.saturating_duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
+            }
+            stats.answered.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(r) => stats.count_reject(&r),
+            }
         }
-    }
-    if c.idle {
-        if let Some((prev, clean)) = fast_notify(text) {
-            if clean && c.working {
-                stats.notifies.lock().unwrap().entry(prev.to_string()).or_default().push(at);
+        Event::Notify(n) if c.idle => {
+            if let Some((prev, clean)) = n.prevhash_clean() {
+                if clean && c.working {
+                    stats.notifies.lock().unwrap().entry(prev.into_owned()).or_default().push(at);
+                }
             }
             c.notified = true;
-            if *authorized && !c.working {
-                c.working = true;
-                stats.working.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(());
+            c.check_working(stats);
         }
-    }
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("server sent non-JSON {text:?}: {e}"))?;
-    match v.get("method").and_then(Value::as_str) {
-        Some("mining.notify") => {
-            c.take_notify(&v["params"], stats, at);
+        Event::Notify(n) => {
+            c.take_notify(&n, stats, at);
             c.notified = true;
-            if *authorized && !c.working {
-                c.working = true;
-                stats.working.fetch_add(1, Ordering::Relaxed);
-            }
+            c.check_working(stats);
         }
-        Some("mining.set_difficulty") => {
-            if let Some(d) = v["params"].get(0).and_then(|d| Difficulty::from_json(d).ok()) {
-                c.target = d.to_target();
-            }
+        Event::SetDifficulty(d) => c.target = d.to_target(),
+        Event::Subscribed(Ok(s)) => (c.en1, c.en2_len) = (s.extranonce1, s.extranonce2_size),
+        Event::Subscribed(Err(r)) => return Err(format!("subscribe refused: {r}")),
+        Event::Authorized(Ok(())) => {
+            c.authorized = true;
+            // Some pools send the first notify before this answer: an idle session that has had
+            // one is working now; a submitting one needs its job.
+            c.check_working(stats);
         }
-        Some(_) => {}
-        None => match v["id"].as_u64() {
-            Some(1) => {
-                if !v["error"].is_null() {
-                    return Err(format!("subscribe refused: {}", v["error"]));
-                }
-                c.en1 = v["result"][1].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
-                c.en2_len = v["result"][2].as_u64().unwrap_or(8) as usize;
-            }
-            // An answer in another key order (ckpool puts "id" last, and says why a share was
-            // refused in "reject-reason" with a null "error").
-            Some(id) => {
-                if v["result"] == Value::Bool(true) {
-                    return on_answer(c, stats, at, authorized, id, None, "");
-                }
-                // ckpool's "reject-reason" texts carry no code: the usual ones get theirs.
-                let code = v["error"].get(0).and_then(Value::as_i64).unwrap_or(match v["reject-reason"].as_str() {
-                    Some("Above target") => 23,
-                    Some("Stale") | Some("Invalid JobID") => 21,
-                    Some("Duplicate") => 22,
-                    _ => -1,
-                });
-                let msg = v["error"]
-                    .get(1)
-                    .and_then(Value::as_str)
-                    .or_else(|| v["reject-reason"].as_str())
-                    .unwrap_or("refused")
-                    .to_string();
-                return on_answer(c, stats, at, authorized, id, Some(code), &msg);
-            }
-            None => {}
-        },
+        Event::Authorized(Err(r)) => return Err(format!("authorize refused: {r}")),
+        Event::NotJson { line, error } => return Err(format!("server sent non-JSON {line:?}: {error}")),
+        _ => {}
     }
     Ok(())
 }
 
-/// An answer to request `id` (2: authorize; 10 and up: submits); `code` is `None` when accepted.
-fn on_answer(
-    c: &mut Conn,
-    stats: &Stats,
-    at: Instant,
-    authorized: &mut bool,
-    id: u64,
-    code: Option<i64>,
-    msg: &str,
-) -> Result<(), String> {
-    if id >= 10 {
-        if let Some(pos) = c.pending.iter().position(|(i, _)| *i == id) {
-            let (_, sent) = c.pending.remove(pos).expect("position is in range");
-            c.latencies.push(at.saturating_duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
-        }
-        stats.answered.fetch_add(1, Ordering::Relaxed);
-        match code {
-            None => {
-                stats.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(code) => {
-                let slot = code_slot(code);
-                if stats.rejected[slot].fetch_add(1, Ordering::Relaxed) == 0 {
-                    let mut r = stats.reasons.lock().unwrap();
-                    if r[slot].is_none() {
-                        r[slot] = Some(if slot == 6 { format!("code {code}: {msg}") } else { msg.to_string() });
-                    }
-                }
+impl Stats {
+    /// Counts a refused share under its stratum code; ckpool's "reject-reason" texts carry no
+    /// code, so the usual ones get theirs.
+    fn count_reject(&self, r: &Refusal) {
+        let code = r.code.unwrap_or(match &*r.message {
+            "Above target" => 23,
+            "Stale" | "Invalid JobID" => 21,
+            "Duplicate" => 22,
+            _ => -1,
+        });
+        let slot = code_slot(code);
+        if self.rejected[slot].fetch_add(1, Ordering::Relaxed) == 0 {
+            let mut reasons = self.reasons.lock().unwrap();
+            if reasons[slot].is_none() {
+                reasons[slot] =
+                    Some(if slot == 6 { format!("code {code}: {}", r.message) } else { r.message.to_string() });
             }
         }
-        return Ok(());
     }
-    if id == 2 {
-        if code.is_some() {
-            return Err(format!("authorize refused: {msg}"));
-        }
-        *authorized = true;
-        // Some pools send the first notify before this answer: an idle session that has had one
-        // is working now; a submitting one needs its job.
-        if !c.working && (c.work.is_some() || (c.idle && c.notified)) {
-            c.working = true;
-            stats.working.fetch_add(1, Ordering::Relaxed);
-        }
-        return Ok(());
-    }
-    if code.is_some() {
-        return Err(format!("request {id} refused: {msg}"));
-    }
-    Ok(())
 }
 
 /// CPU time (µs, utime + stime) and resident memory (bytes) of a process.
@@ -932,21 +852,11 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_parse_without_json() {
-        assert_eq!(fast_answer(r#"{"id":12,"result":true,"error":null}"#), Some(Answer::Ok(12)));
-        assert_eq!(
-            fast_answer(r#"{"id":13,"result":null,"error":[23,"Above target",null]}"#),
-            Some(Answer::Err(13, 23, "Above target"))
-        );
-        assert_eq!(fast_answer(r#"{"id":null,"method":"mining.notify","params":[]}"#), None);
-        assert_eq!(fast_answer(r#"{"id":1,"result":[[],"00",8],"error":null}"#), None);
-    }
-
     /// ckpool (C) writes "id" last, sends its first notify before the authorize answer, and
     /// refuses shares with a "reject-reason" and a null "error".
     #[test]
     fn answers_in_ckpools_key_order() {
+        use crate::sv1::server_msg::{event, Kind};
         use clap::Parser;
         #[derive(Parser)]
         struct A {
@@ -957,44 +867,32 @@ mod tests {
         let stats = Stats::default();
         let at = Instant::now();
         let mut c = Conn::new(0, true, &args);
-        let mut authorized = false;
+        let kind = |id| Some(if id == 2 { Kind::Authorize } else { Kind::Submit });
+        let line = |c: &mut Conn, l: &str| handle_event(c, event(l.as_bytes(), kind), &stats, at);
         let notify = r#"{"params": ["1", "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000", "01000000010000", "00000000", [], "20000000", "207fffff", "504e86b9", true], "id": null, "method": "mining.notify"}"#;
-        handle_line(&mut c, notify.as_bytes(), &stats, at, &mut authorized).unwrap();
+        line(&mut c, notify).unwrap();
         assert!(!c.working);
-        handle_line(&mut c, br#"{"result": true, "error": null, "id": 2}"#, &stats, at, &mut authorized).unwrap();
-        assert!(authorized && c.working, "idle session works once authorized after its first notify");
+        line(&mut c, r#"{"result": true, "error": null, "id": 2}"#).unwrap();
+        assert!(c.authorized && c.working, "idle session works once authorized after its first notify");
         c.pending.push_back((10, at));
         c.pending.push_back((11, at));
-        handle_line(
-            &mut c,
-            br#"{"reject-reason":"Above target","result":false,"error":null,"id":10}"#,
-            &stats,
-            at,
-            &mut authorized,
-        )
-        .unwrap();
-        handle_line(&mut c, br#"{"result":true,"error":null,"id":11}"#, &stats, at, &mut authorized).unwrap();
+        line(&mut c, r#"{"reject-reason":"Above target","result":false,"error":null,"id":10}"#).unwrap();
+        line(&mut c, r#"{"result":true,"error":null,"id":11}"#).unwrap();
+        assert!(line(&mut c, r#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#).is_err());
         assert_eq!(stats.answered.load(Ordering::Relaxed), 2);
         assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
         assert_eq!(stats.snapshot().iter().sum::<u64>(), 1);
         assert_eq!(stats.snapshot()[code_slot(23)], 1, "ckpool's Above target counts as low difficulty");
         assert!(c.pending.is_empty());
-        assert!(handle_line(
-            &mut c,
-            br#"{"result":false,"error":[24,"Unauthorized",null],"id":2}"#,
-            &stats,
-            at,
-            &mut authorized
-        )
-        .is_err());
     }
 
     #[test]
-    fn notify_fields_without_json() {
-        let line = r#"{"id":null,"method":"mining.notify","params":["1a00","0011aabb","01","02",["ff"],"20000000","207fffff","65000000",true]}"#;
-        assert_eq!(fast_notify(line), Some(("0011aabb", true)));
-        assert_eq!(fast_notify(&line.replace("true]", "false]")), Some(("0011aabb", false)));
-        assert_eq!(fast_notify(r#"{"id":null,"method":"mining.set_difficulty","params":[1]}"#), None);
+    fn nonce_hex() {
+        let mut out = [0u8; 8];
+        for v in [0u32, 1, 0xdead_beef, u32::MAX] {
+            hex_word(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:08x}"));
+        }
     }
 
     #[test]

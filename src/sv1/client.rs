@@ -1,0 +1,571 @@
+//! One stratum v1 client, used by `ckpool mine`, the proxy's upstream session, `ckpool bench`
+//! and the tests: it owns the TCP stream, numbers its requests, remembers what each id was
+//! sent for, and hands every server line on, in order, as a typed [`Event`].
+//!
+//! Requests are queued (`send_*`, no I/O) and written by the next read, concurrently with it, so
+//! many pipelined requests go out in one write and a server that stops reading cannot stall
+//! what it sends us. Reads are capped ([`LineReader`]) and cancel-safe: `next_event` can sit
+//! in a `select!` beside timers and channels. The awaiting forms (`subscribe`, `authorize`,
+//! `submit`, `configure`) keep the lines that arrive meanwhile for the next `next_event`.
+//! Raw lines stay possible (`send_raw`, `next_line`) for tests of malformed input.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::server_msg::{self, Event, Kind, Refusal, Subscription};
+use crate::difficulty::Difficulty;
+use crate::jsonw::{push_json_str, push_u64};
+use crate::share::Submit;
+use crate::stratum::lines::{Line, LineReader};
+
+/// Longest server line read (a notify with a big coinbase and many branches fits).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Requests remembered for their replies at most; older ones are forgotten (their replies
+/// then arrive as [`Event::Stray`]).
+const MAX_PENDING: usize = 1 << 17;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("the server sent a line over {0} bytes")]
+    TooLong(usize),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// An awaited request was refused (or answered with something unusable).
+    #[error("{method} refused: {refusal}")]
+    Refused { method: &'static str, refusal: Refusal<'static> },
+}
+
+/// An accepted request, or why not.
+pub type Verdict = Result<(), Refusal<'static>>;
+
+/// The kinds of requests awaiting a reply, by id. Ids are handed out in sequence, so this is a
+/// window over them: O(1) to add and to take, whatever order the replies come in.
+#[derive(Debug, Default)]
+struct Pending {
+    base: u64,
+    slots: VecDeque<Option<Kind>>,
+}
+
+impl Pending {
+    fn add(&mut self, id: u64, kind: Kind) {
+        if self.slots.is_empty() {
+            self.base = id;
+        }
+        debug_assert_eq!(id, self.base + self.slots.len() as u64);
+        self.slots.push_back(Some(kind));
+        if self.slots.len() > MAX_PENDING {
+            self.slots.pop_front();
+            self.base += 1;
+            self.trim();
+        }
+    }
+
+    fn take(&mut self, id: u64) -> Option<Kind> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        let kind = self.slots.get_mut(i)?.take();
+        self.trim();
+        kind
+    }
+
+    fn trim(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// Where the line being handed out lives.
+enum Src {
+    /// `Client::replay`: a line kept while an awaited reply was read.
+    Replay,
+    Reader(Range<usize>),
+}
+
+pub struct Client {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    reader: LineReader,
+    /// Queued output and how much of it is written.
+    out: Vec<u8>,
+    written: usize,
+    next_id: u64,
+    pending: Pending,
+    /// Lines read while awaiting a reply, handed out first.
+    backlog: VecDeque<Vec<u8>>,
+    replay: Vec<u8>,
+    dump: bool,
+}
+
+impl Client {
+    /// Connects (TCP_NODELAY on: requests are small and pipelined).
+    pub async fn connect(addr: impl ToSocketAddrs) -> std::io::Result<Client> {
+        Ok(Client::new(TcpStream::connect(addr).await?))
+    }
+
+    pub fn new(stream: TcpStream) -> Client {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        Client {
+            rd,
+            wr,
+            reader: LineReader::new(MAX_LINE),
+            out: Vec::new(),
+            written: 0,
+            next_id: 1,
+            pending: Pending::default(),
+            backlog: VecDeque::new(),
+            replay: Vec::new(),
+            dump: false,
+        }
+    }
+
+    /// Prints every line sent (`> `) and received (`< `) on stdout (`ckpool mine -P`).
+    pub fn dump_protocol(&mut self, on: bool) {
+        self.dump = on;
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn begin(&mut self, method: &str, kind: Option<Kind>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.out.extend_from_slice(b"{\"id\":");
+        match kind {
+            Some(k) => {
+                self.pending.add(id, k);
+                push_u64(&mut self.out, id);
+            }
+            None => self.out.extend_from_slice(b"null"),
+        }
+        self.out.extend_from_slice(b",\"method\":");
+        push_json_str(&mut self.out, method);
+        self.out.extend_from_slice(b",\"params\":");
+        id
+    }
+
+    fn end(&mut self, from: usize) {
+        self.out.extend_from_slice(b"}\n");
+        if self.dump {
+            print!("> {}", String::from_utf8_lossy(&self.out[from..]));
+        }
+    }
+
+    /// Queues `mining.configure` asking for version rolling within `mask` (at least 2 bits).
+    pub fn send_configure(&mut self, mask: u32) -> u64 {
+        let from = self.out.len();
+        let id = self.begin("mining.configure", Some(Kind::Configure));
+        let params = format!(
+            "[[\"version-rolling\"],{{\"version-rolling.mask\":\"{mask:08x}\",\"version-rolling.min-bit-count\":2}}]"
+        );
+        self.out.extend_from_slice(params.as_bytes());
+        self.end(from);
+        id
+    }
+
+    /// Queues `mining.subscribe` with a user agent and, to resume a session, its id.
+    pub fn send_subscribe(&mut self, agent: &str, session: Option<&str>) -> u64 {
+        let from = self.out.len();
+        let id = self.begin("mining.subscribe", Some(Kind::Subscribe));
+        self.out.push(b'[');
+        push_json_str(&mut self.out, agent);
+        if let Some(s) = session {
+            self.out.push(b',');
+            push_json_str(&mut self.out, s);
+        }
+        self.out.push(b']');
+        self.end(from);
+        id
+    }
+
+    pub fn send_authorize(&mut self, user: &str, pass: &str) -> u64 {
+        let from = self.out.len();
+        let id = self.begin("mining.authorize", Some(Kind::Authorize));
+        self.out.push(b'[');
+        push_json_str(&mut self.out, user);
+        self.out.push(b',');
+        push_json_str(&mut self.out, pass);
+        self.out.push(b']');
+        self.end(from);
+        id
+    }
+
+    /// Queues a share from `user` (each field sent as the JSON string given); its answer comes
+    /// as [`Event::Submitted`] with the id returned.
+    pub fn send_submit(&mut self, user: &str, s: &Submit) -> u64 {
+        let from = self.out.len();
+        let id = self.begin("mining.submit", Some(Kind::Submit));
+        for (i, p) in [user, s.job_id, s.extranonce2, s.ntime, s.nonce].into_iter().chain(s.version_bits).enumerate() {
+            self.out.push(if i == 0 { b'[' } else { b',' });
+            push_json_str(&mut self.out, p);
+        }
+        self.out.push(b']');
+        self.end(from);
+        id
+    }
+
+    /// Queues `mining.suggest_difficulty` as a notification (id null): servers do not answer it.
+    pub fn suggest_difficulty(&mut self, d: Difficulty) {
+        let from = self.out.len();
+        self.begin("mining.suggest_difficulty", None);
+        self.out.push(b'[');
+        d.write_decimal(&mut self.out);
+        self.out.push(b']');
+        self.end(from);
+    }
+
+    /// Queues any request; its reply comes as [`Event::Replied`] (or, read raw, by its id).
+    pub fn send_request(&mut self, method: &str, params: &Value) -> u64 {
+        let from = self.out.len();
+        let id = self.begin(method, Some(Kind::Other));
+        self.out.extend_from_slice(params.to_string().as_bytes());
+        self.end(from);
+        id
+    }
+
+    /// Queues bytes as they are (tests: garbage, exact firmware lines; add the newline).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// Writes everything queued. Cancel-safe.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        while self.written < self.out.len() {
+            let n = self.wr.write(&self.out[self.written..]).await?;
+            self.wrote(n)?;
+        }
+        Ok(())
+    }
+
+    fn wrote(&mut self, n: usize) -> Result<(), ClientError> {
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        self.written += n;
+        if self.written == self.out.len() {
+            self.out.clear();
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    fn src(&self, l: Line) -> Result<Src, ClientError> {
+        match l {
+            Line::Data(r) => Ok(Src::Reader(r)),
+            Line::TooLong => Err(ClientError::TooLong(MAX_LINE)),
+            Line::Eof => Err(ClientError::Closed),
+        }
+    }
+
+    /// The next line without waiting, if one is here already.
+    fn buffered(&mut self) -> Option<Result<Src, ClientError>> {
+        if let Some(l) = self.backlog.pop_front() {
+            self.replay = l;
+            return Some(Ok(Src::Replay));
+        }
+        self.reader.buffered_line().map(|l| self.src(l))
+    }
+
+    /// The next line: the backlog's first, else one read. Cancel-safe.
+    async fn fill(&mut self) -> Result<Src, ClientError> {
+        if let Some(l) = self.backlog.pop_front() {
+            self.replay = l;
+            return Ok(Src::Replay);
+        }
+        self.read_line().await
+    }
+
+    /// The next line from the socket, writing queued output while waiting for it. Cancel-safe.
+    async fn read_line(&mut self) -> Result<Src, ClientError> {
+        if let Some(l) = self.reader.buffered_line() {
+            return self.src(l);
+        }
+        while self.written < self.out.len() {
+            tokio::select! {
+                l = self.reader.next_line(&mut self.rd) => return self.src(l?),
+                n = self.wr.write(&self.out[self.written..]) => self.wrote(n?)?,
+            }
+        }
+        let l = self.reader.next_line(&mut self.rd).await?;
+        self.src(l)
+    }
+
+    fn line(&self, src: &Src) -> &[u8] {
+        match src {
+            Src::Replay => &self.replay,
+            Src::Reader(r) => self.reader.line(r.clone()),
+        }
+    }
+
+    fn dump_in(&self, line: &[u8]) {
+        if self.dump {
+            println!("< {}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// The next server line as it came (tests). Cancel-safe.
+    pub async fn next_line(&mut self) -> Result<&[u8], ClientError> {
+        let src = self.fill().await?;
+        self.dump_in(self.line(&src));
+        Ok(self.line(&src))
+    }
+
+    /// The next server line as an event, replies matched to the requests they answer.
+    /// Cancel-safe.
+    pub async fn next_event(&mut self) -> Result<Event<'_>, ClientError> {
+        let src = self.fill().await?;
+        Ok(self.event(src))
+    }
+
+    /// An event already read (no I/O), for handling a burst of lines before writing once.
+    pub fn try_event(&mut self) -> Option<Result<Event<'_>, ClientError>> {
+        match self.buffered()? {
+            Ok(src) => Some(Ok(self.event(src))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn event(&mut self, src: Src) -> Event<'_> {
+        let line = match &src {
+            Src::Replay => &self.replay[..],
+            Src::Reader(r) => self.reader.line(r.clone()),
+        };
+        if self.dump {
+            println!("< {}", String::from_utf8_lossy(line));
+        }
+        let pending = &mut self.pending;
+        server_msg::event(line, |id| pending.take(id))
+    }
+
+    /// Reads until the reply to `id`, keeping other lines for `next_event`; returns its event.
+    async fn reply(&mut self, id: u64) -> Result<Event<'_>, ClientError> {
+        if let Some(i) = self.backlog.iter().position(|l| server_msg::reply_id(l) == Some(id)) {
+            self.replay = self.backlog.remove(i).expect("position is in range");
+            return Ok(self.event(Src::Replay));
+        }
+        loop {
+            let src = self.read_line().await?;
+            if server_msg::reply_id(self.line(&src)) == Some(id) {
+                return Ok(self.event(src));
+            }
+            let keep = self.line(&src).to_vec();
+            self.backlog.push_back(keep);
+        }
+    }
+
+    /// Asks for version rolling within `mask`; the mask granted (0: refused).
+    pub async fn configure(&mut self, mask: u32) -> Result<u32, ClientError> {
+        let id = self.send_configure(mask);
+        match self.reply(id).await? {
+            Event::Configured(m) => Ok(m),
+            other => unreachable!("a configure reply is read as Configured: {other:?}"),
+        }
+    }
+
+    /// Subscribes; the extranonce1 and extranonce2 size given.
+    pub async fn subscribe(&mut self, agent: &str, session: Option<&str>) -> Result<Subscription, ClientError> {
+        let id = self.send_subscribe(agent, session);
+        match self.reply(id).await? {
+            Event::Subscribed(Ok(s)) => Ok(s),
+            Event::Subscribed(Err(r)) => {
+                Err(ClientError::Refused { method: "mining.subscribe", refusal: r.into_owned() })
+            }
+            other => unreachable!("a subscribe reply is read as Subscribed: {other:?}"),
+        }
+    }
+
+    pub async fn authorize(&mut self, user: &str, pass: &str) -> Result<Verdict, ClientError> {
+        let id = self.send_authorize(user, pass);
+        match self.reply(id).await? {
+            Event::Authorized(v) => Ok(v.map_err(Refusal::into_owned)),
+            other => unreachable!("an authorize reply is read as Authorized: {other:?}"),
+        }
+    }
+
+    /// Submits one share and waits for its answer (pipelined shares: `send_submit`).
+    pub async fn submit(&mut self, user: &str, s: &Submit<'_>) -> Result<Verdict, ClientError> {
+        let id = self.send_submit(user, s);
+        match self.reply(id).await? {
+            Event::Submitted { result, .. } => Ok(result.map_err(Refusal::into_owned)),
+            other => unreachable!("a submit reply is read as Submitted: {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn pending_window() {
+        let mut p = Pending::default();
+        for id in 5..10 {
+            p.add(id, if id % 2 == 0 { Kind::Submit } else { Kind::Other });
+        }
+        assert_eq!(p.take(4), None);
+        assert_eq!(p.take(7), Some(Kind::Other));
+        assert_eq!(p.take(7), None);
+        assert_eq!(p.take(5), Some(Kind::Other));
+        assert_eq!(p.take(6), Some(Kind::Submit));
+        assert_eq!((p.base, p.slots.len()), (8, 2), "answered ids at the front are dropped");
+        assert_eq!(p.take(10), None);
+        assert_eq!(p.len(), 2);
+        let mut p = Pending::default();
+        for id in 1..=(MAX_PENDING as u64 + 3) {
+            p.add(id, Kind::Submit);
+        }
+        assert_eq!(p.slots.len(), MAX_PENDING);
+        assert_eq!(p.take(3), None, "the oldest are forgotten");
+        assert_eq!(p.take(4), Some(Kind::Submit));
+    }
+
+    /// A scripted server on loopback: answers each request line with `answer(line)`'s lines.
+    async fn server(answer: fn(&Value) -> Vec<String>) -> (String, tokio::task::JoinHandle<Vec<Value>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let mut seen = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // A raw line that is not JSON is kept as a string.
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                for out in answer(&v) {
+                    let _ = w.write_all(format!("{out}\n").as_bytes()).await;
+                }
+                seen.push(v);
+            }
+            seen
+        });
+        (addr, task)
+    }
+
+    fn pool(v: &Value) -> Vec<String> {
+        let id = &v["id"];
+        match v["method"].as_str().unwrap_or("") {
+            "mining.configure" => {
+                vec![format!(
+                    r#"{{"id":{id},"result":{{"version-rolling":true,"version-rolling.mask":"1fffe000"}},"error":null}}"#
+                )]
+            }
+            // ckpool's order: the first notify before the authorize answer.
+            "mining.authorize" => vec![
+                r#"{"id":null,"method":"mining.set_difficulty","params":[2]}"#.into(),
+                format!(
+                    r#"{{"id":null,"method":"mining.notify","params":["1","{}","01000000010000","00000000",[],"20000000","207fffff","65000000",true]}}"#,
+                    "00".repeat(32)
+                ),
+                format!(r#"{{"id":{id},"result":true,"error":null}}"#),
+            ],
+            "mining.subscribe" => vec![format!(r#"{{"id":{id},"result":[[],"0a0b0c0d",8],"error":null}}"#)],
+            // Odd nonces are refused, and answered after the next share (out of order).
+            "mining.submit" if v["params"][4].as_str().unwrap().ends_with(['1', '3']) => vec![],
+            "mining.submit" => {
+                let nonce = u32::from_str_radix(v["params"][4].as_str().unwrap(), 16).unwrap();
+                vec![
+                    format!(r#"{{"id":{id},"result":true,"error":null}}"#),
+                    format!(
+                        r#"{{"id":{},"result":null,"error":[23,"Low difficulty share",null]}}"#,
+                        id.as_u64().unwrap() - 1
+                    ),
+                ]
+                .into_iter()
+                .take(if nonce == 0 { 1 } else { 2 })
+                .collect()
+            }
+            _ if id.is_null() => vec![],
+            _ => vec![format!(r#"{{"id":{id},"result":null,"error":[20,"Method not supported",null]}}"#)],
+        }
+    }
+
+    #[tokio::test]
+    async fn handshake_events_and_pipelined_submits() {
+        let (addr, server) = server(pool).await;
+        let mut c = Client::connect(&addr).await.unwrap();
+        assert_eq!(c.configure(0xffff_ffff).await.unwrap(), 0x1fffe000);
+        let s = c.subscribe("test/1", Some("ab\"c")).await.unwrap();
+        assert_eq!(s, Subscription { extranonce1: vec![10, 11, 12, 13], extranonce2_size: 8 });
+        assert_eq!(c.authorize("w", "x").await.unwrap(), Ok(()));
+        // What came before the authorize answer is handed out after it, in order.
+        assert_eq!(c.next_event().await.unwrap(), Event::SetDifficulty(Difficulty::from_integer(2)));
+        let Event::Notify(n) = c.next_event().await.unwrap() else { panic!("notify expected") };
+        assert_eq!(n.job(1, 4, 8).unwrap().job_id, "1");
+        let share = |nonce: &'static str| Submit {
+            job_id: "1",
+            extranonce2: "0000000000000000",
+            ntime: "65000000",
+            nonce,
+            version_bits: Some("00002000"),
+        };
+        assert_eq!(c.submit("w", &share("00000000")).await.unwrap(), Ok(()));
+        // A window of four: answers come for 3 before 2 and 5 before 4, each matched by id.
+        let ids: Vec<u64> =
+            ["00000001", "00000002", "00000003", "00000004"].map(|n| c.send_submit("w", &share(n))).to_vec();
+        assert_eq!(c.pending(), 4);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), c.next_event()).await.unwrap().unwrap() {
+                Event::Submitted { id, result } => got.push((id, result.map_err(|r| r.code))),
+                other => panic!("{other:?}"),
+            }
+        }
+        let want = vec![(ids[1], Ok(())), (ids[0], Err(Some(23))), (ids[3], Ok(())), (ids[2], Err(Some(23)))];
+        assert_eq!(got, want);
+        assert_eq!(c.pending(), 0);
+        let id = c.send_request("mining.extranonce.subscribe", &serde_json::json!([]));
+        match c.next_event().await.unwrap() {
+            Event::Replied { id: got, result: Err(r) } => assert_eq!((got, r.code), (id, Some(20))),
+            other => panic!("{other:?}"),
+        }
+        c.suggest_difficulty("0.5".parse().unwrap());
+        c.send_raw(b"garbage\n");
+        c.flush().await.unwrap();
+        drop(c);
+        let seen = server.await.unwrap();
+        assert_eq!(seen[1]["params"], serde_json::json!(["test/1", "ab\"c"]));
+        assert_eq!(seen[4]["params"][5], "00002000");
+        let suggest = seen.iter().find(|v| v["method"] == "mining.suggest_difficulty").unwrap();
+        assert_eq!(suggest["id"], Value::Null);
+        assert_eq!(suggest["params"], serde_json::json!([0.5]));
+        assert_eq!(seen.last().unwrap(), "garbage");
+    }
+
+    #[tokio::test]
+    async fn long_lines_and_close_end_the_stream() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"{\"id\":null,\"method\":\"x\",\"params\":[]}\n").await.unwrap();
+            s.write_all(&vec![b'x'; MAX_LINE + 10]).await.unwrap();
+        });
+        let mut c = Client::connect(addr).await.unwrap();
+        assert!(matches!(c.next_event().await.unwrap(), Event::Method { .. }));
+        assert!(matches!(c.next_line().await, Err(ClientError::TooLong(_))));
+        srv.await.unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let srv = tokio::spawn(async move { drop(l.accept().await.unwrap()) });
+        let mut c = Client::connect(addr).await.unwrap();
+        srv.await.unwrap();
+        assert!(matches!(c.next_event().await, Err(ClientError::Closed)));
+    }
+}

@@ -295,10 +295,20 @@ impl Client {
         if let Some(l) = self.reader.buffered_line() {
             return self.src(l);
         }
+        if self.written < self.out.len() {
+            // The socket usually takes it all at once, without a future.
+            match self.wr.try_write(&self.out[self.written..]) {
+                Ok(n) => self.wrote(n)?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         while self.written < self.out.len() {
+            // Writing first: requests go out as soon as they are queued, as one write.
             tokio::select! {
-                l = self.reader.next_line(&mut self.rd) => return self.src(l?),
+                biased;
                 n = self.wr.write(&self.out[self.written..]) => self.wrote(n?)?,
+                l = self.reader.next_line(&mut self.rd) => return self.src(l?),
             }
         }
         let l = self.reader.next_line(&mut self.rd).await?;

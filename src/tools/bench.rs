@@ -470,7 +470,7 @@ impl Stats {
     /// Counts a refused share under its stratum code; ckpool's "reject-reason" texts carry no
     /// code, so the usual ones get theirs.
     fn count_reject(&self, r: &Refusal) {
-        let code = r.code.unwrap_or(match &*r.message {
+        let code = r.code.unwrap_or_else(|| match &*r.message {
             "Above target" => 23,
             "Stale" | "Invalid JobID" => 21,
             "Duplicate" => 22,

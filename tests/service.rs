@@ -267,6 +267,7 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
         ("/usr/share/doc/ckpool/changelog.Debian.gz", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/README.md", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/configuration.md", "-rw-r--r--"),
+        ("/usr/share/doc/ckpool/api.md", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/examples/p2pssh@example", "-rw-r--r--"),
         ("/usr/share/man/man1/ckpool.1.gz", "-rw-r--r--"),
         ("/usr/share/man/man1/ckproxy.1.gz", "-rw-r--r--"),
@@ -1170,7 +1171,10 @@ async fn unit_sandbox_allows_what_the_pool_does() {
 
     let nodes = NodePair::start().await;
     let address = nodes.a.new_address().await;
-    let mut pool = Pool::prepare(pool_config(&nodes.a, &address).await);
+    // With the operator API on, as the shipped ckpool.conf has it.
+    let mut config = pool_config(&nodes.a, &address).await;
+    config["apiurl"] = json!(["127.0.0.1:0"]);
+    let mut pool = Pool::prepare(config);
     let trace = pool.dir.path().join("strace.out");
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-s", "4096", "-o"]).arg(&trace).arg("--").arg(BIN).args(pool.args(&[]));
@@ -1185,6 +1189,14 @@ async fn unit_sandbox_allows_what_the_pool_does() {
     let share = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
     let id = c.request("mining.submit", share).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
+    let log = pool.log();
+    let api = log.lines().find_map(|l| l.split_once("serving the operator API on ")).expect("the API's line").1;
+    let api = api.split_whitespace().next().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&api).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("ckpool_shares_total"), "{answer}");
     nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGHUP).unwrap();
     pool.wait_log("SIGHUP: reopening", Duration::from_secs(20));
     drop(c);

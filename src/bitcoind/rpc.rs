@@ -4,7 +4,7 @@
 //! [`Rpc::call`] gives the result as a `serde_json::Value`; [`Rpc::call_raw`] gives its JSON text
 //! as the node wrote it, for amounts that must not pass through a binary float (`ckpool payout`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::de::{DeserializeOwned, Deserializer};
@@ -64,6 +64,8 @@ pub struct Rpc {
     /// Index of the node that last answered; calls start there.
     current: AtomicUsize,
     timeout: Duration,
+    /// Calls and failed calls per node (for the operator's metrics), in `nodes` order.
+    counts: Vec<(AtomicU64, AtomicU64)>,
 }
 
 fn label_of(url: &str) -> String {
@@ -82,7 +84,8 @@ impl Rpc {
             .iter()
             .map(|b| Endpoint { url: b.url.clone(), auth: b.auth.clone(), label: label_of(&b.url) })
             .collect();
-        Rpc { http, nodes, current: AtomicUsize::new(0), timeout }
+        let counts = btcd.iter().map(|_| Default::default()).collect();
+        Rpc { http, nodes, current: AtomicUsize::new(0), timeout, counts }
     }
 
     /// A client for one node.
@@ -172,8 +175,28 @@ impl Rpc {
     }
 
     async fn call_node_as<T: DeserializeOwned>(&self, i: usize, method: &str, params: Value) -> Result<T, RpcError> {
-        let (status, text) = self.post(i, method, params).await?;
-        parse_reply_as(&self.nodes[i].label, method, status, &text)
+        let r = match self.post(i, method, params).await {
+            Ok((status, text)) => parse_reply_as(&self.nodes[i].label, method, status, &text),
+            Err(e) => Err(e),
+        };
+        let (calls, errors) = &self.counts[i];
+        calls.fetch_add(1, Ordering::Relaxed);
+        if r.is_err() {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Per node: its host:port (any `user:pass@` part left out), calls made and calls that failed.
+    pub fn node_counts(&self) -> Vec<(String, u64, u64)> {
+        self.nodes
+            .iter()
+            .zip(&self.counts)
+            .map(|(ep, (calls, errors))| {
+                let label = ep.label.rsplit_once('@').map_or(&*ep.label, |(_, hostport)| hostport).to_string();
+                (label, calls.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 
     async fn call_as<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, RpcError> {

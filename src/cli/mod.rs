@@ -71,6 +71,8 @@ pub enum Command {
     Difficulty(crate::tools::payout::DifficultyArgs),
     /// The rpcauth= line for bitcoin.conf and its password (as bitcoind's rpcauth.py)
     Rpcauth(crate::tools::rpcauth::RpcauthArgs),
+    /// The pool's summary in the terminal (from its API when apiurl is set, else logdir's files)
+    Status(crate::api::status::StatusArgs),
     /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
@@ -113,6 +115,7 @@ pub fn main() -> i32 {
         Some(Command::Difficulty(args)) => crate::tools::payout::run_difficulty(args),
         Some(Command::Rpcauth(args)) => crate::tools::rpcauth::run(args),
         Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
+        Some(Command::Status(args)) => crate::api::status::run(args),
         Some(Command::Completions(args)) => generate::completions(&args),
         Some(Command::Manpages(args)) => generate::manpages(&args.dir),
     };

@@ -76,6 +76,8 @@ pub struct Config {
     pub btcaddress: String,
     pub btcsig: String,
     pub serverurl: Vec<SocketAddr>,
+    /// The operator's HTTP API (metrics, JSON, ckpool's files, dashboard); empty: off.
+    pub apiurl: Vec<SocketAddr>,
     pub mindiff: Difficulty,
     pub startdiff: Difficulty,
     /// Zero: no maximum.
@@ -121,6 +123,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "btcaddress",
     "btcsig",
     "serverurl",
+    "apiurl",
     "mindiff",
     "startdiff",
     "maxdiff",

@@ -97,6 +97,7 @@ pub(super) struct RawConfig {
     btcaddress: Option<Field<String>>,
     btcsig: Option<Field<String>>,
     serverurl: Option<Field<ServerUrls>>,
+    apiurl: Option<Field<ServerUrls>>,
     mindiff: Option<Field<Decimal>>,
     startdiff: Option<Field<Decimal>>,
     maxdiff: Option<Field<Decimal>>,
@@ -358,6 +359,26 @@ impl RawConfig {
             }
         };
 
+        // The operator's API: off unless given (an empty string or list: off too).
+        let api_rule = "must be \"address:port\", e.g. \"127.0.0.1:3380\"";
+        let apiurl = match c.typed(key!(r.apiurl), "must be \"address:port\" or an array of them")? {
+            None => Vec::new(),
+            Some(ServerUrls::Many(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    u.typed
+                        .as_deref()
+                        .and_then(parse_listen)
+                        .ok_or_else(|| c.err(&format!("apiurl[{i}]"), &u.json, api_rule))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(ServerUrls::One(s)) if s.is_empty() => Vec::new(),
+            Some(ServerUrls::One(s)) => {
+                vec![parse_listen(s).ok_or_else(|| c.err("apiurl", &Value::String(s.clone()), api_rule))?]
+            }
+        };
+
         let json = |f: &Option<Field<Decimal>>| f.as_ref().map_or(Value::Null, |f| f.json.clone());
         let mindiff = c.difficulty(key!(r.mindiff), Difficulty::ONE)?;
         let startdiff = c.difficulty(key!(r.startdiff), Difficulty::from_integer(42))?;
@@ -430,6 +451,7 @@ impl RawConfig {
             btcaddress: c.string(key!(r.btcaddress), "")?.trim().to_string(),
             btcsig: c.string(key!(r.btcsig), "")?,
             serverurl,
+            apiurl,
             mindiff,
             startdiff,
             maxdiff,

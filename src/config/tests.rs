@@ -44,6 +44,11 @@ fn guide_config_parses() {
     assert_eq!(c.btcd[0].url, "http://localhost:19332/");
     assert!(c.btcd[0].notify);
     assert_eq!(c.serverurl, vec!["0.0.0.0:3333".parse().unwrap()]);
+    assert!(c.apiurl.is_empty(), "the API is off unless configured");
+    let api = Config::parse(r#"{"apiurl": "127.0.0.1:3380"}"#, Path::new("x")).unwrap();
+    assert_eq!(api.apiurl, vec!["127.0.0.1:3380".parse().unwrap()]);
+    let api = Config::parse(r#"{"apiurl": ["127.0.0.1:3380", "[::1]:3381"]}"#, Path::new("x")).unwrap();
+    assert_eq!(api.apiurl.len(), 2);
     assert_eq!(c.startdiff, Difficulty::from_integer(42));
     assert!(c.maxdiff.is_zero());
     assert_eq!(c.zmqblock.as_deref(), Some("tcp://127.0.0.1:28332"));
@@ -66,6 +71,8 @@ fn errors_name_key_value_and_rule() {
         (r#"{"maxdiff": 10, "startdiff": 42}"#, "maxdiff"),
         (r#"{"nonce2length": 9}"#, "from 2 to 8"),
         (r#"{"serverurl": ["nope"]}"#, "serverurl[0]"),
+        (r#"{"apiurl": ["nope"]}"#, "apiurl[0]"),
+        (r#"{"apiurl": 4028}"#, "\"apiurl\" = 4028"),
         (r#"{"btcd": [{"url": "localhost", "auth": "a", "pass": "b"}]}"#, "btcd[0].url"),
         (r#"{"version_mask": "xyz"}"#, "version_mask"),
         (r#"{"zmqblock": "127.0.0.1:28332"}"#, "zmqblock"),
@@ -236,6 +243,12 @@ fn wrong_types_are_named_by_key_and_rule() {
             "serverurl[1]",
             r#"{"serverurl": ["127.0.0.1:3333", 3334]}"#.into(),
             r#""serverurl[1]" = 3334: must be "address:port", e.g. "0.0.0.0:3333""#,
+        ),
+        ("apiurl", r#"{"apiurl": 3380}"#.into(), r#""apiurl" = 3380: must be "address:port" or an array of them"#),
+        (
+            "apiurl[1]",
+            r#"{"apiurl": ["127.0.0.1:3380", 3381]}"#.into(),
+            r#""apiurl[1]" = 3381: must be "address:port", e.g. "127.0.0.1:3380""#,
         ),
         (
             "mindiff",

@@ -193,6 +193,11 @@ impl ShareLog {
         end > SOFT_CAP
     }
 
+    /// Bytes appended and not yet written (the operator's metrics).
+    pub fn backlog_bytes(&self) -> usize {
+        self.inner.lock().buf.len()
+    }
+
     /// Returns once the unwritten backlog is under [`SOFT_CAP`].
     pub async fn wait_for_room(&self) {
         loop {

@@ -40,6 +40,8 @@ const USER_KEYS: [&str; 5] = ["hashrate1m", "hashrate5m", "hashrate1hr", "hashra
 pub enum StatEvent {
     /// A session authorized as `worker` of `user`.
     Authorized { user: Arc<str>, worker: Arc<str> },
+    /// The user agent the session of `worker` subscribed with (for the operator's view).
+    Agent { user: Arc<str>, worker: Arc<str>, agent: Arc<str> },
     /// A session of `worker` ended (or re-authorized under another name).
     Gone { user: Arc<str>, worker: Arc<str> },
     /// Shares of one worker judged together (a session reports once per batch of lines read).
@@ -73,11 +75,14 @@ pub struct ShareTally {
     pub rejected_n: u64,
     /// The highest difficulty an accepted share's hash reached.
     pub best: Difficulty,
+    /// The difficulty the last share was judged at (the worker's difficulty, as shown).
+    pub last_diff: Difficulty,
 }
 
 impl ShareTally {
     /// Counts one share: `diff` is the difficulty it was judged at, `sdiff` what its hash reached.
     pub fn add(&mut self, diff: Difficulty, sdiff: Difficulty, accepted: bool) {
+        self.last_diff = diff;
         if accepted {
             self.accepted = add(self.accepted, diff);
             self.accepted_n += 1;
@@ -110,6 +115,9 @@ struct WorkerStats {
     best_ever: Difficulty,
     live: u32,
     seen_this_run: bool,
+    /// The user agent of its last session, and the difficulty of its last share (this run).
+    agent: Arc<str>,
+    diff: Difficulty,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +142,8 @@ impl WorkerStats {
             best_ever: Difficulty::ZERO,
             live: 0,
             seen_this_run: false,
+            agent: "".into(),
+            diff: Difficulty::ZERO,
         }
     }
 }
@@ -170,6 +180,62 @@ pub struct Book {
     round: Difficulty,
     blocks: BlockCounts,
     users: BTreeMap<String, UserStats>,
+}
+
+/// The book as the operator's API shows it: hashrates in H/s (display only), exact totals.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// When it was taken (unix seconds) and seconds since the statistics began this run.
+    pub unix: u64,
+    pub runtime: u64,
+    pub users: usize,
+    pub workers: usize,
+    pub idle: usize,
+    pub disconnected: usize,
+    /// 1m 5m 15m 1hr 6hr 1d 7d.
+    pub hashrate: [f64; 7],
+    /// Accepted shares per second: 1m 5m 15m 1h.
+    pub sps: [f64; 4],
+    pub accepted: Difficulty,
+    pub rejected: Difficulty,
+    pub best: Difficulty,
+    /// Accepted difficulty since the last block found.
+    pub round: Difficulty,
+    pub network: Option<Difficulty>,
+    pub blocks: BlockCounts,
+    pub user_list: Vec<UserView>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserView {
+    pub name: String,
+    /// 1m 5m 1hr 1d 7d.
+    pub hashrate: [f64; 5],
+    pub lastshare: u64,
+    /// Live connections of its workers.
+    pub workers: u32,
+    pub shares: Difficulty,
+    pub best: Difficulty,
+    pub best_ever: Difficulty,
+    pub authorised: u64,
+    pub worker: Vec<WorkerView>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerView {
+    pub name: String,
+    /// 1m 5m 1hr 1d 7d.
+    pub hashrate: [f64; 5],
+    pub lastshare: u64,
+    pub shares: Difficulty,
+    pub best: Difficulty,
+    pub best_ever: Difficulty,
+    /// Live connections under this name.
+    pub connections: u32,
+    /// The difficulty of its last share this run (zero before one).
+    pub diff: Difficulty,
+    /// The user agent of its last session this run.
+    pub agent: String,
 }
 
 /// A one-line view for the periodic status line.
@@ -239,6 +305,10 @@ impl Book {
                 w.live += 1;
                 w.seen_this_run = true;
             }
+            StatEvent::Agent { user, worker, agent } => {
+                let (u, _) = self.worker_mut(user, worker, now);
+                u.workers.get_mut(&**worker).expect("inserted").agent = agent.clone();
+            }
             StatEvent::Gone { user, worker } => {
                 if let Some(w) = self.users.get_mut(&**user).and_then(|u| u.workers.get_mut(&**worker)) {
                     w.live = w.live.saturating_sub(1);
@@ -246,6 +316,9 @@ impl Book {
             }
             StatEvent::Shares { user, worker, tally } => {
                 self.rejected = add(self.rejected, tally.rejected);
+                if let Some(w) = self.users.get_mut(&**user).and_then(|u| u.workers.get_mut(&**worker)) {
+                    w.diff = tally.last_diff;
+                }
                 if tally.accepted_n == 0 {
                     return;
                 }
@@ -318,6 +391,58 @@ impl Book {
             accepted: self.accepted,
             rejected: self.rejected,
             best: self.best,
+        }
+    }
+
+    /// Everything the operator's API shows, as of `now` (after `decay_to(now)`).
+    pub fn view(&self, now: Now, network: Option<Difficulty>) -> View {
+        let (users, workers, idle, disconnected) = self.counts(now);
+        let rate = |m: &Meter, i: usize| hashrate(m.value(i));
+        let user_list = self
+            .users
+            .iter()
+            .map(|(name, u)| UserView {
+                name: name.clone(),
+                hashrate: std::array::from_fn(|i| rate(&u.meter, i)),
+                lastshare: u.lastshare,
+                workers: u.workers.values().map(|w| w.live).sum(),
+                shares: u.shares,
+                best: u.best,
+                best_ever: u.best_ever,
+                authorised: u.authorised,
+                worker: u
+                    .workers
+                    .iter()
+                    .map(|(wname, w)| WorkerView {
+                        name: wname.clone(),
+                        hashrate: std::array::from_fn(|i| rate(&w.meter, i)),
+                        lastshare: w.lastshare,
+                        shares: w.shares,
+                        best: w.best,
+                        best_ever: w.best_ever,
+                        connections: w.live,
+                        diff: w.diff,
+                        agent: w.agent.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        View {
+            unix: now.unix,
+            runtime: now.unix.saturating_sub(self.started.unix),
+            users,
+            workers,
+            idle,
+            disconnected,
+            hashrate: std::array::from_fn(|i| rate(&self.dsps, i)),
+            sps: std::array::from_fn(|i| self.sps.value(i) as f64 / SCALE as f64),
+            accepted: self.accepted,
+            rejected: self.rejected,
+            best: self.best,
+            round: self.round,
+            network,
+            blocks: self.blocks,
+            user_list,
         }
     }
 
@@ -655,6 +780,8 @@ pub struct StatsTask {
     pub interval: Duration,
     pub work: watch::Receiver<Option<Arc<Work>>>,
     pub summary: watch::Sender<Summary>,
+    /// The operator's API view, replaced at each write (every `interval`).
+    pub view: watch::Sender<Arc<View>>,
     /// The last write failed (for one log line per change, not one per interval).
     pub failing: bool,
 }
@@ -673,6 +800,9 @@ impl StatsTask {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // What the files of the last run said, for the operator's API until the first write.
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
+        self.view.send_replace(Arc::new(book.view(now(origin), network)));
         let mut batch = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -701,6 +831,7 @@ impl StatsTask {
             }
         }
         let _ = self.summary.send(book.summary(t));
+        self.view.send_replace(Arc::new(book.view(t, network)));
         let res = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
             for (path, text) in files {

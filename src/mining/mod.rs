@@ -19,4 +19,4 @@ pub mod vardiff;
 mod work;
 
 pub use channel::{Channel, ChannelParams, Effects, Issued, ShareRecord, Verdict};
-pub use work::{BlockCandidate, UpstreamJob, UpstreamShare, Work};
+pub use work::{Announcement, BlockCandidate, UpstreamJob, UpstreamShare, Work};

@@ -185,6 +185,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let block_task = tokio::spawn(submitter.run(block_rx));
+    let api = crate::api::Sources {
+        mode: crate::api::Mode::Pool,
+        ctx: fe.ctx.clone(),
+        view: fe.view.clone(),
+        logdir: cfg.logdir.clone(),
+        rpc: Some(rpc.clone()),
+        upstream: None,
+    };
+    crate::api::start(&cfg, api, shutdown.clone())?;
     fe.serve(listeners, cfg.maxclients);
 
     // Ready once a job is being served.

@@ -88,7 +88,7 @@ impl Solo {
             }
         };
         let job = base.job.with_coinbase(cb);
-        let w = Arc::new(Work::new(Arc::new(job)));
+        let w = Arc::new(Work::new(Arc::new(job)).with_announcement(base.announcement.clone()));
         cache.works.insert(key, w.clone());
         Some(w)
     }

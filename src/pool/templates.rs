@@ -12,6 +12,7 @@ use crate::bitcoind::zmq::NewBlock;
 use crate::bitcoind::{Rpc, RpcError};
 use crate::difficulty::Difficulty;
 use crate::hex;
+use crate::mining::Announcement;
 use crate::stratum::Work;
 use crate::work::{coinbase, CoinbaseConfig, Job, Template};
 
@@ -52,6 +53,8 @@ pub struct TemplateSource {
     /// Solo mode: works carry their template (each address gets its own coinbase from it).
     pub solo: bool,
     next_id: u64,
+    /// When the new block the next refresh looks for was announced (ZMQ, poll, found block).
+    announced: Option<Instant>,
     node_down: bool,
     warned_coinbase: bool,
 }
@@ -75,6 +78,7 @@ impl TemplateSource {
             update_interval,
             height,
             next_id: secs << 8,
+            announced: None,
             node_down: false,
             warned_coinbase: false,
             solo: false,
@@ -111,6 +115,7 @@ impl TemplateSource {
     /// its template follows (Bitcoin SV's journaling assembler does), so it is asked again for
     /// up to two seconds rather than sending miners work on the old tip.
     pub async fn refresh(&mut self, reason: Reason, tip: Option<[u8; 32]>) -> bool {
+        let announced = self.announced.take().or_else(|| tip.map(|_| Instant::now()));
         let mut attempts = 0;
         let mut timing = Timing::default();
         let started = Instant::now();
@@ -156,7 +161,13 @@ impl TemplateSource {
         let height = template.height;
         let ntx = template.transactions.len();
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
-        let mut work = Work::new(Arc::new(job));
+        // A new block gets a new announcement; an update on the same block keeps the block's.
+        let announcement = match announced.filter(|_| prev_changed) {
+            Some(at) => Some(Arc::new(Announcement::new(at, Instant::now()))),
+            None if prev_changed => None,
+            None => self.work.borrow().as_ref().and_then(|w| w.announcement.clone()),
+        };
+        let mut work = Work::new(Arc::new(job)).with_announcement(announcement);
         if self.solo {
             // Each address's coinbase is built from the template (pool/solo.rs).
             work.template = Some(Arc::new(template.clone()));
@@ -219,6 +230,7 @@ impl TemplateSource {
                 ev = async { match zmq.as_mut() { Some(z) => z.recv().await, None => std::future::pending().await } } => {
                     match ev {
                         Some(NewBlock(hash)) => {
+                            self.announced = Some(Instant::now());
                             let known = self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == hash);
                             // Logged even when polling was first: the announcement itself arrived.
                             tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
@@ -239,6 +251,7 @@ impl TemplateSource {
                         retry = !self.refresh(Reason::Start, None).await;
                     } else if let Some(best) = self.best_hash().await {
                         if Some(best) != current {
+                            self.announced = Some(Instant::now());
                             retry = !self.refresh(Reason::NewBlock, Some(best)).await;
                             update.reset();
                         }

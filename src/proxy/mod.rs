@@ -64,6 +64,18 @@ pub async fn run(
             );
         }
     });
+    let api = crate::api::Sources {
+        mode: crate::api::Mode::Proxy,
+        ctx: fe.ctx.clone(),
+        view: fe.view.clone(),
+        logdir: cfg.logdir.clone(),
+        rpc: None,
+        upstream: Some(crate::api::Upstreams {
+            counters: up_counters.clone(),
+            urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.url)).collect(),
+        }),
+    };
+    crate::api::start(&cfg, api, shutdown.clone())?;
     fe.serve(listeners, cfg.maxclients);
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",

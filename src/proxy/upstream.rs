@@ -33,6 +33,25 @@ pub struct UpstreamCounters {
     pub forwarded: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Switches from one upstream entry to another (failover, or back to the primary).
+    pub failovers: AtomicU64,
+    /// 1 + the index of the `proxy` entry the proxy is connected and authorized to; 0: none.
+    pub connected: AtomicU64,
+}
+
+impl UpstreamCounters {
+    /// Connected and authorized to entry `idx`.
+    pub fn on_connected(&self, idx: usize) {
+        self.connected.store(idx as u64 + 1, Ordering::Relaxed);
+    }
+
+    /// The session ended; `switched`: the next attempt goes to another entry.
+    pub fn on_down(&self, switched: bool) {
+        self.connected.store(0, Ordering::Relaxed);
+        if switched {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How many bytes of the upstream's extranonce2 each local miner gets as its own extranonce1:
@@ -103,6 +122,7 @@ impl UpstreamClient {
             let entry = self.entries[idx].clone();
             let addr = override_addr.take().unwrap_or_else(|| entry.url.clone());
             let end = self.session(&addr, &entry, idx, &mut shutdown).await;
+            self.counters.on_down(matches!(end, End::Primary) || matches!(end, End::Failed(_)) && n > 1);
             match end {
                 End::Shutdown => return,
                 End::Primary => {
@@ -281,6 +301,7 @@ impl UpstreamClient {
             }
             Event::Authorized(Ok(())) => {
                 s.authorized = true;
+                self.counters.on_connected(self.entries.iter().position(|e| e == entry).unwrap_or(0));
                 tracing::info!("upstream {addr}: connected and authorized as {}", entry.auth);
             }
             Event::Submitted { id, result } => {
@@ -311,7 +332,14 @@ impl UpstreamClient {
         match n.job(self.next_job, en1.len() + p, en2_size - p) {
             Ok(NotifyJob { job, job_id }) => {
                 let up = UpstreamJob { job_id: job_id.into(), target: difficulty.to_target(), difficulty, generation };
-                let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up);
+                let announcement = match job.clean {
+                    true => Some(Arc::new(crate::mining::Announcement::new(
+                        std::time::Instant::now(),
+                        std::time::Instant::now(),
+                    ))),
+                    false => self.work.borrow().as_ref().and_then(|w| w.announcement.clone()),
+                };
+                let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up).with_announcement(announcement);
                 work.version_mask = Some(self.mask);
                 self.work.send_replace(Some(Arc::new(work)));
             }

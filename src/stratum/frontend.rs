@@ -41,6 +41,8 @@ pub struct FrontEnd {
     pub ctx: Arc<ServerCtx>,
     /// The last statistics summary (for the status line).
     pub summary: watch::Receiver<stats::Summary>,
+    /// The statistics as the operator's API shows them (replaced at each statistics write).
+    pub view: watch::Receiver<Arc<stats::View>>,
     server_task: Option<JoinHandle<()>>,
     writers: Writers,
 }
@@ -64,12 +66,14 @@ impl FrontEnd {
     ) -> FrontEnd {
         let (shares, share_thread) = sharelog::spawn(cfg.logdir.clone());
         let (summary_tx, summary) = watch::channel(stats::Summary::default());
+        let (view_tx, view) = watch::channel(Arc::new(stats::View::default()));
         let (stats, stats_task) = stats::spawn(
             stats::StatsTask {
                 logdir: cfg.logdir.clone(),
                 interval: cfg.stats_interval,
                 work: work.clone(),
                 summary: summary_tx,
+                view: view_tx,
                 failing: false,
             },
             STATS_QUEUE,
@@ -85,7 +89,7 @@ impl FrontEnd {
             enonces: Mutex::new(HashSet::new()),
             shutdown,
         });
-        FrontEnd { ctx, summary, server_task: None, writers: Writers { share_thread, stats_task } }
+        FrontEnd { ctx, summary, view, server_task: None, writers: Writers { share_thread, stats_task } }
     }
 
     /// Accepts miners on every listener (within `maxclients`, 0 = no limit) until shutdown.

@@ -20,11 +20,43 @@ use crate::log::stats::StatEvent;
 use crate::mining::ChannelParams;
 use vardiff::VardiffParams;
 
+/// Why shares are rejected, as a bounded label set for the operator's metrics.
+pub const REJECT_KINDS: [&str; 10] = [
+    "stale",
+    "duplicate",
+    "low_difficulty",
+    "unknown_job",
+    "bad_extranonce2_length",
+    "bad_hex",
+    "ntime_out_of_range",
+    "bad_version",
+    "invalid_params",
+    "other",
+];
+
+/// The [`REJECT_KINDS`] index of a reject reason as replied to the miner.
+pub fn reject_kind(reason: &str) -> usize {
+    match reason {
+        "Stale" => 0,
+        "Duplicate" => 1,
+        "Above target" => 2,
+        "Invalid JobID" => 3,
+        r if r.starts_with("Invalid nonce2 length") => 4,
+        r if r.starts_with("Invalid hex") => 5,
+        "Ntime out of range" => 6,
+        "Invalid version mask" | "Invalid version bits" => 7,
+        "Invalid params" => 8,
+        _ => 9,
+    }
+}
+
 /// Pool-wide counters, updated lock-free by sessions.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Rejected shares by [`REJECT_KINDS`] (their sum is `rejected`).
+    pub rejected_by: [AtomicU64; REJECT_KINDS.len()],
     /// Accepted difficulty, in 10^-12 units, wrapping (rates are taken from differences).
     pub accepted_diff_units: AtomicU64,
     pub blocks: AtomicU64,
@@ -36,6 +68,45 @@ impl Counters {
     pub fn add_accepted(&self, d: Difficulty) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.accepted_diff_units.fetch_add(d.units().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a rejected share by the reason replied to the miner.
+    pub fn add_rejected(&self, reason: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.rejected_by[reject_kind(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason the share check replies has its own metrics label (none falls to "other").
+    #[test]
+    fn reject_reasons_have_labels() {
+        use crate::share::Reject;
+        for r in [
+            Reject::UnknownJob,
+            Reject::Stale,
+            Reject::BadExtranonce2Length { expected: 4, got: 3 },
+            Reject::BadHex("extranonce2"),
+            Reject::BadHex("ntime"),
+            Reject::BadHex("nonce"),
+            Reject::NtimeOutOfRange,
+            Reject::VersionOutsideMask,
+            Reject::Duplicate,
+            Reject::LowDifficulty { difficulty: Difficulty::ONE, hash: [0; 32] },
+        ] {
+            assert_ne!(REJECT_KINDS[reject_kind(&r.reason())], "other", "{r:?}");
+        }
+        assert_eq!(REJECT_KINDS[reject_kind("Invalid params")], "invalid_params");
+        assert_eq!(REJECT_KINDS[reject_kind("Invalid version bits")], "bad_version");
+        let c = Counters::default();
+        c.add_rejected("Stale");
+        c.add_rejected("Duplicate");
+        c.add_rejected("Stale");
+        assert_eq!(c.rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(c.rejected_by[0].load(Ordering::Relaxed), 2);
     }
 }
 

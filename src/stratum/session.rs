@@ -427,6 +427,9 @@ impl Session {
             Issued::AlreadySent => false,
             Issued::Job { local_id, clean } => {
                 w.push_notify(&mut self.out, local_id, clean);
+                if clean {
+                    w.note_notified(self.last_notify.into_std(), std::time::Instant::now());
+                }
                 self.last_notify = Instant::now();
                 true
             }

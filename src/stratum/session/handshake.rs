@@ -88,6 +88,7 @@ impl Session {
         self.channel.set_identity(base.into(), user.into());
         if renamed {
             let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
+            self.stats_out.push(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
             self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
         }
         // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.

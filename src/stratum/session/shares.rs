@@ -97,8 +97,8 @@ impl Session {
                 None
             }
             Err(r) => {
-                self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = r.reason();
+                self.ctx.counters.add_rejected(&reason);
                 self.error(id, r.code(), &reason);
                 if fx.share.is_none() {
                     tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
@@ -134,7 +134,7 @@ impl Session {
 
     /// A submit whose params could not be read: counted as rejected, answered, not logged.
     pub(super) fn unread_submit(&mut self, id: &str, reason: &str) {
-        self.ctx.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.counters.add_rejected(reason);
         self.channel.count_unread();
         self.error(id, code::OTHER, reason);
         tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason}");

@@ -251,7 +251,13 @@ impl Session {
                 }
             }
         };
+        let kicked = matches!(end, End::Kick(_));
         self.finish(end).await;
+        if kicked {
+            // Our last answer (e.g. "Line too long") must reach the miner: closing with its
+            // unread bytes still queued would send a reset that can destroy that answer.
+            tokio::spawn(linger(stream));
+        }
     }
 
     /// Writes what the last batch produced, in one write.
@@ -435,6 +441,24 @@ impl Session {
             }
         }
     }
+}
+
+/// A lingering close: FIN after the last answer, then the peer's remaining bytes are read and
+/// dropped (at most 256 KiB, 2 s) so that the kernel does not answer them with a reset.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut buf = vec![0u8; 4096];
+    let drain = async {
+        let mut total = 0usize;
+        while total < 256 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Waits for the next published work, handing the receiver back with the result.

@@ -523,6 +523,16 @@ impl Client {
         self.flush().await;
     }
 
+    /// Sends `line` to a server that may close the connection meanwhile (an oversized line, a
+    /// flood): a write error (reset, broken pipe) is not a test failure here; false when it failed.
+    pub async fn send_raw_to_closing(&mut self, line: &str) -> bool {
+        self.sv1.send_raw(line.as_bytes());
+        if !line.ends_with('\n') {
+            self.sv1.send_raw(b"\n");
+        }
+        matches!(tokio::time::timeout(IO_LIMIT, self.sv1.flush()).await, Ok(Ok(_)))
+    }
+
     pub async fn wr_bytes(&mut self, bytes: &[u8]) {
         self.sv1.send_raw(bytes);
         self.flush().await;

@@ -374,6 +374,17 @@ async fn firmware_first_lines() {
     s[1] = n["params"][0].clone();
     let id = g.request("mining.submit", s).await;
     assert_eq!(g.reply(id).await["result"], json!(true));
+
+    // A second authorize with "d=" while working: the new difficulty is sent, then the work
+    // under a new job id, before the answer (never a silent change the miner does not know of).
+    let old_job = n["params"][0].clone();
+    g.send_raw(r#"{"id":9,"method":"mining.authorize","params":["cg","d=0.002"]}"#).await;
+    let d = g.read().await.unwrap();
+    assert_eq!((d["method"].clone(), d["params"].clone()), (json!("mining.set_difficulty"), json!([0.002])), "{d}");
+    let n2 = g.read().await.unwrap();
+    assert_eq!(n2["method"], "mining.notify");
+    assert_ne!(n2["params"][0], old_job, "a new job id after the new difficulty");
+    assert_eq!(g.read().await.unwrap()["id"], json!(9));
 }
 
 fn solve_with_version(notify: &Value, en1: &str, en2: &str, bits: u32) -> Option<Value> {

@@ -56,6 +56,8 @@ struct SentJob {
     work: Arc<Work>,
     target: Target,
     diff: Difficulty,
+    /// The BIP310 mask in force when it was sent (BIP310: a new mask holds for later jobs).
+    mask: u32,
 }
 
 /// The previous block's jobs dropped at a new block (or a new upstream): their local ids, height
@@ -133,10 +135,6 @@ pub struct Channel {
     asked_mask: Option<u32>,
     /// What the server allows; in proxy mode the upstream can change it (set_version_mask).
     allowed_mask: u32,
-    /// Jobs older than `mask_since_job` (by job id) were sent under `old_version_mask`: BIP310's
-    /// new mask holds for the jobs sent after it.
-    old_version_mask: u32,
-    mask_since_job: u64,
     diff: Difficulty,
     suggested: Option<Difficulty>,
     vardiff: Vardiff,
@@ -163,8 +161,6 @@ impl Channel {
             version_mask: params.version_mask,
             asked_mask: None,
             allowed_mask: params.version_mask,
-            old_version_mask: params.version_mask,
-            mask_since_job: 0,
             diff: params.clamp(params.startdiff),
             suggested: None,
             vardiff: Vardiff::new(params.vardiff, now),
@@ -250,7 +246,6 @@ impl Channel {
     pub fn negotiate_version_mask(&mut self, asked: u32) -> u32 {
         self.asked_mask = Some(asked);
         self.version_mask = asked & self.allowed_mask;
-        self.old_version_mask = self.version_mask;
         self.version_mask
     }
 
@@ -259,9 +254,9 @@ impl Channel {
         self.asked_mask.is_some()
     }
 
-    /// The server now allows `allowed` (an upstream's set_version_mask), from job `since_job` on.
-    /// Returns the miner's new mask when it changed; jobs sent before keep the old one.
-    pub fn allow_version_mask(&mut self, allowed: u32, since_job: u64) -> Option<u32> {
+    /// The server now allows `allowed` (an upstream's set_version_mask) for the jobs sent from
+    /// now on. Returns the miner's new mask when it changed; jobs sent before keep theirs.
+    pub fn allow_version_mask(&mut self, allowed: u32) -> Option<u32> {
         if allowed == self.allowed_mask {
             return None;
         }
@@ -270,9 +265,7 @@ impl Channel {
         if new == self.version_mask {
             return None;
         }
-        self.old_version_mask = self.version_mask;
         self.version_mask = new;
-        self.mask_since_job = since_job;
         Some(new)
     }
 
@@ -351,7 +344,8 @@ impl Channel {
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }
-        self.jobs.push_back(SentJob { local_id, work: w.clone(), target: self.diff.to_target(), diff: self.diff });
+        let (target, diff, mask) = (self.diff.to_target(), self.diff, self.version_mask);
+        self.jobs.push_back(SentJob { local_id, work: w.clone(), target, diff, mask });
         self.last_prev = Some(w.job.prev_hash);
         Issued::Job { local_id, clean }
     }
@@ -405,7 +399,7 @@ impl Channel {
         // Work on a previous block: stale, and logged against its job; but a share this job has
         // already taken is a duplicate whenever it comes back (the answer does not depend on
         // whether the next block's work reached the channel first).
-        let mask = if work.job.id >= self.mask_since_job { self.version_mask } else { self.old_version_mask };
+        let mask = sent.mask;
         let checked = share::check(&work.job, &self.en1, sub, mask, &sent.target);
         let checked = match checked {
             Err(Reject::Duplicate) => Err(Reject::Duplicate),

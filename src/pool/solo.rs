@@ -40,6 +40,8 @@ struct Cache {
     works: HashMap<(u64, ScriptBuf), Arc<Work>>,
     /// The newest template's job id seen.
     newest: u64,
+    /// A template whose coinbase could not be built (logged once, not per session).
+    failed: Option<u64>,
 }
 
 impl Solo {
@@ -65,10 +67,31 @@ impl Solo {
     pub fn work_for(&self, base: &Arc<Work>, script: &ScriptBuf) -> Option<Arc<Work>> {
         let template = base.template.as_ref()?;
         let key = (base.job.id, script.clone());
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = cache.works.get(&key) {
-            return Some(w.clone());
+        {
+            let cache = self.lock();
+            if let Some(w) = cache.works.get(&key) {
+                return Some(w.clone());
+            }
+            if cache.failed == Some(key.0) {
+                return None; // this template's coinbase failed for an address: logged once
+            }
         }
+        // Built outside the lock: other sessions' lookups do not wait for it.
+        let cfg = CoinbaseConfig { payout_script: script.clone(), ..self.base.clone() };
+        let built = coinbase::build(template, &cfg).map(|cb| Arc::new(Work::new(Arc::new(base.job.with_coinbase(cb)))));
+        let mut cache = self.lock();
+        let w = match built {
+            Ok(w) => w,
+            Err(e) => {
+                if cache.failed != Some(key.0) {
+                    cache.failed = Some(key.0);
+                    tracing::error!(
+                        "solo: cannot build a coinbase paying {script}: {e} (miners of that address get no new work)"
+                    );
+                }
+                return None;
+            }
+        };
         if base.job.id > cache.newest {
             // A new template: entries older than the previous one go.
             let keep_from = cache.newest;
@@ -77,19 +100,17 @@ impl Solo {
         }
         if cache.works.len() >= CACHE_CAP {
             let oldest = cache.works.keys().map(|(id, _)| *id).min().unwrap_or(0);
+            if oldest >= cache.newest {
+                // Only the current template is cached and it is full: serve without caching.
+                return Some(w);
+            }
             cache.works.retain(|(id, _), _| *id != oldest);
         }
-        let cfg = CoinbaseConfig { payout_script: script.clone(), ..self.base.clone() };
-        let cb = match coinbase::build(template, &cfg) {
-            Ok(cb) => cb,
-            Err(e) => {
-                tracing::error!("solo: cannot build a coinbase paying {script}: {e}");
-                return None;
-            }
-        };
-        let job = base.job.with_coinbase(cb);
-        let w = Arc::new(Work::new(Arc::new(job)).with_announcement(base.announcement.clone()));
-        cache.works.insert(key, w.clone());
-        Some(w)
+        // Another session may have built it meanwhile: keep the first (one duplicate set).
+        Some(cache.works.entry(key).or_insert(w).clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -215,13 +215,18 @@ impl UpstreamClient {
                 }
                 _ = probe.tick(), if idx != 0 => {
                     if let Ok(Ok(_)) = timeout(Duration::from_secs(3), TcpStream::connect(&self.entries[0].url)).await {
+                        // Shares queued for this upstream are still due to it: written before leaving.
+                        let _ = timeout(Duration::from_secs(2), up.flush()).await;
                         return End::Primary;
                     }
                 }
                 _ = tokio::time::sleep_until(limit) => {
                     return End::Failed(if s.authorized { format!("silent for {SILENCE_LIMIT:?}") } else { "no subscribe/authorize answer within 15 s".into() });
                 }
-                _ = shutdown.changed() => return End::Shutdown,
+                _ = shutdown.changed() => {
+                    let _ = timeout(Duration::from_secs(2), up.flush()).await;
+                    return End::Shutdown;
+                }
             }
         }
     }

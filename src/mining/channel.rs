@@ -379,16 +379,9 @@ impl Channel {
         self.tally.add(self.diff, Difficulty::ZERO, false);
     }
 
-    /// Judges a submit at `now`. `network` is the current work's network difficulty (vardiff's
-    /// upper clamp); `upstream` says a proxy's upstream takes shares.
-    pub fn submit(
-        &mut self,
-        sub: &Submit,
-        now: u64,
-        network: Option<Difficulty>,
-        upstream: bool,
-        fx: &mut Effects,
-    ) -> Verdict {
+    /// Judges a submit at `now`; `upstream` says a proxy's upstream takes shares. Vardiff's upper
+    /// clamp is the network difficulty of the share's own job (no shared state read per share).
+    pub fn submit(&mut self, sub: &Submit, now: u64, upstream: bool, fx: &mut Effects) -> Verdict {
         fx.clear();
         let lid = u64::from_str_radix(sub.job_id, 16).ok();
         let Some(idx) = lid.and_then(|l| self.jobs.iter().position(|s| s.local_id == l)) else {
@@ -437,7 +430,7 @@ impl Channel {
                 difficulty: acc.difficulty,
             });
         }
-        let lim = self.limits(network);
+        let lim = self.limits(Some(work.network_diff));
         if let Some(r) = self.vardiff.on_share(now, diff, self.diff, &lim) {
             self.set_difficulty(r.new);
             fx.retarget = Some(r);

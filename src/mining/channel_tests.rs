@@ -107,12 +107,12 @@ fn a_share_is_judged_at_the_difficulty_its_job_was_issued_at() {
     let mut fx = Effects::default();
     // A share at 1e-6..1e-4 on the old id is accepted at 1e-6; the same quality on the new id is low.
     let s = solve(&w, &EN1, old_id, 1, d("0.000001"), Some(d("0.0001")));
-    let v = c.submit(&s.submit(), 10, Some(d("1")), false, &mut fx);
+    let v = c.submit(&s.submit(), 10, false, &mut fx);
     assert_eq!(v, Verdict { result: Ok(()), diff: d("0.000001") });
     assert_eq!(fx.share.unwrap().diff, d("0.000001"));
     assert!(fx.block.is_none() && fx.upstream.is_none(), "not a block, no upstream");
     let s = solve(&w, &EN1, new_id, 2, d("0.000001"), Some(d("0.0001")));
-    let v = c.submit(&s.submit(), 11, Some(d("1")), false, &mut fx);
+    let v = c.submit(&s.submit(), 11, false, &mut fx);
     assert!(matches!(v.result, Err(Reject::LowDifficulty { .. })), "{v:?}");
     assert_eq!(v.diff, d("0.0001"));
     let rec = fx.share.unwrap();
@@ -130,20 +130,20 @@ fn duplicates_and_the_stale_window() {
     let ids: Vec<u64> = (1..=3).map(|i| issued(c.issue(&work(i, 1, MAINNETISH), false)).0).collect();
     let w3 = work(3, 1, MAINNETISH);
     let on_last = solve(&w3, &EN1, ids[2], 5, d("0.000001"), Some(d("1")));
-    assert_eq!(c.submit(&on_last.submit(), 1, None, false, &mut fx).result, Ok(()));
-    assert_eq!(c.submit(&on_last.submit(), 2, None, false, &mut fx).result, Err(Reject::Duplicate));
+    assert_eq!(c.submit(&on_last.submit(), 1, false, &mut fx).result, Ok(()));
+    assert_eq!(c.submit(&on_last.submit(), 2, false, &mut fx).result, Err(Reject::Duplicate));
     assert!(fx.share.is_some(), "a duplicate is logged against its job");
     let (new_id, clean) = issued(c.issue(&work(4, 2, MAINNETISH), false));
     assert!(clean, "a new block is clean");
     // The last job of block 1 is kept: a new share on it is stale, the old one still a duplicate.
     let late = solve(&w3, &EN1, ids[2], 6, d("0.000001"), Some(d("1")));
-    assert_eq!(c.submit(&late.submit(), 3, None, false, &mut fx).result, Err(Reject::Stale));
+    assert_eq!(c.submit(&late.submit(), 3, false, &mut fx).result, Err(Reject::Stale));
     assert_eq!(fx.share.unwrap().workinfoid, 3);
-    assert_eq!(c.submit(&on_last.submit(), 4, None, false, &mut fx).result, Err(Reject::Duplicate));
+    assert_eq!(c.submit(&on_last.submit(), 4, false, &mut fx).result, Err(Reject::Duplicate));
     // The earlier jobs of block 1 were dropped: stale, still logged against their job and height.
     let w1 = work(1, 1, MAINNETISH);
     let s = solve(&w1, &EN1, ids[0], 7, d("0.000001"), None);
-    let v = c.submit(&s.submit(), 5, None, false, &mut fx);
+    let v = c.submit(&s.submit(), 5, false, &mut fx);
     assert_eq!(v.result, Err(Reject::Stale));
     let rec = fx.share.unwrap();
     assert_eq!((rec.workinfoid, rec.diff, rec.hash), (1, d("0.000001"), None));
@@ -151,7 +151,7 @@ fn duplicates_and_the_stale_window() {
     for (job_id, want) in [(format!("{:x}", new_id + 0x1000), Reject::Stale), ("xyz".into(), Reject::UnknownJob)] {
         let sub =
             Submit { job_id: &job_id, extranonce2: "00000000", ntime: "504e86b9", nonce: "0", version_bits: None };
-        assert_eq!(c.submit(&sub, 6, None, false, &mut fx).result, Err(want));
+        assert_eq!(c.submit(&sub, 6, false, &mut fx).result, Err(want));
         assert!(fx.share.is_none(), "nothing to log against for {job_id}");
     }
     let t = c.take_tally();
@@ -174,7 +174,7 @@ fn bad_fields_are_rejected_with_their_reason() {
     ];
     for (en2, ntime, nonce, vb, want) in cases {
         let sub = Submit { job_id: &job_id, extranonce2: en2, ntime, nonce, version_bits: vb };
-        assert_eq!(c.submit(&sub, 1, None, false, &mut fx).result, Err(want));
+        assert_eq!(c.submit(&sub, 1, false, &mut fx).result, Err(want));
     }
     assert_eq!(c.negotiate_version_mask(0xffff_ffff), 0x1fff_e000, "the server's mask caps the miner's");
     assert_eq!(c.negotiate_version_mask(0x0000_6000), 0x0000_6000);
@@ -192,7 +192,7 @@ fn vardiff_raises_a_fast_miner_and_the_next_job_has_a_new_id() {
     let mut retarget = None;
     for i in 0..72u32 {
         let s = solve(&w, &EN1, id, 100 + i, d("0.00000001"), Some(d("1")));
-        let v = c.submit(&s.submit(), (i as u64 + 1) * US / 10, Some(d("1")), false, &mut fx);
+        let v = c.submit(&s.submit(), (i as u64 + 1) * US / 10, false, &mut fx);
         assert_eq!(v.result, Ok(()), "share {i}");
         if let Some(r) = fx.retarget {
             retarget = Some((i, r));
@@ -205,14 +205,18 @@ fn vardiff_raises_a_fast_miner_and_the_next_job_has_a_new_id() {
     assert_eq!((r.new, c.difficulty()), (d("0.0000003372"), r.new), "{r:?}");
     let (new_id, _) = issued(c.issue(&w, true));
     assert_ne!(new_id & 0xff, id & 0xff, "new difficulty revision in the id");
-    // The network difficulty caps a retarget: here at 0.0000002 (the rate asks for 0.000000337).
+    // The network difficulty of the share's job caps a retarget: nbits 20004c2c is difficulty
+    // ~0.0000002003 (the rate asks for 0.000000337).
+    let tiny = work(2, 1, "20004c2c");
+    let cap = tiny.network_diff;
+    assert!(cap > d("0.0000002") && cap < d("0.000000201"), "{cap}");
     let mut c = Channel::new(p, &EN1, 0);
-    let (id, _) = issued(c.issue(&w, false));
+    let (id, _) = issued(c.issue(&tiny, false));
     for i in 0..72u32 {
-        let s = solve(&w, &EN1, id, 500 + i, d("0.00000001"), Some(d("1")));
-        c.submit(&s.submit(), (i as u64 + 1) * US / 10, Some(d("0.0000002")), false, &mut fx);
+        let s = solve(&tiny, &EN1, id, 500 + i, d("0.00000001"), Some(d("1")));
+        assert_eq!(c.submit(&s.submit(), (i as u64 + 1) * US / 10, false, &mut fx).result, Ok(()));
     }
-    assert_eq!(c.difficulty(), d("0.0000002"));
+    assert_eq!(c.difficulty(), cap);
     // A quiet miner is lowered at the next work after a retarget interval; never under mindiff.
     assert_eq!(c.idle_check(10 * US, None), None, "not quiet long enough");
     let r = c.idle_check(10 * US + 240 * US, None).expect("quiet for 240 s");
@@ -233,7 +237,7 @@ fn a_block_candidate_names_its_finder_and_an_upstream_share_carries_the_extranon
     let mut fx = Effects::default();
     let network = Difficulty::from_target(&w.job.network_target);
     let s = solve(&w, c.en1(), id, 42, network, None);
-    let v = c.submit(&s.submit(), 1, Some(network), true, &mut fx);
+    let v = c.submit(&s.submit(), 1, true, &mut fx);
     assert_eq!(v.result, Ok(()));
     let b = fx.block.take().expect("a block");
     assert_eq!((&*b.username, &*b.workername, b.en1.as_slice()), ("alice", "alice.rig1", c.en1()));
@@ -243,7 +247,7 @@ fn a_block_candidate_names_its_finder_and_an_upstream_share_carries_the_extranon
     assert_eq!(u.version_bits, None);
     // Without an upstream, nothing goes up.
     let s = solve(&w, c.en1(), id, 43, network, None);
-    c.submit(&s.submit(), 2, Some(network), false, &mut fx);
+    c.submit(&s.submit(), 2, false, &mut fx);
     assert!(fx.block.is_some() && fx.upstream.is_none());
 }
 
@@ -258,7 +262,7 @@ fn a_new_upstream_drops_every_job_and_late_shares_stay_logged() {
     assert_eq!(c.own_en1(), &EN1);
     let mut fx = Effects::default();
     let s = solve(&w, &[1, 0, 0, 0, 7], id, 1, d("0.000001"), None);
-    assert_eq!(c.submit(&s.submit(), 1, None, false, &mut fx).result, Err(Reject::Stale));
+    assert_eq!(c.submit(&s.submit(), 1, false, &mut fx).result, Err(Reject::Stale));
     assert_eq!(fx.share.map(|r| r.workinfoid), Some(1));
     // The same work re-issued after the switch is a new job for this channel.
     assert!(matches!(c.issue(&w, false), Issued::Job { .. }));
@@ -305,14 +309,10 @@ fn an_upstream_mask_change_holds_for_jobs_sent_after_it() {
     };
     let (j, e, n) = with_bits(&old, old_id, 1);
     let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
-    assert_eq!(
-        c.submit(&sub, 1, None, false, &mut fx).result,
-        Ok(()),
-        "a job sent before the change keeps the old mask"
-    );
+    assert_eq!(c.submit(&sub, 1, false, &mut fx).result, Ok(()), "a job sent before the change keeps the old mask");
     let (j, e, n) = with_bits(&new, new_id, 2);
     let sub = Submit { job_id: &j, extranonce2: &e, ntime: "504e86b9", nonce: &n, version_bits: Some("00200000") };
-    assert_eq!(c.submit(&sub, 2, None, false, &mut fx).result, Err(Reject::VersionOutsideMask));
+    assert_eq!(c.submit(&sub, 2, false, &mut fx).result, Err(Reject::VersionOutsideMask));
     // A miner that never negotiated rolls within whatever is granted.
     let mut q = Channel::new(params(), &EN1, 0);
     assert_eq!(q.allow_version_mask(0x0000_e000), Some(0x0000_e000));

@@ -88,8 +88,7 @@ impl Session {
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
         // On the stack (no allocation); not kept in the session, so an idle miner does not pay for it.
         let mut fx = Effects::default();
-        let (now, network) = (self.now_us(), self.ctx.network_diff());
-        let verdict = self.channel.submit(&sub, now, network, self.ctx.upstream.is_some(), &mut fx);
+        let verdict = self.channel.submit(&sub, self.now_us(), self.ctx.upstream.is_some(), &mut fx);
         let reject = match verdict.result {
             Ok(()) => {
                 self.ctx.counters.add_accepted(verdict.diff);

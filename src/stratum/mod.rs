@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::difficulty::Difficulty;
 use crate::log::stats::StatEvent;
 use crate::mining::ChannelParams;
+use crate::share::Reject;
 use vardiff::VardiffParams;
 
 /// Why shares are rejected, as a bounded label set for the operator's metrics.
@@ -34,19 +35,21 @@ pub const REJECT_KINDS: [&str; 10] = [
     "other",
 ];
 
-/// The [`REJECT_KINDS`] index of a reject reason as replied to the miner.
-pub fn reject_kind(reason: &str) -> usize {
-    match reason {
-        "Stale" => 0,
-        "Duplicate" => 1,
-        "Above target" => 2,
-        "Invalid JobID" => 3,
-        r if r.starts_with("Invalid nonce2 length") => 4,
-        r if r.starts_with("Invalid hex") => 5,
-        "Ntime out of range" => 6,
-        "Invalid version mask" | "Invalid version bits" => 7,
-        "Invalid params" => 8,
-        _ => 9,
+/// [`REJECT_KINDS`] indexes for submits the session could not read (no [`Reject`] applies).
+pub const REJECT_INVALID_PARAMS: usize = 8;
+pub const REJECT_BAD_VERSION: usize = 7;
+
+/// The [`REJECT_KINDS`] index of a share check's verdict (by variant: no text compared).
+pub fn reject_kind(r: &Reject) -> usize {
+    match r {
+        Reject::Stale => 0,
+        Reject::Duplicate => 1,
+        Reject::LowDifficulty { .. } => 2,
+        Reject::UnknownJob => 3,
+        Reject::BadExtranonce2Length { .. } => 4,
+        Reject::BadHex(_) => 5,
+        Reject::NtimeOutOfRange => 6,
+        Reject::VersionOutsideMask => REJECT_BAD_VERSION,
     }
 }
 
@@ -70,10 +73,10 @@ impl Counters {
         self.accepted_diff_units.fetch_add(d.units().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
-    /// Counts a rejected share by the reason replied to the miner.
-    pub fn add_rejected(&self, reason: &str) {
+    /// Counts a rejected share under its [`REJECT_KINDS`] index.
+    pub fn add_rejected(&self, kind: usize) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
-        self.rejected_by[reject_kind(reason)].fetch_add(1, Ordering::Relaxed);
+        self.rejected_by[kind.min(REJECT_KINDS.len() - 1)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -97,14 +100,14 @@ mod tests {
             Reject::Duplicate,
             Reject::LowDifficulty { difficulty: Difficulty::ONE, hash: [0; 32] },
         ] {
-            assert_ne!(REJECT_KINDS[reject_kind(&r.reason())], "other", "{r:?}");
+            assert_ne!(REJECT_KINDS[reject_kind(&r)], "other", "{r:?}");
         }
-        assert_eq!(REJECT_KINDS[reject_kind("Invalid params")], "invalid_params");
-        assert_eq!(REJECT_KINDS[reject_kind("Invalid version bits")], "bad_version");
+        assert_eq!(REJECT_KINDS[REJECT_INVALID_PARAMS], "invalid_params");
+        assert_eq!(REJECT_KINDS[REJECT_BAD_VERSION], "bad_version");
         let c = Counters::default();
-        c.add_rejected("Stale");
-        c.add_rejected("Duplicate");
-        c.add_rejected("Stale");
+        c.add_rejected(reject_kind(&Reject::Stale));
+        c.add_rejected(reject_kind(&Reject::Duplicate));
+        c.add_rejected(reject_kind(&Reject::Stale));
         assert_eq!(c.rejected.load(Ordering::Relaxed), 3);
         assert_eq!(c.rejected_by[0].load(Ordering::Relaxed), 2);
     }

@@ -18,6 +18,10 @@
 #     in a venv under .regtest/aiostratum. It pins PyYAML==3.12, whose C extension does not build
 #     on current Pythons, so it goes in with --no-deps beside its other dependency aiojsonrpc2==1.0.0
 #     (which has none) and a current PyYAML; contrib/interop/aiostratum_launch.py adapts yaml.load.
+#   - SRI's translator_sv2 0.6.0 (the Stratum V2 reference translator, tests/sv2.rs), `cargo install`ed
+#     once into ~/.cache/ckpool/translator_sv2-0.6.0 (outside target/), linked as .regtest/translator_sv2.
+#     Without default features: its `monitoring` feature builds a Swagger UI that downloads a zip
+#     at build time, which a closed network refuses; the translator itself needs none of it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
@@ -76,3 +80,15 @@ core_bin=$(bash "$here/contrib/build-core.sh")
 mkdir -p "$here/.regtest"
 ln -sfn "$core_bin" "$here/.regtest/core"
 echo "setup: Bitcoin Core regtest node at $here/.regtest/core/bitcoind"
+
+# SRI's translator_sv2: a real third-party Stratum V2 client for tests/sv2.rs.
+tproxy_version=0.6.0
+tproxy_root="${HOME}/.cache/ckpool/translator_sv2-${tproxy_version}"
+if [ ! -x "$tproxy_root/bin/translator_sv2" ]; then
+  echo "setup: building SRI's translator_sv2 ${tproxy_version} (cargo install, default registry; once)"
+  cargo install translator_sv2 --version "$tproxy_version" --no-default-features --locked \
+    --root "$tproxy_root" --target-dir "${HOME}/.cache/ckpool/sv2-build/target"
+  rm -rf "${HOME}/.cache/ckpool/sv2-build"
+fi
+ln -sfn "$tproxy_root/bin/translator_sv2" "$here/.regtest/translator_sv2"
+echo "setup: translator_sv2 at $here/.regtest/translator_sv2"

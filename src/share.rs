@@ -95,6 +95,16 @@ impl Reject {
     }
 }
 
+/// A share's fields as a binary protocol carries them (Stratum V2): already decoded, with the
+/// whole header version rather than the rolled bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoded<'a> {
+    pub extranonce2: &'a [u8],
+    pub ntime: u32,
+    pub nonce: u32,
+    pub version: u32,
+}
+
 /// Judges a share on `job` for a session with extranonce1 `en1`.
 ///
 /// `version_mask` is the session's negotiated BIP310 mask ([`DEFAULT_VERSION_MASK`] when it never
@@ -117,9 +127,7 @@ pub fn check(
     hex::decode_into(sub.extranonce2, &mut en2[..expected]).map_err(|_| Reject::BadHex("extranonce2"))?;
     let ntime = hex::parse_u32_be(sub.ntime).map_err(|_| Reject::BadHex("ntime"))?;
     let nonce = hex::parse_u32_be(sub.nonce).map_err(|_| Reject::BadHex("nonce"))?;
-    if ntime < job.mintime.min(job.ntime) || ntime > job.ntime.saturating_add(NTIME_MAX_ROLL) {
-        return Err(Reject::NtimeOutOfRange);
-    }
+    check_ntime(job, ntime)?;
     let version = match sub.version_bits {
         None => job.version,
         Some(text) => {
@@ -132,7 +140,51 @@ pub fn check(
             (job.version & !version_mask) | (bits & version_mask)
         }
     };
-    let root = job.merkle_root(en1, &en2[..expected]);
+    judge(job, en1, (en2, expected), version, ntime, nonce, share_target)
+}
+
+/// [`check`] for a share whose fields arrived decoded (Stratum V2): the same rules, in the same
+/// order; the version must equal the job's outside `version_mask`.
+#[inline]
+pub fn check_decoded(
+    job: &Job,
+    en1: &[u8],
+    d: &Decoded,
+    version_mask: u32,
+    share_target: &Target,
+) -> Result<Accepted, Reject> {
+    let expected = job.coinbase.nonce2_len;
+    if expected > MAX_NONCE2_LEN || d.extranonce2.len() != expected {
+        return Err(Reject::BadExtranonce2Length { expected, got: d.extranonce2.len() });
+    }
+    let mut en2 = [0u8; MAX_NONCE2_LEN];
+    en2[..expected].copy_from_slice(d.extranonce2);
+    check_ntime(job, d.ntime)?;
+    if (d.version ^ job.version) & !version_mask != 0 {
+        return Err(Reject::VersionOutsideMask);
+    }
+    judge(job, en1, (en2, expected), d.version, d.ntime, d.nonce, share_target)
+}
+
+fn check_ntime(job: &Job, ntime: u32) -> Result<(), Reject> {
+    if ntime < job.mintime.min(job.ntime) || ntime > job.ntime.saturating_add(NTIME_MAX_ROLL) {
+        return Err(Reject::NtimeOutOfRange);
+    }
+    Ok(())
+}
+
+/// Hashes the header the fields make and judges it against the share and network targets.
+#[inline]
+fn judge(
+    job: &Job,
+    en1: &[u8],
+    (en2, en2_len): ([u8; MAX_NONCE2_LEN], usize),
+    version: u32,
+    ntime: u32,
+    nonce: u32,
+    share_target: &Target,
+) -> Result<Accepted, Reject> {
+    let root = job.merkle_root(en1, &en2[..en2_len]);
     let header = job.header(&root, version, ntime, nonce);
     let hash = sha256d_header(&header);
     let block = job.network_target.is_met_by(&hash);
@@ -151,7 +203,7 @@ pub fn check(
         ntime,
         nonce,
         extranonce2: en2,
-        extranonce2_len: expected,
+        extranonce2_len: en2_len,
     })
 }
 

@@ -73,6 +73,10 @@ pub enum Command {
     Rpcauth(crate::tools::rpcauth::RpcauthArgs),
     /// The pool's summary in the terminal (from its API when apiurl is set, else logdir's files)
     Status(crate::api::status::StatusArgs),
+    /// The pool's Stratum V2 authority public key and stratum2+tcp:// URLs (the key file is
+    /// created when missing): ckpool sv2-key --config F
+    #[command(name = "sv2-key")]
+    Sv2Key(crate::sv2::Sv2KeyArgs),
     /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
@@ -116,6 +120,7 @@ pub fn main() -> i32 {
         Some(Command::Rpcauth(args)) => crate::tools::rpcauth::run(args),
         Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
         Some(Command::Status(args)) => crate::api::status::run(args),
+        Some(Command::Sv2Key(args)) => crate::sv2::run_sv2_key(args),
         Some(Command::Completions(args)) => generate::completions(&args),
         Some(Command::Manpages(args)) => generate::manpages(&args.dir),
     };

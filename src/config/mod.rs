@@ -78,6 +78,15 @@ pub struct Config {
     pub serverurl: Vec<SocketAddr>,
     /// The operator's HTTP API (metrics, JSON, ckpool's files, dashboard); empty: off.
     pub apiurl: Vec<SocketAddr>,
+    /// Stratum V2 listeners (pool mode); empty: off.
+    pub sv2url: Vec<SocketAddr>,
+    /// The SV2 authority key file (created at first start); `None`: the default place.
+    pub sv2_authority_key: Option<PathBuf>,
+    /// ckpool's `sv2_static_key`: accepted; SRI's Noise responder certifies a fresh static key
+    /// per connection, so there is nothing to keep (a line at start says so).
+    pub sv2_static_key: Option<PathBuf>,
+    /// How long each connection's certificate is valid from its handshake.
+    pub sv2_cert_validity: Duration,
     pub mindiff: Difficulty,
     pub startdiff: Difficulty,
     /// Zero: no maximum.
@@ -135,7 +144,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "nonce2length",
     "version_mask",
     "maxclients",
+    // Stratum V2 (ckpool's names).
+    "sv2url",
+    "sv2_authority_key",
+    "sv2_static_key",
     // ckpool-rs keys (optional).
+    "sv2_cert_validity",
     "vardiff_target_interval",
     "vardiff_retarget_interval",
     "stats_interval",

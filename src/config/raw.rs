@@ -98,6 +98,10 @@ pub(super) struct RawConfig {
     btcsig: Option<Field<String>>,
     serverurl: Option<Field<ServerUrls>>,
     apiurl: Option<Field<ServerUrls>>,
+    sv2url: Option<Field<ServerUrls>>,
+    sv2_authority_key: Option<Field<String>>,
+    sv2_static_key: Option<Field<String>>,
+    sv2_cert_validity: Option<Field<u64>>,
     mindiff: Option<Field<Decimal>>,
     startdiff: Option<Field<Decimal>>,
     maxdiff: Option<Field<Decimal>>,
@@ -285,6 +289,17 @@ fn parse_listen(s: &str) -> Option<SocketAddr> {
     s.parse().ok().or_else(|| s.to_socket_addrs().ok()?.next())
 }
 
+/// A Stratum V2 listen address: `address:port`, `stratum2+tcp://address:port`, or an address
+/// alone (port 3336, SV2's usual).
+fn parse_sv2_listen(s: &str) -> Option<SocketAddr> {
+    let s = s.trim().trim_start_matches("stratum2+tcp://").trim_end_matches('/');
+    parse_listen(s).or_else(|| {
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = bare.parse().ok()?;
+        Some(SocketAddr::new(ip, 3336))
+    })
+}
+
 impl RawBtcd {
     fn validate(&self, c: &Ctx, i: usize) -> Result<Btcd, ConfigError> {
         let key = |k: &str| format!("btcd[{i}].{k}");
@@ -379,6 +394,31 @@ impl RawConfig {
             }
         };
 
+        // Stratum V2 listeners: off unless given; an address without a port takes 3336.
+        let sv2_rule = "must be \"address:port\" (port 3336 when left out), e.g. \"0.0.0.0:3336\"";
+        let sv2url = match c.typed(key!(r.sv2url), "must be \"address:port\" or an array of them")? {
+            None => Vec::new(),
+            Some(ServerUrls::Many(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    u.typed
+                        .as_deref()
+                        .and_then(parse_sv2_listen)
+                        .ok_or_else(|| c.err(&format!("sv2url[{i}]"), &u.json, sv2_rule))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(ServerUrls::One(s)) if s.is_empty() => Vec::new(),
+            Some(ServerUrls::One(s)) => {
+                vec![parse_sv2_listen(s).ok_or_else(|| c.err("sv2url", &Value::String(s.clone()), sv2_rule))?]
+            }
+        };
+        let path_key = |k: Key<String>| -> Result<Option<PathBuf>, ConfigError> {
+            Ok(Some(c.string(k, "")?).filter(|s| !s.is_empty()).map(PathBuf::from))
+        };
+        let sv2_authority_key = path_key(key!(r.sv2_authority_key))?;
+        let sv2_static_key = path_key(key!(r.sv2_static_key))?;
+
         let json = |f: &Option<Field<Decimal>>| f.as_ref().map_or(Value::Null, |f| f.json.clone());
         let mindiff = c.difficulty(key!(r.mindiff), Difficulty::ONE)?;
         let startdiff = c.difficulty(key!(r.startdiff), Difficulty::from_integer(42))?;
@@ -452,6 +492,10 @@ impl RawConfig {
             btcsig: c.string(key!(r.btcsig), "")?,
             serverurl,
             apiurl,
+            sv2url,
+            sv2_authority_key,
+            sv2_static_key,
+            sv2_cert_validity: Duration::from_secs(c.uint(key!(r.sv2_cert_validity), 3600, 60, 31_536_000)?),
             mindiff,
             startdiff,
             maxdiff,

@@ -20,7 +20,7 @@ use super::work::{BlockCandidate, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::log::stats::ShareTally;
-use crate::share::{self, Accepted, Reject, Submit};
+use crate::share::{self, Accepted, Decoded, Reject, Submit};
 
 /// Jobs remembered per channel for late submits.
 pub const JOBS_KEPT: usize = 16;
@@ -305,6 +305,26 @@ impl Channel {
         Some(new)
     }
 
+    /// The highest difficulty this channel may be set to (`None`: no maximum).
+    pub fn maxdiff(&self) -> Option<Difficulty> {
+        (!self.maxdiff.is_zero()).then_some(self.maxdiff)
+    }
+
+    /// A miner's own bounds at `now` (Stratum V2's OpenChannel / UpdateChannel): `floor`, the
+    /// difficulty of the easiest target it accepts, holds for vardiff from now on; `wanted`,
+    /// from its nominal hashrate, is where to start. Returns the new difficulty when it changed
+    /// (the face then sends the target, followed by the current work under a new id).
+    pub fn miner_bounds(&mut self, floor: Difficulty, wanted: Option<Difficulty>, now: u64) -> Option<Difficulty> {
+        self.suggested = (!floor.is_zero()).then_some(floor);
+        let new = self.clamp(wanted.unwrap_or(self.diff).max(floor));
+        if new == self.diff {
+            return None;
+        }
+        self.set_difficulty(new);
+        self.vardiff.reset(now);
+        Some(new)
+    }
+
     /// Jobs sent from now on get new ids even for work already sent (solo mode: the same
     /// template under another payout address is a different job for the miner).
     pub fn renumber(&mut self) {
@@ -382,10 +402,33 @@ impl Channel {
     /// Judges a submit at `now`; `upstream` says a proxy's upstream takes shares. Vardiff's upper
     /// clamp is the network difficulty of the share's own job (no shared state read per share).
     pub fn submit(&mut self, sub: &Submit, now: u64, upstream: bool, fx: &mut Effects) -> Verdict {
-        fx.clear();
         let lid = u64::from_str_radix(sub.job_id, 16).ok();
+        let ours = lid.filter(|_| sub.job_id.len() <= 16);
+        self.judge(lid, ours, now, upstream, fx, |job, en1, mask, target| share::check(job, en1, sub, mask, target))
+    }
+
+    /// [`Channel::submit`] for a share that names its job by the local id it was issued under
+    /// and carries its fields decoded (Stratum V2).
+    pub fn submit_decoded(&mut self, local_id: u64, d: &Decoded, now: u64, fx: &mut Effects) -> Verdict {
+        let lid = Some(local_id);
+        self.judge(lid, lid, now, false, fx, |job, en1, mask, target| share::check_decoded(job, en1, d, mask, target))
+    }
+
+    /// The verdict on a share for job `lid` (`ours`: an id this channel could have issued), the
+    /// share's fields judged by `check` against the job, extranonce1, mask and target it was sent
+    /// with.
+    fn judge(
+        &mut self,
+        lid: Option<u64>,
+        ours: Option<u64>,
+        now: u64,
+        upstream: bool,
+        fx: &mut Effects,
+        check: impl FnOnce(&crate::work::Job, &[u8], u32, &Target) -> Result<Accepted, Reject>,
+    ) -> Verdict {
+        fx.clear();
         let Some(idx) = lid.and_then(|l| self.jobs.iter().position(|s| s.local_id == l)) else {
-            return self.submit_unknown_job(lid.filter(|_| sub.job_id.len() <= 16), fx);
+            return self.submit_unknown_job(ours, fx);
         };
         let sent = &self.jobs[idx];
         let (diff, work) = (sent.diff, sent.work.clone());
@@ -393,7 +436,7 @@ impl Channel {
         // already taken is a duplicate whenever it comes back (the answer does not depend on
         // whether the next block's work reached the channel first).
         let mask = sent.mask;
-        let checked = share::check(&work.job, &self.en1, sub, mask, &sent.target);
+        let checked = check(&work.job, &self.en1, mask, &sent.target);
         let checked = match checked {
             Err(Reject::Duplicate) => Err(Reject::Duplicate),
             _ if self.last_prev != Some(work.job.prev_hash) => Err(Reject::Stale),
@@ -416,7 +459,7 @@ impl Channel {
         fx.share = Some(record);
         self.tally.add(diff, acc.difficulty, true);
         if upstream {
-            fx.upstream = self.upstream_share(&work, &acc, sub, mask);
+            fx.upstream = self.upstream_share(&work, &acc, mask);
         }
         if acc.block {
             fx.block = Some(BlockCandidate {
@@ -465,14 +508,14 @@ impl Channel {
 
     /// Proxy mode: the share for the upstream pool when it meets the upstream's difficulty, or
     /// any block-meeting share (on test networks the block target can be easier than the pool's).
-    fn upstream_share(&self, work: &Work, acc: &Accepted, sub: &Submit, mask: u32) -> Option<UpstreamShare> {
+    fn upstream_share(&self, work: &Work, acc: &Accepted, mask: u32) -> Option<UpstreamShare> {
         let up = work.upstream.as_ref()?;
         if !acc.block && !up.target.is_met_by(&acc.hash) {
             return None;
         }
         // The upstream's extranonce2 is this channel's own extranonce1 bytes, then the miner's.
         let mut en2 = hex::encode(self.own_en1());
-        en2.push_str(sub.extranonce2);
+        hex::encode_to(acc.extranonce2(), &mut en2);
         Some(UpstreamShare {
             job_id: up.job_id.clone(),
             generation: up.generation,

@@ -130,6 +130,7 @@ pub async fn run(
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
     let listeners = server::bind_all(&cfg.serverurl)?;
     server::log_listening(&listeners);
+    let sv2 = crate::sv2::setup(&cfg, cfg.nonce1length, cfg.nonce2length)?;
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
@@ -195,6 +196,9 @@ pub async fn run(
     };
     crate::api::start(&cfg, api, shutdown.clone())?;
     fe.serve(listeners, cfg.maxclients);
+    if let Some(sv2) = sv2 {
+        fe.serve_sv2(sv2, cfg.maxclients);
+    }
 
     // Ready once a job is being served.
     let mut w = work_rx.clone();

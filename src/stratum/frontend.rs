@@ -44,6 +44,7 @@ pub struct FrontEnd {
     /// The statistics as the operator's API shows them (replaced at each statistics write).
     pub view: watch::Receiver<Arc<stats::View>>,
     server_task: Option<JoinHandle<()>>,
+    sv2_task: Option<JoinHandle<()>>,
     writers: Writers,
 }
 
@@ -89,12 +90,25 @@ impl FrontEnd {
             enonces: Mutex::new(HashSet::new()),
             shutdown,
         });
-        FrontEnd { ctx, summary, view, server_task: None, writers: Writers { share_thread, stats_task } }
+        FrontEnd {
+            ctx,
+            summary,
+            view,
+            server_task: None,
+            sv2_task: None,
+            writers: Writers { share_thread, stats_task },
+        }
     }
 
     /// Accepts miners on every listener (within `maxclients`, 0 = no limit) until shutdown.
     pub fn serve(&mut self, listeners: Vec<TcpListener>, maxclients: usize) {
         self.server_task = Some(tokio::spawn(server::serve(self.ctx.clone(), listeners, maxclients)));
+    }
+
+    /// Accepts Stratum V2 connections on `sv2`'s listeners (within `maxclients` of their own).
+    pub fn serve_sv2(&mut self, sv2: crate::sv2::Sv2Setup, maxclients: usize) {
+        let task = crate::sv2::server::serve(self.ctx.clone(), sv2.listeners, sv2.key, sv2.cert_validity, maxclients);
+        self.sv2_task = Some(tokio::spawn(task));
     }
 
     /// After shutdown flipped: waits for the listeners and sessions to end and drops the context,
@@ -103,6 +117,9 @@ impl FrontEnd {
     pub async fn stop_serving(self) -> Writers {
         tracing::info!("shutting down: closing listeners and sessions");
         if let Some(t) = self.server_task {
+            let _ = t.await;
+        }
+        if let Some(t) = self.sv2_task {
             let _ = t.await;
         }
         drop(self.ctx);

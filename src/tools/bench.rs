@@ -71,6 +71,14 @@ pub struct BenchArgs {
     /// The server's process id: report its CPU time per share and memory per connection
     #[arg(long = "server-pid", value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Speak Stratum V2 to the pool's sv2url with this authority public key (as `ckpool sv2-key`
+    /// prints it): one channel per connection
+    #[arg(long = "sv2", value_name = "AUTHORITY_PUBKEY")]
+    pub sv2: Option<String>,
+    /// Stratum V2 channel kind: extended (as proxies and translators open) or standard (as
+    /// SV2 firmware opens)
+    #[arg(long = "sv2-channel", value_name = "KIND", default_value = "extended", value_parser = ["extended", "standard"])]
+    pub sv2_channel: String,
     /// Worker name sent in authorize
     #[arg(short = 'u', long = "user", default_value = "bench")]
     pub user: String,
@@ -488,7 +496,7 @@ impl Stats {
 }
 
 /// CPU time (µs, utime + stime) and resident memory (bytes) of a process.
-fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("no process {pid}"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
@@ -516,7 +524,7 @@ fn clock_ticks() -> u64 {
 }
 
 /// Prints the spread over blocks of one per-block delay (ms).
-fn summarize(what: &str, label: &str, v: &mut [f64]) {
+pub(crate) fn summarize(what: &str, label: &str, v: &mut [f64]) {
     if v.is_empty() {
         return;
     }
@@ -531,11 +539,11 @@ fn summarize(what: &str, label: &str, v: &mut [f64]) {
 }
 
 /// The value at quantile `q` of sorted `v`.
-fn quantile<T: Copy>(v: &[T], q: f64) -> T {
+pub(crate) fn quantile<T: Copy>(v: &[T], q: f64) -> T {
     v[(((v.len() - 1) as f64) * q).round() as usize]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -576,6 +584,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let need = (args.connections + args.idle) as u64 + 64;
     if nofile > 0 && nofile < need {
         bail!("open-file limit is {nofile}, {need} needed for {} connections: raise it (ulimit -Hn)", need - 64);
+    }
+    if let Some(key) = &args.sv2 {
+        let key = crate::sv2::keys::parse_public(key).context("--sv2")?;
+        let extended = args.sv2_channel == "extended";
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+        return rt.block_on(super::bench_sv2::bench_sv2(args, addr, key, extended));
     }
     let heard = args.zmq.as_deref().map(listen_zmq).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;

@@ -5,6 +5,7 @@
 //! `ckpool bench` (a load generator), both on [`crate::sv1::client`].
 
 pub mod bench;
+pub mod bench_sv2;
 pub mod check;
 pub mod miner;
 pub mod payout;

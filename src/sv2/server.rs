@@ -1,0 +1,97 @@
+//! Stratum V2 listeners: accept within `maxclients`, the Noise handshake under a deadline (one
+//! log line when it fails), then one task per connection.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use noise_sv2::Responder;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::keys::AuthorityKey;
+use super::session::Sv2Session;
+use super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
+use crate::stratum::ServerCtx;
+
+/// Accepts SV2 connections on every listener until shutdown, then waits (bounded) for them.
+pub async fn serve(
+    ctx: Arc<ServerCtx>,
+    listeners: Vec<TcpListener>,
+    key: AuthorityKey,
+    cert_validity: Duration,
+    maxclients: usize,
+) {
+    let limit = Arc::new(Semaphore::new(if maxclients == 0 { Semaphore::MAX_PERMITS } else { maxclients }));
+    let key = Arc::new(key);
+    let mut tasks = JoinSet::new();
+    for l in listeners {
+        tasks.spawn(accept_loop(ctx.clone(), l, limit.clone(), key.clone(), cert_validity));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn accept_loop(
+    ctx: Arc<ServerCtx>,
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    key: Arc<AuthorityKey>,
+    cert_validity: Duration,
+) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut shutdown = ctx.shutdown.clone();
+    let mut backoff = Duration::from_millis(10);
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                tracing::warn!("accept on {local} (sv2) failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx, key) = (ctx.clone(), key.clone());
+        conns.spawn(async move {
+            let _permit = permit;
+            let responder = match Responder::from_authority_kp(key.public(), key.secret(), cert_validity) {
+                Ok(r) => r,
+                Err(e) => return tracing::error!("sv2: cannot make a Noise responder from the authority key: {e:?}"),
+            };
+            let (rd, wr) = stream.into_split();
+            let (rd, wr) = match transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await {
+                Ok(halves) => halves,
+                Err(e) => return tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {e}"),
+            };
+            let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
+            ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+            Sv2Session::new(ctx.clone(), id, peer, random_u64()).run(rd, wr).await;
+            ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while conns.join_next().await.is_some() {} }).await;
+}
+
+/// A random 64-bit start for a connection's extranonce1 allocation.
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}

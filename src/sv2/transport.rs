@@ -1,0 +1,270 @@
+//! Stratum V2's encrypted transport over TCP: the Noise NX handshake (as responder for the pool,
+//! as initiator for our client and load tool) and framed, encrypted messages after it, through
+//! SRI's `codec_sv2` / `noise_sv2`.
+//!
+//! Reads are cancellation-safe (the bytes of a frame read so far live in [`FrameReader`], not in
+//! the future), so a session can `select!` on the next frame beside new work. Every frame is
+//! bounded: bytes read since the last whole frame past the reader's limit close the connection
+//! with [`TransportError::Oversized`], before a peer can make us buffer a 16 MB frame.
+
+use std::time::Duration;
+
+use codec_sv2::{
+    Decoded, Decrypted, Handshake, HandshakeMessage, NoiseDecoder, NoiseEncoder, TransportDecryptState,
+    TransportEncryptState,
+};
+use framing_sv2::framing::MessageFrame;
+use framing_sv2::header::Header;
+use noise_sv2::{Initiator, Responder, ELLSWIFT_ENCODING_SIZE, INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE};
+use parsers_sv2::AnyMessage;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why a connection's transport failed; the text is for the operator's log line.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a frame ({0} bytes of it read)")]
+    Truncated(usize),
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no complete handshake message within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("frame larger than {limit} bytes (read {read} without its end); closing")]
+    Oversized { read: usize, limit: usize },
+    #[error("frame could not be decrypted or decoded (not a Stratum V2 client, or a corrupted stream): {0}")]
+    Codec(String),
+    #[error("message could not be encoded: {0}")]
+    Encode(String),
+}
+
+fn codec(e: impl std::fmt::Debug) -> TransportError {
+    TransportError::Codec(format!("{e:?}"))
+}
+
+/// One decrypted frame: its header and plaintext payload.
+pub struct Frame {
+    pub header: Header,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn msg_type(&self) -> u8 {
+        self.header.msg_type()
+    }
+
+    /// The message, parsed by SRI's parsers (borrowing the payload).
+    pub fn message(&mut self) -> Result<AnyMessage<'_>, parsers_sv2::ParserError> {
+        AnyMessage::try_from((self.header, self.payload.as_mut_slice()))
+    }
+}
+
+/// The reading half after the handshake.
+pub struct FrameReader<R> {
+    rd: R,
+    decoder: NoiseDecoder,
+    state: Option<TransportDecryptState>,
+    chunk: Vec<u8>,
+    filled: usize,
+    /// Bytes taken since the last whole frame, and the most allowed.
+    in_frame: usize,
+    limit: usize,
+}
+
+/// The writing half: messages are encoded into `out` and written together by [`FrameWriter::flush`].
+pub struct FrameWriter<W> {
+    wr: W,
+    encoder: NoiseEncoder,
+    state: TransportEncryptState,
+    out: Vec<u8>,
+}
+
+/// Bytes of one handshake message arriving, within `timeout`.
+async fn read_handshake<R: AsyncRead + Unpin, X: codec_sv2::ExpectsHandshakeMessage>(
+    rd: &mut R,
+    decoder: &mut NoiseDecoder,
+    timeout: Duration,
+) -> Result<HandshakeMessage, TransportError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut buf = vec![0u8; decoder.writable_len()];
+        match tokio::time::timeout_at(deadline, rd.read_exact(&mut buf)).await {
+            Err(_) => return Err(TransportError::HandshakeTimeout(timeout)),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(TransportError::Closed),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(_)) => {}
+        }
+        decoder.writable().copy_from_slice(&buf);
+        match decoder.next_handshake_frame::<X>().map_err(codec)? {
+            Decoded::Frame(m) => return Ok(m),
+            Decoded::Incomplete(_) => {}
+        }
+    }
+}
+
+/// The pool's side of the handshake: reads the initiator's ephemeral key, answers with the
+/// static key and the certificate signed by the authority key.
+pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
+    responder: Box<Responder>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
+    let mut decoder = NoiseDecoder::new();
+    let mut encoder = NoiseEncoder::new();
+    let first = read_handshake::<R, Responder>(&mut rd, &mut decoder, timeout).await?;
+    let payload: [u8; ELLSWIFT_ENCODING_SIZE] = first
+        .payload()
+        .try_into()
+        .map_err(|_| TransportError::Handshake("first handshake message has the wrong size".into()))?;
+    let (second, transport) =
+        Handshake::responder(responder).step_1(payload).map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
+    let bytes = encoder.encode_handshake(second);
+    tokio::time::timeout(timeout, wr.write_all(bytes.as_ref()))
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout(timeout))??;
+    let (enc, dec) = transport.split();
+    Ok(halves(rd, wr, decoder, encoder, enc, dec, limit))
+}
+
+/// The client's side: sends an ephemeral key, checks the pool's certificate against the
+/// authority key the initiator was made with.
+pub async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut rd: R,
+    mut wr: W,
+    initiator: Box<Initiator>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
+    let mut decoder = NoiseDecoder::new();
+    let mut encoder = NoiseEncoder::new();
+    let (first, sent) =
+        Handshake::initiator(initiator).step_0().map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
+    wr.write_all(encoder.encode_handshake(first).as_ref()).await?;
+    let second = read_handshake::<R, codec_sv2::InitiatorSent>(&mut rd, &mut decoder, timeout).await?;
+    let payload: [u8; INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE] = second
+        .payload()
+        .try_into()
+        .map_err(|_| TransportError::Handshake("second handshake message has the wrong size".into()))?;
+    let transport = sent.step_2(payload).map_err(|e| {
+        TransportError::Handshake(format!("the pool's certificate is not signed by the expected authority key ({e:?})"))
+    })?;
+    let (enc, dec) = transport.split();
+    Ok(halves(rd, wr, decoder, encoder, enc, dec, limit))
+}
+
+fn halves<R, W>(
+    rd: R,
+    wr: W,
+    decoder: NoiseDecoder,
+    encoder: NoiseEncoder,
+    enc: TransportEncryptState,
+    dec: TransportDecryptState,
+    limit: usize,
+) -> (FrameReader<R>, FrameWriter<W>) {
+    (
+        FrameReader { rd, decoder, state: Some(dec), chunk: Vec::new(), filled: 0, in_frame: 0, limit },
+        FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512) },
+    )
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The next whole frame. Cancellation-safe: bytes read before a cancel are kept.
+    pub async fn read_frame(&mut self) -> Result<Frame, TransportError> {
+        loop {
+            let want = self.decoder.writable_len();
+            if self.chunk.len() != want {
+                self.chunk.resize(want, 0);
+                self.filled = 0;
+            }
+            while self.filled < want {
+                let n = self.rd.read(&mut self.chunk[self.filled..]).await?;
+                if n == 0 {
+                    let read = self.in_frame + self.filled;
+                    return Err(if read == 0 { TransportError::Closed } else { TransportError::Truncated(read) });
+                }
+                self.filled += n;
+            }
+            self.in_frame += want;
+            if self.in_frame > self.limit {
+                return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
+            }
+            self.decoder.writable().copy_from_slice(&self.chunk);
+            self.filled = 0;
+            let state = self.state.take().ok_or_else(|| TransportError::Codec("decryption state lost".into()))?;
+            match self.decoder.next_transport_frame(state).map_err(codec)? {
+                Decrypted::Frame(mut f, state) => {
+                    self.state = Some(state);
+                    self.in_frame = 0;
+                    return Ok(Frame { header: f.header(), payload: f.payload().to_vec() });
+                }
+                Decrypted::Incomplete(_, state) => self.state = Some(state),
+            }
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Encrypts `msg` into the outgoing buffer (sent by [`FrameWriter::flush`]).
+    pub fn push(&mut self, msg: AnyMessage<'_>) -> Result<(), TransportError> {
+        let frame = MessageFrame::try_from(msg).map_err(|e| TransportError::Encode(format!("{e:?}")))?;
+        let bytes = self
+            .encoder
+            .encode_transport(frame, &mut self.state)
+            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
+        self.out.extend_from_slice(bytes.as_ref());
+        Ok(())
+    }
+
+    /// Encrypts a frame built from its parts, whatever the message type (tests use it to send
+    /// what a well-behaved client never would).
+    pub fn push_raw(&mut self, ext_type: u16, msg_type: u8, payload: &[u8]) -> Result<(), TransportError> {
+        let len = u32::try_from(payload.len()).ok().filter(|l| *l < 1 << 24).ok_or_else(|| {
+            TransportError::Encode(format!("payload of {} bytes is over the 24-bit length", payload.len()))
+        })?;
+        let mut bytes = Vec::with_capacity(6 + payload.len());
+        bytes.extend_from_slice(&ext_type.to_le_bytes());
+        bytes.push(msg_type);
+        bytes.extend_from_slice(&len.to_le_bytes()[..3]);
+        bytes.extend_from_slice(payload);
+        let frame = framing_sv2::framing::SerializedFrame::from_bytes(bytes)
+            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
+        let out = self
+            .encoder
+            .encode_transport(frame, &mut self.state)
+            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
+        self.out.extend_from_slice(out.as_ref());
+        Ok(())
+    }
+
+    /// Drops all but the first `n` bytes waiting to be written (tests: half a frame).
+    pub fn truncate_pending(&mut self, n: usize) {
+        self.out.truncate(n);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes what was pushed.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.wr.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 64 * 1024 {
+                self.out.shrink_to(512);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what was pushed, then closes the writing side.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.wr.shutdown().await;
+    }
+}

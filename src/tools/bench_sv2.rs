@@ -1,0 +1,346 @@
+//! `ckpool bench --sv2 KEY`: the load generator over Stratum V2 (Noise-encrypted, one channel per
+//! connection, extended or `--sv2-channel standard`).
+//!
+//! As the SV1 bench: every share is well formed (a live job, the channel's extranonce, the job's
+//! ntime) but unsolved: the bench hashes each header itself and sends only nonces meeting neither
+//! the channel's target nor the network's, so the pool rebuilds and hashes each one before
+//! refusing it (`difficulty-too-low`). Reports answers per second, the server's CPU per share
+//! (`--server-pid`), and with `--trigger` how a new block's SetNewPrevHash spread over the
+//! connections after the command started.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::time::Instant;
+
+use super::bench::{ms, proc_usage, quantile, summarize, BenchArgs};
+use crate::difficulty::Target;
+use crate::sv2::client::{self, Event, ExtendedJob, Sv2Client, REQUIRES_VERSION_ROLLING};
+use crate::sv2::jobs::target_from_le;
+use crate::work::merkle::sha256d_header;
+
+#[derive(Default)]
+struct Stats {
+    working: AtomicUsize,
+    failed: AtomicUsize,
+    answered: AtomicU64,
+    accepted: AtomicU64,
+    codes: Mutex<HashMap<String, u64>>,
+    /// Per new prev hash: when each connection got its SetNewPrevHash.
+    tips: Mutex<HashMap<[u8; 32], Vec<Instant>>>,
+    first_error: Mutex<Option<String>>,
+    stop: AtomicBool,
+}
+
+/// A job a channel can submit on: the header parts but the nonce.
+#[derive(Clone)]
+struct Live {
+    job_id: u32,
+    version: u32,
+    root: [u8; 32],
+    prev: [u8; 32],
+    ntime: u32,
+    nbits: u32,
+}
+
+struct Conn {
+    channel: u32,
+    extended: bool,
+    target: Target,
+    extranonce: Vec<u8>,
+    rolled: usize,
+    /// Jobs waiting for their SetNewPrevHash (extended: prefix, suffix, path; standard: root).
+    future: HashMap<u32, (u32, [u8; 32])>,
+    live: Option<Live>,
+    prev: Option<([u8; 32], u32, u32)>,
+    seq: u32,
+    nonce: u32,
+    outstanding: usize,
+}
+
+impl Conn {
+    fn root_of(&self, j: &ExtendedJob) -> [u8; 32] {
+        j.merkle_root(&self.extranonce)
+    }
+
+    /// The next nonce whose header meets neither the channel's target nor the network's.
+    fn unsolved(&mut self, l: &Live) -> u32 {
+        let net = Target::from_compact(l.nbits).unwrap_or(Target::MAX);
+        loop {
+            self.nonce = self.nonce.wrapping_add(1);
+            let h = sha256d_header(&client::header(l.version, &l.prev, &l.root, l.ntime, l.nbits, self.nonce));
+            if !self.target.is_met_by(&h) && !net.is_met_by(&h) {
+                return self.nonce;
+            }
+        }
+    }
+}
+
+pub async fn bench_sv2(args: BenchArgs, addr: SocketAddr, key: [u8; 32], extended: bool) -> anyhow::Result<()> {
+    let args = Arc::new(args);
+    let stats = Arc::new(Stats::default());
+    let total = args.connections;
+    let start = Instant::now();
+    println!(
+        "bench: {total} Stratum V2 {} channel connection(s) to {addr}, window {}, {} s",
+        if extended { "extended" } else { "standard" },
+        args.window,
+        args.duration
+    );
+    let before = args.server_pid.map(proc_usage).transpose()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tasks.spawn(connection(i, addr, key, extended, args.clone(), stats.clone()));
+        if args.ramp > 0 && (i + 1) % 50 == 0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64((i + 1) as f64 / args.ramp as f64)).await;
+        }
+    }
+    let ramp_limit = Instant::now() + Duration::from_secs(15);
+    while stats.working.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed) < total
+        && Instant::now() < ramp_limit
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let up = stats.working.load(Ordering::Relaxed);
+    println!("bench: {up}/{total} connections working after {:.2} s", ms(Instant::now() - start) / 1000.0);
+    if up == 0 {
+        stats.stop.store(true, Ordering::Relaxed);
+        bail!("no connection reached work: {:?}", stats.first_error.lock().unwrap());
+    }
+    let after_ramp = args.server_pid.map(proc_usage).transpose()?;
+    let (a0, c0) = (stats.answered.load(Ordering::Relaxed), args.server_pid.map(proc_usage).transpose()?);
+    let t0 = Instant::now();
+    let mut end = t0 + Duration::from_secs(args.duration);
+    let mut trigger_ats = Vec::new();
+    let every = Duration::from_secs_f64(args.trigger_every.max(0.1));
+    let triggers = if args.trigger.is_some() { args.blocks.max(1) } else { 0 };
+    while Instant::now() < end {
+        let due =
+            (trigger_ats.len() < triggers).then(|| t0 + Duration::from_secs(1) + every * trigger_ats.len() as u32);
+        match due {
+            Some(t) if t <= end => {
+                tokio::time::sleep_until(t).await;
+                trigger_ats.push(Instant::now());
+                let cmd = args.trigger.clone().unwrap_or_default();
+                tokio::spawn(async move {
+                    let _ = tokio::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(&cmd)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .await;
+                });
+                end = end.max(Instant::now() + Duration::from_secs(3));
+            }
+            _ => tokio::time::sleep_until(end).await,
+        }
+    }
+    let t1 = Instant::now();
+    let (a1, c1) = (stats.answered.load(Ordering::Relaxed), args.server_pid.map(proc_usage).transpose()?);
+    stats.stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    tasks.abort_all();
+
+    let secs = (t1 - t0).as_secs_f64();
+    let answered = a1 - a0;
+    let codes = stats.codes.lock().unwrap().clone();
+    println!(
+        "bench: RESULT {answered} answers in {secs:.2} s = {:.0} shares/s; accepted {}, refused {codes:?}",
+        answered as f64 / secs,
+        stats.accepted.load(Ordering::Relaxed)
+    );
+    let mut tips: Vec<(Vec<Instant>, [u8; 32])> = stats.tips.lock().unwrap().drain().map(|(k, v)| (v, k)).collect();
+    for (v, _) in tips.iter_mut() {
+        v.sort_unstable();
+    }
+    tips.sort_by_key(|(v, _)| v[0]);
+    if let Some(cmd) = &args.trigger {
+        let mut lasts = Vec::new();
+        for (i, &at) in trigger_ats.iter().enumerate() {
+            let next = trigger_ats.get(i + 1).copied();
+            match tips.iter().find(|(v, _)| v[0] >= at && next.is_none_or(|n| v[0] < n)) {
+                Some((v, _)) => {
+                    let rel = |q: f64| ms(quantile(v, q) - at);
+                    lasts.push(rel(1.0));
+                    println!(
+                        "bench: TRIGGER `{cmd}` -> SetNewPrevHash at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
+                        rel(0.0),
+                        rel(0.5),
+                        rel(0.99),
+                        rel(1.0),
+                        v.len()
+                    );
+                }
+                None => println!("bench: TRIGGER `{cmd}` run {}: no SetNewPrevHash arrived after it", i + 1),
+            }
+        }
+        summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
+    }
+    if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, c0, c1) {
+        let cpu_us = c1.0.saturating_sub(c0.0);
+        let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
+        println!(
+            "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
+            cpu_us as f64 / 1000.0,
+            cpu_us as f64 / 1e4 / secs
+        );
+        println!(
+            "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
+            b.1 / 1024,
+            r.1 / 1024,
+            (r.1 as i64 - b.1 as i64) / up.max(1) as i64
+        );
+    }
+    if let Some(e) = stats.first_error.lock().unwrap().clone() {
+        println!("bench: first error: {e}");
+    }
+    Ok(())
+}
+
+async fn connection(
+    i: usize,
+    addr: SocketAddr,
+    key: [u8; 32],
+    extended: bool,
+    args: Arc<BenchArgs>,
+    stats: Arc<Stats>,
+) {
+    if let Err(e) = run_connection(i, addr, key, extended, &args, &stats).await {
+        if !stats.stop.load(Ordering::Relaxed) {
+            stats.first_error.lock().unwrap().get_or_insert(format!("connection {i}: {e:#}"));
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn run_connection(
+    i: usize,
+    addr: SocketAddr,
+    key: [u8; 32],
+    extended: bool,
+    args: &BenchArgs,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let flags = if extended { REQUIRES_VERSION_ROLLING } else { 0 };
+    let mut c = Sv2Client::connect(addr, &key, flags).await?;
+    let user = format!("{}.{i}", args.user);
+    if extended {
+        c.open_extended(&user, 1.0e9, 4).await?;
+    } else {
+        c.open_standard(&user, 1.0e9, [0xff; 32]).await?;
+    }
+    let mut conn: Option<Conn> = None;
+    let mut counted = false;
+    loop {
+        if stats.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Keep the window full.
+        if let Some(cn) = conn.as_mut() {
+            if let Some(l) = cn.live.clone() {
+                if !counted {
+                    counted = true;
+                    stats.working.fetch_add(1, Ordering::Relaxed);
+                }
+                while cn.outstanding < args.window.max(1) {
+                    let nonce = cn.unsolved(&l);
+                    cn.seq = cn.seq.wrapping_add(1);
+                    if cn.extended {
+                        let en2 = cn.extranonce[cn.extranonce.len() - cn.rolled..].to_vec();
+                        c.push_extended(cn.channel, cn.seq, l.job_id, nonce, l.ntime, l.version, &en2)?;
+                    } else {
+                        c.push_standard(cn.channel, cn.seq, l.job_id, nonce, l.ntime, l.version)?;
+                    }
+                    cn.outstanding += 1;
+                }
+                c.flush().await?;
+            }
+        }
+        let ev = tokio::time::timeout(Duration::from_secs(1), c.next_event()).await;
+        let ev = match ev {
+            Err(_) => continue,
+            Ok(r) => r?,
+        };
+        let at = Instant::now();
+        match ev {
+            Event::ExtendedOpened { channel, target, extranonce_prefix, extranonce_size, .. } => {
+                let mut extranonce = extranonce_prefix;
+                extranonce.extend((0..extranonce_size).map(|b| (i as u8).wrapping_add(b as u8)));
+                conn = Some(new_conn(channel, true, &target, extranonce, extranonce_size as usize));
+            }
+            Event::StandardOpened { channel, target, extranonce_prefix, .. } => {
+                conn = Some(new_conn(channel, false, &target, extranonce_prefix, 0));
+            }
+            Event::OpenRefused { code, .. } => bail!("channel refused: {code}"),
+            Event::ExtendedJob(j) => {
+                let Some(cn) = conn.as_mut() else { continue };
+                let root = cn.root_of(&j);
+                take_job(cn, j.job_id, j.min_ntime, j.version, root);
+            }
+            Event::StandardJob { job_id, min_ntime, version, merkle_root, .. } => {
+                let Some(cn) = conn.as_mut() else { continue };
+                take_job(cn, job_id, min_ntime, version, merkle_root);
+            }
+            Event::PrevHash { job_id, prev_hash, min_ntime, nbits, .. } => {
+                let Some(cn) = conn.as_mut() else { continue };
+                stats.tips.lock().unwrap().entry(prev_hash).or_default().push(at);
+                cn.prev = Some((prev_hash, min_ntime, nbits));
+                if let Some((version, root)) = cn.future.remove(&job_id) {
+                    cn.live = Some(Live { job_id, version, root, prev: prev_hash, ntime: min_ntime, nbits });
+                }
+                cn.future.clear();
+            }
+            Event::Target { target, .. } => {
+                if let Some(cn) = conn.as_mut() {
+                    cn.target = target_from_le(&target);
+                }
+            }
+            Event::Accepted { count, .. } => {
+                stats.answered.fetch_add(count as u64, Ordering::Relaxed);
+                stats.accepted.fetch_add(count as u64, Ordering::Relaxed);
+                if let Some(cn) = conn.as_mut() {
+                    cn.outstanding = cn.outstanding.saturating_sub(count as usize);
+                }
+            }
+            Event::Rejected { code, .. } => {
+                stats.answered.fetch_add(1, Ordering::Relaxed);
+                *stats.codes.lock().unwrap().entry(code).or_default() += 1;
+                if let Some(cn) = conn.as_mut() {
+                    cn.outstanding = cn.outstanding.saturating_sub(1);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn new_conn(channel: u32, extended: bool, target: &[u8; 32], extranonce: Vec<u8>, rolled: usize) -> Conn {
+    Conn {
+        channel,
+        extended,
+        target: target_from_le(target),
+        extranonce,
+        rolled,
+        future: HashMap::new(),
+        live: None,
+        prev: None,
+        seq: 0,
+        nonce: 0,
+        outstanding: 0,
+    }
+}
+
+/// A job arrived: a future one waits for its SetNewPrevHash; one with min_ntime is live at once.
+fn take_job(cn: &mut Conn, job_id: u32, min_ntime: Option<u32>, version: u32, root: [u8; 32]) {
+    match (min_ntime, cn.prev) {
+        (Some(ntime), Some((prev, _, nbits))) => cn.live = Some(Live { job_id, version, root, prev, ntime, nbits }),
+        _ => {
+            cn.future.insert(job_id, (version, root));
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Stratum V2 (`sv2url`) on a real Bitcoin Core regtest node.
+//!
+//! - SRI's own `translator_sv2` (the reference SV1→SV2 translator, installed by contrib/setup.sh)
+//!   connects to the pool with the key `ckpool sv2-key` prints; `ckpool mine` mines SV1 into the
+//!   translator; Core accepts the blocks and the share log shows the translator's shares.
+//! - The pool's own SV2 client on standard and extended channels: jobs, SetNewPrevHash, shares
+//!   accepted (regtest: each is a block Core takes) and refused with SV2's error codes,
+//!   UpdateChannel, and every kind of bad input (wrong authority key, garbage, oversized and
+//!   truncated frames, unknown messages), each a log line while the pool keeps serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ckpool::sv2::client::{self, Event, Sv2Client, REQUIRES_VERSION_ROLLING};
+use ckpool::sv2::keys;
+use common::core_node::{regtest_key, CoreNode};
+use common::{free_port, Pool};
+use serde_json::{json, Value};
+
+/// The pool on `node` with an SV2 listener on a port the system picks; returns it with the SV2
+/// address and the authority key the pool logged.
+fn pool_with_sv2(node: &CoreNode, address: &str, extra: &[(&str, Value)]) -> (Pool, String, [u8; 32]) {
+    let mut cfg = node.pool_config(address);
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    for (k, v) in extra {
+        cfg[*k] = v.clone();
+    }
+    let pool = Pool::start(cfg, &[]);
+    let log = pool.log();
+    let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).expect("sv2 listening line");
+    let rest = line.split("listening for Stratum V2 miners on ").nth(1).unwrap();
+    let (addr, url) = rest.split_once(": ").unwrap();
+    let key_text = url.trim().rsplit('/').next().unwrap();
+    let key = keys::parse_public(key_text).unwrap();
+    (pool, addr.to_string(), key)
+}
+
+fn sv2_key(config: &Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpool")).args(["sv2-key", "--config"]).arg(config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn translator_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".regtest/translator_sv2");
+    assert!(p.exists(), "{} missing: run contrib/setup.sh (it builds SRI's translator_sv2 once)", p.display());
+    p
+}
+
+async fn wait_port(port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("translator exited ({s}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "translator never listened; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sri_translator_mines_blocks_on_core_through_the_pools_sv2_port() {
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(21).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let keydir = tempfile::tempdir().unwrap();
+    let keyfile = keydir.path().join("state/sv2_authority.key");
+    let (pool, sv2_addr, key) =
+        pool_with_sv2(&node, &addr, &[("sv2_authority_key", json!(keyfile.display().to_string()))]);
+    // The key was created at first start, private, and `ckpool sv2-key` prints the same one.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&keyfile).unwrap().permissions().mode() & 0o777, 0o600);
+    let (out, _) = sv2_key(&pool.config_path);
+    let printed = out.lines().find_map(|l| l.strip_prefix("authority_pubkey ")).unwrap().to_string();
+    assert_eq!(keys::parse_public(&printed).unwrap(), key, "{out}");
+    assert!(out.contains(&format!("stratum2+tcp://127.0.0.1:0/{printed}")), "{out}");
+
+    // SRI's translator, upstream to our SV2 port with that key.
+    let dir = tempfile::tempdir().unwrap();
+    let down_port = free_port();
+    let (host, port) = sv2_addr.rsplit_once(':').unwrap();
+    let config = format!(
+        r#"downstream_address = "127.0.0.1"
+downstream_port = {down_port}
+max_supported_version = 2
+min_supported_version = 2
+downstream_extranonce2_size = 4
+verify_payout = false
+aggregate_channels = true
+supported_extensions = []
+
+[downstream_difficulty_config]
+min_individual_miner_hashrate = 2_000_000.0
+shares_per_minute = 60.0
+enable_vardiff = true
+job_keepalive_interval_secs = 60
+
+[[upstreams]]
+address = "{host}"
+port = {port}
+authority_pubkey = "{printed}"
+user_identity = "sv2farm.tproxy"
+"#
+    );
+    let conf = dir.path().join("tproxy.toml");
+    std::fs::write(&conf, config).unwrap();
+    let tlog = dir.path().join("tproxy.log");
+    let mut tproxy = Command::new(translator_bin())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::fs::File::create(&tlog).unwrap())
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("tproxy.err")).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_port(down_port, &mut tproxy, &tlog).await;
+    let _tproxy = Killed(tproxy);
+
+    // An SV1 miner into the translator.
+    let h0 = node.height().await;
+    let miner = Command::new(env!("CARGO_BIN_EXE_ckpool"))
+        .args([
+            "mine",
+            "-o",
+            &format!("stratum+tcp://127.0.0.1:{down_port}"),
+            "-u",
+            "sv1miner.rig",
+            "-p",
+            "x",
+            "-t",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _miner = Killed(miner);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while node.height().await < h0 + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no blocks through the translator; pool log:\n{}\ntranslator log:\n{}",
+            pool.log(),
+            std::fs::read_to_string(&tlog).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Core's chain has them: each pays the pool's address and carries its signature.
+    let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let b = node.block(&best).await;
+    assert!(b.txdata[0].input[0].script_sig.as_bytes().windows(21).any(|w| w == b"/ckpool-rs-core-test/"));
+    let log = pool.wait_blocks_log(&best);
+    // SRI's translator in aggregated mode names its one channel `<user_identity>.translator-proxy`.
+    assert!(log.contains("\"username\":\"sv2farm\""), "blocks.log names the SV2 channel's user: {log}");
+    // The share log has the translator's shares, under its channel's name, with SRI's agent.
+    let shares: Vec<Value> = pool.share_lines();
+    let ours: Vec<&Value> =
+        shares.iter().filter(|s| s["workername"].as_str().is_some_and(|w| w.starts_with("sv2farm"))).collect();
+    assert!(!ours.is_empty(), "no share lines from the translator: {shares:?}");
+    assert!(ours.iter().all(|s| s["agent"].as_str().unwrap_or("").contains("SRI")), "{ours:?}");
+    assert!(ours.iter().any(|s| s["result"] == json!(true)), "{ours:?}");
+    assert!(pool.log().contains("sv2 extended channel opened"), "{}", pool.log());
+}
+
+/// Finds a nonce whose header hash does (`meet`) or does not meet `target` (little-endian).
+fn search(hdr: impl Fn(u32) -> [u8; 80], target: &[u8; 32], meet: bool) -> u32 {
+    let t = ckpool::sv2::jobs::target_from_le(target);
+    for nonce in 0..50_000_000u32 {
+        let h = ckpool::work::merkle::sha256d_header(&hdr(nonce));
+        if t.is_met_by(&h) == meet {
+            return nonce;
+        }
+    }
+    panic!("no nonce found");
+}
+
+async fn expect_event(c: &mut Sv2Client, what: &str) -> Event {
+    tokio::time::timeout(Duration::from_secs(20), c.next_event())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
+        .unwrap_or_else(|e| panic!("connection failed waiting for {what}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2_channels_shares_errors_and_bad_input_on_core() {
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(22).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let (mut pool, sv2_addr, key) =
+        pool_with_sv2(&node, &addr, &[("mindiff", json!(0.001)), ("startdiff", json!(0.001))]);
+    let sock: std::net::SocketAddr = sv2_addr.parse().unwrap();
+
+    // A client pinning another key refuses the pool's certificate; the pool logs the failure.
+    let wrong = keys::AuthorityKey::generate().unwrap();
+    let e = Sv2Client::handshake(sock, wrong.public()).await.err().expect("wrong key must fail").to_string();
+    assert!(e.contains("not signed by the expected authority key") || e.contains("handshake"), "{e}");
+    pool.wait_log("closed by the peer before SetupConnection", Duration::from_secs(10));
+
+    // SetupConnection asking for work selection (job declaration) is refused with its flag.
+    let mut c = Sv2Client::handshake(sock, &key).await.unwrap();
+    c.setup(2, 2, 0b010).await.unwrap();
+    assert_eq!(
+        expect_event(&mut c, "setup error").await,
+        Event::SetupRefused { code: "unsupported-feature-flags".into(), flags: 0b010 }
+    );
+    let mut c = Sv2Client::handshake(sock, &key).await.unwrap();
+    c.setup(3, 4, 0).await.unwrap();
+    assert!(
+        matches!(expect_event(&mut c, "setup error").await, Event::SetupRefused { code, .. } if code == "protocol-version-mismatch")
+    );
+
+    // An extended channel: Success, a future job, the SetNewPrevHash activating it.
+    let mut c = Sv2Client::connect(sock, &key, REQUIRES_VERSION_ROLLING).await.unwrap();
+    let rid = c.open_extended("alice.ext", 1_000_000.0, 8).await.unwrap();
+    let Event::ExtendedOpened { request_id, channel, target, extranonce_prefix, extranonce_size } =
+        expect_event(&mut c, "extended channel").await
+    else {
+        panic!("no ExtendedOpened")
+    };
+    assert_eq!((request_id, extranonce_prefix.len(), extranonce_size), (rid, 4, 8));
+    let Event::ExtendedJob(job) = expect_event(&mut c, "job").await else { panic!("no job") };
+    assert_eq!((job.channel, job.min_ntime, job.version_rolling), (channel, None, true), "first job is a future job");
+    let Event::PrevHash { job_id, prev_hash, min_ntime, nbits, .. } = expect_event(&mut c, "prevhash").await else {
+        panic!("no SetNewPrevHash")
+    };
+    assert_eq!(job_id, job.job_id);
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let mut tip_le = ckpool::hex::decode(&tip).unwrap();
+    tip_le.reverse();
+    assert_eq!(prev_hash.to_vec(), tip_le, "prev hash in header byte order");
+
+    // A share meeting the target: accepted, and on regtest also a block Core takes.
+    let en2 = [0u8, 0, 0, 0, 0, 0, 0, 7];
+    let mut extranonce = extranonce_prefix.clone();
+    extranonce.extend_from_slice(&en2);
+    let root = job.merkle_root(&extranonce);
+    let hdr = |n| client::header(job.version, &prev_hash, &root, min_ntime, nbits, n);
+    let good = search(hdr, &target, true);
+    let h0 = node.height().await;
+    c.push_extended(channel, 1, job.job_id, good, min_ntime, job.version, &en2).unwrap();
+    c.flush().await.unwrap();
+    let ev = expect_event(&mut c, "share answer").await;
+    assert!(matches!(ev, Event::Accepted { last_seq: 1, count: 1, .. }), "{ev:?}\n{}", pool.log());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.height().await == h0 {
+        assert!(Instant::now() < deadline, "block not taken by Core; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The same share again is a duplicate; the new block comes as a future job + prevhash.
+    let mut saw_new_tip = false;
+    c.push_extended(channel, 2, job.job_id, good, min_ntime, job.version, &en2).unwrap();
+    c.flush().await.unwrap();
+    let mut dup = None;
+    for _ in 0..10 {
+        match expect_event(&mut c, "answers").await {
+            Event::Rejected { seq: 2, code, .. } => dup = Some(code),
+            Event::PrevHash { .. } => saw_new_tip = true,
+            _ => {}
+        }
+        if dup.is_some() && saw_new_tip {
+            break;
+        }
+    }
+    assert_eq!(dup.as_deref(), Some("duplicate-share"));
+    assert!(saw_new_tip, "the found block's successor work came with a SetNewPrevHash");
+
+    // Refusals with SV2's codes: unknown channel, unknown job, bad extranonce size.
+    c.push_extended(999, 3, job.job_id, 1, min_ntime, job.version, &en2).unwrap();
+    c.push_extended(channel, 4, 0xdead_beef, 1, min_ntime, job.version, &en2).unwrap();
+    c.push_extended(channel, 5, job.job_id, 1, min_ntime, job.version, &en2[..4]).unwrap();
+    c.flush().await.unwrap();
+    let mut codes = Vec::new();
+    while codes.len() < 3 {
+        if let Event::Rejected { seq, code, .. } = expect_event(&mut c, "rejections").await {
+            codes.push((seq, code));
+        }
+    }
+    assert_eq!(
+        codes,
+        vec![(3, "invalid-channel-id".into()), (4, "invalid-job-id".into()), (5, "stale-share".into())],
+        "the old block's job is stale before its extranonce is looked at"
+    );
+
+    // A standard channel: the whole extranonce as prefix, a merkle root per job.
+    let rid = c.open_standard("bob.std", 1_000_000.0, [0xff; 32]).await.unwrap();
+    let (schannel, starget, sprefix) = loop {
+        match expect_event(&mut c, "standard channel").await {
+            Event::StandardOpened { request_id, channel, target, extranonce_prefix } if request_id == rid => {
+                break (channel, target, extranonce_prefix)
+            }
+            _ => {}
+        }
+    };
+    assert_eq!(sprefix.len(), 12, "extranonce1 (4) + zeros for extranonce2 (8)");
+    assert_ne!(sprefix[..4], extranonce_prefix[..], "prefixes never collide");
+    let (sjob, sversion, sroot) = loop {
+        if let Event::StandardJob { channel, job_id, version, merkle_root, .. } =
+            expect_event(&mut c, "standard job").await
+        {
+            if channel == schannel {
+                break (job_id, version, merkle_root);
+            }
+        }
+    };
+    let (sprev, sntime, sbits) = loop {
+        if let Event::PrevHash { channel, prev_hash, min_ntime, nbits, .. } =
+            expect_event(&mut c, "standard prevhash").await
+        {
+            if channel == schannel {
+                break (prev_hash, min_ntime, nbits);
+            }
+        }
+    };
+    // Below the target and the network's: difficulty-too-low.
+    let net = {
+        let mut t = ckpool::difficulty::Target::from_compact(sbits).unwrap().to_be_bytes();
+        t.reverse();
+        t
+    };
+    let low = search(|n| client::header(sversion, &sprev, &sroot, sntime, sbits, n), &net, false);
+    c.push_standard(schannel, 6, sjob, low, sntime, sversion).unwrap();
+    // A version bit outside the rolling mask.
+    c.push_standard(schannel, 7, sjob, low, sntime, sversion | 0x8000_0000).unwrap();
+    c.flush().await.unwrap();
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        if let Event::Rejected { seq, code, .. } = expect_event(&mut c, "standard rejections").await {
+            codes.push((seq, code));
+        }
+    }
+    assert_eq!(codes, vec![(6, "difficulty-too-low".into()), (7, "invalid-non-rollable-version-bit".into())]);
+    let good = search(|n| client::header(sversion, &sprev, &sroot, sntime, sbits, n), &starget, true);
+    c.push_standard(schannel, 8, sjob, good, sntime, sversion).unwrap();
+    c.flush().await.unwrap();
+    loop {
+        match expect_event(&mut c, "standard share").await {
+            Event::Accepted { channel, last_seq: 8, .. } if channel == schannel => break,
+            Event::Rejected { seq: 8, code, .. } => panic!("standard share refused: {code}\n{}", pool.log()),
+            _ => {}
+        }
+    }
+
+    // UpdateChannel asking for a harder target: SetTarget, then the work under a new job id.
+    let harder = ckpool::sv2::jobs::target_le(&ckpool::difficulty::Difficulty::from_integer(2).to_target());
+    c.update_channel(schannel, 1_000_000.0, harder).await.unwrap();
+    let mut got_target = None;
+    loop {
+        match expect_event(&mut c, "SetTarget").await {
+            Event::Target { channel, target } if channel == schannel => got_target = Some(target),
+            Event::StandardJob { channel, job_id, .. } if channel == schannel && got_target.is_some() => {
+                assert_ne!(job_id, sjob);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got_target, Some(harder));
+    c.update_channel(777, 1.0, [0xff; 32]).await.unwrap();
+    loop {
+        if let Event::UpdateRefused { channel, code } = expect_event(&mut c, "UpdateChannel.Error").await {
+            assert_eq!((channel, code.as_str()), (777, "invalid-channel-id"));
+            break;
+        }
+    }
+
+    // The share log has both channels' shares with their names.
+    let lines = pool.share_lines();
+    for who in ["alice.ext", "bob.std"] {
+        assert!(lines.iter().any(|l| l["workername"] == json!(who) && l["result"] == json!(true)), "{who}: {lines:?}");
+    }
+
+    // Bad input, each a log line; the pool keeps serving.
+    // Garbage instead of a handshake.
+    let mut raw = tokio::net::TcpStream::connect(sock).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    raw.write_all(&[0x42; 200]).await.unwrap();
+    drop(raw);
+    // A frame over the pool's limit (a 40 KB message).
+    let mut big = Sv2Client::connect(sock, &key, 0).await.unwrap();
+    big.writer().push_raw(0, 0x1f, &vec![0u8; 40_000]).unwrap();
+    let _ = big.flush().await;
+    // An unknown message type, then a message no pool takes.
+    let mut odd = Sv2Client::connect(sock, &key, 0).await.unwrap();
+    odd.writer().push_raw(0, 0x7e, b"hello").unwrap();
+    let _ = odd.flush().await;
+    let mut odd2 = Sv2Client::connect(sock, &key, 0).await.unwrap();
+    odd2.writer().push_raw(0x8000, 0x21, &[0u8; 36]).unwrap(); // SetTarget from a client
+    let _ = odd2.flush().await;
+    for needle in [
+        "frame could not be decrypted",
+        "frame larger than 16384 bytes",
+        "unreadable message (extension 0x0000, type 0x7e",
+        "sv2: ignoring SetTarget",
+    ] {
+        pool.wait_log(needle, Duration::from_secs(20));
+    }
+    // Still serving: a new client opens a channel and gets work.
+    let mut again = Sv2Client::connect(sock, &key, REQUIRES_VERSION_ROLLING).await.unwrap();
+    again.open_extended("carol.ext", 1.0e6, 4).await.unwrap();
+    assert!(matches!(expect_event(&mut again, "channel").await, Event::ExtendedOpened { .. }));
+    assert!(matches!(expect_event(&mut again, "job").await, Event::ExtendedJob(_)));
+    // A channel that asks for more extranonce than there is: refused with the spec's code.
+    again.open_extended("carol.ext", 1.0e6, 9).await.unwrap();
+    loop {
+        if let Event::OpenRefused { code, .. } = expect_event(&mut again, "refusal").await {
+            assert_eq!(code, "min-extranonce-size-too-large");
+            break;
+        }
+    }
+}
+
+/// A truncated frame (the peer closes half-way through one) is logged as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_frame_is_logged() {
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(23).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let (mut pool, sv2_addr, key) = pool_with_sv2(&node, &addr, &[]);
+    let sock: std::net::SocketAddr = sv2_addr.parse().unwrap();
+    // Encrypt a frame with our client, but put only part of its bytes on the wire.
+    let mut c = Sv2Client::connect(sock, &key, 0).await.unwrap();
+    c.writer().push_raw(0, 0x13, &[1u8; 3000]).unwrap();
+    c.writer().truncate_pending(1500);
+    c.flush().await.unwrap();
+    drop(c);
+    pool.wait_log("closed in the middle of a frame", Duration::from_secs(20));
+}

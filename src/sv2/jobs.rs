@@ -102,9 +102,9 @@ mod tests {
     #[test]
     fn job_ids_map_back_and_age_out() {
         let mut ids = JobIds::default();
-        let first = ids.assign(0xabc_00);
+        let first = ids.assign(0x000a_bc00);
         assert_eq!(first, 1);
-        assert_eq!(ids.lookup(first), JobRef::Local(0xabc_00));
+        assert_eq!(ids.lookup(first), JobRef::Local(0x000a_bc00));
         for i in 0..IDS_KEPT as u64 {
             ids.assign(i);
         }

@@ -42,6 +42,7 @@ trap cleanup EXIT
 [ -z "${MEMPOOL:-}" ] || export B_BLOCKSONLY=1
 regtest_pair_start "$work"
 STRATUM=$(free_port)
+SV2PORT=$(free_port)
 APIPORT=$(free_port)
 apiline=""
 [ -z "${API:-}" ] || apiline="\"apiurl\" : [ \"127.0.0.1:$APIPORT\" ],"
@@ -51,6 +52,8 @@ cat > "$work/pool/ckpool.conf" <<CONF
 "btcaddress" : "$addr",
 "btcsig" : "/ckpool-rs bench/",
 "serverurl" : [ "127.0.0.1:$STRATUM" ],
+"sv2url" : "127.0.0.1:$SV2PORT",
+"sv2_authority_key" : "$work/pool/sv2_authority.key",
 $apiline
 "mindiff" : 1,
 "startdiff" : 42,
@@ -83,14 +86,23 @@ stop_pool() {
 }
 echo "bench.sh: $("$ckpool" --version), $profile build${API:+, API on with a scraper every second}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
+# The pool's Stratum V2 authority key (created on first use): the word SV2 in bench arguments
+# stands for `--sv2 KEY` and points the bench at the pool's sv2url.
+sv2key=$("$ckpool" sv2-key --config "$work/pool/ckpool.conf" 2>/dev/null | awk '/^authority_pubkey/ {print $2}')
 # The bench also listens to the node's ZMQ, so that notify delays count from the block's ZMQ
 # message (as the pool hears it); an argument TRIGGER stands for the node's `generate 1`.
 bench() {
-  local args=()
-  for a in "$@"; do if [ "$a" = TRIGGER ]; then args+=("$trigger"); else args+=("$a"); fi; done
+  local args=() url="stratum+tcp://127.0.0.1:$STRATUM" zmqarg=(--zmq "tcp://127.0.0.1:$ZMQ")
+  for a in "$@"; do
+    case "$a" in
+      TRIGGER) args+=("$trigger") ;;
+      SV2) args+=(--sv2 "$sv2key"); url="127.0.0.1:$SV2PORT"; zmqarg=() ;;
+      *) args+=("$a") ;;
+    esac
+  done
   start_pool
   echo; echo "### ckpool bench ${args[*]}"
-  "$bench_bin" bench --url "stratum+tcp://127.0.0.1:$STRATUM" --server-pid "$pool" --zmq "tcp://127.0.0.1:$ZMQ" "${args[@]}"
+  "$bench_bin" bench --url "$url" --server-pid "$pool" "${zmqarg[@]}" "${args[@]}"
   # Full templates: where the pool's time went, block by block (its own log line).
   [ -z "${MEMPOOL:-}" ] || grep -o "new block template: height.*" "$work/pool/logs/ckpool.log" | sed 's/^/pool: /' || true
   stop_pool
@@ -160,3 +172,9 @@ bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q
 # (c) new block -> last connection's clean notify, 20 blocks each, timed from the ZMQ message
 bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 20
 bench --connections 0 --idle 10000 --ramp 5000 --duration 2 -q --trigger TRIGGER --blocks 20
+# (d) Stratum V2 beside (a) and (c): CPU per share on extended and standard channels, new block
+# -> last connection's SetNewPrevHash (timed from the trigger command's start)
+bench --connections 20 --window 16 --duration 10 -q SV2
+bench --connections 20 --window 16 --duration 10 -q SV2 --sv2-channel standard
+bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 20 SV2
+bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 20 SV2 --sv2-channel standard

@@ -26,6 +26,9 @@ pub async fn run(
     cfg.require_proxy()?;
     let listeners = server::bind_all(&cfg.serverurl)?;
     server::log_listening(&listeners);
+    if !cfg.sv2url.is_empty() {
+        tracing::warn!("sv2url is served in pool mode only; this proxy serves Stratum V1 on serverurl");
+    }
     if !cfg.btcd.is_empty() {
         tracing::info!(
             "proxy mode: btcd entries are not used (an upstream job carries no transactions to assemble a block from)"

@@ -83,10 +83,12 @@ impl Conn {
 pub async fn bench_sv2(args: BenchArgs, addr: SocketAddr, key: [u8; 32], extended: bool) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let stats = Arc::new(Stats::default());
-    let total = args.connections;
+    let total = args.connections + args.idle;
     let start = Instant::now();
     println!(
-        "bench: {total} Stratum V2 {} channel connection(s) to {addr}, window {}, {} s",
+        "bench: {} submitting + {} idle Stratum V2 {} channel connection(s) to {addr}, window {}, {} s",
+        args.connections,
+        args.idle,
         if extended { "extended" } else { "standard" },
         args.window,
         args.duration
@@ -236,6 +238,8 @@ async fn run_connection(
     }
     let mut conn: Option<Conn> = None;
     let mut counted = false;
+    // Idle connections (the first --idle) open a channel and only listen.
+    let window = if i < args.idle { 0 } else { args.window.max(1) };
     loop {
         if stats.stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -247,7 +251,7 @@ async fn run_connection(
                     counted = true;
                     stats.working.fetch_add(1, Ordering::Relaxed);
                 }
-                while cn.outstanding < args.window.max(1) {
+                while cn.outstanding < window {
                     let nonce = cn.unsolved(&l);
                     cn.seq = cn.seq.wrapping_add(1);
                     if cn.extended {
@@ -258,7 +262,9 @@ async fn run_connection(
                     }
                     cn.outstanding += 1;
                 }
-                c.flush().await?;
+                if window > 0 {
+                    c.flush().await?;
+                }
             }
         }
         let ev = tokio::time::timeout(Duration::from_secs(1), c.next_event()).await;

@@ -442,3 +442,52 @@ async fn a_truncated_frame_is_logged() {
     drop(c);
     pool.wait_log("closed in the middle of a frame", Duration::from_secs(20));
 }
+
+/// Solo mode (`-B`) over SV2: the channel's user identity is its payout address; a block found
+/// on it pays that address; an identity that is no address of the chain is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solo_sv2_channels_pay_their_own_address() {
+    let node = CoreNode::start(&[]).await;
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(24).to_wif())).await;
+    let finder = node.derive_address(&format!("tr({})", regtest_key(25).to_wif())).await;
+    node.generate_to(1, &pool_addr).await;
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    let pool = Pool::start(cfg, &["-B"]);
+    let log = pool.log();
+    let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).unwrap();
+    let rest = line.split("listening for Stratum V2 miners on ").nth(1).unwrap();
+    let (addr, url) = rest.split_once(": ").unwrap();
+    let key = keys::parse_public(url.trim().rsplit('/').next().unwrap()).unwrap();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+
+    let mut c = Sv2Client::connect(sock, &key, REQUIRES_VERSION_ROLLING).await.unwrap();
+    c.open_extended("notanaddress.rig", 1.0e6, 8).await.unwrap();
+    assert!(matches!(expect_event(&mut c, "refusal").await, Event::OpenRefused { code, .. } if code == "unknown-user"));
+    c.open_extended(&format!("{finder}.rig"), 1.0e6, 8).await.unwrap();
+    let Event::ExtendedOpened { channel, target, extranonce_prefix, .. } = expect_event(&mut c, "channel").await else {
+        panic!("no channel")
+    };
+    let Event::ExtendedJob(job) = expect_event(&mut c, "job").await else { panic!("no job") };
+    let Event::PrevHash { prev_hash, min_ntime, nbits, .. } = expect_event(&mut c, "prevhash").await else { panic!() };
+    let en2 = [9u8; 8];
+    let mut extranonce = extranonce_prefix.clone();
+    extranonce.extend_from_slice(&en2);
+    let root = job.merkle_root(&extranonce);
+    let nonce = search(|n| client::header(job.version, &prev_hash, &root, min_ntime, nbits, n), &target, true);
+    let h0 = node.height().await;
+    c.push_extended(channel, 1, job.job_id, nonce, min_ntime, job.version, &en2).unwrap();
+    c.flush().await.unwrap();
+    assert!(matches!(expect_event(&mut c, "answer").await, Event::Accepted { .. }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.height().await == h0 {
+        assert!(Instant::now() < deadline, "solo block not taken; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let b = node.block(&best).await;
+    let spk = node.script_hex(&finder).await;
+    let paid: Vec<String> =
+        b.txdata[0].output.iter().map(|o| ckpool::hex::encode(o.script_pubkey.as_bytes())).collect();
+    assert!(paid.contains(&spk), "the block pays the channel's address {finder}: {paid:?}");
+}

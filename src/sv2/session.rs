@@ -86,6 +86,8 @@ pub struct Sv2Session {
     born: Instant,
     stats_out: Vec<StatEvent>,
     blocks_out: Vec<BlockCandidate>,
+    /// Channels that judged shares since the last statistics flush.
+    touched: Vec<u32>,
     /// The share log's backlog is over its cap: wait for room before reading on.
     log_full: bool,
 }
@@ -105,6 +107,7 @@ impl Sv2Session {
             born: Instant::now(),
             stats_out: Vec::new(),
             blocks_out: Vec::new(),
+            touched: Vec::new(),
             log_full: false,
         }
     }
@@ -124,6 +127,8 @@ impl Sv2Session {
         let mut shutdown = self.ctx.shutdown.clone();
         let setup_deadline = tokio::time::sleep(SETUP_DEADLINE);
         tokio::pin!(setup_deadline);
+        // Armed until the first channel opens.
+        let mut awaiting_channel = true;
         let end = loop {
             let step = tokio::select! {
                 f = rd.read_frame() => match f {
@@ -142,15 +147,11 @@ impl Sv2Session {
                     Err(_) => Err(End::Shutdown),
                 },
                 _ = shutdown.changed() => Err(End::Shutdown),
-                _ = &mut setup_deadline, if self.channels.is_empty() => {
+                _ = &mut setup_deadline, if awaiting_channel => {
                     Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
                 }
             };
-            if self.channels.is_empty() && step.is_ok() {
-                // Deadline only until the first channel.
-            } else if !self.channels.is_empty() {
-                setup_deadline.as_mut().reset(Instant::now() + Duration::from_secs(86_400 * 365));
-            }
+            awaiting_channel &= self.channels.is_empty();
             let wrote = tokio::time::timeout(WRITE_DEADLINE, wr.flush()).await;
             self.flush_outbound().await;
             if self.log_full {
@@ -624,6 +625,9 @@ impl Sv2Session {
             return;
         };
         let Some(mut d) = d else { return };
+        if self.touched.last() != Some(&channel_id) && !self.touched.contains(&channel_id) {
+            self.touched.push(channel_id);
+        }
         // A standard channel rolls no extranonce: its extranonce2 is the zeros of its prefix.
         let zeros = [0u8; MAX_NONCE2_LEN];
         if !ch.extended {

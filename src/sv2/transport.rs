@@ -268,3 +268,105 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let _ = self.wr.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sv2::keys::AuthorityKey;
+
+    /// A Noise pair over an in-memory pipe: (client halves, pool halves).
+    async fn pair(
+        pool_key: &AuthorityKey,
+        pinned: &[u8; 32],
+    ) -> (
+        Result<
+            (
+                FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+                FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+            ),
+            TransportError,
+        >,
+        Result<
+            (
+                FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+                FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+            ),
+            TransportError,
+        >,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let responder =
+            Responder::from_authority_kp(pool_key.public(), pool_key.secret(), Duration::from_secs(3600)).unwrap();
+        let initiator = Initiator::from_raw_k(*pinned).unwrap();
+        let t = Duration::from_secs(5);
+        tokio::join!(connect(ar, aw, initiator, t, 1 << 20), accept(br, bw, responder, t, 16 * 1024))
+    }
+
+    /// SetupConnection as the spec lays it out, byte by byte (protocol u8, min/max version u16
+    /// LE, flags u32 LE, then five STR0_255 and a u16 port between them).
+    fn recorded_setup_connection() -> Vec<u8> {
+        let mut p = vec![0u8]; // mining protocol
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&0b100u32.to_le_bytes());
+        let s = |p: &mut Vec<u8>, t: &str| {
+            p.push(t.len() as u8);
+            p.extend_from_slice(t.as_bytes());
+        };
+        s(&mut p, "127.0.0.1");
+        p.extend_from_slice(&3336u16.to_le_bytes());
+        s(&mut p, "Bitaxe");
+        s(&mut p, "BM1370");
+        s(&mut p, "esp-miner v2.9");
+        s(&mut p, "");
+        p
+    }
+
+    #[tokio::test]
+    async fn a_recorded_setup_connection_crosses_the_encrypted_link_and_parses() {
+        let key = AuthorityKey::generate().unwrap();
+        let (client, pool) = pair(&key, key.public()).await;
+        let ((_, mut cw), (mut pr, _)) = (client.unwrap(), pool.unwrap());
+        let payload = recorded_setup_connection();
+        cw.push_raw(0, 0x00, &payload).unwrap();
+        cw.flush().await.unwrap();
+        let mut f = pr.read_frame().await.unwrap();
+        assert_eq!((f.msg_type(), f.header.ext_type(), f.payload.clone()), (0x00, 0, payload));
+        match f.message().unwrap() {
+            AnyMessage::Common(parsers_sv2::CommonMessages::SetupConnection(m)) => {
+                assert_eq!((m.min_version, m.max_version, m.flags, m.endpoint_port), (2, 2, 0b100, 3336));
+                assert_eq!(m.vendor.as_utf8_or_hex(), "Bitaxe");
+                assert_eq!(m.firmware.as_utf8_or_hex(), "esp-miner v2.9");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handshake_is_refused_by_a_client_pinning_another_key() {
+        let key = AuthorityKey::generate().unwrap();
+        let other = AuthorityKey::generate().unwrap();
+        let (client, _pool) = pair(&key, other.public()).await;
+        let e = client.err().expect("another key must be refused").to_string();
+        assert!(e.contains("not signed by the expected authority key"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn frames_above_the_limit_and_cut_frames_are_errors() {
+        let key = AuthorityKey::generate().unwrap();
+        let (client, pool) = pair(&key, key.public()).await;
+        let ((_, mut cw), (mut pr, _)) = (client.unwrap(), pool.unwrap());
+        cw.push_raw(0, 0x1f, &vec![7u8; 20_000]).unwrap();
+        cw.flush().await.unwrap();
+        assert!(matches!(pr.read_frame().await, Err(TransportError::Oversized { limit: 16384, .. })));
+
+        let (client, pool) = pair(&key, key.public()).await;
+        let ((_, mut cw), (mut pr, _)) = (client.unwrap(), pool.unwrap());
+        cw.push_raw(0, 0x13, &[1u8; 500]).unwrap();
+        cw.truncate_pending(300);
+        cw.close().await;
+        assert!(matches!(pr.read_frame().await, Err(TransportError::Truncated(n)) if n > 0 && n <= 300));
+    }
+}

@@ -86,6 +86,9 @@ pub struct Sv2Session {
     born: Instant,
     stats_out: Vec<StatEvent>,
     blocks_out: Vec<BlockCandidate>,
+    /// Accepted shares not yet acknowledged (sent after the batch of frames, before errors of
+    /// the same channel so that answers keep their order).
+    acks: Vec<SubmitSharesSuccess>,
     /// Channels that judged shares since the last statistics flush.
     touched: Vec<u32>,
     /// The share log's backlog is over its cap: wait for room before reading on.
@@ -108,6 +111,7 @@ impl Sv2Session {
             stats_out: Vec::new(),
             blocks_out: Vec::new(),
             touched: Vec::new(),
+            acks: Vec::new(),
             log_full: false,
         }
     }
@@ -132,9 +136,9 @@ impl Sv2Session {
         let end = loop {
             let step = tokio::select! {
                 f = rd.read_frame() => match f {
-                    Ok(frame) => self.on_frame(frame, &mut wr),
-                    Err(TransportError::Closed) => Err(End::Closed),
-                    Err(e) => Err(End::Refuse(e.to_string())),
+                    // Then every frame already received, so that their answers go out in one write.
+                    Ok(frame) => self.on_frame(frame, &mut wr).and_then(|()| self.drain_ready(&mut rd, &mut wr)),
+                    Err(e) => Err(ended(e)),
                 },
                 r = work_rx.changed() => match r {
                     Ok(()) => {
@@ -152,6 +156,7 @@ impl Sv2Session {
                 }
             };
             awaiting_channel &= self.channels.is_empty();
+            self.push_acks(&mut wr);
             let wrote = tokio::time::timeout(WRITE_DEADLINE, wr.flush()).await;
             self.flush_outbound().await;
             if self.log_full {
@@ -180,6 +185,30 @@ impl Sv2Session {
         }
         wr.close().await;
         self.finish().await;
+    }
+
+    /// Handles the frames that can be read without waiting (at most a batch's worth).
+    fn drain_ready<R, W>(&mut self, rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>) -> Result<(), End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        for _ in 0..BATCH_FRAMES {
+            match poll_once(rd.read_frame()) {
+                None => return Ok(()),
+                Some(Ok(frame)) => self.on_frame(frame, wr)?,
+                Some(Err(e)) => return Err(ended(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch's acknowledgements: one SubmitShares.Success per run of accepted shares
+    /// of a channel.
+    fn push_acks<W: AsyncWrite + Unpin>(&mut self, wr: &mut FrameWriter<W>) {
+        for ok in self.acks.drain(..) {
+            let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+        }
     }
 
     /// Frees every channel's extranonce and reports its last shares.
@@ -651,17 +680,30 @@ impl Sv2Session {
         let reject = match verdict.result {
             Ok(()) => {
                 self.ctx.counters.add_accepted(verdict.diff);
-                let ok = SubmitSharesSuccess {
-                    channel_id,
-                    last_sequence_number: seq,
-                    new_submits_accepted_count: 1,
-                    new_shares_sum: jobs::share_weight(verdict.diff),
-                };
-                let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+                let weight = jobs::share_weight(verdict.diff);
+                match self.acks.last_mut() {
+                    Some(ok) if ok.channel_id == channel_id => {
+                        ok.last_sequence_number = seq;
+                        ok.new_submits_accepted_count += 1;
+                        ok.new_shares_sum = ok.new_shares_sum.saturating_add(weight);
+                    }
+                    _ => self.acks.push(SubmitSharesSuccess {
+                        channel_id,
+                        last_sequence_number: seq,
+                        new_submits_accepted_count: 1,
+                        new_shares_sum: weight,
+                    }),
+                }
                 None
             }
             Err(r) => {
                 self.ctx.counters.add_rejected(reject_kind(&r));
+                if self.acks.iter().any(|a| a.channel_id == channel_id) {
+                    // Earlier accepted shares of this channel are answered first.
+                    for ok in self.acks.drain(..) {
+                        let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+                    }
+                }
                 let _ = push(wr, submit_error(channel_id, seq, jobs::reject_code(&r)));
                 Some(r.reason())
             }
@@ -700,6 +742,27 @@ impl Sv2Session {
         if fx.retarget.take().is_some() {
             self.retarget(channel_id, wr);
         }
+    }
+}
+
+/// Frames handled per wake-up before answering (bounds the time one busy peer holds its task).
+const BATCH_FRAMES: usize = 64;
+
+fn ended(e: TransportError) -> End {
+    match e {
+        TransportError::Closed => End::Closed,
+        e => End::Refuse(e.to_string()),
+    }
+}
+
+/// Polls `f` once: its output if ready now (the futures it is used with keep their progress in
+/// their owner, so dropping a pending one loses nothing).
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 

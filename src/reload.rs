@@ -66,16 +66,8 @@ pub fn plan(old: &Config, new: &Config, solo: bool) -> Plan {
     key("mindiff", old.mindiff != new.mindiff, true);
     key("startdiff", old.startdiff != new.startdiff, true);
     key("maxdiff", old.maxdiff != new.maxdiff, true);
-    key(
-        "vardiff_target_interval",
-        old.vardiff.target_interval_us != new.vardiff.target_interval_us,
-        true,
-    );
-    key(
-        "vardiff_retarget_interval",
-        old.vardiff.retarget_interval_us != new.vardiff.retarget_interval_us,
-        true,
-    );
+    key("vardiff_target_interval", old.vardiff.target_interval_us != new.vardiff.target_interval_us, true);
+    key("vardiff_retarget_interval", old.vardiff.retarget_interval_us != new.vardiff.retarget_interval_us, true);
     key("btcsig", old.btcsig != new.btcsig, !solo);
     key("stats_interval", old.stats_interval != new.stats_interval, true);
     key("loglevel", old.loglevel != new.loglevel, true);
@@ -109,10 +101,8 @@ mod tests {
     fn plan_splits_live_keys_from_restart_keys() {
         let old = cfg(r#"{"mindiff": 1, "startdiff": 42, "btcsig": "/a/", "serverurl": ["0.0.0.0:3333"]}"#);
         assert_eq!(plan(&old, &old, false), Plan::default());
-        let new = cfg(
-            r#"{"mindiff": 2, "startdiff": 64, "maxdiff": 1000, "btcsig": "/b/", "stats_interval": 5,
-                "loglevel": "debug", "serverurl": ["0.0.0.0:3334"], "logdir": "/x", "maxclients": 10}"#,
-        );
+        let new = cfg(r#"{"mindiff": 2, "startdiff": 64, "maxdiff": 1000, "btcsig": "/b/", "stats_interval": 5,
+                "loglevel": "debug", "serverurl": ["0.0.0.0:3334"], "logdir": "/x", "maxclients": 10}"#);
         let p = plan(&old, &new, false);
         assert_eq!(p.applied, ["mindiff", "startdiff", "maxdiff", "btcsig", "stats_interval", "loglevel"]);
         assert_eq!(p.restart, ["serverurl", "logdir", "maxclients"]);

@@ -58,11 +58,10 @@ impl Drop for PidFile {
 }
 
 /// Writes the pid file over the running instance's: after a handover, that one is leaving.
-fn claim_pidfile(sockdir: &Path) -> anyhow::Result<PidFile> {
+fn claim_pidfile(sockdir: &Path) -> anyhow::Result<()> {
     let path = sockdir.join("main.pid");
     std::fs::write(&path, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write pid file {}", path.display()))?;
-    Ok(PidFile(path))
+        .with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
 /// The listeners the config asks for, by key.
@@ -225,8 +224,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // During a handover the old instance keeps the pid file (and its handover socket) until it
+    // lets go: if this one fails before it is ready, the old one still runs and is still found.
     let _pid = match &taken {
-        Some(_) => claim_pidfile(&sockdir)?,
+        Some(_) => PidFile(sockdir.join("main.pid")),
         None => take_pidfile(&sockdir, args.killold)?,
     };
 
@@ -253,28 +254,34 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         };
         let old_pid = release.as_ref().map(|r| r.old_pid);
         let listeners = crate::sockets::assemble(&wanted(&cfg), systemd, handed, old_pid)?;
-        // This instance's own handover socket, for the next one (-H).
+        // This instance's own handover socket, for the next one (-H): at once, or after a
+        // handover once the old instance let go (its socket stays until then).
         let (released_tx, mut released_rx) = mpsc::channel::<i32>(1);
-        match crate::sockets::handover::bind(&sockdir) {
-            Ok(server) => {
-                tokio::spawn(server.run(listeners.duplicates()?, released_tx, stop_rx.clone()));
-            }
-            Err(e) => tracing::warn!("{e:#}; a new instance cannot take over with -H"),
-        }
+        let dups = listeners.duplicates()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        if let Some(rel) = release {
-            tokio::spawn(async move {
+        let (dir, stop) = (sockdir.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Some(rel) = release {
                 if ready_rx.await.is_err() {
                     return;
                 }
                 let pid = rel.old_pid;
                 match tokio::task::spawn_blocking(move || rel.release()).await {
-                    Ok(Ok(())) => tracing::info!("handover: the old instance (pid {pid}) stopped accepting and is exiting"),
+                    Ok(Ok(())) => {
+                        tracing::info!("handover: the old instance (pid {pid}) stopped accepting and is exiting")
+                    }
                     Ok(Err(e)) => tracing::warn!("{e:#}"),
                     Err(e) => tracing::warn!("handover: release task: {e}"),
                 }
-            });
-        }
+                if let Err(e) = claim_pidfile(&dir) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            match crate::sockets::handover::bind(&dir) {
+                Ok(server) => server.run(dups, released_tx, stop).await,
+                Err(e) => tracing::warn!("{e:#}; a new instance cannot take over with -H"),
+            }
+        });
 
         let events: Arc<dyn crate::pool::Events> =
             Arc::new(SystemdEvents { ready_tx: std::sync::Mutex::new(Some(ready_tx)) });

@@ -176,8 +176,13 @@ async fn handover_under_200_miners_refuses_no_connection() {
     assert!(log.contains("handover: stopping; pid"), "{log}");
     assert!(!log.contains("--killold: stopping"), "the new instance killed the old one instead: {log}");
     assert_eq!(log.matches("ckpool ready").count(), 2, "{log}");
+    // The new instance writes the pid file once the old one let go.
     let pidfile = first.sockdir().join("main.pid");
-    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), second.pid().to_string());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pidfile).unwrap_or_default().trim() != second.pid().to_string() {
+        assert!(Instant::now() < deadline, "the pid file does not name the new instance");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Keep probing a moment on the new instance alone, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -274,7 +279,9 @@ async fn handover_mismatch_and_hung_instance() {
     let log = first.log();
     assert!(log.contains(&format!("serverurl {addr}: socket handed over by pid {}", pid)), "{log}");
     assert!(
-        log.contains(&format!("serverurl 127.0.0.1:{extra}: the old instance (pid {pid}) does not listen there; binding it")),
+        log.contains(&format!(
+            "serverurl 127.0.0.1:{extra}: the old instance (pid {pid}) does not listen there; binding it"
+        )),
         "{log}"
     );
     assert!(log.contains(&format!("listener on 127.0.0.1:{api_port} is not in this config: not taken")), "{log}");
@@ -327,7 +334,9 @@ async fn socket_activation_serves_a_miner_on_the_inherited_socket() {
     assert!(log.contains(&format!("serverurl 127.0.0.1:{port}: socket inherited from systemd")), "{log}");
     assert!(log.contains("socket activation: 2 listening socket(s) from systemd"), "{log}");
     assert!(
-        log.contains(&format!("systemd passed a listening socket on 127.0.0.1:{unused} that no serverurl/apiurl entry names")),
+        log.contains(&format!(
+            "systemd passed a listening socket on 127.0.0.1:{unused} that no serverurl/apiurl entry names"
+        )),
         "{log}"
     );
     assert!(!log.contains("cannot listen"), "{log}");

@@ -203,7 +203,10 @@ impl Server {
             match conn.peer_cred() {
                 Ok(c) if c.uid() == uid => {}
                 Ok(c) => {
-                    tracing::warn!("handover: refused a request from uid {} (this instance runs as uid {uid})", c.uid());
+                    tracing::warn!(
+                        "handover: refused a request from uid {} (this instance runs as uid {uid})",
+                        c.uid()
+                    );
                     continue;
                 }
                 Err(e) => {

@@ -43,7 +43,8 @@ pub struct Listeners {
 impl Listeners {
     /// Takes (removes) the listeners of `key`, in config order.
     pub fn take(&mut self, key: &str) -> Vec<TcpListener> {
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries).into_iter().partition(|e| e.0.key == key);
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.entries).into_iter().partition(|e| e.0.key == key);
         self.entries = rest;
         mine.into_iter().map(|e| e.1).collect()
     }
@@ -151,10 +152,8 @@ mod tests {
         let addr = inherited.local_addr().unwrap();
         let stray = TcpListener::bind("127.0.0.1:0").unwrap();
         let stray_addr = stray.local_addr().unwrap();
-        let wanted = [
-            Wanted { key: "serverurl", addr },
-            Wanted { key: "apiurl", addr: "127.0.0.1:0".parse().unwrap() },
-        ];
+        let wanted =
+            [Wanted { key: "serverurl", addr }, Wanted { key: "apiurl", addr: "127.0.0.1:0".parse().unwrap() }];
         let mut ls = assemble(
             &wanted,
             vec![],

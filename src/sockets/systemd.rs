@@ -41,7 +41,8 @@ pub fn take(fds: &[RawFd]) -> Vec<Inherited> {
         match inspect(fd) {
             Ok(addr) => {
                 // SAFETY: borrowed for this call only; the fd is open (inspected just above).
-                let _ = fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+                let _ =
+                    fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
                 // SAFETY: systemd passed this fd to this process, which owns it from here on
                 // (sd_listen_fds semantics); it was checked to be a listening TCP socket.
                 let owned = unsafe { OwnedFd::from_raw_fd(fd) };

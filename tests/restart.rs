@@ -122,8 +122,9 @@ async fn handover_under_200_miners_refuses_no_connection() {
     // The prober: a fresh connection every 5 ms until told to stop (at most 60 s, 12,000
     // connections); each must connect, and is answered or closed by the instance that took it.
     let probing = Arc::new(AtomicBool::new(true));
+    let probes = Arc::new(AtomicUsize::new(0));
     let prober = {
-        let (addr, seen, probing) = (addr.clone(), seen.clone(), probing.clone());
+        let (addr, seen, probing, probes) = (addr.clone(), seen.clone(), probing.clone(), probes.clone());
         tokio::spawn(async move {
             let (mut made, mut answered) = (0usize, 0usize);
             let until = Instant::now() + Duration::from_secs(60);
@@ -132,6 +133,7 @@ async fn handover_under_200_miners_refuses_no_connection() {
             while probing.load(Ordering::Relaxed) && Instant::now() < until {
                 tick.tick().await;
                 made += 1;
+                probes.store(made, Ordering::Relaxed);
                 match Sv1Client::connect(&addr).await {
                     Ok(mut c) => {
                         open.spawn(async move {
@@ -170,6 +172,7 @@ async fn handover_under_200_miners_refuses_no_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0), "old instance's exit after the handover");
+    let probes_at_exit = probes.load(Ordering::Relaxed);
     let log = first.log();
     assert!(log.contains(&format!("serverurl {addr}: socket handed over by pid")), "{log}");
     assert!(log.contains(&format!("apiurl 127.0.0.1:{api_port}: socket handed over by pid")), "{log}");
@@ -204,7 +207,11 @@ async fn handover_under_200_miners_refuses_no_connection() {
     let refused = seen.refused.lock().unwrap().clone();
     assert!(refused.is_empty(), "{} connection(s) refused, e.g. {:?}", refused.len(), &refused[..refused.len().min(5)]);
     assert!(conns.iter().all(|&c| c >= 2), "a miner never left the old instance: {conns:?}");
-    assert!(made > 50 && answered > 0, "prober: {made} made, {answered} answered");
+    assert!(
+        probes_at_exit > 0 && made > probes_at_exit && answered > 0,
+        "the prober did not run across the handover: {probes_at_exit} connections before the old instance \
+         exited, {made} in all, {answered} answered"
+    );
     println!("reconnects: {}", seen.reconnects.load(Ordering::Relaxed));
 
     // A share mined on the new instance is accepted; the API answers on the handed-over port.

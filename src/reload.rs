@@ -5,8 +5,8 @@
 //!   sessions that connect from now on use the new values; connected sessions keep the ones
 //!   they started with (a miner's difficulty never jumps under it; they get the new ones when
 //!   they reconnect).
-//! * `btcsig` (pool mode, not solo): the next template's coinbase carries the new signature; a
-//!   fresh job is sent at once.
+//! * `btcsig` (pool mode; solo mode needs a restart, the proxy does not use it): the next
+//!   template's coinbase carries the new signature; a fresh job is sent at once.
 //! * `stats_interval`: the statistics files are rewritten on the new interval.
 //! * `loglevel`: the operator log's level (unless `-l` is given, which wins).
 //!
@@ -50,9 +50,19 @@ pub struct Plan {
     pub restart: Vec<&'static str>,
 }
 
-/// Compares the running config with the file's new one, key by key. `solo`: btcsig is part of
-/// each address's cached coinbase in solo mode and needs a restart there.
-pub fn plan(old: &Config, new: &Config, solo: bool) -> Plan {
+/// How the running mode uses `btcsig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Btcsig {
+    /// Pool mode: the next template's coinbase takes it.
+    Live,
+    /// Solo mode: part of each address's cached coinbase; a restart applies it.
+    Restart,
+    /// Proxy mode: the upstream builds the coinbase; not used.
+    Unused,
+}
+
+/// Compares the running config with the file's new one, key by key.
+pub fn plan(old: &Config, new: &Config, btcsig: Btcsig) -> Plan {
     let mut p = Plan::default();
     let mut key = |name: &'static str, changed: bool, live: bool| {
         if changed {
@@ -68,7 +78,9 @@ pub fn plan(old: &Config, new: &Config, solo: bool) -> Plan {
     key("maxdiff", old.maxdiff != new.maxdiff, true);
     key("vardiff_target_interval", old.vardiff.target_interval_us != new.vardiff.target_interval_us, true);
     key("vardiff_retarget_interval", old.vardiff.retarget_interval_us != new.vardiff.retarget_interval_us, true);
-    key("btcsig", old.btcsig != new.btcsig, !solo);
+    if btcsig != Btcsig::Unused {
+        key("btcsig", old.btcsig != new.btcsig, btcsig == Btcsig::Live);
+    }
     key("stats_interval", old.stats_interval != new.stats_interval, true);
     key("loglevel", old.loglevel != new.loglevel, true);
     key("btcd", old.btcd != new.btcd, false);
@@ -100,15 +112,18 @@ mod tests {
     #[test]
     fn plan_splits_live_keys_from_restart_keys() {
         let old = cfg(r#"{"mindiff": 1, "startdiff": 42, "btcsig": "/a/", "serverurl": ["0.0.0.0:3333"]}"#);
-        assert_eq!(plan(&old, &old, false), Plan::default());
+        assert_eq!(plan(&old, &old, Btcsig::Live), Plan::default());
         let new = cfg(r#"{"mindiff": 2, "startdiff": 64, "maxdiff": 1000, "btcsig": "/b/", "stats_interval": 5,
                 "loglevel": "debug", "serverurl": ["0.0.0.0:3334"], "logdir": "/x", "maxclients": 10}"#);
-        let p = plan(&old, &new, false);
+        let p = plan(&old, &new, Btcsig::Live);
         assert_eq!(p.applied, ["mindiff", "startdiff", "maxdiff", "btcsig", "stats_interval", "loglevel"]);
         assert_eq!(p.restart, ["serverurl", "logdir", "maxclients"]);
         // Solo mode caches each address's coinbase: btcsig waits for a restart there.
-        let p = plan(&old, &new, true);
+        let p = plan(&old, &new, Btcsig::Restart);
         assert!(p.restart.contains(&"btcsig") && !p.applied.contains(&"btcsig"));
+        // The proxy does not build coinbases: btcsig is neither applied nor waiting.
+        let p = plan(&old, &new, Btcsig::Unused);
+        assert!(!p.restart.contains(&"btcsig") && !p.applied.contains(&"btcsig"));
         assert_eq!(Live::of(&new).startdiff, Difficulty::from_integer(64));
     }
 }

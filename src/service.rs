@@ -85,7 +85,12 @@ fn reload_config(path: &Path, running: &mut Config, live: &watch::Sender<crate::
         tracing::error!("SIGHUP: config not reloaded, keeping the running one: {e}");
         return;
     }
-    let plan = crate::reload::plan(running, &new, args.btcsolo);
+    let btcsig = match (args.proxy, args.btcsolo) {
+        (true, _) => crate::reload::Btcsig::Unused,
+        (false, true) => crate::reload::Btcsig::Restart,
+        (false, false) => crate::reload::Btcsig::Live,
+    };
+    let plan = crate::reload::plan(running, &new, btcsig);
     if !plan.restart.is_empty() {
         tracing::warn!(
             "SIGHUP: config {} changed keys that need a restart to apply (running values kept): {}",

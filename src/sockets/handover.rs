@@ -2,7 +2,8 @@
 //! running instance's listening sockets, so no miner's connection is ever refused.
 //!
 //! Every running instance serves `<sockdir>/handover.sock` (a UNIX socket, 0600, same user only:
-//! the peer's uid is checked). The exchange, one line each way, fds passed with SCM_RIGHTS:
+//! the peer's uid is checked); one that took over binds it once the old one let go. The
+//! exchange, one line each way, fds passed with SCM_RIGHTS:
 //! 1. new → old: `{"handover":1,"pid":NEW}`
 //! 2. old → new: `{"pid":OLD,"keys":["serverurl",...]}` with one fd per key (dup(2)s of the old
 //!    instance's listeners). Both now hold the sockets; the old one keeps accepting.
@@ -163,9 +164,9 @@ impl Drop for Server {
     }
 }
 
-/// Binds `<sockdir>/handover.sock` (replacing a leftover; this instance owns the pid file, so a
-/// socket there belongs to a dead instance or to the one handing over, which keeps its open
-/// connection). Inside the runtime.
+/// Binds `<sockdir>/handover.sock`, replacing what is there: this instance owns the pid file, so
+/// a socket there belongs to a dead instance or to the one that just handed over and is leaving.
+/// Inside the runtime.
 pub fn bind(sockdir: &Path) -> anyhow::Result<Server> {
     let path = socket_path(sockdir);
     let _ = std::fs::remove_file(&path);

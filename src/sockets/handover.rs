@@ -11,6 +11,9 @@
 //! 4. old → new: `released`; the old instance stops accepting, closes its sessions (miners
 //!    reconnect, to the new instance: the socket is the same) and exits.
 //!
+//! fd passing is `nix`'s `sendmsg`/`recvmsg` with `ScmRights`: nix is already this program's
+//! signal and process crate, and std's `UnixStream` ancillary-data API is still unstable.
+//!
 //! If the new instance dies before step 3, the old one notices the closed connection and goes
 //! on serving. Connections that arrive meanwhile wait in the shared accept queue, never refused.
 

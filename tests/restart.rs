@@ -358,7 +358,8 @@ async fn first_difficulty(addr: &str, worker: &str) -> (Client, f64) {
     (c, d["params"][0].as_f64().unwrap())
 }
 
-/// SIGHUP (`systemctl reload`): new mindiff/startdiff apply to miners that connect afterwards,
+/// SIGHUP (`systemctl reload`): new mindiff/startdiff apply to miners that connect afterwards and
+/// the new btcsig to the next job,
 /// a connected miner keeps its difficulty, keys that need a restart are named in one line, and a
 /// broken config is one error line while the pool keeps serving with the running values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,16 +376,29 @@ async fn reload_applies_difficulties_and_survives_a_broken_config() {
         v["startdiff"] = json!(0.0003);
         v["maxclients"] = json!(500);
         v["blockpoll"] = json!(250);
+        v["btcsig"] = json!("/reloaded-sig/");
+        v["loglevel"] = json!("warn");
     });
     sighup(&pool);
     pool.wait_log("SIGHUP: config", Duration::from_secs(20));
-    pool.wait_log("reloaded; applied mindiff, startdiff", Duration::from_secs(20));
+    pool.wait_log("reloaded; applied mindiff, startdiff, btcsig (mindiff 0.0002", Duration::from_secs(20));
     let log = pool.log();
+    assert!(log.contains("SIGHUP: loglevel changed in the config, but -l on the command line wins"), "{log}");
     // (serverurl too: the harness started the pool on port 0 and wrote the chosen port in since.)
     let restart = log.lines().find(|l| l.contains("changed keys that need a restart to apply")).expect("restart line");
     assert!(restart.ends_with("blockpoll, maxclients") && !restart.contains("mindiff"), "{restart}");
-    let (_after, d) = first_difficulty(&addr, "after").await;
+    let (mut after, d) = first_difficulty(&addr, "after").await;
     assert_eq!(d, 0.0003, "a new session starts at the reloaded startdiff");
+    // The new btcsig is in the coinbase of the job made at the reload (coinb2 carries it).
+    let sig = ckpool::hex::encode(b"/reloaded-sig/");
+    let deadline = Instant::now() + IO_LIMIT;
+    loop {
+        let n = after.notification("mining.notify").await;
+        if n["params"][3].as_str().unwrap().contains(&sig) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no job with the reloaded btcsig");
+    }
     // The connected miner keeps the difficulty it started with: no set_difficulty since.
     before.backlog.retain(|v| v["method"] == json!("mining.set_difficulty"));
     assert!(before.backlog.is_empty(), "{:?}", before.backlog);

@@ -111,6 +111,10 @@ fn reload_config(path: &Path, running: &mut Config, live: &watch::Sender<crate::
             tracing::warn!("SIGHUP: cannot change the log level: {e}");
         }
     }
+    if applied.is_empty() {
+        tracing::info!("SIGHUP: config {} reloaded; nothing to apply", path.display());
+        return;
+    }
     let mut next = crate::reload::Live::of(&new);
     if args.btcsolo {
         next.btcsig = live.borrow().btcsig.clone();

@@ -3,7 +3,8 @@
 # Idempotent: safe to run again; each step is skipped when already done.
 #   - Debian packages: cmake + libboost-dev (bitcoinkernel dev-dependency builds Bitcoin Core's
 #     consensus library), pkg-config, logrotate, openssh + autossh (tunnel tests), systemd tooling
-#     (systemd-analyze; systemd-sysusers and systemd-tmpfiles run by the package's postinst),
+#     (systemd-analyze; systemd-socket-activate for tests/restart.rs; systemd-sysusers and
+#     systemd-tmpfiles run by the package's postinst),
 #     dpkg + dpkg-dev + binutils (packaging/build-deb.sh: dpkg-shlibdeps, objcopy, strip),
 #     lintian (the package test runs it), man-db, zsh and fish (the package test renders the
 #     installed pages and loads the completions).

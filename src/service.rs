@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::ServerArgs;
 use crate::config::Config;
@@ -27,25 +27,118 @@ pub const DRAIN_AFTER_SESSIONS: Duration = Duration::from_secs(15);
 /// See [`DRAIN_AFTER_SESSIONS`]: 5 s + 15 s of work, 5 s to spare, under `TimeoutStopSec=30`.
 pub const STOP_LIMIT: Duration = Duration::from_secs(25);
 
-/// sd-notify bridge: READY=1 once work is served, STATUS= lines; no-ops outside systemd.
-struct SystemdEvents;
+/// sd-notify bridge: READY=1 once work is served, STATUS= lines; no-ops outside systemd. The
+/// first READY also tells a handover's old instance to let go (`ready_tx`).
+struct SystemdEvents {
+    ready_tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
 
 impl crate::pool::Events for SystemdEvents {
     fn ready(&self, summary: &str) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(summary)]);
+        if let Some(tx) = self.ready_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(());
+        }
     }
     fn status(&self, status: &str) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
     }
 }
 
-/// The pid file, removed when dropped.
+/// The pid file, removed when dropped (unless a newer instance, after a handover, wrote its own).
 pub struct PidFile(PathBuf);
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let ours = std::fs::read_to_string(&self.0).is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
+}
+
+/// Writes the pid file over the running instance's: after a handover, that one is leaving.
+fn claim_pidfile(sockdir: &Path) -> anyhow::Result<()> {
+    let path = sockdir.join("main.pid");
+    std::fs::write(&path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+/// The listeners the config asks for, by key.
+fn wanted(cfg: &Config, proxy: bool) -> Vec<crate::sockets::Wanted> {
+    let stratum = cfg.serverurl.iter().map(|&addr| crate::sockets::Wanted { key: "serverurl", addr });
+    // Stratum V2 is served in pool mode only (a proxy logs that it ignores sv2url).
+    let sv2 = cfg.sv2url.iter().filter(|_| !proxy).map(|&addr| crate::sockets::Wanted { key: "sv2url", addr });
+    stratum.chain(sv2).chain(cfg.apiurl.iter().map(|&addr| crate::sockets::Wanted { key: "apiurl", addr })).collect()
+}
+
+/// SIGHUP: reads the config again and applies what can change while running (reload.rs);
+/// `running` becomes the file's config for the keys applied. One line per outcome.
+fn reload_config(path: &Path, running: &mut Config, live: &watch::Sender<crate::reload::Live>, args: &ServerArgs) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: config not reloaded, keeping the running one: {e}");
+            return;
+        }
+    };
+    let mode_ok = if args.proxy { new.require_proxy() } else { new.require_pool() };
+    if let Err(e) = mode_ok {
+        tracing::error!("SIGHUP: config not reloaded, keeping the running one: {e}");
+        return;
+    }
+    let btcsig = match (args.proxy, args.btcsolo) {
+        (true, _) => crate::reload::Btcsig::Unused,
+        (false, true) => crate::reload::Btcsig::Restart,
+        (false, false) => crate::reload::Btcsig::Live,
+    };
+    let plan = crate::reload::plan(running, &new, btcsig);
+    if !plan.restart.is_empty() {
+        tracing::warn!(
+            "SIGHUP: config {} changed keys that need a restart to apply (running values kept): {}",
+            path.display(),
+            plan.restart.join(", ")
+        );
+    }
+    if plan.applied.is_empty() {
+        tracing::info!("SIGHUP: config {} reloaded; nothing to apply", path.display());
+        return;
+    }
+    let mut applied = plan.applied.clone();
+    if applied.contains(&"loglevel") {
+        if args.loglevel.is_some() {
+            applied.retain(|k| *k != "loglevel");
+            tracing::info!("SIGHUP: loglevel changed in the config, but -l on the command line wins");
+        } else if let Err(e) = crate::log::operator::set_level(new.loglevel.as_deref().unwrap_or("info")) {
+            tracing::warn!("SIGHUP: cannot change the log level: {e}");
+        }
+    }
+    if applied.is_empty() {
+        tracing::info!("SIGHUP: config {} reloaded; nothing to apply", path.display());
+        return;
+    }
+    let mut next = crate::reload::Live::of(&new);
+    if args.btcsolo {
+        next.btcsig = live.borrow().btcsig.clone();
+    }
+    live.send_replace(next);
+    running.mindiff = new.mindiff;
+    running.startdiff = new.startdiff;
+    running.maxdiff = new.maxdiff;
+    running.vardiff = new.vardiff;
+    running.stats_interval = new.stats_interval;
+    running.loglevel = new.loglevel.clone();
+    if !args.btcsolo {
+        running.btcsig = new.btcsig.clone();
+    }
+    tracing::info!(
+        "SIGHUP: config {} reloaded; applied {} (mindiff {}, startdiff {}, maxdiff {}; sessions opened from now on use them)",
+        path.display(),
+        applied.join(", "),
+        running.mindiff,
+        running.startdiff,
+        running.maxdiff
+    );
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -105,21 +198,49 @@ fn spawn_watchdog() {
     });
 }
 
-/// Runs pool or proxy mode until SIGTERM/SIGINT.
+/// Runs pool or proxy mode until SIGTERM/SIGINT (or until a new instance took over, `-H`).
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    // First, before any thread starts: sockets systemd passed (the environment is edited).
+    let (listen_fds, listen_note) = crate::sockets::systemd::listen_fds();
     let name = args.name.clone().unwrap_or_else(|| if args.proxy { "ckproxy".into() } else { "ckpool".into() });
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
     let cfg = Config::load(&config_path)?;
     let log_path = cfg.logdir.join(format!("{name}.log"));
-    let guard = operator::init(Some(&log_path), args.loglevel.as_deref(), args.quiet).with_context(|| {
+    let level = args.loglevel.as_deref().or(cfg.loglevel.as_deref());
+    let guard = operator::init(Some(&log_path), level, args.quiet).with_context(|| {
         format!("cannot open the log file {} (check logdir and its permissions)", log_path.display())
     })?;
     tracing::info!("{name} {} starting with config {}", env!("CARGO_PKG_VERSION"), config_path.display());
     if !cfg.unknown_keys.is_empty() {
         tracing::warn!("config {}: unknown keys ignored: {}", config_path.display(), cfg.unknown_keys.join(", "));
     }
+    if let Some(note) = listen_note {
+        tracing::warn!("{note}");
+    }
     let sockdir = args.sockdir.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/{name}")));
-    let _pid = take_pidfile(&sockdir, args.killold)?;
+    std::fs::create_dir_all(&sockdir).with_context(|| format!("cannot create socket dir {}", sockdir.display()))?;
+    let taken = if args.handover {
+        match crate::sockets::handover::request(&sockdir, crate::sockets::handover::TIMEOUT) {
+            Ok(Some(t)) => Some(t),
+            Ok(None) => {
+                tracing::info!("handover (-H): no instance is running in {}; binding the listeners", sockdir.display());
+                None
+            }
+            Err(e) if args.killold => {
+                tracing::error!("{e:#}; --killold: stopping it instead");
+                None
+            }
+            Err(e) => return Err(e.context("start with --killold to stop it instead")),
+        }
+    } else {
+        None
+    };
+    // During a handover the old instance keeps the pid file (and its handover socket) until it
+    // lets go: if this one fails before it is ready, the old one still runs and is still found.
+    let _pid = match &taken {
+        Some(_) => PidFile(sockdir.join("main.pid")),
+        None => take_pidfile(&sockdir, args.killold)?,
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,23 +253,72 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let events: Arc<dyn crate::pool::Events> = Arc::new(SystemdEvents);
-        let opts = crate::pool::Options { log_shares: args.log_shares, btcsolo: args.btcsolo };
+
+        // Listeners: systemd's, the old instance's, the rest bound (sockets/).
+        let systemd = crate::sockets::systemd::take(&listen_fds);
+        let (handed, release) = match taken {
+            Some(t) => {
+                let (s, r) = t.split();
+                (s, Some(r))
+            }
+            None => (Vec::new(), None),
+        };
+        let old_pid = release.as_ref().map(|r| r.old_pid);
+        let listeners = crate::sockets::assemble(&wanted(&cfg, args.proxy), systemd, handed, old_pid)?;
+        // This instance's own handover socket, for the next one (-H): at once, or after a
+        // handover once the old instance let go (its socket stays until then).
+        let (released_tx, mut released_rx) = mpsc::channel::<i32>(1);
+        let dups = listeners.duplicates()?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (dir, stop) = (sockdir.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            if let Some(rel) = release {
+                if ready_rx.await.is_err() {
+                    return;
+                }
+                let pid = rel.old_pid;
+                match tokio::task::spawn_blocking(move || rel.release()).await {
+                    Ok(Ok(())) => {
+                        tracing::info!("handover: the old instance (pid {pid}) stopped accepting and is exiting")
+                    }
+                    Ok(Err(e)) => tracing::warn!("{e:#}"),
+                    Err(e) => tracing::warn!("handover: release task: {e}"),
+                }
+                if let Err(e) = claim_pidfile(&dir) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+            match crate::sockets::handover::bind(&dir) {
+                Ok(server) => server.run(dups, released_tx, stop).await,
+                Err(e) => tracing::warn!("{e:#}; a new instance cannot take over with -H"),
+            }
+        });
+
+        let events: Arc<dyn crate::pool::Events> =
+            Arc::new(SystemdEvents { ready_tx: std::sync::Mutex::new(Some(ready_tx)) });
+        let (live_tx, live_rx) = watch::channel(crate::reload::Live::of(&cfg));
+        let mut running = cfg.clone();
+        let opts = crate::pool::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
         spawn_watchdog();
         let mut main = if args.proxy {
-            tokio::spawn(crate::proxy::run(cfg, opts, stop_rx, events))
+            tokio::spawn(crate::proxy::run(cfg, opts, listeners, stop_rx, events))
         } else {
-            tokio::spawn(crate::pool::run(cfg, opts, stop_rx, events))
+            tokio::spawn(crate::pool::run(cfg, opts, listeners, stop_rx, events))
         };
         loop {
             tokio::select! {
                 r = &mut main => return r.context("pool task")?,
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+                Some(pid) = released_rx.recv() => {
+                    tracing::info!("handover: stopping; pid {pid} accepts the miners now");
+                    break;
+                }
                 _ = hup.recv() => {
                     // Flag first: this line is the first one in the reopened file.
                     if let Some(r) = &reopen { r.store(true, Ordering::Release); }
                     tracing::info!("SIGHUP: reopening log files");
+                    reload_config(&config_path, &mut running, &live_tx, &args);
                 }
             }
         }

@@ -154,6 +154,48 @@ fn units_verify_and_score_and_configs_parse() {
     }
 }
 
+/// Issue #18: the optional socket units (`ckpool.socket`, `ckproxy.socket`) pass
+/// `systemd-analyze verify` beside their services, listen on the shipped configs' serverurl
+/// (the pool takes an inherited socket by exact address), and leave the services' guide lines
+/// alone, so operators who do not enable them see no change.
+#[test]
+fn socket_units_verify_and_match_the_shipped_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_link = dir.path().join("ckproxy");
+    std::os::unix::fs::symlink(BIN, &proxy_link).unwrap();
+    let mut units = Vec::new();
+    for (name, bin) in [("ckpool", BIN.to_string()), ("ckproxy", proxy_link.display().to_string())] {
+        let socket = read(&format!("systemd/{name}.socket"));
+        let service = read(&format!("systemd/{name}.service"));
+        assert_eq!(unit_value(&socket, "Service"), [format!("{name}.service").as_str()]);
+        assert_eq!(unit_value(&socket, "WantedBy"), ["sockets.target"]);
+        assert!(unit_value(&service, "Sockets").is_empty(), "{name}.service must not need the socket unit");
+        assert!(unit_value(&service, "Requires").is_empty(), "{name}.service must not need the socket unit");
+        // ListenStream= is a serverurl entry of the shipped config, exactly.
+        let cfg = Config::parse(&read(&format!("etc/{name}.conf")), Path::new("conf")).unwrap();
+        let listen = unit_value(&socket, "ListenStream");
+        assert_eq!(listen.len(), 1, "{name}.socket: one ListenStream=");
+        let addr: std::net::SocketAddr = listen[0].parse().unwrap();
+        assert!(cfg.serverurl.contains(&addr), "{name}.socket listens on {addr}, not a serverurl of etc/{name}.conf");
+        std::fs::write(dir.path().join(format!("{name}.socket")), &socket).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.service")),
+            service.replace(&format!("/usr/bin/{name} "), &format!("{bin} ")),
+        )
+        .unwrap();
+        units.push(dir.path().join(format!("{name}.socket")));
+    }
+    let (ok, out, err) = run(Command::new("systemd-analyze").arg("verify").args(&units));
+    println!("systemd-analyze verify {units:?}: ok={ok}\n{out}{err}");
+    assert!(ok, "systemd-analyze verify failed:\n{out}{err}");
+    for l in err.lines() {
+        assert!(
+            !["ckpool", "ckproxy", ".socket:"].iter().any(|w| l.contains(w)),
+            "verify complains about our units: {l}"
+        );
+    }
+}
+
 /// Builds the package with packaging/build-deb.sh (cargo-deb, from the test binary: no second,
 /// release build) into `out`; extra arguments go to cargo-deb. Returns the .deb's path.
 fn build_deb(out: &Path, cargo_deb_args: &[&str]) -> PathBuf {
@@ -257,6 +299,8 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
         ("/usr/lib/systemd/system/ckpool.service", "-rw-r--r--"),
         ("/usr/lib/systemd/system/ckproxy.service", "-rw-r--r--"),
         ("/usr/lib/systemd/system/stratssh@.service", "-rw-r--r--"),
+        ("/usr/lib/systemd/system/ckpool.socket", "-rw-r--r--"),
+        ("/usr/lib/systemd/system/ckproxy.socket", "-rw-r--r--"),
         ("/usr/lib/sysusers.d/ckpool.conf", "-rw-r--r--"),
         ("/usr/lib/tmpfiles.d/ckpool.conf", "-rw-r--r--"),
         ("/etc/logrotate.d/stratum", "-rw-r--r--"),
@@ -268,6 +312,7 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
         ("/usr/share/doc/ckpool/README.md", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/configuration.md", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/api.md", "-rw-r--r--"),
+        ("/usr/share/doc/ckpool/restarts.md", "-rw-r--r--"),
         ("/usr/share/doc/ckpool/examples/p2pssh@example", "-rw-r--r--"),
         ("/usr/share/man/man1/ckpool.1.gz", "-rw-r--r--"),
         ("/usr/share/man/man1/ckproxy.1.gz", "-rw-r--r--"),
@@ -342,7 +387,7 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
     let (ok, _, err) = run(Command::new(r.join("usr/bin/ckproxy")).arg("--help"));
     assert!(ok, "the stripped binary runs: {err}");
     // The installed units are the repository's, and none is enabled (the operator configures first).
-    for u in ["ckpool.service", "ckproxy.service", "stratssh@.service"] {
+    for u in ["ckpool.service", "ckproxy.service", "stratssh@.service", "ckpool.socket", "ckproxy.socket"] {
         assert_eq!(
             std::fs::read_to_string(r.join("usr/lib/systemd/system").join(u)).unwrap(),
             read(&format!("systemd/{u}")),
@@ -355,14 +400,28 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
         let state = r.join("var/lib/systemd/deb-systemd-helper-enabled").join(format!("{u}.dsh-also"));
         assert!(state.exists(), "deb-systemd-helper state of {u}");
     }
-    let wants = r.join("etc/systemd/system/multi-user.target.wants");
-    assert!(!wants.exists() || std::fs::read_dir(&wants).unwrap().next().is_none(), "a unit was enabled on install");
+    for target in ["multi-user.target.wants", "sockets.target.wants"] {
+        let wants = r.join("etc/systemd/system").join(target);
+        assert!(
+            !wants.exists() || std::fs::read_dir(&wants).unwrap().next().is_none(),
+            "a unit was enabled on install"
+        );
+    }
 
     // man renders the installed pages, flags included; the completions load in bash.
     for (page, needles) in [
         (
             "ckpool.1.gz",
-            &["--config", "--killold", "--log-shares", "rpcauth", "completions", "/etc/ckpool.conf", "SEE ALSO"][..],
+            &[
+                "--config",
+                "--killold",
+                "--handover",
+                "--log-shares",
+                "rpcauth",
+                "completions",
+                "/etc/ckpool.conf",
+                "SEE ALSO",
+            ][..],
         ),
         ("ckproxy.1.gz", &["--config", "--proxy"][..]),
         ("ckpool-check.1.gz", &["--config"][..]),

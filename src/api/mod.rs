@@ -168,17 +168,19 @@ pub struct Handle {
     pub addrs: Vec<std::net::SocketAddr>,
 }
 
-/// Binds `cfg.apiurl` (nothing when it is empty) and serves the API on its own thread until
-/// `shutdown` flips. A bind failure stops the start, as for `serverurl`.
-pub fn start(cfg: &Config, src: Sources, shutdown: watch::Receiver<bool>) -> anyhow::Result<Option<Handle>> {
-    if cfg.apiurl.is_empty() {
+/// Serves the API on `listeners` (bound, inherited or handed over for `cfg.apiurl`; none when
+/// it is empty) on its own thread until `shutdown` flips.
+pub fn start(
+    cfg: &Config,
+    listeners: Vec<std::net::TcpListener>,
+    src: Sources,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Handle>> {
+    if cfg.apiurl.is_empty() || listeners.is_empty() {
         return Ok(None);
     }
-    let mut listeners = Vec::new();
-    for a in &cfg.apiurl {
-        let l = std::net::TcpListener::bind(a).with_context(|| format!("apiurl {a}: cannot listen"))?;
-        l.set_nonblocking(true).with_context(|| format!("apiurl {a}"))?;
-        listeners.push(l);
+    for l in &listeners {
+        l.set_nonblocking(true).with_context(|| format!("apiurl {:?}", l.local_addr().ok()))?;
     }
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     for a in &addrs {

@@ -76,8 +76,27 @@ The pid file used by
 (the socket dir; see
 .BR \-\-sockdir ).
 .TP
+.I /tmp/ckpool/handover.sock
+The running instance's handover socket (mode 0600, same user only): a new instance started with
+.B \-H
+and the same name and socket dir receives the listening sockets through it, the old one stops
+accepting, closes its miners' connections once the new one serves work (miners reconnect to the
+new one on the same port) and exits. No connection is refused.
+.TP
 .IR /usr/lib/systemd/system/ckpool.service ", " ckproxy.service
 The services: systemctl enable \-\-now ckpool.
+.B systemctl reload ckpool
+(SIGHUP) reopens the log and applies a changed
+.BR mindiff ", " startdiff ", " maxdiff ", " btcsig ", " stats_interval " and " loglevel
+at once (for miners that connect from then on); other changed keys are logged as needing a
+restart, and a config that does not load is logged and ignored.
+.TP
+.IR /usr/lib/systemd/system/ckpool.socket ", " ckproxy.socket
+Optional socket activation: systemd holds the stratum port, so
+.B systemctl restart ckpool
+refuses no miner. Its ListenStream= must equal a
+.B serverurl
+entry (sockets are matched by exact address).
 "#;
 
 /// The page, with the sections clap_mangen renders from the definitions, plus `extra` (roff)

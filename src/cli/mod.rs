@@ -1,7 +1,8 @@
 //! Command line: picks the face (pool, proxy, payout, tools) from argv[0] and arguments.
 //!
 //! ckpool's own getopt flags keep working (`-c/--config`, `-k/--killold`, `-L/--log-shares`,
-//! `-l/--loglevel`, `-n/--name`, `-s/--sockdir`, `-q/--quiet`, `-p/--proxy`, `-B/--btcsolo`), so the unit files
+//! `-l/--loglevel`, `-n/--name`, `-s/--sockdir`, `-q/--quiet`, `-p/--proxy`, `-B/--btcsolo`,
+//! `-H/--handover`), so the unit files
 //! of the operator's guide run unchanged; the tools are subcommands.
 
 use std::path::PathBuf;
@@ -19,6 +20,12 @@ pub struct ServerArgs {
     /// Stop a running instance (found through the pid file in the socket dir) before starting
     #[arg(short = 'k', long = "killold")]
     pub killold: bool,
+    /// Take over the listening sockets of the instance running with the same name and socket
+    /// dir (no connection is refused): it stops accepting, closes its miners' connections once
+    /// this one serves work (they reconnect here) and exits. Without a running instance, start
+    /// normally; with one that does not answer, fail (or, with --killold, stop it first)
+    #[arg(short = 'H', long = "handover")]
+    pub handover: bool,
     /// Write every share to the share logs under logdir
     #[arg(short = 'L', long = "log-shares")]
     pub log_shares: bool,
@@ -28,7 +35,7 @@ pub struct ServerArgs {
     /// Instance name: default "ckpool" or "ckproxy"; names the socket dir, pid file and log file
     #[arg(short = 'n', long = "name", value_name = "NAME")]
     pub name: Option<String>,
-    /// Directory for the pid file (default /tmp/<name>)
+    /// Directory for the pid file and the handover socket (default /tmp/<name>)
     #[arg(short = 's', long = "sockdir", value_name = "DIR")]
     pub sockdir: Option<PathBuf>,
     /// Quiet: do not echo the log to the terminal

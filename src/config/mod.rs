@@ -104,6 +104,8 @@ pub struct Config {
     pub vardiff: VardiffParams,
     /// How often logdir/pool/pool.status and logdir/users/* are rewritten.
     pub stats_interval: Duration,
+    /// The operator log's level (as `-l`, which wins when given); applied again on SIGHUP.
+    pub loglevel: Option<String>,
     /// Keys present in the file that this program does not know.
     pub unknown_keys: Vec<String>,
     /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
@@ -153,6 +155,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "vardiff_target_interval",
     "vardiff_retarget_interval",
     "stats_interval",
+    "loglevel",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",

@@ -116,6 +116,7 @@ pub(super) struct RawConfig {
     vardiff_target_interval: Option<Field<Decimal>>,
     vardiff_retarget_interval: Option<Field<Decimal>>,
     stats_interval: Option<Field<u64>>,
+    loglevel: Option<Field<String>>,
     donation: Option<Field<Decimal>>,
     // ckpool keys accepted for compatibility: any value, not used (docs/configuration.md).
     #[allow(dead_code)]
@@ -509,6 +510,17 @@ impl RawConfig {
             maxclients: c.uint(key!(r.maxclients), 0, 0, 10_000_000)? as usize,
             vardiff,
             stats_interval: Duration::from_secs(c.uint(key!(r.stats_interval), 60, 1, 3600)?),
+            loglevel: match c.string(key!(r.loglevel), "")?.trim() {
+                "" => None,
+                l if crate::log::operator::level_is_valid(l) => Some(l.to_string()),
+                l => {
+                    return Err(c.err(
+                        "loglevel",
+                        &Value::String(l.into()),
+                        "must be 0-7 (ckpool's -l: 3 error, 4 warning, 6 info, 7 debug) or error/warn/info/debug/trace",
+                    ))
+                }
+            },
             donation_bp: c.donation(key!(r.donation))?,
             unknown_keys,
         })

@@ -312,6 +312,12 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"stats_interval": "60"}"#.into(),
             r#""stats_interval" = "60": must be a whole number from 1 to 3600"#,
         ),
+        ("loglevel", r#"{"loglevel": 7}"#.into(), r#""loglevel" = 7: must be a string"#),
+        (
+            "loglevel",
+            r#"{"loglevel": "verbose"}"#.into(),
+            r#""loglevel" = "verbose": must be 0-7 (ckpool's -l: 3 error, 4 warning, 6 info, 7 debug) or error/warn/info/debug/trace"#,
+        ),
         (
             "donation",
             r#"{"donation": 0.125}"#.into(),

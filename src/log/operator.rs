@@ -127,6 +127,25 @@ pub fn level_filter(level: Option<&str>) -> String {
     }
 }
 
+/// A level `-l` or the config's `loglevel` may give: ckpool's 0-7 or a level name.
+pub fn level_is_valid(level: &str) -> bool {
+    let l = level.trim();
+    l.parse::<u8>().is_ok_and(|n| n <= 7) || ["error", "warn", "info", "debug", "trace"].contains(&l)
+}
+
+/// Replaces the running subscriber's level filter (installed by [`init`]).
+type SetLevel = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static SET_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Changes the operator log's level while running (SIGHUP with a new `loglevel`).
+pub fn set_level(level: &str) -> Result<(), String> {
+    let f = EnvFilter::try_new(level_filter(Some(level))).map_err(|e| e.to_string())?;
+    match SET_LEVEL.get() {
+        Some(set) => set(f),
+        None => Err("the operator log is not installed".into()),
+    }
+}
+
 /// Keeps the non-blocking writer flushing until dropped.
 pub struct LogGuard {
     _guard: tracing_appender::non_blocking::WorkerGuard,
@@ -143,9 +162,17 @@ pub fn init(file: Option<&Path>, level: Option<&str>, quiet: bool) -> io::Result
             let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(f);
             let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_target(false);
             if quiet {
-                let _ = builder.with_writer(nb).try_init();
+                let b = builder.with_writer(nb).with_filter_reloading();
+                let h = b.reload_handle();
+                if b.try_init().is_ok() {
+                    let _ = SET_LEVEL.set(Box::new(move |f| h.reload(f).map_err(|e| e.to_string())));
+                }
             } else {
-                let _ = builder.with_writer(nb.and(io::stderr)).try_init();
+                let b = builder.with_writer(nb.and(io::stderr)).with_filter_reloading();
+                let h = b.reload_handle();
+                if b.try_init().is_ok() {
+                    let _ = SET_LEVEL.set(Box::new(move |f| h.reload(f).map_err(|e| e.to_string())));
+                }
             }
             Ok(Some(LogGuard { _guard: guard, reopen }))
         }

@@ -25,6 +25,8 @@ pub struct Options {
     pub log_shares: bool,
     /// Solo mining (`-B`): usernames are payout addresses.
     pub btcsolo: bool,
+    /// What a reload (SIGHUP) changes while running (service.rs); None: fixed at start.
+    pub live: Option<watch::Receiver<crate::reload::Live>>,
 }
 
 /// Lifecycle events for the service shell (sd-notify, tests).
@@ -123,14 +125,18 @@ async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> anyho
 pub async fn run(
     cfg: Config,
     opts: Options,
+    mut listeners: crate::sockets::Listeners,
     mut shutdown: watch::Receiver<bool>,
     events: Arc<dyn Events>,
 ) -> anyhow::Result<()> {
     cfg.require_pool()?;
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
-    let listeners = server::bind_all(&cfg.serverurl)?;
+    let api_listeners = listeners.take("apiurl");
+    let listeners_sv2 = listeners.take("sv2url");
+    let listeners =
+        listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     server::log_listening(&listeners);
-    let sv2 = crate::sv2::setup(&cfg, cfg.nonce1length, cfg.nonce2length)?;
+    let sv2 = crate::sv2::setup(&cfg, listeners_sv2, cfg.nonce1length, cfg.nonce2length)?;
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
@@ -171,11 +177,13 @@ pub async fn run(
     let mut source =
         templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
     source.solo = solo.is_some();
+    source.live = opts.live.clone();
     source.refresh(templates::Reason::Start, None).await;
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
     let mut params = SessionParams::from_config(&cfg, cfg.version_mask, cfg.nonce1length, opts.log_shares);
     params.solo = solo;
+    params.live = opts.live.clone();
     let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone());
     let submitter = blocks::BlockSubmitter {
         rpc: rpc.clone(),
@@ -194,7 +202,7 @@ pub async fn run(
         rpc: Some(rpc.clone()),
         upstream: None,
     };
-    crate::api::start(&cfg, api, shutdown.clone())?;
+    crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
     fe.serve(listeners, cfg.maxclients);
     if let Some(sv2) = sv2 {
         fe.serve_sv2(sv2, cfg.maxclients);

@@ -52,6 +52,8 @@ pub struct TemplateSource {
     pub height: watch::Sender<u32>,
     /// Solo mode: works carry their template (each address gets its own coinbase from it).
     pub solo: bool,
+    /// A reload's new `btcsig` (SIGHUP): the next job carries it.
+    pub live: Option<watch::Receiver<crate::reload::Live>>,
     next_id: u64,
     /// When the new block the next refresh looks for was announced (ZMQ, poll, found block).
     announced: Option<Instant>,
@@ -82,6 +84,7 @@ impl TemplateSource {
             node_down: false,
             warned_coinbase: false,
             solo: false,
+            live: None,
         }
     }
 
@@ -264,6 +267,21 @@ impl TemplateSource {
                     let Some(tip) = r else { break };
                     retry = !self.refresh(Reason::BlockFound, tip).await;
                     update.reset();
+                }
+                changed = async { match self.live.as_mut() { Some(l) => l.changed().await, None => std::future::pending().await } } => {
+                    if changed.is_err() {
+                        self.live = None;
+                        continue;
+                    }
+                    let Some(sig) = self.live.as_mut().map(|l| l.borrow_and_update().btcsig.clone().into_bytes()) else {
+                        continue;
+                    };
+                    if sig != self.coinbase.btcsig && !self.solo {
+                        self.coinbase.btcsig = sig;
+                        self.warned_coinbase = false;
+                        retry = !self.refresh(Reason::Update, None).await;
+                        update.reset();
+                    }
                 }
                 _ = shutdown.changed() => break,
             }

@@ -20,11 +20,14 @@ use crate::stratum::{server, SessionParams};
 pub async fn run(
     cfg: Config,
     opts: Options,
+    mut listeners: crate::sockets::Listeners,
     mut shutdown: watch::Receiver<bool>,
     events: Arc<dyn Events>,
 ) -> anyhow::Result<()> {
     cfg.require_proxy()?;
-    let listeners = server::bind_all(&cfg.serverurl)?;
+    let api_listeners = listeners.take("apiurl");
+    let listeners =
+        listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     server::log_listening(&listeners);
     if !cfg.sv2url.is_empty() {
         tracing::warn!("sv2url is served in pool mode only; this proxy serves Stratum V1 on serverurl");
@@ -55,7 +58,8 @@ pub async fn run(
     let prefix_len = first.job.coinbase.nonce1_len - first.en1_prefix.len();
     let granted = *mask_rx.borrow();
     let (block_tx, mut block_rx) = mpsc::channel::<crate::stratum::BlockCandidate>(64);
-    let params = SessionParams::from_config(&cfg, granted, prefix_len, opts.log_shares);
+    let mut params = SessionParams::from_config(&cfg, granted, prefix_len, opts.log_shares);
+    params.live = opts.live.clone();
     let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, Some(up_tx), shutdown.clone());
     // A block-meeting share is also an upstream share; it is logged here for the operator.
     let blocks_task = tokio::spawn(async move {
@@ -78,7 +82,7 @@ pub async fn run(
             urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.url)).collect(),
         }),
     };
-    crate::api::start(&cfg, api, shutdown.clone())?;
+    crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
     fe.serve(listeners, cfg.maxclients);
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",

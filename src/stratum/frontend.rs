@@ -31,6 +31,7 @@ impl SessionParams {
             keepalive_secs: 55,
             vardiff: cfg.vardiff,
             solo: None,
+            live: None,
         }
     }
 }
@@ -76,6 +77,7 @@ impl FrontEnd {
                 summary: summary_tx,
                 view: view_tx,
                 failing: false,
+                live: params.live.clone(),
             },
             STATS_QUEUE,
         );

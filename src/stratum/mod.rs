@@ -129,6 +129,9 @@ pub struct SessionParams {
     pub vardiff: VardiffParams,
     /// Solo mode (`-B`): usernames are payout addresses, each mining its own coinbase.
     pub solo: Option<Arc<crate::pool::solo::Solo>>,
+    /// Values a reload (SIGHUP) changed: difficulties and vardiff for sessions opened from then
+    /// on (connected ones keep theirs). None: the values above, fixed.
+    pub live: Option<watch::Receiver<crate::reload::Live>>,
 }
 
 /// What every session shares: parameters, the current work, and the outbound channels.
@@ -152,13 +155,14 @@ pub struct ServerCtx {
 impl SessionParams {
     /// What each miner's mining-core channel is opened with.
     pub fn channel(&self) -> ChannelParams {
-        ChannelParams {
-            mindiff: self.mindiff,
-            startdiff: self.startdiff,
-            maxdiff: self.maxdiff,
-            version_mask: self.version_mask,
-            vardiff: self.vardiff,
-        }
+        let (mindiff, startdiff, maxdiff, vardiff) = match &self.live {
+            Some(live) => {
+                let l = live.borrow();
+                (l.mindiff, l.startdiff, l.maxdiff, l.vardiff)
+            }
+            None => (self.mindiff, self.startdiff, self.maxdiff, self.vardiff),
+        };
+        ChannelParams { mindiff, startdiff, maxdiff, version_mask: self.version_mask, vardiff }
     }
 }
 

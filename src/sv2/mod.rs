@@ -62,9 +62,15 @@ pub struct Sv2Setup {
     pub cert_validity: Duration,
 }
 
-/// Checks the SV2 keys of `cfg`, loads or creates the authority key and binds every `sv2url`.
-/// `None` when SV2 is off. Called inside the runtime.
-pub fn setup(cfg: &Config, nonce1_len: usize, nonce2_len: usize) -> anyhow::Result<Option<Sv2Setup>> {
+/// Checks the SV2 keys of `cfg`, loads or creates the authority key and takes the `sv2url`
+/// listeners (bound, inherited from systemd or handed over: `crate::sockets`). `None` when SV2
+/// is off. Called inside the runtime.
+pub fn setup(
+    cfg: &Config,
+    sockets: Vec<std::net::TcpListener>,
+    nonce1_len: usize,
+    nonce2_len: usize,
+) -> anyhow::Result<Option<Sv2Setup>> {
     if cfg.sv2url.is_empty() {
         return Ok(None);
     }
@@ -84,15 +90,10 @@ pub fn setup(cfg: &Config, nonce1_len: usize, nonce2_len: usize) -> anyhow::Resu
             p.display()
         );
     }
-    let mut listeners = Vec::with_capacity(cfg.sv2url.len());
-    for a in &cfg.sv2url {
-        let sock = if a.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .map_err(|e| anyhow::anyhow!("sv2url {a}: cannot create socket: {e}"))?;
-        sock.set_reuseaddr(true).ok();
-        sock.bind(*a)
-            .map_err(|e| anyhow::anyhow!("sv2url {a}: cannot listen: {e} (another pool running? use --killold)"))?;
-        let l = sock.listen(1024).map_err(|e| anyhow::anyhow!("sv2url {a}: cannot listen: {e}"))?;
-        let bound = l.local_addr().unwrap_or(*a);
+    let mut listeners = Vec::with_capacity(sockets.len());
+    for l in sockets {
+        let l = crate::sockets::to_tokio(l)?;
+        let bound = l.local_addr()?;
         tracing::info!("listening for Stratum V2 miners on {bound}: {}", url_for(&bound, &key));
         listeners.push(l);
     }

@@ -30,6 +30,8 @@ pub struct StatsTask {
     pub view: watch::Sender<Arc<View>>,
     /// The last write failed (for one log line per change, not one per interval).
     pub failing: bool,
+    /// A reload's new `stats_interval` (SIGHUP).
+    pub live: Option<tokio::sync::watch::Receiver<crate::reload::Live>>,
 }
 
 /// Loads the saved statistics and starts the task. Returns the event sender and the task.
@@ -62,6 +64,18 @@ impl StatsTask {
                     }
                 }
                 _ = tick.tick() => self.write(&mut book, now(origin)).await,
+                changed = async { match self.live.as_mut() { Some(l) => l.changed().await, None => std::future::pending().await } } => {
+                    if changed.is_err() {
+                        self.live = None;
+                        continue;
+                    }
+                    let interval = self.live.as_mut().map_or(self.interval, |l| l.borrow_and_update().stats_interval);
+                    if interval != self.interval {
+                        self.interval = interval;
+                        tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
             }
         }
         self.write(&mut book, now(origin)).await;

@@ -20,5 +20,6 @@ pub mod service;
 pub mod share;
 pub mod stratum;
 pub mod sv1;
+pub mod tls;
 pub mod tools;
 pub mod work;

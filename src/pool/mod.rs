@@ -128,6 +128,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.require_pool()?;
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let listeners = server::bind_all(&cfg.serverurl)?;
     server::log_listening(&listeners);
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
@@ -194,7 +196,7 @@ pub async fn run(
         upstream: None,
     };
     crate::api::start(&cfg, api, shutdown.clone())?;
-    fe.serve(listeners, cfg.maxclients);
+    fe.serve(listeners, tls, cfg.maxclients);
 
     // Ready once a job is being served.
     let mut w = work_rx.clone();

@@ -24,6 +24,8 @@ pub async fn run(
     events: Arc<dyn Events>,
 ) -> anyhow::Result<()> {
     cfg.require_proxy()?;
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let listeners = server::bind_all(&cfg.serverurl)?;
     server::log_listening(&listeners);
     if !cfg.btcd.is_empty() {
@@ -76,7 +78,7 @@ pub async fn run(
         }),
     };
     crate::api::start(&cfg, api, shutdown.clone())?;
-    fe.serve(listeners, cfg.maxclients);
+    fe.serve(listeners, tls, cfg.maxclients);
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",
         first.job.coinbase.nonce2_len,

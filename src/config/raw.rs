@@ -449,7 +449,7 @@ impl RawUpstream {
             return Err(c.err(
                 &key("url"),
                 &Value::String(raw_url),
-                "must be host:port of the upstream pool (stratum+tcp:// or stratum+tls:// allowed)",
+                "must be host:port of the upstream pool",
             ));
         }
         let tlsca = s(key!(self.tlsca))?;

@@ -246,17 +246,17 @@ fn wrong_types_are_named_by_key_and_rule() {
         ("serverurl[0].url", r#"{"serverurl": [{"url": 3333}]}"#.into(), r#""serverurl[0].url" = 3333: must be a string"#),
         (
             "serverurl[0].mindiff",
-            r#"{"serverurl": [{"url": "h:1", "mindiff": true}]}"#.into(),
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "mindiff": true}]}"#.into(),
             r#""serverurl[0].mindiff" = true: must be a difficulty >= 0, fractions allowed (difficulty "true" is not a decimal number)"#,
         ),
         (
             "serverurl[0].startdiff",
-            r#"{"serverurl": [{"url": "h:1", "startdiff": [1]}]}"#.into(),
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "startdiff": [1]}]}"#.into(),
             r#""serverurl[0].startdiff" = [1]: must be a difficulty >= 0, fractions allowed (difficulty "[1]" is not a decimal number)"#,
         ),
         (
             "serverurl[0].maxdiff",
-            r#"{"serverurl": [{"url": "h:1", "maxdiff": {}}]}"#.into(),
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "maxdiff": {}}]}"#.into(),
             r#""serverurl[0].maxdiff" = {}: must be a difficulty >= 0, fractions allowed (difficulty "{}" is not a decimal number)"#,
         ),
         (

@@ -312,10 +312,13 @@ mod tests {
         );
         assert_eq!(parse(b"PROXY UNKNOWN\r\n").unwrap(), (Header::Local { version: 1 }, 15));
         assert_eq!(parse(b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\nX").unwrap().1, 35);
-        // The longest legal line (107 bytes) parses.
+        // The longest TCP6 line (104 bytes) and the longest legal line (107 bytes) parse.
         let long = b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
-        assert_eq!(long.len(), V1_MAX);
-        assert_eq!(parse(long).unwrap().1, V1_MAX);
+        assert_eq!(parse(long).unwrap().1, 104);
+        let mut unknown = b"PROXY UNKNOWN ".to_vec();
+        unknown.resize(V1_MAX - 2, b'x');
+        unknown.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&unknown).unwrap(), (Header::Local { version: 1 }, V1_MAX));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::{
     Btcd, Config, ConfigError, Listener, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS, SERVERURL_KEYS,
 };
-use crate::stratum::proxy_protocol::Accept;
 use crate::difficulty::{Difficulty, ParseDifficultyError};
+use crate::stratum::proxy_protocol::Accept;
 use crate::stratum::vardiff::VardiffParams;
 
 /// Parses and validates config text (`path` is used in messages).
@@ -446,11 +446,7 @@ impl RawUpstream {
             None => (raw_url.trim_start_matches("stratum+tcp://").to_string(), false),
         };
         if !valid_host_port(&url) {
-            return Err(c.err(
-                &key("url"),
-                &Value::String(raw_url),
-                "must be host:port of the upstream pool",
-            ));
+            return Err(c.err(&key("url"), &Value::String(raw_url), "must be host:port of the upstream pool"));
         }
         let tlsca = s(key!(self.tlsca))?;
         if !tlsca.is_empty() && !tls {
@@ -545,8 +541,8 @@ impl RawConfig {
                     .into_iter()
                     .unzip(),
                 Some(ServerEntries::One(s)) => {
-                    let (a, tls) = parse_server_url(s)
-                        .ok_or_else(|| c.err("serverurl", &Value::String(s.clone()), url_rule))?;
+                    let (a, tls) =
+                        parse_server_url(s).ok_or_else(|| c.err("serverurl", &Value::String(s.clone()), url_rule))?;
                     (vec![a], vec![plain(tls)])
                 }
                 Some(ServerEntries::Many(_)) => {

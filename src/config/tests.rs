@@ -243,7 +243,11 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"proxy": [{"url": "stratum+tls://h:1", "tlsca": 5}]}"#.into(),
             r#""proxy[0].tlsca" = 5: must be a string"#,
         ),
-        ("serverurl[0].url", r#"{"serverurl": [{"url": 3333}]}"#.into(), r#""serverurl[0].url" = 3333: must be a string"#),
+        (
+            "serverurl[0].url",
+            r#"{"serverurl": [{"url": 3333}]}"#.into(),
+            r#""serverurl[0].url" = 3333: must be a string"#,
+        ),
         (
             "serverurl[0].mindiff",
             r#"{"serverurl": [{"url": "127.0.0.1:1", "mindiff": true}]}"#.into(),
@@ -521,16 +525,25 @@ fn serverurl_entries_as_objects() {
             r#"{"serverurl": [{"url": "0.0.0.0:1", "mindiff": 100}]}"#,
             r#""serverurl[0].startdiff" = "startdiff (top-level)": must be at least mindiff (100)"#,
         ),
-        (r#"{"serverurl": ["0.0.0.0:1", {"url": "0.0.0.0:2", "mindiff": 0}]}"#, r#""serverurl[1].mindiff" = 0: must be above 0"#),
+        (
+            r#"{"serverurl": ["0.0.0.0:1", {"url": "0.0.0.0:2", "mindiff": 0}]}"#,
+            r#""serverurl[1].mindiff" = 0: must be above 0"#,
+        ),
         (
             r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": 50, "maxdiff": 10}]}"#,
             r#""serverurl[0].maxdiff" = 10: must be 0 (no maximum) or at least startdiff (50)"#,
         ),
-        (r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": "x"}]}"#, r#""serverurl[0].startdiff" = "x": must be a difficulty"#),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": "x"}]}"#,
+            r#""serverurl[0].startdiff" = "x": must be a difficulty"#,
+        ),
         (r#"{"serverurl": [{"mindiff": 1}]}"#, r#""serverurl[0].url" = "": must be "address:port""#),
         (r#"{"serverurl": [{"url": "nope"}]}"#, r#""serverurl[0].url" = "nope""#),
         (r#"{"serverurl": [{"url": 3333}]}"#, r#""serverurl[0].url" = 3333: must be a string"#),
-        (r#"{"serverurl": [{"url": "0.0.0.0:2", "tls": "yes"}]}"#, r#""serverurl[0].tls" = "yes": must be true or false"#),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "tls": "yes"}]}"#,
+            r#""serverurl[0].tls" = "yes": must be true or false"#,
+        ),
         (
             r#"{"serverurl": [{"url": "stratum+tls://0.0.0.0:2", "tls": false}]}"#,
             r#""serverurl[0].tls" = false: contradicts the stratum+tls:// url"#,
@@ -568,9 +581,18 @@ fn proxy_entries_with_tls() {
     assert_eq!((c.proxy[1].url.as_str(), c.proxy[1].tls, c.proxy[1].tlsca.is_none()), ("127.0.0.1:3443", true, true));
     assert!(!c.proxy[2].tls);
     for (text, message) in [
-        (r#"{"proxy": [{"url": "127.0.0.1:3333", "tlsca": "ca.pem"}]}"#, r#""proxy[0].tlsca" = "ca.pem": is for a stratum+tls:// url only"#),
-        (r#"{"proxy": [{"url": "stratum+tls://127.0.0.1:3333", "tlsca": 5}]}"#, r#""proxy[0].tlsca" = 5: must be a string"#),
-        (r#"{"proxy": [{"url": "stratum+tls://nohost"}]}"#, r#""proxy[0].url" = "stratum+tls://nohost": must be host:port"#),
+        (
+            r#"{"proxy": [{"url": "127.0.0.1:3333", "tlsca": "ca.pem"}]}"#,
+            r#""proxy[0].tlsca" = "ca.pem": is for a stratum+tls:// url only"#,
+        ),
+        (
+            r#"{"proxy": [{"url": "stratum+tls://127.0.0.1:3333", "tlsca": 5}]}"#,
+            r#""proxy[0].tlsca" = 5: must be a string"#,
+        ),
+        (
+            r#"{"proxy": [{"url": "stratum+tls://nohost"}]}"#,
+            r#""proxy[0].url" = "stratum+tls://nohost": must be host:port"#,
+        ),
     ] {
         let e = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
         assert!(e.contains(message), "{text}:\n{e}");

@@ -434,7 +434,8 @@ mod tests {
         let (work_tx, mut work_rx) = watch::channel(None);
         let (share_tx, share_rx) = mpsc::channel(4);
         let (mask_tx, mask_rx) = watch::channel(0);
-        let entry = Upstream { url, auth: "up.user".into(), pass: crate::config::Secret::new("x"), ..Upstream::default() };
+        let entry =
+            Upstream { url, auth: "up.user".into(), pass: crate::config::Secret::new("x"), ..Upstream::default() };
         let client = UpstreamClient::new(vec![entry], 0x1fffe000, work_tx, share_rx, mask_tx);
         let counters = client.counters.clone();
         let (_stop_tx, stop_rx) = watch::channel(false);

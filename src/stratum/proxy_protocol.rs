@@ -146,7 +146,8 @@ fn parse_v1(buf: &[u8]) -> Result<(Header, usize), ParseError> {
     };
     let port = |t: &str| -> Result<u16, ParseError> {
         // Digits only (Rust's integer parser would take "+1"); no leading zero but "0" itself.
-        if t.is_empty() || t.len() > 5 || !t.bytes().all(|b| b.is_ascii_digit()) || (t.len() > 1 && t.starts_with('0')) {
+        if t.is_empty() || t.len() > 5 || !t.bytes().all(|b| b.is_ascii_digit()) || (t.len() > 1 && t.starts_with('0'))
+        {
             return Err(ParseError::BadV1("bad port"));
         }
         t.parse().map_err(|_| ParseError::BadV1("bad port"))
@@ -301,7 +302,11 @@ mod tests {
         assert_eq!(len, tcp4.len() - 8);
         assert_eq!(
             h,
-            Header::Proxy { version: 1, src: "192.168.1.7:56324".parse().unwrap(), dst: "10.0.0.1:3333".parse().unwrap() }
+            Header::Proxy {
+                version: 1,
+                src: "192.168.1.7:56324".parse().unwrap(),
+                dst: "10.0.0.1:3333".parse().unwrap()
+            }
         );
         let tcp6 = b"PROXY TCP6 2001:db8::1 ::1 65535 0\r\n";
         let (h, len) = parse(tcp6).unwrap();
@@ -369,7 +374,11 @@ mod tests {
         assert_eq!(len, 28);
         assert_eq!(
             h,
-            Header::Proxy { version: 2, src: "127.0.0.5:40000".parse().unwrap(), dst: "127.0.0.1:3333".parse().unwrap() }
+            Header::Proxy {
+                version: 2,
+                src: "127.0.0.5:40000".parse().unwrap(),
+                dst: "127.0.0.1:3333".parse().unwrap()
+            }
         );
         // IPv6 with a TLV after the addresses (PP2_TYPE_UNIQUE_ID, skipped).
         let mut body = Vec::new();

@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
-use super::server::MinerStream;
 use super::proto::{self, code};
+use super::server::MinerStream;
 use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::hex;
 use crate::log::stats::StatEvent;

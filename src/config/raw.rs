@@ -105,7 +105,7 @@ enum ServerEntries {
 #[serde(untagged)]
 enum RawListen {
     Url(String),
-    Entry(RawListenEntry),
+    Entry(Box<RawListenEntry>),
 }
 
 /// A `serverurl` entry written as an object.

@@ -53,7 +53,7 @@ tlsline=""
 tlsargs=()
 if [ -n "${TLS:-}" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 -keyout "$work/pool/key.pem" -out "$work/pool/cert.pem" 2>/dev/null
+    -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE -keyout "$work/pool/key.pem" -out "$work/pool/cert.pem" 2>/dev/null
   scheme=stratum+tls
   tlsline="\"tlscert\" : \"$work/pool/cert.pem\", \"tlskey\" : \"$work/pool/key.pem\","
   tlsargs=(--tls --tlsca "$work/pool/cert.pem")

@@ -102,6 +102,20 @@ async fn tls_miner_and_plain_tcp_refused() {
     t2.handshake("tls.second").await;
     t2.notification("mining.notify").await;
 
+    // `ckpool mine -o stratum+tls://` with --tlsca: accepted shares over TLS, then it stops.
+    let mine = Command::new(env!("CARGO_BIN_EXE_ckpool"))
+        .args(["mine", "-o", &format!("stratum+tls://{tls}"), "--tlsca", crt.to_str().unwrap()])
+        .args(["-u", "mine.tls", "-t", "1", "-q", "--shares", "2", "--duration", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ckpool mine");
+    assert!(mine.status.success(), "ckpool mine over TLS: {}", String::from_utf8_lossy(&mine.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pool.share_lines().iter().any(|l| l["workername"] == json!("mine.tls") && l["result"] == json!(true)) {
+        assert!(Instant::now() < deadline, "no accepted share from ckpool mine over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // OpenSSL as the client (Python's ssl module): handshake, subscribe, authorize, work.
     let script = r#"
 import json, socket, ssl, sys

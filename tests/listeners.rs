@@ -236,21 +236,26 @@ async fn proxy_tls_upstream_with_tlsca_and_failover() {
 
 /// HAProxy (the real one) in front of the pool: `send-proxy-v2` and `send-proxy` (v1) carry
 /// the miner's address (127.0.0.5 / 127.0.0.6, not HAProxy's 127.0.0.1) into the pool's log and
-/// share log; haproxy's health checks (a v2 LOCAL header) are served; a connection without a
+/// share log, also on a TLS listener behind it (127.0.0.7, TLS passed through); haproxy's health checks (a v2 LOCAL header) are served; a connection without a
 /// header on a PROXY port is refused with one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v2_and_v1() {
     let nodes = NodePair::start().await;
     let node = &nodes.a;
     let address = node.new_address().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (crt, key) = cert(certs.path(), "pool");
     let mut cfg = pool_config(node, &address).await;
     cfg["serverurl"] = json!([
         {"url": "127.0.0.1:0", "proxy_protocol": "v2"},
         {"url": "127.0.0.1:0", "proxy_protocol": "v1"},
+        {"url": "stratum+tls://127.0.0.1:0", "proxy_protocol": "v2"},
     ]);
+    cfg["tlscert"] = json!(crt);
+    cfg["tlskey"] = json!(key);
     let pool = Pool::start(cfg, &[]);
     let ports = pool.listener_ports();
-    let (f2, f1) = (free_port(), free_port());
+    let (f2, f1, f3) = (free_port(), free_port(), free_port());
     let hcfg = pool.dir.path().join("haproxy.cfg");
     std::fs::write(
         &hcfg,
@@ -260,18 +265,30 @@ async fn haproxy_send_proxy_v2_and_v1() {
              frontend v2\n  bind 127.0.0.1:{f2}\n  default_backend pool_v2\n\
              backend pool_v2\n  server pool 127.0.0.1:{} send-proxy-v2 check check-send-proxy inter 500ms\n\
              frontend v1\n  bind 127.0.0.1:{f1}\n  default_backend pool_v1\n\
-             backend pool_v1\n  server pool 127.0.0.1:{} send-proxy\n",
-            ports[0], ports[1]
+             backend pool_v1\n  server pool 127.0.0.1:{} send-proxy\n\
+             frontend tls\n  bind 127.0.0.1:{f3}\n  default_backend pool_tls\n\
+             backend pool_tls\n  server pool 127.0.0.1:{} send-proxy-v2\n",
+            ports[0], ports[1], ports[2]
         ),
     )
     .unwrap();
-    let _haproxy = HaProxy::start(&hcfg, &[f2, f1]);
+    let _haproxy = HaProxy::start(&hcfg, &[f2, f1, f3]);
 
-    for (front, client_ip, worker) in [(f2, "127.0.0.5", "via.v2"), (f1, "127.0.0.6", "via.v1")] {
+    // The third: TLS passed through haproxy (TCP mode), the PROXY header before the handshake.
+    for (front, client_ip, worker, tls) in
+        [(f2, "127.0.0.5", "via.v2", false), (f1, "127.0.0.6", "via.v1", false), (f3, "127.0.0.7", "via.tls", true)]
+    {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind(format!("{client_ip}:0").parse().unwrap()).unwrap();
         let stream = sock.connect(format!("127.0.0.1:{front}").parse().unwrap()).await.unwrap();
-        let mut c = Client { sv1: Sv1Client::new(stream), backlog: Vec::new() };
+        let sv1 = if tls {
+            let config = ckpool::tls::client_config(Some(&crt)).unwrap();
+            let name = ckpool::tls::server_name("127.0.0.1:0").unwrap();
+            Sv1Client::from_tls(tokio_rustls::TlsConnector::from(config).connect(name, stream).await.unwrap())
+        } else {
+            Sv1Client::new(stream)
+        };
+        let mut c = Client { sv1, backlog: Vec::new() };
         let (en1, _) = c.handshake(worker).await;
         // Work on the current tip (the first miner's share was a block).
         let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();

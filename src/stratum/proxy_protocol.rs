@@ -454,7 +454,14 @@ mod tests {
         runner
             .run(&seeds, |buf| {
                 match parse(&buf) {
-                    Ok((_, len)) => prop_assert!(len <= buf.len() && len <= V2_MAX),
+                    Ok((h, len)) => {
+                        prop_assert!(len <= buf.len() && len <= V2_MAX);
+                        // The same from exactly its bytes; no shorter prefix is a header.
+                        prop_assert_eq!(parse(&buf[..len]), Ok((h, len)));
+                        for cut in 0..len {
+                            prop_assert!(parse(&buf[..cut]).is_err(), "a header from {} of {} bytes", cut, len);
+                        }
+                    }
                     Err(ParseError::Incomplete { need }) => prop_assert!(need >= 1),
                     Err(_) => {}
                 }

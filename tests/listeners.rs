@@ -176,17 +176,23 @@ async fn each_listener_has_its_own_difficulty() {
     over.send_raw(r#"{"id":null,"method":"mining.suggest_difficulty","params":[100000]}"#).await;
     over.handshake("over.w").await;
     assert_eq!(diff_of(&over.notification("mining.set_difficulty").await), 4096.0);
-    // The low listener's miner mines at its own difficulty: the share is accepted.
-    let (en1, _) = {
-        let mut c = Client::connect(&format!("127.0.0.1:{}", ports[0])).await;
-        let hs = c.handshake("low.share").await;
-        let n = c.notification("mining.notify").await;
-        let s = solve(&n, &hs.0, "0000000000000001", "0.0001", false).unwrap();
-        let id = c.request("mining.submit", s).await;
-        assert_eq!(c.reply(id).await["result"], json!(true));
-        hs
+    // The low listener's miner mines at its own difficulty: a share at 0.0001 is accepted, and
+    // the share log records it at that difficulty.
+    let mut c = Client::connect(&format!("127.0.0.1:{}", ports[0])).await;
+    let (en1, _) = c.handshake("low.share").await;
+    let n = c.notification("mining.notify").await;
+    let s = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
+    let id = c.request("mining.submit", s).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        if let Some(l) = pool.share_lines().into_iter().find(|l| l["workername"] == json!("low.share")) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no share line for low.share");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(en1.len(), 8);
+    assert_eq!(line["diff"], json!(0.0001), "{line}");
 }
 
 /// ckproxy with a `stratum+tls://` upstream: the first entry's `tlsca` is the wrong CA (refused

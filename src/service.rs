@@ -319,6 +319,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                     if let Some(r) = &reopen { r.store(true, Ordering::Release); }
                     tracing::info!("SIGHUP: reopening log files");
                     reload_config(&config_path, &mut running, &live_tx, &args);
+                    crate::tls::reload_all();
                 }
             }
         }

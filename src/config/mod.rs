@@ -59,12 +59,30 @@ pub struct Btcd {
 }
 
 /// One `proxy` (upstream pool) entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Upstream {
     /// host:port
     pub url: String,
     pub auth: String,
     pub pass: Secret,
+    /// `stratum+tls://`: the session runs over TLS.
+    pub tls: bool,
+    /// `tlsca`: PEM certificates to trust for this upstream (else the built-in webpki roots).
+    pub tlsca: Option<PathBuf>,
+}
+
+/// What one `serverurl` entry asks of its listener (the address is `Config::serverurl` at the
+/// same index). Difficulties not given in the entry are the top-level ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// `stratum+tls://` or `"tls": true`: TLS with `tlscert` / `tlskey`.
+    pub tls: bool,
+    /// `"proxy_protocol"`: every connection must start with a PROXY header of this version.
+    pub proxy_protocol: Option<crate::stratum::proxy_protocol::Accept>,
+    pub mindiff: Difficulty,
+    pub startdiff: Difficulty,
+    /// Zero: no maximum.
+    pub maxdiff: Difficulty,
 }
 
 /// The validated configuration.
@@ -76,6 +94,11 @@ pub struct Config {
     pub btcaddress: String,
     pub btcsig: String,
     pub serverurl: Vec<SocketAddr>,
+    /// Each `serverurl` entry's options (TLS, PROXY protocol, difficulties), index for index.
+    pub listeners: Vec<Listener>,
+    /// PEM certificate chain and private key of the TLS listeners.
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
     /// The operator's HTTP API (metrics, JSON, ckpool's files, dashboard); empty: off.
     pub apiurl: Vec<SocketAddr>,
     /// Stratum V2 listeners (pool mode); empty: off.
@@ -156,6 +179,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "vardiff_retarget_interval",
     "stats_interval",
     "loglevel",
+    "tlscert",
+    "tlskey",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",
@@ -168,7 +193,25 @@ pub const KNOWN_KEYS: &[&str] = &[
 pub const BTCD_KEYS: &[&str] = &["url", "auth", "pass", "cookie", "notify"];
 
 /// The keys of a `proxy` entry (anything else is reported as unknown, as `proxy[i].key`).
-pub const PROXY_KEYS: &[&str] = &["url", "auth", "pass"];
+pub const PROXY_KEYS: &[&str] = &["url", "auth", "pass", "tlsca"];
+
+/// The keys of a `serverurl` entry written as an object (anything else is reported as unknown,
+/// as `serverurl[i].key`).
+pub const SERVERURL_KEYS: &[&str] = &["url", "mindiff", "startdiff", "maxdiff", "tls", "proxy_protocol"];
+
+impl Config {
+    /// The options of the listener at `serverurl` index `i` (plain, top-level difficulties when
+    /// the index has none: a socket handed over beyond the configured ones).
+    pub fn listener(&self, i: usize) -> Listener {
+        self.listeners.get(i).cloned().unwrap_or(Listener {
+            tls: false,
+            proxy_protocol: None,
+            mindiff: self.mindiff,
+            startdiff: self.startdiff,
+            maxdiff: self.maxdiff,
+        })
+    }
+}
 
 impl Config {
     /// Loads and validates a config file.

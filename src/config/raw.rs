@@ -10,8 +10,11 @@ use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Btcd, Config, ConfigError, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS};
+use super::{
+    Btcd, Config, ConfigError, Listener, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS, SERVERURL_KEYS,
+};
 use crate::difficulty::{Difficulty, ParseDifficultyError};
+use crate::stratum::proxy_protocol::Accept;
 use crate::stratum::vardiff::VardiffParams;
 
 /// Parses and validates config text (`path` is used in messages).
@@ -88,6 +91,34 @@ enum ServerUrls {
     Many(Vec<Field<String>>),
 }
 
+/// `serverurl`: one `"address:port"` string, or an array of strings and objects
+/// (`{"url": ..., "mindiff": ..., "tls": true, ...}`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ServerEntries {
+    One(String),
+    Many(Vec<Field<RawListen>>),
+}
+
+/// One `serverurl` entry: a string, or an object with the listener's own options.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawListen {
+    Url(String),
+    Entry(Box<RawListenEntry>),
+}
+
+/// A `serverurl` entry written as an object.
+#[derive(Deserialize)]
+pub(super) struct RawListenEntry {
+    url: Option<Field<String>>,
+    mindiff: Option<Field<Decimal>>,
+    startdiff: Option<Field<Decimal>>,
+    maxdiff: Option<Field<Decimal>>,
+    tls: Option<Field<bool>>,
+    proxy_protocol: Option<Field<Value>>,
+}
+
 /// A config file as ckpool names its keys, each read through [`Field`]; [`RawConfig::validate`]
 /// makes the [`Config`]. A key missing or `null` takes its default.
 #[derive(Deserialize)]
@@ -96,7 +127,7 @@ pub(super) struct RawConfig {
     proxy: Option<Field<Vec<Field<RawUpstream>>>>,
     btcaddress: Option<Field<String>>,
     btcsig: Option<Field<String>>,
-    serverurl: Option<Field<ServerUrls>>,
+    serverurl: Option<Field<ServerEntries>>,
     apiurl: Option<Field<ServerUrls>>,
     sv2url: Option<Field<ServerUrls>>,
     sv2_authority_key: Option<Field<String>>,
@@ -118,6 +149,8 @@ pub(super) struct RawConfig {
     stats_interval: Option<Field<u64>>,
     loglevel: Option<Field<String>>,
     donation: Option<Field<Decimal>>,
+    tlscert: Option<Field<String>>,
+    tlskey: Option<Field<String>>,
     // ckpool keys accepted for compatibility: any value, not used (docs/configuration.md).
     #[allow(dead_code)]
     useragent: Option<IgnoredAny>,
@@ -145,6 +178,7 @@ pub(super) struct RawUpstream {
     url: Option<Field<String>>,
     auth: Option<Field<String>>,
     pass: Option<Field<String>>,
+    tlsca: Option<Field<String>>,
 }
 
 /// `(field, "its key")`: the key named in messages is the field's own name.
@@ -301,6 +335,98 @@ fn parse_sv2_listen(s: &str) -> Option<SocketAddr> {
     })
 }
 
+/// A `serverurl` address: `address:port`, `stratum+tcp://address:port`, or
+/// `stratum+tls://address:port` (then `true`: a TLS listener).
+fn parse_server_url(s: &str) -> Option<(SocketAddr, bool)> {
+    match s.trim().strip_prefix("stratum+tls://") {
+        Some(rest) => parse_listen(rest).map(|a| (a, true)),
+        None => parse_listen(s).map(|a| (a, false)),
+    }
+}
+
+/// The difficulty rules between mindiff, startdiff and maxdiff; `key(name)` names each in errors
+/// and `json(name)` gives the value as written.
+fn check_diffs(
+    c: &Ctx,
+    (mindiff, startdiff, maxdiff): (Difficulty, Difficulty, Difficulty),
+    key: impl Fn(&str) -> String,
+    json: impl Fn(&str) -> Value,
+) -> Result<(), ConfigError> {
+    if mindiff.is_zero() {
+        return Err(c.err(&key("mindiff"), &json("mindiff"), "must be above 0 (fractions such as 0.001 are allowed)"));
+    }
+    if startdiff < mindiff {
+        return Err(c.err(&key("startdiff"), &json("startdiff"), format!("must be at least mindiff ({mindiff})")));
+    }
+    if !maxdiff.is_zero() && maxdiff < startdiff {
+        return Err(c.err(
+            &key("maxdiff"),
+            &json("maxdiff"),
+            format!("must be 0 (no maximum) or at least startdiff ({startdiff})"),
+        ));
+    }
+    Ok(())
+}
+
+impl RawListenEntry {
+    /// The entry's address and options; difficulties it does not give are `top`'s.
+    fn validate(
+        &self,
+        c: &Ctx,
+        i: usize,
+        top: (Difficulty, Difficulty, Difficulty),
+    ) -> Result<(SocketAddr, Listener), ConfigError> {
+        let key = |k: &str| format!("serverurl[{i}].{k}");
+        let raw_url = c.string((&self.url, &key("url")), "")?;
+        let (addr, tls_url) = parse_server_url(&raw_url).ok_or_else(|| {
+            c.err(
+                &key("url"),
+                &Value::String(raw_url.clone()),
+                "must be \"address:port\" (or stratum+tcp:// / stratum+tls://address:port)",
+            )
+        })?;
+        let tls = match c.typed((&self.tls, &key("tls")), "must be true or false")? {
+            Some(false) if tls_url => {
+                return Err(c.err(&key("tls"), &Value::Bool(false), "contradicts the stratum+tls:// url"))
+            }
+            Some(t) => *t || tls_url,
+            None => tls_url,
+        };
+        let proxy_protocol = match &self.proxy_protocol {
+            None => None,
+            Some(f) => match &f.json {
+                Value::Null | Value::Bool(false) => None,
+                Value::Bool(true) => Some(Accept::Any),
+                Value::String(v) if v == "any" => Some(Accept::Any),
+                Value::String(v) if v == "v1" => Some(Accept::V1),
+                Value::String(v) if v == "v2" => Some(Accept::V2),
+                Value::Number(n) if n.as_u64() == Some(1) => Some(Accept::V1),
+                Value::Number(n) if n.as_u64() == Some(2) => Some(Accept::V2),
+                other => {
+                    return Err(c.err(
+                        &key("proxy_protocol"),
+                        other,
+                        "must be \"v1\", \"v2\", \"any\" (or true: either version) or false",
+                    ))
+                }
+            },
+        };
+        let d = |(f, k): Key<Decimal>, default| c.difficulty((f, &key(k)), default);
+        let diffs = (d(key!(self.mindiff), top.0)?, d(key!(self.startdiff), top.1)?, d(key!(self.maxdiff), top.2)?);
+        let json = |k: &str| {
+            let f = match k {
+                "mindiff" => &self.mindiff,
+                "startdiff" => &self.startdiff,
+                _ => &self.maxdiff,
+            };
+            // A value not written here is the top-level one: say so.
+            f.as_ref().map_or_else(|| Value::String(format!("{k} (top-level)")), |f| f.json.clone())
+        };
+        check_diffs(c, diffs, key, json)?;
+        Ok((addr, Listener { tls, proxy_protocol, mindiff: diffs.0, startdiff: diffs.1, maxdiff: diffs.2 }))
+    }
+}
+
 impl RawBtcd {
     fn validate(&self, c: &Ctx, i: usize) -> Result<Btcd, ConfigError> {
         let key = |k: &str| format!("btcd[{i}].{k}");
@@ -331,11 +457,24 @@ impl RawUpstream {
         let key = |k: &str| format!("proxy[{i}].{k}");
         let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
         let raw_url = s(key!(self.url))?;
-        let url = raw_url.trim_start_matches("stratum+tcp://").to_string();
+        let (url, tls) = match raw_url.strip_prefix("stratum+tls://") {
+            Some(rest) => (rest.trim_end_matches('/').to_string(), true),
+            None => (raw_url.trim_start_matches("stratum+tcp://").to_string(), false),
+        };
         if !valid_host_port(&url) {
             return Err(c.err(&key("url"), &Value::String(raw_url), "must be host:port of the upstream pool"));
         }
-        Ok(Upstream { url, auth: s(key!(self.auth))?, pass: Secret::new(s(key!(self.pass))?) })
+        let tlsca = s(key!(self.tlsca))?;
+        if !tlsca.is_empty() && !tls {
+            return Err(c.err(&key("tlsca"), &Value::String(tlsca), "is for a stratum+tls:// url only"));
+        }
+        Ok(Upstream {
+            url,
+            auth: s(key!(self.auth))?,
+            pass: Secret::new(s(key!(self.pass))?),
+            tls,
+            tlsca: (!tlsca.is_empty()).then(|| PathBuf::from(tlsca)),
+        })
     }
 }
 
@@ -356,24 +495,6 @@ impl RawConfig {
             .enumerate()
             .map(|(i, e)| e.validate(&c, i))
             .collect::<Result<Vec<_>, _>>()?;
-
-        let serverurl = match c.typed(key!(r.serverurl), "must be an array of \"address:port\" strings")? {
-            None => vec!["0.0.0.0:3333".parse().expect("literal")],
-            Some(ServerUrls::Many(a)) if !a.is_empty() => a
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
-                    u.typed.as_deref().and_then(parse_listen).ok_or_else(|| {
-                        c.err(&format!("serverurl[{i}]"), &u.json, "must be \"address:port\", e.g. \"0.0.0.0:3333\"")
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(ServerUrls::One(s)) => vec![parse_listen(s)
-                .ok_or_else(|| c.err("serverurl", &Value::String(s.clone()), "must be \"address:port\""))?],
-            Some(ServerUrls::Many(_)) => {
-                return Err(c.err("serverurl", &Value::Array(vec![]), "must be an array of \"address:port\" strings"))
-            }
-        };
 
         // The operator's API: off unless given (an empty string or list: off too).
         let api_rule = "must be \"address:port\", e.g. \"127.0.0.1:3380\"";
@@ -424,18 +545,70 @@ impl RawConfig {
         let mindiff = c.difficulty(key!(r.mindiff), Difficulty::ONE)?;
         let startdiff = c.difficulty(key!(r.startdiff), Difficulty::from_integer(42))?;
         let maxdiff = c.difficulty(key!(r.maxdiff), Difficulty::ZERO)?;
-        if mindiff.is_zero() {
-            return Err(c.err("mindiff", &json(&r.mindiff), "must be above 0 (fractions such as 0.001 are allowed)"));
-        }
-        if startdiff < mindiff {
-            return Err(c.err("startdiff", &json(&r.startdiff), format!("must be at least mindiff ({mindiff})")));
-        }
-        if !maxdiff.is_zero() && maxdiff < startdiff {
-            return Err(c.err(
-                "maxdiff",
-                &json(&r.maxdiff),
-                format!("must be 0 (no maximum) or at least startdiff ({startdiff})"),
-            ));
+        check_diffs(&c, (mindiff, startdiff, maxdiff), str::to_string, |k| match k {
+            "mindiff" => json(&r.mindiff),
+            "startdiff" => json(&r.startdiff),
+            _ => json(&r.maxdiff),
+        })?;
+
+        let top = (mindiff, startdiff, maxdiff);
+        let plain = |tls| Listener { tls, proxy_protocol: None, mindiff, startdiff, maxdiff };
+        let url_rule = "must be \"address:port\", e.g. \"0.0.0.0:3333\" (or stratum+tls://address:port)";
+        let (serverurl, listeners): (Vec<SocketAddr>, Vec<Listener>) =
+            match c.typed(key!(r.serverurl), "must be an array of \"address:port\" strings or objects")? {
+                None => (vec!["0.0.0.0:3333".parse().expect("literal")], vec![plain(false)]),
+                Some(ServerEntries::Many(a)) if !a.is_empty() => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| match (&u.typed, &u.json) {
+                        (Some(RawListen::Url(s)), _) => parse_server_url(s)
+                            .map(|(a, tls)| (a, plain(tls)))
+                            .ok_or_else(|| c.err(&format!("serverurl[{i}]"), &u.json, url_rule)),
+                        (Some(RawListen::Entry(e)), Value::Object(o)) => {
+                            unknown_keys.extend(
+                                o.keys()
+                                    .filter(|k| !SERVERURL_KEYS.contains(&k.as_str()))
+                                    .map(|k| format!("serverurl[{i}].{k}")),
+                            );
+                            e.validate(&c, i, top)
+                        }
+                        _ => Err(c.err(
+                            &format!("serverurl[{i}]"),
+                            &u.json,
+                            "must be \"address:port\" or an object {\"url\": \"address:port\", ...}",
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .unzip(),
+                Some(ServerEntries::One(s)) => {
+                    let (a, tls) =
+                        parse_server_url(s).ok_or_else(|| c.err("serverurl", &Value::String(s.clone()), url_rule))?;
+                    (vec![a], vec![plain(tls)])
+                }
+                Some(ServerEntries::Many(_)) => {
+                    return Err(c.err(
+                        "serverurl",
+                        &Value::Array(vec![]),
+                        "must be an array of \"address:port\" strings or objects",
+                    ))
+                }
+            };
+        let path_of = |k: Key<String>| -> Result<Option<PathBuf>, ConfigError> {
+            let p = c.string(k, "")?;
+            Ok((!p.is_empty()).then(|| PathBuf::from(p)))
+        };
+        let (tlscert, tlskey) = (path_of(key!(r.tlscert))?, path_of(key!(r.tlskey))?);
+        if let Some(i) = listeners.iter().position(|l| l.tls) {
+            for (k, v) in [("tlscert", &tlscert), ("tlskey", &tlskey)] {
+                if v.is_none() {
+                    return Err(c.err(
+                        k,
+                        &Value::Null,
+                        format!("serverurl[{i}] is a TLS listener: give the PEM file path in \"{k}\""),
+                    ));
+                }
+            }
         }
 
         const MASK_RULE: &str = "must be a hex string such as \"1fffe000\"";
@@ -492,6 +665,9 @@ impl RawConfig {
             btcaddress: c.string(key!(r.btcaddress), "")?.trim().to_string(),
             btcsig: c.string(key!(r.btcsig), "")?,
             serverurl,
+            listeners,
+            tlscert,
+            tlskey,
             apiurl,
             sv2url,
             sv2_authority_key,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::de::{DeserializeOwned, Deserializer};
 
-use super::raw::{RawBtcd, RawConfig, RawUpstream};
+use super::raw::{RawBtcd, RawConfig, RawListenEntry, RawUpstream};
 use super::*;
 use crate::difficulty::Difficulty;
 use crate::stratum::vardiff::VardiffParams;
@@ -137,6 +137,11 @@ fn configuration_doc_and_known_keys_agree() {
     same_keys("top level", (doc, &documented_keys("Keys")), ("KNOWN_KEYS", KNOWN_KEYS));
     same_keys("btcd entry", (doc, &documented_keys("Keys of a `btcd` entry")), ("BTCD_KEYS", BTCD_KEYS));
     same_keys("proxy entry", (doc, &documented_keys("Keys of a `proxy` entry")), ("PROXY_KEYS", PROXY_KEYS));
+    same_keys(
+        "serverurl entry",
+        (doc, &documented_keys("Keys of a `serverurl` entry")),
+        ("SERVERURL_KEYS", SERVERURL_KEYS),
+    );
     // A key unknown to the parser is reported, so the list above is the one the parser uses.
     let c = Config::parse("{\"not_a_key\": 1}", Path::new("t.conf")).unwrap();
     assert_eq!(c.unknown_keys, ["not_a_key"]);
@@ -179,6 +184,7 @@ fn known_keys_are_the_raw_structs_fields() {
     same_keys("top level", (serde, &fields_of::<RawConfig>()), ("KNOWN_KEYS", KNOWN_KEYS));
     same_keys("btcd entry", (serde, &fields_of::<RawBtcd>()), ("BTCD_KEYS", BTCD_KEYS));
     same_keys("proxy entry", (serde, &fields_of::<RawUpstream>()), ("PROXY_KEYS", PROXY_KEYS));
+    same_keys("serverurl entry", (serde, &fields_of::<RawListenEntry>()), ("SERVERURL_KEYS", SERVERURL_KEYS));
 }
 
 /// A value of the wrong type is our message (file, key, value, rule), not serde's: one case
@@ -232,17 +238,62 @@ fn wrong_types_are_named_by_key_and_rule() {
             format!(r#"{{{p}, "pass": 1234}}]}}"#),
             r#""proxy[0].pass" = "<redacted>": must be a string"#,
         ),
+        (
+            "proxy[0].tlsca",
+            r#"{"proxy": [{"url": "stratum+tls://h:1", "tlsca": 5}]}"#.into(),
+            r#""proxy[0].tlsca" = 5: must be a string"#,
+        ),
+        (
+            "serverurl[0].url",
+            r#"{"serverurl": [{"url": 3333}]}"#.into(),
+            r#""serverurl[0].url" = 3333: must be a string"#,
+        ),
+        (
+            "serverurl[0].mindiff",
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "mindiff": true}]}"#.into(),
+            r#""serverurl[0].mindiff" = true: must be a difficulty >= 0, fractions allowed (difficulty "true" is not a decimal number)"#,
+        ),
+        (
+            "serverurl[0].startdiff",
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "startdiff": [1]}]}"#.into(),
+            r#""serverurl[0].startdiff" = [1]: must be a difficulty >= 0, fractions allowed (difficulty "[1]" is not a decimal number)"#,
+        ),
+        (
+            "serverurl[0].maxdiff",
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "maxdiff": {}}]}"#.into(),
+            r#""serverurl[0].maxdiff" = {}: must be a difficulty >= 0, fractions allowed (difficulty "{}" is not a decimal number)"#,
+        ),
+        (
+            "serverurl[0].tls",
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "tls": 1}]}"#.into(),
+            r#""serverurl[0].tls" = 1: must be true or false"#,
+        ),
+        (
+            "serverurl[0].proxy_protocol",
+            r#"{"serverurl": [{"url": "127.0.0.1:1", "proxy_protocol": [2]}]}"#.into(),
+            r#""serverurl[0].proxy_protocol" = [2]: must be "v1", "v2", "any" (or true: either version) or false"#,
+        ),
         ("btcaddress", r#"{"btcaddress": 1}"#.into(), r#""btcaddress" = 1: must be a string"#),
         ("btcsig", r#"{"btcsig": ["/x/"]}"#.into(), r#""btcsig" = ["/x/"]: must be a string"#),
         (
             "serverurl",
             r#"{"serverurl": 3333}"#.into(),
-            r#""serverurl" = 3333: must be an array of "address:port" strings"#,
+            r#""serverurl" = 3333: must be an array of "address:port" strings or objects"#,
         ),
         (
             "serverurl[1]",
             r#"{"serverurl": ["127.0.0.1:3333", 3334]}"#.into(),
-            r#""serverurl[1]" = 3334: must be "address:port", e.g. "0.0.0.0:3333""#,
+            r#""serverurl[1]" = 3334: must be "address:port" or an object {"url": "address:port", ...}"#,
+        ),
+        (
+            "tlscert",
+            r#"{"serverurl": ["stratum+tls://127.0.0.1:3333"], "tlscert": ["a.pem"]}"#.into(),
+            r#""tlscert" = ["a.pem"]: must be a string"#,
+        ),
+        (
+            "tlskey",
+            r#"{"serverurl": ["stratum+tls://127.0.0.1:3333"], "tlscert": "a.pem", "tlskey": 1}"#.into(),
+            r#""tlskey" = 1: must be a string"#,
         ),
         ("apiurl", r#"{"apiurl": 3380}"#.into(), r#""apiurl" = 3380: must be "address:port" or an array of them"#),
         (
@@ -336,7 +387,7 @@ fn wrong_types_are_named_by_key_and_rule() {
     for k in KNOWN_KEYS.iter().filter(|k| !compat.contains(k)) {
         assert!(named.contains(k), "no wrong-type case for {k}");
     }
-    for (entry, keys) in [("btcd[0]", BTCD_KEYS), ("proxy[0]", PROXY_KEYS)] {
+    for (entry, keys) in [("btcd[0]", BTCD_KEYS), ("proxy[0]", PROXY_KEYS), ("serverurl[0]", SERVERURL_KEYS)] {
         for k in keys {
             assert!(named.contains(&format!("{entry}.{k}").as_str()), "no wrong-type case for {entry}.{k}");
         }
@@ -358,9 +409,14 @@ fn proxy_entries_are_strict() {
     .unwrap();
     assert_eq!(
         c.proxy[0],
-        Upstream { url: "pool.example:3333".into(), auth: "addr.worker".into(), pass: Secret::new("x") }
+        Upstream {
+            url: "pool.example:3333".into(),
+            auth: "addr.worker".into(),
+            pass: Secret::new("x"),
+            ..Upstream::default()
+        }
     );
-    assert_eq!(c.proxy[1], Upstream { url: "[::1]:3334".into(), auth: String::new(), pass: Secret::new("") });
+    assert_eq!(c.proxy[1], Upstream { url: "[::1]:3334".into(), ..Upstream::default() });
     c.require_proxy().unwrap();
     for url in ["pool.example", "pool.example:0", "pool.example:x", "pool.example:3333/", ":3333", "pool example:1", ""]
     {
@@ -427,4 +483,124 @@ fn guide_proxy_config_parses() {
     c.require_proxy().unwrap();
     assert_eq!(c.proxy[0].url, "localhost:3334");
     assert_eq!(c.proxy[0].auth, "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn.me@example.org");
+}
+
+/// `serverurl` entries as objects: each listener's own difficulties, TLS and PROXY protocol,
+/// the rest inherited; errors name the entry and key; plain strings as before.
+#[test]
+fn serverurl_entries_as_objects() {
+    use crate::stratum::proxy_protocol::Accept;
+    let text = r#"{"mindiff": 2, "startdiff": 42, "maxdiff": 0,
+        "serverurl": ["0.0.0.0:3333",
+            {"url": "0.0.0.0:3334", "mindiff": 10000, "startdiff": 20000, "maxdiff": 0, "tls": true, "proxy_protocol": "v2"},
+            "stratum+tls://127.0.0.1:3443",
+            {"url": "stratum+tcp://127.0.0.1:3335", "startdiff": 0.5, "mindiff": 0.001, "proxy_protocol": true, "colour": 1}],
+        "tlscert": "/etc/ckpool/cert.pem", "tlskey": "/etc/ckpool/key.pem"}"#;
+    let c = Config::parse(text, Path::new("x")).unwrap();
+    assert_eq!(c.serverurl.len(), 4);
+    assert_eq!(c.serverurl[1], "0.0.0.0:3334".parse().unwrap());
+    assert_eq!(c.listeners.len(), 4);
+    let d = |s: &str| s.parse::<Difficulty>().unwrap();
+    assert_eq!(
+        c.listeners[0],
+        Listener { tls: false, proxy_protocol: None, mindiff: d("2"), startdiff: d("42"), maxdiff: Difficulty::ZERO }
+    );
+    assert_eq!(
+        c.listeners[1],
+        Listener {
+            tls: true,
+            proxy_protocol: Some(Accept::V2),
+            mindiff: d("10000"),
+            startdiff: d("20000"),
+            maxdiff: Difficulty::ZERO
+        }
+    );
+    assert!(c.listeners[2].tls && c.listeners[2].startdiff == d("42"));
+    assert_eq!((c.listeners[3].proxy_protocol, c.listeners[3].startdiff), (Some(Accept::Any), d("0.5")));
+    assert_eq!(c.unknown_keys, ["serverurl[3].colour"]);
+    assert_eq!(c.tlscert.as_deref(), Some(Path::new("/etc/ckpool/cert.pem")));
+    assert_eq!(c.listener(7), c.listeners[0], "a listener beyond the entries is plain, top-level difficulties");
+    // The guide's plain string entries: plain listeners with the top-level difficulties.
+    let g = Config::parse(GUIDE_CKPOOL_CONF, Path::new("x")).unwrap();
+    assert_eq!(g.listeners, vec![g.listener(9)]);
+    assert!(!g.listeners[0].tls && g.listeners[0].proxy_protocol.is_none() && g.tlscert.is_none());
+
+    let p = Path::new("t.conf");
+    for (text, message) in [
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:1", "mindiff": 100}]}"#,
+            r#""serverurl[0].startdiff" = "startdiff (top-level)": must be at least mindiff (100)"#,
+        ),
+        (
+            r#"{"serverurl": ["0.0.0.0:1", {"url": "0.0.0.0:2", "mindiff": 0}]}"#,
+            r#""serverurl[1].mindiff" = 0: must be above 0"#,
+        ),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": 50, "maxdiff": 10}]}"#,
+            r#""serverurl[0].maxdiff" = 10: must be 0 (no maximum) or at least startdiff (50)"#,
+        ),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": "x"}]}"#,
+            r#""serverurl[0].startdiff" = "x": must be a difficulty"#,
+        ),
+        (r#"{"serverurl": [{"mindiff": 1}]}"#, r#""serverurl[0].url" = "": must be "address:port""#),
+        (r#"{"serverurl": [{"url": "nope"}]}"#, r#""serverurl[0].url" = "nope""#),
+        (r#"{"serverurl": [{"url": 3333}]}"#, r#""serverurl[0].url" = 3333: must be a string"#),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "tls": "yes"}]}"#,
+            r#""serverurl[0].tls" = "yes": must be true or false"#,
+        ),
+        (
+            r#"{"serverurl": [{"url": "stratum+tls://0.0.0.0:2", "tls": false}]}"#,
+            r#""serverurl[0].tls" = false: contradicts the stratum+tls:// url"#,
+        ),
+        (
+            r#"{"serverurl": [{"url": "0.0.0.0:2", "proxy_protocol": "v3"}]}"#,
+            r#""serverurl[0].proxy_protocol" = "v3": must be "v1", "v2", "any" (or true: either version) or false"#,
+        ),
+        (r#"{"serverurl": [["0.0.0.0:2"]]}"#, r#""serverurl[0]" = ["0.0.0.0:2"]: must be "address:port" or an object"#),
+        (
+            r#"{"serverurl": ["0.0.0.0:1", {"url": "0.0.0.0:2", "tls": true}]}"#,
+            r#""tlscert" = null: serverurl[1] is a TLS listener: give the PEM file path in "tlscert""#,
+        ),
+        (
+            r#"{"serverurl": "stratum+tls://0.0.0.0:2", "tlscert": "c.pem"}"#,
+            r#""tlskey" = null: serverurl[0] is a TLS listener: give the PEM file path in "tlskey""#,
+        ),
+    ] {
+        let e = Config::parse(text, p).unwrap_err().to_string();
+        assert!(e.contains(message), "{text}:\n{e}\nwanted: {message}");
+    }
+}
+
+/// A `proxy` entry's `stratum+tls://` url and `tlsca`.
+#[test]
+fn proxy_entries_with_tls() {
+    let text = r#"{"proxy": [
+        {"url": "stratum+tls://pool.example.org:3443", "auth": "a", "pass": "x", "tlsca": "/etc/ckpool/pool-ca.pem"},
+        {"url": "stratum+tls://127.0.0.1:3443/", "auth": "a", "pass": "x"},
+        {"url": "stratum+tcp://127.0.0.1:3333", "auth": "a", "pass": "x"}]}"#;
+    let c = Config::parse(text, Path::new("x")).unwrap();
+    assert_eq!(c.proxy[0].url, "pool.example.org:3443");
+    assert!(c.proxy[0].tls);
+    assert_eq!(c.proxy[0].tlsca.as_deref(), Some(Path::new("/etc/ckpool/pool-ca.pem")));
+    assert_eq!((c.proxy[1].url.as_str(), c.proxy[1].tls, c.proxy[1].tlsca.is_none()), ("127.0.0.1:3443", true, true));
+    assert!(!c.proxy[2].tls);
+    for (text, message) in [
+        (
+            r#"{"proxy": [{"url": "127.0.0.1:3333", "tlsca": "ca.pem"}]}"#,
+            r#""proxy[0].tlsca" = "ca.pem": is for a stratum+tls:// url only"#,
+        ),
+        (
+            r#"{"proxy": [{"url": "stratum+tls://127.0.0.1:3333", "tlsca": 5}]}"#,
+            r#""proxy[0].tlsca" = 5: must be a string"#,
+        ),
+        (
+            r#"{"proxy": [{"url": "stratum+tls://nohost"}]}"#,
+            r#""proxy[0].url" = "stratum+tls://nohost": must be host:port"#,
+        ),
+    ] {
+        let e = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
+        assert!(e.contains(message), "{text}:\n{e}");
+    }
 }

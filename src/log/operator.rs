@@ -154,7 +154,10 @@ pub struct LogGuard {
 
 /// Installs the global subscriber; `file` None logs to stderr only.
 pub fn init(file: Option<&Path>, level: Option<&str>, quiet: bool) -> io::Result<Option<LogGuard>> {
-    let filter = EnvFilter::try_new(level_filter(level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls logs every handshake step at debug: the operator log keeps one line per event (our
+    // own handshake failure line), so its messages come in at warn and above only.
+    let filter = EnvFilter::try_new(format!("rustls=warn,{}", level_filter(level)))
+        .unwrap_or_else(|_| EnvFilter::new("rustls=warn,info"));
     match file {
         Some(path) => {
             let f = ReopenableFile::open(path)?;

@@ -131,6 +131,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.require_pool()?;
     let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let api_listeners = listeners.take("apiurl");
     let listeners_sv2 = listeners.take("sv2url");
     let listeners =
@@ -203,7 +205,7 @@ pub async fn run(
         upstream: None,
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
-    fe.serve(listeners, cfg.maxclients);
+    fe.serve(listeners, tls, cfg.maxclients);
     if let Some(sv2) = sv2 {
         fe.serve_sv2(sv2, cfg.maxclients);
     }

@@ -25,6 +25,8 @@ pub async fn run(
     events: Arc<dyn Events>,
 ) -> anyhow::Result<()> {
     cfg.require_proxy()?;
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let api_listeners = listeners.take("apiurl");
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
@@ -83,7 +85,7 @@ pub async fn run(
         }),
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
-    fe.serve(listeners, cfg.maxclients);
+    fe.serve(listeners, tls, cfg.maxclients);
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",
         first.job.coinbase.nonce2_len,

@@ -156,12 +156,25 @@ impl UpstreamClient {
     }
 
     async fn session(&mut self, addr: &str, entry: &Upstream, idx: usize, shutdown: &mut watch::Receiver<bool>) -> End {
-        let stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Failed(format!("cannot connect: {e}")),
-            Err(_) => return End::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
+        let mut up = if entry.tls {
+            // stratum+tls://: a certificate the entry's tlsca (or the webpki roots) does not
+            // vouch for makes this upstream dead, like a refused connection.
+            let config = match crate::tls::client_config(entry.tlsca.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return End::Failed(format!("{e:#}")),
+            };
+            match timeout(CONNECT_TIMEOUT + crate::tls::HANDSHAKE_TIMEOUT, Client::connect_tls(addr, config)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return End::Failed(format!("{e:#}")),
+                Err(_) => return End::Failed(format!("no TLS connection within {CONNECT_TIMEOUT:?}")),
+            }
+        } else {
+            match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => Client::new(s),
+                Ok(Err(e)) => return End::Failed(format!("cannot connect: {e}")),
+                Err(_) => return End::Failed(format!("no connection within {CONNECT_TIMEOUT:?}")),
+            }
         };
-        let mut up = Client::new(stream);
         // Pipelined: a pool that ignores configure still answers the other two.
         up.send_configure(self.version_mask);
         up.send_subscribe(concat!("ckpool-rs-proxy/", env!("CARGO_PKG_VERSION")), None);
@@ -214,7 +227,7 @@ impl UpstreamClient {
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = probe.tick(), if idx != 0 => {
-                    if let Ok(Ok(_)) = timeout(Duration::from_secs(3), TcpStream::connect(&self.entries[0].url)).await {
+                    if self.primary_answers().await {
                         // Shares queued for this upstream are still due to it: written before leaving.
                         let _ = timeout(Duration::from_secs(2), up.flush()).await;
                         return End::Primary;
@@ -229,6 +242,17 @@ impl UpstreamClient {
                 }
             }
         }
+    }
+
+    /// Whether the first entry takes connections again: a TCP connect, or for `stratum+tls://`
+    /// a whole TLS handshake (a pool whose certificate is refused is not back).
+    async fn primary_answers(&self) -> bool {
+        let p = &self.entries[0];
+        if !p.tls {
+            return matches!(timeout(Duration::from_secs(3), TcpStream::connect(&p.url)).await, Ok(Ok(_)));
+        }
+        let Ok(config) = crate::tls::client_config(p.tlsca.as_deref()) else { return false };
+        matches!(timeout(Duration::from_secs(5), crate::tls::connect(&p.url, config)).await, Ok(Ok(_)))
     }
 
     /// One upstream line; `Some` ends the session.
@@ -410,7 +434,8 @@ mod tests {
         let (work_tx, mut work_rx) = watch::channel(None);
         let (share_tx, share_rx) = mpsc::channel(4);
         let (mask_tx, mask_rx) = watch::channel(0);
-        let entry = Upstream { url, auth: "up.user".into(), pass: crate::config::Secret::new("x") };
+        let entry =
+            Upstream { url, auth: "up.user".into(), pass: crate::config::Secret::new("x"), ..Upstream::default() };
         let client = UpstreamClient::new(vec![entry], 0x1fffe000, work_tx, share_rx, mask_tx);
         let counters = client.counters.clone();
         let (_stop_tx, stop_rx) = watch::channel(false);

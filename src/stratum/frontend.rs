@@ -47,6 +47,11 @@ pub struct FrontEnd {
     server_task: Option<JoinHandle<()>>,
     sv2_task: Option<JoinHandle<()>>,
     writers: Writers,
+    /// Each `serverurl` entry's options, index for index; a listener beyond them is plain.
+    listeners: Vec<crate::config::Listener>,
+    default_listener: crate::config::Listener,
+    /// The TLS listeners' certificate (reloadable: [`FrontEnd::reload_tls`]).
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 /// The share log thread and statistics task, drained last.
@@ -99,12 +104,26 @@ impl FrontEnd {
             server_task: None,
             sv2_task: None,
             writers: Writers { share_thread, stats_task },
+            listeners: cfg.listeners.clone(),
+            default_listener: cfg.listener(usize::MAX),
+            tls: None,
         }
     }
 
-    /// Accepts miners on every listener (within `maxclients`, 0 = no limit) until shutdown.
-    pub fn serve(&mut self, listeners: Vec<TcpListener>, maxclients: usize) {
-        self.server_task = Some(tokio::spawn(server::serve(self.ctx.clone(), listeners, maxclients)));
+    /// Accepts miners on every listener (within `maxclients`, 0 = no limit) until shutdown;
+    /// listener `i` gets the `i`-th `serverurl` entry's options, TLS ones `tls`'s certificate
+    /// (loaded at start: [`crate::tls::TlsServer::from_config`]).
+    pub fn serve(&mut self, listeners: Vec<TcpListener>, tls: Option<Arc<crate::tls::TlsServer>>, maxclients: usize) {
+        self.tls = tls.clone();
+        let (opts, default) = (self.listeners.clone(), self.default_listener.clone());
+        let options = move |i: usize| opts.get(i).cloned().unwrap_or_else(|| default.clone());
+        self.server_task = Some(tokio::spawn(server::serve(self.ctx.clone(), listeners, options, tls, maxclients)));
+    }
+
+    /// Reads the TLS listeners' `tlscert` / `tlskey` again (for SIGHUP): new handshakes use the
+    /// new pair; on error the old one stays and the error says why. Without TLS listeners: Ok.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        self.tls.as_ref().map_or(Ok(()), |t| t.reload())
     }
 
     /// Accepts Stratum V2 connections on `sv2`'s listeners (within `maxclients` of their own).

@@ -106,6 +106,14 @@ impl LineReader {
         r
     }
 
+    /// Reads once from `r` into the buffer (a TLS stream, which has no readiness to wait on):
+    /// the bytes read, 0 at end of stream. Cancel-safe.
+    pub async fn read_some<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<usize> {
+        self.compact();
+        self.reserve();
+        r.read_buf(&mut self.buf).await
+    }
+
     /// Reads until a full line is buffered. Cancel-safe.
     pub async fn next_line<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Line> {
         loop {

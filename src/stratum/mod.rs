@@ -3,6 +3,7 @@
 pub mod frontend;
 pub mod lines;
 pub mod proto;
+pub mod proxy_protocol;
 pub mod server;
 pub mod session;
 
@@ -153,6 +154,11 @@ pub struct ServerCtx {
 }
 
 impl SessionParams {
+    /// What a miner's channel is opened with on a listener with its own difficulties.
+    pub fn channel_with(&self, l: &crate::config::Listener) -> ChannelParams {
+        ChannelParams { mindiff: l.mindiff, startdiff: l.startdiff, maxdiff: l.maxdiff, ..self.channel() }
+    }
+
     /// What each miner's mining-core channel is opened with.
     pub fn channel(&self) -> ChannelParams {
         let (mindiff, startdiff, maxdiff, vardiff) = match &self.live {

@@ -1,20 +1,85 @@
-//! Listeners: accept miners on every `serverurl`, one task each, within `maxclients`.
+//! Listeners: accept miners on every `serverurl`, one task each, within `maxclients`. A
+//! connection's path: accept → PROXY protocol header (listeners that ask for it: the miner's
+//! own address replaces the load balancer's) → TLS handshake (TLS listeners) → extranonce1 →
+//! session with the listener's difficulties. A failed header or handshake is one log line and
+//! the connection is closed; nothing else is spent on it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::lines::LineReader;
+use super::proxy_protocol::{self, Header};
 use super::session::Session;
 use super::ServerCtx;
+use crate::config::Listener;
+use crate::tls::TlsServer;
+
+/// A miner's connection: plain TCP, or TLS over TCP.
+pub enum MinerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl MinerStream {
+    /// Reads what has arrived into `reader`. A plain socket is waited on for readiness and then
+    /// read without blocking (an idle miner holds no read buffer); TLS reads through rustls.
+    /// Cancel-safe. `Ok(0)`: closed; `WouldBlock`: spurious readiness.
+    pub async fn read_into(&mut self, reader: &mut LineReader) -> std::io::Result<usize> {
+        match self {
+            MinerStream::Plain(s) => {
+                s.readable().await?;
+                reader.read_ready(s)
+            }
+            MinerStream::Tls(t) => match reader.read_some(t).await {
+                // A client that closes without TLS close_notify has still just closed.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl AsyncRead for MinerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MinerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MinerStream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MinerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MinerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MinerStream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MinerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MinerStream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MinerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MinerStream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Binds every address (with SO_REUSEADDR, so a restart does not wait for TIME_WAIT).
 pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
@@ -82,7 +147,7 @@ impl Refusals {
         Refusals { local: local.to_string(), last_log: None, unlogged: 0, answering: Arc::new(Semaphore::new(64)) }
     }
 
-    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, held: usize, nonce1_len: usize) {
+    fn refuse(&mut self, stream: MinerStream, peer: SocketAddr, held: usize, nonce1_len: usize) {
         self.unlogged += 1;
         if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             tracing::warn!(
@@ -104,8 +169,8 @@ impl Refusals {
 }
 
 /// Reads the miner's first request (at most 4 KB) and answers it: the pool is full.
-async fn answer_full(stream: TcpStream, held: usize) {
-    let (rd, mut wr) = stream.into_split();
+async fn answer_full(stream: MinerStream, held: usize) {
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut line = String::new();
     let mut rd = BufReader::new(rd.take(4096));
     let _ = rd.read_line(&mut line).await;
@@ -122,26 +187,86 @@ async fn answer_full(stream: TcpStream, held: usize) {
     let _ = wr.shutdown().await;
 }
 
-/// Accepts miners until shutdown, then waits (bounded) for sessions to end.
-pub async fn serve(ctx: Arc<ServerCtx>, listeners: Vec<TcpListener>, maxclients: usize) {
+/// Accepts miners until shutdown, then waits (bounded) for sessions to end. `options(i)` gives
+/// the `i`-th listener's options (TLS, PROXY protocol, difficulties); `tls` serves the TLS ones.
+pub async fn serve(
+    ctx: Arc<ServerCtx>,
+    listeners: Vec<TcpListener>,
+    options: impl Fn(usize) -> Listener,
+    tls: Option<Arc<TlsServer>>,
+    maxclients: usize,
+) {
     let limit = Arc::new(Semaphore::new(if maxclients == 0 { Semaphore::MAX_PERMITS } else { maxclients }));
     let mut tasks = JoinSet::new();
-    for l in listeners {
-        let ctx = ctx.clone();
-        let limit = limit.clone();
-        tasks.spawn(accept_loop(ctx, l, limit));
+    for (i, l) in listeners.into_iter().enumerate() {
+        let opts = options(i);
+        let tls = match (opts.tls, &tls) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t.clone()),
+            (true, None) => {
+                tracing::error!("listener {i} asks for TLS but no certificate is loaded: not serving it");
+                continue;
+            }
+        };
+        let run = ListenerRun::new(&ctx, opts, tls, l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        if let Some(d) = run.describe(&ctx) {
+            tracing::info!("listener {}: {d}", run.local);
+        }
+        tasks.spawn(accept_loop(ctx.clone(), l, Arc::new(run), limit.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Semaphore>) {
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+/// What one listener's connections share.
+struct ListenerRun {
+    opts: Listener,
+    tls: Option<Arc<TlsServer>>,
+    local: String,
+    /// Where the next extranonce1 search starts (moved under `ctx.enonces`' lock).
+    next_en1: AtomicU64,
+    mask: u64,
+    refused: Mutex<Refusals>,
+}
+
+impl ListenerRun {
+    fn new(ctx: &ServerCtx, opts: Listener, tls: Option<Arc<TlsServer>>, local: String) -> ListenerRun {
+        let n1 = ctx.params.nonce1_len;
+        ListenerRun {
+            opts,
+            tls,
+            next_en1: AtomicU64::new(random_u64()),
+            mask: if n1 >= 8 { u64::MAX } else { (1u64 << (8 * n1)) - 1 },
+            refused: Mutex::new(Refusals::new(&local)),
+            local,
+        }
+    }
+
+    /// Its options for the log, when it has any beyond a plain listener's.
+    fn describe(&self, ctx: &ServerCtx) -> Option<String> {
+        let o = &self.opts;
+        let p = &ctx.params;
+        let own_diff = (o.mindiff, o.startdiff, o.maxdiff) != (p.mindiff, p.startdiff, p.maxdiff);
+        if !o.tls && o.proxy_protocol.is_none() && !own_diff {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if o.tls {
+            parts.push("TLS".to_string());
+        }
+        if let Some(a) = o.proxy_protocol {
+            parts.push(format!("PROXY protocol {} required", a.name()));
+        }
+        let max = if o.maxdiff.is_zero() { "none".to_string() } else { o.maxdiff.to_string() };
+        parts.push(format!("mindiff {} startdiff {} maxdiff {max}", o.mindiff, o.startdiff));
+        Some(parts.join(", "))
+    }
+}
+
+async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<ListenerRun>, limit: Arc<Semaphore>) {
+    let local = run.local.clone();
     let mut shutdown = ctx.shutdown.clone();
-    let mut next_en1 = random_u64();
-    let mask = if ctx.params.nonce1_len >= 8 { u64::MAX } else { (1u64 << (8 * ctx.params.nonce1_len)) - 1 };
     let mut backoff = Duration::from_millis(10);
     let mut sessions = JoinSet::new();
-    let mut refused = Refusals::new(&local);
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -164,24 +289,30 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
                 continue;
             }
         };
-        // A fresh extranonce1 not held by a live session; none when the space is full.
-        let taken = {
-            let mut set = ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-            take_en1(&mut set, &mut next_en1, mask).ok_or(set.len())
-        };
-        let key = match taken {
-            Ok(key) => key,
-            Err(held) => {
-                drop(permit);
-                refused.refuse(stream, peer, held, ctx.params.nonce1_len);
-                continue;
-            }
-        };
-        let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-        let session = Box::new(Session::new(ctx.clone(), id, peer, key));
-        let ctx2 = ctx.clone();
-        ctx2.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
+            let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };
+            // A fresh extranonce1 not held by a live session; none when the space is full.
+            let taken = {
+                let mut set = ctx2.enonces.lock().unwrap_or_else(|p| p.into_inner());
+                let mut next = run2.next_en1.load(Ordering::Relaxed);
+                let r = take_en1(&mut set, &mut next, run2.mask).ok_or(set.len());
+                run2.next_en1.store(next, Ordering::Relaxed);
+                r
+            };
+            let key = match taken {
+                Ok(key) => key,
+                Err(held) => {
+                    drop(permit);
+                    let mut r = run2.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    r.refuse(stream, peer, held, ctx2.params.nonce1_len);
+                    return;
+                }
+            };
+            let id = ctx2.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
+            let params = ctx2.params.channel_with(&run2.opts);
+            let session = Box::new(Session::new(ctx2.clone(), id, peer, key, params));
+            ctx2.counters.connections.fetch_add(1, Ordering::Relaxed);
             session.run(stream).await;
             ctx2.counters.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
@@ -190,6 +321,39 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Sema
     }
     // Shutdown: sessions see the same signal; give them a moment to flush.
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while sessions.join_next().await.is_some() {} }).await;
+}
+
+/// The connection's way in before the session: its PROXY header (the miner's own address
+/// becomes `peer`) and its TLS handshake, as the listener asks. `None`: refused (logged once).
+async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> Option<(MinerStream, SocketAddr)> {
+    let _ = stream.set_nodelay(true);
+    let mut peer = peer;
+    if let Some(accept) = run.opts.proxy_protocol {
+        match proxy_protocol::read_header(&mut stream, accept).await {
+            Ok(Header::Proxy { src, dst, version }) => {
+                tracing::debug!("PROXY v{version} on {}: client {src} (to {dst}) via {peer}", run.local);
+                peer = src;
+            }
+            Ok(Header::Local { version }) => {
+                tracing::debug!("PROXY v{version} on {}: LOCAL/UNKNOWN from {peer} (its own address stands)", run.local)
+            }
+            Err(e) => {
+                tracing::warn!("connection from {peer} on {} refused: PROXY protocol: {e}", run.local);
+                return None;
+            }
+        }
+    }
+    let stream = match &run.tls {
+        None => MinerStream::Plain(stream),
+        Some(tls) => match tls.accept(stream).await {
+            Ok(t) => MinerStream::Tls(Box::new(t)),
+            Err(e) => {
+                tracing::info!("TLS handshake with {peer} on {} failed: {e}", run.local);
+                return None;
+            }
+        },
+    };
+    Some((stream, peer))
 }
 
 #[cfg(test)]

@@ -14,16 +14,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::lines::{Line, LineReader};
 use super::proto::{self, code};
+use super::server::MinerStream;
 use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
-use crate::mining::{Channel, Issued};
+use crate::mining::{Channel, ChannelParams, Issued};
 
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
@@ -82,9 +82,11 @@ fn now_unix() -> (u64, u32) {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_key: u64) -> Session {
+    /// A session for the miner at `peer` (its own address, after any PROXY header), opened with
+    /// `params` (its listener's difficulties).
+    pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_key: u64, params: ChannelParams) -> Session {
         let n1 = ctx.params.nonce1_len;
-        let channel = Channel::new(ctx.params.channel(), &en1_key.to_be_bytes()[8 - n1..], 0);
+        let channel = Channel::new(params, &en1_key.to_be_bytes()[8 - n1..], 0);
         let en1_hex: Arc<str> = hex::encode(channel.en1()).into();
         Session {
             ctx,
@@ -165,8 +167,7 @@ impl Session {
 
     /// Serves the connection until it closes, misbehaves or the server shuts down.
     /// Boxed: the session's state lives once on the heap, not twice inside the task's future.
-    pub async fn run(mut self: Box<Self>, mut stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
+    pub async fn run(mut self: Box<Self>, mut stream: MinerStream) {
         let mut reader = LineReader::new(proto::MAX_LINE);
         let mut work_rx = self.ctx.work.clone();
         // Work already published is sent by `maybe_start`; only later changes come through here.
@@ -195,11 +196,8 @@ impl Session {
             let mut outbound_waiting = false;
             tokio::select! {
                 // Wait for data without holding a read buffer: an idle miner keeps none.
-                ready = stream.readable() => {
-                    if let Err(e) = ready {
-                        break End::Kick(format!("read error: {e}"));
-                    }
-                    match reader.read_ready(&stream) {
+                read = stream.read_into(&mut reader) => {
+                    match read {
                         Ok(0) => break End::Closed,
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -261,12 +259,18 @@ impl Session {
     }
 
     /// Writes what the last batch produced, in one write.
-    async fn write_out(&mut self, stream: &mut TcpStream) -> Result<(), End> {
+    async fn write_out(&mut self, stream: &mut MinerStream) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
         if let Err(e) = stream.write_all(&self.out).await {
             return Err(End::Kick(format!("write error: {e}")));
+        }
+        if let MinerStream::Tls(t) = stream {
+            // rustls may keep records it could not write yet: out with them now.
+            if let Err(e) = t.flush().await {
+                return Err(End::Kick(format!("write error: {e}")));
+            }
         }
         if self.must_reconnect {
             return Err(End::Kick(
@@ -445,7 +449,7 @@ impl Session {
 
 /// A lingering close: FIN after the last answer, then the peer's remaining bytes are read and
 /// dropped (at most 256 KiB, 2 s) so that the kernel does not answer them with a reset.
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: MinerStream) {
     use tokio::io::AsyncReadExt;
     let _ = stream.shutdown().await;
     let mut buf = vec![0u8; 4096];

@@ -12,8 +12,12 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -94,9 +98,65 @@ enum Src {
     Reader(Range<usize>),
 }
 
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The read side: a TCP half, or the read half of a TLS stream.
+enum Rd {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream>),
+}
+
+impl AsyncRead for Rd {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Rd::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            Rd::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The write side. TLS: rustls may hold records the socket did not take yet (`dirty`) until
+/// flushed, which the reads do while they wait.
+enum Wr {
+    Plain(OwnedWriteHalf),
+    Tls { w: WriteHalf<TlsStream>, dirty: bool },
+}
+
+impl Wr {
+    /// A write without waiting (TCP only; TLS writes go through `write`).
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wr::Plain(w) => w.try_write(buf),
+            Wr::Tls { .. } => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Whether written bytes may still sit in rustls.
+    fn dirty(&self) -> bool {
+        matches!(self, Wr::Tls { dirty: true, .. })
+    }
+
+    /// Writes some of `buf`, or with nothing to write flushes rustls. Cancel-safe.
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wr::Plain(w) => w.write(buf).await,
+            Wr::Tls { w, dirty } if buf.is_empty() => {
+                w.flush().await?;
+                *dirty = false;
+                Ok(0)
+            }
+            Wr::Tls { w, dirty } => {
+                let n = w.write(buf).await?;
+                *dirty = true;
+                Ok(n)
+            }
+        }
+    }
+}
+
 pub struct Client {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Rd,
+    wr: Wr,
     reader: LineReader,
     /// Queued output and how much of it is written.
     out: Vec<u8>,
@@ -115,9 +175,38 @@ impl Client {
         Ok(Client::new(TcpStream::connect(addr).await?))
     }
 
+    /// Connects over TLS (`stratum+tls://`), checking the server's certificate against `config`'s
+    /// roots; errors name the step that failed (certificate errors with rustls's reason).
+    pub async fn connect_tls(hostport: &str, config: Arc<rustls::ClientConfig>) -> anyhow::Result<Client> {
+        Ok(Client::from_tls(crate::tls::connect(hostport, config).await?))
+    }
+
+    /// Connects to a `stratum+tcp://HOST:PORT`, `stratum+tls://HOST:PORT` or `HOST:PORT` url;
+    /// TLS with `ca` (PEM) as its trust, or the built-in webpki roots.
+    pub async fn connect_url(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let url = url.trim().trim_end_matches('/');
+        match url.strip_prefix("stratum+tls://") {
+            Some(hp) => Client::connect_tls(hp, crate::tls::client_config(ca)?).await,
+            None => {
+                let hp = url.trim_start_matches("stratum+tcp://");
+                Ok(Client::connect(hp).await.map_err(|e| anyhow::anyhow!("cannot connect to {hp}: {e}"))?)
+            }
+        }
+    }
+
+    /// A client over an established TLS stream.
+    pub fn from_tls(stream: TlsStream) -> Client {
+        let (rd, w) = tokio::io::split(stream);
+        Client::with_halves(Rd::Tls(rd), Wr::Tls { w, dirty: false })
+    }
+
     pub fn new(stream: TcpStream) -> Client {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        Client::with_halves(Rd::Plain(rd), Wr::Plain(wr))
+    }
+
+    fn with_halves(rd: Rd, wr: Wr) -> Client {
         Client {
             rd,
             wr,
@@ -249,6 +338,9 @@ impl Client {
             let n = self.wr.write(&self.out[self.written..]).await?;
             self.wrote(n)?;
         }
+        if self.wr.dirty() {
+            self.wr.write(&[]).await?;
+        }
         Ok(())
     }
 
@@ -303,11 +395,16 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
-        while self.written < self.out.len() {
-            // Writing first: requests go out as soon as they are queued, as one write.
+        while self.written < self.out.len() || self.wr.dirty() {
+            // Writing first: requests go out as soon as they are queued, as one write (TLS:
+            // then flushed out of rustls).
+            let pending = self.written < self.out.len();
             tokio::select! {
                 biased;
-                n = self.wr.write(&self.out[self.written..]) => self.wrote(n?)?,
+                n = self.wr.write(&self.out[self.written..]) => {
+                    let n = n?;
+                    if pending { self.wrote(n)? }
+                }
                 l = self.reader.next_line(&mut self.rd) => return self.src(l?),
             }
         }

@@ -33,9 +33,16 @@ use crate::work::merkle::sha256d_header;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Pool URL on loopback: stratum+tcp://127.0.0.1:PORT (or HOST:PORT)
+    /// Pool URL on loopback: stratum+tcp://127.0.0.1:PORT, stratum+tls://127.0.0.1:PORT (or HOST:PORT)
     #[arg(short = 'o', long = "url")]
     pub url: String,
+    /// Speak TLS to the pool (as a stratum+tls:// url does)
+    #[arg(long = "tls")]
+    pub tls: bool,
+    /// With TLS: PEM certificate(s) to trust (the pool's self-signed one), instead of the
+    /// built-in webpki roots
+    #[arg(long = "tlsca", value_name = "PEM")]
+    pub tlsca: Option<std::path::PathBuf>,
     /// Submitting connections
     #[arg(short = 'c', long = "connections", default_value_t = 20)]
     pub connections: usize,
@@ -348,14 +355,19 @@ async fn connection(
     idle: bool,
     addr: SocketAddr,
     args: Arc<BenchArgs>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     stats: Arc<Stats>,
     mut phase: watch::Receiver<u8>,
 ) {
-    let mut client = match Client::connect(addr).await {
+    let conn = match tls {
+        Some(config) => Client::connect_tls(&addr.to_string(), config).await,
+        None => Client::connect(addr).await.map_err(anyhow::Error::from),
+    };
+    let mut client = match conn {
         Ok(c) => c,
         Err(e) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            stats.note_error(format!("connection {idx}: connect {addr}: {e}"));
+            stats.note_error(format!("connection {idx}: connect {addr}: {e:#}"));
             return;
         }
     };
@@ -598,14 +610,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) -> anyhow::Result<()> {
+    let tls_url = args.url.trim().starts_with("stratum+tls://");
+    let tls = if args.tls || tls_url { Some(crate::tls::client_config(args.tlsca.as_deref())?) } else { None };
     let args = Arc::new(args);
     let stats = Arc::new(Stats::default());
     let total = args.connections + args.idle;
     let start = Instant::now();
     println!(
-        "bench: {} submitting + {} idle connections to {addr}, {}, {} s",
+        "bench: {} submitting + {} idle connections to {addr}{}, {}, {} s",
         args.connections,
         args.idle,
+        if tls.is_some() { " over TLS" } else { "" },
         if args.rate > 0 { format!("{} shares/s total", args.rate) } else { format!("window {}", args.window) },
         args.duration
     );
@@ -615,7 +630,7 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
     // Idle sessions first, then the submitting ones: the load then runs with all sessions up.
     for i in 0..total {
         let idle = i < args.idle;
-        tasks.spawn(connection(i, idle, addr, args.clone(), stats.clone(), phase_rx.clone()));
+        tasks.spawn(connection(i, idle, addr, args.clone(), tls.clone(), stats.clone(), phase_rx.clone()));
         if args.ramp > 0 && (i + 1) % 50 == 0 {
             let due = start + Duration::from_secs_f64((i + 1) as f64 / args.ramp as f64);
             tokio::time::sleep_until(due).await;

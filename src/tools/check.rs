@@ -27,6 +27,12 @@ pub fn run(path: &Path, proxy: bool) -> anyhow::Result<()> {
         cfg.startdiff,
         if cfg.maxdiff.is_zero() { "none".to_string() } else { cfg.maxdiff.to_string() }
     );
+    if crate::tls::TlsServer::from_config(&cfg)?.is_some() {
+        println!("ok: TLS listeners' tlscert and tlskey load and belong together");
+    }
+    for (i, up) in cfg.proxy.iter().enumerate().filter(|(_, u)| u.tls) {
+        crate::tls::client_config(up.tlsca.as_deref()).map_err(|e| anyhow::anyhow!("proxy[{i}]: {e:#}"))?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let failed = rt.block_on(async {
         let rpc = Rpc::new(&cfg.btcd, Duration::from_secs(10));

@@ -20,9 +20,13 @@ use crate::work::merkle::sha256d;
 
 #[derive(Debug, Clone, Args)]
 pub struct MineArgs {
-    /// Pool URL: stratum+tcp://HOST:PORT (or HOST:PORT)
+    /// Pool URL: stratum+tcp://HOST:PORT, stratum+tls://HOST:PORT (or HOST:PORT)
     #[arg(short = 'o', long = "url")]
     pub url: String,
+    /// With stratum+tls://: PEM certificate(s) to trust (a self-signed pool's), instead of the
+    /// built-in webpki roots
+    #[arg(long = "tlsca", value_name = "PEM")]
+    pub tlsca: Option<std::path::PathBuf>,
     /// Worker name
     #[arg(short = 'u', long = "user", default_value = "ckpool-mine")]
     pub user: String,
@@ -90,12 +94,26 @@ pub fn search(
     None
 }
 
+/// `HOST:PORT` of a `stratum+tcp://`, `stratum+tls://` or bare url.
 pub fn parse_url(url: &str) -> anyhow::Result<String> {
-    let hp = url.trim().trim_start_matches("stratum+tcp://").trim_end_matches('/');
+    let u = url.trim();
+    let hp = u.strip_prefix("stratum+tls://").unwrap_or(u).trim_start_matches("stratum+tcp://").trim_end_matches('/');
     if !hp.contains(':') {
-        bail!("pool url {url:?} must be stratum+tcp://HOST:PORT");
+        bail!("pool url {url:?} must be stratum+tcp://HOST:PORT or stratum+tls://HOST:PORT");
     }
     Ok(hp.to_string())
+}
+
+/// The TLS client configuration for `url` when it is `stratum+tls://` (trusting `ca`, else the
+/// built-in webpki roots); `None` for plain TCP.
+pub fn tls_for(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    if url.trim().starts_with("stratum+tls://") {
+        Ok(Some(crate::tls::client_config(ca)?))
+    } else if ca.is_some() {
+        bail!("--tlsca is for a stratum+tls:// url")
+    } else {
+        Ok(None)
+    }
 }
 
 pub fn run(args: MineArgs) -> anyhow::Result<()> {
@@ -121,6 +139,7 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
         args.pass = p.into();
     }
     let mut addr = parse_url(&args.url)?;
+    let tls = tls_for(&args.url, args.tlsca.as_deref())?;
     let threads =
         args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
     let work: Arc<Mutex<Option<SharedWork>>> = Arc::new(Mutex::new(None));
@@ -149,10 +168,14 @@ async fn mine(mut args: MineArgs) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
     let deadline = args.duration.map(|d| tokio::time::Instant::from_std(started + Duration::from_secs(d)));
     let result = loop {
-        let mut pool = match Client::connect(&addr).await {
+        let conn = match &tls {
+            Some(config) => Client::connect_tls(&addr, config.clone()).await,
+            None => Client::connect(&addr).await.map_err(anyhow::Error::from),
+        };
+        let mut pool = match conn {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("cannot connect to {addr}: {e}; retrying in {backoff:?}");
+                tracing::warn!("cannot connect to {addr}: {e:#}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;

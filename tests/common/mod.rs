@@ -269,6 +269,8 @@ pub struct Pool {
     pub config_path: PathBuf,
     /// "ckpool" or "ckproxy": names the log file and the ready line.
     pub name: &'static str,
+    /// The test wrote its own `serverurl` (several listeners): kept as written, never pinned.
+    own_serverurl: bool,
 }
 
 impl Pool {
@@ -300,7 +302,10 @@ impl Pool {
         // 127.0.0.1:PORT"); no port is picked here, dropped and raced for. `spawn` reads it back.
         let port = 0;
         let logdir = dir.path().join("logs");
-        config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
+        let own_serverurl = config.get("serverurl").is_some();
+        if !own_serverurl {
+            config["serverurl"] = json!([format!("127.0.0.1:{port}")]);
+        }
         config["logdir"] = json!(logdir.display().to_string());
         let config_path = dir.path().join("ckpool.conf");
         std::fs::write(
@@ -308,7 +313,7 @@ impl Pool {
             format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&config).unwrap()),
         )
         .unwrap();
-        Pool { child: None, dir, port, logdir, config_path, name }
+        Pool { child: None, dir, port, logdir, config_path, name, own_serverurl }
     }
 
     /// The socket dir (pid file) the harness gives the pool.
@@ -352,10 +357,20 @@ impl Pool {
         line.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
     }
 
+    /// The ports of every listener, in `serverurl` order (the "listening for miners on" lines of
+    /// a pool started once).
+    pub fn listener_ports(&self) -> Vec<u16> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("listening for miners on ").map(|(_, a)| a.trim()))
+            .filter_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+            .collect()
+    }
+
     /// After the first start on port 0: remembers the chosen port and writes it into the config,
     /// so a restart (and anything configured with `addr()`, such as a proxy) keeps it.
     fn pin_port(&mut self) {
-        if self.port != 0 {
+        if self.port != 0 || self.own_serverurl {
             return;
         }
         let port =

@@ -141,6 +141,25 @@ with socket.create_connection((host, port), timeout=20) as raw:
     let f: Vec<&str> = text.split_whitespace().collect();
     assert!(f[0].starts_with("TLSv1."), "{text}");
     assert_eq!(&f[1..], ["8", "0.0001", "True"], "{text}");
+
+    // SIGHUP (`systemctl reload`): a renewed certificate at the same paths serves new handshakes;
+    // a client trusting only the old one is refused, one trusting the new one gets work.
+    let old_ca = certs.path().join("old.crt");
+    std::fs::copy(&crt, &old_ca).unwrap();
+    let (crt2, key2) = cert(certs.path(), "renewed");
+    std::fs::copy(&crt2, &crt).unwrap();
+    std::fs::copy(&key2, &key).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pool.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    wait_for("pool", || pool.log(), "TLS certificate reloaded from");
+    let refused = Sv1Client::connect_tls(&tls, ckpool::tls::client_config(Some(&old_ca)).unwrap()).await;
+    let refused = match refused {
+        Err(e) => e.to_string(),
+        Ok(mut c) => c.subscribe("old.ca", None).await.err().map(|e| e.to_string()).unwrap_or_default(),
+    };
+    assert!(!refused.is_empty(), "a client trusting only the old certificate must be refused");
+    let mut t3 = tls_client(&tls, &crt2).await;
+    t3.handshake("tls.renewed").await;
+    t3.notification("mining.notify").await;
 }
 
 /// Two listeners with their own difficulties: a miner on each starts at its listener's

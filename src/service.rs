@@ -109,7 +109,10 @@ fn spawn_watchdog() {
 pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(|| if args.proxy { "ckproxy".into() } else { "ckpool".into() });
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
-    let cfg = Config::load(&config_path)?;
+    let mut cfg = Config::load(&config_path)?;
+    if cfg.instance.is_empty() {
+        cfg.instance = name.clone(); // the history rows' instance: the -n name unless "instance" is set
+    }
     let log_path = cfg.logdir.join(format!("{name}.log"));
     let guard = operator::init(Some(&log_path), args.loglevel.as_deref(), args.quiet).with_context(|| {
         format!("cannot open the log file {} (check logdir and its permissions)", log_path.display())

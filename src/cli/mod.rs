@@ -77,6 +77,9 @@ pub enum Command {
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
     Completions(generate::CompletionsArgs),
+    /// Fill a history database with simulated minute rows and report its size (docs/performance.md)
+    #[command(hide = true)]
+    HistorySim(crate::history::sim::SimArgs),
     /// Write the manual pages (ckpool.1, ckproxy.1, ckpool-SUBCOMMAND.1) into a directory
     #[command(hide = true)]
     Manpages(generate::ManpagesArgs),
@@ -117,6 +120,7 @@ pub fn main() -> i32 {
         Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
         Some(Command::Status(args)) => crate::api::status::run(args),
         Some(Command::Completions(args)) => generate::completions(&args),
+        Some(Command::HistorySim(args)) => crate::history::sim::run(args),
         Some(Command::Manpages(args)) => generate::manpages(&args.dir),
     };
     match result {

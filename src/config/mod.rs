@@ -95,6 +95,12 @@ pub struct Config {
     pub vardiff: VardiffParams,
     /// How often logdir/pool/pool.status and logdir/users/* are rewritten.
     pub stats_interval: Duration,
+    /// The history store (src/history): on (SQLite in logdir) unless `"history": false`.
+    pub history: bool,
+    /// PostgreSQL for the history store instead of SQLite (may hold a password: redacted).
+    pub dburl: Option<Secret>,
+    /// The name the history rows carry; empty: the `-n` name (ckpool, ckproxy).
+    pub instance: String,
     /// Keys present in the file that this program does not know.
     pub unknown_keys: Vec<String>,
     /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
@@ -139,6 +145,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "vardiff_target_interval",
     "vardiff_retarget_interval",
     "stats_interval",
+    "history",
+    "dburl",
+    "instance",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",

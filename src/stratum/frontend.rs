@@ -75,6 +75,7 @@ impl FrontEnd {
                 summary: summary_tx,
                 view: view_tx,
                 failing: false,
+                history: crate::history::start(cfg),
             },
             STATS_QUEUE,
         );

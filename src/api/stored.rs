@@ -99,7 +99,9 @@ pub fn history(api: &Api, p: &Params) -> Value {
         "instances": [], "points": [], "network": [], "blocks": [],
     });
     let Some(store) = &api.store else { return out };
-    let r = store.with(|s| {
+    let q2 = q.clone();
+    let r = store.with(move |s| {
+        let q = q2;
         let series = query::series(s, &q)?;
         let instances = query::instances(s, q.from, q.to)?;
         let per_worker = q.user.is_some() || q.worker.is_some();
@@ -139,7 +141,8 @@ pub fn day_points(api: &Api) -> Option<Vec<Value>> {
     let store = api.store.as_ref()?;
     let mut q = Query::range("day", super::unix_now() as i64)?;
     q.instance = Some(store.instance.clone());
-    let series = store.with(|s| query::series(s, &q)).ok()?;
+    let q2 = q.clone();
+    let series = store.with(move |s| query::series(s, &q2)).ok()?;
     Some(series.iter().map(|(t, sums)| json!([t + q.step, query::hashrate(sums.acc, q.step)])).collect())
 }
 

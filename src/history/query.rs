@@ -174,15 +174,26 @@ mod tests {
     }
 }
 
-/// The API's own connection to the history, opened on first use; after a failure it is not
-/// tried again for [`READER_BACKOFF`], so a database that is away costs a request nothing.
+/// The API's own connection to the history, on its own thread ("history-reader": PostgreSQL's
+/// blocking client must not run inside the API's runtime), opened on first use; after a failure
+/// it is not tried again for [`READER_BACKOFF`], so a database that is away costs a request
+/// little, and a request waits at most [`READER_WAIT`].
 pub struct Reader {
     pub target: super::Target,
     pub instance: String,
-    state: std::sync::Mutex<(Option<Store>, Option<std::time::Instant>)>,
+    tx: std::sync::Mutex<std::sync::mpsc::SyncSender<Job>>,
+}
+
+type Job = Box<dyn FnOnce(&mut ReaderState) + Send>;
+
+struct ReaderState {
+    target: super::Target,
+    store: Option<Store>,
+    failed: Option<std::time::Instant>,
 }
 
 pub const READER_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+pub const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,29 +203,51 @@ impl std::fmt::Debug for Reader {
 
 impl Reader {
     pub fn new(target: super::Target, instance: String) -> Reader {
-        Reader { target, instance, state: std::sync::Mutex::new((None, None)) }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(16);
+        let mut st = ReaderState { target: target.clone(), store: None, failed: None };
+        let spawned = std::thread::Builder::new().name("history-reader".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job(&mut st);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("history: cannot start its reader thread: {e}");
+        }
+        Reader { target, instance, tx: std::sync::Mutex::new(tx) }
     }
 
-    /// Runs `f` on the connection (opening it if needed); an error drops the connection.
-    pub fn with<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0.is_none() {
-            if let Some(t) = st.1.filter(|t| t.elapsed() < READER_BACKOFF) {
-                anyhow::bail!("{} unreachable (tried {} s ago)", self.target.show(), t.elapsed().as_secs());
-            }
-            match Store::open(&self.target) {
-                Ok(s) => st.0 = Some(s),
-                Err(e) => {
-                    st.1 = Some(std::time::Instant::now());
-                    return Err(e);
-                }
-            }
-        }
-        let r = f(st.0.as_mut().expect("opened"));
-        if r.is_err() {
-            st.0 = None;
-            st.1 = Some(std::time::Instant::now());
-        }
-        r
+    /// Runs `f` on the reader's connection (opening it if needed); an error drops the connection.
+    pub fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static) -> Result<T> {
+        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |st: &mut ReaderState| {
+            let _ = rtx.send(run(st, f));
+        });
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_send(job)
+            .map_err(|_| anyhow::anyhow!("the history reader is busy"))?;
+        rrx.recv_timeout(READER_WAIT).map_err(|_| anyhow::anyhow!("no answer from {} within {READER_WAIT:?}", self.target.show()))?
     }
+}
+
+fn run<T>(st: &mut ReaderState, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+    if st.store.is_none() {
+        if let Some(t) = st.failed.filter(|t| t.elapsed() < READER_BACKOFF) {
+            anyhow::bail!("{} unreachable (tried {} s ago)", st.target.show(), t.elapsed().as_secs());
+        }
+        match Store::open(&st.target) {
+            Ok(s) => st.store = Some(s),
+            Err(e) => {
+                st.failed = Some(std::time::Instant::now());
+                return Err(e);
+            }
+        }
+    }
+    let r = f(st.store.as_mut().expect("opened"));
+    if r.is_err() {
+        st.store = None;
+        st.failed = Some(std::time::Instant::now());
+    }
+    r
 }

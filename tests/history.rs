@@ -313,7 +313,8 @@ async fn two_instances_share_postgres_and_ride_out_its_outage() {
     assert!(back.contains(", 0 rows dropped while it was away"), "{back}");
     // After the outage, new shares keep flowing into the store.
     send_shares(&mut a, &work_a, &en1a, 300, 2).await;
-    wait_json(&west_api, "/api/history?range=hour&user=alice", "alice's 27 seen from west", |v| shares_in(v) == 27).await;
+    wait_json(&west_api, "/api/history?range=hour&user=alice", "alice's 27 seen from west", |v| shares_in(v) == 27)
+        .await;
     for l in [east.log(), west.log()] {
         assert!(!l.contains(PG_PASS), "the dburl password in the log");
     }

@@ -190,8 +190,8 @@ pub fn start(cfg: &Config, src: Sources, shutdown: watch::Receiver<bool>) -> any
             tracing::warn!("the operator API listens on {a}, beyond loopback: it is read-only and shows no secret, but anyone who reaches it sees the pool's miners and figures");
         }
     }
-    let store = crate::history::target(cfg)
-        .map(|t| crate::history::query::Reader::new(t, crate::history::instance(cfg)));
+    let store =
+        crate::history::target(cfg).map(|t| crate::history::query::Reader::new(t, crate::history::instance(cfg)));
     let api = Api::new(src, store);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the API's runtime")?;
     std::thread::Builder::new()

@@ -22,7 +22,8 @@ pub struct Params {
 
 /// Reads the query string; unknown parameters are refused by name.
 pub fn parse(q: &str) -> Result<Params, String> {
-    let mut p = Params { range: "day".into(), from: None, to: None, step: None, user: None, worker: None, instance: None };
+    let mut p =
+        Params { range: "day".into(), from: None, to: None, step: None, user: None, worker: None, instance: None };
     for pair in q.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(&v.replace('+', " ")).ok_or_else(|| format!("{k}: not percent-encoded UTF-8"))?;
@@ -113,12 +114,10 @@ pub fn history(api: &Api, p: &Params) -> Value {
         Ok((series, instances, network, blocks)) => {
             out["points"] = series
                 .iter()
-                .map(|(t, sums)| {
-                    json!([t + q.step, query::hashrate(sums.acc, q.step), sums.acc_n, sums.rej_n])
-                })
+                .map(|(t, sums)| json!([t + q.step, query::hashrate(sums.acc, q.step), sums.acc_n, sums.rej_n]))
                 .collect();
             out["instances"] = json!(instances);
-            out["network"] = network.iter().map(|(t, d)| json!([t + q.step, d])).collect();
+            out["network"] = network.iter().map(|(t, d)| json!({ "time": t + q.step, "difficulty": d })).collect();
             out["blocks"] = blocks
                 .iter()
                 .map(|b| {
@@ -153,7 +152,10 @@ mod tests {
     #[test]
     fn params_are_checked_by_name() {
         let p = parse("range=week&user=alice&worker=alice.rig%201").unwrap();
-        assert_eq!((p.range.as_str(), p.user.as_deref(), p.worker.as_deref()), ("week", Some("alice"), Some("alice.rig 1")));
+        assert_eq!(
+            (p.range.as_str(), p.user.as_deref(), p.worker.as_deref()),
+            ("week", Some("alice"), Some("alice.rig 1"))
+        );
         assert!(parse("range=decade").unwrap_err().contains("one of hour, day, week, month, year"));
         assert!(parse("step=61").is_err());
         assert!(parse("user=..%2fx").is_err());

@@ -161,7 +161,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: &str, value: &Value, allowed: impl Into<String>) -> ConfigError {
-        let shown = if key.ends_with("pass") || key == "dburl" { "\"<redacted>\"".to_string() } else { value.to_string() };
+        let shown =
+            if key.ends_with("pass") || key == "dburl" { "\"<redacted>\"".to_string() } else { value.to_string() };
         ConfigError::Key { path: self.path.into(), key: key.into(), value: shown, allowed: allowed.into() }
     }
 

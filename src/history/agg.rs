@@ -74,12 +74,7 @@ impl Agg {
 
     /// Adds a session's tally of shares judged at `unix` to its minute.
     pub fn shares(&mut self, unix: i64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally) {
-        let sums = Sums {
-            acc: t.accepted.units(),
-            acc_n: t.accepted_n,
-            rej: t.rejected.units(),
-            rej_n: t.rejected_n,
-        };
+        let sums = Sums { acc: t.accepted.units(), acc_n: t.accepted_n, rej: t.rejected.units(), rej_n: t.rejected_n };
         let ts = minute_of(unix);
         self.add_worker(ts, user, worker, &sums);
         self.add_pool(&PoolRow { ts, sums, workers: 0, netdiff: None });
@@ -115,7 +110,8 @@ impl Agg {
 
     /// Notes the pool's state at `unix` (live workers, network difficulty) in its minute's row.
     pub fn pool_state(&mut self, unix: i64, workers: u64, netdiff: Option<Difficulty>) {
-        let row = PoolRow { ts: minute_of(unix), sums: Sums::default(), workers, netdiff: netdiff.map(|d| d.to_string()) };
+        let row =
+            PoolRow { ts: minute_of(unix), sums: Sums::default(), workers, netdiff: netdiff.map(|d| d.to_string()) };
         self.add_pool(&row);
     }
 
@@ -136,11 +132,8 @@ impl Agg {
 
     /// Everything aggregated, as a batch; the aggregation starts empty (the dropped count stays).
     pub fn take(&mut self) -> Batch {
-        let mut workers: Vec<WorkerRow> = self
-            .workers
-            .drain()
-            .map(|((ts, user, worker), sums)| WorkerRow { ts, user, worker, sums })
-            .collect();
+        let mut workers: Vec<WorkerRow> =
+            self.workers.drain().map(|((ts, user, worker), sums)| WorkerRow { ts, user, worker, sums }).collect();
         workers.sort_by(|a, b| (a.ts, &a.user, &a.worker).cmp(&(b.ts, &b.user, &b.worker)));
         let pool = std::mem::take(&mut self.pool).into_values().collect();
         Batch { workers, pool, blocks_changed: std::mem::take(&mut self.blocks_changed) }

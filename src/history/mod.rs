@@ -76,7 +76,13 @@ pub fn start(cfg: &Config) -> Option<Feed> {
     let instance = instance(cfg);
     let (tx, rx) = sync_channel(QUEUE);
     let lost = Arc::new(AtomicU64::new(0));
-    let w = writer::Writer { target: target.clone(), instance: instance.clone(), logdir: cfg.logdir.clone(), rx, lost: lost.clone() };
+    let w = writer::Writer {
+        target: target.clone(),
+        instance: instance.clone(),
+        logdir: cfg.logdir.clone(),
+        rx,
+        lost: lost.clone(),
+    };
     let thread = match std::thread::Builder::new().name("history".into()).spawn(move || w.run()) {
         Ok(t) => t,
         Err(e) => {

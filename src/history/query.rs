@@ -21,8 +21,13 @@ pub struct Query {
 }
 
 /// Named ranges of the API and dashboard: (name, span, step) in seconds.
-pub const RANGES: &[(&str, i64, i64)] =
-    &[("hour", 3600, 60), ("day", 86_400, 300), ("week", 604_800, 3600), ("month", 2_592_000, 21_600), ("year", 31_536_000, 86_400)];
+pub const RANGES: &[(&str, i64, i64)] = &[
+    ("hour", 3600, 60),
+    ("day", 86_400, 300),
+    ("week", 604_800, 3600),
+    ("month", 2_592_000, 21_600),
+    ("year", 31_536_000, 86_400),
+];
 
 /// Most points one query returns.
 pub const MAX_POINTS: i64 = 5000;
@@ -227,7 +232,8 @@ impl Reader {
             .unwrap_or_else(|p| p.into_inner())
             .try_send(job)
             .map_err(|_| anyhow::anyhow!("the history reader is busy"))?;
-        rrx.recv_timeout(READER_WAIT).map_err(|_| anyhow::anyhow!("no answer from {} within {READER_WAIT:?}", self.target.show()))?
+        rrx.recv_timeout(READER_WAIT)
+            .map_err(|_| anyhow::anyhow!("no answer from {} within {READER_WAIT:?}", self.target.show()))?
     }
 }
 

@@ -138,7 +138,10 @@ mod tests {
         let hours: Vec<_> = out.iter().filter(|r| r.res == HOUR).collect();
         assert_eq!(hours.len(), 4);
         // hour 0: sum 1..=60 = 1830; hour 1: sum 61..=120 = 5430; 60 shares each.
-        assert_eq!(hours[0], &Row { res: HOUR, ts: T0, key: "a", sums: Sums { acc: 1830, acc_n: 60, rej: 0, rej_n: 0 } });
+        assert_eq!(
+            hours[0],
+            &Row { res: HOUR, ts: T0, key: "a", sums: Sums { acc: 1830, acc_n: 60, rej: 0, rej_n: 0 } }
+        );
         assert_eq!(hours[2].sums.acc, 5430);
         assert_eq!(hours[2].ts, T0 + HOUR);
         let minutes = out.iter().filter(|r| r.res == MINUTE).count();

@@ -44,14 +44,14 @@ pub struct Report {
 /// retention at the end of the last minute.
 pub fn simulate(target: &Target, workers: u32, days: u32, start: i64) -> Result<Report> {
     let mut s = Store::open(target)?;
-    let names: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)> = (0..workers)
-        .map(|i| (format!("user{}", i / 4).into(), format!("user{}.rig{}", i / 4, i % 4).into()))
-        .collect();
+    let names: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)> =
+        (0..workers).map(|i| (format!("user{}", i / 4).into(), format!("user{}.rig{}", i / 4, i % 4).into())).collect();
     let minutes = days as i64 * 1440;
     for m in 0..minutes {
         let ts = start + m * MINUTE;
         let mut b = Batch::default();
-        let mut pool = PoolRow { ts, workers: workers as u64, netdiff: Some("83148355189239.77".into()), ..Default::default() };
+        let mut pool =
+            PoolRow { ts, workers: workers as u64, netdiff: Some("83148355189239.77".into()), ..Default::default() };
         for (i, (u, w)) in names.iter().enumerate() {
             // ~100 TH/s at difficulty 65536: 23,283 difficulty a minute, a little different per worker
             let sums = Sums { acc: (1_396_983_862_000_000 + i as u128 * 1_000_003), acc_n: 21, rej: 0, rej_n: 0 };

@@ -238,7 +238,8 @@ impl Store {
                 cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
                 // No statement may hold the writer (and so the buffer) for long.
                 cfg.options("-c statement_timeout=30000");
-                let client = cfg.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.show()))?;
+                let client =
+                    cfg.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.show()))?;
                 Conn::Postgres { client, cache: HashMap::new() }
             }
         };
@@ -360,7 +361,8 @@ impl Store {
         let (wsql, psql) = (upsert_worker_sql(), upsert_pool_sql());
         let inst = Val::T(instance.to_string());
         for w in workers {
-            let mut p = vec![inst.clone(), Val::I(res), Val::I(w.ts), Val::T(w.user.to_string()), Val::T(w.worker.to_string())];
+            let mut p =
+                vec![inst.clone(), Val::I(res), Val::I(w.ts), Val::T(w.user.to_string()), Val::T(w.worker.to_string())];
             p.extend(sums_vals(&w.sums));
             self.exec(&wsql, &p)?;
         }
@@ -409,9 +411,10 @@ impl Store {
         }
         self.begin()?;
         for table in ["hist_worker", "hist_pool"] {
-            if let Err(e) =
-                self.exec(&format!("DELETE FROM {table} WHERE instance = ? AND ts < ?"), &[inst.clone(), Val::I(plan.drop_before)])
-            {
+            if let Err(e) = self.exec(
+                &format!("DELETE FROM {table} WHERE instance = ? AND ts < ?"),
+                &[inst.clone(), Val::I(plan.drop_before)],
+            ) {
                 self.rollback();
                 return Err(e);
             }
@@ -620,7 +623,12 @@ mod tests {
         // Another instance's rows are not touched.
         s.write("other", &batch, &[]).unwrap();
         s.retain("me", p).unwrap();
-        let n = s.query("SELECT COUNT(*) FROM hist_worker WHERE instance = ? AND res = ?", &[Val::T("other".into()), Val::I(MINUTE)]).unwrap();
+        let n = s
+            .query(
+                "SELECT COUNT(*) FROM hist_worker WHERE instance = ? AND res = ?",
+                &[Val::T("other".into()), Val::I(MINUTE)],
+            )
+            .unwrap();
         assert_eq!(n[0][0], Val::I(400));
     }
 }

@@ -54,7 +54,8 @@ pub fn target(history_db: Option<&str>, config: Option<&std::path::Path>) -> Res
         let is_pg = db.starts_with("postgres://") || db.starts_with("postgresql://") || db.contains("host=");
         return Ok(if is_pg { Target::Postgres(db.to_string()) } else { Target::Sqlite(db.into()) });
     }
-    let path = config.ok_or_else(|| anyhow!("--measured needs the history store: give --config FILE or --history-db"))?;
+    let path =
+        config.ok_or_else(|| anyhow!("--measured needs the history store: give --config FILE or --history-db"))?;
     let cfg = Config::load(path)?;
     crate::history::target(&cfg).ok_or_else(|| {
         anyhow!("config {} keeps no history (\"history\": false and no \"dburl\"): nothing to measure", path.display())

@@ -14,6 +14,8 @@
 # PROFILE=debug uses the debug build instead of release; NOBUILD=1 skips the build;
 # CKPOOL=PATH measures that binary (pool and bench) instead; BENCH_CKPOOL=PATH takes the bench
 # from another binary. Takes about 3 minutes for the set.
+# HISTORY=0 turns the history store off ("history": false); DBURL=postgresql://... puts it in
+# PostgreSQL instead of the default logdir/history.sqlite (docs/performance.md, history store).
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
 # /api/pool, /api/workers and /api/blocks every second while each bench runs.
 set -euo pipefail
@@ -45,6 +47,8 @@ STRATUM=$(free_port)
 APIPORT=$(free_port)
 apiline=""
 [ -z "${API:-}" ] || apiline="\"apiurl\" : [ \"127.0.0.1:$APIPORT\" ],"
+[ "${HISTORY:-1}" != 0 ] || apiline="$apiline \"history\" : false,"
+[ -z "${DBURL:-}" ] || apiline="$apiline \"dburl\" : \"$DBURL\","
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],

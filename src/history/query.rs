@@ -155,30 +155,6 @@ pub fn hashrate(units: u128, secs: i64) -> f64 {
     units as f64 / SCALE as f64 * 4_294_967_296.0 / secs as f64
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exact_hashrate() {
-        // One difficulty-1 share per second is 2^32 H/s.
-        assert_eq!(hashrate_exact(SCALE * 600, 600), Some(4_294_967_296));
-        // 0.001 difficulty × 7 shares over 90 s: floor(7e9 × 2^32 / (1e12 × 90)) = floor(334053.0...)
-        assert_eq!(hashrate_exact(7_000_000_000, 90), Some(7_000_000_000u128 * 4_294_967_296 / (SCALE * 90)));
-        assert_eq!(hashrate_exact(1, 0), None);
-        assert_eq!(hashrate(SCALE * 60, 60), 4_294_967_296.0);
-    }
-
-    #[test]
-    fn ranges_align_on_their_step() {
-        let q = Query::range("day", 1_764_000_123).unwrap();
-        assert_eq!((q.step, q.to % 300, q.to - q.from), (300, 0, 86_400));
-        assert!(q.from <= 1_764_000_123 - 86_400 + 300 && q.to > 1_764_000_123);
-        assert!(Query::range("century", 0).is_none());
-        assert!(RANGES.iter().all(|r| r.1 / r.2 <= MAX_POINTS));
-    }
-}
-
 /// The API's own connection to the history, on its own thread ("history-reader": PostgreSQL's
 /// blocking client must not run inside the API's runtime), opened on first use; after a failure
 /// it is not tried again for [`READER_BACKOFF`], so a database that is away costs a request
@@ -256,4 +232,28 @@ fn run<T>(st: &mut ReaderState, f: impl FnOnce(&mut Store) -> Result<T>) -> Resu
         st.failed = Some(std::time::Instant::now());
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_hashrate() {
+        // One difficulty-1 share per second is 2^32 H/s.
+        assert_eq!(hashrate_exact(SCALE * 600, 600), Some(4_294_967_296));
+        // 0.001 difficulty × 7 shares over 90 s: floor(7e9 × 2^32 / (1e12 × 90)) = floor(334053.0...)
+        assert_eq!(hashrate_exact(7_000_000_000, 90), Some(7_000_000_000u128 * 4_294_967_296 / (SCALE * 90)));
+        assert_eq!(hashrate_exact(1, 0), None);
+        assert_eq!(hashrate(SCALE * 60, 60), 4_294_967_296.0);
+    }
+
+    #[test]
+    fn ranges_align_on_their_step() {
+        let q = Query::range("day", 1_764_000_123).unwrap();
+        assert_eq!((q.step, q.to % 300, q.to - q.from), (300, 0, 86_400));
+        assert!(q.from <= 1_764_000_123 - 86_400 + 300 && q.to > 1_764_000_123);
+        assert!(Query::range("century", 0).is_none());
+        assert!(RANGES.iter().all(|r| r.1 / r.2 <= MAX_POINTS));
+    }
 }

@@ -184,7 +184,7 @@ pub struct BlockRow {
 
 enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres { client: postgres::Client, cache: HashMap<String, postgres::Statement> },
+    Postgres { client: Box<postgres::Client>, cache: HashMap<String, postgres::Statement> },
 }
 
 /// An open history database.
@@ -240,7 +240,7 @@ impl Store {
                 cfg.options("-c statement_timeout=30000");
                 let client =
                     cfg.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.show()))?;
-                Conn::Postgres { client, cache: HashMap::new() }
+                Conn::Postgres { client: Box::new(client), cache: HashMap::new() }
             }
         };
         let mut s = Store { conn, target: target.clone() };

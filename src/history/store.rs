@@ -134,7 +134,6 @@ const SCHEMA: &[&str] = &[
      acc_n BIGINT NOT NULL, rej_hi BIGINT NOT NULL, rej_lo BIGINT NOT NULL, rej_n BIGINT NOT NULL, \
      PRIMARY KEY (instance, res, ts, username, workername))",
     "CREATE INDEX IF NOT EXISTS hist_worker_user ON hist_worker (username, ts)",
-    "CREATE INDEX IF NOT EXISTS hist_worker_ts ON hist_worker (ts)",
     "CREATE TABLE IF NOT EXISTS hist_pool (instance TEXT NOT NULL, res BIGINT NOT NULL, ts BIGINT NOT NULL, \
      acc_hi BIGINT NOT NULL, acc_lo BIGINT NOT NULL, acc_n BIGINT NOT NULL, rej_hi BIGINT NOT NULL, \
      rej_lo BIGINT NOT NULL, rej_n BIGINT NOT NULL, workers BIGINT NOT NULL, netdiff TEXT, \
@@ -254,8 +253,11 @@ impl Store {
             // Two instances starting at once must not race on CREATE TABLE.
             self.exec("SELECT pg_advisory_xact_lock(7263012)", &[])?;
         }
+        let sqlite = matches!(self.conn, Conn::Sqlite(_));
         for s in SCHEMA {
-            self.exec(s, &[])?;
+            // SQLite: tables clustered on their primary key (no rowid, no second copy of the key).
+            let s = if sqlite && s.starts_with("CREATE TABLE") { format!("{s} WITHOUT ROWID") } else { s.to_string() };
+            self.exec(&s, &[])?;
         }
         self.commit()
     }

@@ -1,8 +1,8 @@
 //! The history store (issue #20) on the real regtest node pair and the pool binary:
 //! the embedded SQLite store keeps the dashboard's chart across a restart and `ckpool payout
 //! --measured` reads back the hashrate of shares of a known difficulty sent over a known window;
-//! two pool instances write to one real PostgreSQL (started here with initdb on a loopback port)
-//! and either's API shows both; PostgreSQL stopped mid-run and started again: the miner's shares
+//! two pool instances and a proxy write to one real PostgreSQL (started here with initdb on a
+//! loopback port) and either pool's API shows all of them; PostgreSQL stopped mid-run and started again: the miner's shares
 //! go on being accepted, the history resumes without a gap, and the log says so once.
 
 mod common;
@@ -60,8 +60,13 @@ fn unix_now() -> i64 {
 
 /// Sends `n` accepted shares at difficulty 1e-10 (not blocks) with nonce2 from `from`.
 async fn send_shares(c: &mut Client, work: &Value, en1: &str, from: u64, n: u64) {
+    send_shares_n2(c, work, en1, from, n, 8).await
+}
+
+/// The same with an extranonce2 of `n2` bytes.
+async fn send_shares_n2(c: &mut Client, work: &Value, en1: &str, from: u64, n: u64, n2: usize) {
     for i in from..from + n {
-        let s = solve_not_block(work, en1, &format!("{i:016x}"), "1e-10").unwrap();
+        let s = solve_not_block(work, en1, &format!("{i:0width$x}", width = 2 * n2), "1e-10").unwrap();
         let id = c.request("mining.submit", s).await;
         let r = c.reply(id).await;
         assert_eq!(r["result"], json!(true), "share {i}: {r}");
@@ -315,7 +320,25 @@ async fn two_instances_share_postgres_and_ride_out_its_outage() {
     send_shares(&mut a, &work_a, &en1a, 300, 2).await;
     wait_json(&west_api, "/api/history?range=hour&user=alice", "alice's 27 seen from west", |v| shares_in(v) == 27)
         .await;
-    for l in [east.log(), west.log()] {
+    // A proxy instance writes to the same database: the pools' APIs show its miner too.
+    let mut edge_cfg = json!({
+        "proxy": [{"url": west.addr(), "auth": "proxyuser.edge", "pass": "x"}],
+        "btcaddress": "",
+        "dburl": pg.url(),
+        "instance": "edge",
+    });
+    edge_cfg = pool_cfg(edge_cfg);
+    let edge = Pool::start_proxy(edge_cfg);
+    let mut d = Client::connect(&edge.addr()).await;
+    let (en1d, n2d) = d.handshake("dave.rig1").await;
+    let work_d = d.notification("mining.notify").await;
+    send_shares_n2(&mut d, &work_d, &en1d, 1, 4, n2d).await;
+    let v = wait_json(&east_api, "/api/history?range=hour&user=dave", "dave's 4 through the proxy", |v| {
+        shares_in(v) == 4 && v["instances"] == json!(["east", "edge", "west"])
+    })
+    .await;
+    assert_eq!(get_json(&east_api, "/api/history?range=hour&instance=edge&user=dave").await["points"], v["points"]);
+    for l in [east.log(), west.log(), edge.log()] {
         assert!(!l.contains(PG_PASS), "the dburl password in the log");
     }
 }

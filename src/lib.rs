@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod difficulty;
 pub mod hex;
+pub mod history;
 pub mod jsonw;
 pub mod log;
 pub mod mining;

@@ -204,7 +204,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (listen_fds, listen_note) = crate::sockets::systemd::listen_fds();
     let name = args.name.clone().unwrap_or_else(|| if args.proxy { "ckproxy".into() } else { "ckpool".into() });
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
-    let cfg = Config::load(&config_path)?;
+    let mut cfg = Config::load(&config_path)?;
+    if cfg.instance.is_empty() {
+        cfg.instance = name.clone(); // the history rows' instance: the -n name unless "instance" is set
+    }
     let log_path = cfg.logdir.join(format!("{name}.log"));
     let level = args.loglevel.as_deref().or(cfg.loglevel.as_deref());
     let guard = operator::init(Some(&log_path), level, args.quiet).with_context(|| {

@@ -361,18 +361,25 @@ async fn metrics_files_json_dashboard_and_hostile_clients() {
         "/api/blocks",
         "/api/network",
         "/api/history",
+        "/api/history?range=day",
         "/api/widget",
     ] {
         let doc = examples.get(path).unwrap_or_else(|| panic!("docs/api.md has no example for {path}"));
         let live_path = path.replace("<name>", "alice");
         let live = if path == "/api/history" {
             wait_json(&api, &live_path, "a chart point", |v| !v["hour"].as_array().unwrap().is_empty()).await
+        } else if path == "/api/history?range=day" {
+            // The history store (SQLite by default) has the shares and the block.
+            wait_json(&api, &live_path, "stored points and the block", |v| {
+                !v["points"].as_array().unwrap().is_empty() && !v["blocks"].as_array().unwrap().is_empty()
+            })
+            .await
         } else {
             get_json(&api, &live_path).await
         };
         same_shape(doc, &live, path).unwrap_or_else(|e| panic!("docs/api.md vs live {path}: {e}\nlive: {live}"));
     }
-    assert_eq!(examples.len(), 8, "an example for an endpoint this test does not check: {:?}", examples.keys());
+    assert_eq!(examples.len(), 9, "an example for an endpoint this test does not check: {:?}", examples.keys());
     let pool_json = get_json(&api, "/api/pool").await;
     assert_eq!(pool_json["shares"]["accepted"], json!(6));
     assert_eq!(pool_json["shares"]["rejected_by"]["stale"], json!(1));

@@ -282,11 +282,16 @@ pub fn history(api: &Api) -> Value {
     let h = api.history.lock().unwrap_or_else(|p| p.into_inner());
     let pts =
         |it: &mut dyn Iterator<Item = &history::Point>| -> Vec<Value> { it.map(|(t, r)| json!([t, r])).collect() };
+    let (hour, ring_day) = (pts(&mut h.hour()), pts(&mut h.day()));
+    drop(h);
+    // With a history store the day comes from it (this instance's rows), so it survives restarts.
+    let day = super::stored::day_points(api).filter(|d| !d.is_empty()).unwrap_or(ring_day);
     json!({
         "hour_step": history::HOUR_STEP,
         "day_step": history::DAY_STEP,
-        "hour": pts(&mut h.hour()),
-        "day": pts(&mut h.day()),
+        "hour": hour,
+        "day": day,
+        "store": api.store.as_ref().map(|s| s.target.kind()),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod json;
 pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod stored;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,8 @@ pub struct Api {
     pub latency: metrics::Latency,
     pub served: AtomicU64,
     pub limited: AtomicU64,
+    /// The history store (src/history), when one is kept: `/api/history?range=...` reads it.
+    pub store: Option<crate::history::query::Reader>,
     blocks_cache: Mutex<Option<json::BlocksCache>>,
 }
 
@@ -91,8 +94,9 @@ fn unix_now() -> u64 {
 const SETTLE: Duration = Duration::from_secs(10);
 
 impl Api {
-    pub fn new(src: Sources) -> Arc<Api> {
+    pub fn new(src: Sources, store: Option<crate::history::query::Reader>) -> Arc<Api> {
         Arc::new(Api {
+            store,
             src,
             history: Mutex::new(history::History::default()),
             latency: metrics::Latency::default(),
@@ -188,7 +192,9 @@ pub fn start(
             tracing::warn!("the operator API listens on {a}, beyond loopback: it is read-only and shows no secret, but anyone who reaches it sees the pool's miners and figures");
         }
     }
-    let api = Api::new(src);
+    let store =
+        crate::history::target(cfg).map(|t| crate::history::query::Reader::new(t, crate::history::instance(cfg)));
+    let api = Api::new(src, store);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("the API's runtime")?;
     std::thread::Builder::new()
         .name("api".into())

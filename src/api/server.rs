@@ -171,14 +171,14 @@ fn handle(api: &Arc<Api>, bucket: &Mutex<Bucket>, req: Request<Incoming>) -> Res
         r.headers_mut().insert("allow", HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut r = route(api, req.uri().path());
+    let mut r = route(api, req.uri().path(), req.uri().query());
     if head {
         *r.body_mut() = Full::new(Bytes::new());
     }
     r
 }
 
-fn route(api: &Arc<Api>, path: &str) -> Resp {
+fn route(api: &Arc<Api>, path: &str, query: Option<&str>) -> Resp {
     let view = || api.src.view.borrow().clone();
     match path {
         "/" | "/index.html" => reply(StatusCode::OK, "text/html; charset=utf-8", dashboard::PAGE),
@@ -190,7 +190,13 @@ fn route(api: &Arc<Api>, path: &str) -> Resp {
         "/api/workers" => json_reply(&json::workers(&view())),
         "/api/blocks" => json_reply(&json::blocks(api)),
         "/api/network" => json_reply(&json::network(api)),
-        "/api/history" => json_reply(&json::history(api)),
+        "/api/history" => match query.filter(|q| !q.is_empty()) {
+            None => json_reply(&json::history(api)),
+            Some(q) => match crate::api::stored::parse(q) {
+                Ok(p) => json_reply(&crate::api::stored::history(api, &p)),
+                Err(why) => error(StatusCode::BAD_REQUEST, &why),
+            },
+        },
         "/api/widget" => json_reply(&json::widget(api)),
         "/pool/pool.status" => file(api, &["pool", "pool.status"], "text/plain; charset=utf-8"),
         p => {

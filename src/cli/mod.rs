@@ -88,6 +88,9 @@ pub enum Command {
     Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
     Completions(generate::CompletionsArgs),
+    /// Fill a history database with simulated minute rows and report its size (docs/performance.md)
+    #[command(hide = true)]
+    HistorySim(crate::history::sim::SimArgs),
     /// Write the manual pages (ckpool.1, ckproxy.1, ckpool-SUBCOMMAND.1) into a directory
     #[command(hide = true)]
     Manpages(generate::ManpagesArgs),
@@ -129,6 +132,7 @@ pub fn main() -> i32 {
         Some(Command::Status(args)) => crate::api::status::run(args),
         Some(Command::Sv2Key(args)) => crate::sv2::run_sv2_key(args),
         Some(Command::Completions(args)) => generate::completions(&args),
+        Some(Command::HistorySim(args)) => crate::history::sim::run(args),
         Some(Command::Manpages(args)) => generate::manpages(&args.dir),
     };
     match result {

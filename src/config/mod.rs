@@ -129,6 +129,12 @@ pub struct Config {
     pub stats_interval: Duration,
     /// The operator log's level (as `-l`, which wins when given); applied again on SIGHUP.
     pub loglevel: Option<String>,
+    /// The history store (src/history): on (SQLite in logdir) unless `"history": false`.
+    pub history: bool,
+    /// PostgreSQL for the history store instead of SQLite (may hold a password: redacted).
+    pub dburl: Option<Secret>,
+    /// The name the history rows carry; empty: the `-n` name (ckpool, ckproxy).
+    pub instance: String,
     /// Keys present in the file that this program does not know.
     pub unknown_keys: Vec<String>,
     /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
@@ -181,6 +187,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "loglevel",
     "tlscert",
     "tlskey",
+    "history",
+    "dburl",
+    "instance",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",

@@ -148,6 +148,9 @@ pub(super) struct RawConfig {
     vardiff_retarget_interval: Option<Field<Decimal>>,
     stats_interval: Option<Field<u64>>,
     loglevel: Option<Field<String>>,
+    history: Option<Field<bool>>,
+    dburl: Option<Field<String>>,
+    instance: Option<Field<String>>,
     donation: Option<Field<Decimal>>,
     tlscert: Option<Field<String>>,
     tlskey: Option<Field<String>>,
@@ -197,7 +200,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: &str, value: &Value, allowed: impl Into<String>) -> ConfigError {
-        let shown = if key.ends_with("pass") { "\"<redacted>\"".to_string() } else { value.to_string() };
+        let shown =
+            if key.ends_with("pass") || key == "dburl" { "\"<redacted>\"".to_string() } else { value.to_string() };
         ConfigError::Key { path: self.path.into(), key: key.into(), value: shown, allowed: allowed.into() }
     }
 
@@ -658,8 +662,29 @@ impl RawConfig {
             }
             return Err(c.err("vardiff_retarget_interval", &json(&r.vardiff_retarget_interval), rule));
         }
+        // The history store (src/history): embedded SQLite unless `"history": false`; PostgreSQL
+        // when `dburl` is set.
+        let history = match c.typed(key!(r.history), "must be true or false")? {
+            Some(b) => *b,
+            None => true,
+        };
+        let dburl = c.string(key!(r.dburl), "")?;
+        if !dburl.is_empty() && dburl.parse::<postgres::Config>().is_err() {
+            return Err(c.err(
+                "dburl",
+                &Value::Null,
+                "must be a PostgreSQL connection string, e.g. \"postgresql://user:password@127.0.0.1:5432/ckpool\"",
+            ));
+        }
+        let instance = c.string(key!(r.instance), "")?;
+        if instance.len() > 100 || instance.contains(['\n', '\0']) {
+            return Err(c.err("instance", &Value::String(instance), "must be a name of at most 100 bytes"));
+        }
         Ok(Config {
             path: path.into(),
+            history,
+            dburl: (!dburl.is_empty()).then(|| Secret::new(dburl)),
+            instance,
             btcd,
             proxy,
             btcaddress: c.string(key!(r.btcaddress), "")?.trim().to_string(),

@@ -369,6 +369,14 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"loglevel": "verbose"}"#.into(),
             r#""loglevel" = "verbose": must be 0-7 (ckpool's -l: 3 error, 4 warning, 6 info, 7 debug) or error/warn/info/debug/trace"#,
         ),
+        ("history", r#"{"history": "yes"}"#.into(), r#""history" = "yes": must be true or false"#),
+        ("dburl", r#"{"dburl": 1234}"#.into(), r#""dburl" = "<redacted>": must be a string"#),
+        (
+            "dburl",
+            r#"{"dburl": "postgresql://u:1234@h:notaport/db"}"#.into(),
+            r#""dburl" = "<redacted>": must be a PostgreSQL connection string, e.g. "postgresql://user:password@127.0.0.1:5432/ckpool""#,
+        ),
+        ("instance", r#"{"instance": ["a"]}"#.into(), r#""instance" = ["a"]: must be a string"#),
         (
             "donation",
             r#"{"donation": 0.125}"#.into(),

@@ -83,6 +83,7 @@ impl FrontEnd {
                 view: view_tx,
                 failing: false,
                 live: params.live.clone(),
+                history: crate::history::start(cfg),
             },
             STATS_QUEUE,
         );

@@ -32,6 +32,8 @@ pub struct StatsTask {
     pub failing: bool,
     /// A reload's new `stats_interval` (SIGHUP).
     pub live: Option<tokio::sync::watch::Receiver<crate::reload::Live>>,
+    /// The history store's feed (src/history): tallies summed per minute, handed over at each write.
+    pub history: Option<crate::history::Feed>,
 }
 
 /// Loads the saved statistics and starts the task. Returns the event sender and the task.
@@ -60,6 +62,13 @@ impl StatsTask {
                     }
                     let t = now(origin);
                     for ev in batch.drain(..) {
+                        if let Some(h) = self.history.as_mut() {
+                            match &ev {
+                                StatEvent::Shares { user, worker, tally } => h.shares(t.unix, user, worker, tally),
+                                StatEvent::Blocks(_) => h.blocks_changed(),
+                                _ => {}
+                            }
+                        }
                         book.apply(&ev, t);
                     }
                 }
@@ -79,6 +88,9 @@ impl StatsTask {
             }
         }
         self.write(&mut book, now(origin)).await;
+        if let Some(h) = self.history.take() {
+            let _ = tokio::task::spawn_blocking(move || h.finish()).await;
+        }
     }
 
     pub(super) async fn write(&mut self, book: &mut Book, t: Now) {
@@ -90,7 +102,11 @@ impl StatsTask {
                 files.push((self.logdir.join("users").join(&name), text));
             }
         }
-        let _ = self.summary.send(book.summary(t));
+        let summary = book.summary(t);
+        if let Some(h) = self.history.as_mut() {
+            h.flush(t.unix, summary.workers as u64, network);
+        }
+        let _ = self.summary.send(summary);
         self.view.send_replace(Arc::new(book.view(t, network)));
         let res = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();

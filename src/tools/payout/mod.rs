@@ -18,6 +18,7 @@ use crate::payout::formula;
 
 pub mod chain;
 mod difficulty;
+mod measured;
 mod pay;
 
 pub use chain::{Chain, FeeSource, OwnBlocks};

@@ -92,6 +92,21 @@ pub struct PayoutArgs {
     /// Balances file (JSON), updated atomically; an epoch already in it is refused
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+    /// With --contracts: beside each payout, the hashrate the pool received from the contract's
+    /// username (its customer) over the epoch, from the history store, and its ratio to the contract's
+    #[arg(long, requires = "contracts")]
+    pub measured: bool,
+    /// History database for --measured: a SQLite file or a PostgreSQL connection string
+    /// (default: the one --config keeps, logdir/history.sqlite or its dburl)
+    #[arg(long, value_name = "FILE|URL", requires = "measured")]
+    pub history_db: Option<String>,
+    /// Start of the measured window: unix seconds or a UTC date (default: the time of the block
+    /// before the epoch's first, from the node)
+    #[arg(long, value_name = "TIME", requires = "measured")]
+    pub measured_from: Option<String>,
+    /// End of the measured window: unix seconds or a UTC date (default: the time of the epoch's last block)
+    #[arg(long, value_name = "TIME", requires = "measured")]
+    pub measured_to: Option<String>,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
@@ -444,6 +459,9 @@ fn pay_contracts(
             "full_epoch_sat": p.sat.to_string(), "earned_sat": sat, "payout_index": index + 1, "skipped": skipped,
         }));
     }
+    if args.measured {
+        measure_contracts(args, chain, first, last, &resolved, &mut details)?;
+    }
     let state = match &args.state {
         Some(p) => contracts::read_state(p)?,
         None => contracts::State::default(),
@@ -481,6 +499,20 @@ fn pay_contracts(
             if dt["skipped"].as_bool() == Some(true) { " (skipped)" } else { "" },
             dt["earned_sat"]
         );
+        if let Some(m) = dt.get("measured") {
+            println!(
+                "    measured {} H/s from {:?} over {} s ({} .. {}): {} of the contract's {} H/s; difficulty {} in {} shares",
+                m["hashrate"].as_str().unwrap_or(""),
+                dt["customer"].as_str().unwrap_or(""),
+                m["seconds"],
+                m["from"],
+                m["to"],
+                m["ratio"].as_str().unwrap_or(""),
+                m["contracted"].as_str().unwrap_or(""),
+                m["difficulty"].as_str().unwrap_or(""),
+                m["shares"],
+            );
+        }
     }
     println!("{:<20} {:>16} {:>16} {:>16} {:>16}", "customer", "earned sat", "carried in", "paid sat", "carried out");
     for l in &lines {
@@ -490,5 +522,59 @@ fn pay_contracts(
         );
     }
     println!("Total paid: {} coins ({} sat)", format_coins(total_paid as u128), total_paid);
+    Ok(())
+}
+
+/// A time given as unix seconds or a UTC date.
+fn parse_time(what: &str, text: &str) -> Result<i64> {
+    if let Ok(t) = text.trim().parse::<i64>() {
+        if t > 100_000_000 {
+            return Ok(t);
+        }
+    }
+    match contracts::parse_point(what, text)? {
+        Point::Time(t) => Ok(t),
+        Point::Height(_) => bail!("{what} {text:?}: give unix seconds or a UTC date"),
+    }
+}
+
+/// `--measured`: adds each contract's measured hashrate (exact) and ratio to its details.
+fn measure_contracts(
+    args: &PayoutArgs,
+    chain: Option<&Chain>,
+    first: u64,
+    last: u64,
+    resolved: &[ResolvedContract],
+    details: &mut [serde_json::Value],
+) -> Result<()> {
+    use super::measured;
+    let from = match (&args.measured_from, chain) {
+        (Some(t), _) => parse_time("--measured-from", t)?,
+        (None, Some(ch)) => ch.header_at(first.saturating_sub(1))?.time,
+        (None, None) => bail!("--measured without a node needs --measured-from and --measured-to"),
+    };
+    let to = match (&args.measured_to, chain) {
+        (Some(t), _) => parse_time("--measured-to", t)?,
+        (None, Some(ch)) => ch.header_at(last)?.time,
+        (None, None) => bail!("--measured without a node needs --measured-from and --measured-to"),
+    };
+    let (from, to) = measured::window(from, to);
+    let target = measured::target(args.history_db.as_deref(), args.node.config.as_deref())?;
+    let mut store = crate::history::Store::open(&target)?;
+    for dt in details.iter_mut() {
+        let customer = dt["customer"].as_str().unwrap_or("").to_string();
+        let c = resolved.iter().find(|c| c.customer == customer).expect("details come from resolved contracts");
+        let sums = measured::read(&mut store, &customer, from, to)?;
+        let m = measured::measure(sums, from, to, &c.hashrate)?;
+        dt["measured"] = json!({
+            "from": m.from, "to": m.to, "seconds": m.to - m.from,
+            "difficulty": crate::difficulty::Difficulty::from_units(m.sums.acc).to_string(),
+            "shares": m.sums.acc_n,
+            "hashrate": m.hashrate.floor().to_string(),
+            "hashrate_exact": ratio_json(&m.hashrate),
+            "contracted": c.hashrate.to_decimal_trimmed(6),
+            "ratio": m.ratio.to_decimal(4),
+        });
+    }
     Ok(())
 }

@@ -74,6 +74,12 @@ pub fn setup(
     if cfg.sv2url.is_empty() {
         return Ok(None);
     }
+    if cfg.version_mask != 0x1fff_e000 {
+        tracing::warn!(
+            "sv2: version_mask {:08x} is not BIP320's 1fffe000, which SV2 miners roll whenever version rolling is allowed; their shares rolling other bits are refused",
+            cfg.version_mask
+        );
+    }
     if nonce1_len + nonce2_len > MAX_EXTRANONCE {
         anyhow::bail!(
             "sv2url: nonce1length {nonce1_len} + nonce2length {nonce2_len} is over Stratum V2's {MAX_EXTRANONCE}-byte extranonce; lower them"

@@ -39,6 +39,7 @@ use crate::work::coinbase::MAX_NONCE2_LEN;
 const VERSION: u16 = 2;
 /// SetupConnection flags of the mining protocol (client side).
 const REQUIRES_WORK_SELECTION: u32 = 0b010;
+const REQUIRES_VERSION_ROLLING: u32 = 0b100;
 /// The group every channel of a connection belongs to (channel ids start above it).
 const GROUP_CHANNEL_ID: u32 = 1;
 /// Channels one connection may hold (a translator opens one per SV1 miner behind it).
@@ -64,6 +65,8 @@ struct Sv2Channel {
     payout: Option<bitcoin::ScriptBuf>,
     /// When this channel was last sent work (for the new-block latency figures).
     last_notify: std::time::Instant,
+    /// Extranonce2 bytes (a standard channel's are zeros, the tail of its prefix).
+    n2: usize,
 }
 
 /// Why the connection ended, for the log.
@@ -155,7 +158,13 @@ impl Sv2Session {
                     Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
                 }
             };
-            awaiting_channel &= self.channels.is_empty();
+            if self.channels.is_empty() != awaiting_channel {
+                // The deadline runs while the connection holds no channel (again).
+                awaiting_channel = self.channels.is_empty();
+                if awaiting_channel {
+                    setup_deadline.as_mut().reset(Instant::now() + SETUP_DEADLINE);
+                }
+            }
             self.push_acks(&mut wr);
             let wrote = tokio::time::timeout(WRITE_DEADLINE, wr.flush()).await;
             self.flush_outbound().await;
@@ -183,8 +192,9 @@ impl Sv2Session {
                 tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "sv2 connection dropped: {why}")
             }
         }
-        wr.close().await;
+        // Free the channels first: a peer that stopped reading must not hold them.
         self.finish().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
     }
 
     /// Handles the frames that can be read without waiting (at most a batch's worth).
@@ -233,7 +243,8 @@ impl Sv2Session {
 
     /// Sends found blocks, then statistics (a full channel slows this connection; nothing dropped).
     async fn flush_outbound(&mut self) {
-        for ch in self.channels.values_mut() {
+        for id in self.touched.drain(..) {
+            let Some(ch) = self.channels.get_mut(&id) else { continue };
             let tally = ch.core.take_tally();
             if !tally.is_empty() {
                 self.stats_out.push(StatEvent::Shares {
@@ -344,6 +355,9 @@ impl Sv2Session {
             (Some("protocol-version-mismatch"), 0)
         } else if m.flags & REQUIRES_WORK_SELECTION != 0 {
             (Some("unsupported-feature-flags"), REQUIRES_WORK_SELECTION)
+        } else if m.flags & REQUIRES_VERSION_ROLLING != 0 && self.ctx.params.version_mask == 0 {
+            // version_mask 0: this pool lets no miner roll the version.
+            (Some("unsupported-feature-flags"), REQUIRES_VERSION_ROLLING)
         } else {
             (None, 0)
         };
@@ -411,8 +425,13 @@ impl Sv2Session {
         core.set_identity(base.into(), user.into());
         let wanted = jobs::hashrate_difficulty(hashrate, params.vardiff.target_interval_us);
         core.miner_bounds(floor, wanted, now);
-        let id = self.next_channel_id;
-        self.next_channel_id = self.next_channel_id.checked_add(1).unwrap_or(GROUP_CHANNEL_ID + 1);
+        // Ids above the group's, never u32::MAX (SRI's translator keeps it for its own channel),
+        // never one in use (after 2^32 opens the counter wraps).
+        let mut id = self.next_channel_id;
+        while id == u32::MAX || id <= GROUP_CHANNEL_ID || self.channels.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_channel_id = id.wrapping_add(1);
         let (u, w) = (core.user().clone(), core.worker().clone());
         self.stats_out.push(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
         self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
@@ -421,6 +440,7 @@ impl Sv2Session {
             "sv2 {} channel opened at difficulty {}", if extended { "extended" } else { "standard" }, core.difficulty()
         );
         let en1_hex = hex::encode(core.en1()).into();
+        let n2 = self.nonce2_len();
         self.channels.insert(
             id,
             Sv2Channel {
@@ -433,6 +453,7 @@ impl Sv2Session {
                 tip_ntime: 0,
                 payout,
                 last_notify: std::time::Instant::now(),
+                n2,
             },
         );
         Ok(id)
@@ -650,7 +671,7 @@ impl Sv2Session {
         let Some(ch) = self.channels.get_mut(&channel_id) else {
             self.ctx.counters.add_rejected(crate::stratum::REJECT_INVALID_PARAMS);
             tracing::debug!(peer = %self.peer, client = self.id, "sv2 share for unknown channel {channel_id}");
-            let _ = push(wr, submit_error(channel_id, seq, "invalid-channel-id"));
+            self.reject(wr, channel_id, seq, "invalid-channel-id");
             return;
         };
         let Some(mut d) = d else { return };
@@ -660,8 +681,7 @@ impl Sv2Session {
         // A standard channel rolls no extranonce: its extranonce2 is the zeros of its prefix.
         let zeros = [0u8; MAX_NONCE2_LEN];
         if !ch.extended {
-            let n2 = self.ctx.work.borrow().as_ref().map(|w| w.job.coinbase.nonce2_len).unwrap_or(8);
-            d.extranonce2 = &zeros[..n2];
+            d.extranonce2 = &zeros[..ch.n2.min(MAX_NONCE2_LEN)];
         }
         let local = match ch.ids.lookup(job_id) {
             JobRef::Local(l) => l,
@@ -671,7 +691,7 @@ impl Sv2Session {
                 let kind =
                     if r == JobRef::Past { crate::share::Reject::Stale } else { crate::share::Reject::UnknownJob };
                 self.ctx.counters.add_rejected(reject_kind(&kind));
-                let _ = push(wr, submit_error(channel_id, seq, code));
+                self.reject(wr, channel_id, seq, code);
                 return;
             }
         };
@@ -698,11 +718,9 @@ impl Sv2Session {
             }
             Err(r) => {
                 self.ctx.counters.add_rejected(reject_kind(&r));
-                if self.acks.iter().any(|a| a.channel_id == channel_id) {
-                    // Earlier accepted shares of this channel are answered first.
-                    for ok in self.acks.drain(..) {
-                        let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
-                    }
+                // Earlier accepted shares are answered first.
+                for ok in self.acks.drain(..) {
+                    let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
                 }
                 let _ = push(wr, submit_error(channel_id, seq, jobs::reject_code(&r)));
                 Some(r.reason())
@@ -763,6 +781,32 @@ fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
     match f.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(v) => Some(v),
         std::task::Poll::Pending => None,
+    }
+}
+
+impl Drop for Sv2Session {
+    /// A task that ends without `finish` (a panic) still gives back its extranonce1 values.
+    fn drop(&mut self) {
+        if !self.channels.is_empty() {
+            let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
+            for ch in self.channels.values() {
+                set.remove(&ch.en1_key);
+            }
+        }
+    }
+}
+
+impl Sv2Session {
+    /// Answers a share with an error, after any pending acknowledgement (answers keep their order).
+    fn reject<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut FrameWriter<W>,
+        channel_id: u32,
+        seq: u32,
+        code: &'static str,
+    ) {
+        self.push_acks(wr);
+        let _ = push(wr, submit_error(channel_id, seq, code));
     }
 }
 

@@ -32,7 +32,7 @@ pub enum TransportError {
     HandshakeTimeout(Duration),
     #[error("handshake failed: {0}")]
     Handshake(String),
-    #[error("frame larger than {limit} bytes (read {read} without its end); closing")]
+    #[error("frame larger than {limit} bytes ({read} bytes of it read); closing")]
     Oversized { read: usize, limit: usize },
     #[error("frame could not be decrypted or decoded (not a Stratum V2 client, or a corrupted stream): {0}")]
     Codec(String),
@@ -176,6 +176,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn read_frame(&mut self) -> Result<Frame, TransportError> {
         loop {
             let want = self.decoder.writable_len();
+            if self.in_frame + want > self.limit {
+                return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
+            }
             if self.chunk.len() != want {
                 self.chunk.resize(want, 0);
                 self.filled = 0;
@@ -189,9 +192,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.filled += n;
             }
             self.in_frame += want;
-            if self.in_frame > self.limit {
-                return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
-            }
             self.decoder.writable().copy_from_slice(&self.chunk);
             self.filled = 0;
             let state = self.state.take().ok_or_else(|| TransportError::Codec("decryption state lost".into()))?;

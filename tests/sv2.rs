@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 fn pool_with_sv2(node: &CoreNode, address: &str, extra: &[(&str, Value)]) -> (Pool, String, [u8; 32]) {
     let mut cfg = node.pool_config(address);
     cfg["sv2url"] = json!("127.0.0.1:0");
+    // A key of the test's own (never the machine's /var/lib/ckpool).
+    let keydir = tempfile::tempdir().unwrap().keep();
+    cfg["sv2_authority_key"] = json!(keydir.join("sv2_authority.key").display().to_string());
     for (k, v) in extra {
         cfg[*k] = v.clone();
     }
@@ -453,6 +456,8 @@ async fn solo_sv2_channels_pay_their_own_address() {
     node.generate_to(1, &pool_addr).await;
     let mut cfg = node.pool_config(&pool_addr);
     cfg["sv2url"] = json!("127.0.0.1:0");
+    let keydir = tempfile::tempdir().unwrap();
+    cfg["sv2_authority_key"] = json!(keydir.path().join("k").display().to_string());
     let pool = Pool::start(cfg, &["-B"]);
     let log = pool.log();
     let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).unwrap();

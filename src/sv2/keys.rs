@@ -105,9 +105,30 @@ impl AuthorityKey {
                 writeln!(f, "{}", key.secret_string())
                     .and_then(|_| f.sync_all())
                     .map_err(|e| anyhow::anyhow!("sv2_authority_key: cannot write {}: {e}", path.display()))?;
+                give_to_directory_owner(path);
                 Ok((key, true))
             }
             Err(e) => Err(anyhow::anyhow!("sv2_authority_key {}: cannot read: {e}", path.display())),
+        }
+    }
+}
+
+/// Made by root (`ckpool sv2-key` by hand) in a directory another user owns (the service's
+/// /var/lib/ckpool): the file goes to that owner, so the service can read it.
+fn give_to_directory_owner(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Some(dir) =
+        path.parent().and_then(|d| std::fs::metadata(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok())
+    else {
+        return;
+    };
+    if dir.uid() != 0 {
+        let (uid, gid) = (nix::unistd::Uid::from_raw(dir.uid()), nix::unistd::Gid::from_raw(dir.gid()));
+        if let Err(e) = nix::unistd::chown(path, Some(uid), Some(gid)) {
+            tracing::warn!("sv2_authority_key {}: cannot give it to the directory's owner: {e}", path.display());
         }
     }
 }

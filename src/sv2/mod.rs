@@ -37,14 +37,21 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// SV2 carries at most 32 bytes of extranonce.
 pub const MAX_EXTRANONCE: usize = 32;
 
+/// The package's state directory (the unit's `StateDirectory=ckpool`).
+const PACKAGE_STATE_DIR: &str = "/var/lib/ckpool";
+
 /// Where the authority key lives: `sv2_authority_key`, else systemd's state directory
-/// (`StateDirectory=ckpool`: /var/lib/ckpool), else logdir.
+/// (`StateDirectory=ckpool`), else /var/lib/ckpool when it exists (the package made it, so
+/// `ckpool sv2-key` run by hand finds the service's key), else logdir.
 pub fn authority_key_path(cfg: &Config) -> PathBuf {
     if let Some(p) = &cfg.sv2_authority_key {
         return p.clone();
     }
     match std::env::var("STATE_DIRECTORY").ok().and_then(|d| d.split(':').next().map(PathBuf::from)) {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join("sv2_authority.key"),
+        _ if std::path::Path::new(PACKAGE_STATE_DIR).is_dir() => {
+            PathBuf::from(PACKAGE_STATE_DIR).join("sv2_authority.key")
+        }
         _ => cfg.logdir.join("sv2_authority.key"),
     }
 }

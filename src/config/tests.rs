@@ -369,6 +369,19 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"loglevel": "verbose"}"#.into(),
             r#""loglevel" = "verbose": must be 0-7 (ckpool's -l: 3 error, 4 warning, 6 info, 7 debug) or error/warn/info/debug/trace"#,
         ),
+        ("sv2url", r#"{"sv2url": 3336}"#.into(), r#""sv2url" = 3336: must be "address:port" or an array of them"#),
+        (
+            "sv2url",
+            r#"{"sv2url": "nowhere:port"}"#.into(),
+            r#""sv2url" = "nowhere:port": must be "address:port" (port 3336 when left out), e.g. "0.0.0.0:3336""#,
+        ),
+        ("sv2_authority_key", r#"{"sv2_authority_key": 1}"#.into(), r#""sv2_authority_key" = 1: must be a string"#),
+        ("sv2_static_key", r#"{"sv2_static_key": true}"#.into(), r#""sv2_static_key" = true: must be a string"#),
+        (
+            "sv2_cert_validity",
+            r#"{"sv2_cert_validity": 10}"#.into(),
+            r#""sv2_cert_validity" = 10: must be a whole number from 60 to 31536000"#,
+        ),
         ("history", r#"{"history": "yes"}"#.into(), r#""history" = "yes": must be true or false"#),
         ("dburl", r#"{"dburl": 1234}"#.into(), r#""dburl" = "<redacted>": must be a string"#),
         (
@@ -611,4 +624,14 @@ fn proxy_entries_with_tls() {
         let e = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
         assert!(e.contains(message), "{text}:\n{e}");
     }
+}
+
+#[test]
+fn sv2url_takes_addresses_with_or_without_port() {
+    let c = Config::parse(r#"{"sv2url": "0.0.0.0"}"#, Path::new("x")).unwrap();
+    assert_eq!(c.sv2url, vec!["0.0.0.0:3336".parse().unwrap()]);
+    let c = Config::parse(r#"{"sv2url": ["stratum2+tcp://127.0.0.1:4444", "[::1]"]}"#, Path::new("x")).unwrap();
+    assert_eq!(c.sv2url, vec!["127.0.0.1:4444".parse().unwrap(), "[::1]:3336".parse().unwrap()]);
+    assert!(Config::parse("{}", Path::new("x")).unwrap().sv2url.is_empty(), "off unless configured");
+    assert_eq!(Config::parse("{}", Path::new("x")).unwrap().sv2_cert_validity, std::time::Duration::from_secs(3600));
 }

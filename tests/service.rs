@@ -1039,7 +1039,11 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     // later work is not overtaken by this block.
     let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel", "0000000000000001").await;
-    pool.log().contains("worker=via-tunnel").then_some(()).expect("pool saw the miner through the tunnel");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pool.log().contains("worker=via-tunnel") {
+        assert!(Instant::now() < deadline, "pool never logged the miner through the tunnel:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_height_above(&nodes.a, h).await;
 
     // ckproxy through the tunnel, with a miner that takes set_extranonce.
@@ -1083,7 +1087,12 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     }
     let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel-again", "0000000000000002").await;
-    assert!(pool.log().contains("worker=via-tunnel-again"));
+    // The operator log is written by its own thread: give the line a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pool.log().contains("worker=via-tunnel-again") {
+        assert!(Instant::now() < deadline, "pool never logged the miner through the restored tunnel:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_height_above(&nodes.a, h).await;
     assert_eq!(children(autossh_pid), vec![new], "one ssh after the restart");
 

@@ -83,6 +83,9 @@ pub struct Listener {
     pub startdiff: Difficulty,
     /// Zero: no maximum.
     pub maxdiff: Difficulty,
+    /// The entry gives difficulties of its own; otherwise it follows the top-level ones,
+    /// including a reload's (SIGHUP).
+    pub own_diffs: bool,
 }
 
 /// The validated configuration.
@@ -218,6 +221,7 @@ impl Config {
             mindiff: self.mindiff,
             startdiff: self.startdiff,
             maxdiff: self.maxdiff,
+            own_diffs: false,
         })
     }
 }

@@ -427,7 +427,8 @@ impl RawListenEntry {
             f.as_ref().map_or_else(|| Value::String(format!("{k} (top-level)")), |f| f.json.clone())
         };
         check_diffs(c, diffs, key, json)?;
-        Ok((addr, Listener { tls, proxy_protocol, mindiff: diffs.0, startdiff: diffs.1, maxdiff: diffs.2 }))
+        let own_diffs = self.mindiff.is_some() || self.startdiff.is_some() || self.maxdiff.is_some();
+        Ok((addr, Listener { tls, proxy_protocol, mindiff: diffs.0, startdiff: diffs.1, maxdiff: diffs.2, own_diffs }))
     }
 }
 
@@ -556,7 +557,7 @@ impl RawConfig {
         })?;
 
         let top = (mindiff, startdiff, maxdiff);
-        let plain = |tls| Listener { tls, proxy_protocol: None, mindiff, startdiff, maxdiff };
+        let plain = |tls| Listener { tls, proxy_protocol: None, mindiff, startdiff, maxdiff, own_diffs: false };
         let url_rule = "must be \"address:port\", e.g. \"0.0.0.0:3333\" (or stratum+tls://address:port)";
         let (serverurl, listeners): (Vec<SocketAddr>, Vec<Listener>) =
             match c.typed(key!(r.serverurl), "must be an array of \"address:port\" strings or objects")? {

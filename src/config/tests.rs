@@ -524,7 +524,14 @@ fn serverurl_entries_as_objects() {
     let d = |s: &str| s.parse::<Difficulty>().unwrap();
     assert_eq!(
         c.listeners[0],
-        Listener { tls: false, proxy_protocol: None, mindiff: d("2"), startdiff: d("42"), maxdiff: Difficulty::ZERO }
+        Listener {
+            tls: false,
+            proxy_protocol: None,
+            mindiff: d("2"),
+            startdiff: d("42"),
+            maxdiff: Difficulty::ZERO,
+            own_diffs: false
+        }
     );
     assert_eq!(
         c.listeners[1],
@@ -533,7 +540,8 @@ fn serverurl_entries_as_objects() {
             proxy_protocol: Some(Accept::V2),
             mindiff: d("10000"),
             startdiff: d("20000"),
-            maxdiff: Difficulty::ZERO
+            maxdiff: Difficulty::ZERO,
+            own_diffs: true
         }
     );
     assert!(c.listeners[2].tls && c.listeners[2].startdiff == d("42"));

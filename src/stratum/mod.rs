@@ -156,6 +156,10 @@ pub struct ServerCtx {
 impl SessionParams {
     /// What a miner's channel is opened with on a listener with its own difficulties.
     pub fn channel_with(&self, l: &crate::config::Listener) -> ChannelParams {
+        if !l.own_diffs {
+            // The top-level difficulties, as a reload (SIGHUP) left them.
+            return self.channel();
+        }
         ChannelParams { mindiff: l.mindiff, startdiff: l.startdiff, maxdiff: l.maxdiff, ..self.channel() }
     }
 

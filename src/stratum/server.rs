@@ -209,7 +209,7 @@ pub async fn serve(
             }
         };
         let run = ListenerRun::new(&ctx, opts, tls, l.local_addr().map(|a| a.to_string()).unwrap_or_default());
-        if let Some(d) = run.describe(&ctx) {
+        if let Some(d) = run.describe() {
             tracing::info!("listener {}: {d}", run.local);
         }
         tasks.spawn(accept_loop(ctx.clone(), l, Arc::new(run), limit.clone()));
@@ -242,10 +242,9 @@ impl ListenerRun {
     }
 
     /// Its options for the log, when it has any beyond a plain listener's.
-    fn describe(&self, ctx: &ServerCtx) -> Option<String> {
+    fn describe(&self) -> Option<String> {
         let o = &self.opts;
-        let p = &ctx.params;
-        let own_diff = (o.mindiff, o.startdiff, o.maxdiff) != (p.mindiff, p.startdiff, p.maxdiff);
+        let own_diff = o.own_diffs;
         if !o.tls && o.proxy_protocol.is_none() && !own_diff {
             return None;
         }

@@ -19,6 +19,9 @@ use noise_sv2::{Initiator, Responder, ELLSWIFT_ENCODING_SIZE, INITIATOR_EXPECTED
 use parsers_sv2::AnyMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// Bytes read from the socket at once (a batch of pipelined submits is ~100 bytes each).
+const READ_BUF: usize = 8 * 1024;
+
 /// Why a connection's transport failed; the text is for the operator's log line.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -66,8 +69,11 @@ pub struct FrameReader<R> {
     rd: R,
     decoder: NoiseDecoder,
     state: Option<TransportDecryptState>,
-    chunk: Vec<u8>,
-    filled: usize,
+    /// Bytes read from the socket and not yet given to the decoder (`start..end`): one read
+    /// takes every frame that has arrived, instead of one read per header and per payload.
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
     /// Bytes taken since the last whole frame, and the most allowed.
     in_frame: usize,
     limit: usize,
@@ -166,7 +172,7 @@ fn halves<R, W>(
     limit: usize,
 ) -> (FrameReader<R>, FrameWriter<W>) {
     (
-        FrameReader { rd, decoder, state: Some(dec), chunk: Vec::new(), filled: 0, in_frame: 0, limit },
+        FrameReader { rd, decoder, state: Some(dec), inbuf: Vec::new(), start: 0, end: 0, in_frame: 0, limit },
         FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512) },
     )
 }
@@ -179,21 +185,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.in_frame + want > self.limit {
                 return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
             }
-            if self.chunk.len() != want {
-                self.chunk.resize(want, 0);
-                self.filled = 0;
-            }
-            while self.filled < want {
-                let n = self.rd.read(&mut self.chunk[self.filled..]).await?;
+            while self.end - self.start < want {
+                if self.inbuf.len() < want.max(READ_BUF) {
+                    self.inbuf.resize(want.max(READ_BUF), 0);
+                }
+                if self.inbuf.len() - self.start < want {
+                    // Room for the rest of this piece: move what is buffered to the front.
+                    self.inbuf.copy_within(self.start..self.end, 0);
+                    (self.start, self.end) = (0, self.end - self.start);
+                }
+                let n = self.rd.read(&mut self.inbuf[self.end..]).await?;
                 if n == 0 {
-                    let read = self.in_frame + self.filled;
+                    let read = self.in_frame + self.end - self.start;
                     return Err(if read == 0 { TransportError::Closed } else { TransportError::Truncated(read) });
                 }
-                self.filled += n;
+                self.end += n;
+            }
+            self.decoder.writable().copy_from_slice(&self.inbuf[self.start..self.start + want]);
+            self.start += want;
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
             }
             self.in_frame += want;
-            self.decoder.writable().copy_from_slice(&self.chunk);
-            self.filled = 0;
             let state = self.state.take().ok_or_else(|| TransportError::Codec("decryption state lost".into()))?;
             match self.decoder.next_transport_frame(state).map_err(codec)? {
                 Decrypted::Frame(mut f, state) => {

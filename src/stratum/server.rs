@@ -261,33 +261,45 @@ impl ListenerRun {
     }
 }
 
+/// The next connection on `listener` within `limit` (a permit held while it lives); `None` at
+/// shutdown. An accept error (EMFILE and friends) is one log line and a doubling pause (≤ 1 s)
+/// instead of a spin. Shared by the SV1 and SV2 listeners.
+pub async fn accept_next(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    backoff: &mut Duration,
+    local: &str,
+) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.changed() => return None,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return None,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                *backoff = Duration::from_millis(10);
+                return Some((stream, peer, permit));
+            }
+            Err(e) => {
+                tracing::warn!("accept on {local} failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<ListenerRun>, limit: Arc<Semaphore>) {
     let local = run.local.clone();
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     let mut sessions = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(10);
-                x
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept on {local} failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    while let Some((stream, peer, permit)) = accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local).await {
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };

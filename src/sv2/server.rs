@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::keys::AuthorityKey;
 use super::session::Sv2Session;
 use super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
+use crate::stratum::server::accept_next;
 use crate::stratum::ServerCtx;
 
 /// Accepts SV2 connections on every listener until shutdown, then waits (bounded) for them.
@@ -45,27 +46,8 @@ async fn accept_loop(
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => break,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => {
-                backoff = Duration::from_millis(10);
-                x
-            }
-            Err(e) => {
-                tracing::warn!("accept on {local} (sv2) failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let local = format!("{local} (sv2)");
+    while let Some((stream, peer, permit)) = accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local).await {
         let _ = stream.set_nodelay(true);
         let (ctx, key) = (ctx.clone(), key.clone());
         conns.spawn(async move {

@@ -252,6 +252,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// A key of listen addresses that is off unless given: one string or an array, each read by
+    /// `parse` (an empty string: off); each bad entry is named with its index and `rule`.
+    fn optional_listeners(
+        &self,
+        (field, key): Key<ServerUrls>,
+        rule: &str,
+        parse: fn(&str) -> Option<SocketAddr>,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        match self.typed((field, key), "must be \"address:port\" or an array of them")? {
+            None => Ok(Vec::new()),
+            Some(ServerUrls::Many(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, u)| {
+                    u.typed.as_deref().and_then(parse).ok_or_else(|| self.err(&format!("{key}[{i}]"), &u.json, rule))
+                })
+                .collect(),
+            Some(ServerUrls::One(s)) if s.is_empty() => Ok(Vec::new()),
+            Some(ServerUrls::One(s)) => {
+                Ok(vec![parse(s).ok_or_else(|| self.err(key, &Value::String(s.clone()), rule))?])
+            }
+        }
+    }
+
     /// ckpool's `donation` percent (solo mode), in basis points: exact, at most two decimals.
     fn donation(&self, (field, key): Key<Decimal>) -> Result<u32, ConfigError> {
         let rule = "must be a percent from 0 to 100 with at most two decimals";
@@ -501,45 +525,15 @@ impl RawConfig {
             .map(|(i, e)| e.validate(&c, i))
             .collect::<Result<Vec<_>, _>>()?;
 
-        // The operator's API: off unless given (an empty string or list: off too).
-        let api_rule = "must be \"address:port\", e.g. \"127.0.0.1:3380\"";
-        let apiurl = match c.typed(key!(r.apiurl), "must be \"address:port\" or an array of them")? {
-            None => Vec::new(),
-            Some(ServerUrls::Many(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
-                    u.typed
-                        .as_deref()
-                        .and_then(parse_listen)
-                        .ok_or_else(|| c.err(&format!("apiurl[{i}]"), &u.json, api_rule))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(ServerUrls::One(s)) if s.is_empty() => Vec::new(),
-            Some(ServerUrls::One(s)) => {
-                vec![parse_listen(s).ok_or_else(|| c.err("apiurl", &Value::String(s.clone()), api_rule))?]
-            }
-        };
-
-        // Stratum V2 listeners: off unless given; an address without a port takes 3336.
-        let sv2_rule = "must be \"address:port\" (port 3336 when left out), e.g. \"0.0.0.0:3336\"";
-        let sv2url = match c.typed(key!(r.sv2url), "must be \"address:port\" or an array of them")? {
-            None => Vec::new(),
-            Some(ServerUrls::Many(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
-                    u.typed
-                        .as_deref()
-                        .and_then(parse_sv2_listen)
-                        .ok_or_else(|| c.err(&format!("sv2url[{i}]"), &u.json, sv2_rule))
-                })
-                .collect::<Result<_, _>>()?,
-            Some(ServerUrls::One(s)) if s.is_empty() => Vec::new(),
-            Some(ServerUrls::One(s)) => {
-                vec![parse_sv2_listen(s).ok_or_else(|| c.err("sv2url", &Value::String(s.clone()), sv2_rule))?]
-            }
-        };
+        // The operator's API and Stratum V2: off unless given (an empty string or list: off too);
+        // an SV2 address without a port takes 3336.
+        let apiurl =
+            c.optional_listeners(key!(r.apiurl), "must be \"address:port\", e.g. \"127.0.0.1:3380\"", parse_listen)?;
+        let sv2url = c.optional_listeners(
+            key!(r.sv2url),
+            "must be \"address:port\" (port 3336 when left out), e.g. \"0.0.0.0:3336\"",
+            parse_sv2_listen,
+        )?;
         let path_key = |k: Key<String>| -> Result<Option<PathBuf>, ConfigError> {
             Ok(Some(c.string(k, "")?).filter(|s| !s.is_empty()).map(PathBuf::from))
         };

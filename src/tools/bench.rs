@@ -535,6 +535,55 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The TRIGGER lines: for each run of the trigger command (started at `trigger_ats`), the first
+/// set of `arrivals` (sorted, one instant per connection) that began after it and before the next
+/// run: when `what` reached the first, median, p99 and last connection.
+pub(crate) fn report_triggers(cmd: &str, trigger_ats: &[Instant], arrivals: &[&[Instant]], what: &str, up: usize) {
+    let mut lasts = Vec::new();
+    for (i, &at) in trigger_ats.iter().enumerate() {
+        let next = trigger_ats.get(i + 1).copied();
+        match arrivals.iter().find(|v| v[0] >= at && next.is_none_or(|n| v[0] < n)) {
+            Some(v) => {
+                let rel = |q: f64| ms(quantile(v, q) - at);
+                lasts.push(rel(1.0));
+                println!(
+                    "bench: TRIGGER `{cmd}` -> {what} at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
+                    rel(0.0),
+                    rel(0.5),
+                    rel(0.99),
+                    rel(1.0),
+                    v.len()
+                );
+            }
+            None => println!("bench: TRIGGER `{cmd}` run {}: no {what} arrived after it", i + 1),
+        }
+    }
+    summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
+}
+
+/// The SERVER lines from the pool's (cpu µs, rss bytes) before the ramp, after it, and at the
+/// start and end of the load.
+pub(crate) fn report_server(pid: u32, [b, r, c0, c1]: [(u64, u64); 4], answered: u64, secs: f64, up: usize) {
+    let cpu_us = c1.0.saturating_sub(c0.0);
+    let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
+    println!(
+        "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
+        cpu_us as f64 / 1000.0,
+        cpu_us as f64 / 1e4 / secs
+    );
+    println!(
+        "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
+        b.1 / 1024,
+        r.1 / 1024,
+        (r.1 as i64 - b.1 as i64) / up.max(1) as i64
+    );
+    println!(
+        "bench: SERVER pid {pid}: rss {} KiB at the end of the load: {} bytes/connection",
+        c1.1 / 1024,
+        (c1.1 as i64 - b.1 as i64) / up.max(1) as i64
+    );
+}
+
 /// Prints the spread over blocks of one per-block delay (ms).
 pub(crate) fn summarize(what: &str, label: &str, v: &mut [f64]) {
     if v.is_empty() {
@@ -788,26 +837,8 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
                 println!("bench: trigger command run {} did not succeed: {st:?}", i + 1);
             }
         }
-        let mut lasts = Vec::new();
-        for (i, &at) in trigger_ats.iter().enumerate() {
-            let next = trigger_ats.get(i + 1).copied();
-            match events.iter().find(|(_, v)| v[0] >= at && next.is_none_or(|n| v[0] < n)) {
-                Some((_, v)) => {
-                    let rel = |q: f64| ms(quantile(v, q) - at);
-                    lasts.push(rel(1.0));
-                    println!(
-                        "bench: TRIGGER `{cmd}` -> clean notify at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
-                        rel(0.0),
-                        rel(0.5),
-                        rel(0.99),
-                        rel(1.0),
-                        v.len()
-                    );
-                }
-                None => println!("bench: TRIGGER `{cmd}` run {}: no clean notify arrived after it", i + 1),
-            }
-        }
-        summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
+        let arrivals: Vec<&[Instant]> = events.iter().map(|(_, v)| v.as_slice()).collect();
+        report_triggers(cmd, &trigger_ats, &arrivals, "clean notify", up);
     }
     if let Some(heard) = &heard {
         let heard = heard.lock().unwrap().clone();
@@ -852,25 +883,7 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
         summarize("ZMQ", "ZMQ message -> last connection", &mut lasts);
     }
     if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, cpu0, cpu1) {
-        let cpu_us = c1.0.saturating_sub(c0.0);
-        let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
-        let rss_delta = r.1 as i64 - b.1 as i64;
-        println!(
-            "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
-            cpu_us as f64 / 1000.0,
-            cpu_us as f64 / 1e4 / secs
-        );
-        println!(
-            "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
-            b.1 / 1024,
-            r.1 / 1024,
-            rss_delta / up.max(1) as i64
-        );
-        println!(
-            "bench: SERVER pid {pid}: rss {} KiB at the end of the load: {} bytes/connection",
-            c1.1 / 1024,
-            (c1.1 as i64 - b.1 as i64) / up.max(1) as i64
-        );
+        report_server(pid, [b, r, c0, c1], answered, secs, up);
     }
     if let Some(e) = stats.first_error.lock().unwrap().clone() {
         println!("bench: first error: {e}");

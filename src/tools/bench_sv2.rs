@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::time::Instant;
 
-use super::bench::{ms, proc_usage, quantile, summarize, BenchArgs};
+use super::bench::{ms, proc_usage, report_server, report_triggers, BenchArgs};
 use crate::difficulty::Target;
 use crate::sv2::client::{self, Event, ExtendedJob, Sv2Client, REQUIRES_VERSION_ROLLING};
 use crate::sv2::jobs::target_from_le;
@@ -162,41 +162,11 @@ pub async fn bench_sv2(args: BenchArgs, addr: SocketAddr, key: [u8; 32], extende
     }
     tips.sort_by_key(|(v, _)| v[0]);
     if let Some(cmd) = &args.trigger {
-        let mut lasts = Vec::new();
-        for (i, &at) in trigger_ats.iter().enumerate() {
-            let next = trigger_ats.get(i + 1).copied();
-            match tips.iter().find(|(v, _)| v[0] >= at && next.is_none_or(|n| v[0] < n)) {
-                Some((v, _)) => {
-                    let rel = |q: f64| ms(quantile(v, q) - at);
-                    lasts.push(rel(1.0));
-                    println!(
-                        "bench: TRIGGER `{cmd}` -> SetNewPrevHash at first {:.2} ms, p50 {:.2} ms, p99 {:.2} ms, last {:.2} ms after the command's start ({}/{up} connections)",
-                        rel(0.0),
-                        rel(0.5),
-                        rel(0.99),
-                        rel(1.0),
-                        v.len()
-                    );
-                }
-                None => println!("bench: TRIGGER `{cmd}` run {}: no SetNewPrevHash arrived after it", i + 1),
-            }
-        }
-        summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
+        let arrivals: Vec<&[Instant]> = tips.iter().map(|(v, _)| v.as_slice()).collect();
+        report_triggers(cmd, &trigger_ats, &arrivals, "SetNewPrevHash", up);
     }
     if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, c0, c1) {
-        let cpu_us = c1.0.saturating_sub(c0.0);
-        let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
-        println!(
-            "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
-            cpu_us as f64 / 1000.0,
-            cpu_us as f64 / 1e4 / secs
-        );
-        println!(
-            "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
-            b.1 / 1024,
-            r.1 / 1024,
-            (r.1 as i64 - b.1 as i64) / up.max(1) as i64
-        );
+        report_server(pid, [b, r, c0, c1], answered, secs, up);
     }
     if let Some(e) = stats.first_error.lock().unwrap().clone() {
         println!("bench: first error: {e}");

@@ -294,11 +294,11 @@ impl Sv2Session {
                     nonce: m.nonce,
                     version: m.version,
                 };
-                self.on_submit(m.channel_id, m.sequence_number, m.job_id, Some(d), wr);
+                self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
             }
             AnyMessage::Mining(Mining::SubmitSharesStandard(m)) => {
                 let d = Decoded { extranonce2: &[], ntime: m.ntime, nonce: m.nonce, version: m.version };
-                self.on_submit(m.channel_id, m.sequence_number, m.job_id, Some(d), wr);
+                self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
             }
             AnyMessage::Mining(Mining::OpenExtendedMiningChannel(m)) => self.on_open_extended(m, wr),
             AnyMessage::Mining(Mining::OpenStandardMiningChannel(m)) => self.on_open_standard(m, wr),
@@ -664,7 +664,7 @@ impl Sv2Session {
         channel_id: u32,
         seq: u32,
         job_id: u32,
-        d: Option<Decoded<'_>>,
+        mut d: Decoded<'_>,
         wr: &mut FrameWriter<W>,
     ) {
         let now = self.now_us();
@@ -674,14 +674,12 @@ impl Sv2Session {
             self.reject(wr, channel_id, seq, "invalid-channel-id");
             return;
         };
-        let Some(mut d) = d else { return };
         if self.touched.last() != Some(&channel_id) && !self.touched.contains(&channel_id) {
             self.touched.push(channel_id);
         }
         // A standard channel rolls no extranonce: its extranonce2 is the zeros of its prefix.
-        let zeros = [0u8; MAX_NONCE2_LEN];
         if !ch.extended {
-            d.extranonce2 = &zeros[..ch.n2.min(MAX_NONCE2_LEN)];
+            d.extranonce2 = &ZERO_EN2[..ch.n2.min(MAX_NONCE2_LEN)];
         }
         let local = match ch.ids.lookup(job_id) {
             JobRef::Local(l) => l,
@@ -762,6 +760,9 @@ impl Sv2Session {
         }
     }
 }
+
+/// A standard channel's extranonce2.
+static ZERO_EN2: [u8; MAX_NONCE2_LEN] = [0; MAX_NONCE2_LEN];
 
 /// Frames handled per wake-up before answering (bounds the time one busy peer holds its task).
 const BATCH_FRAMES: usize = 64;

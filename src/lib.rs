@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bitcoind;
+pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod difficulty;
@@ -17,11 +18,12 @@ pub mod mining;
 pub mod payout;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
+pub mod serve;
 pub mod service;
 pub mod share;
 pub mod sockets;
-pub mod stratum;
 pub mod sv1;
 pub mod sv2;
 pub mod tls;

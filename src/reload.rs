@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::difficulty::Difficulty;
-use crate::stratum::vardiff::VardiffParams;
+use crate::mining::vardiff::VardiffParams;
 
 /// The values a reload can change while running.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,7 +67,7 @@ fn saved_blocks(pool: &Pool) -> Vec<(u64, String, PathBuf)> {
     let Ok(dir) = std::fs::read_dir(pool.logdir.join("blocks")) else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| {
-            let (h, hash) = ckpool::pool::blocks::journal::parse_hex_name(&e.file_name().to_string_lossy())?;
+            let (h, hash) = ckpool::blocks::journal::parse_hex_name(&e.file_name().to_string_lossy())?;
             Some((h, hash, e.path()))
         })
         .collect()

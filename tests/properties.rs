@@ -250,11 +250,11 @@ proptest! {
         params in proptest::collection::vec(any_param(), 0..9),
         id in prop_oneof![Just(json!(7)), Just(json!("x\"y")), Just(serde_json::Value::Null)],
     ) {
-        use ckpool::stratum::proto::{parse_request, Param, SubmitParams, SUBMIT_PARAMS};
+        use ckpool::sv1::proto::{parse_request, Param, SubmitParams, SUBMIT_PARAMS};
         let line = json!({"id": id, "method": "mining.submit", "params": params}).to_string();
         let req = parse_request(line.as_bytes()).unwrap();
         prop_assert_eq!(&*req.method, "mining.submit");
-        prop_assert_eq!(ckpool::stratum::proto::id_text(req.id), id.to_string());
+        prop_assert_eq!(ckpool::sv1::proto::id_text(req.id), id.to_string());
         let p = SubmitParams::parse(req.params).unwrap();
         for i in 0..SUBMIT_PARAMS + 2 {
             let want = params.get(i).filter(|_| i < SUBMIT_PARAMS);
@@ -272,8 +272,8 @@ proptest! {
     /// submit's params parse or are refused.
     #[test]
     fn any_line_parses_or_is_refused(line in proptest::collection::vec(any::<u8>(), 0..300)) {
-        if let Ok(req) = ckpool::stratum::proto::parse_request(&line) {
-            let _ = ckpool::stratum::proto::SubmitParams::parse(req.params);
+        if let Ok(req) = ckpool::sv1::proto::parse_request(&line) {
+            let _ = ckpool::sv1::proto::SubmitParams::parse(req.params);
             let _ = req.params_value();
         }
     }

@@ -3,7 +3,7 @@
 //! convergence table.
 
 use ckpool::difficulty::{Difficulty, SCALE};
-use ckpool::stratum::vardiff::{Limits, Vardiff, VardiffParams, US};
+use ckpool::mining::vardiff::{Limits, Vardiff, VardiffParams, US};
 use proptest::prelude::*;
 
 /// xorshift64*: small, seeded, reproducible.

@@ -3,7 +3,7 @@
 //! itself, as JSON too, and its target maps back within one unit.
 #![no_main]
 use ckpool::difficulty::Difficulty;
-use ckpool::stratum::proto::suggested_difficulty;
+use ckpool::sv1::proto::suggested_difficulty;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! never panics; a complete header's length is within the bytes given and the bounds; parsing
 //! a prefix of the bytes never gives a different header (more bytes only complete one).
 #![no_main]
-use ckpool::stratum::proxy_protocol::{parse, ParseError, V1_MAX, V2_MAX};
+use ckpool::proxy_protocol::{parse, ParseError, V1_MAX, V2_MAX};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! suggest_difficulty's shapes. The submit parser must read what serde_json reads
 //! (as tests/properties.rs checks on generated params), and an echoed id stays valid JSON.
 #![no_main]
-use ckpool::stratum::proto::{
+use ckpool::sv1::proto::{
     id_text, parse_request, push_error, push_result, suggested_difficulty, wants_reply, Param, SubmitParams,
     SUBMIT_PARAMS,
 };

@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 
 use super::{history, Api};
 use crate::log::stats::{UserView, View, WorkerView};
-use crate::pool::blocks::fate::Stage;
-use crate::pool::blocks::journal::{Ledger, State};
-use crate::stratum::REJECT_KINDS;
+use crate::blocks::fate::Stage;
+use crate::blocks::journal::{Ledger, State};
 
 /// blocks.log larger than this is read from its last this many bytes (whole lines).
 const BLOCKS_LOG_MAX: u64 = 8 << 20;
@@ -122,7 +121,7 @@ pub fn block_fate(b: &Block, tip: Option<u64>) -> (&'static str, u64) {
         State::Stale => ("stale", 0),
         State::Fate(Stage::Accepted) => ("accepted", live(0)),
         State::Fate(Stage::Confirmed(n)) => ("confirmed", live(n)),
-        State::Fate(Stage::Matured) => ("matured", live(crate::pool::blocks::fate::MATURITY)),
+        State::Fate(Stage::Matured) => ("matured", live(crate::blocks::fate::MATURITY)),
         State::Fate(Stage::Orphaned) => ("orphaned", 0),
     }
 }
@@ -220,7 +219,7 @@ pub fn pool(api: &Api) -> Value {
     let c = &api.src.ctx.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let rejected_by: serde_json::Map<String, Value> =
-        REJECT_KINDS.iter().zip(&c.rejected_by).map(|(k, n)| (k.to_string(), json!(load(n)))).collect();
+        c.rejected_by().map(|(k, n)| (k.label().to_string(), json!(n))).collect();
     let b = view.blocks;
     json!({
         "mode": api.src.mode.name(),

@@ -14,7 +14,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::Api;
-use crate::stratum::REJECT_KINDS;
 
 /// Users with their own hashrate series (the first this many, in name order).
 pub const USER_SERIES_CAP: usize = 100;
@@ -85,8 +84,8 @@ impl Collector for Scrape {
             None,
             MetricType::Counter,
         )?;
-        for (kind, n) in REJECT_KINDS.iter().zip(&c.rejected_by) {
-            counter(&mut m.encode_family(&[("reason", *kind)])?, load(n))?;
+        for (kind, n) in c.rejected_by() {
+            counter(&mut m.encode_family(&[("reason", kind.label())])?, n)?;
         }
         let mut m = enc.encode_descriptor(
             "ckpool_accepted_difficulty",

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::log::stats::View;
 use crate::mining::Announcement;
 use crate::proxy::upstream::UpstreamCounters;
-use crate::stratum::ServerCtx;
+use crate::serve::ServerCtx;
 
 /// Which face the process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,50 +5,12 @@
 //! `-H/--handover`), so the unit files
 //! of the operator's guide run unchanged; the tools are subcommands.
 
+pub use crate::service::args::ServerArgs;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 mod generate;
-
-/// Flags shared by pool and proxy mode (ckpool's getopt flags).
-#[derive(Debug, Clone, Args, Default)]
-pub struct ServerArgs {
-    /// Configuration file (ckpool JSON; text after the closing brace is ignored)
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Stop a running instance (found through the pid file in the socket dir) before starting
-    #[arg(short = 'k', long = "killold")]
-    pub killold: bool,
-    /// Take over the listening sockets of the instance running with the same name and socket
-    /// dir (no connection is refused): it stops accepting, closes its miners' connections once
-    /// this one serves work (they reconnect here) and exits. Without a running instance, start
-    /// normally; with one that does not answer, fail (or, with --killold, stop it first)
-    #[arg(short = 'H', long = "handover")]
-    pub handover: bool,
-    /// Write every share to the share logs under logdir
-    #[arg(short = 'L', long = "log-shares")]
-    pub log_shares: bool,
-    /// Log level: 0-7 as ckpool (7 = debug, 6 = info, 4 = warning, 3 = error) or a name
-    #[arg(short = 'l', long = "loglevel", value_name = "LEVEL")]
-    pub loglevel: Option<String>,
-    /// Instance name: default "ckpool" or "ckproxy"; names the socket dir, pid file and log file
-    #[arg(short = 'n', long = "name", value_name = "NAME")]
-    pub name: Option<String>,
-    /// Directory for the pid file and the handover socket (default /tmp/<name>)
-    #[arg(short = 's', long = "sockdir", value_name = "DIR")]
-    pub sockdir: Option<PathBuf>,
-    /// Quiet: do not echo the log to the terminal
-    #[arg(short = 'q', long = "quiet")]
-    pub quiet: bool,
-    /// Proxy mode (as `ckproxy`)
-    #[arg(short = 'p', long = "proxy")]
-    pub proxy: bool,
-    /// Solo mining (ckpool's BTCSOLO): each username is the miner's payout address and a block
-    /// pays its finder (less `donation` percent to btcaddress)
-    #[arg(short = 'B', long = "btcsolo")]
-    pub btcsolo: bool,
-}
 
 #[derive(Debug, Parser)]
 #[command(name = "ckpool", version, about = "Stratum mining pool and proxy (ckpool/ckproxy compatible)")]
@@ -85,7 +47,7 @@ pub enum Command {
     #[command(name = "sv2-key")]
     Sv2Key(crate::sv2::Sv2KeyArgs),
     /// Submit a saved block by hand to every btcd: ckpool submitblock FILE|HASH [--config F]
-    Submitblock(crate::pool::blocks::manual::SubmitblockArgs),
+    Submitblock(crate::blocks::manual::SubmitblockArgs),
     /// Print a shell completion script: ckpool completions bash > /etc/bash_completion.d/ckpool
     Completions(generate::CompletionsArgs),
     /// Fill a history database with simulated minute rows and report its size (docs/performance.md)
@@ -128,7 +90,7 @@ pub fn main() -> i32 {
         Some(Command::Payout(args)) => crate::tools::payout::run_payout(args),
         Some(Command::Difficulty(args)) => crate::tools::payout::run_difficulty(args),
         Some(Command::Rpcauth(args)) => crate::tools::rpcauth::run(args),
-        Some(Command::Submitblock(args)) => crate::pool::blocks::manual::run(args),
+        Some(Command::Submitblock(args)) => crate::blocks::manual::run(args),
         Some(Command::Status(args)) => crate::api::status::run(args),
         Some(Command::Sv2Key(args)) => crate::sv2::run_sv2_key(args),
         Some(Command::Completions(args)) => generate::completions(&args),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::difficulty::Difficulty;
-use crate::stratum::vardiff::VardiffParams;
+use crate::mining::vardiff::VardiffParams;
 
 mod raw;
 #[cfg(test)]
@@ -78,7 +78,7 @@ pub struct Listener {
     /// `stratum+tls://` or `"tls": true`: TLS with `tlscert` / `tlskey`.
     pub tls: bool,
     /// `"proxy_protocol"`: every connection must start with a PROXY header of this version.
-    pub proxy_protocol: Option<crate::stratum::proxy_protocol::Accept>,
+    pub proxy_protocol: Option<crate::proxy_protocol::Accept>,
     pub mindiff: Difficulty,
     pub startdiff: Difficulty,
     /// Zero: no maximum.

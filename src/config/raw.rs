@@ -14,8 +14,8 @@ use super::{
     Btcd, Config, ConfigError, Listener, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS, SERVERURL_KEYS,
 };
 use crate::difficulty::{Difficulty, ParseDifficultyError};
-use crate::stratum::proxy_protocol::Accept;
-use crate::stratum::vardiff::VardiffParams;
+use crate::proxy_protocol::Accept;
+use crate::mining::vardiff::VardiffParams;
 
 /// Parses and validates config text (`path` is used in messages).
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {

@@ -9,7 +9,7 @@ use serde::de::{DeserializeOwned, Deserializer};
 use super::raw::{RawBtcd, RawConfig, RawListenEntry, RawUpstream};
 use super::*;
 use crate::difficulty::Difficulty;
-use crate::stratum::vardiff::VardiffParams;
+use crate::mining::vardiff::VardiffParams;
 
 /// The operator guide's /etc/ckpool.conf, as its heredoc writes it (tabs, trailing comment).
 pub const GUIDE_CKPOOL_CONF: &str = "{\n\"btcd\" : [\n\t{\n\t\"url\" : \"localhost:19332\",\n\t\"auth\" : \"satoshi\",\n\t\"pass\" : \"s3cretPassw0rd\",\n\t\"notify\" : true\n\t}\n],\n\"btcaddress\" : \"mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn\",\n\"btcsig\" : \"\",\n\"serverurl\" : [\n\t\"0.0.0.0:3333\"\n],\n\"mindiff\" : 1,\n\"startdiff\" : 42,\n\"maxdiff\" : 0,\n\"zmqblock\" : \"tcp://127.0.0.1:28332\",\n\"logdir\" : \"/var/log/stratum\"\n}\nComments from here on are ignored.\n";
@@ -510,7 +510,7 @@ fn guide_proxy_config_parses() {
 /// the rest inherited; errors name the entry and key; plain strings as before.
 #[test]
 fn serverurl_entries_as_objects() {
-    use crate::stratum::proxy_protocol::Accept;
+    use crate::proxy_protocol::Accept;
     let text = r#"{"mindiff": 2, "startdiff": 42, "maxdiff": 0,
         "serverurl": ["0.0.0.0:3333",
             {"url": "0.0.0.0:3334", "mindiff": 10000, "startdiff": 20000, "maxdiff": 0, "tls": true, "proxy_protocol": "v2"},

@@ -165,7 +165,7 @@ pub struct BlockCandidate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stratum::proto;
+    use crate::sv1::proto;
 
     /// Notify latency counts only miners whose previous notify predates the announcement.
     #[test]

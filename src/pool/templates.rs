@@ -13,7 +13,7 @@ use crate::bitcoind::{Rpc, RpcError};
 use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::mining::Announcement;
-use crate::stratum::Work;
+use crate::mining::Work;
 use crate::work::{coinbase, CoinbaseConfig, Job, Template};
 
 /// Where a refresh's time went: waiting for the node's answers, and parsing them.

@@ -15,7 +15,7 @@ use crate::config::Upstream;
 use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::share::Submit;
-use crate::stratum::{UpstreamJob, UpstreamShare, Work};
+use crate::mining::{UpstreamJob, UpstreamShare, Work};
 use crate::sv1::client::{Client, ClientError};
 use crate::sv1::server_msg::{Event, Notify, NotifyJob, Subscription};
 use crate::work::coinbase::MAX_NONCE2_LEN;

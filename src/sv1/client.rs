@@ -25,7 +25,7 @@ use super::server_msg::{self, Event, Kind, Refusal, Subscription};
 use crate::difficulty::Difficulty;
 use crate::jsonw::{push_json_str, push_u64};
 use crate::share::Submit;
-use crate::stratum::lines::{Line, LineReader};
+use crate::sv1::lines::{Line, LineReader};
 
 /// Longest server line read (a notify with a big coinbase and many branches fits).
 pub const MAX_LINE: usize = 64 * 1024;

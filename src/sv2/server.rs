@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use super::keys::AuthorityKey;
 use super::session::Sv2Session;
 use super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
-use crate::stratum::server::accept_next;
-use crate::stratum::ServerCtx;
+use crate::sv1::server::accept_next;
+use crate::serve::ServerCtx;
 
 /// Accepts SV2 connections on every listener until shutdown, then waits (bounded) for them.
 pub async fn serve(

@@ -31,8 +31,9 @@ use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Channel, Effects, Issued, Work};
 use crate::share::Decoded;
-use crate::stratum::server::take_en1;
-use crate::stratum::{reject_kind, BlockCandidate, ServerCtx};
+use crate::sv1::server::take_en1;
+use crate::mining::BlockCandidate;
+use crate::serve::{RejectKind, ServerCtx};
 use crate::work::coinbase::MAX_NONCE2_LEN;
 
 /// The only protocol version there is.
@@ -669,7 +670,7 @@ impl Sv2Session {
     ) {
         let now = self.now_us();
         let Some(ch) = self.channels.get_mut(&channel_id) else {
-            self.ctx.counters.add_rejected(crate::stratum::REJECT_INVALID_PARAMS);
+            self.ctx.counters.add_rejected(RejectKind::InvalidParams);
             tracing::debug!(peer = %self.peer, client = self.id, "sv2 share for unknown channel {channel_id}");
             self.reject(wr, channel_id, seq, "invalid-channel-id");
             return;
@@ -688,7 +689,7 @@ impl Sv2Session {
                 ch.core.count_unread();
                 let kind =
                     if r == JobRef::Past { crate::share::Reject::Stale } else { crate::share::Reject::UnknownJob };
-                self.ctx.counters.add_rejected(reject_kind(&kind));
+                self.ctx.counters.add_rejected(RejectKind::from(&kind));
                 self.reject(wr, channel_id, seq, code);
                 return;
             }
@@ -715,7 +716,7 @@ impl Sv2Session {
                 None
             }
             Err(r) => {
-                self.ctx.counters.add_rejected(reject_kind(&r));
+                self.ctx.counters.add_rejected(RejectKind::from(&r));
                 // Earlier accepted shares are answered first.
                 for ok in self.acks.drain(..) {
                     let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));

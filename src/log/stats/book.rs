@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::difficulty::{Difficulty, SCALE};
-use crate::stratum::vardiff::{Meter, US};
+use crate::mining::vardiff::{Meter, US};
 
 use super::format::*;
 use super::*;

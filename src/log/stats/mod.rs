@@ -114,7 +114,7 @@ mod tests {
     use serde_json::Value;
 
     use crate::difficulty::SCALE;
-    use crate::stratum::vardiff::US;
+    use crate::mining::vardiff::US;
 
     use super::book::*;
     use super::format::*;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::stratum::Work;
+use crate::mining::Work;
 
 use super::book::*;
 use super::format::*;

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use crate::bitcoind::Rpc;
 use crate::hex;
 use crate::log::stats::StatEvent;
-use crate::stratum::BlockCandidate;
+use crate::mining::BlockCandidate;
 use decide::Outcome;
 use fate::{Change, Stage};
 use journal::{Ledger, Meta, State};

@@ -7,7 +7,7 @@ use super::Session;
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::log::stats::StatEvent;
-use crate::stratum::proto::{self, code};
+use crate::sv1::proto::{self, code};
 
 impl Session {
     pub(super) fn on_subscribe(&mut self, id: &str, params: &Value) {

@@ -9,8 +9,8 @@ use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Effects, ShareRecord};
 use crate::share::Submit;
-use crate::stratum::proto::{code, Param, SubmitParams};
-use crate::stratum::{reject_kind, REJECT_BAD_VERSION, REJECT_INVALID_PARAMS};
+use crate::sv1::proto::{code, Param, SubmitParams};
+use crate::serve::RejectKind;
 
 impl Session {
     /// Queues the shares tallied so far as one statistics event for the current worker name.
@@ -75,16 +75,16 @@ impl Session {
             return;
         }
         let Some(params) = SubmitParams::parse(params) else {
-            return self.unread_submit(id, "Invalid params", REJECT_INVALID_PARAMS);
+            return self.unread_submit(id, "Invalid params", RejectKind::InvalidParams);
         };
         let p = |i| params.str(i);
         let (Some(_worker), Some(job_id), Some(en2), Some(ntime), Some(nonce)) = (p(0), p(1), p(2), p(3), p(4)) else {
-            return self.unread_submit(id, "Invalid params", REJECT_INVALID_PARAMS);
+            return self.unread_submit(id, "Invalid params", RejectKind::InvalidParams);
         };
         let version_bits = match params.get(5) {
             None | Some(Param::Null) => None,
             Some(Param::Str(s)) => Some(&**s),
-            Some(Param::Other) => return self.unread_submit(id, "Invalid version bits", REJECT_BAD_VERSION),
+            Some(Param::Other) => return self.unread_submit(id, "Invalid version bits", RejectKind::BadVersion),
         };
         let sub = Submit { job_id, extranonce2: en2, ntime, nonce, version_bits };
         // On the stack (no allocation); not kept in the session, so an idle miner does not pay for it.
@@ -98,7 +98,7 @@ impl Session {
             }
             Err(r) => {
                 let reason = r.reason();
-                self.ctx.counters.add_rejected(reject_kind(&r));
+                self.ctx.counters.add_rejected(RejectKind::from(&r));
                 self.error(id, r.code(), &reason);
                 if fx.share.is_none() {
                     tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
@@ -133,7 +133,7 @@ impl Session {
     }
 
     /// A submit whose params could not be read: counted as rejected, answered, not logged.
-    pub(super) fn unread_submit(&mut self, id: &str, reason: &str, kind: usize) {
+    pub(super) fn unread_submit(&mut self, id: &str, reason: &str, kind: RejectKind) {
         self.ctx.counters.add_rejected(kind);
         self.channel.count_unread();
         self.error(id, code::OTHER, reason);

@@ -2,39 +2,21 @@
 //! `logdir`, the context every session shares, the listeners served on it, and one shutdown order
 //! (sessions first, then whatever still holds their channels, then the writers drain).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{server, BlockCandidate, Counters, ServerCtx, SessionParams, UpstreamShare, Work};
+use super::{Counters, Enonces, ServerCtx, SessionParams};
+use crate::mining::{BlockCandidate, UpstreamShare, Work};
+use crate::sv1::server;
 use crate::config::Config;
 use crate::log::{sharelog, stats};
 
 /// Queued statistics events before a session waits for the writer (never dropped).
 const STATS_QUEUE: usize = 65_536;
-
-impl SessionParams {
-    /// The session parameters of `cfg`, with what the mode decides: the version mask it grants
-    /// and the extranonce1 bytes it owns.
-    pub fn from_config(cfg: &Config, version_mask: u32, nonce1_len: usize, log_shares: bool) -> SessionParams {
-        SessionParams {
-            mindiff: cfg.mindiff,
-            startdiff: cfg.startdiff,
-            maxdiff: cfg.maxdiff,
-            version_mask,
-            nonce1_len,
-            log_shares,
-            keepalive_secs: 55,
-            vardiff: cfg.vardiff,
-            solo: None,
-            live: None,
-        }
-    }
-}
 
 /// The running front end: the shared context, the statistics summary for status lines, and the
 /// tasks to stop in order.
@@ -82,7 +64,7 @@ impl FrontEnd {
                 summary: summary_tx,
                 view: view_tx,
                 failing: false,
-                live: params.live.clone(),
+                live: Some(params.live.clone()),
                 history: crate::history::start(cfg),
             },
             STATS_QUEUE,
@@ -95,7 +77,7 @@ impl FrontEnd {
             upstream,
             stats,
             counters: Counters::default(),
-            enonces: Mutex::new(HashSet::new()),
+            enonces: Enonces::default(),
             shutdown,
         });
         FrontEnd {

@@ -20,9 +20,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::lines::LineReader;
-use super::proxy_protocol::{self, Header};
 use super::session::Session;
-use super::ServerCtx;
+use crate::proxy_protocol::{self, Header};
+use crate::serve::accept::accept_next;
+use crate::serve::enonce::{mask_of, random_start, Full};
+use crate::serve::ServerCtx;
 use crate::config::Listener;
 use crate::tls::TlsServer;
 
@@ -77,56 +79,6 @@ impl AsyncWrite for MinerStream {
         match self.get_mut() {
             MinerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MinerStream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Binds every address (with SO_REUSEADDR, so a restart does not wait for TIME_WAIT).
-pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    addrs
-        .iter()
-        .map(|a| {
-            let sock = if a.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-                .map_err(|e| anyhow::anyhow!("serverurl {a}: cannot create socket: {e}"))?;
-            sock.set_reuseaddr(true).ok();
-            sock.bind(*a).map_err(|e| {
-                anyhow::anyhow!("serverurl {a}: cannot listen: {e} (another pool running? use --killold)")
-            })?;
-            sock.listen(1024).map_err(|e| anyhow::anyhow!("serverurl {a}: cannot listen: {e}"))
-        })
-        .collect()
-}
-
-/// One operator line per listener with the address it is bound to (a configured port 0 shows the
-/// port the system chose; tests start the pool that way and read the port from this line).
-pub fn log_listening(listeners: &[TcpListener]) {
-    for l in listeners {
-        match l.local_addr() {
-            Ok(a) => tracing::info!("listening for miners on {a}"),
-            Err(e) => tracing::warn!("listening for miners (address unknown: {e})"),
-        }
-    }
-}
-
-/// A random 64-bit start for extranonce1 allocation (distinct per run).
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
-}
-
-/// Takes a free extranonce1 value (of `mask`+1) after `*next`, or None when every value is held
-/// by a live session. Never loops more than once around the space, so it cannot spin while the
-/// caller holds the lock on `set`.
-pub fn take_en1(set: &mut HashSet<u64>, next: &mut u64, mask: u64) -> Option<u64> {
-    if mask != u64::MAX && set.len() as u64 > mask {
-        return None;
-    }
-    // At least one value is free: found within mask+1 steps.
-    loop {
-        *next = next.wrapping_add(1) & mask;
-        if set.insert(*next) {
-            return Some(*next);
         }
     }
 }
@@ -234,8 +186,8 @@ impl ListenerRun {
         ListenerRun {
             opts,
             tls,
-            next_en1: AtomicU64::new(random_u64()),
-            mask: if n1 >= 8 { u64::MAX } else { (1u64 << (8 * n1)) - 1 },
+            next_en1: AtomicU64::new(random_start()),
+            mask: mask_of(n1),
             refused: Mutex::new(Refusals::new(&local)),
             local,
         }
@@ -261,39 +213,6 @@ impl ListenerRun {
     }
 }
 
-/// The next connection on `listener` within `limit` (a permit held while it lives); `None` at
-/// shutdown. An accept error (EMFILE and friends) is one log line and a doubling pause (≤ 1 s)
-/// instead of a spin. Shared by the SV1 and SV2 listeners.
-pub async fn accept_next(
-    listener: &TcpListener,
-    limit: &Arc<Semaphore>,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    backoff: &mut Duration,
-    local: &str,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.ok()?,
-            _ = shutdown.changed() => return None,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return None,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                *backoff = Duration::from_millis(10);
-                return Some((stream, peer, permit));
-            }
-            Err(e) => {
-                tracing::warn!("accept on {local} failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(*backoff).await;
-                *backoff = (*backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
 async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<ListenerRun>, limit: Arc<Semaphore>) {
     let local = run.local.clone();
     let mut shutdown = ctx.shutdown.clone();
@@ -305,15 +224,14 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };
             // A fresh extranonce1 not held by a live session; none when the space is full.
             let taken = {
-                let mut set = ctx2.enonces.lock().unwrap_or_else(|p| p.into_inner());
                 let mut next = run2.next_en1.load(Ordering::Relaxed);
-                let r = take_en1(&mut set, &mut next, run2.mask).ok_or(set.len());
+                let r = ctx2.enonces.take(&mut next, run2.mask);
                 run2.next_en1.store(next, Ordering::Relaxed);
                 r
             };
             let key = match taken {
                 Ok(key) => key,
-                Err(held) => {
+                Err(Full { held }) => {
                     drop(permit);
                     let mut r = run2.refused.lock().unwrap_or_else(|p| p.into_inner());
                     r.refuse(stream, peer, held, ctx2.params.nonce1_len);
@@ -365,28 +283,4 @@ async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> 
         },
     };
     Some((stream, peer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn en1_allocation_fills_the_space_then_refuses_without_spinning() {
-        // A proxy with a 1-byte prefix: 256 values.
-        let mut set = HashSet::new();
-        let mut next = 77;
-        let mut got: Vec<u64> = (0..256).map(|_| take_en1(&mut set, &mut next, 0xff).unwrap()).collect();
-        got.sort();
-        assert_eq!(got, (0..256).collect::<Vec<u64>>());
-        assert_eq!(take_en1(&mut set, &mut next, 0xff), None);
-        // One leaves: exactly that value comes back, wherever the cursor is.
-        set.remove(&200);
-        assert_eq!(take_en1(&mut set, &mut next, 0xff), Some(200));
-        assert_eq!(take_en1(&mut set, &mut next, 0xff), None);
-        // The full 8-byte space never reports full.
-        let mut set = HashSet::from([u64::MAX, 0]);
-        let mut next = u64::MAX - 1;
-        assert_eq!(take_en1(&mut set, &mut next, u64::MAX), Some(1));
-    }
 }

@@ -1,6 +1,11 @@
 //! Process lifecycle for pool and proxy mode: config, logs, pid file (`--killold`), signals,
 //! sd-notify, and the runtime.
 
+pub mod args;
+pub mod events;
+pub mod pool_mode;
+pub mod proxy_mode;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::ServerArgs;
+use args::ServerArgs;
 use crate::config::Config;
 use crate::log::operator;
 
@@ -33,7 +38,7 @@ struct SystemdEvents {
     ready_tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
-impl crate::pool::Events for SystemdEvents {
+impl crate::service::events::Events for SystemdEvents {
     fn ready(&self, summary: &str) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(summary)]);
         if let Some(tx) = self.ready_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -297,16 +302,16 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
 
-        let events: Arc<dyn crate::pool::Events> =
+        let events: Arc<dyn crate::service::events::Events> =
             Arc::new(SystemdEvents { ready_tx: std::sync::Mutex::new(Some(ready_tx)) });
         let (live_tx, live_rx) = watch::channel(crate::reload::Live::of(&cfg));
         let mut running = cfg.clone();
-        let opts = crate::pool::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
+        let opts = crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
         spawn_watchdog();
         let mut main = if args.proxy {
-            tokio::spawn(crate::proxy::run(cfg, opts, listeners, stop_rx, events))
+            tokio::spawn(proxy_mode::run(cfg, opts, listeners, stop_rx, events))
         } else {
-            tokio::spawn(crate::pool::run(cfg, opts, listeners, stop_rx, events))
+            tokio::spawn(pool_mode::run(cfg, opts, listeners, stop_rx, events))
         };
         loop {
             tokio::select! {

@@ -1,0 +1,165 @@
+//! Pool mode's runner: node checked, template source started, miners served (SV1, SV2), blocks
+//! submitted, the API started; then one shutdown order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::{mpsc, watch};
+
+use super::events::{Events, Options};
+use crate::bitcoind::{zmq, Rpc};
+use crate::config::Config;
+use crate::blocks;
+use crate::pool::{network_of, payout_script, solo, templates, wait_for_node};
+use crate::serve::frontend::FrontEnd;
+use crate::serve::SessionParams;
+use crate::sv1::server;
+use crate::work::coinbase::CoinbaseConfig;
+
+/// Runs pool mode until `shutdown` flips to true.
+pub async fn run(
+    cfg: Config,
+    opts: Options,
+    mut listeners: crate::sockets::Listeners,
+    mut shutdown: watch::Receiver<bool>,
+    events: Arc<dyn Events>,
+) -> anyhow::Result<()> {
+    cfg.require_pool()?;
+    let rpc = Arc::new(Rpc::new(&cfg.btcd, Duration::from_secs(15)));
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
+    let api_listeners = listeners.take("apiurl");
+    let listeners_sv2 = listeners.take("sv2url");
+    let listeners =
+        listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
+    server::log_listening(&listeners);
+    let sv2 = crate::sv2::setup(&cfg, listeners_sv2, cfg.nonce1length, cfg.nonce2length)?;
+    events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
+    wait_for_node(&rpc, &mut shutdown).await?;
+    let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
+    tracing::info!("bitcoind {} ({chain}); block rewards go to {}", rpc.node_label(0), cfg.btcaddress);
+
+    let mut cb = CoinbaseConfig::new(script, &cfg.btcsig);
+    cb.nonce1_len = cfg.nonce1length;
+    cb.nonce2_len = cfg.nonce2length;
+
+    let (work_tx, work_rx) = watch::channel(None);
+    let (height_tx, height_rx) = watch::channel(0u32);
+    let (refresh_tx, refresh_rx) = mpsc::channel(4);
+    let (block_tx, block_rx) = mpsc::channel(64);
+
+    let zmq_rx = match &cfg.zmqblock {
+        Some(ep) => match zmq::subscribe(ep, templates::poll_interval(cfg.blockpoll, true)) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!("{e}; polling the node every {:?} instead", cfg.blockpoll);
+                None
+            }
+        },
+        None => None,
+    };
+
+    let solo = opts.btcsolo.then(|| {
+        let bp = cfg.donation_bp;
+        tracing::info!(
+            "solo mode (-B): each username is its miner's payout address ({chain}); a block pays its finder{}",
+            if bp > 0 {
+                format!(", {}.{:02} % of it to {}", bp / 100, bp % 100, cfg.btcaddress)
+            } else {
+                String::new()
+            }
+        );
+        Arc::new(solo::Solo::new(network_of(&chain), cb.clone(), bp))
+    });
+    let mut source =
+        templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
+    source.solo = solo.is_some();
+    source.live = opts.live.clone();
+    source.refresh(templates::Reason::Start, None).await;
+    let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
+
+    let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, opts.log_shares);
+    params.solo = solo;
+    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone());
+    let submitter = blocks::BlockSubmitter {
+        rpc: rpc.clone(),
+        logdir: cfg.logdir.clone(),
+        refresh: refresh_tx,
+        stats: fe.ctx.stats.clone(),
+        height: height_rx.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let block_task = tokio::spawn(submitter.run(block_rx));
+    let api = crate::api::Sources {
+        mode: crate::api::Mode::Pool,
+        ctx: fe.ctx.clone(),
+        view: fe.view.clone(),
+        logdir: cfg.logdir.clone(),
+        rpc: Some(rpc.clone()),
+        upstream: None,
+    };
+    crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
+    fe.serve(listeners, tls, cfg.maxclients);
+    if let Some(sv2) = sv2 {
+        fe.serve_sv2(sv2, cfg.maxclients);
+    }
+
+    // Ready once a job is being served.
+    let mut w = work_rx.clone();
+    loop {
+        if w.borrow().is_some() {
+            break;
+        }
+        tokio::select! {
+            r = w.changed() => if r.is_err() { bail!("template source stopped before the first job") },
+            _ = shutdown.changed() => break,
+        }
+    }
+    if !*shutdown.borrow() {
+        let summary = format!(
+            "ckpool ready: serving height {} on {}",
+            *height_rx.borrow(),
+            cfg.serverurl.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        tracing::info!("{summary}");
+        events.ready(&summary);
+    }
+
+    // Status line every minute until shutdown.
+    let mut last = (0u64, 0u64);
+    let (ctx, summary_rx) = (fe.ctx.clone(), fe.summary.clone());
+    status_loop(shutdown, &*events, || {
+        let c = &ctx.counters;
+        let (acc, rej) = (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed));
+        let status = format!(
+            "height {}, {} miners, shares/min accepted {} rejected {}, totals accepted {acc} rejected {rej}; {}",
+            *height_rx.borrow(),
+            c.connections.load(Ordering::Relaxed),
+            acc - last.0,
+            rej - last.1,
+            *summary_rx.borrow()
+        );
+        last = (acc, rej);
+        status
+    })
+    .await;
+    drop(ctx);
+    let writers = fe.stop_serving().await;
+    // Sessions are gone: their channel senders are dropped, so the block submitter ends its
+    // submissions in flight (a block no node took yet is submitted again at the next start) and
+    // the share log writer drains everything queued, then both end.
+    // The three are independent: waited for together, within one deadline (service.rs).
+    let bounded = crate::service::DRAIN_AFTER_SESSIONS;
+    let (blocks, _, _) = tokio::join!(
+        tokio::time::timeout(bounded, block_task),
+        tokio::time::timeout(bounded, template_task),
+        writers.drain(bounded)
+    );
+    if blocks.is_err() {
+        tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
+    }
+    tracing::info!("ckpool stopped");
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Proxy mode (ckproxy): one upstream stratum session, many local miners below it, each with
+//! its own extranonce1 slice of the upstream's extranonce2 space, its own difficulty and its
+//! own statistics. Shares meeting the upstream difficulty are forwarded; every miner gets its
+//! local verdict at once.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::bail;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use super::events::{Events, Options};
+use crate::proxy::upstream;
+use crate::serve::frontend::FrontEnd;
+use crate::serve::SessionParams;
+use crate::sv1::server;
+
+/// Runs proxy mode until `shutdown` flips to true.
+pub async fn run(
+    cfg: Config,
+    opts: Options,
+    mut listeners: crate::sockets::Listeners,
+    mut shutdown: watch::Receiver<bool>,
+    events: Arc<dyn Events>,
+) -> anyhow::Result<()> {
+    cfg.require_proxy()?;
+    // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
+    let tls = crate::tls::TlsServer::from_config(&cfg)?;
+    let api_listeners = listeners.take("apiurl");
+    let listeners =
+        listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
+    server::log_listening(&listeners);
+    if !cfg.sv2url.is_empty() {
+        tracing::warn!("sv2url is served in pool mode only; this proxy serves Stratum V1 on serverurl");
+    }
+    if !cfg.btcd.is_empty() {
+        tracing::info!(
+            "proxy mode: btcd entries are not used (an upstream job carries no transactions to assemble a block from)"
+        );
+    }
+    let (work_tx, work_rx) = watch::channel(None);
+    let (mask_tx, mask_rx) = watch::channel(0u32);
+    let (up_tx, up_rx) = mpsc::channel(65_536);
+    let client = upstream::UpstreamClient::new(cfg.proxy.clone(), cfg.version_mask, work_tx, up_rx, mask_tx);
+    let up_counters = client.counters.clone();
+    let upstream_task = tokio::spawn(client.run(shutdown.clone()));
+
+    // Serve once the first upstream job is here: it fixes the miners' extranonce layout.
+    let mut w = work_rx.clone();
+    let first = loop {
+        if let Some(work) = w.borrow_and_update().clone() {
+            break work;
+        }
+        tokio::select! {
+            r = w.changed() => if r.is_err() { bail!("upstream task ended before the first job") },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    };
+    let prefix_len = first.job.coinbase.nonce1_len - first.en1_prefix.len();
+    let granted = *mask_rx.borrow();
+    let (block_tx, mut block_rx) = mpsc::channel::<crate::mining::BlockCandidate>(64);
+    let params = SessionParams::new(&cfg, opts.live.clone(), granted, prefix_len, opts.log_shares);
+    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, Some(up_tx), shutdown.clone());
+    // A block-meeting share is also an upstream share; it is logged here for the operator.
+    let blocks_task = tokio::spawn(async move {
+        while let Some(b) = block_rx.recv().await {
+            tracing::info!(
+                "block-meeting share {} from {}: forwarded to the upstream pool, which submits the block",
+                crate::hex::encode_rev(&b.hash),
+                b.workername
+            );
+        }
+    });
+    let api = crate::api::Sources {
+        mode: crate::api::Mode::Proxy,
+        ctx: fe.ctx.clone(),
+        view: fe.view.clone(),
+        logdir: cfg.logdir.clone(),
+        rpc: None,
+        upstream: Some(crate::api::Upstreams {
+            counters: up_counters.clone(),
+            urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.url)).collect(),
+        }),
+    };
+    crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
+    fe.serve(listeners, tls, cfg.maxclients);
+    let summary = format!(
+        "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",
+        first.job.coinbase.nonce2_len,
+        cfg.serverurl.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    tracing::info!("{summary}");
+    events.ready(&summary);
+
+    let (ctx, summary_rx) = (fe.ctx.clone(), fe.summary.clone());
+    crate::service::events::status_loop(shutdown, &*events, || {
+        let c = &ctx.counters;
+        format!(
+            "{} miners, local accepted {} rejected {}, upstream forwarded {} accepted {} rejected {}; {}",
+            c.connections.load(Ordering::Relaxed),
+            c.accepted.load(Ordering::Relaxed),
+            c.rejected.load(Ordering::Relaxed),
+            up_counters.forwarded.load(Ordering::Relaxed),
+            up_counters.accepted.load(Ordering::Relaxed),
+            up_counters.rejected.load(Ordering::Relaxed),
+            *summary_rx.borrow(),
+        )
+    })
+    .await;
+    drop(ctx);
+    let writers = fe.stop_serving().await;
+    // The three are independent: waited for together, within one deadline (service.rs).
+    let bounded = crate::service::DRAIN_AFTER_SESSIONS;
+    let _ = tokio::join!(
+        tokio::time::timeout(bounded, upstream_task),
+        tokio::time::timeout(bounded, blocks_task),
+        writers.drain(bounded)
+    );
+    tracing::info!("ckproxy stopped");
+    Ok(())
+}

@@ -13,6 +13,8 @@
 #     haproxy: tests/listeners.rs puts the real HAProxy (send-proxy-v2, send-proxy) in front of
 #     the pool to prove the PROXY protocol listeners; openssl: contrib/bench.sh --tls makes the
 #     pool's throwaway self-signed certificate with it.
+#     systemd-container + debootstrap: tests/systemd.rs boots a minimal Debian (contrib/rootfs.sh,
+#     cached in ~/.cache/ckpool/rootfs-bookworm) under `systemd-nspawn -b` and installs our .deb in it.
 #     postgresql: tests/history.rs starts a real server (initdb in a temp dir, loopback port); as
 #     root it runs as the user `postgres` (postgres refuses root), made here when missing.
 #   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
@@ -34,7 +36,8 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql
+      systemd-container debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -105,3 +108,11 @@ if [ ! -x "$tproxy_root/bin/translator_sv2" ]; then
 fi
 ln -sfn "$tproxy_root/bin/translator_sv2" "$here/.regtest/translator_sv2"
 echo "setup: translator_sv2 at $here/.regtest/translator_sv2"
+
+# A minimal Debian for tests/systemd.rs (a real systemd as PID 1), made once and cached.
+if [ "$(id -u)" -eq 0 ]; then
+  rootfs=$(bash "$here/contrib/rootfs.sh" | tail -1)
+  echo "setup: Debian rootfs for the systemd tests at $rootfs"
+else
+  echo "setup: not root: no Debian rootfs for tests/systemd.rs (those tests skip)"
+fi

@@ -9,6 +9,7 @@ pub mod bitcoind;
 pub mod cli;
 pub mod config;
 pub mod difficulty;
+pub mod fdlimit;
 pub mod hex;
 pub mod history;
 pub mod jsonw;

@@ -163,13 +163,14 @@ impl Refusals {
         let Ok(permit) = self.answering.clone().try_acquire_owned() else { return };
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, held)).await;
+            let message = format!("server full: all {held} extranonce1 values are in use; try again later");
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, message)).await;
         });
     }
 }
 
-/// Reads the miner's first request (at most 4 KB) and answers it: the pool is full.
-async fn answer_full(stream: MinerStream, held: usize) {
+/// Reads the miner's first request (at most 4 KB) and answers it: the pool is full (`message`).
+async fn answer_full(stream: MinerStream, message: String) {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut line = String::new();
     let mut rd = BufReader::new(rd.take(4096));
@@ -181,7 +182,7 @@ async fn answer_full(stream: MinerStream, held: usize) {
     let reply = serde_json::json!({
         "id": id,
         "result": null,
-        "error": [20, format!("server full: all {held} extranonce1 values are in use; try again later"), null],
+        "error": [20, message, null],
     });
     let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
     let _ = wr.shutdown().await;
@@ -261,16 +262,34 @@ impl ListenerRun {
     }
 }
 
-/// The next connection on `listener` within `limit` (a permit held while it lives); `None` at
-/// shutdown. An accept error (EMFILE and friends) is one log line and a doubling pause (≤ 1 s)
-/// instead of a spin. Shared by the SV1 and SV2 listeners.
+/// What an accepted connection holds while it lives: its place within `maxclients` and its
+/// descriptor (crate::fdlimit).
+pub struct Held {
+    _limit: tokio::sync::OwnedSemaphorePermit,
+    _fd: crate::fdlimit::Slot,
+}
+
+/// How a listener refuses a miner at the descriptor ceiling: a plain SV1 listener answers the
+/// first request ("server full", error 20); TLS, PROXY-protocol and SV2 listeners just close.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AtCeiling {
+    AnswerSv1,
+    Close,
+}
+
+/// The next connection on `listener` within `limit` and the process's descriptor budget (both
+/// held while it lives); `None` at shutdown. A miner past the descriptor ceiling is refused
+/// (`at_ceiling`) with one operator line a minute (crate::fdlimit). An accept error (EMFILE and
+/// friends) is one log line and a doubling pause (≤ 1 s) instead of a spin. Shared by the SV1
+/// and SV2 listeners.
 pub async fn accept_next(
     listener: &TcpListener,
     limit: &Arc<Semaphore>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     backoff: &mut Duration,
     local: &str,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    at_ceiling: AtCeiling,
+) -> Option<(TcpStream, SocketAddr, Held)> {
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.ok()?,
@@ -283,7 +302,22 @@ pub async fn accept_next(
         match accepted {
             Ok((stream, peer)) => {
                 *backoff = Duration::from_millis(10);
-                return Some((stream, peer, permit));
+                match crate::fdlimit::take_slot() {
+                    Ok(fd) => return Some((stream, peer, Held { _limit: permit, _fd: fd })),
+                    Err(full) => {
+                        full.log(&peer, local);
+                        if at_ceiling == AtCeiling::AnswerSv1 {
+                            if let Some(answering) = full.answering() {
+                                let message = full.reply();
+                                tokio::spawn(async move {
+                                    let _answering = answering;
+                                    let answer = answer_full(MinerStream::Plain(stream), message);
+                                    let _ = tokio::time::timeout(Duration::from_secs(10), answer).await;
+                                });
+                            }
+                        }
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!("accept on {local} failed: {e}; retrying in {backoff:?}");
@@ -299,7 +333,11 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     let mut sessions = JoinSet::new();
-    while let Some((stream, peer, permit)) = accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local).await {
+    let plain = !run.opts.tls && run.opts.proxy_protocol.is_none();
+    let at_ceiling = if plain { AtCeiling::AnswerSv1 } else { AtCeiling::Close };
+    while let Some((stream, peer, permit)) =
+        accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local, at_ceiling).await
+    {
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };

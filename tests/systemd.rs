@@ -1,0 +1,320 @@
+//! Issue #25: the package under a real systemd. A minimal Debian (contrib/rootfs.sh: debootstrap,
+//! cached in ~/.cache/ckpool/rootfs-bookworm) boots under `systemd-nspawn -b` with systemd as its
+//! PID 1, sharing the host's network, so the harness's regtest nodes on 127.0.0.1 serve it. Our
+//! .deb is installed with `apt-get install` as a user would, and the service is driven with
+//! `systemctl` only (`nsenter` runs it inside). The container mounts its own /tmp: files for it
+//! go under its /root.
+//!
+//! Skips (passing, with a line saying why) when not root, when systemd-nspawn or the rootfs is
+//! missing (contrib/setup.sh installs both), or when nspawn cannot boot a systemd here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{solve, Client, NodePair, RPC_PASS, RPC_USER};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ckpool");
+const BOOT_LIMIT: Duration = Duration::from_secs(90);
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rootfs() -> PathBuf {
+    match std::env::var_os("CKPOOL_ROOTFS") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".cache/ckpool/rootfs-bookworm"),
+    }
+}
+
+fn skip(why: &str) {
+    eprintln!("SKIPPED tests/systemd.rs: {why}");
+}
+
+/// Runs `cmd`; (success, stdout, stderr).
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A booted container: the nspawn process, its root (a copy of the cached rootfs), and the pid
+/// (on the host) of its systemd. Dropping it powers it off (bounded), then kills what is left.
+struct Container {
+    nspawn: Child,
+    init: u32,
+    dir: tempfile::TempDir,
+}
+
+impl Container {
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Copies the rootfs and boots it; Err says why it cannot boot here.
+    fn boot(rootfs: &Path) -> Result<Container, String> {
+        let dir = tempfile::Builder::new().prefix("ckpool-nspawn").tempdir_in("/var/tmp").unwrap();
+        let root = dir.path().join("root");
+        let (ok, _, err) = run(Command::new("cp").arg("-a").arg(rootfs).arg(&root));
+        assert!(ok, "copy of the rootfs: {err}");
+        let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "--console=pipe", "-b", "-D"])
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .map_err(|e| format!("cannot run systemd-nspawn: {e}"))?;
+        let mut c = Container { nspawn, init: 0, dir };
+        let deadline = Instant::now() + BOOT_LIMIT;
+        // The container's PID 1: the systemd among nspawn's descendants.
+        while c.init == 0 {
+            if let Some(s) = c.nspawn.try_wait().unwrap() {
+                return Err(format!("systemd-nspawn exited ({s}): {}", c.console()));
+            }
+            c.init = descendants(c.nspawn.id()).into_iter().find(|p| comm(*p) == "systemd").unwrap_or(0);
+            if Instant::now() > deadline {
+                return Err(format!("no systemd started within {BOOT_LIMIT:?}: {}", c.console()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            let (_, state, _) = c.sh("systemctl is-system-running");
+            match state.trim() {
+                "running" => break,
+                "degraded" => {
+                    eprintln!("container degraded: {}", c.sh("systemctl --failed --no-pager").1);
+                    break;
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(format!("systemd did not finish booting within {BOOT_LIMIT:?} (state {state:?})"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(c)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// `sh -c script` inside the container (all its namespaces): (success, stdout, stderr).
+    fn sh(&self, script: &str) -> (bool, String, String) {
+        run(Command::new("nsenter").args(["-t", &self.init.to_string(), "-a", "/bin/sh", "-c", script]))
+    }
+
+    /// `sh -c script` inside; panics with its output (and the service's journal) if it fails.
+    fn must(&self, script: &str) -> String {
+        let (ok, out, err) = self.sh(script);
+        assert!(ok, "in the container: {script}\n{out}{err}\njournal:\n{}", self.journal());
+        out
+    }
+
+    fn journal(&self) -> String {
+        self.sh("journalctl --no-pager -n 80 -u ckpool -u ckproxy").1
+    }
+
+    /// Waits until `systemctl is-active UNIT` says `state`.
+    fn wait_active(&self, unit: &str, state: &str) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let (_, s, _) = self.sh(&format!("systemctl is-active {unit}"));
+            if s.trim() == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{unit} not {state} within {LIMIT:?} ({s:?}); journal:\n{}",
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The text of a file inside the container (read from the host through its root).
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root().join(path.trim_start_matches('/'))).unwrap_or_default()
+    }
+
+    /// Waits until the container's file `path` contains `needle`; returns its text.
+    fn wait_file(&self, path: &str, needle: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let text = self.read(path);
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{path} never had {needle:?}:\n{text}\njournal:\n{}", self.journal());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.sh("systemctl poweroff");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.nspawn.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if self.nspawn.try_wait().ok().flatten().is_none() {
+            // SIGKILL to the namespace's init ends every process in it; then nspawn exits.
+            if self.init != 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.init as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+    }
+}
+
+/// Every descendant of `pid` (through /proc/PID/task/*/children).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// Builds the package with packaging/build-deb.sh from the test binary (as tests/service.rs).
+fn build_deb(out: &Path) -> PathBuf {
+    let (ok, stdout, err) = run(Command::new("bash")
+        .arg(repo().join("packaging/build-deb.sh"))
+        .arg(BIN)
+        .arg(out)
+        .env("DEB_COMPRESS", "fast"));
+    assert!(ok, "build-deb.sh failed (cargo-deb missing? run contrib/setup.sh):\n{stdout}{err}");
+    PathBuf::from(stdout.lines().last().unwrap().trim())
+}
+
+/// The pool config for the service: the host's regtest node, a loopback stratum port.
+fn service_config(node: &common::Node, address: &str, port: u16, startdiff: &str) -> String {
+    let cfg = json!({
+        "btcd": [{"url": node.rpc_url(), "auth": RPC_USER, "pass": RPC_PASS, "notify": true}],
+        "btcaddress": address,
+        "btcsig": "/ckpool-rs-systemd/",
+        "serverurl": [format!("127.0.0.1:{port}")],
+        "mindiff": 0.0001,
+        "startdiff": startdiff.parse::<f64>().unwrap(),
+        "maxdiff": 0,
+        "zmqblock": node.zmq_url(),
+        "blockpoll": 100,
+        "logdir": "/var/log/stratum",
+    });
+    format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&cfg).unwrap())
+}
+
+/// The first set_difficulty a new miner on `addr` is sent.
+async fn first_difficulty(addr: &str) -> Value {
+    let mut c = Client::connect(addr).await;
+    c.handshake("farm.probe").await;
+    c.notification("mining.set_difficulty").await["params"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_package_runs_under_a_real_systemd() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip("not root (systemd-nspawn needs root)");
+    }
+    if !run(Command::new("systemd-nspawn").arg("--version")).0 {
+        return skip("systemd-nspawn missing (bash contrib/setup.sh installs systemd-container)");
+    }
+    let rootfs = rootfs();
+    if !rootfs.join(".complete").exists() {
+        return skip(&format!("no Debian rootfs at {} (bash contrib/setup.sh makes it)", rootfs.display()));
+    }
+    let out = tempfile::tempdir().unwrap();
+    let deb = build_deb(out.path());
+    let ct = match Container::boot(&rootfs) {
+        Ok(c) => c,
+        Err(why) => return skip(&format!("systemd-nspawn cannot boot a systemd on this machine: {why}")),
+    };
+
+    // apt-get install of the .deb, as a user would (its dependencies are in the rootfs).
+    std::fs::copy(&deb, ct.root().join("root/ckpool.deb")).unwrap();
+    ct.must("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /root/ckpool.deb");
+
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // The operator's edit of the shipped config (the file keeps its owner and mode).
+    let conf = ct.root().join("etc/ckpool.conf");
+    std::fs::write(&conf, service_config(&nodes.a, &address, port, "0.0001")).unwrap();
+
+    // enable --now reaches active (Type=notify: READY=1 once work is served).
+    ct.must("systemctl enable ckpool --now");
+    ct.wait_active("ckpool", "active");
+    assert_eq!(ct.must("systemctl is-enabled ckpool").trim(), "enabled");
+    let status = ct.must("systemctl status ckpool --no-pager");
+    assert!(status.lines().any(|l| l.trim_start().starts_with("Status: \"")), "STATUS= line:\n{status}");
+
+    // The unit's descriptor limit is in force, and the pool logs the miners it serves.
+    let pid = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    let limits = ct.must(&format!("cat /proc/{pid}/limits"));
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let f: Vec<u64> = line.split_whitespace().skip(3).take(2).map(|v| v.parse().unwrap()).collect();
+    let init_hard = std::fs::read_to_string(format!("/proc/{}/limits", ct.init)).unwrap();
+    let init_hard: u64 = init_hard
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    println!("ckpool under systemd: {line}; the container's PID 1 hard limit {init_hard}");
+    assert_eq!(f[0], f[1], "soft limit raised to the hard one: {line}");
+    assert!(f[0] == 65536 || (f[0] >= init_hard.min(65536) && f[0] > 1024), "LimitNOFILE=65536 in force: {line}");
+    let log = ct.wait_file("/var/log/stratum/ckpool.log", "serves up to");
+    let dline = log.lines().find(|l| l.contains("descriptors: ")).unwrap();
+    assert!(dline.contains(&format!("soft limit {}", f[0])), "{dline}");
+
+    // A miner on the host mines a block the node accepts.
+    let height = nodes.a.height().await;
+    let mut c = Client::connect(&addr).await;
+    let (en1, _) = c.handshake("farm.rig1").await;
+    assert_eq!(c.notification("mining.set_difficulty").await["params"][0], json!(0.0001));
+    let notify = c.notification("mining.notify").await;
+    let submit = solve(&notify, &en1, "0000000000000001", "0.0001", true).expect("regtest share");
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    let deadline = Instant::now() + LIMIT;
+    while nodes.a.height().await != height + 1 {
+        assert!(Instant::now() < deadline, "the block did not reach the node; journal:\n{}", ct.journal());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // systemctl reload applies a changed difficulty to new miners.
+    std::fs::write(&conf, service_config(&nodes.a, &address, port, "0.0002")).unwrap();
+    ct.must("systemctl reload ckpool");
+    ct.wait_file("/var/log/stratum/ckpool.log", "applied startdiff");
+    assert_eq!(first_difficulty(&addr).await, json!(0.0002));
+    ct.wait_active("ckpool", "active");
+    assert_eq!(ct.must("systemctl show -p MainPID --value ckpool").trim(), pid, "reload keeps the process");
+
+    ct.must("systemctl stop ckpool");
+    ct.wait_active("ckpool", "inactive");
+}

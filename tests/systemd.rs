@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_ckpool");
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 const LIMIT: Duration = Duration::from_secs(60);
+/// Idle miners held at once under the unit: past systemd's default soft limit of 1024.
+const FARM: usize = 1500;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -307,6 +309,28 @@ async fn the_package_runs_under_a_real_systemd() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // More miners than systemd's default soft limit (1024) would let in: all served, and one
+    // more still gets work. The RSS growth per idle miner is printed (a figure, not asserted).
+    let rss = |ct: &Container| -> u64 {
+        let status = ct.must(&format!("cat /proc/{pid}/status"));
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    };
+    let before = rss(&ct);
+    let mut farm = Vec::new();
+    for i in 0..FARM {
+        let mut m = Client::connect(&addr).await;
+        m.handshake(&format!("farm.idle{i}")).await;
+        farm.push(m);
+    }
+    let after = rss(&ct);
+    println!(
+        "under the unit: {FARM} idle miners, RSS {before} -> {after} bytes, {} bytes per idle miner",
+        after.saturating_sub(before) / FARM as u64
+    );
+    assert_eq!(first_difficulty(&addr).await, json!(0.0001), "miner {} served", FARM + 1);
+    drop(farm);
+
     // systemctl reload applies a changed difficulty to new miners.
     std::fs::write(&conf, service_config(&nodes.a, &address, port, "0.0002")).unwrap();
     ct.must("systemctl reload ckpool");
@@ -314,6 +338,28 @@ async fn the_package_runs_under_a_real_systemd() {
     assert_eq!(first_difficulty(&addr).await, json!(0.0002));
     ct.wait_active("ckpool", "active");
     assert_eq!(ct.must("systemctl show -p MainPID --value ckpool").trim(), pid, "reload keeps the process");
+
+    // logrotate -f with the shipped file: the old log moves to ckpool.log.1 and the service
+    // writes a fresh ckpool.log (postrotate's SIGHUP), the same process still serving.
+    ct.must("logrotate -f /etc/logrotate.d/stratum");
+    let rotated = ct.read("/var/log/stratum/ckpool.log.1");
+    assert!(rotated.contains("serves up to") && rotated.contains("applied startdiff"), "rotated log:\n{rotated}");
+    let fresh = ct.wait_file("/var/log/stratum/ckpool.log", "SIGHUP: reopening log files");
+    assert!(!fresh.contains("serves up to"), "a fresh file:\n{fresh}");
+    assert_eq!(first_difficulty(&addr).await, json!(0.0002));
+    assert_eq!(ct.must("systemctl show -p MainPID --value ckpool").trim(), pid);
+
+    // systemctl restart: a new process, active again, serving; the miners come back.
+    ct.must("systemctl restart ckpool");
+    ct.wait_active("ckpool", "active");
+    let pid2 = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    assert_ne!(pid2, pid, "restart makes a new process");
+    let deadline = Instant::now() + LIMIT;
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(Instant::now() < deadline, "not listening after restart; journal:\n{}", ct.journal());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first_difficulty(&addr).await, json!(0.0002));
 
     ct.must("systemctl stop ckpool");
     ct.wait_active("ckpool", "inactive");

@@ -18,11 +18,12 @@ const LIMIT: Duration = Duration::from_secs(60);
 const SOFT: u64 = 200;
 const HARD: u64 = 320;
 
-/// Starts the pool binary with RLIMIT_NOFILE = SOFT:HARD set in the child before exec.
-fn start_limited(cfg: Value) -> Pool {
-    let mut pool = Pool::prepare(cfg);
+/// Starts the pool binary (`proxy`: in proxy mode) with RLIMIT_NOFILE = SOFT:HARD set in the
+/// child before exec.
+fn start_limited(cfg: Value, proxy: bool) -> Pool {
+    let (mut pool, args) = if proxy { (Pool::prepare_proxy(cfg), &["-p"][..]) } else { (Pool::prepare(cfg), &[][..]) };
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpool"));
-    cmd.args(pool.args(&[]));
+    cmd.args(pool.args(args));
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -31,7 +32,7 @@ fn start_limited(cfg: Value) -> Pool {
         });
     }
     pool.spawn_command(cmd);
-    pool.wait_log("ckpool ready", LIMIT);
+    pool.wait_log(&format!("{} ready", pool.name), LIMIT);
     pool
 }
 
@@ -67,7 +68,7 @@ async fn miners_past_the_descriptor_ceiling_are_refused_and_a_block_still_reache
     let address = nodes.a.new_address().await;
     let mut cfg = pool_config(&nodes.a, &address).await;
     cfg["apiurl"] = json!(["127.0.0.1:0"]);
-    let pool = start_limited(cfg);
+    let pool = start_limited(cfg, false);
     let log = pool.log();
     assert!(log.contains(&format!("soft limit raised from {SOFT} to {HARD} (the hard limit)")), "{log}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", pool.pid())).unwrap();
@@ -153,4 +154,54 @@ async fn http_get(addr: &str, path: &str) -> String {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await.expect("API answered").unwrap();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Proxy mode shares the accept step: at its own ceiling the proxy refuses with the same answer
+/// and one line naming ckproxy's unit, and a block found through it still reaches the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_past_its_ceiling_and_still_forwards_a_block() {
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let cfg = json!({
+        "proxy": [{"url": pool.addr(), "auth": "proxyuser.p0", "pass": "x"}],
+        "btcaddress": "",
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "maxdiff": 0,
+    });
+    let proxy = start_limited(cfg, true);
+    let n = ceiling(&proxy.log());
+    let addr = proxy.addr();
+    let mut miners = Vec::new();
+    for i in 0..n {
+        let mut c = Client::connect(&addr).await;
+        let (en1, _) = c.handshake(&format!("farm.rig{i}")).await;
+        miners.push((c, en1));
+    }
+    expect_refused(&addr, n).await;
+    expect_refused(&addr, n).await;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let log = proxy.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("the most the descriptor limit allows")).collect();
+        if let Some(l) = lines.first() {
+            assert_eq!(lines.len(), 1, "{log}");
+            assert!(l.contains("systemctl edit ckproxy"), "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal line; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let height = nodes.a.height().await;
+    let (c, en1) = &mut miners[0];
+    let notify = c.notification("mining.notify").await;
+    let submit = solve(&notify, en1, "00000001", "0.0001", true).expect("regtest share");
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    let deadline = Instant::now() + LIMIT;
+    while nodes.a.height().await != height + 1 {
+        assert!(Instant::now() < deadline, "the block did not reach the node; proxy log:\n{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -296,6 +296,11 @@ impl Pool {
         Pool::prepare_as("ckpool", config)
     }
 
+    /// Proxy mode's `prepare` (the log is ckproxy.log; start it with `-p`).
+    pub fn prepare_proxy(config: Value) -> Pool {
+        Pool::prepare_as("ckproxy", config)
+    }
+
     fn prepare_as(name: &'static str, mut config: Value) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         // Port 0: the pool binds a port the system chooses and logs it ("listening for miners on

@@ -339,6 +339,20 @@ async fn the_package_runs_under_a_real_systemd() {
     ct.wait_active("ckpool", "active");
     assert_eq!(ct.must("systemctl show -p MainPID --value ckpool").trim(), pid, "reload keeps the process");
 
+    // The sandbox holds, checked from inside the service's own mount namespace: the system is
+    // read-only, the log directory writable, /tmp private to the service.
+    let inside = |script: &str| ct.sh(&format!("nsenter -t {pid} -m /bin/sh -c '{script}'"));
+    let (ok, _, err) = inside("echo x > /etc/ckpool-probe");
+    assert!(!ok && err.contains("Read-only file system"), "/etc writable from the service: {err}");
+    let (ok, _, err) = inside("echo x > /usr/ckpool-probe");
+    assert!(!ok && err.contains("Read-only file system"), "/usr writable from the service: {err}");
+    let (ok, _, err) = inside("echo x > /var/log/stratum/probe && rm /var/log/stratum/probe");
+    assert!(ok, "logdir not writable from the service: {err}");
+    let (ok, _, err) = inside("echo x > /tmp/ckpool-private-probe");
+    assert!(ok, "the service's /tmp: {err}");
+    assert!(!ct.sh("test -e /tmp/ckpool-private-probe").0, "the service's /tmp is the machine's");
+    assert!(ct.read("/tmp/ckpool-private-probe").is_empty(), "the service's /tmp is the rootfs's");
+
     // logrotate -f with the shipped file: the old log moves to ckpool.log.1 and the service
     // writes a fresh ckpool.log (postrotate's SIGHUP), the same process still serving.
     ct.must("logrotate -f /etc/logrotate.d/stratum");

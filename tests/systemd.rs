@@ -375,6 +375,31 @@ async fn the_package_runs_under_a_real_systemd() {
     }
     assert_eq!(first_difficulty(&addr).await, json!(0.0002));
 
+    // A hung process (SIGSTOP) is killed by the watchdog and restarted. The unit's times
+    // (WatchdogSec=30, RestartSec=30, TimeoutAbortSec = TimeoutStopSec=30) are shortened by a
+    // drop-in, as `systemctl edit ckpool` would write it, so the test waits seconds, not 90 s.
+    let dropin = ct.root().join("etc/systemd/system/ckpool.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(dropin.join("watchdog-test.conf"), "[Service]\nWatchdogSec=3\nRestartSec=1\nTimeoutAbortSec=2\n")
+        .unwrap();
+    ct.must("systemctl daemon-reload && systemctl restart ckpool");
+    ct.wait_active("ckpool", "active");
+    let hung = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    ct.must(&format!("kill -STOP {hung}"));
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let now = ct.sh("systemctl show -p MainPID --value ckpool").1.trim().to_string();
+        let active = ct.sh("systemctl is-active ckpool").1.trim() == "active";
+        if active && now != hung && now != "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hung pool was not restarted; journal:\n{}", ct.journal());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let journal = ct.journal();
+    assert!(journal.contains("Watchdog timeout"), "{journal}");
+    assert_eq!(first_difficulty(&addr).await, json!(0.0002));
+
     ct.must("systemctl stop ckpool");
     ct.wait_active("ckpool", "inactive");
 }

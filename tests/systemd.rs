@@ -400,6 +400,40 @@ async fn the_package_runs_under_a_real_systemd() {
     assert!(journal.contains("Watchdog timeout"), "{journal}");
     assert_eq!(first_difficulty(&addr).await, json!(0.0002));
 
+    // ckproxy under its own unit serves a miner through the pool: a block the node accepts.
+    let port2 = common::free_port();
+    let addr2 = format!("127.0.0.1:{port2}");
+    let proxy_conf = json!({
+        "proxy": [{"url": addr, "auth": "proxyuser.p0", "pass": "x"}],
+        "btcaddress": "",
+        "serverurl": [addr2],
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "maxdiff": 0,
+        "logdir": "/var/log/stratum",
+    });
+    std::fs::write(
+        ct.root().join("etc/ckproxy.conf"),
+        format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(&proxy_conf).unwrap()),
+    )
+    .unwrap();
+    ct.must("systemctl enable ckproxy --now");
+    ct.wait_active("ckproxy", "active");
+    ct.wait_file("/var/log/stratum/ckproxy.log", "serves up to");
+    let height = nodes.a.height().await;
+    let mut c = Client::connect(&addr2).await;
+    let (en1, en2_size) = c.handshake("farm.viaproxy").await;
+    let notify = c.notification("mining.notify").await;
+    let submit = solve(&notify, &en1, &"0".repeat(2 * en2_size), "0.0001", true).expect("regtest share");
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    let deadline = Instant::now() + LIMIT;
+    while nodes.a.height().await <= height {
+        assert!(Instant::now() < deadline, "the proxy's block did not reach the node; journal:\n{}", ct.journal());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ct.must("systemctl stop ckproxy");
+
     ct.must("systemctl stop ckpool");
     ct.wait_active("ckpool", "inactive");
 }

@@ -203,11 +203,13 @@ fn comm(pid: u32) -> String {
 }
 
 /// Builds the package with packaging/build-deb.sh from the test binary (as tests/service.rs).
-fn build_deb(out: &Path) -> PathBuf {
+fn build_deb(out: &Path, cargo_deb_args: &[&str]) -> PathBuf {
     let (ok, stdout, err) = run(Command::new("bash")
         .arg(repo().join("packaging/build-deb.sh"))
         .arg(BIN)
         .arg(out)
+        .arg("--")
+        .args(cargo_deb_args)
         .env("DEB_COMPRESS", "fast"));
     assert!(ok, "build-deb.sh failed (cargo-deb missing? run contrib/setup.sh):\n{stdout}{err}");
     PathBuf::from(stdout.lines().last().unwrap().trim())
@@ -250,7 +252,7 @@ async fn the_package_runs_under_a_real_systemd() {
         return skip(&format!("no Debian rootfs at {} (bash contrib/setup.sh makes it)", rootfs.display()));
     }
     let out = tempfile::tempdir().unwrap();
-    let deb = build_deb(out.path());
+    let deb = build_deb(out.path(), &[]);
     let ct = match Container::boot(&rootfs) {
         Ok(c) => c,
         Err(why) => return skip(&format!("systemd-nspawn cannot boot a systemd on this machine: {why}")),
@@ -434,6 +436,33 @@ async fn the_package_runs_under_a_real_systemd() {
     }
     ct.must("systemctl stop ckproxy");
 
+    // Upgrade to a newer revision: the edited /etc/ckpool.conf is kept, the service restarted.
+    let edited = ct.read("/etc/ckpool.conf");
+    let before = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    let out2 = tempfile::tempdir().unwrap();
+    let deb2 = build_deb(out2.path(), &["--deb-revision", "99"]);
+    std::fs::copy(&deb2, ct.root().join("root/ckpool-new.deb")).unwrap();
+    ct.must("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /root/ckpool-new.deb");
+    assert!(ct.must("dpkg-query -W -f '${Version}' ckpool").ends_with("-99"));
+    assert_eq!(ct.read("/etc/ckpool.conf"), edited, "the operator's config kept");
+    ct.wait_active("ckpool", "active");
+    let after = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    assert_ne!(after, before, "the upgrade restarted the service");
+    assert_eq!(first_difficulty(&addr).await, json!(0.0002));
+
     ct.must("systemctl stop ckpool");
     ct.wait_active("ckpool", "inactive");
+
+    // Purge removes what the package made (configs, units, state); the logs stay.
+    ct.must("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ckpool");
+    for gone in [
+        "/etc/ckpool.conf",
+        "/etc/ckproxy.conf",
+        "/usr/lib/systemd/system/ckpool.service",
+        "/usr/bin/ckpool",
+        "/var/lib/ckpool",
+    ] {
+        assert!(!ct.sh(&format!("test -e {gone}")).0, "{gone} left after purge");
+    }
+    assert!(ct.sh("test -e /var/log/stratum/ckpool.log").0, "logs are kept");
 }

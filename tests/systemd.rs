@@ -436,6 +436,28 @@ async fn the_package_runs_under_a_real_systemd() {
     }
     ct.must("systemctl stop ckproxy");
 
+    // With ckpool.socket enabled (its ListenStream= set to the config's serverurl by a drop-in,
+    // as `systemctl edit ckpool.socket` would), `systemctl restart ckpool` refuses no miner: a
+    // prober on the host connects and subscribes throughout, and every attempt is answered.
+    let sockdrop = ct.root().join("etc/systemd/system/ckpool.socket.d");
+    std::fs::create_dir_all(&sockdrop).unwrap();
+    std::fs::write(sockdrop.join("port.conf"), format!("[Socket]\nListenStream=\nListenStream={addr}\n")).unwrap();
+    ct.must("systemctl daemon-reload && systemctl stop ckpool && systemctl enable --now ckpool.socket && systemctl start ckpool");
+    ct.wait_active("ckpool", "active");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = tokio::spawn(probe(addr.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_pid = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
+    ct.must("systemctl restart ckpool");
+    ct.wait_active("ckpool", "active");
+    assert_ne!(ct.must("systemctl show -p MainPID --value ckpool").trim(), old_pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (answered, refused) = prober.await.unwrap();
+    println!("socket-activated restart: {answered} probes answered, {refused} refused");
+    assert_eq!(refused, 0, "a miner refused during the restart ({answered} answered)");
+    assert!(answered >= 2, "the prober ran across the restart");
+
     // Upgrade to a newer revision: the edited /etc/ckpool.conf is kept, the service restarted.
     let edited = ct.read("/etc/ckpool.conf");
     let before = ct.must("systemctl show -p MainPID --value ckpool").trim().to_string();
@@ -465,4 +487,30 @@ async fn the_package_runs_under_a_real_systemd() {
         assert!(!ct.sh(&format!("test -e {gone}")).0, "{gone} left after purge");
     }
     assert!(ct.sh("test -e /var/log/stratum/ckpool.log").0, "logs are kept");
+}
+
+/// Connects and subscribes to `addr` again and again until `stop` (at most 5,000 times): how many
+/// got their subscribe answered, and how many were refused, reset or left unanswered (20 s).
+async fn probe(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (u32, u32) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..5_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            s.write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"probe/1\"]}\n").await.ok()?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).await.ok()?;
+            let v: Value = serde_json::from_str(&line).ok()?;
+            (v["id"] == json!(1) && v["error"].is_null()).then_some(())
+        };
+        match tokio::time::timeout(Duration::from_secs(20), attempt).await {
+            Ok(Some(())) => answered += 1,
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (answered, refused)
 }

@@ -205,3 +205,50 @@ async fn the_proxy_refuses_past_its_ceiling_and_still_forwards_a_block() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The ceiling is one for the process: with every place taken by SV1 miners, an SV2 connection
+/// is closed before its Noise handshake, and the refusal line names the SV2 listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sv2_miner_past_the_shared_ceiling_is_closed() {
+    use ckpool::sv2::client::Sv2Client;
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut cfg = pool_config(&nodes.a, &address).await;
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    let keydir = tempfile::tempdir().unwrap();
+    cfg["sv2_authority_key"] = json!(keydir.path().join("sv2_authority.key").display().to_string());
+    let pool = start_limited(cfg, false);
+    let log = pool.log();
+    let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).expect("sv2 listening line");
+    let rest = line.split("listening for Stratum V2 miners on ").nth(1).unwrap();
+    let (sv2_addr, url) = rest.split_once(": ").unwrap();
+    let key = ckpool::sv2::keys::parse_public(url.trim().rsplit('/').next().unwrap()).unwrap();
+    let sock: std::net::SocketAddr = sv2_addr.parse().unwrap();
+    let n = ceiling(&log);
+    let addr = pool.addr();
+    let mut miners = Vec::new();
+    for i in 0..n {
+        let mut c = Client::connect(&addr).await;
+        c.handshake(&format!("farm.rig{i}")).await;
+        miners.push(c);
+    }
+    let r = tokio::time::timeout(Duration::from_secs(20), Sv2Client::handshake(sock, &key)).await.expect("bounded");
+    assert!(r.is_err(), "an SV2 miner past the ceiling is closed");
+    let deadline = Instant::now() + LIMIT;
+    while !pool.log().lines().any(|l| l.contains("the most the descriptor limit allows") && l.contains("(sv2)")) {
+        assert!(Instant::now() < deadline, "no refusal line for the SV2 listener; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A place freed by an SV1 miner serves an SV2 miner.
+    drop(miners.pop());
+    let deadline = Instant::now() + LIMIT;
+    while tokio::time::timeout(Duration::from_secs(20), Sv2Client::handshake(sock, &key))
+        .await
+        .expect("bounded")
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no place freed for an SV2 miner; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(miners);
+}

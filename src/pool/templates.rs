@@ -384,7 +384,7 @@ mod tests {
         let d = |s: &str| s.parse::<Difficulty>().unwrap();
         let note = low_network_note(d("0.000000000465"), d("1"), d("42")).unwrap();
         assert!(note.contains("below startdiff 42") && note.contains("vardiff cannot go below mindiff"), "{note}");
-        assert!(!low_network_note(d("0.5"), d("0.001"), d("0.1")).unwrap().contains("vardiff cannot"));
+        assert!(!low_network_note(d("0.05"), d("0.001"), d("0.1")).unwrap().contains("vardiff cannot"));
         assert_eq!(low_network_note(d("100000"), d("1"), d("42")), None);
         assert_eq!(low_network_note(d("42"), d("1"), d("42")), None);
     }

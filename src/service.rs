@@ -228,7 +228,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!("{name} {} starting with config {}", env!("CARGO_PKG_VERSION"), config_path.display());
     if !cfg.unknown_keys.is_empty() {
-        tracing::warn!("config {}: unknown keys ignored: {}", config_path.display(), cfg.unknown_keys.join(", "));
+        tracing::warn!("config {}: {}", config_path.display(), crate::config::unknown::notes(&cfg.unknown_keys));
     }
     if let Some(note) = listen_note {
         tracing::warn!("{note}");

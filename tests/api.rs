@@ -578,3 +578,40 @@ async fn proxy_metrics_show_upstream_and_failover() {
     let p = get_json(&api, "/api/pool").await;
     assert_eq!(p["mode"], json!("proxy"));
 }
+
+/// After a restart the API has the totals at once (issue 27): the blocks found and the miners
+/// connected, long before the first statistics write (`stats_interval` here: an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_has_the_totals_right_after_a_restart() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["stats_interval"] = json!(3600);
+    cfg["apiurl"] = json!(["127.0.0.1:0"]);
+    let mut pool = Pool::start(cfg, &[]);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("restart.rig").await;
+    let n = c.notification("mining.notify").await;
+    let h0 = node.height().await;
+    let block = solve(&n, &en1, "00000000000000d1", "0.0001", true).unwrap();
+    assert_eq!(submit(&mut c, block).await["result"], json!(true));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.height().await == h0 {
+        assert!(Instant::now() < deadline, "the node never took the block; log:\n{}", pool.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    pool.wait_blocks_log(&tip);
+    drop(c);
+    pool.stop().expect("pool exits on SIGTERM");
+
+    pool.spawn(&[]);
+    let api = api_addr(&pool);
+    let mut c = Client::connect(&pool.addr()).await;
+    c.handshake("restart.rig").await;
+    // Polled for up to 30 s, an hour before the first write: only the fix makes it.
+    let v = wait_json(&api, "/api/pool", "the totals", |v| v["blocks"]["found"] == json!(1) && v["workers"] == json!(1))
+        .await;
+    assert_eq!(v["users"], json!(1), "{v}");
+}

@@ -231,6 +231,12 @@ fn ckpool_json(args: &[&str]) -> Value {
 
 fn write_config(dir: &std::path::Path, name: &str, cfg: &Value) -> String {
     let path = dir.join(name);
+    // `check` binds the listening ports: a port the system picks, never the default 3333.
+    let mut cfg = cfg.clone();
+    if cfg.get("serverurl").is_none() {
+        cfg["serverurl"] = serde_json::json!(["127.0.0.1:0"]);
+    }
+    let cfg = &cfg;
     std::fs::write(
         &path,
         format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(cfg).unwrap()),

@@ -487,3 +487,98 @@ async fn late_shares_on_old_jobs_are_logged_stale() {
         );
     }
 }
+
+/// A burst of blocks (issue 27): the node mines blocks back to back while miners submit blocks
+/// on whatever work they hold. Announcements the tip has already moved past must cost nothing,
+/// so once the burst ends every miner has work on the node's tip within a bound (the pool used
+/// to spend two seconds on each superseded announcement, minutes behind after such a burst),
+/// and a block announced as `rawblock` and `hashblock` on one endpoint is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miners_are_on_the_tip_soon_after_a_block_storm() {
+    const MINERS: usize = 3;
+    const ROUNDS: usize = 20;
+    // After the burst, a miner must be on the tip by then: the pool follows the newest tip
+    // at once; the node may lag its own template by up to the two seconds the pool waits.
+    const BOUND: Duration = Duration::from_secs(8);
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    cfg["update_interval"] = json!(3600);
+    let pool = Pool::start(cfg, &[]);
+    let mut miners = Vec::new();
+    for i in 0..MINERS {
+        let mut c = Client::connect(&pool.addr()).await;
+        let (en1, _) = c.handshake(&format!("storm.{i}")).await;
+        let n = c.notification("mining.notify").await;
+        miners.push((c, en1, Some(n)));
+    }
+    let mut submitted = 0u64;
+    for round in 0..ROUNDS {
+        // Four blocks back to back: their announcements arrive faster than templates are made.
+        node.call("generate", json!([4])).await;
+        // Every other round each miner finds a block on the newest work it has heard of.
+        if round % 2 == 1 {
+            for (c, en1, latest) in miners.iter_mut() {
+                while let Some(v) = c.read_within(Duration::from_millis(1)).await {
+                    if v["method"] == json!("mining.notify") {
+                        *latest = Some(v);
+                    }
+                }
+                let Some(n) = latest.as_ref() else { continue };
+                submitted += 1;
+                let en2 = format!("{submitted:016x}");
+                if let Some(s) = solve(n, en1, &en2, "0.0001", true) {
+                    c.request("mining.submit", s).await;
+                }
+            }
+        }
+    }
+    // The storm is over: the node's tip now, and each miner's work within the bound.
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + BOUND;
+    for (i, (c, _, _)) in miners.iter_mut().enumerate() {
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "miner {i} had no work on the tip {tip} within {BOUND:?}; log:\n{}", pool.log());
+            let Some(v) = c.read_within(left).await else { continue };
+            if v["method"] != json!("mining.notify") {
+                continue;
+            }
+            let prev = ckpool::work::job::prevhash_from_stratum(v["params"][1].as_str().unwrap()).unwrap();
+            if ckpool::hex::encode_rev(&prev) == tip {
+                break;
+            }
+        }
+    }
+    // Each block announced once (the pool's debug log names every announcement it acts on).
+    let log = pool.log();
+    let announced: Vec<&str> = log.lines().filter_map(|l| l.split_once("ZMQ: new block ").map(|(_, h)| h.trim())).collect();
+    let mut unique = announced.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), announced.len(), "a block announced twice: {announced:?}");
+    assert!(!log.contains("but its template still builds on"), "waited on a superseded block; log:\n{log}");
+}
+
+/// A `zmqblock` endpoint nobody publishes on (issue 27): the pool says so at start (the node's
+/// list of publishers) and once the subscriber has not connected, says it is polling, and new
+/// blocks still reach miners by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_zmq_endpoint_is_reported_and_polling_serves() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    let dead = format!("tcp://127.0.0.1:{}", common::free_port());
+    cfg["zmqblock"] = json!(dead);
+    cfg["update_interval"] = json!(3600);
+    let mut pool = Pool::start(cfg, &[]);
+    pool.wait_log(&format!("zmqblock {dead}: bitcoind publishes no blocks there"), Duration::from_secs(20));
+    pool.wait_log(&format!("ZMQ: not connected to {dead}"), Duration::from_secs(20));
+    assert!(pool.log().contains("polling the node every"), "{}", pool.log());
+    let mut c = Client::connect(&pool.addr()).await;
+    c.handshake("w").await;
+    let hashes = node.call("generate", json!([1])).await;
+    c.notify_on_tip(hashes[0].as_str().unwrap()).await;
+}

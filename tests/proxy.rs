@@ -64,6 +64,19 @@ async fn block_through_the_proxy() {
         assert!(Instant::now() < deadline, "pool never logged the forwarded share");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The proxy's own view (issue 27): the height read from the upstream's coinbase names the
+    // share log folder and the block line; the block counts as found in pool.status.
+    let height = h + 1;
+    let log = proxy.log();
+    assert!(log.contains(&format!("at height {height} from miner.a")), "{log}");
+    let mut proxy = proxy;
+    proxy.stop().expect("proxy exits on SIGTERM");
+    let folder = proxy.logdir.join(format!("{height:08x}"));
+    assert!(folder.is_dir(), "no share log folder {}", folder.display());
+    assert!(!proxy.logdir.join("00000000").exists(), "shares filed under height 0");
+    let status = std::fs::read_to_string(proxy.logdir.join("pool/pool.status")).unwrap();
+    let third: Value = serde_json::from_str(status.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(third["blocks_found"], json!(1), "{status}");
 }
 
 /// Issue test 2: two upstream pools; the first stops; miners keep getting work and accepted

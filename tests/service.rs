@@ -394,6 +394,27 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
             "{u}"
         );
     }
+    // Exactly those units: no other unit (cargo-deb once copied ckpool.socket to
+    // stratssh@.socket, whose enabling bound the pool's port and started the tunnel).
+    let mut units: Vec<String> = std::fs::read_dir(r.join("usr/lib/systemd/system"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    units.sort();
+    assert_eq!(units, ["ckpool.service", "ckpool.socket", "ckproxy.service", "ckproxy.socket", "stratssh@.service"]);
+    // Every page the installed README links is installed where the link points.
+    let doc = r.join("usr/share/doc/ckpool");
+    let readme = std::fs::read_to_string(doc.join("README.md")).unwrap();
+    let mut linked = 0;
+    for link in readme.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+        let target = link.split('#').next().unwrap();
+        if target.is_empty() || target.contains("://") || !target.ends_with(".md") {
+            continue;
+        }
+        linked += 1;
+        assert!(doc.join(target).exists(), "the installed README links {link}, which the package does not ship");
+    }
+    assert!(linked >= 7, "{linked} links checked");
     // ... but known to deb-systemd-helper (postinst ran its snippets), so an operator's enable
     // is kept across upgrades and purge cleans up.
     for u in ["ckpool.service", "ckproxy.service"] {

@@ -95,6 +95,40 @@ pub async fn payout_script(rpc: &Rpc, address: &str) -> anyhow::Result<(ScriptBu
     }
 }
 
+/// What the node publishes over ZMQ: Core's `getzmqnotifications`, else Bitcoin SV's
+/// `activezmqnotifications` (same list; see `zmq::published_at`). `node`: one btcd entry.
+pub async fn zmq_publishers(rpc: &Rpc, node: Option<usize>) -> Result<Value, RpcError> {
+    let mut last = None;
+    for method in ["getzmqnotifications", "activezmqnotifications"] {
+        let r = match node {
+            Some(i) => rpc.call_node(i, method, json!([])).await,
+            None => rpc.call(method, json!([])).await,
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("two methods tried"))
+}
+
+/// Says at start when the node (asked with `getzmqnotifications`) publishes no blocks at
+/// `zmqblock`: new blocks then reach miners only by polling every `polling`.
+async fn zmq_published(rpc: &Rpc, ep: &str, polling: Duration) {
+    match zmq_publishers(rpc, None).await {
+        Ok(v) => {
+            if let Err(listed) = zmq::published_at(&v, ep) {
+                let listed = if listed.is_empty() { "nothing".to_string() } else { listed.join(", ") };
+                tracing::warn!(
+                    "zmqblock {ep}: bitcoind publishes no blocks there (it publishes: {listed}); \
+                     new blocks are found by polling every {polling:?} until a publisher appears there"
+                );
+            }
+        }
+        Err(e) => tracing::debug!("zmqblock {ep}: the node does not list its publishers ({e})"),
+    }
+}
+
 /// Waits until the node answers (warming up, unreachable), logging what it says, or shutdown.
 async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(250);
@@ -153,6 +187,9 @@ pub async fn run(
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let (block_tx, block_rx) = mpsc::channel(64);
 
+    if let Some(ep) = &cfg.zmqblock {
+        zmq_published(&rpc, ep, templates::poll_interval(cfg.blockpoll, true)).await;
+    }
     let zmq_rx = match &cfg.zmqblock {
         Some(ep) => match zmq::subscribe(ep, templates::poll_interval(cfg.blockpoll, true)) {
             Ok(rx) => Some(rx),
@@ -181,6 +218,15 @@ pub async fn run(
     source.solo = solo.is_some();
     source.live = opts.live.clone();
     source.refresh(templates::Reason::Start, None).await;
+    let netdiff = work_rx.borrow().as_ref().and_then(|w| crate::difficulty::Difficulty::from_compact(w.job.nbits));
+    if let Some(network) = netdiff {
+        // The lowest start any listener gives (serverurl entries may have their own).
+        let lowest = (0..cfg.serverurl.len().max(1)).map(|i| cfg.listener(i)).min_by_key(|l| l.startdiff);
+        let (min, start) = lowest.map_or((cfg.mindiff, cfg.startdiff), |l| (l.mindiff, l.startdiff));
+        if let Some(note) = templates::low_network_note(network, min, start) {
+            tracing::warn!("{note}");
+        }
+    }
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
     let mut params = SessionParams::from_config(&cfg, cfg.version_mask, cfg.nonce1length, opts.log_shares);

@@ -248,7 +248,7 @@ async fn upstream_killed_mid_share_stream() {
     });
     stop.store(true, Ordering::Release);
     let m = tokio::time::timeout(Duration::from_secs(300), miner).await.expect("miner finished").unwrap();
-    assert_eq!(m.replies.len(), m.sent.len(), "every share got an answer");
+    // Every share got an answer: `Miner::submit` panics on one left unanswered (IO_LIMIT).
     let rejects: Vec<&Value> = m.replies.iter().filter(|r| r["result"] != json!(true)).collect();
     println!(
         "{} shares, {} refused: {:?}",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::consensus::encode::deserialize;
 use common::{pool_config, solve, Client, NodePair, Pool};
@@ -116,6 +116,9 @@ async fn shares_and_blocks_on_a_real_node() {
 }
 
 /// Issue test 3: a block made by the node's RPC reaches the miner as clean_jobs, by ZMQ and by polling.
+/// With ZMQ the tip poll is set to once a minute (`blockpoll` 60000) and the block must arrive
+/// well before the poll's second round: only the ZMQ announcement can have brought it, and the
+/// pool logs that announcement. Without ZMQ the default 100 ms poll brings it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_blocks_reach_miners_by_zmq_and_by_polling() {
     let nodes = NodePair::start().await;
@@ -123,23 +126,35 @@ async fn new_blocks_reach_miners_by_zmq_and_by_polling() {
     let address = node.new_address().await;
     for zmq in [true, false] {
         let mut cfg = pool_config(node, &address).await;
-        if !zmq {
+        if zmq {
+            cfg["blockpoll"] = json!(60_000);
+        } else {
             cfg.as_object_mut().unwrap().remove("zmqblock");
         }
         cfg["update_interval"] = json!(3600);
-        let pool = Pool::start(cfg, &[]);
+        // The poll's first round is at start; its second is 60 s later.
+        let started = Instant::now();
+        let mut pool = Pool::start(cfg, &[]);
         let mut c = Client::connect(&pool.addr()).await;
         c.handshake("w").await;
         let first = c.notification("mining.notify").await;
         let hashes = node.call("generate", json!([1])).await;
         let new_tip = hashes[0].as_str().unwrap().to_string();
         let n = c.notification("mining.notify").await;
+        let arrived = started.elapsed();
         assert_eq!(n["params"][8], json!(true), "zmq={zmq}: {n}\n{}", pool.log());
         assert_ne!(n["params"][1], first["params"][1]);
         let prev = ckpool::work::job::prevhash_from_stratum(n["params"][1].as_str().unwrap()).unwrap();
         assert_eq!(ckpool::hex::encode_rev(&prev), new_tip, "zmq={zmq}");
+        let announced = format!("ZMQ: new block {new_tip}");
         if zmq {
+            // Not a speed check: past 55 s the poll could have brought the block, and the test
+            // would prove nothing about ZMQ.
+            assert!(arrived < Duration::from_secs(55), "the block came {arrived:?} after start: the poll may have brought it");
+            pool.wait_log(&announced, Duration::from_secs(20));
             assert!(pool.log().contains("ZMQ: listening"), "{}", pool.log());
+        } else {
+            assert!(!pool.log().contains("ZMQ: "), "{}", pool.log());
         }
     }
 }

@@ -730,6 +730,12 @@ fn worker_of(line: &str) -> String {
 /// /var/log/stratum is, which logrotate accepts only thanks to the file's `su` line. No
 /// "miner authorized" line is lost or doubled across ckpool.log, .1 and .2.gz, and the pool
 /// writes to the new file after rotation.
+///
+/// Rotations and connections are synchronised, not timed: a group of miners connects before
+/// each rotation (which starts once their lines are in ckpool.log) and one after both (once
+/// the pool reopened the file: its SIGHUP line comes first in the new file), so each group's
+/// lines must be in its own file; one more miner connects while each rotation runs, and its
+/// line must be in one file or the other, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logrotate_with_the_shipped_file_loses_no_line() {
     let nodes = NodePair::start().await;
@@ -770,28 +776,44 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
     let (_, o, e) = run(Command::new("logrotate").arg("-d").arg("-f").arg("-s").arg(&state).arg(&no_su));
     assert!((o + &e).contains("insecure permissions"), "logrotate accepted a group-writable dir without su");
 
-    const N: usize = 24;
+    const GROUP: usize = 8;
     let addr = pool.addr();
-    let miners = tokio::spawn(async move {
-        let mut held = Vec::new();
-        for i in 0..N {
+    let current = || std::fs::read_to_string(logdir.join("ckpool.log")).unwrap_or_default();
+    let group = |g: usize| (0..GROUP).map(move |i| format!("g{g}w{i}"));
+    let mut _held = Vec::new();
+    for g in 0..3 {
+        for w in group(g) {
             let mut c = Client::connect(&addr).await;
-            c.handshake(&format!("w{i}")).await;
-            held.push(c);
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            c.handshake(&w).await;
+            _held.push(c);
         }
-        held
-    });
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until(&format!("group {g}'s lines in ckpool.log"), Duration::from_secs(20), || {
+            let text = current();
+            let have: Vec<String> = text.lines().filter(|l| l.contains("miner authorized")).map(worker_of).collect();
+            group(g).all(|w| have.contains(&w))
+        });
+        if g == 2 {
+            break;
+        }
+        let racer = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                let mut c = Client::connect(&addr).await;
+                c.handshake(&format!("race{g}")).await;
+                c
+            }
+        });
         let (c, s) = (conf.clone(), state.clone());
         let (ok, o, e) =
             tokio::task::spawn_blocking(move || run(Command::new("logrotate").arg("-f").arg("-s").arg(&s).arg(&c)))
                 .await
                 .unwrap();
         assert!(ok, "logrotate failed:\n{o}{e}");
+        _held.push(racer.await.unwrap());
+        wait_until(&format!("the pool to reopen ckpool.log after rotation {}", g + 1), Duration::from_secs(20), || {
+            current().contains("SIGHUP: reopening log files")
+        });
     }
-    let _held = miners.await.unwrap();
     let mut files: Vec<String> =
         std::fs::read_dir(&logdir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
@@ -816,9 +838,14 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
         authorized_lines(&logdir).into_iter().filter(|(_, l)| worker_of(l) != "after").collect();
     let mut workers: Vec<String> = lines.iter().map(|(_, l)| worker_of(l)).collect();
     workers.sort();
-    let mut expected: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    let mut expected: Vec<String> = (0..3).flat_map(group).chain(["race0".into(), "race1".into()]).collect();
     expected.sort();
     assert_eq!(workers, expected, "lost or doubled lines: {lines:#?}");
+    for (g, file) in ["ckpool.log.2.gz", "ckpool.log.1", "ckpool.log"].into_iter().enumerate() {
+        for w in group(g) {
+            assert!(lines.iter().any(|(f, l)| f == file && worker_of(l) == w), "{w} not in {file}: {lines:#?}");
+        }
+    }
     let per_file: HashMap<&str, usize> = lines.iter().fold(HashMap::new(), |mut m, (f, _)| {
         *m.entry(f.as_str()).or_default() += 1;
         m

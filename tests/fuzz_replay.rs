@@ -96,7 +96,7 @@ fn saved_fuzz_inputs_replay_without_a_failure() {
     println!("{inputs} saved inputs replayed, {regress} of them regress_*");
     assert!(failures.is_empty(), "{} saved input(s) fail:\n{}", failures.len(), failures.join("\n"));
     // The directories were found and read: the regress_* inputs known when this was written.
-    assert!(regress >= 8 && inputs >= 90, "{inputs} inputs, {regress} regress_*: fuzz/seeds/ not read");
+    assert!(regress >= 8 && inputs >= 80, "{inputs} inputs, {regress} regress_*: fuzz/seeds/ not read");
 }
 
 /// Stands in for libfuzzer-sys's macro: the target's body as `pub fn run(data: &[u8])`.

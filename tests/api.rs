@@ -137,12 +137,12 @@ fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
 /// Values docs/api.md says may be null (in its prose; its examples show them set), as
 /// `path.key` the way [`same_shape`] names them.
 const DOCUMENTED_NULLS: &[&str] = &[
-    "/api/blocks.tip",                       // proxy mode
-    "/api/network.expected_block_seconds",   // while the pool's hashrate is 0
-    "/api/network.upstream_difficulty",      // pool mode
-    "/api/history.store",                    // no history store
-    "/api/history?range=day.store",          // no history store
-    "/api/history?range=day.user",           // pool-wide rows
+    "/api/blocks.tip",                     // proxy mode
+    "/api/network.expected_block_seconds", // while the pool's hashrate is 0
+    "/api/network.upstream_difficulty",    // pool mode
+    "/api/history.store",                  // no history store
+    "/api/history?range=day.store",        // no history store
+    "/api/history?range=day.user",         // pool-wide rows
 ];
 
 /// `live` has exactly the keys and JSON types of `doc` (recursively; array elements against the

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ckpool::difficulty::Difficulty;
-use common::{pool_config, Client, Node, NodePair, Pool};
+use common::{pool_config, wait, Client, Node, NodePair, Pool};
 use serde_json::{json, Value};
 
 const DIFF: &str = "0.0000000001";
@@ -107,14 +107,6 @@ fn diff_times(n: u64) -> Difficulty {
 
 fn as_diff(v: &Value) -> Difficulty {
     v.to_string().parse().unwrap_or_else(|e| panic!("{v} is not a difficulty: {e:?}"))
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Asserts that the share log holds exactly one line for each nonce2 in `sent` (and no other).
@@ -241,9 +233,9 @@ async fn upstream_killed_mid_share_stream() {
         m
     });
     // Kill the first upstream while the stream runs.
-    wait_until("30 shares before the kill", Duration::from_secs(120), || sent_count.load(Ordering::Acquire) >= 30);
+    wait::blocking("30 shares before the kill", Duration::from_secs(120), || sent_count.load(Ordering::Acquire) >= 30);
     first.kill_hard();
-    wait_until("the miner to get accepted shares through the second pool", Duration::from_secs(120), || {
+    wait::blocking("the miner to get accepted shares through the second pool", Duration::from_secs(120), || {
         failed_over.load(Ordering::Acquire)
     });
     stop.store(true, Ordering::Release);
@@ -260,7 +252,7 @@ async fn upstream_killed_mid_share_stream() {
         assert_eq!(r["error"][1], json!("Stale"), "only shares on the dead pool's work may be refused: {r}");
     }
     // The second pool took the proxy's forwarded (block) shares.
-    wait_until("a forwarded share in the second pool's share log", Duration::from_secs(30), || {
+    wait::blocking("a forwarded share in the second pool's share log", Duration::from_secs(30), || {
         second.share_lines().iter().any(|l| l["workername"] == json!("proxyuser.p1"))
     });
     proxy.stop().expect("proxy stops on SIGTERM");
@@ -331,7 +323,7 @@ async fn logdir_on_a_full_filesystem() {
     for _ in 0..20 {
         assert_eq!(m.submit(false).await["result"], json!(true));
     }
-    wait_until("the first 20 share lines", Duration::from_secs(30), || pool.share_lines().len() == 20);
+    wait::blocking("the first 20 share lines", Duration::from_secs(30), || pool.share_lines().len() == 20);
 
     let filler = pool.logdir.join("filler");
     fill(&filler);
@@ -415,7 +407,7 @@ async fn sighup_storm_while_shares_are_logged() {
             std::fs::rename(logdir.join("ckpool.log"), logdir.join("ckpool.log.1")).unwrap();
         }
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-        wait_until(&format!("SIGHUP line {}", i + 1), Duration::from_secs(20), || hups(&logdir) == i + 1);
+        wait::blocking(&format!("SIGHUP line {}", i + 1), Duration::from_secs(20), || hups(&logdir) == i + 1);
     }
     stop.store(true, Ordering::Release);
     let m = tokio::time::timeout(Duration::from_secs(120), miner).await.expect("miner finished").unwrap();
@@ -463,7 +455,7 @@ async fn kill9_then_killold_restart_keeps_totals() {
         assert_eq!(m.submit(false).await["result"], json!(true));
     }
     let want = diff_times(30);
-    wait_until("the stats files to carry 30 shares", Duration::from_secs(30), || {
+    wait::blocking("the stats files to carry 30 shares", Duration::from_secs(30), || {
         read_status(&pool).is_some_and(|s| s.len() == 3 && as_diff(&s[2]["accepted"]) == want)
             && read_user(&pool).is_some_and(|u| as_diff(&u["shares"]) == want)
     });

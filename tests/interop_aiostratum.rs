@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, pool_config, solve, Client, Node, NodePair, Pool};
+use common::{free_port, pool_config, solve, wait, Client, Node, NodePair, Pool};
 use serde_json::{json, Value};
 
 /// The account aiostratum authorizes with upstream (it has a '.', so aiostratum does not append
@@ -165,11 +165,8 @@ fn proxy_config(upstream: &str, diff: f64) -> Value {
 }
 
 async fn wait_height_above(node: &Node, h: u64, what: &str, context: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while node.height().await <= h {
-        assert!(Instant::now() < deadline, "{what}: node height did not rise above {h} within 45 s\n{}", context());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("{what}: node height above {h}");
+    wait::until_async_or(&what, Duration::from_secs(45), move || async move { node.height().await > h }, context).await;
 }
 
 /// Share log lines of `pool` written for `worker`, waiting (≤ 10 s) until one satisfies `pred`.

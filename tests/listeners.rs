@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ckpool::sv1::client::Client as Sv1Client;
-use common::{free_port, pool_config, solve, Client, NodePair, Pool};
+use common::{free_port, pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,15 +23,6 @@ fn cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
-/// Waits (≤ 30 s) for the node's height to pass `h`.
-async fn wait_height_above(node: &common::Node, h: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await <= h {
-        assert!(Instant::now() < deadline, "{what}: node height did not rise above {h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The test client over TLS, trusting `ca`.
 async fn tls_client(addr: &str, ca: &Path) -> Client {
     let config = ckpool::tls::client_config(Some(ca)).unwrap();
@@ -41,15 +32,8 @@ async fn tls_client(addr: &str, ca: &Path) -> Client {
 
 /// Waits (≤ 20 s) until `log()` holds `needle`.
 fn wait_for(what: &str, log: impl Fn() -> String, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = log();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{what} never logged {needle:?}:\n{text}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let cond = || Some(log()).filter(|t| t.contains(needle));
+    wait::blocking_or(&format!("{what} to log {needle:?}"), Duration::from_secs(20), cond, || log())
 }
 
 /// A TLS miner mines blocks on the pool's TLS port (the project's client over rustls, and
@@ -80,7 +64,7 @@ async fn tls_miner_and_plain_tcp_refused() {
     let s = solve(&n, &en1, "00000000000000aa", "0.0001", false).unwrap();
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    wait_height_above(node, h, "block over TLS").await;
+    node.wait_height_above(h, "block over TLS").await;
     pool.wait_blocks_log("tls.miner");
 
     // Plain TCP to the TLS port: a stratum line gets no stratum answer; the connection closes.
@@ -253,7 +237,7 @@ async fn proxy_tls_upstream_with_tlsca_and_failover() {
     let s = solve(&n, &en1, &format!("{:0w$x}", 7, w = 2 * n2), "0.0001", false).unwrap();
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    wait_height_above(node, h, "block through a TLS upstream").await;
+    node.wait_height_above(h, "block through a TLS upstream").await;
     pool.wait_blocks_log("proxyuser.p1");
     // The primary's certificate is still refused: the proxy stays on the second entry.
     assert!(!proxy.log().contains("primary is back"), "{}", proxy.log());
@@ -323,7 +307,7 @@ async fn haproxy_send_proxy_v2_and_v1() {
         let id = c.request("mining.submit", s).await;
         let r = c.reply(id).await;
         assert_eq!(r["result"], json!(true), "{r}");
-        wait_height_above(node, h, worker).await;
+        node.wait_height_above(h, worker).await;
         // The operator log's authorize line and the share log carry the miner's own address.
         let log = wait_for("pool", || pool.log(), worker);
         let line = log.lines().find(|l| l.contains("miner authorized") && l.contains(worker)).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ckpool::sv1::client::Client as Sv1Client;
 use common::{free_port, pool_config, solve, wait, Client, NodePair, Pool};
@@ -94,11 +94,9 @@ async fn tls_miner_and_plain_tcp_refused() {
         .output()
         .expect("ckpool mine");
     assert!(mine.status.success(), "ckpool mine over TLS: {}", String::from_utf8_lossy(&mine.stderr));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pool.share_lines().iter().any(|l| l["workername"] == json!("mine.tls") && l["result"] == json!(true)) {
-        assert!(Instant::now() < deadline, "no accepted share from ckpool mine over TLS");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pool.wait_share_line("an accepted share from ckpool mine over TLS", |l| {
+        l["workername"] == json!("mine.tls") && l["result"] == json!(true)
+    });
 
     // OpenSSL as the client (Python's ssl module): handshake, subscribe, authorize, work.
     let script = r#"
@@ -187,14 +185,7 @@ async fn each_listener_has_its_own_difficulty() {
     let s = solve(&n, &en1, "0000000000000001", "0.0001", false).unwrap();
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let line = loop {
-        if let Some(l) = pool.share_lines().into_iter().find(|l| l["workername"] == json!("low.share")) {
-            break l;
-        }
-        assert!(Instant::now() < deadline, "no share line for low.share");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let line = pool.wait_share_line("low.share", |l| l["workername"] == json!("low.share"));
     assert_eq!(line["diff"], json!(0.0001), "{line}");
 }
 
@@ -312,14 +303,7 @@ async fn haproxy_send_proxy_v2_and_v1() {
         let log = wait_for("pool", || pool.log(), worker);
         let line = log.lines().find(|l| l.contains("miner authorized") && l.contains(worker)).unwrap();
         assert!(line.contains(&format!("peer={client_ip}:")), "{line}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let share = loop {
-            if let Some(l) = pool.share_lines().into_iter().find(|l| l["workername"] == json!(worker)) {
-                break l;
-            }
-            assert!(Instant::now() < deadline, "no share line for {worker}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let share = pool.wait_share_line(worker, |l| l["workername"] == json!(worker));
         assert_eq!(share["address"], json!(client_ip), "{share}");
     }
     // haproxy's health checks (every 500 ms) reach the v2 port with a LOCAL header and are
@@ -348,15 +332,13 @@ impl HaProxy {
             .spawn()
             .expect("haproxy (Debian package haproxy; run `bash contrib/setup.sh`)");
         let mut h = HaProxy(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
         for p in ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+            wait::blocking(&format!("haproxy to listen on {p}"), Duration::from_secs(20), || {
                 if let Some(s) = h.0.try_wait().unwrap() {
                     panic!("haproxy exited ({s}) before listening on {p}");
                 }
-                assert!(Instant::now() < deadline, "haproxy did not listen on {p} within 20 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()
+            });
         }
         h
     }

@@ -477,6 +477,13 @@ impl Pool {
         )
     }
 
+    /// Waits (≤ 20 s) for a share log line `pred` accepts and returns it; `what` names it.
+    pub fn wait_share_line(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = || self.share_lines().into_iter().find(|l| pred(l));
+        let context = || format!("share lines: {:?}", self.share_lines());
+        wait::blocking_or(&format!("a share line for {what}"), Duration::from_secs(20), found, context)
+    }
+
     /// All share log lines written so far.
     pub fn share_lines(&self) -> Vec<Value> {
         let mut out = Vec::new();

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
@@ -261,11 +261,7 @@ async fn submitblock(pool: &Pool, what: &str) -> (bool, String) {
 async fn kill9(pool: &mut Pool) {
     let pid = nix::unistd::Pid::from_raw(pool.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while pool.try_wait().is_none() {
-        assert!(Instant::now() < deadline, "pool did not die of SIGKILL within {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until("the pool to die of SIGKILL", LIMIT, || pool.try_wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ckpool::difficulty::Difficulty;
 use common::{pool_config, wait, Client, Node, NodePair, Pool};
@@ -135,12 +135,15 @@ async fn zmq_publisher_gone_then_back() {
     let c = Node::start(&[]).await;
     nodes.a.connect_to(&c).await;
     // A must keep a peer (C) while B is down, or it gives no templates.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while nodes.a.call("getconnectioncount", json!([])).await.as_u64().unwrap() < 2 {
-        assert!(Instant::now() < deadline, "node A did not connect to both B and C");
-        let _ = nodes.a.rpc.call("addnode", json!([format!("127.0.0.1:{}", c.p2p_port), "onetry"])).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (a, peer) = (&nodes.a, &format!("127.0.0.1:{}", c.p2p_port));
+    let both = move || async move {
+        if a.call("getconnectioncount", json!([])).await.as_u64().unwrap() >= 2 {
+            return true;
+        }
+        let _ = a.rpc.call("addnode", json!([peer, "onetry"])).await;
+        false
+    };
+    wait::until_async("node A to connect to both B and C", Duration::from_secs(30), both).await;
     let address = nodes.a.new_address().await;
     let mut cfg = pool_config(&nodes.a, &address).await;
     cfg["zmqblock"] = json!(nodes.b.zmq_url());
@@ -170,11 +173,9 @@ async fn zmq_publisher_gone_then_back() {
     pool.wait_log(&format!("ZMQ: publisher {zmq_b} is back"), Duration::from_secs(60));
     nodes.b.connect_to(&nodes.a).await;
     // B has caught up with A's chain (it missed h2 while down).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while nodes.b.call("getbestblockhash", json!([])).await != json!(h2) {
-        assert!(Instant::now() < deadline, "node B did not catch up with A");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (b, h2_ref) = (&nodes.b, &h2);
+    let caught_up = move || async move { b.call("getbestblockhash", json!([])).await == json!(h2_ref) };
+    wait::until_async("node B to catch up with A", Duration::from_secs(60), caught_up).await;
     let h3 = nodes.a.call("generate", json!([1])).await[0].as_str().unwrap().to_string();
     m.notify_on_tip(&h3).await;
     pool.wait_log(&format!("ZMQ: new block {h3}"), Duration::from_secs(60));

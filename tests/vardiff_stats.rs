@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ckpool::difficulty::Difficulty;
-use common::{pool_config, solve, Client, NodePair, Pool};
+use common::{pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 
 const TARGET_INTERVAL_S: f64 = 0.25;
@@ -320,13 +320,12 @@ async fn vardiff_raises_a_fast_miner_and_stats_files_match_the_shares() {
     // Restart: best-ever figures and users' totals are loaded back and written again.
     let before = std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap();
     pool.spawn(&[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pool.log().matches("ckpool ready").count() < 2
-        || std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap() <= before
-    {
-        assert!(Instant::now() < deadline, "restarted pool did not rewrite users/carol; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rewritten = || {
+        pool.log().matches("ckpool ready").count() >= 2
+            && std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap() > before
+    };
+    wait::until_or("the restarted pool to rewrite users/carol", Duration::from_secs(60), rewritten, || pool.log())
+        .await;
     assert!(pool.log().contains("stats: loaded 1 users and 1 workers"), "{}", pool.log());
     pool.stop().expect("pool stops");
     let status = read_pool_status(&pool);

@@ -214,7 +214,14 @@ async fn handover_under_200_miners_refuses_no_connection() {
         conns.push(t.await.unwrap());
     }
     let refused = seen.refused.lock().unwrap().clone();
-    assert!(refused.is_empty(), "{} connection(s) refused, e.g. {:?}", refused.len(), &refused[..refused.len().min(5)]);
+    assert!(
+        refused.is_empty(),
+        "{} connection(s) refused, e.g. {:?} ({probes_at_exit} probes made when the old instance had exited, \
+         {made} in all); handover lines:\n{}",
+        refused.len(),
+        &refused[..refused.len().min(5)],
+        first.log().lines().filter(|l| l.contains("handover") || l.contains("ready")).collect::<Vec<_>>().join("\n")
+    );
     assert!(conns.iter().all(|&c| c >= 2), "a miner never left the old instance: {conns:?}");
     // Probes on both instances, every one answered (an unanswered one is in `refused` above).
     assert!(

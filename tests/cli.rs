@@ -206,4 +206,55 @@ fn ckproxy_names_itself() {
     let missing = dir.path().join("none.conf");
     let err = run(&["--config", missing.to_str().unwrap(), "--sockdir", dir.path().to_str().unwrap(), "-q"]);
     assert!(err.starts_with("ckproxy: "), "{err}");
+/// The tests' wait helper (tests/common/wait.rs), checked here once: it returns the value
+/// waited for, and on timeout it stops, bounded in time and in checks, saying what it awaited.
+mod wait_helper {
+    use std::time::{Duration, Instant};
+
+    use super::common::wait;
+
+    #[tokio::test]
+    async fn returns_the_value_once_the_condition_holds() {
+        let mut n = 0;
+        let got = wait::until("the third check", Duration::from_secs(5), || {
+            n += 1;
+            (n == 3).then_some(n * 10)
+        })
+        .await;
+        assert_eq!((got, n), (30, 3));
+        let mut m = 0;
+        wait::blocking("the second check", Duration::from_secs(5), || {
+            m += 1;
+            m == 2
+        });
+        assert_eq!(m, 2);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_what_was_awaited_and_is_bounded() {
+        let (mut checks, start) = (0u64, Instant::now());
+        let limit = Duration::from_millis(300);
+        let r = tokio::spawn(async move {
+            wait::until_or("the impossible", limit, || false, || "state: none".to_string()).await
+        })
+        .await;
+        let msg = *r.expect_err("it panics").into_panic().downcast::<String>().unwrap();
+        assert!(msg.contains("timed out waiting for the impossible") && msg.contains("state: none"), "{msg}");
+        assert!(start.elapsed() < Duration::from_secs(10), "a 300 ms wait took {:?}", start.elapsed());
+        // The count bounds it too: at most limit / POLL + 1 checks.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait::blocking("the impossible", limit, || {
+                checks += 1;
+                false
+            })
+        }));
+        assert!(r.is_err());
+        assert!(checks <= limit.as_millis() as u64 / wait::POLL.as_millis() as u64 + 1, "{checks} checks");
+    }
+
+    #[tokio::test]
+    async fn async_conditions_are_awaited() {
+        let got = wait::until_async("an answer", Duration::from_secs(5), || async { Some(7) }).await;
+        assert_eq!(got, 7);
+    }
 }

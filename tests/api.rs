@@ -604,11 +604,7 @@ async fn the_api_has_the_totals_right_after_a_restart() {
     let h0 = node.height().await;
     let block = solve(&n, &en1, "00000000000000d1", "0.0001", true).unwrap();
     assert_eq!(submit(&mut c, block).await["result"], json!(true));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await == h0 {
-        assert!(Instant::now() < deadline, "the node never took the block; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_height_above(h0, "the block found before the restart").await;
     let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
     pool.wait_blocks_log(&tip);
     drop(c);

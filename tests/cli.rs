@@ -206,6 +206,8 @@ fn ckproxy_names_itself() {
     let missing = dir.path().join("none.conf");
     let err = run(&["--config", missing.to_str().unwrap(), "--sockdir", dir.path().to_str().unwrap(), "-q"]);
     assert!(err.starts_with("ckproxy: "), "{err}");
+}
+
 /// The tests' wait helper (tests/common/wait.rs), checked here once: it returns the value
 /// waited for, and on timeout it stops, bounded in time and in checks, saying what it awaited.
 mod wait_helper {

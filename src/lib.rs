@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod difficulty;
+pub mod fdlimit;
 pub mod hex;
 pub mod history;
 pub mod jsonw;

@@ -152,23 +152,84 @@ impl TlsServer {
 }
 
 /// A client configuration trusting the certificates of `ca` (PEM: a self-signed pool's own
-/// certificate or its CA), or the webpki roots (Mozilla's, built in) without it.
+/// certificate or its CA), or the webpki roots (Mozilla's, built in) without it. A certificate
+/// listed in `ca` is also trusted as the server's own when presented as it is (pinned): the
+/// self-signed certificate `openssl req -x509` makes carries CA:TRUE, which webpki refuses as a
+/// server's certificate (`CaUsedAsEndEntity`).
 pub fn client_config(ca: Option<&Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
     match ca {
         Some(path) => {
             for c in load_certs(path, "tlsca")? {
-                roots.add(c).with_context(|| format!("tlsca {}: a certificate rustls cannot use", path.display()))?;
+                roots
+                    .add(c.clone())
+                    .with_context(|| format!("tlsca {}: a certificate rustls cannot use", path.display()))?;
+                pinned.push(c);
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .context("TLS certificate verifier")?;
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { pinned, webpki }))
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// webpki's verdict, except that a server presenting exactly a certificate of `tlsca` is
+/// trusted whatever its CA flag, name or dates say: the operator named that very certificate,
+/// and the handshake's signature (checked as always) proves the server holds its key.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(v) => Ok(v),
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// The name a `host:port` is checked against: its host (a DNS name or an IP address).
@@ -260,6 +321,46 @@ mod tests {
         assert!(server.reload().is_err());
         assert_eq!(server.current_cert(), before);
         connect(&addr, trust2).await.unwrap();
+    }
+
+    /// The self-signed certificate made the usual way (`openssl req -x509`, which sets CA:TRUE)
+    /// works as `tlsca`: it is pinned; another such certificate is still refused.
+    #[tokio::test]
+    async fn an_openssl_req_x509_certificate_works_as_tlsca() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let (c, k) = (dir.path().join(format!("{name}.crt")), dir.path().join(format!("{name}.key")));
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+                .args(["-subj", "/CN=pool.example", "-addext", "subjectAltName=IP:127.0.0.1"])
+                .arg("-keyout")
+                .arg(&k)
+                .arg("-out")
+                .arg(&c)
+                .output()
+                .expect("openssl (contrib/setup.sh installs it)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            (c, k)
+        };
+        let (c1, k1) = make("a");
+        let (c2, _) = make("b");
+        let text = String::from_utf8(std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&c1).output().unwrap().stdout).unwrap();
+        assert!(text.contains("CA:TRUE"), "openssl req -x509 makes a CA certificate: {text}");
+        let server = Arc::new(TlsServer::load(&c1, &k1).unwrap());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (tcp, _) = l.accept().await.unwrap();
+                let s = server.clone();
+                tokio::spawn(async move {
+                    let _ = s.accept(tcp).await;
+                });
+            }
+        });
+        connect(&addr, client_config(Some(&c1)).unwrap()).await.unwrap();
+        let e = connect(&addr, client_config(Some(&c2)).unwrap()).await.unwrap_err();
+        assert!(format!("{e:#}").contains("invalid peer certificate"), "{e:#}");
     }
 
     #[test]

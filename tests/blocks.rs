@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{pool_config, solve, Client, NodePair, Pool};
+use common::{pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -29,13 +29,9 @@ fn outcomes(pool: &Pool, hash: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `cond` every 100 ms until it holds; panics with `what` (and the pool log) at the deadline.
-async fn wait_until<F: FnMut() -> bool>(pool: &Pool, what: &str, mut cond: F) {
-    let deadline = Instant::now() + LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not within {LIMIT:?}; pool log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits (≤ LIMIT) until `cond` holds; the timeout shows `what` and the pool log.
+async fn wait_until<F: FnMut() -> bool>(pool: &Pool, what: &str, cond: F) {
+    wait::until_or(what, LIMIT, cond, || format!("pool log:\n{}", pool.log())).await;
 }
 
 /// Waits until blocks.log records `outcome` for `hash`.
@@ -46,20 +42,12 @@ async fn wait_outcome(pool: &Pool, hash: &str, outcome: &str) {
 
 /// Waits until node `n`'s chain has `hash` at `height`.
 async fn wait_on_chain(pool: &Pool, n: &common::Node, height: u64, hash: &str) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Ok(v) = n.rpc.call("getblockhash", json!([height])).await {
-            if v == json!(hash) {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "block {hash} not at height {height} within {LIMIT:?}; log:\n{}",
-            pool.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let on_chain =
+        move || async move { n.rpc.call("getblockhash", json!([height])).await.is_ok_and(|v| v == json!(hash)) };
+    wait::until_async_or(&format!("block {hash} at height {height}"), LIMIT, on_chain, || {
+        format!("log:\n{}", pool.log())
+    })
+    .await;
 }
 
 /// The saved hex files under logdir/blocks: (height, hash, path).
@@ -273,11 +261,7 @@ async fn submitblock(pool: &Pool, what: &str) -> (bool, String) {
 async fn kill9(pool: &mut Pool) {
     let pid = nix::unistd::Pid::from_raw(pool.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while pool.try_wait().is_none() {
-        assert!(Instant::now() < deadline, "pool did not die of SIGKILL within {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until("the pool to die of SIGKILL", LIMIT, || pool.try_wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

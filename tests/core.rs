@@ -10,12 +10,12 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bitcoin::key::Secp256k1;
 use bitcoin::{CompressedPublicKey, ScriptBuf};
 use common::core_node::{regtest_key, spend, spend_with_descriptor, CoreAuth, CoreNode, Utxo};
-use common::{solve, Client, Pool};
+use common::{solve, wait, Client, Pool};
 use serde_json::{json, Value};
 
 /// Mines one block through the pool's stratum port: subscribe, authorize, take the work on the
@@ -30,22 +30,15 @@ async fn mine_block_through_pool(pool: &Pool, node: &CoreNode, worker: &str) -> 
     let id = c.request("mining.submit", submit).await;
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "share refused: {r}\npool log:\n{}", pool.log());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
-        if best != tip {
-            let block = node.block(&best).await;
-            let sig = block.txdata[0].input[0].script_sig.as_bytes();
-            assert!(
-                sig.windows(21).any(|w| w == b"/ckpool-rs-core-test/"),
-                "the new tip {best} is not the pool's block; pool log:\n{}",
-                pool.log()
-            );
-            return best;
-        }
-        assert!(Instant::now() < deadline, "Core's tip did not move to the pool's block; pool log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let best = node.wait_tip_not(&tip, Duration::from_secs(30), || format!("pool log:\n{}", pool.log())).await;
+    let block = node.block(&best).await;
+    let sig = block.txdata[0].input[0].script_sig.as_bytes();
+    assert!(
+        sig.windows(21).any(|w| w == b"/ckpool-rs-core-test/"),
+        "the new tip {best} is not the pool's block; pool log:\n{}",
+        pool.log()
+    );
+    best
 }
 
 /// Subsidy + fees of block `hash`, from the node's own accounting.
@@ -231,6 +224,12 @@ fn ckpool_json(args: &[&str]) -> Value {
 
 fn write_config(dir: &std::path::Path, name: &str, cfg: &Value) -> String {
     let path = dir.join(name);
+    // `check` binds the listening ports: a port the system picks, never the default 3333.
+    let mut cfg = cfg.clone();
+    if cfg.get("serverurl").is_none() {
+        cfg["serverurl"] = serde_json::json!(["127.0.0.1:0"]);
+    }
+    let cfg = &cfg;
     std::fs::write(
         &path,
         format!("{}\nComments from here on are ignored.\n", serde_json::to_string_pretty(cfg).unwrap()),
@@ -354,14 +353,13 @@ async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckpool"));
     cmd.args(bad.args(&[]));
     bad.spawn_command(cmd);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = bad.try_wait() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pool with a wrong password did not stop; log:\n{}", bad.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log_path = bad.log_path();
+    let status = wait::blocking_or(
+        "the pool with a wrong password to stop",
+        Duration::from_secs(30),
+        || bad.try_wait(),
+        || std::fs::read_to_string(&log_path).unwrap_or_default(),
+    );
     assert!(!status.success());
     let log = bad.log();
     assert!(log.contains("authentication refused") && log.contains("HTTP 401"), "{log}");
@@ -389,20 +387,15 @@ async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
     let tip_height = node_height_before_stop;
     node.restart().await;
     pool.wait_log("bitcoind answering again", Duration::from_secs(30));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ours = loop {
-        // By height, not "tip changed": a Core just started has been seen to answer with the
-        // genesis block as its tip for a moment (once, under load) before its chain was loaded.
-        if node.height().await > tip_height {
-            break node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the block found while Core was down never reached it; log:\n{}",
-            pool.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // By height, not "tip changed": a Core just started has been seen to answer with the
+    // genesis block as its tip for a moment (once, under load) before its chain was loaded.
+    let node_ref = &node;
+    let above = move || async move { node_ref.height().await > tip_height };
+    wait::until_async_or("the block found while Core was down to reach it", Duration::from_secs(60), above, || {
+        format!("log:\n{}", pool.log())
+    })
+    .await;
+    let ours = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
     let b = node.block(&ours).await;
     assert_eq!(b.header.prev_blockhash.to_string(), tip);
     assert!(b.txdata[0].input[0].script_sig.as_bytes().windows(21).any(|w| w == b"/ckpool-rs-core-test/"));
@@ -414,30 +407,22 @@ async fn core_errors_are_clear_and_miners_survive_a_node_restart() {
     let submit = solve(&n, &en1, "00000000000000b2", "0.0001", true).unwrap();
     let id = c.request("mining.submit", submit).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
-        if best != h {
-            break best;
-        }
-        assert!(Instant::now() < deadline, "Core did not take the block; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let found = node.wait_tip_not(&h, Duration::from_secs(30), || format!("log:\n{}", pool.log())).await;
     // Both blocks the pool found are recorded accepted in blocks.log.
     for hash in [&ours, &found] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = pool.wait_blocks_log(hash);
-            let accepted = text
-                .lines()
+        let accepted = || {
+            let text = std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap_or_default();
+            text.lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|l| l["hash"] == json!(hash) && l["outcome"] == json!("accepted"));
-            if accepted {
-                break;
-            }
-            assert!(Instant::now() < deadline, "blocks.log has no accepted line for {hash}: {text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .any(|l| l["hash"] == json!(hash) && l["outcome"] == json!("accepted"))
+        };
+        wait::until_or(
+            &format!("an accepted line for {hash} in blocks.log"),
+            Duration::from_secs(30),
+            accepted,
+            || std::fs::read_to_string(pool.logdir.join("blocks.log")).unwrap_or_default(),
+        )
+        .await;
     }
     pool.stop();
 }

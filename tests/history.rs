@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{pool_config, solve_not_block, Client, NodePair, Pool};
+use common::{pool_config, solve_not_block, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,15 +38,17 @@ async fn get_json(addr: &str, path: &str) -> Value {
 
 /// Waits (≤ 60 s) for `f` on `path`'s JSON.
 async fn wait_json(addr: &str, path: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let (f, last) = (&f, &std::sync::Mutex::new(Value::Null));
+    let got = move || async move {
         let v = get_json(addr, path).await;
         if f(&v) {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "{path}: never {what}: {v}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        *last.lock().unwrap() = v;
+        None
+    };
+    let context = || format!("last answer: {}", last.lock().unwrap());
+    wait::until_async_or(&format!("{path} {what}"), Duration::from_secs(60), got, context).await
 }
 
 /// Accepted shares summed over a `/api/history?range=...` answer's points.
@@ -231,11 +233,8 @@ impl Postgres {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "postgres did not listen on {} within 30 s", self.port);
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let listening = || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        wait::blocking(&format!("postgres to listen on {}", self.port), Duration::from_secs(30), listening);
     }
 
     /// Fast shutdown (SIGINT) and wait.

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, pool_config, solve, Client, Node, NodePair, Pool};
+use common::{free_port, pool_config, solve, wait, Client, Node, NodePair, Pool};
 use serde_json::{json, Value};
 
 /// The account aiostratum authorizes with upstream (it has a '.', so aiostratum does not append
@@ -91,14 +91,13 @@ impl Aiostratum {
             .spawn()
             .expect("start aiostratum-proxy");
         let mut aio = Aiostratum { child: Some(child), port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !aio.log().contains("waiting for worker connections") {
+        let listening = || {
             if let Some(status) = aio.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("aiostratum-proxy exited ({status}) before listening; its log:\n{}", aio.log());
             }
-            assert!(Instant::now() < deadline, "aiostratum-proxy did not listen within 30 s; its log:\n{}", aio.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            aio.log().contains("waiting for worker connections")
+        };
+        wait::blocking("aiostratum-proxy to listen", Duration::from_secs(30), listening);
         aio
     }
 
@@ -165,27 +164,16 @@ fn proxy_config(upstream: &str, diff: f64) -> Value {
 }
 
 async fn wait_height_above(node: &Node, h: u64, what: &str, context: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while node.height().await <= h {
-        assert!(Instant::now() < deadline, "{what}: node height did not rise above {h} within 45 s\n{}", context());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("{what}: node height above {h}");
+    wait::until_async_or(&what, Duration::from_secs(45), move || async move { node.height().await > h }, context).await;
 }
 
 /// Share log lines of `pool` written for `worker`, waiting (≤ 10 s) until one satisfies `pred`.
 async fn wait_share_line(pool: &Pool, worker: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(l) = pool.share_lines().into_iter().find(|l| l["workername"] == json!(worker) && pred(l)) {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pool logged no such share from {worker}; its share lines: {:?}",
-            pool.share_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let found = || pool.share_lines().into_iter().find(|l| l["workername"] == json!(worker) && pred(l));
+    let context = || format!("its share lines: {:?}", pool.share_lines());
+    wait::until_or(&format!("such a share from {worker} in the pool's log"), Duration::from_secs(10), found, context)
+        .await
 }
 
 /// (a) this project's pool ← aiostratum-proxy ← this project's stratum client: the client uses

@@ -4,9 +4,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{pool_config, solve, Client, NodePair, Pool};
+use common::{pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -19,14 +19,6 @@ fn proxy_config(upstreams: &[&Pool], diff: f64) -> Value {
         "startdiff": diff,
         "maxdiff": 0,
     })
-}
-
-async fn wait_height_above(node: &common::Node, h: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await <= h {
-        assert!(Instant::now() < deadline, "{what}: node height did not rise above {h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn forwarded_from(pool: &Pool, worker: &str) -> Vec<Value> {
@@ -51,19 +43,27 @@ async fn block_through_the_proxy() {
     let s = solve(&notify, &en1, "0000abcd", "0.0001", false).unwrap();
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    wait_height_above(node, h, "block through proxy").await;
+    node.wait_height_above(h, "block through proxy").await;
     pool.wait_blocks_log("proxyuser.p0");
     // Upstream accounting: the pool logged the share under the proxy's user with the full nonce2.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines = forwarded_from(&pool, "proxyuser.p0");
-        if let Some(l) = lines.iter().find(|l| l["result"] == json!(true)) {
-            assert_eq!(l["nonce2"], json!(format!("{}0000abcd", &en1[8..])), "{l}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "pool never logged the forwarded share");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let l = wait::until("the forwarded share in the pool's share log", Duration::from_secs(10), || {
+        forwarded_from(&pool, "proxyuser.p0").into_iter().find(|l| l["result"] == json!(true))
+    })
+    .await;
+    assert_eq!(l["nonce2"], json!(format!("{}0000abcd", &en1[8..])), "{l}");
+    // The proxy's own view (issue 27): the height read from the upstream's coinbase names the
+    // share log folder and the block line; the block counts as found in pool.status.
+    let height = h + 1;
+    let log = proxy.log();
+    assert!(log.contains(&format!("at height {height} from miner.a")), "{log}");
+    let mut proxy = proxy;
+    proxy.stop().expect("proxy exits on SIGTERM");
+    let folder = proxy.logdir.join(format!("{height:08x}"));
+    assert!(folder.is_dir(), "no share log folder {}", folder.display());
+    assert!(!proxy.logdir.join("00000000").exists(), "shares filed under height 0");
+    let status = std::fs::read_to_string(proxy.logdir.join("pool/pool.status")).unwrap();
+    let third: Value = serde_json::from_str(status.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(third["blocks_found"], json!(1), "{status}");
 }
 
 /// Issue test 2: two upstream pools; the first stops; miners keep getting work and accepted
@@ -90,7 +90,7 @@ async fn failover_and_return() {
     let n = c.notification("mining.notify").await;
     let id = c.request("mining.submit", share_on(&en1, &n)).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    wait_height_above(node, h, "first share's block").await;
+    node.wait_height_above(h, "first share's block").await;
     let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
 
     // The first pool goes away: new extranonce1 from the second, then work, then accepted shares.
@@ -103,12 +103,11 @@ async fn failover_and_return() {
     let id = c.request("mining.submit", share_on(&en1, &n)).await;
     let r = c.reply(id).await;
     assert_eq!(r["result"], json!(true), "{r} {x} {n}\n{}", proxy.log());
-    wait_height_above(node, h, "share through the second pool").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while forwarded_from(&second, "proxyuser.p1").is_empty() {
-        assert!(Instant::now() < deadline, "second pool got no forwarded share");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.wait_height_above(h, "share through the second pool").await;
+    wait::until("a forwarded share on the second pool", Duration::from_secs(10), || {
+        !forwarded_from(&second, "proxyuser.p1").is_empty()
+    })
+    .await;
 
     // The first pool comes back: the proxy returns to it (it probes every 10 s).
     first.spawn(&[]);
@@ -119,11 +118,10 @@ async fn failover_and_return() {
     let id = c.request("mining.submit", share_on(&en1, &n)).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
     assert!(proxy.log().contains("primary is back"), "{}", proxy.log());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while forwarded_from(&first, "proxyuser.p0").is_empty() {
-        assert!(Instant::now() < deadline, "first pool got no forwarded share after the return");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait::until("a forwarded share on the first pool after the return", Duration::from_secs(10), || {
+        !forwarded_from(&first, "proxyuser.p0").is_empty()
+    })
+    .await;
 }
 
 /// Issue test 3: pool ← proxy ← proxy ← miner finds a block the node accepts.
@@ -143,7 +141,7 @@ async fn stacked_proxies() {
     let s = solve(&n, &en1, "00ff", "0.0001", false).unwrap();
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    wait_height_above(node, h, "stacked proxies").await;
+    node.wait_height_above(h, "stacked proxies").await;
     pool.wait_blocks_log("proxyuser.p0");
 }
 
@@ -205,11 +203,10 @@ async fn a_thousand_miners_one_upstream() {
         }
     }
     assert!(accepted > 0, "no share accepted ({stale} stale)");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while forwarded_from(&pool, "proxyuser.p0").is_empty() {
-        assert!(Instant::now() < deadline, "no share forwarded to the pool");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait::until("a share forwarded to the pool", Duration::from_secs(15), || {
+        !forwarded_from(&pool, "proxyuser.p0").is_empty()
+    })
+    .await;
     let dups = pool.share_lines().iter().filter(|l| l["reject-reason"] == json!("Duplicate")).count();
     assert_eq!(dups, 0, "duplicate rejections upstream");
     println!("1,000 miners: {accepted} accepted locally, {stale} stale");
@@ -332,18 +329,15 @@ async fn more_miners_than_extranonce_values_are_refused_clearly() {
     // One leaves: the next miner gets its value.
     let (gone, gone_en1) = miners.remove(17);
     drop(gone);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut c = Client::connect(&proxy.addr()).await;
-        let id = c.request("mining.subscribe", json!(["next/1.0"])).await;
-        let r = c.reply(id).await;
-        if r["error"].is_null() {
-            assert_eq!(r["result"][1], json!(gone_en1), "the freed value is the only one left");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed extranonce1 never served a new miner: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let addr = &proxy.addr();
+    let r =
+        wait::until_async("the freed extranonce1 to serve a new miner", Duration::from_secs(20), move || async move {
+            let mut c = Client::connect(addr).await;
+            let id = c.request("mining.subscribe", json!(["next/1.0"])).await;
+            Some(c.reply(id).await).filter(|r| r["error"].is_null())
+        })
+        .await;
+    assert_eq!(r["result"][1], json!(gone_en1), "the freed value is the only one left");
 }
 
 /// An upstream that narrows its version mask mid-session (BIP310 allows it; this project's pool

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ckpool::sv1::client::Client as Sv1Client;
-use common::{free_port, pool_config, solve, Client, NodePair, Pool, IO_LIMIT};
+use common::{free_port, pool_config, solve, wait, Client, NodePair, Pool, IO_LIMIT};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -23,6 +23,21 @@ fn edit_config(pool: &Pool, edit: impl FnOnce(&mut Value)) {
     let mut v: Value = serde_json::Deserializer::from_str(&text).into_iter::<Value>().next().unwrap().unwrap();
     edit(&mut v);
     std::fs::write(&pool.config_path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// Waits (≤ 60 s) for the old instance to exit after `-H`; panics at once if the new one exits.
+async fn old_exits(first: &mut Pool, second: &mut Pool) -> std::process::ExitStatus {
+    let log = first.log_path();
+    let exited = || {
+        assert!(
+            second.try_wait().is_none(),
+            "the new instance exited; log:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        first.try_wait()
+    };
+    let context = || format!("log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    wait::until_or("the old instance to exit after -H", Duration::from_secs(60), exited, context).await
 }
 
 fn sighup(pool: &Pool) {
@@ -113,14 +128,13 @@ async fn handover_under_200_miners_refuses_no_connection() {
     for i in 0..MINERS {
         tasks.push(tokio::spawn(miner(addr.clone(), i, seen.clone(), check_rx.clone())));
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.with_work.lock().unwrap().iter().filter(|w| **w).count() < MINERS {
-        assert!(Instant::now() < deadline, "the 200 miners did not all get work from the first instance");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let all_working = || seen.with_work.lock().unwrap().iter().filter(|w| **w).count() == MINERS;
+    wait::until("the 200 miners to get work from the first instance", Duration::from_secs(120), all_working).await;
 
     // The prober: a fresh connection every 5 ms until told to stop (at most 60 s, 12,000
-    // connections); each must connect, and is answered or closed by the instance that took it.
+    // connections); each must connect and have its subscribe answered by the instance that took
+    // it. One accepted and then closed (or left) without an answer counts as refused: to a miner
+    // it is the same as a refused connection.
     let probing = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(AtomicUsize::new(0));
     let prober = {
@@ -136,9 +150,19 @@ async fn handover_under_200_miners_refuses_no_connection() {
                 probes.store(made, Ordering::Relaxed);
                 match Sv1Client::connect(&addr).await {
                     Ok(mut c) => {
+                        let seen = seen.clone();
                         open.spawn(async move {
                             let r = tokio::time::timeout(IO_LIMIT, c.subscribe("probe/1", None)).await;
-                            matches!(r, Ok(Ok(_)))
+                            let why = match r {
+                                Ok(Ok(_)) => return true,
+                                Ok(Err(e)) => format!("{e:#}"),
+                                Err(_) => format!("no answer within {IO_LIMIT:?}"),
+                            };
+                            seen.refused
+                                .lock()
+                                .unwrap()
+                                .push(format!("probe {made}: accepted, then not answered: {why}"));
+                            false
                         });
                     }
                     Err(e) => seen.refused.lock().unwrap().push(format!("probe {made}: {e}")),
@@ -162,15 +186,7 @@ async fn handover_under_200_miners_refuses_no_connection() {
     let mut cmd = Command::new(BIN);
     cmd.args(first.args(&["-H"]));
     second.spawn_command(cmd);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = first.try_wait() {
-            break s;
-        }
-        assert!(second.try_wait().is_none(), "the new instance exited; log:\n{}", first.log());
-        assert!(Instant::now() < deadline, "the old instance still runs 60 s after -H; log:\n{}", first.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = old_exits(&mut first, &mut second).await;
     assert_eq!(status.code(), Some(0), "old instance's exit after the handover");
     let probes_at_exit = probes.load(Ordering::Relaxed);
     let log = first.log();
@@ -181,11 +197,8 @@ async fn handover_under_200_miners_refuses_no_connection() {
     assert_eq!(log.matches("ckpool ready").count(), 2, "{log}");
     // The new instance writes the pid file once the old one let go.
     let pidfile = first.sockdir().join("main.pid");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&pidfile).unwrap_or_default().trim() != second.pid().to_string() {
-        assert!(Instant::now() < deadline, "the pid file does not name the new instance");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let names_second = || std::fs::read_to_string(&pidfile).unwrap_or_default().trim() == second.pid().to_string();
+    wait::until("the pid file to name the new instance", Duration::from_secs(10), names_second).await;
 
     // Keep probing a moment on the new instance alone, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -194,24 +207,29 @@ async fn handover_under_200_miners_refuses_no_connection() {
     println!("prober: {made} connections, {answered} answered");
 
     // Every miner back with work on the new instance: check each connection is served.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.with_work.lock().unwrap().iter().filter(|w| **w).count() < MINERS {
-        assert!(Instant::now() < deadline, "not every miner is back with work on the new instance");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until("every miner back with work on the new instance", Duration::from_secs(120), all_working).await;
     check_tx.send(true).unwrap();
     let mut conns = Vec::new();
     for t in tasks {
         conns.push(t.await.unwrap());
     }
     let refused = seen.refused.lock().unwrap().clone();
-    assert!(refused.is_empty(), "{} connection(s) refused, e.g. {:?}", refused.len(), &refused[..refused.len().min(5)]);
-    assert!(conns.iter().all(|&c| c >= 2), "a miner never left the old instance: {conns:?}");
     assert!(
-        probes_at_exit > 0 && made > probes_at_exit && answered > 0,
-        "the prober did not run across the handover: {probes_at_exit} connections before the old instance \
-         exited, {made} in all, {answered} answered"
+        refused.is_empty(),
+        "{} connection(s) refused, e.g. {:?} ({probes_at_exit} probes made when the old instance had exited, \
+         {made} in all); handover lines:\n{}",
+        refused.len(),
+        &refused[..refused.len().min(5)],
+        first.log().lines().filter(|l| l.contains("handover") || l.contains("ready")).collect::<Vec<_>>().join("\n")
     );
+    assert!(conns.iter().all(|&c| c >= 2), "a miner never left the old instance: {conns:?}");
+    // Probes on both instances, every one answered (an unanswered one is in `refused` above).
+    assert!(
+        probes_at_exit > 0 && made > probes_at_exit,
+        "the prober did not run across the handover: {probes_at_exit} connections before the old instance \
+         exited, {made} in all"
+    );
+    assert_eq!(answered, made, "probes answered of those made");
     println!("reconnects: {}", seen.reconnects.load(Ordering::Relaxed));
 
     // A share mined on the new instance is accepted; the API answers on the handed-over port.
@@ -239,19 +257,32 @@ async fn handover_mismatch_and_hung_instance() {
     let mut first = Pool::start(config, &[]);
     let addr = first.addr();
 
-    // Hung: the handover socket accepts but nobody answers.
+    // Hung: the handover socket accepts but nobody answers. The new instance must give up by
+    // itself (its handover timeout is 5 s); the test bounds it, and continues the old instance
+    // whatever happens.
     let pid = nix::unistd::Pid::from_raw(first.pid() as i32);
+    struct Continue(nix::unistd::Pid);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let out = Command::new(BIN)
+    let stopped = Continue(pid);
+    let run = tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&first.config_path)
         .arg("--sockdir")
         .arg(first.sockdir())
         .args(["-q", "-H"])
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("`ckpool -H` beside a hung instance still runs after 30 s")
         .unwrap();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    drop(stopped);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started beside a hung instance");
     assert!(err.contains("did not answer") && err.contains("--killold"), "unclear error: {err}");
@@ -273,15 +304,7 @@ async fn handover_mismatch_and_hung_instance() {
         cmd.arg(if a == second.sockdir().into_os_string() { first.sockdir().into_os_string() } else { a });
     }
     second.spawn_command(cmd);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = first.try_wait() {
-            break s;
-        }
-        assert!(second.try_wait().is_none(), "the new instance exited; log:\n{}", first.log());
-        assert!(Instant::now() < deadline, "the old instance still runs 60 s after -H; log:\n{}", first.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = old_exits(&mut first, &mut second).await;
     assert_eq!(status.code(), Some(0));
     let log = first.log();
     assert!(log.contains(&format!("serverurl {addr}: socket handed over by pid {}", pid)), "{log}");
@@ -322,15 +345,15 @@ async fn socket_activation_serves_a_miner_on_the_inherited_socket() {
     cmd.args(pool.args(&[]));
     pool.spawn_command(cmd);
     // systemd-socket-activate listens first; the pool starts when this miner connects.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let sv1 = loop {
-        if let Ok(c) = Sv1Client::connect(("127.0.0.1", port)).await {
-            break c;
-        }
-        assert!(pool.try_wait().is_none(), "systemd-socket-activate exited");
-        assert!(Instant::now() < deadline, "systemd-socket-activate did not listen within 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let activator = std::sync::Mutex::new(&mut pool);
+    let running = &activator;
+    let sv1 = wait::until_async("systemd-socket-activate to listen", Duration::from_secs(30), move || async move {
+        let c = Sv1Client::connect(("127.0.0.1", port)).await.ok();
+        assert!(c.is_some() || running.lock().unwrap().try_wait().is_none(), "systemd-socket-activate exited");
+        c
+    })
+    .await;
+    drop(activator);
     let mut c = Client { sv1, backlog: Vec::new() };
     let (en1, _) = c.handshake("activated").await;
     let n = c.notification("mining.notify").await;
@@ -417,11 +440,7 @@ async fn reload_applies_difficulties_and_survives_a_broken_config() {
     // A bad value names the key.
     std::fs::write(&pool.config_path, good.replace("\"mindiff\": 0.0002", "\"mindiff\": 0")).unwrap();
     sighup(&pool);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pool.log().matches("config not reloaded").count() < 2 {
-        assert!(Instant::now() < deadline, "no error line for mindiff 0; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pool.wait_log_count("config not reloaded", 2, Duration::from_secs(20));
     assert!(pool.log().contains("key \"mindiff\" = 0"), "{}", pool.log());
     assert!(pool.try_wait().is_none(), "the pool exited on a bad reload");
     let (mut c, d) = first_difficulty(&addr, "broken").await;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ckpool::bitcoind::{Rpc, RpcError};
 use ckpool::config::{Config, RpcAuth, Secret};
-use common::{free_port, pool_config, solve, Client, Node, NodePair, Pool};
+use common::{free_port, pool_config, solve, wait, Client, Node, NodePair, Pool};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ckpool");
@@ -38,14 +38,6 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 
 fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
     unit.lines().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// CI test 1: the units keep the guide's lines, pass `systemd-analyze verify`, and score "OK" or
@@ -394,6 +386,27 @@ fn debian_package_builds_and_installs_into_a_throwaway_root() {
             "{u}"
         );
     }
+    // Exactly those units: no other unit (cargo-deb once copied ckpool.socket to
+    // stratssh@.socket, whose enabling bound the pool's port and started the tunnel).
+    let mut units: Vec<String> = std::fs::read_dir(r.join("usr/lib/systemd/system"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    units.sort();
+    assert_eq!(units, ["ckpool.service", "ckpool.socket", "ckproxy.service", "ckproxy.socket", "stratssh@.service"]);
+    // Every page the installed README links is installed where the link points.
+    let doc = r.join("usr/share/doc/ckpool");
+    let readme = std::fs::read_to_string(doc.join("README.md")).unwrap();
+    let mut linked = 0;
+    for link in readme.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+        let target = link.split('#').next().unwrap();
+        if target.is_empty() || target.contains("://") || !target.ends_with(".md") {
+            continue;
+        }
+        linked += 1;
+        assert!(doc.join(target).exists(), "the installed README links {link}, which the package does not ship");
+    }
+    assert!(linked >= 7, "{linked} links checked");
     // ... but known to deb-systemd-helper (postinst ran its snippets), so an operator's enable
     // is kept across upgrades and purge cleans up.
     for u in ["ckpool.service", "ckproxy.service"] {
@@ -647,7 +660,7 @@ async fn sd_notify_ready_status_watchdog_stopping() {
 
     // The pool is up and listening, but the node has no peer: getblocktemplate fails.
     pool.wait_log("listening for miners", Duration::from_secs(30));
-    wait_until("a STATUS= line while starting", Duration::from_secs(30), || {
+    wait::blocking("a STATUS= line while starting", Duration::from_secs(30), || {
         notify.messages().iter().any(|(_, m)| m.contains("STATUS=starting"))
     });
     let mut early = Client::connect(&pool.addr()).await;
@@ -660,14 +673,8 @@ async fn sd_notify_ready_status_watchdog_stopping() {
     assert!(notify.first("READY=1").is_none(), "READY=1 before any work: {:?}", notify.messages());
 
     a.connect_to(&b).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (_, ready) = loop {
-        if let Some(r) = notify.first("READY=1") {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "no READY=1 within 60 s; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, ready) =
+        wait::until_or("READY=1", Duration::from_secs(60), || notify.first("READY=1"), || pool.log()).await;
     assert!(ready.contains("STATUS=ckpool ready: serving height"), "{ready}");
     // Work is served: the waiting miner and a new one get a notify.
     let n = early.notification("mining.notify").await;
@@ -685,7 +692,7 @@ async fn sd_notify_ready_status_watchdog_stopping() {
     assert!(pool.log().contains("systemd watchdog: keepalive every 500ms"), "{}", pool.log());
     let pings = || notify.messages().iter().filter(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1")).count();
     let seen = pings();
-    wait_until("six more WATCHDOG=1 keepalives", Duration::from_secs(60), || pings() >= seen + 6);
+    wait::blocking("six more WATCHDOG=1 keepalives", Duration::from_secs(60), || pings() >= seen + 6);
     println!("{} WATCHDOG=1 pings (WATCHDOG_USEC {WATCHDOG_USEC})", pings());
 
     let status = pool.stop().expect("pool was running");
@@ -730,6 +737,12 @@ fn worker_of(line: &str) -> String {
 /// /var/log/stratum is, which logrotate accepts only thanks to the file's `su` line. No
 /// "miner authorized" line is lost or doubled across ckpool.log, .1 and .2.gz, and the pool
 /// writes to the new file after rotation.
+///
+/// Rotations and connections are synchronised, not timed: a group of miners connects before
+/// each rotation (which starts once their lines are in ckpool.log) and one after both (once
+/// the pool reopened the file: its SIGHUP line comes first in the new file), so each group's
+/// lines must be in its own file; one more miner connects while each rotation runs, and its
+/// line must be in one file or the other, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logrotate_with_the_shipped_file_loses_no_line() {
     let nodes = NodePair::start().await;
@@ -770,28 +783,46 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
     let (_, o, e) = run(Command::new("logrotate").arg("-d").arg("-f").arg("-s").arg(&state).arg(&no_su));
     assert!((o + &e).contains("insecure permissions"), "logrotate accepted a group-writable dir without su");
 
-    const N: usize = 24;
+    const GROUP: usize = 8;
     let addr = pool.addr();
-    let miners = tokio::spawn(async move {
-        let mut held = Vec::new();
-        for i in 0..N {
+    let current = || std::fs::read_to_string(logdir.join("ckpool.log")).unwrap_or_default();
+    let group = |g: usize| (0..GROUP).map(move |i| format!("g{g}w{i}"));
+    let mut _held = Vec::new();
+    for g in 0..3 {
+        for w in group(g) {
             let mut c = Client::connect(&addr).await;
-            c.handshake(&format!("w{i}")).await;
-            held.push(c);
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            c.handshake(&w).await;
+            _held.push(c);
         }
-        held
-    });
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait::blocking(&format!("group {g}'s lines in ckpool.log"), Duration::from_secs(20), || {
+            let text = current();
+            let have: Vec<String> = text.lines().filter(|l| l.contains("miner authorized")).map(worker_of).collect();
+            group(g).all(|w| have.contains(&w))
+        });
+        if g == 2 {
+            break;
+        }
+        let racer = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                let mut c = Client::connect(&addr).await;
+                c.handshake(&format!("race{g}")).await;
+                c
+            }
+        });
         let (c, s) = (conf.clone(), state.clone());
         let (ok, o, e) =
             tokio::task::spawn_blocking(move || run(Command::new("logrotate").arg("-f").arg("-s").arg(&s).arg(&c)))
                 .await
                 .unwrap();
         assert!(ok, "logrotate failed:\n{o}{e}");
+        _held.push(racer.await.unwrap());
+        wait::blocking(
+            &format!("the pool to reopen ckpool.log after rotation {}", g + 1),
+            Duration::from_secs(20),
+            || current().contains("SIGHUP: reopening log files"),
+        );
     }
-    let _held = miners.await.unwrap();
     let mut files: Vec<String> =
         std::fs::read_dir(&logdir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     files.sort();
@@ -805,7 +836,7 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, nogroup), "new ckpool.log mode/group");
     let mut after = Client::connect(&pool.addr()).await;
     after.handshake("after").await;
-    wait_until("the new ckpool.log to get the next line", Duration::from_secs(20), || {
+    wait::blocking("the new ckpool.log to get the next line", Duration::from_secs(20), || {
         std::fs::read_to_string(logdir.join("ckpool.log")).unwrap().contains("worker=after")
     });
     assert!(!std::fs::read_to_string(logdir.join("ckpool.log.1")).unwrap().contains("worker=after"));
@@ -816,9 +847,14 @@ async fn logrotate_with_the_shipped_file_loses_no_line() {
         authorized_lines(&logdir).into_iter().filter(|(_, l)| worker_of(l) != "after").collect();
     let mut workers: Vec<String> = lines.iter().map(|(_, l)| worker_of(l)).collect();
     workers.sort();
-    let mut expected: Vec<String> = (0..N).map(|i| format!("w{i}")).collect();
+    let mut expected: Vec<String> = (0..3).flat_map(group).chain(["race0".into(), "race1".into()]).collect();
     expected.sort();
     assert_eq!(workers, expected, "lost or doubled lines: {lines:#?}");
+    for (g, file) in ["ckpool.log.2.gz", "ckpool.log.1", "ckpool.log"].into_iter().enumerate() {
+        for w in group(g) {
+            assert!(lines.iter().any(|(f, l)| f == file && worker_of(l) == w), "{w} not in {file}: {lines:#?}");
+        }
+    }
     let per_file: HashMap<&str, usize> = lines.iter().fold(HashMap::new(), |mut m, (f, _)| {
         *m.entry(f.as_str()).or_default() += 1;
         m
@@ -903,19 +939,10 @@ async fn share_through(addr: &str, worker: &str, en2: &str) {
     assert_eq!(r["result"], json!(true), "share through the tunnel: {r}");
 }
 
-/// Waits (≤ 30 s) until the node's height is above `h`.
-async fn wait_height_above(node: &Node, h: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await <= h {
-        assert!(Instant::now() < deadline, "node height did not rise above {h}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until something accepts TCP connections at `addr`.
 fn wait_listening(addr: &str, limit: Duration, what: &str) {
     let sa: std::net::SocketAddr = addr.parse().unwrap();
-    wait_until(what, limit, || std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok());
+    wait::blocking(what, limit, || std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok());
 }
 
 /// CI test 4: the stratssh@ unit's autossh command line against a real sshd on loopback. A
@@ -934,7 +961,7 @@ fn wait_listening(addr: &str, limit: Duration, what: &str) {
 async fn autossh_tunnel_carries_a_miner_and_recovers() {
     let nodes = NodePair::start().await;
     let address = nodes.a.new_address().await;
-    let pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let mut pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
@@ -1030,21 +1057,15 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
         }
         s
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect_timeout(&tunnel.parse().unwrap(), Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "tunnel not up within 30 s:\n{}", logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let tunnel_addr: std::net::SocketAddr = tunnel.parse().unwrap();
+    let up = || std::net::TcpStream::connect_timeout(&tunnel_addr, Duration::from_millis(200)).is_ok();
+    wait::blocking_or("the tunnel to come up", Duration::from_secs(30), up, logs);
     // On regtest every share is also a block: wait for the node to take it before going on, so
     // later work is not overtaken by this block.
     let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel", "0000000000000001").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pool.log().contains("worker=via-tunnel") {
-        assert!(Instant::now() < deadline, "pool never logged the miner through the tunnel:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    wait_height_above(&nodes.a, h).await;
+    pool.wait_log("worker=via-tunnel", Duration::from_secs(10));
+    nodes.a.wait_height_above(h, "a block through the tunnel").await;
 
     // ckproxy through the tunnel, with a miner that takes set_extranonce.
     let proxy = Pool::start_proxy(json!({
@@ -1058,7 +1079,7 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     let n = pm.notification("mining.notify").await;
     let id = pm.request("mining.submit", solve(&n, &pen1, "00000001", "0.0001", false).unwrap()).await;
     assert_eq!(pm.reply(id).await["result"], json!(true));
-    wait_until("the pool to see the proxy's share", Duration::from_secs(20), || {
+    wait::blocking("the pool to see the proxy's share", Duration::from_secs(20), || {
         pool.share_lines().iter().any(|l| l["workername"] == json!("tunnelproxy.rig") && l["result"] == json!(true))
     });
 
@@ -1068,32 +1089,26 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     assert_eq!(ssh_pids.len(), 1, "autossh should run one ssh: {ssh_pids:?}");
     let old = ssh_pids[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("autossh to start a new ssh", Duration::from_secs(30), || {
+    wait::blocking("autossh to start a new ssh", Duration::from_secs(30), || {
         let c = children(autossh_pid);
         !c.is_empty() && !c.contains(&old)
     });
     let new = children(autossh_pid)[0];
     println!("ssh pid {old} killed; autossh started ssh pid {new}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // The new ssh must have the forward up: a connection that reaches the pool answers subscribe.
-        if let Ok(s) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&tunnel)).await {
-            if s.is_ok() {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "tunnel not restored within 30 s:\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The new ssh must have the forward up.
+    let tunnel_ref = &tunnel;
+    let restored = move || async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(tunnel_ref)).await,
+            Ok(Ok(_))
+        )
+    };
+    wait::until_async_or("the tunnel to be restored", Duration::from_secs(30), restored, logs).await;
     let h = nodes.a.height().await;
     share_through(&tunnel, "via-tunnel-again", "0000000000000002").await;
     // The operator log is written by its own thread: give the line a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pool.log().contains("worker=via-tunnel-again") {
-        assert!(Instant::now() < deadline, "pool never logged the miner through the restored tunnel:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    wait_height_above(&nodes.a, h).await;
+    pool.wait_log("worker=via-tunnel-again", Duration::from_secs(10));
+    nodes.a.wait_height_above(h, "a block through the tunnel").await;
     assert_eq!(children(autossh_pid), vec![new], "one ssh after the restart");
 
     // The proxy lost its upstream with the old ssh and came back through the new one by itself.
@@ -1110,7 +1125,7 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
             .filter(|l| l["workername"] == json!("tunnelproxy.rig") && l["result"] == json!(true))
             .count()
     };
-    wait_until("the pool to see the proxy's share after the reconnect", Duration::from_secs(20), || {
+    wait::blocking("the pool to see the proxy's share after the reconnect", Duration::from_secs(20), || {
         accepted_upstream() >= 2
     });
 }
@@ -1156,16 +1171,10 @@ async fn killold_takes_over_and_refuses_without_it() {
     let mut cmd = Command::new(BIN);
     cmd.args(first.args(&[]));
     second.spawn_command(cmd);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = first.try_wait() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "first instance still running 30 s after --killold");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status =
+        wait::blocking("the first instance to exit after --killold", Duration::from_secs(30), || first.try_wait());
     assert_eq!(status.code(), Some(0), "first instance exit after --killold's SIGTERM: {status}");
-    wait_until("the second instance to be ready", Duration::from_secs(60), || {
+    wait::blocking("the second instance to be ready", Duration::from_secs(60), || {
         first.log().matches("ckpool ready").count() == 2
     });
     assert!(second.try_wait().is_none(), "second instance exited");
@@ -1269,7 +1278,7 @@ async fn unit_sandbox_allows_what_the_pool_does() {
     pool.wait_log("SIGHUP: reopening", Duration::from_secs(20));
     drop(c);
     nix::sys::signal::kill(tracee, nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_until("the traced pool to exit", Duration::from_secs(60), || pool.try_wait().is_some());
+    wait::blocking("the traced pool to exit", Duration::from_secs(60), || pool.try_wait().is_some());
     assert!(pool.log().contains("ckpool stopped"), "{}", pool.log());
 
     let text = std::fs::read_to_string(&trace).unwrap();

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bitcoin::consensus::encode::deserialize;
-use common::{pool_config, solve, Client, Node, NodePair};
+use common::{pool_config, solve, wait, Client, Node, NodePair};
 use serde_json::{json, Value};
 
 /// The coinbase of the block `hash`: (value, scriptPubKey hex) per output.
@@ -30,11 +30,8 @@ async fn find_block(node: &Node, pool: &common::Pool, c: &mut Client, en1: &str,
     let s = solve(&n, en1, en2, "0.0001", true).expect("a regtest block");
     let id = c.request("mining.submit", s).await;
     assert_eq!(c.reply(id).await["result"], json!(true));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while node.height().await == h {
-        assert!(std::time::Instant::now() < deadline, "block not accepted; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let above = move || async move { node.height().await > h };
+    wait::until_async_or("the solo block", Duration::from_secs(30), above, || format!("log:\n{}", pool.log())).await;
     node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string()
 }
 
@@ -97,11 +94,8 @@ async fn solo_blocks_pay_their_finders_and_bad_addresses_get_no_work() {
         tip = hash;
     }
     // Statistics per address, as ckpool writes them (users/<address>).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !(pool.logdir.join("users").join(&alice).exists() && pool.logdir.join("users").join(&bob).exists()) {
-        assert!(std::time::Instant::now() < deadline, "users/<address> not written");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = || pool.logdir.join("users").join(&alice).exists() && pool.logdir.join("users").join(&bob).exists();
+    wait::until("users/<address> for both finders", Duration::from_secs(20), written).await;
 }
 
 /// A miner that re-authorizes under another address gets work paying the new one, under new

@@ -12,12 +12,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ckpool::sv2::client::{self, Event, Sv2Client, REQUIRES_VERSION_ROLLING};
 use ckpool::sv2::keys;
 use common::core_node::{regtest_key, CoreNode};
-use common::{free_port, Pool};
+use common::{free_port, wait, Pool};
 use serde_json::{json, Value};
 
 /// The pool on `node` with an SV2 listener on a port the system picks; returns it with the SV2
@@ -62,21 +62,18 @@ fn translator_bin() -> PathBuf {
 }
 
 async fn wait_port(port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let child = &std::sync::Mutex::new(child);
+    let listening = move || async move {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
+            return true;
         }
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.lock().unwrap().try_wait().unwrap() {
             panic!("translator exited ({s}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
         }
-        assert!(
-            Instant::now() < deadline,
-            "translator never listened; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        false
+    };
+    let context = || format!("log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    wait::until_async_or("the translator to listen", Duration::from_secs(60), listening, context).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,16 +152,10 @@ user_identity = "sv2farm.tproxy"
         .spawn()
         .unwrap();
     let _miner = Killed(miner);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while node.height().await < h0 + 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no blocks through the translator; pool log:\n{}\ntranslator log:\n{}",
-            pool.log(),
-            std::fs::read_to_string(&tlog).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    node.wait_height(h0 + 3, Duration::from_secs(180), || {
+        format!("pool log:\n{}\ntranslator log:\n{}", pool.log(), std::fs::read_to_string(&tlog).unwrap_or_default())
+    })
+    .await;
     // Core's chain has them: each pays the pool's address and carries its signature.
     let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
     let b = node.block(&best).await;
@@ -213,7 +204,7 @@ async fn sv2_channels_shares_errors_and_bad_input_on_core() {
     // A client pinning another key refuses the pool's certificate; the pool logs the failure.
     let wrong = keys::AuthorityKey::generate().unwrap();
     let e = Sv2Client::handshake(sock, wrong.public()).await.err().expect("wrong key must fail").to_string();
-    assert!(e.contains("not signed by the expected authority key") || e.contains("handshake"), "{e}");
+    assert!(e.contains("not signed by the expected authority key"), "{e}");
     pool.wait_log("closed by the peer before SetupConnection", Duration::from_secs(10));
 
     // SetupConnection asking for work selection (job declaration) is refused with its flag.
@@ -261,11 +252,8 @@ async fn sv2_channels_shares_errors_and_bad_input_on_core() {
     c.flush().await.unwrap();
     let ev = expect_event(&mut c, "share answer").await;
     assert!(matches!(ev, Event::Accepted { last_seq: 1, count: 1, .. }), "{ev:?}\n{}", pool.log());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await == h0 {
-        assert!(Instant::now() < deadline, "block not taken by Core; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_height(h0 + 1, Duration::from_secs(30), || format!("block not taken by Core; log:\n{}", pool.log()))
+        .await;
     // The same share again is a duplicate; the new block comes as a future job + prevhash.
     let mut saw_new_tip = false;
     c.push_extended(channel, 2, job.job_id, good, min_ntime, job.version, &en2).unwrap();
@@ -484,11 +472,7 @@ async fn solo_sv2_channels_pay_their_own_address() {
     c.push_extended(channel, 1, job.job_id, nonce, min_ntime, job.version, &en2).unwrap();
     c.flush().await.unwrap();
     assert!(matches!(expect_event(&mut c, "answer").await, Event::Accepted { .. }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while node.height().await == h0 {
-        assert!(Instant::now() < deadline, "solo block not taken; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_height(h0 + 1, Duration::from_secs(30), || format!("solo block not taken; log:\n{}", pool.log())).await;
     let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
     let b = node.block(&best).await;
     let spk = node.script_hex(&finder).await;

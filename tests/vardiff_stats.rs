@@ -1,28 +1,25 @@
-//! Vardiff and statistics on the real regtest node: a miner with a known simulated hashrate is
-//! retargeted into the band; pool.status and users/<name> carry ckpool's fields with exactly the
-//! accepted difficulty the miner sent and its best share; a restarted pool keeps them.
+//! Vardiff and statistics on the real regtest node: a miner sending shares far faster than the
+//! target rate is retargeted upward; pool.status and users/<name> carry ckpool's fields with
+//! exactly the accepted difficulty the miner sent and its best share; a restarted pool keeps them.
 //!
 //! On regtest the network difficulty (nbits 207fffff) is 4.66e-10 and caps every session, so
-//! the test works below it: mindiff 1e-10, a miner of 5.154 H/s aiming at 4 shares/s
-//! (vardiff_target_interval 0.25 s), i.e. difficulty 3e-10; the band (2 .. 5.33 shares/s) is
-//! difficulties 2.25e-10 .. 4.65e-10. Each share is solved with `solve` and most are blocks.
+//! the test works below it: mindiff and startdiff 1e-10, a target of 4 shares/s
+//! (vardiff_target_interval 0.25 s). The miner sends each share as soon as the last is answered
+//! (as fast as the loopback round trip allows), so any machine, however loaded, is far above the band's top
+//! (5.33 shares/s at the target interval): the direction of the retarget does not depend on
+//! how the shares are spaced in time. Where in the band vardiff settles for a given hashrate is
+//! pure arithmetic on given times, shown by tests/vardiff_sim.rs. Each share is solved with
+//! `solve` and most are blocks.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use ckpool::difficulty::Difficulty;
-use common::{pool_config, solve, Client, NodePair, Pool};
+use common::{pool_config, solve, wait, Client, NodePair, Pool};
 use serde_json::{json, Value};
 
-/// The simulated miner's hashrate, H/s: 4 shares/s at difficulty 3e-10.
-const HASHRATE: f64 = 4.0 * 3e-10 * 4_294_967_296.0;
 const TARGET_INTERVAL_S: f64 = 0.25;
-
-/// Expected shares per second of the simulated miner at `d`.
-fn rate_at(d: Difficulty) -> f64 {
-    HASHRATE / 4_294_967_296.0 / d.as_f64()
-}
 
 /// The pool's stratum client, keeping every line and the work in force.
 struct Miner {
@@ -128,7 +125,7 @@ fn as_diff(v: &Value) -> Difficulty {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
+async fn vardiff_raises_a_fast_miner_and_stats_files_match_the_shares() {
     let nodes = NodePair::start().await;
     let node = &nodes.a;
     let address = node.new_address().await;
@@ -154,20 +151,18 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
     let mut en2 = 0u64;
     let mut diffs_used = Vec::new();
     // The miner runs until what the test checks has happened (the difficulty retargeted at least
-    // once, the miner's rate inside the band, 20 shares accepted); the deadline only bounds that
-    // wait on a slow machine, it is not what is measured.
-    let band = (0.5 / TARGET_INTERVAL_S, 4.0 / 3.0 / TARGET_INTERVAL_S);
-    let in_band = |d: Difficulty| rate_at(d) > band.0 && rate_at(d) < band.1;
+    // once and in force, 20 shares accepted); the deadline and the count only bound that wait
+    // on a slow machine, they are not what is measured.
     let give_up = Instant::now() + Duration::from_secs(300);
-    let mut next_share = tokio::time::Instant::now();
-    loop {
+    for sent in 0.. {
         let set_difficulties = m.seen.iter().filter(|v| v["method"] == "mining.set_difficulty").count();
-        if set_difficulties >= 2 && accepted >= 20 && in_band(m.work.diff) {
+        if set_difficulties >= 2 && accepted >= 20 && m.work.diff > start {
             break;
         }
         assert!(
-            Instant::now() < give_up,
-            "vardiff did not bring the miner into the band within 300 s: difficulty {}, {accepted} accepted; log:\n{}",
+            Instant::now() < give_up && sent < 100_000,
+            "vardiff did not raise the difficulty of a miner sending {sent} shares back to back within 300 s: \
+             difficulty {}, {accepted} accepted; log:\n{}",
             m.work.diff,
             pool.log()
         );
@@ -192,18 +187,14 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
             assert_eq!(reply["error"][0], json!(21), "unexpected reject: {reply}");
             rejected += 1;
         }
-        // The simulated miner finds shares at its hashrate: the expected spacing at this
-        // difficulty, on an absolute schedule so the test's own work does not slow it.
-        next_share += Duration::from_secs_f64(1.0 / rate_at(diff));
-        tokio::time::sleep_until(next_share).await;
     }
     // Read what is left so the order check sees everything: the session answers requests in
     // order, so once this reply is in, every set_difficulty and notify before it is too.
     let id = m.request("mining.extranonce.subscribe", json!([])).await;
     m.reply(id).await;
 
-    // Vardiff: it moved, every change was set_difficulty then a notify with a new job id, and the
-    // final difficulty keeps the miner inside the band.
+    // Vardiff: it moved up, every change was set_difficulty then a notify with a new job id, and
+    // no difficulty passed the network's (the cap on regtest).
     let mut job_ids = std::collections::HashSet::new();
     let mut changes = 0;
     let lines: Vec<&Value> = m.seen.iter().filter(|v| v["method"].is_string()).collect();
@@ -220,21 +211,17 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
     }
     let last = m.work.diff;
     println!(
-        "vardiff on regtest: {accepted} accepted, {rejected} stale, {} set_difficulty, difficulties used {:?}, final {last} ({:.2} shares/s)",
+        "vardiff on regtest: {accepted} accepted, {rejected} stale, {} set_difficulty, difficulties used {:?}, final {last}",
         changes,
         diffs_used.iter().map(|d| d.to_string()).collect::<std::collections::BTreeSet<_>>(),
-        rate_at(last)
     );
     for l in pool.log().lines().filter(|l| l.contains("vardiff:")) {
         println!("{l}");
     }
     assert!(changes >= 2, "the start difficulty and at least one retarget");
     assert!(last > start, "the difficulty rose from {start}");
-    assert!(
-        rate_at(last) > band.0 && rate_at(last) < band.1,
-        "final {last}: {} shares/s not in {band:?}",
-        rate_at(last)
-    );
+    let network = Difficulty::from_compact(0x207f_ffff).unwrap();
+    assert!(diffs_used.iter().all(|d| *d <= network), "a difficulty above the network's {network}: {diffs_used:?}");
     assert!(accepted >= 20, "{accepted} accepted");
 
     // SIGTERM: the stats are written one last time.
@@ -333,13 +320,12 @@ async fn vardiff_reaches_the_band_and_stats_files_match_the_shares() {
     // Restart: best-ever figures and users' totals are loaded back and written again.
     let before = std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap();
     pool.spawn(&[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pool.log().matches("ckpool ready").count() < 2
-        || std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap() <= before
-    {
-        assert!(Instant::now() < deadline, "restarted pool did not rewrite users/carol; log:\n{}", pool.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rewritten = || {
+        pool.log().matches("ckpool ready").count() >= 2
+            && std::fs::metadata(pool.logdir.join("users/carol")).unwrap().modified().unwrap() > before
+    };
+    wait::until_or("the restarted pool to rewrite users/carol", Duration::from_secs(60), rewritten, || pool.log())
+        .await;
     assert!(pool.log().contains("stats: loaded 1 users and 1 workers"), "{}", pool.log());
     pool.stop().expect("pool stops");
     let status = read_pool_status(&pool);

@@ -149,9 +149,36 @@ pub fn from_files(source: &str, pool_status: &str, users: &[(String, String)], b
     }
 }
 
+/// Blocks listed (newest first); the rest are counted, and all are in blocks.log and /api/blocks.
+const BLOCK_ROWS: usize = 10;
+
+/// Seconds since 1970 as "YYYY-MM-DD HH:MM:SS UTC" ("-" for 0: never).
+pub fn utc_text(secs: u64) -> String {
+    if secs == 0 {
+        return "-".into();
+    }
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// A Unix-seconds field as UTC text (other text as it is).
+fn when(v: &str) -> String {
+    v.parse::<u64>().map_or(v.to_string(), utc_text)
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "ckpool-rs {} ({}), statistics of {}", self.mode, self.source, self.lastupdate)?;
+        writeln!(f, "ckpool-rs {} ({}), statistics of {}", self.mode, self.source, utc_text(self.lastupdate))?;
         let rates: Vec<String> = self.hashrate.iter().map(|(w, r)| format!("{w} {r}")).collect();
         writeln!(f, "hashrate    {}", rates.join(", "))?;
         writeln!(f, "workers     {} ({} idle), users {}", self.workers, self.idle, self.users)?;
@@ -163,15 +190,22 @@ impl std::fmt::Display for Summary {
         }
         writeln!(f, "blocks      {}", self.blocks)?;
         if !self.worker_rows.is_empty() {
-            writeln!(f, "\n{:<40} {:>12} {:>12} {:>16}  agent", "worker", "hashrate 5m", "last share", "best share")?;
+            // The name column as wide as the longest name: the other columns stay aligned.
+            let w = self.worker_rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0).max(6);
+            let h = ["worker", "hashrate 5m", "last share", "best share"];
+            writeln!(f, "\n{:<w$} {:>12} {:>23} {:>16}  agent", h[0], h[1], h[2], h[3])?;
             for r in &self.worker_rows {
-                writeln!(f, "{:<40} {:>12} {:>12} {:>16}  {}", r[0], r[1], r[2], r[3], r[4])?;
+                writeln!(f, "{:<w$} {:>12} {:>23} {:>16}  {}", r[0], r[1], when(&r[2]), r[3], r[4])?;
             }
         }
         if !self.block_rows.is_empty() {
             writeln!(f, "\n{:>8} {:<10} {:>13}  hash", "height", "status", "confirmations")?;
-            for r in &self.block_rows {
+            for r in self.block_rows.iter().take(BLOCK_ROWS) {
                 writeln!(f, "{:>8} {:<10} {:>13}  {}", r[0], r[1], r[2], r[3])?;
+            }
+            let more = self.block_rows.len().saturating_sub(BLOCK_ROWS);
+            if more > 0 {
+                writeln!(f, "... and {more} earlier block(s) (all of them: blocks.log in logdir, /api/blocks)")?;
             }
         }
         Ok(())
@@ -247,5 +281,26 @@ mod tests {
         assert!(s.contains("accepted    difficulty 42"), "{s}");
         assert!(s.contains("found 3, accepted 0, confirmed 2"), "{s}");
         assert!(s.contains("alice.rig") && s.contains("2GH/s"), "{s}");
+        assert!(s.contains("statistics of 2023-11-14 22:14:20 UTC"), "{s}");
+        assert!(s.contains("1970-01-01 00:00:05 UTC"), "last share as a date: {s}");
+    }
+
+    /// Long worker names keep the columns aligned; only the newest blocks are listed; times are
+    /// dates (raw Unix seconds before).
+    #[test]
+    fn columns_align_and_blocks_are_capped() {
+        let mut sum = Summary::default();
+        let long = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq.a-very-long-rig-name-01";
+        sum.worker_rows.push([long.into(), "1GH/s".into(), "1700000000".into(), "5".into(), "cgminer".into()]);
+        sum.worker_rows.push(["w".into(), "2GH/s".into(), "0".into(), "6".into(), "bmminer".into()]);
+        sum.block_rows = (0..25).rev().map(|h| [h.to_string(), "accepted".into(), "1".into(), format!("{h:064x}")]).collect();
+        let text = sum.to_string();
+        let rows: Vec<&str> = text.lines().filter(|l| l.ends_with("cgminer") || l.ends_with("bmminer")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows[0].find("1GH/s").map(|i| i + 5), rows[1].find("2GH/s").map(|i| i + 5), "{text}");
+        assert!(rows[0].contains("2023-11-14 22:13:20 UTC"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.contains(" accepted ")).count(), BLOCK_ROWS, "{text}");
+        assert!(text.contains("... and 15 earlier block(s)"), "{text}");
+        assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 }

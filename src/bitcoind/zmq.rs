@@ -9,6 +9,11 @@ use tokio::sync::mpsc;
 
 use crate::work::merkle::sha256d;
 
+/// How long the subscriber may wait for its first connection before the log says it is polling.
+pub const NOT_CONNECTED_AFTER: Duration = Duration::from_secs(5);
+/// Messages read from the socket per wake-up at most (the rest are read on the next one).
+const DRAIN_MAX: usize = 256;
+
 /// A new block the node announced: its hash in internal byte order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewBlock(pub [u8; 32]);
@@ -41,9 +46,19 @@ pub fn subscribe(endpoint: &str, polling: Duration) -> anyhow::Result<mpsc::Rece
             let _ctx = ctx;
             tracing::info!("ZMQ: listening for new blocks on {ep}");
             let mut connected_once = false;
+            let mut last_sent = None;
+            let started = std::time::Instant::now();
+            let mut told_unconnected = false;
             loop {
                 if tx.is_closed() {
                     return;
+                }
+                if !connected_once && !told_unconnected && started.elapsed() >= NOT_CONNECTED_AFTER {
+                    told_unconnected = true;
+                    tracing::warn!(
+                        "ZMQ: not connected to {ep} after {NOT_CONNECTED_AFTER:?} (is the node publishing there? \
+                         `ckpool check` compares it with what the node publishes); polling the node every {polling:?} meanwhile"
+                    );
                 }
                 let mut items = [sock.as_poll_item(zmq::POLLIN), mon.as_poll_item(zmq::POLLIN)];
                 if let Err(e) = zmq::poll(&mut items, 500) {
@@ -72,16 +87,22 @@ pub fn subscribe(endpoint: &str, polling: Duration) -> anyhow::Result<mpsc::Rece
                 if !items[0].is_readable() {
                     continue;
                 }
-                let parts = match sock.recv_multipart(zmq::DONTWAIT) {
-                    Ok(p) => p,
-                    Err(zmq::Error::EAGAIN) => continue,
-                    Err(e) => {
-                        tracing::warn!("ZMQ {ep}: receive failed: {e}; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
-                        continue;
+                // Everything the publisher queued (a burst of blocks; `rawblock` and `hashblock`
+                // of one block on one endpoint): only the newest block is passed on, once.
+                let mut newest = None;
+                for _ in 0..DRAIN_MAX {
+                    match sock.recv_multipart(zmq::DONTWAIT) {
+                        Ok(parts) => newest = block_hash_of(&parts).or(newest),
+                        Err(zmq::Error::EAGAIN) => break,
+                        Err(e) => {
+                            tracing::warn!("ZMQ {ep}: receive failed: {e}; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                            break;
+                        }
                     }
-                };
-                let Some(hash) = block_hash_of(&parts) else { continue };
+                }
+                let Some(hash) = newest.filter(|h| Some(*h) != last_sent) else { continue };
+                last_sent = Some(hash);
                 if tx.blocking_send(NewBlock(hash)).is_err() {
                     return;
                 }
@@ -89,6 +110,37 @@ pub fn subscribe(endpoint: &str, polling: Duration) -> anyhow::Result<mpsc::Rece
         })
         .map_err(|e| anyhow::anyhow!("cannot start the ZMQ thread: {e}"))?;
     Ok(rx)
+}
+
+/// Where a node publishes blocks, from its `getzmqnotifications` (Bitcoin SV:
+/// `activezmqnotifications`) answer: `Ok` when a
+/// `pubhashblock` or `pubrawblock` entry serves `endpoint` (same port; a node bound to
+/// `0.0.0.0` or `*` serves every host), else `Err` listing what it does publish.
+pub fn published_at(notifications: &serde_json::Value, endpoint: &str) -> Result<(), Vec<String>> {
+    let entries = notifications.as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut listed = Vec::new();
+    for e in entries {
+        // Core's `getzmqnotifications` names the kind "type"; Bitcoin SV's
+        // `activezmqnotifications` names it "notification".
+        let kind = e.get("type").or_else(|| e.get("notification")).and_then(|v| v.as_str()).unwrap_or("?");
+        let address = e.get("address").and_then(|v| v.as_str()).unwrap_or("?");
+        if matches!(kind, "pubhashblock" | "pubrawblock") && same_endpoint(address, endpoint) {
+            return Ok(());
+        }
+        listed.push(format!("{kind} {address}"));
+    }
+    Err(listed)
+}
+
+/// `tcp://HOST:PORT` endpoints with the same port whose hosts agree (or one is a wildcard);
+/// other transports by exact text.
+fn same_endpoint(published: &str, wanted: &str) -> bool {
+    let (Some(p), Some(w)) = (published.strip_prefix("tcp://"), wanted.strip_prefix("tcp://")) else {
+        return published == wanted;
+    };
+    let (Some((ph, pp)), Some((wh, wp))) = (p.rsplit_once(':'), w.rsplit_once(':')) else { return false };
+    let loopback = |h: &str| matches!(h, "127.0.0.1" | "localhost" | "[::1]");
+    pp == wp && (ph == wh || matches!(ph, "0.0.0.0" | "*" | "[::]") || (loopback(ph) && loopback(wh)))
 }
 
 /// The event number of a socket monitor message (first frame: u16 event, u32 value).
@@ -109,5 +161,86 @@ pub fn block_hash_of(parts: &[Vec<u8>]) -> Option<[u8; 32]> {
             Some(h)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_published_endpoints_are_matched_by_port_and_host() {
+        let n = serde_json::json!([
+            {"type": "pubhashblock", "address": "tcp://127.0.0.1:28332", "hwm": 1000},
+            {"type": "pubrawtx", "address": "tcp://127.0.0.1:28333", "hwm": 1000}
+        ]);
+        assert_eq!(published_at(&n, "tcp://127.0.0.1:28332"), Ok(()));
+        assert_eq!(published_at(&n, "tcp://localhost:28332"), Ok(()));
+        let other = published_at(&n, "tcp://127.0.0.1:28333").unwrap_err();
+        assert_eq!(other, ["pubhashblock tcp://127.0.0.1:28332", "pubrawtx tcp://127.0.0.1:28333"]);
+        let any = serde_json::json!([{"type": "pubrawblock", "address": "tcp://0.0.0.0:28332"}]);
+        assert_eq!(published_at(&any, "tcp://10.0.0.5:28332"), Ok(()));
+        assert_eq!(published_at(&serde_json::json!([]), "tcp://127.0.0.1:28332"), Err(vec![]));
+        let sv = serde_json::json!([{"notification": "pubrawblock", "address": "tcp://127.0.0.1:28332"}]);
+        assert_eq!(published_at(&sv, "tcp://127.0.0.1:28332"), Ok(()));
+    }
+
+    fn hashblock(h: [u8; 32]) -> Vec<Vec<u8>> {
+        let mut display = h;
+        display.reverse();
+        vec![b"hashblock".to_vec(), display.to_vec(), 0u32.to_le_bytes().to_vec()]
+    }
+
+    fn rawblock(header: &[u8; 80]) -> Vec<Vec<u8>> {
+        vec![b"rawblock".to_vec(), header.to_vec(), 0u32.to_le_bytes().to_vec()]
+    }
+
+    /// A real libzmq publisher on loopback (as bitcoind's `-zmqpubrawblock` and
+    /// `-zmqpubhashblock` on one endpoint): each block arrives as two messages, a burst as many;
+    /// the subscriber passes each block on once, never the same block twice in a row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rawblock_and_hashblock_of_one_block_count_once() {
+        let ctx = zmq::Context::new();
+        let publisher = ctx.socket(zmq::PUB).unwrap();
+        publisher.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = publisher.get_last_endpoint().unwrap().unwrap();
+        let mut rx = subscribe(&endpoint, Duration::from_secs(1)).unwrap();
+        // PUB drops messages until the subscription has arrived: announce a warm-up block until
+        // it is heard (bounded: 100 × 50 ms).
+        let warm = [9u8; 32];
+        let mut heard = false;
+        for _ in 0..100 {
+            publisher.send_multipart(hashblock(warm), 0).unwrap();
+            if let Ok(Some(b)) = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+                assert_eq!(b, NewBlock(warm));
+                heard = true;
+                break;
+            }
+        }
+        assert!(heard, "the subscriber never heard the publisher");
+        while let Ok(b) = rx.try_recv() {
+            assert_eq!(b, NewBlock(warm));
+        }
+        // Ten blocks, each as hashblock then rawblock (what bitcoind sends), as fast as possible.
+        let mut hashes = Vec::new();
+        for i in 0..10u8 {
+            let mut header = [0u8; 80];
+            header[0] = i + 1;
+            let h = sha256d(&header);
+            hashes.push(h);
+            publisher.send_multipart(hashblock(h), 0).unwrap();
+            publisher.send_multipart(rawblock(&header), 0).unwrap();
+        }
+        let last = *hashes.last().unwrap();
+        let mut got = Vec::new();
+        while got.last() != Some(&last) {
+            let b = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            let Ok(Some(NewBlock(h))) = b else { panic!("the last block never arrived; got {} so far", got.len()) };
+            got.push(h);
+        }
+        for pair in got.windows(2) {
+            assert_ne!(pair[0], pair[1], "one block passed on twice in a row");
+        }
+        assert!(got.iter().all(|h| hashes.contains(h)), "only the published blocks");
     }
 }

@@ -28,13 +28,15 @@ pub struct ManpagesArgs {
     pub dir: PathBuf,
 }
 
-/// The command as one of its names: `ckpool`, or `ckproxy` (pool flags, proxy mode).
-fn command(bin: &str) -> clap::Command {
+/// The command as one of its names: `ckpool`, or `ckproxy` (pool flags, proxy mode: `-p` is
+/// implied, so its help does not list it).
+pub(super) fn command(bin: &str) -> clap::Command {
     let proxy = bin == "ckproxy";
     let name = if proxy { "ckproxy" } else { "ckpool" };
     let cmd = Cli::command().name(name).bin_name(name);
     if proxy {
         cmd.about("Stratum mining proxy: ckpool started as ckproxy (the same as ckpool --proxy)")
+            .mut_arg("proxy", |a| a.hide(true))
     } else {
         cmd
     }

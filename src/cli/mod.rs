@@ -8,7 +8,7 @@
 pub use crate::service::args::ServerArgs;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
 mod generate;
 
@@ -73,7 +73,12 @@ pub fn main() -> i32 {
     let argv0 = std::env::args_os().next().map(PathBuf::from);
     let as_proxy =
         argv0.as_ref().and_then(|p| p.file_name()).is_some_and(|n| n.to_string_lossy().starts_with("ckproxy"));
-    let cli = Cli::parse();
+    // Started as ckproxy: --version, --help and errors say ckproxy.
+    let name = if as_proxy { "ckproxy" } else { "ckpool" };
+    let cli = match generate::command(name).try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         None => {
             let mut args = cli.server;
@@ -100,7 +105,7 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("ckpool: {e:#}");
+            eprintln!("{name}: {e:#}");
             1
         }
     }

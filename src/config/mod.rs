@@ -15,10 +15,12 @@ use crate::difficulty::Difficulty;
 use crate::mining::vardiff::VardiffParams;
 
 mod raw;
+pub mod unknown;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use raw::normalize_rpc_url;
+pub use unknown::{suggestion, unknown_key_note};
 
 /// A secret that never prints (RPC and upstream passwords).
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -156,6 +158,19 @@ pub enum ConfigError {
     NotObject { path: PathBuf },
     #[error("config file {path}: key \"{key}\" = {value}: {allowed}")]
     Key { path: PathBuf, key: String, value: String, allowed: String },
+    /// An error in a file that also has unknown keys (often the misspelling behind the error).
+    #[error("{error}; note: {notes}")]
+    WithUnknown { error: Box<ConfigError>, notes: String },
+}
+
+impl ConfigError {
+    /// This error with the file's unknown keys named (and what they probably meant).
+    pub fn with_unknown(self, unknown: &[String]) -> ConfigError {
+        if unknown.is_empty() {
+            return self;
+        }
+        ConfigError::WithUnknown { error: Box::new(self), notes: unknown::notes(unknown) }
+    }
 }
 
 /// Every top-level key the parser knows (anything else is reported as unknown). Each one is
@@ -240,6 +255,10 @@ impl Config {
 
     /// Checks what pool mode needs beyond the file's own consistency.
     pub fn require_pool(&self) -> Result<(), ConfigError> {
+        self.require_pool_keys().map_err(|e| e.with_unknown(&self.unknown_keys))
+    }
+
+    fn require_pool_keys(&self) -> Result<(), ConfigError> {
         let path = self.path.clone();
         if self.btcd.is_empty() {
             return Err(ConfigError::Key {
@@ -268,7 +287,8 @@ impl Config {
                 key: "proxy".into(),
                 value: "[]".into(),
                 allowed: "proxy mode needs at least one upstream {\"url\", \"auth\", \"pass\"}".into(),
-            });
+            }
+            .with_unknown(&self.unknown_keys));
         }
         Ok(())
     }

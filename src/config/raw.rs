@@ -27,11 +27,19 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     // Every key is read through `Field`, which takes any JSON value: this cannot fail on an object.
     let raw = RawConfig::deserialize(v).map_err(|e| ConfigError::Json {
         path: path.into(),
-        why: e.to_string(),
+        why: without_position(&e),
         line: e.line(),
         column: e.column(),
     })?;
-    raw.validate(path, unknown)
+    let unknown: Vec<String> = unknown;
+    raw.validate(path, unknown.clone()).map_err(|e| e.with_unknown(&unknown))
+}
+
+/// serde_json's message without its own " at line L column C" (the error adds the position once).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    text.strip_suffix(&suffix).map_or(text.clone(), str::to_string)
 }
 
 /// Reads the first JSON value of `text`, ignoring whatever follows it.
@@ -40,7 +48,7 @@ fn first_json_value(text: &str, path: &Path) -> Result<Value, ConfigError> {
     match stream.next() {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => {
-            Err(ConfigError::Json { path: path.into(), why: e.to_string(), line: e.line(), column: e.column() })
+            Err(ConfigError::Json { path: path.into(), why: without_position(&e), line: e.line(), column: e.column() })
         }
         None => Err(ConfigError::Json { path: path.into(), why: "empty file".into(), line: 1, column: 1 }),
     }
@@ -63,23 +71,24 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Field<T> {
     }
 }
 
-/// A decimal key: a JSON number or a string, parsed by `Difficulty`'s exact decimal parser. A
-/// string keeps every digit; a JSON number is held by serde_json as an f64 (no
-/// `arbitrary_precision`) and printed back as its shortest text, so it is exact up to 15
-/// significant digits, as `Difficulty::from_json` documents.
+/// A decimal key: a JSON number (as ckpool reads it; a string such as `"42"` is a wrong type and
+/// stops the start), parsed by `Difficulty`'s exact decimal parser from the number's text.
+/// serde_json holds a number as an f64 (no `arbitrary_precision`) and prints back its shortest
+/// text, so it is exact up to 15 significant digits, as `Difficulty::from_json` documents.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Decimal {
-    Number(serde_json::Number),
-    Text(String),
-}
+struct Decimal(serde_json::Number);
 
 impl Decimal {
     fn difficulty(&self) -> Result<Difficulty, ParseDifficultyError> {
-        match self {
-            Decimal::Number(n) => n.to_string().parse(),
-            Decimal::Text(s) => s.trim().parse(),
-        }
+        self.0.to_string().parse()
+    }
+}
+
+/// The rule a decimal key broke, with the fix when the value was written as a string.
+fn decimal_rule(rule: &str, json: &Value) -> String {
+    match json {
+        Value::String(t) => format!("{rule}; a JSON number, without quotes (`{}`, not `\"{}\"`)", t.trim(), t),
+        _ => rule.to_string(),
     }
 }
 
@@ -231,6 +240,7 @@ impl Ctx<'_> {
     fn seconds_us(&self, k: Key<Decimal>, default_us: u64, min_us: u64, max_us: u64) -> Result<u64, ConfigError> {
         // f64 only to show the range.
         let rule = format!("must be seconds from {} to {}", min_us as f64 / 1e6, max_us as f64 / 1e6);
+        let rule = k.0.as_ref().map_or(rule.clone(), |f| decimal_rule(&rule, &f.json));
         let Some(d) = self.typed(k, &rule)? else { return Ok(default_us) };
         let bad = || self.err(k.1, &k.0.as_ref().expect("typed").json, rule.as_str());
         // Difficulty is an exact 12-place decimal: reuse its parser; 10^-12 units / 10^6 = µs.
@@ -246,9 +256,11 @@ impl Ctx<'_> {
         match field {
             None => Ok(default),
             Some(Field { typed: Some(d), json }) => d.difficulty().map_err(|e| self.err(key, json, rule(e))),
-            Some(Field { typed: None, json }) => {
-                Err(self.err(key, json, rule(ParseDifficultyError::NotANumber(json.to_string()))))
-            }
+            Some(Field { typed: None, json }) => Err(self.err(
+                key,
+                json,
+                decimal_rule(&rule(ParseDifficultyError::NotANumber(json.to_string())), json),
+            )),
         }
     }
 
@@ -282,13 +294,9 @@ impl Ctx<'_> {
         match field {
             None => Ok(0),
             Some(Field { typed: Some(d), json }) => {
-                let text = match d {
-                    Decimal::Number(n) => n.to_string(),
-                    Decimal::Text(t) => t.clone(),
-                };
-                crate::work::coinbase::donation_basis_points(&text).ok_or_else(|| self.err(key, json, rule))
+                crate::work::coinbase::donation_basis_points(&d.0.to_string()).ok_or_else(|| self.err(key, json, rule))
             }
-            Some(Field { typed: None, json }) => Err(self.err(key, json, rule)),
+            Some(Field { typed: None, json }) => Err(self.err(key, json, decimal_rule(rule, json))),
         }
     }
 

@@ -19,7 +19,7 @@ fn vardiff_and_stats_keys() {
     let c = Config::parse(GUIDE_CKPOOL_CONF, Path::new("a.conf")).unwrap();
     assert_eq!(c.vardiff, VardiffParams::default());
     assert_eq!(c.stats_interval, Duration::from_secs(60));
-    let text = r#"{"vardiff_target_interval": 0.25, "vardiff_retarget_interval": "2", "stats_interval": 1}"#;
+    let text = r#"{"vardiff_target_interval": 0.25, "vardiff_retarget_interval": 2, "stats_interval": 1}"#;
     let c = Config::parse(text, Path::new("a.conf")).unwrap();
     assert_eq!(c.vardiff.target_interval_us, 250_000);
     assert_eq!(c.vardiff.retarget_interval_us, 2_000_000);
@@ -82,6 +82,37 @@ fn errors_name_key_value_and_rule() {
         let e = Config::parse(text, p).unwrap_err().to_string();
         assert!(e.contains(needle), "{text}: {e}");
     }
+}
+
+/// Decimal keys take JSON numbers, as ckpool reads them: a number written as a string is a wrong
+/// type that stops the start, naming the key and the fix (it used to be read as the number).
+#[test]
+fn numbers_written_as_strings_are_refused() {
+    let p = Path::new("t.conf");
+    for (text, key) in [
+        (r#"{"startdiff": "42"}"#, "startdiff"),
+        (r#"{"mindiff": "1"}"#, "mindiff"),
+        (r#"{"maxdiff": "0"}"#, "maxdiff"),
+        (r#"{"vardiff_retarget_interval": "2"}"#, "vardiff_retarget_interval"),
+        (r#"{"donation": "0.5"}"#, "donation"),
+        (r#"{"serverurl": [{"url": "0.0.0.0:2", "startdiff": "42"}]}"#, "serverurl[0].startdiff"),
+    ] {
+        let e = Config::parse(text, p).unwrap_err().to_string();
+        assert!(e.contains(&format!("\"{key}\" = \"")), "{text}: {e}");
+        assert!(e.contains("a JSON number, without quotes"), "{text}: {e}");
+    }
+}
+
+/// An error caused by a misspelled key names the misspelling and the key meant.
+#[test]
+fn errors_name_the_unknown_keys_behind_them() {
+    let p = Path::new("t.conf");
+    let e = Config::parse(r#"{"mindif": 0.5, "startdiff": 0.5}"#, p).unwrap_err().to_string();
+    assert!(e.contains("must be at least mindiff (1)"), "{e}");
+    assert!(e.contains("unknown key \"mindif\" is ignored (did you mean \"mindiff\"?)"), "{e}");
+    let c = Config::parse(r#"{"btcd": [{"url": "h:1", "auth": "u"}], "btcadress": "x"}"#, p).unwrap();
+    let e = c.require_pool().unwrap_err().to_string();
+    assert!(e.contains("btcaddress") && e.contains("did you mean \"btcaddress\"?"), "{e}");
 }
 
 #[test]
@@ -642,4 +673,12 @@ fn sv2url_takes_addresses_with_or_without_port() {
     assert_eq!(c.sv2url, vec!["127.0.0.1:4444".parse().unwrap(), "[::1]:3336".parse().unwrap()]);
     assert!(Config::parse("{}", Path::new("x")).unwrap().sv2url.is_empty(), "off unless configured");
     assert_eq!(Config::parse("{}", Path::new("x")).unwrap().sv2_cert_validity, std::time::Duration::from_secs(3600));
+}
+
+/// The JSON error gives the position once ("at line 2 column 1 (line 2, column 1)" before).
+#[test]
+fn json_errors_give_the_position_once() {
+    let e = Config::parse("{\"btcd\": [\n", Path::new("t.conf")).unwrap_err().to_string();
+    assert_eq!(e.matches("line 2").count(), 1, "{e}");
+    assert!(e.contains("(line 2, column 0)") || e.contains("(line 2, column 1)"), "{e}");
 }

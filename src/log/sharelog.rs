@@ -539,12 +539,24 @@ mod tests {
             l.clientid = i;
             assert!(!log.append(3, 30, &l));
         }
-        // The writer has tried and failed (the file cannot exist); let it retry a while.
+        // The writer takes the lines (the batch empties) and fails to write them: they are held.
+        // A line appended after that is taken only once that failed round is over, at a retry
+        // (held lines first). Both takes are waited for, bounded: no guessed sleep.
         let path = path_for(&dir, 3, 30);
-        std::thread::sleep(RETRY_EVERY * 2);
-        assert!(!path.exists());
+        let taken = |what: &str| {
+            let deadline = std::time::Instant::now() + RETRY_EVERY * 20;
+            while log.backlog_bytes() > 0 {
+                assert!(std::time::Instant::now() < deadline, "the writer did not take {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        taken("the first 500 lines");
+        let mut l = sample(true);
+        l.clientid = 500;
+        assert!(!log.append(3, 30, &l));
+        taken("a line at its retry");
         std::fs::remove_file(&blocker).unwrap();
-        for i in 500..1000u64 {
+        for i in 501..1000u64 {
             let mut l = sample(true);
             l.clientid = i;
             assert!(!log.append(3, 30, &l));

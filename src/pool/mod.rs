@@ -11,7 +11,7 @@ use bitcoin::{Network, ScriptBuf};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::bitcoind::{Rpc, RpcError};
+use crate::bitcoind::{zmq, Rpc, RpcError};
 use crate::work::coinbase::script_for_address;
 
 /// The node's network name from `getblockchaininfo.chain`.
@@ -54,6 +54,40 @@ pub async fn payout_script(rpc: &Rpc, address: &str) -> anyhow::Result<(ScriptBu
     }
 }
 
+/// What the node publishes over ZMQ: Core's `getzmqnotifications`, else Bitcoin SV's
+/// `activezmqnotifications` (same list; see `zmq::published_at`). `node`: one btcd entry.
+pub async fn zmq_publishers(rpc: &Rpc, node: Option<usize>) -> Result<Value, RpcError> {
+    let mut last = None;
+    for method in ["getzmqnotifications", "activezmqnotifications"] {
+        let r = match node {
+            Some(i) => rpc.call_node(i, method, json!([])).await,
+            None => rpc.call(method, json!([])).await,
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("two methods tried"))
+}
+
+/// Says at start when the node (asked with `getzmqnotifications`) publishes no blocks at
+/// `zmqblock`: new blocks then reach miners only by polling every `polling`.
+pub async fn zmq_published(rpc: &Rpc, ep: &str, polling: Duration) {
+    match zmq_publishers(rpc, None).await {
+        Ok(v) => {
+            if let Err(listed) = zmq::published_at(&v, ep) {
+                let listed = if listed.is_empty() { "nothing".to_string() } else { listed.join(", ") };
+                tracing::warn!(
+                    "zmqblock {ep}: bitcoind publishes no blocks there (it publishes: {listed}); \
+                     new blocks are found by polling every {polling:?} until a publisher appears there"
+                );
+            }
+        }
+        Err(e) => tracing::debug!("zmqblock {ep}: the node does not list its publishers ({e})"),
+    }
+}
+
 /// Waits until the node answers (warming up, unreachable), logging what it says, or shutdown.
 pub async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(250);
@@ -79,4 +113,3 @@ pub async fn wait_for_node(rpc: &Rpc, shutdown: &mut watch::Receiver<bool>) -> a
         delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
-

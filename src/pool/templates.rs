@@ -42,6 +42,53 @@ pub fn poll_interval(blockpoll: Duration, zmq: bool) -> Duration {
     }
 }
 
+/// What to do with a template that does not build on the announced block `announced`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TipCheck {
+    /// The node's tip moved past the announcement and the template builds on that newest tip.
+    Serve,
+    /// As `Serve`, but the miners already work on that tip: nothing to send.
+    Served,
+    /// The tip moved past the announcement; the template lags the newest tip: wait for that one.
+    Follow([u8; 32]),
+    /// The announced block is the node's tip but its template lags: ask again shortly.
+    Wait,
+}
+
+/// Decides on a template built on `template_prev` after `announced` was announced, given the
+/// node's best block now and the tip the miners work on (`serving`). An announcement the tip has
+/// already moved past never makes the pool wait for it.
+pub fn on_other_tip(
+    announced: [u8; 32],
+    template_prev: [u8; 32],
+    best: [u8; 32],
+    serving: Option<[u8; 32]>,
+) -> TipCheck {
+    if best == announced {
+        TipCheck::Wait
+    } else if template_prev != best {
+        TipCheck::Follow(best)
+    } else if serving == Some(best) {
+        TipCheck::Served
+    } else {
+        TipCheck::Serve
+    }
+}
+
+/// The start's hint when the network's difficulty is below the miners' starting difficulty
+/// (regtest, a young testnet with the guide's `startdiff 42`): a share then takes more work than
+/// a block, so shares, and the blocks they carry, come rarely and nothing else says why.
+pub fn low_network_note(network: Difficulty, mindiff: Difficulty, startdiff: Difficulty) -> Option<String> {
+    (startdiff > network).then(|| {
+        format!(
+            "network difficulty {network} is below startdiff {startdiff} (mindiff {mindiff}): a share needs more \
+             work than a block here, so miners' shares come rarely{}; set mindiff and startdiff at or below \
+             {network} on regtest or a young testnet",
+            if mindiff > network { " and vardiff cannot go below mindiff" } else { "" }
+        )
+    })
+}
+
 pub struct TemplateSource {
     pub rpc: Arc<Rpc>,
     pub coinbase: CoinbaseConfig,
@@ -116,20 +163,33 @@ impl TemplateSource {
     /// Fetches a template and publishes a job; false when the node could not serve one.
     /// With `tip`, the template must build on that block: a node may announce a block before
     /// its template follows (Bitcoin SV's journaling assembler does), so it is asked again for
-    /// up to two seconds rather than sending miners work on the old tip.
+    /// up to two seconds rather than sending miners work on the old tip. When the node's tip has
+    /// already moved past `tip` (a burst of blocks), the newest tip wins: a template on it is
+    /// served at once, and one on a tip the miners already have is not sent again.
     pub async fn refresh(&mut self, reason: Reason, tip: Option<[u8; 32]>) -> bool {
         let announced = self.announced.take().or_else(|| tip.map(|_| Instant::now()));
+        let mut want = tip;
         let mut attempts = 0;
         let mut timing = Timing::default();
         let started = Instant::now();
         let template = loop {
             let Some(t) = self.fetch(&mut timing).await else { return false };
-            match tip {
-                Some(h) if t.prev_hash != h && attempts < 40 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let Some(h) = want else { break t };
+            if t.prev_hash == h {
+                break t;
+            }
+            // Not on the announced block: is that block still the node's tip?
+            let Some(best) = self.best_hash().await else { return false };
+            let serving = self.work.borrow().as_ref().map(|w| w.job.prev_hash);
+            match on_other_tip(h, t.prev_hash, best, serving) {
+                TipCheck::Serve => break t,
+                TipCheck::Served => {
+                    tracing::debug!("block {} already superseded; miners are on the tip", hex::encode_rev(&h));
+                    return true;
                 }
-                Some(h) if t.prev_hash != h => {
+                TipCheck::Follow(newest) => want = Some(newest),
+                TipCheck::Wait if attempts < 40 => {}
+                TipCheck::Wait => {
                     tracing::warn!(
                         "bitcoind announced block {} but its template still builds on {}",
                         hex::encode_rev(&h),
@@ -137,8 +197,13 @@ impl TemplateSource {
                     );
                     break t;
                 }
-                _ => break t,
             }
+            // Bounded: at most 40 waits, whichever tip is followed.
+            if attempts >= 40 {
+                break t;
+            }
+            attempts += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         if self.node_down {
             tracing::info!("bitcoind answering again: height {}", template.height);
@@ -232,7 +297,9 @@ impl TemplateSource {
             tokio::select! {
                 ev = async { match zmq.as_mut() { Some(z) => z.recv().await, None => std::future::pending().await } } => {
                     match ev {
-                        Some(NewBlock(hash)) => {
+                        Some(first) => {
+                            // Announcements queued meanwhile: the newest wins, older ones cost nothing.
+                            let NewBlock(hash) = zmq.as_mut().map_or(first, |z| newest(first, z));
                             self.announced = Some(Instant::now());
                             let known = self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == hash);
                             // Logged even when polling was first: the announcement itself arrived.
@@ -265,6 +332,7 @@ impl TemplateSource {
                 }
                 r = refresh.recv() => {
                     let Some(tip) = r else { break };
+                    let tip = newest(tip, &mut refresh);
                     retry = !self.refresh(Reason::BlockFound, tip).await;
                     update.reset();
                 }
@@ -286,5 +354,65 @@ impl TemplateSource {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+/// The last of `first` and whatever is already queued behind it (a burst of blocks announced
+/// while a template was being fetched): only the newest tip is worth a template.
+fn newest<T>(first: T, rx: &mut mpsc::Receiver<T>) -> T {
+    let mut last = first;
+    // Bounded by the channel's capacity plus what arrives while draining; stop at 64 anyway.
+    for _ in 0..64 {
+        match rx.try_recv() {
+            Ok(v) => last = v,
+            Err(_) => break,
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 32] = [1; 32];
+    const B: [u8; 32] = [2; 32];
+    const C: [u8; 32] = [3; 32];
+
+    #[test]
+    fn a_network_below_startdiff_is_said() {
+        let d = |s: &str| s.parse::<Difficulty>().unwrap();
+        let note = low_network_note(d("0.000000000465"), d("1"), d("42")).unwrap();
+        assert!(note.contains("below startdiff 42") && note.contains("vardiff cannot go below mindiff"), "{note}");
+        assert!(!low_network_note(d("0.05"), d("0.001"), d("0.1")).unwrap().contains("vardiff cannot"));
+        assert_eq!(low_network_note(d("100000"), d("1"), d("42")), None);
+        assert_eq!(low_network_note(d("42"), d("1"), d("42")), None);
+    }
+
+    #[test]
+    fn an_announcement_the_tip_moved_past_costs_no_wait() {
+        // A announced, the node is already on B and its template builds on B: served now.
+        assert_eq!(on_other_tip(A, B, B, Some(A)), TipCheck::Serve);
+        // ... and when the miners already work on B, nothing is sent again.
+        assert_eq!(on_other_tip(A, B, B, Some(B)), TipCheck::Served);
+        // The template lags the newest tip C: follow C, not A.
+        assert_eq!(on_other_tip(A, B, C, Some(B)), TipCheck::Follow(C));
+        // A is the tip but the template still builds on its parent: the one case to wait.
+        assert_eq!(on_other_tip(A, B, A, Some(B)), TipCheck::Wait);
+    }
+
+    #[tokio::test]
+    async fn the_newest_queued_announcement_wins() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for h in [A, B, C] {
+            tx.send(NewBlock(h)).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(newest(first, &mut rx), NewBlock(C));
+        assert!(rx.try_recv().is_err(), "the queue is drained");
+        // Nothing queued: the first is the newest.
+        tx.send(NewBlock(A)).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(newest(first, &mut rx), NewBlock(A));
     }
 }

@@ -35,16 +35,27 @@ pub fn log_listening(listeners: &[TcpListener]) {
     }
 }
 
-/// The next connection on `listener` within `limit` (a permit held while it lives); `None` at
-/// shutdown. An accept error (EMFILE and friends) is one log line and a doubling pause (≤ 1 s)
-/// instead of a spin. Shared by the SV1 and SV2 listeners.
+/// What an accepted connection holds while it lives: its place within `maxclients` and its
+/// descriptor (crate::fdlimit).
+pub struct Held {
+    _limit: tokio::sync::OwnedSemaphorePermit,
+    _fd: crate::fdlimit::Slot,
+}
+
+/// The next connection on `listener` within `limit` and the process's descriptor budget (both
+/// held while it lives); `None` at shutdown. A miner past the descriptor ceiling is logged (one
+/// operator line a minute, crate::fdlimit) and handed to `at_ceiling`, which refuses it the way
+/// its face can (SV1 answers the first request; SV2, TLS and PROXY-protocol listeners close).
+/// An accept error (EMFILE and friends) is one log line and a doubling pause (≤ 1 s) instead of a
+/// spin. Shared by the SV1 and SV2 listeners.
 pub async fn accept_next(
     listener: &TcpListener,
     limit: &Arc<Semaphore>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     backoff: &mut Duration,
     local: &str,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    at_ceiling: &dyn Fn(TcpStream, crate::fdlimit::Full),
+) -> Option<(TcpStream, SocketAddr, Held)> {
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.ok()?,
@@ -57,7 +68,13 @@ pub async fn accept_next(
         match accepted {
             Ok((stream, peer)) => {
                 *backoff = Duration::from_millis(10);
-                return Some((stream, peer, permit));
+                match crate::fdlimit::take_slot() {
+                    Ok(fd) => return Some((stream, peer, Held { _limit: permit, _fd: fd })),
+                    Err(full) => {
+                        full.log(&peer, local);
+                        at_ceiling(stream, full);
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!("accept on {local} failed: {e}; retrying in {backoff:?}");
@@ -67,4 +84,3 @@ pub async fn accept_next(
         }
     }
 }
-

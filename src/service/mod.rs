@@ -77,6 +77,19 @@ fn wanted(cfg: &Config, proxy: bool) -> Vec<crate::sockets::Wanted> {
     stratum.chain(sv2).chain(cfg.apiurl.iter().map(|&addr| crate::sockets::Wanted { key: "apiurl", addr })).collect()
 }
 
+/// What the process needs descriptors for besides miners (crate::fdlimit).
+fn fd_needs(cfg: &Config, proxy: bool) -> crate::fdlimit::Needs {
+    let api = if cfg.apiurl.is_empty() { 0 } else { crate::api::server::MAX_CONNECTIONS as u64 };
+    crate::fdlimit::Needs {
+        listeners: wanted(cfg, proxy).len() as u64,
+        nodes: cfg.btcd.len() as u64,
+        zmq_nodes: u64::from(cfg.zmqblock.is_some()),
+        upstreams: if proxy { cfg.proxy.len() as u64 } else { 0 },
+        api_connections: api,
+        history: cfg.history,
+    }
+}
+
 /// SIGHUP: reads the config again and applies what can change while running (reload.rs);
 /// `running` becomes the file's config for the keys applied. One line per outcome.
 fn reload_config(path: &Path, running: &mut Config, live: &watch::Sender<crate::reload::Live>, args: &ServerArgs) {
@@ -220,11 +233,13 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     })?;
     tracing::info!("{name} {} starting with config {}", env!("CARGO_PKG_VERSION"), config_path.display());
     if !cfg.unknown_keys.is_empty() {
-        tracing::warn!("config {}: unknown keys ignored: {}", config_path.display(), cfg.unknown_keys.join(", "));
+        tracing::warn!("config {}: {}", config_path.display(), crate::config::unknown::notes(&cfg.unknown_keys));
     }
     if let Some(note) = listen_note {
         tracing::warn!("{note}");
     }
+    // Descriptors: the soft limit up to the hard one, a reserve kept, the miners' ceiling logged.
+    crate::fdlimit::install(&fd_needs(&cfg, args.proxy), if args.proxy { "ckproxy" } else { "ckpool" });
     let sockdir = args.sockdir.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/{name}")));
     std::fs::create_dir_all(&sockdir).with_context(|| format!("cannot create socket dir {}", sockdir.display()))?;
     let taken = if args.handover {

@@ -12,7 +12,7 @@ use super::events::{Events, Options};
 use crate::bitcoind::{zmq, Rpc};
 use crate::config::Config;
 use crate::blocks;
-use crate::pool::{network_of, payout_script, solo, templates, wait_for_node};
+use crate::pool::{network_of, payout_script, solo, templates, wait_for_node, zmq_published};
 use crate::serve::frontend::FrontEnd;
 use crate::serve::SessionParams;
 use crate::sv1::server;
@@ -50,6 +50,9 @@ pub async fn run(
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let (block_tx, block_rx) = mpsc::channel(64);
 
+    if let Some(ep) = &cfg.zmqblock {
+        zmq_published(&rpc, ep, templates::poll_interval(cfg.blockpoll, true)).await;
+    }
     let zmq_rx = match &cfg.zmqblock {
         Some(ep) => match zmq::subscribe(ep, templates::poll_interval(cfg.blockpoll, true)) {
             Ok(rx) => Some(rx),
@@ -78,6 +81,15 @@ pub async fn run(
     source.solo = solo.is_some();
     source.live = opts.live.clone();
     source.refresh(templates::Reason::Start, None).await;
+    let netdiff = work_rx.borrow().as_ref().and_then(|w| crate::difficulty::Difficulty::from_compact(w.job.nbits));
+    if let Some(network) = netdiff {
+        // The lowest start any listener gives (serverurl entries may have their own).
+        let lowest = (0..cfg.serverurl.len().max(1)).map(|i| cfg.listener(i)).min_by_key(|l| l.startdiff);
+        let (min, start) = lowest.map_or((cfg.mindiff, cfg.startdiff), |l| (l.mindiff, l.startdiff));
+        if let Some(note) = templates::low_network_note(network, min, start) {
+            tracing::warn!("{note}");
+        }
+    }
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
     let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, opts.log_shares);

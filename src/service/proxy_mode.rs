@@ -62,14 +62,18 @@ pub async fn run(
     let (block_tx, mut block_rx) = mpsc::channel::<crate::mining::BlockCandidate>(64);
     let params = SessionParams::new(&cfg, opts.live.clone(), granted, prefix_len, opts.log_shares);
     let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, Some(up_tx), shutdown.clone());
-    // A block-meeting share is also an upstream share; it is logged here for the operator.
+    // A block-meeting share is also an upstream share; it is logged here for the operator and
+    // counted as a found block (status, API).
+    let stats = fe.ctx.stats.clone();
     let blocks_task = tokio::spawn(async move {
         while let Some(b) = block_rx.recv().await {
             tracing::info!(
-                "block-meeting share {} from {}: forwarded to the upstream pool, which submits the block",
+                "block-meeting share {} at height {} from {}: forwarded to the upstream pool, which submits the block",
                 crate::hex::encode_rev(&b.hash),
+                b.job.height,
                 b.workername
             );
+            let _ = stats.send(crate::log::stats::StatEvent::BlockForwarded).await;
         }
     });
     let api = crate::api::Sources {

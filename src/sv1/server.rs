@@ -115,13 +115,14 @@ impl Refusals {
         let Ok(permit) = self.answering.clone().try_acquire_owned() else { return };
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, held)).await;
+            let message = format!("server full: all {held} extranonce1 values are in use; try again later");
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, message)).await;
         });
     }
 }
 
-/// Reads the miner's first request (at most 4 KB) and answers it: the pool is full.
-async fn answer_full(stream: MinerStream, held: usize) {
+/// Reads the miner's first request (at most 4 KB) and answers it: the pool is full (`message`).
+async fn answer_full(stream: MinerStream, message: String) {
     let (rd, mut wr) = tokio::io::split(stream);
     let mut line = String::new();
     let mut rd = BufReader::new(rd.take(4096));
@@ -133,7 +134,7 @@ async fn answer_full(stream: MinerStream, held: usize) {
     let reply = serde_json::json!({
         "id": id,
         "result": null,
-        "error": [20, format!("server full: all {held} extranonce1 values are in use; try again later"), null],
+        "error": [20, message, null],
     });
     let _ = wr.write_all(format!("{reply}\n").as_bytes()).await;
     let _ = wr.shutdown().await;
@@ -218,7 +219,21 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     let mut sessions = JoinSet::new();
-    while let Some((stream, peer, permit)) = accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local).await {
+    let plain = !run.opts.tls && run.opts.proxy_protocol.is_none();
+    // At the descriptor ceiling a plain SV1 miner gets its first request answered ("server
+    // full", error 20); TLS and PROXY-protocol miners are closed (no line can reach them first).
+    let at_ceiling = move |stream: TcpStream, full: crate::fdlimit::Full| {
+        let Some(answering) = full.answering().filter(|_| plain) else { return };
+        let message = full.reply();
+        tokio::spawn(async move {
+            let _answering = answering;
+            let answer = answer_full(MinerStream::Plain(stream), message);
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer).await;
+        });
+    };
+    while let Some((stream, peer, permit)) =
+        accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local, &at_ceiling).await
+    {
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::keys::AuthorityKey;
 use super::session::Sv2Session;
 use super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
-use crate::sv1::server::accept_next;
+use crate::serve::accept::accept_next;
 use crate::serve::ServerCtx;
 
 /// Accepts SV2 connections on every listener until shutdown, then waits (bounded) for them.
@@ -47,7 +47,11 @@ async fn accept_loop(
     let mut backoff = Duration::from_millis(10);
     let mut conns = JoinSet::new();
     let local = format!("{local} (sv2)");
-    while let Some((stream, peer, permit)) = accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local).await {
+    // At the descriptor ceiling an SV2 miner is closed before the Noise handshake (no message
+    // can reach it before one).
+    while let Some((stream, peer, permit)) =
+        accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local, &|_, _| {}).await
+    {
         let _ = stream.set_nodelay(true);
         let (ctx, key) = (ctx.clone(), key.clone());
         conns.spawn(async move {

@@ -154,7 +154,9 @@ impl Job {
             .ok_or_else(|| NotifyError::Field { field: "nbits", why: "negative or overflowing target".into() })?;
         Ok(Job {
             id,
-            height: 0,
+            // The upstream's coinbase says the height (BIP34): share log folders and block lines
+            // name it as the pool's own do.
+            height: bip34_height(&coinb1).unwrap_or(0),
             version,
             prev_hash,
             nbits,
@@ -257,9 +259,49 @@ impl Job {
     }
 }
 
+/// The block height a coinbase's first part carries (BIP34: the scriptSig starts with it), read
+/// from stratum's `coinb1` (version, one input, its outpoint, the scriptSig's length, then the
+/// height push: OP_0, OP_1..OP_16, or 1 to 4 little-endian bytes). None when it is not there.
+pub fn bip34_height(coinb1: &[u8]) -> Option<u32> {
+    // version (4), input count 1, outpoint (36), scriptSig length (< 0xfd: one byte)
+    if coinb1.get(4) != Some(&1) || coinb1.get(41).is_none_or(|&l| l >= 0xfd) {
+        return None;
+    }
+    match *coinb1.get(42)? {
+        0x00 => Some(0),
+        op @ 0x51..=0x60 => Some(u32::from(op - 0x50)),
+        n @ 1..=4 => {
+            let bytes = coinb1.get(43..43 + n as usize)?;
+            // Minimal push of a positive number: the top byte's sign bit is clear.
+            if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+                return None;
+            }
+            Some(bytes.iter().rev().fold(0u32, |h, b| (h << 8) | u32::from(*b)))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proxy reads the height from the upstream's coinb1, for every encoding BIP34 uses.
+    #[test]
+    fn bip34_height_from_coinb1() {
+        for h in [0u32, 1, 16, 17, 127, 128, 255, 256, 32_767, 32_768, 840_000, 16_777_216] {
+            let push = crate::work::coinbase::bip34_height_push(h);
+            let mut coinb1 = vec![2, 0, 0, 0, 1];
+            coinb1.extend([0u8; 32]);
+            coinb1.extend([0xff; 4]);
+            coinb1.push((push.len() + 8) as u8);
+            coinb1.extend(&push);
+            coinb1.extend(b"/pool/");
+            assert_eq!(bip34_height(&coinb1), Some(h), "height {h}: push {push:02x?}");
+        }
+        assert_eq!(bip34_height(&[1, 0, 0, 0, 2]), None);
+        assert_eq!(bip34_height(&[]), None);
+    }
 
     #[test]
     fn prevhash_swap_round_trips() {

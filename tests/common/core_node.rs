@@ -146,6 +146,23 @@ impl CoreNode {
         self.rpc.call(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
+    /// Waits (≤ `limit`) until the node's height is at least `h`; on timeout the panic shows
+    /// `context()` (the pool's log).
+    pub async fn wait_height(&self, h: u64, limit: Duration, context: impl FnOnce() -> String) {
+        let reached = move || async move { self.height().await >= h };
+        super::wait::until_async_or(&format!("the node at height {h}"), limit, reached, context).await;
+    }
+
+    /// Waits (≤ `limit`) until the node's tip is not `old` (display order) and returns it;
+    /// on timeout the panic shows `context()` (the pool's log).
+    pub async fn wait_tip_not(&self, old: &str, limit: Duration, context: impl FnOnce() -> String) -> String {
+        let moved = move || async move {
+            let best = self.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+            (best != old).then_some(best)
+        };
+        super::wait::until_async_or(&format!("the tip to move from {old}"), limit, moved, context).await
+    }
+
     pub async fn height(&self) -> u64 {
         self.call("getblockcount", json!([])).await.as_u64().unwrap()
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod core_node;
+pub mod wait;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,19 +38,15 @@ pub fn free_port() -> u16 {
 /// Waits (≤ 60 s) until a node's RPC answers; panics, naming `what` and its datadir, if the
 /// process exits first or the deadline passes.
 pub async fn wait_for_rpc(rpc: &Rpc, child: &mut Child, what: &str, datadir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rpc.call("getblockchaininfo", json!([])).await {
-            Ok(_) => return,
-            Err(e) => {
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!("{what} exited ({status}) before answering RPC: {e}; debug.log in {}", datadir.display());
-                }
-                assert!(Instant::now() < deadline, "{what} did not answer RPC within 60 s: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let child = &std::sync::Mutex::new(child);
+    wait::until_async(&format!("{what} to answer RPC"), Duration::from_secs(60), move || async move {
+        let Err(e) = rpc.call("getblockchaininfo", json!([])).await else { return true };
+        if let Some(status) = child.lock().unwrap().try_wait().unwrap() {
+            panic!("{what} exited ({status}) before answering RPC: {e}; debug.log in {}", datadir.display());
         }
-    }
+        false
+    })
+    .await;
 }
 
 /// Stops a node: RPC `stop`, then kill after 30 s; waits for the process to exit.
@@ -205,6 +202,12 @@ impl Node {
         self.rpc.call(method, params).await.unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
+    /// Waits (≤ 30 s) until the node's height is above `h`; `what` says what was to make it.
+    pub async fn wait_height_above(&self, h: u64, what: &str) {
+        let what = format!("{what}: node height above {h}");
+        wait::until_async(&what, Duration::from_secs(30), move || async move { self.height().await > h }).await;
+    }
+
     pub async fn height(&self) -> u64 {
         self.call("getblockcount", json!([])).await.as_u64().unwrap()
     }
@@ -248,15 +251,15 @@ impl Node {
         if self.height().await == 0 {
             self.call("generate", json!([1])).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let peer = &format!("127.0.0.1:{}", other.p2p_port);
+        wait::until_async("the regtest node to connect to its peer", Duration::from_secs(30), move || async move {
             if self.rpc.call("getblocktemplate", json!([])).await.is_ok() {
-                return;
+                return true;
             }
-            assert!(Instant::now() < deadline, "regtest node did not connect to its peer within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = self.rpc.call("addnode", json!([format!("127.0.0.1:{}", other.p2p_port), "onetry"])).await;
-        }
+            let _ = self.rpc.call("addnode", json!([peer, "onetry"])).await;
+            false
+        })
+        .await;
     }
 }
 
@@ -294,6 +297,11 @@ impl Pool {
     /// Writes the config (as `start`) without starting the pool: start it with `spawn_command`.
     pub fn prepare(config: Value) -> Pool {
         Pool::prepare_as("ckpool", config)
+    }
+
+    /// Proxy mode's `prepare` (the log is ckproxy.log; start it with `-p`).
+    pub fn prepare_proxy(config: Value) -> Pool {
+        Pool::prepare_as("ckproxy", config)
     }
 
     fn prepare_as(name: &'static str, mut config: Value) -> Pool {
@@ -339,14 +347,7 @@ impl Pool {
         let ready = format!("{} ready", self.name);
         let before = self.log().matches(&ready).count();
         self.spawn_command(cmd);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.log().matches(&ready).count() <= before {
-            if let Some(status) = self.try_wait() {
-                panic!("{} exited ({status}) before logging {ready:?}; log:\n{}", self.name, self.log());
-            }
-            assert!(Instant::now() < deadline, "{} did not log {ready:?} within 60 s; log:\n{}", self.name, self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_log_count(&ready, before + 1, Duration::from_secs(60));
         self.pin_port();
     }
 
@@ -403,17 +404,30 @@ impl Pool {
 
     /// Waits until the operator log contains `needle`.
     pub fn wait_log(&mut self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.log().contains(needle) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("ckpool exited ({status}) before logging {needle:?}; log:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "ckpool did not log {needle:?} within {limit:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_log_count(needle, 1, limit);
+    }
+
+    /// Waits until the operator log contains `needle` at least `n` times; panics at once if the
+    /// process exits first.
+    pub fn wait_log_count(&mut self, needle: &str, n: usize, limit: Duration) {
+        let what = format!("{} to log {needle:?} {n} time(s)", self.name);
+        let log_path = self.log_path();
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let child = &mut self.child;
+        wait::blocking_or(
+            &what,
+            limit,
+            || {
+                if log().matches(needle).count() >= n {
+                    return true;
+                }
+                if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    panic!("ckpool exited ({status}) before logging {needle:?}; log:\n{}", log());
+                }
+                false
+            },
+            || format!("log:\n{}", log()),
+        );
     }
 
     /// The miners' address: the pinned port, or the one the pool logged (started with
@@ -459,15 +473,20 @@ impl Pool {
     /// Waits (≤ 30 s) until logdir/blocks.log contains `needle` and returns its text: the node
     /// can take a block before the pool has written the outcome line.
     pub fn wait_blocks_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(self.logdir.join("blocks.log")).unwrap_or_default();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "blocks.log never had {needle:?}: {text}\nlog:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let read = || std::fs::read_to_string(self.logdir.join("blocks.log")).unwrap_or_default();
+        wait::blocking_or(
+            &format!("{needle:?} in blocks.log"),
+            Duration::from_secs(30),
+            || Some(read()).filter(|t| t.contains(needle)),
+            || format!("blocks.log:\n{}\nlog:\n{}", read(), self.log()),
+        )
+    }
+
+    /// Waits (≤ 20 s) for a share log line `pred` accepts and returns it; `what` names it.
+    pub fn wait_share_line(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = || self.share_lines().into_iter().find(|l| pred(l));
+        let context = || format!("share lines: {:?}", self.share_lines());
+        wait::blocking_or(&format!("a share line for {what}"), Duration::from_secs(20), found, context)
     }
 
     /// All share log lines written so far.

@@ -249,6 +249,7 @@ impl Book {
             }
             StatEvent::BlockFound => self.round = Difficulty::ZERO,
             StatEvent::Blocks(c) => self.blocks = *c,
+            StatEvent::BlockForwarded => self.blocks.found += 1,
         }
     }
 
@@ -475,6 +476,18 @@ impl Book {
                     book.accepted = diff_field(&lines[2], "accepted");
                     book.rejected = diff_field(&lines[2], "rejected");
                     book.best = diff_field(&lines[2], "bestshare");
+                    // The blocks' tally until the block journal reports (a proxy has none: its
+                    // forwarded blocks are counted on from here).
+                    let n = |k: &str| lines[2].get(k).and_then(Value::as_u64).unwrap_or(0);
+                    book.blocks = BlockCounts {
+                        found: n("blocks_found"),
+                        accepted: n("blocks_accepted"),
+                        rejected: n("blocks_rejected"),
+                        stale: n("blocks_stale"),
+                        confirmed: n("blocks_confirmed"),
+                        orphaned: n("blocks_orphaned"),
+                        matured: n("blocks_matured"),
+                    };
                     notes.push("pool.status".to_string());
                 } else {
                     notes.push("pool.status unreadable (not three JSON lines), starting from zero".to_string());

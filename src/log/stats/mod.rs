@@ -49,6 +49,9 @@ pub enum StatEvent {
     BlockFound,
     /// The found blocks' tally (from blocks.log), shown as extra keys of pool.status' third line.
     Blocks(BlockCounts),
+    /// Proxy mode: a miner's share met the network target and went to the upstream pool, which
+    /// submits the block (counted as found; what became of it is the upstream's to say).
+    BlockForwarded,
 }
 
 /// Found blocks by what became of them (a block counts in each stage it reached).

@@ -19,6 +19,15 @@ pub(super) fn now(mono_origin: tokio::time::Instant) -> Now {
     }
 }
 
+/// How soon a change of who is connected, or of the found blocks, reaches the API's view.
+const VIEW_REFRESH: Duration = Duration::from_secs(1);
+
+/// Whether an event changes the counts the API shows (miners, users, blocks); shares do not
+/// count here: their tallies reach the view at each write.
+fn changes_counts(ev: &StatEvent) -> bool {
+    !matches!(ev, StatEvent::Shares { .. } | StatEvent::Agent { .. })
+}
+
 /// The stats task: applies events, rewrites the files every `interval` and once more when every
 /// sender is gone (shutdown), and publishes a [`Summary`] for the status line.
 pub struct StatsTask {
@@ -54,13 +63,24 @@ impl StatsTask {
         let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         self.view.send_replace(Arc::new(book.view(now(origin), network)));
         let mut batch = Vec::with_capacity(256);
+        // Miners coming and going and found blocks reach the API within a second, not at the next
+        // write (a restarted pool showed zeros until then); share tallies wait for the write.
+        let mut view_tick = tokio::time::interval(VIEW_REFRESH);
+        view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut view_stale = false;
         loop {
             tokio::select! {
+                _ = view_tick.tick(), if view_stale => {
+                    view_stale = false;
+                    let network = self.work.borrow().as_ref().map(|w| w.network_diff);
+                    self.view.send_replace(Arc::new(book.view(now(origin), network)));
+                }
                 n = rx.recv_many(&mut batch, 1024) => {
                     if n == 0 {
                         break;
                     }
                     let t = now(origin);
+                    view_stale |= batch.iter().any(changes_counts);
                     for ev in batch.drain(..) {
                         if let Some(h) = self.history.as_mut() {
                             match &ev {

@@ -1,4 +1,4 @@
-//! A connection's first bytes on a PROXY-protocol listener: `stratum::proxy_protocol::parse`
+//! A connection's first bytes on a PROXY-protocol listener: `proxy_protocol::parse`
 //! never panics; a complete header's length is within the bytes given and the bounds; parsing
 //! a prefix of the bytes never gives a different header (more bytes only complete one).
 #![no_main]

@@ -11,13 +11,10 @@ use serde_json::{json, Value};
 
 use super::{history, Api};
 use crate::log::stats::{UserView, View, WorkerView};
-use crate::blocks::fate::Stage;
-use crate::blocks::journal::{Ledger, State};
+use crate::blocks::found::{block_fate, parse_blocks, Block};
 
 /// blocks.log larger than this is read from its last this many bytes (whole lines).
 const BLOCKS_LOG_MAX: u64 = 8 << 20;
-/// Most blocks listed (the newest).
-const BLOCKS_LISTED: usize = 1000;
 
 const POOL_WINDOWS: [&str; 7] = ["1m", "5m", "15m", "1hr", "6hr", "1d", "7d"];
 const USER_WINDOWS: [&str; 5] = ["1m", "5m", "1hr", "1d", "7d"];
@@ -31,20 +28,6 @@ fn windows<const N: usize>(keys: [&str; N], v: &[f64; N]) -> Value {
 pub struct BlocksCache {
     stamp: (u64, Option<SystemTime>),
     blocks: Arc<Vec<Block>>,
-}
-
-/// One found block as blocks.log tells it.
-#[derive(Debug, Clone)]
-pub struct Block {
-    pub height: u64,
-    pub hash: String,
-    pub workername: String,
-    pub username: String,
-    pub diff: f64,
-    /// When it was found (its first line).
-    pub found: u64,
-    pub state: State,
-    pub recorded_confirmations: u64,
 }
 
 fn read_blocks(api: &Api) -> Arc<Vec<Block>> {
@@ -76,54 +59,6 @@ fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<String> {
         text = text.split_once('\n').map(|(_, r)| r.to_string()).unwrap_or_default();
     }
     Ok(text)
-}
-
-/// blocks.log's text → its blocks, newest first (pure).
-pub fn parse_blocks(text: &str) -> Vec<Block> {
-    let (ledger, _) = Ledger::parse(text);
-    let mut found: HashMap<String, u64> = HashMap::new();
-    for line in text.lines() {
-        if let Ok(v) = serde_json::from_str::<Value>(line) {
-            if let (Some(h), Some(t)) =
-                (v.get("hash").and_then(Value::as_str), v.get("createdate").and_then(Value::as_u64))
-            {
-                found.entry(h.to_string()).or_insert(t);
-            }
-        }
-    }
-    let mut out: Vec<Block> = found
-        .iter()
-        .filter_map(|(hash, t)| {
-            let e = ledger.get(hash)?;
-            Some(Block {
-                height: e.meta.height,
-                hash: hash.clone(),
-                workername: e.meta.workername.clone(),
-                username: e.meta.username.clone(),
-                diff: e.meta.diff,
-                found: *t,
-                state: e.state,
-                recorded_confirmations: e.max_confirmations,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| (b.height, b.found, &b.hash).cmp(&(a.height, a.found, &a.hash)));
-    out.truncate(BLOCKS_LISTED);
-    out
-}
-
-/// A block's status word and its confirmations with the chain's tip at `tip` (when known).
-pub fn block_fate(b: &Block, tip: Option<u64>) -> (&'static str, u64) {
-    let live = |floor: u64| tip.filter(|t| *t >= b.height).map_or(floor, |t| (t - b.height + 1).max(floor));
-    match b.state {
-        State::Pending => ("pending", 0),
-        State::Rejected => ("rejected", 0),
-        State::Stale => ("stale", 0),
-        State::Fate(Stage::Accepted) => ("accepted", live(0)),
-        State::Fate(Stage::Confirmed(n)) => ("confirmed", live(n)),
-        State::Fate(Stage::Matured) => ("matured", live(crate::blocks::fate::MATURITY)),
-        State::Fate(Stage::Orphaned) => ("orphaned", 0),
-    }
 }
 
 /// The tip's height as the current work implies it (the height being mined, less one).
@@ -325,26 +260,6 @@ pub fn widget(api: &Api) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn blocks_newest_first_with_fates() {
-        let text = concat!(
-            r#"{"height":7,"hash":"aa","workername":"w.1","username":"w","diff":1.5,"workinfoid":1,"createdate":100,"outcome":"accepted","accepted":true}"#,
-            "\n",
-            r#"{"height":9,"hash":"bb","workername":"w.2","username":"w","diff":2.0,"workinfoid":2,"createdate":200,"outcome":"accepted","accepted":true}"#,
-            "\n",
-            r#"{"height":7,"hash":"aa","workername":"w.1","username":"w","diff":1.5,"workinfoid":1,"createdate":300,"outcome":"confirmed","confirmations":1,"accepted":true}"#,
-            "\n",
-            r#"{"height":9,"hash":"bb","workername":"w.2","username":"w","diff":2.0,"workinfoid":2,"createdate":400,"outcome":"orphaned","by":"cc","accepted":true}"#,
-            "\n",
-        );
-        let b = parse_blocks(text);
-        assert_eq!(b.iter().map(|b| b.hash.as_str()).collect::<Vec<_>>(), ["bb", "aa"]);
-        assert_eq!((b[1].found, b[1].recorded_confirmations), (100, 1));
-        assert_eq!(block_fate(&b[1], Some(10)), ("confirmed", 4));
-        assert_eq!(block_fate(&b[1], None), ("confirmed", 1));
-        assert_eq!(block_fate(&b[0], Some(10)), ("orphaned", 0));
-    }
 
     #[test]
     fn expected_time_to_block() {

@@ -113,7 +113,7 @@ pub fn from_files(source: &str, pool_status: &str, users: &[(String, String)], b
             ]);
         }
     }
-    let blocks = super::json::parse_blocks(blocks_log);
+    let blocks = crate::blocks::found::parse_blocks(blocks_log);
     let count = |k: &str| get(2, k).as_u64().unwrap_or(0);
     Summary {
         source: source.into(),
@@ -142,7 +142,7 @@ pub fn from_files(source: &str, pool_status: &str, users: &[(String, String)], b
         block_rows: blocks
             .iter()
             .map(|b| {
-                let (status, conf) = super::json::block_fate(b, None);
+                let (status, conf) = crate::blocks::found::block_fate(b, None);
                 [b.height.to_string(), status.to_string(), conf.to_string(), b.hash.clone()]
             })
             .collect(),

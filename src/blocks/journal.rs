@@ -76,6 +76,8 @@ pub struct Entry {
     /// A node has had it at some point.
     pub ever_accepted: bool,
     pub max_confirmations: u64,
+    /// `createdate` of its first line: when it was found.
+    pub found: Option<u64>,
 }
 
 /// Every block blocks.log knows, by hash.
@@ -137,7 +139,11 @@ impl Ledger {
             diff: v.get("diff").and_then(Value::as_f64).unwrap_or(0.0),
             workinfoid: v.get("workinfoid").and_then(Value::as_u64).unwrap_or(0),
         };
+        let created = v.get("createdate").and_then(Value::as_u64);
         self.set(meta, state);
+        if let Some(e) = self.entries.get_mut(hash) {
+            e.found = e.found.or(created);
+        }
         true
     }
 
@@ -148,6 +154,7 @@ impl Ledger {
             state,
             ever_accepted: false,
             max_confirmations: 0,
+            found: None,
         });
         if e.meta.workername.is_empty() && !meta.workername.is_empty() {
             e.meta = meta;
@@ -172,6 +179,11 @@ impl Ledger {
         if !self.entries.contains_key(hash) {
             self.set(Meta { height, hash: hash.to_string(), ..Meta::default() }, State::Pending);
         }
+    }
+
+    /// Every block, by hash.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
     }
 
     pub fn get(&self, hash: &str) -> Option<&Entry> {

@@ -13,6 +13,7 @@
 
 pub mod decide;
 pub mod fate;
+pub mod found;
 pub mod journal;
 pub mod manual;
 mod submit;

@@ -716,7 +716,7 @@ impl RawConfig {
             stats_interval: Duration::from_secs(c.uint(key!(r.stats_interval), 60, 1, 3600)?),
             loglevel: match c.string(key!(r.loglevel), "")?.trim() {
                 "" => None,
-                l if crate::log::operator::level_is_valid(l) => Some(l.to_string()),
+                l if level_is_valid(l) => Some(l.to_string()),
                 l => {
                     return Err(c.err(
                         "loglevel",
@@ -729,4 +729,10 @@ impl RawConfig {
             unknown_keys,
         })
     }
+}
+
+/// A level `-l` or the config's `loglevel` may give: ckpool's 0-7 or a level name.
+fn level_is_valid(level: &str) -> bool {
+    let l = level.trim();
+    l.parse::<u8>().is_ok_and(|n| n <= 7) || ["error", "warn", "info", "debug", "trace"].contains(&l)
 }

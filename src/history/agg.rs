@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::retention::{minute_of, Sums};
 use crate::difficulty::Difficulty;
-use crate::log::stats::ShareTally;
+use crate::mining::ShareTally;
 
 /// One worker's sums over one minute.
 #[derive(Debug, Clone, PartialEq, Eq)]

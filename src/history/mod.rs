@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::difficulty::Difficulty;
-use crate::log::stats::ShareTally;
+use crate::mining::ShareTally;
 pub use store::{Store, Target};
 
 /// Distinct rows the statistics task aggregates between two flushes (a minute of 100,000
@@ -96,19 +96,16 @@ pub fn start(cfg: &Config) -> Option<Feed> {
     Some(Feed { agg, tx: Some(tx), lost, thread: Some(thread) })
 }
 
-impl Feed {
-    /// A session's tally, judged at `unix`.
-    pub fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally) {
+impl crate::log::stats::HistorySink for Feed {
+    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally) {
         self.agg.shares(unix as i64, user, worker, t);
     }
 
-    /// blocks.log changed (a block found or its fate moved on).
-    pub fn blocks_changed(&mut self) {
+    fn blocks_changed(&mut self) {
         self.agg.blocks_changed();
     }
 
-    /// Hands the aggregation to the writer (never waits): called at each statistics write.
-    pub fn flush(&mut self, unix: u64, workers: u64, netdiff: Option<Difficulty>) {
+    fn flush(&mut self, unix: u64, workers: u64, netdiff: Option<Difficulty>) {
         self.agg.pool_state(unix as i64, workers, netdiff);
         let dropped = std::mem::take(&mut self.agg.dropped);
         self.lost.fetch_add(dropped, Ordering::Relaxed);
@@ -122,8 +119,7 @@ impl Feed {
         }
     }
 
-    /// Closes the queue and waits for the writer's last write (blocking: call off the runtime).
-    pub fn finish(mut self) {
+    fn finish(mut self: Box<Self>) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();

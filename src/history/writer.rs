@@ -138,10 +138,10 @@ impl Writer {
     /// The found blocks of blocks.log with their fate, as rows of this instance.
     fn blocks(&self) -> Vec<BlockRow> {
         let text = std::fs::read_to_string(self.logdir.join("blocks.log")).unwrap_or_default();
-        crate::api::json::parse_blocks(&text)
+        crate::blocks::found::parse_blocks(&text)
             .iter()
             .map(|b| {
-                let (status, confirmations) = crate::api::json::block_fate(b, None);
+                let (status, confirmations) = crate::blocks::found::block_fate(b, None);
                 BlockRow {
                     instance: self.instance.clone(),
                     hash: b.hash.clone(),

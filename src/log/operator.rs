@@ -127,12 +127,6 @@ pub fn level_filter(level: Option<&str>) -> String {
     }
 }
 
-/// A level `-l` or the config's `loglevel` may give: ckpool's 0-7 or a level name.
-pub fn level_is_valid(level: &str) -> bool {
-    let l = level.trim();
-    l.parse::<u8>().is_ok_and(|n| n <= 7) || ["error", "warn", "info", "debug", "trace"].contains(&l)
-}
-
 /// Replaces the running subscriber's level filter (installed by [`init`]).
 type SetLevel = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 static SET_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();

@@ -19,7 +19,7 @@ use super::vardiff::{Limits, Retarget, Vardiff, VardiffParams};
 use super::work::{BlockCandidate, UpstreamShare, Work};
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
-use crate::log::stats::ShareTally;
+use super::ShareTally;
 use crate::share::{self, Accepted, Decoded, Reject, Submit};
 
 /// Jobs remembered per channel for late submits.

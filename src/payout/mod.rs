@@ -1,5 +1,5 @@
 //! The exact arithmetic of `ckpool payout` and `ckpool difficulty`: pure, no I/O (the commands
-//! themselves are [`crate::tools::payout`]).
+//! themselves are in `tools/payout/`).
 //!
 //! * [`exact`]: rationals and the parsers for hashrates, amounts and decimals.
 //! * [`formula`]: the payout, retarget and hashrate formulas of the operator's guide.

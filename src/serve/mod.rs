@@ -1,13 +1,10 @@
 //! The serving layer both faces sit on: listeners and the accept step, the extranonce1 space,
-//! the context and parameters every session shares, the pool-wide counters, and the front end
-//! that starts the outputs (share log, statistics) and serves SV1 and SV2 on them.
-//!
-//! Neither face is named here except by the front end, which starts them.
+//! the context and parameters every session shares, and the pool-wide counters. Neither face is
+//! named here: `service::frontend` starts the outputs and serves SV1 and SV2 on this layer.
 
 pub mod accept;
 pub mod counters;
 pub mod enonce;
-pub mod frontend;
 
 use std::sync::Arc;
 

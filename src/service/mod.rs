@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod events;
+pub mod frontend;
 pub mod pool_mode;
 pub mod proxy_mode;
 

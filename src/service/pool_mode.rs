@@ -13,7 +13,7 @@ use crate::bitcoind::{zmq, Rpc};
 use crate::config::Config;
 use crate::blocks;
 use crate::pool::{network_of, payout_script, solo, templates, wait_for_node, zmq_published};
-use crate::serve::frontend::FrontEnd;
+use super::frontend::FrontEnd;
 use crate::serve::SessionParams;
 use crate::sv1::server;
 use crate::work::coinbase::CoinbaseConfig;

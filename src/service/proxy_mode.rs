@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use super::events::{Events, Options};
 use crate::proxy::upstream;
-use crate::serve::frontend::FrontEnd;
+use super::frontend::FrontEnd;
 use crate::serve::SessionParams;
 use crate::sv1::server;
 

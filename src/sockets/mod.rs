@@ -116,7 +116,7 @@ pub fn assemble(
 
 /// Binds one address (SO_REUSEADDR, backlog 1024) as the stratum server always has.
 fn bind(w: &Wanted) -> anyhow::Result<TcpListener> {
-    let l = crate::sv1::server::bind_all(&[w.addr])
+    let l = crate::serve::accept::bind_all(&[w.addr])
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().replacen("serverurl", w.key, 1)))?
         .pop()
         .expect("one address bound");

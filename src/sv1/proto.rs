@@ -325,4 +325,30 @@ mod tests {
             "{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[0.001]}\n"
         );
     }
+
+    /// The composed notify line is the one the job's params give, for any id and flag.
+    #[test]
+    fn notify_line_matches_params() {
+        let p = serde_json::json!([
+            "1",
+            "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000",
+            "01000000010000",
+            "00000000",
+            ["aa".repeat(32), "bb".repeat(32)],
+            "20000000",
+            "207fffff",
+            "504e86b9",
+            true
+        ]);
+        let job = crate::work::job::Job::from_notify(7, &p, 4, 4).unwrap();
+        let w = crate::mining::Work::new(std::sync::Arc::new(job));
+        for (id, clean) in [(0u64, true), (0x1a00, false), (u64::MAX, true)] {
+            let mut out = Vec::new();
+            w.push_notify(&mut out, id, clean);
+            let mut params = w.job.notify_params();
+            params[0] = serde_json::Value::String(format!("{id:x}"));
+            params[8] = serde_json::Value::Bool(clean);
+            assert_eq!(String::from_utf8(out).unwrap(), notification_line("mining.notify", &params));
+        }
+    }
 }

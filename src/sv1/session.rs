@@ -335,7 +335,7 @@ impl Session {
                 tracing::warn!(peer = %self.peer, client = self.id, worker = %self.worker(), "dropping miner: {why}")
             }
         }
-        self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.en1_key);
+        self.ctx.enonces.release([self.en1_key]);
         if self.authorized {
             let (user, worker) = (self.channel.user().clone(), self.channel.worker().clone());
             self.close_tally();

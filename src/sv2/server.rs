@@ -1,8 +1,6 @@
 //! Stratum V2 listeners: accept within `maxclients`, the Noise handshake under a deadline (one
 //! log line when it fails), then one task per connection.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,17 +65,10 @@ async fn accept_loop(
             };
             let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
             ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-            Sv2Session::new(ctx.clone(), id, peer, random_u64()).run(rd, wr).await;
+            Sv2Session::new(ctx.clone(), id, peer, crate::serve::enonce::random_start()).run(rd, wr).await;
             ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
         });
         while conns.try_join_next().is_some() {}
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), async { while conns.join_next().await.is_some() {} }).await;
-}
-
-/// A random 64-bit start for a connection's extranonce1 allocation.
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }

@@ -31,7 +31,7 @@ use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Channel, Effects, Issued, Work};
 use crate::share::Decoded;
-use crate::sv1::server::take_en1;
+use crate::serve::enonce::mask_of;
 use crate::mining::BlockCandidate;
 use crate::serve::{RejectKind, ServerCtx};
 use crate::work::coinbase::MAX_NONCE2_LEN;
@@ -239,7 +239,7 @@ impl Sv2Session {
             self.stats_out.push(StatEvent::Shares { user: user.clone(), worker: worker.clone(), tally });
         }
         self.stats_out.push(StatEvent::Gone { user, worker });
-        self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&ch.en1_key);
+        self.ctx.enonces.release([ch.en1_key]);
     }
 
     /// Sends found blocks, then statistics (a full channel slows this connection; nothing dropped).
@@ -411,12 +411,7 @@ impl Sv2Session {
             return Err("max-target-out-of-range");
         }
         let n1 = self.ctx.params.nonce1_len;
-        let mask = if n1 >= 8 { u64::MAX } else { (1u64 << (8 * n1)) - 1 };
-        let key = {
-            let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-            take_en1(&mut set, &mut self.next_en1, mask)
-        };
-        let Some(key) = key else {
+        let Ok(key) = self.ctx.enonces.take(&mut self.next_en1, mask_of(n1)) else {
             tracing::warn!(peer = %self.peer, client = self.id, "sv2 channel refused: every extranonce1 value is held by a connected miner");
             return Err("channel-capacity-exhausted");
         };
@@ -790,10 +785,7 @@ impl Drop for Sv2Session {
     /// A task that ends without `finish` (a panic) still gives back its extranonce1 values.
     fn drop(&mut self) {
         if !self.channels.is_empty() {
-            let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-            for ch in self.channels.values() {
-                set.remove(&ch.en1_key);
-            }
+            self.ctx.enonces.release(self.channels.values().map(|ch| ch.en1_key));
         }
     }
 }

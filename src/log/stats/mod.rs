@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use crate::difficulty::Difficulty;
+use crate::mining::ShareTally;
 
 mod book;
 mod format;
@@ -22,7 +23,7 @@ mod task;
 
 pub use book::{Book, Summary, UserView, View, WorkerView};
 pub use format::{fmt_g, json_real, suffix_string, write_atomic};
-pub use task::{spawn, StatsTask};
+pub use task::{spawn, HistorySink, StatsTask};
 
 /// Pool hashrate windows (s): 1m 5m 15m 1hr 6hr 1d 7d.
 const POOL_WINDOWS: [u64; 7] = [60, 300, 900, 3600, 21600, 86400, 604800];
@@ -64,40 +65,6 @@ pub struct BlockCounts {
     pub confirmed: u64,
     pub orphaned: u64,
     pub matured: u64,
-}
-
-/// Shares a session judged since it last reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShareTally {
-    /// Sum of the difficulties the accepted shares were judged at, and how many there were.
-    pub accepted: Difficulty,
-    pub accepted_n: u64,
-    /// Sum of the difficulties the rejected shares were judged at, and how many there were.
-    pub rejected: Difficulty,
-    pub rejected_n: u64,
-    /// The highest difficulty an accepted share's hash reached.
-    pub best: Difficulty,
-    /// The difficulty the last share was judged at (the worker's difficulty, as shown).
-    pub last_diff: Difficulty,
-}
-
-impl ShareTally {
-    /// Counts one share: `diff` is the difficulty it was judged at, `sdiff` what its hash reached.
-    pub fn add(&mut self, diff: Difficulty, sdiff: Difficulty, accepted: bool) {
-        self.last_diff = diff;
-        if accepted {
-            self.accepted = add(self.accepted, diff);
-            self.accepted_n += 1;
-            self.best = self.best.max(sdiff);
-        } else {
-            self.rejected = add(self.rejected, diff);
-            self.rejected_n += 1;
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.accepted_n == 0 && self.rejected_n == 0
-    }
 }
 
 /// A moment as the book sees it: monotonic microseconds (for decays) and unix seconds (shown).

@@ -41,8 +41,22 @@ pub struct StatsTask {
     pub failing: bool,
     /// A reload's new `stats_interval` (SIGHUP).
     pub live: Option<tokio::sync::watch::Receiver<crate::reload::Live>>,
-    /// The history store's feed (src/history): tallies summed per minute, handed over at each write.
-    pub history: Option<crate::history::Feed>,
+    /// The history store's feed (`history::Feed`): tallies summed per minute, handed over at
+    /// each write.
+    pub history: Option<Box<dyn HistorySink>>,
+}
+
+/// Where the statistics task hands what the history store keeps (implemented by
+/// `history::Feed`; a trait so that the statistics do not depend on the store).
+pub trait HistorySink: Send {
+    /// A session's tally, judged at `unix`.
+    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &crate::mining::ShareTally);
+    /// blocks.log changed (a block found or its fate moved on).
+    fn blocks_changed(&mut self);
+    /// Hands what was summed to the store (never waits): called at each statistics write.
+    fn flush(&mut self, unix: u64, workers: u64, netdiff: Option<crate::difficulty::Difficulty>);
+    /// Closes the feed and waits for the store's last write (blocking: call off the runtime).
+    fn finish(self: Box<Self>);
 }
 
 /// Loads the saved statistics and starts the task. Returns the event sender and the task.

@@ -49,9 +49,7 @@ impl Session {
         let mut key_bytes = [0u8; 8];
         key_bytes[8 - old.len()..].copy_from_slice(&old);
         let key = u64::from_be_bytes(key_bytes);
-        let mut set = self.ctx.enonces.lock().unwrap_or_else(|p| p.into_inner());
-        if set.insert(key) {
-            set.remove(&self.en1_key);
+        if self.ctx.enonces.swap(self.en1_key, key) {
             self.en1_key = key;
             self.channel.set_own_en1(&old);
         }

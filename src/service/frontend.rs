@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Counters, Enonces, ServerCtx, SessionParams};
+use crate::serve::{Counters, Enonces, ServerCtx, SessionParams};
 use crate::mining::{BlockCandidate, UpstreamShare, Work};
 use crate::sv1::server;
 use crate::config::Config;
@@ -65,7 +65,7 @@ impl FrontEnd {
                 view: view_tx,
                 failing: false,
                 live: Some(params.live.clone()),
-                history: crate::history::start(cfg),
+                history: crate::history::start(cfg).map(|f| Box::new(f) as Box<dyn crate::log::stats::HistorySink>),
             },
             STATS_QUEUE,
         );

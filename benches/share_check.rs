@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use ckpool::difficulty::Difficulty;
 use ckpool::log::sharelog::{format_line, ShareLine};
+use ckpool::mining::Work;
 use ckpool::share::{self, Submit, DEFAULT_VERSION_MASK};
 use ckpool::sv1::proto::{parse_request, SubmitParams};
-use ckpool::mining::Work;
 use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
 use ckpool::work::job::Job;
 use ckpool::work::merkle::{self, sha256d};

@@ -344,7 +344,15 @@ mod tests {
         };
         let (c1, k1) = make("a");
         let (c2, _) = make("b");
-        let text = String::from_utf8(std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&c1).output().unwrap().stdout).unwrap();
+        let text = String::from_utf8(
+            std::process::Command::new("openssl")
+                .args(["x509", "-noout", "-text", "-in"])
+                .arg(&c1)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
         assert!(text.contains("CA:TRUE"), "openssl req -x509 makes a CA certificate: {text}");
         let server = Arc::new(TlsServer::load(&c1, &k1).unwrap());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

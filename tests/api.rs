@@ -615,7 +615,8 @@ async fn the_api_has_the_totals_right_after_a_restart() {
     let mut c = Client::connect(&pool.addr()).await;
     c.handshake("restart.rig").await;
     // Polled for up to 30 s, an hour before the first write: only the fix makes it.
-    let v = wait_json(&api, "/api/pool", "the totals", |v| v["blocks"]["found"] == json!(1) && v["workers"] == json!(1))
-        .await;
+    let v =
+        wait_json(&api, "/api/pool", "the totals", |v| v["blocks"]["found"] == json!(1) && v["workers"] == json!(1))
+            .await;
     assert_eq!(v["users"], json!(1), "{v}");
 }

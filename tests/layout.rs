@@ -173,10 +173,8 @@ fn the_import_graph_reader_sees_paths_and_groups() {
 fn no_circle_among_top_level_modules() {
     let g = graph();
     if let Some(c) = circle(&g) {
-        let edges: Vec<String> = c
-            .windows(2)
-            .map(|w| format!("  {} -> {} in {:?}", w[0], w[1], g[&w[0]][&w[1]]))
-            .collect();
+        let edges: Vec<String> =
+            c.windows(2).map(|w| format!("  {} -> {} in {:?}", w[0], w[1], g[&w[0]][&w[1]])).collect();
         panic!("the imports among src/'s top-level modules go in a circle:\n{}", edges.join("\n"));
     }
 }

@@ -556,7 +556,8 @@ async fn miners_are_on_the_tip_soon_after_a_block_storm() {
     }
     // Each block announced once (the pool's debug log names every announcement it acts on).
     let log = pool.log();
-    let announced: Vec<&str> = log.lines().filter_map(|l| l.split_once("ZMQ: new block ").map(|(_, h)| h.trim())).collect();
+    let announced: Vec<&str> =
+        log.lines().filter_map(|l| l.split_once("ZMQ: new block ").map(|(_, h)| h.trim())).collect();
     let mut unique = announced.clone();
     unique.sort_unstable();
     unique.dedup();

@@ -2,7 +2,6 @@
 //! the counters and blocks.log. Difficulties are exact decimal strings; hashrates are H/s
 //! numbers (display figures, as ckpool's); times are unix seconds.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,8 +9,8 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::{history, Api};
-use crate::log::stats::{UserView, View, WorkerView};
 use crate::blocks::found::{block_fate, parse_blocks, Block};
+use crate::log::stats::{UserView, View, WorkerView};
 
 /// blocks.log larger than this is read from its last this many bytes (whole lines).
 const BLOCKS_LOG_MAX: u64 = 8 << 20;

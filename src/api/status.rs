@@ -293,7 +293,8 @@ mod tests {
         let long = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq.a-very-long-rig-name-01";
         sum.worker_rows.push([long.into(), "1GH/s".into(), "1700000000".into(), "5".into(), "cgminer".into()]);
         sum.worker_rows.push(["w".into(), "2GH/s".into(), "0".into(), "6".into(), "bmminer".into()]);
-        sum.block_rows = (0..25).rev().map(|h| [h.to_string(), "accepted".into(), "1".into(), format!("{h:064x}")]).collect();
+        sum.block_rows =
+            (0..25).rev().map(|h| [h.to_string(), "accepted".into(), "1".into(), format!("{h:064x}")]).collect();
         let text = sum.to_string();
         let rows: Vec<&str> = text.lines().filter(|l| l.ends_with("cgminer") || l.ends_with("bmminer")).collect();
         assert_eq!(rows.len(), 2, "{text}");

@@ -15,9 +15,9 @@ use crate::difficulty::Difficulty;
 use crate::mining::vardiff::VardiffParams;
 
 mod raw;
-pub mod unknown;
 #[cfg(test)]
 mod tests;
+pub mod unknown;
 
 pub(crate) use raw::normalize_rpc_url;
 pub use unknown::{suggestion, unknown_key_note};

@@ -14,8 +14,8 @@ use super::{
     Btcd, Config, ConfigError, Listener, RpcAuth, Secret, Upstream, BTCD_KEYS, KNOWN_KEYS, PROXY_KEYS, SERVERURL_KEYS,
 };
 use crate::difficulty::{Difficulty, ParseDifficultyError};
-use crate::proxy_protocol::Accept;
 use crate::mining::vardiff::VardiffParams;
+use crate::proxy_protocol::Accept;
 
 /// Parses and validates config text (`path` is used in messages).
 pub(super) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
@@ -256,11 +256,9 @@ impl Ctx<'_> {
         match field {
             None => Ok(default),
             Some(Field { typed: Some(d), json }) => d.difficulty().map_err(|e| self.err(key, json, rule(e))),
-            Some(Field { typed: None, json }) => Err(self.err(
-                key,
-                json,
-                decimal_rule(&rule(ParseDifficultyError::NotANumber(json.to_string())), json),
-            )),
+            Some(Field { typed: None, json }) => {
+                Err(self.err(key, json, decimal_rule(&rule(ParseDifficultyError::NotANumber(json.to_string())), json)))
+            }
         }
     }
 
@@ -325,193 +323,6 @@ impl Ctx<'_> {
             }
         }
         Ok(out)
-    }
-}
-
-/// Normalizes a btcd url ("localhost:19332", "127.0.0.1:8332", "http://host:port") to http://host:port/.
-pub(crate) fn normalize_rpc_url(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    if rest.starts_with("https://") || rest.is_empty() || rest.contains(char::is_whitespace) {
-        return None;
-    }
-    let hostport = rest.trim_end_matches('/');
-    valid_host_port(hostport).then(|| format!("http://{hostport}/"))
-}
-
-/// `host:port` with a host and a port from 1 to 65535.
-fn valid_host_port(s: &str) -> bool {
-    s.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && !s.contains(char::is_whitespace) && port.parse::<u16>().is_ok_and(|p| p > 0)
-    })
-}
-
-/// Microseconds as exact decimal seconds ("3.333333", "240").
-fn seconds_text(us: u64) -> String {
-    let frac = format!("{:06}", us % 1_000_000);
-    match frac.trim_end_matches('0') {
-        "" => (us / 1_000_000).to_string(),
-        f => format!("{}.{f}", us / 1_000_000),
-    }
-}
-
-fn parse_listen(s: &str) -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    let s = s.trim().trim_start_matches("stratum+tcp://");
-    s.parse().ok().or_else(|| s.to_socket_addrs().ok()?.next())
-}
-
-/// A Stratum V2 listen address: `address:port`, `stratum2+tcp://address:port`, or an address
-/// alone (port 3336, SV2's usual).
-fn parse_sv2_listen(s: &str) -> Option<SocketAddr> {
-    let s = s.trim().trim_start_matches("stratum2+tcp://").trim_end_matches('/');
-    parse_listen(s).or_else(|| {
-        let bare = s.trim_start_matches('[').trim_end_matches(']');
-        let ip: std::net::IpAddr = bare.parse().ok()?;
-        Some(SocketAddr::new(ip, 3336))
-    })
-}
-
-/// A `serverurl` address: `address:port`, `stratum+tcp://address:port`, or
-/// `stratum+tls://address:port` (then `true`: a TLS listener).
-fn parse_server_url(s: &str) -> Option<(SocketAddr, bool)> {
-    match s.trim().strip_prefix("stratum+tls://") {
-        Some(rest) => parse_listen(rest).map(|a| (a, true)),
-        None => parse_listen(s).map(|a| (a, false)),
-    }
-}
-
-/// The difficulty rules between mindiff, startdiff and maxdiff; `key(name)` names each in errors
-/// and `json(name)` gives the value as written.
-fn check_diffs(
-    c: &Ctx,
-    (mindiff, startdiff, maxdiff): (Difficulty, Difficulty, Difficulty),
-    key: impl Fn(&str) -> String,
-    json: impl Fn(&str) -> Value,
-) -> Result<(), ConfigError> {
-    if mindiff.is_zero() {
-        return Err(c.err(&key("mindiff"), &json("mindiff"), "must be above 0 (fractions such as 0.001 are allowed)"));
-    }
-    if startdiff < mindiff {
-        return Err(c.err(&key("startdiff"), &json("startdiff"), format!("must be at least mindiff ({mindiff})")));
-    }
-    if !maxdiff.is_zero() && maxdiff < startdiff {
-        return Err(c.err(
-            &key("maxdiff"),
-            &json("maxdiff"),
-            format!("must be 0 (no maximum) or at least startdiff ({startdiff})"),
-        ));
-    }
-    Ok(())
-}
-
-impl RawListenEntry {
-    /// The entry's address and options; difficulties it does not give are `top`'s.
-    fn validate(
-        &self,
-        c: &Ctx,
-        i: usize,
-        top: (Difficulty, Difficulty, Difficulty),
-    ) -> Result<(SocketAddr, Listener), ConfigError> {
-        let key = |k: &str| format!("serverurl[{i}].{k}");
-        let raw_url = c.string((&self.url, &key("url")), "")?;
-        let (addr, tls_url) = parse_server_url(&raw_url).ok_or_else(|| {
-            c.err(
-                &key("url"),
-                &Value::String(raw_url.clone()),
-                "must be \"address:port\" (or stratum+tcp:// / stratum+tls://address:port)",
-            )
-        })?;
-        let tls = match c.typed((&self.tls, &key("tls")), "must be true or false")? {
-            Some(false) if tls_url => {
-                return Err(c.err(&key("tls"), &Value::Bool(false), "contradicts the stratum+tls:// url"))
-            }
-            Some(t) => *t || tls_url,
-            None => tls_url,
-        };
-        let proxy_protocol = match &self.proxy_protocol {
-            None => None,
-            Some(f) => match &f.json {
-                Value::Null | Value::Bool(false) => None,
-                Value::Bool(true) => Some(Accept::Any),
-                Value::String(v) if v == "any" => Some(Accept::Any),
-                Value::String(v) if v == "v1" => Some(Accept::V1),
-                Value::String(v) if v == "v2" => Some(Accept::V2),
-                Value::Number(n) if n.as_u64() == Some(1) => Some(Accept::V1),
-                Value::Number(n) if n.as_u64() == Some(2) => Some(Accept::V2),
-                other => {
-                    return Err(c.err(
-                        &key("proxy_protocol"),
-                        other,
-                        "must be \"v1\", \"v2\", \"any\" (or true: either version) or false",
-                    ))
-                }
-            },
-        };
-        let d = |(f, k): Key<Decimal>, default| c.difficulty((f, &key(k)), default);
-        let diffs = (d(key!(self.mindiff), top.0)?, d(key!(self.startdiff), top.1)?, d(key!(self.maxdiff), top.2)?);
-        let json = |k: &str| {
-            let f = match k {
-                "mindiff" => &self.mindiff,
-                "startdiff" => &self.startdiff,
-                _ => &self.maxdiff,
-            };
-            // A value not written here is the top-level one: say so.
-            f.as_ref().map_or_else(|| Value::String(format!("{k} (top-level)")), |f| f.json.clone())
-        };
-        check_diffs(c, diffs, key, json)?;
-        let own_diffs = self.mindiff.is_some() || self.startdiff.is_some() || self.maxdiff.is_some();
-        Ok((addr, Listener { tls, proxy_protocol, mindiff: diffs.0, startdiff: diffs.1, maxdiff: diffs.2, own_diffs }))
-    }
-}
-
-impl RawBtcd {
-    fn validate(&self, c: &Ctx, i: usize) -> Result<Btcd, ConfigError> {
-        let key = |k: &str| format!("btcd[{i}].{k}");
-        let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
-        let raw_url = s(key!(self.url))?;
-        let url = normalize_rpc_url(&raw_url).ok_or_else(|| {
-            c.err(&key("url"), &Value::String(raw_url.clone()), "must be host:port, e.g. \"localhost:8332\"")
-        })?;
-        let (cookie, user, pass) = (s(key!(self.cookie))?, s(key!(self.auth))?, s(key!(self.pass))?);
-        let auth = if !cookie.is_empty() {
-            RpcAuth::Cookie(PathBuf::from(cookie))
-        } else if user.is_empty() {
-            return Err(c.err(
-                &key("auth"),
-                &Value::String(user),
-                "must name the RPC user (rpcauth) or give \"cookie\": \"/path/.cookie\"",
-            ));
-        } else {
-            RpcAuth::UserPass { user, pass: Secret::new(pass) }
-        };
-        let notify = c.typed((&self.notify, &key("notify")), "must be true or false")?.copied().unwrap_or(false);
-        Ok(Btcd { url, auth, notify })
-    }
-}
-
-impl RawUpstream {
-    fn validate(&self, c: &Ctx, i: usize) -> Result<Upstream, ConfigError> {
-        let key = |k: &str| format!("proxy[{i}].{k}");
-        let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
-        let raw_url = s(key!(self.url))?;
-        let (url, tls) = match raw_url.strip_prefix("stratum+tls://") {
-            Some(rest) => (rest.trim_end_matches('/').to_string(), true),
-            None => (raw_url.trim_start_matches("stratum+tcp://").to_string(), false),
-        };
-        if !valid_host_port(&url) {
-            return Err(c.err(&key("url"), &Value::String(raw_url), "must be host:port of the upstream pool"));
-        }
-        let tlsca = s(key!(self.tlsca))?;
-        if !tlsca.is_empty() && !tls {
-            return Err(c.err(&key("tlsca"), &Value::String(tlsca), "is for a stratum+tls:// url only"));
-        }
-        Ok(Upstream {
-            url,
-            auth: s(key!(self.auth))?,
-            pass: Secret::new(s(key!(self.pass))?),
-            tls,
-            tlsca: (!tlsca.is_empty()).then(|| PathBuf::from(tlsca)),
-        })
     }
 }
 
@@ -736,3 +547,7 @@ fn level_is_valid(level: &str) -> bool {
     let l = level.trim();
     l.parse::<u8>().is_ok_and(|n| n <= 7) || ["error", "warn", "info", "debug", "trace"].contains(&l)
 }
+
+mod entries;
+pub(crate) use entries::normalize_rpc_url;
+use entries::*;

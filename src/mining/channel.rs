@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use super::vardiff::{Limits, Retarget, Vardiff, VardiffParams};
 use super::work::{BlockCandidate, UpstreamShare, Work};
+use super::ShareTally;
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
-use super::ShareTally;
 use crate::share::{self, Accepted, Decoded, Reject, Submit};
 
 /// Jobs remembered per channel for late submits.

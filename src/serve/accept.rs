@@ -54,7 +54,7 @@ pub async fn accept_next(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     backoff: &mut Duration,
     local: &str,
-    at_ceiling: &dyn Fn(TcpStream, crate::fdlimit::Full),
+    at_ceiling: &(dyn Fn(TcpStream, crate::fdlimit::Full) + Sync),
 ) -> Option<(TcpStream, SocketAddr, Held)> {
     loop {
         let permit = tokio::select! {

@@ -40,4 +40,3 @@ pub async fn status_loop(mut shutdown: watch::Receiver<bool>, events: &dyn Event
         }
     }
 }
-

@@ -9,11 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::serve::{Counters, Enonces, ServerCtx, SessionParams};
-use crate::mining::{BlockCandidate, UpstreamShare, Work};
-use crate::sv1::server;
 use crate::config::Config;
 use crate::log::{sharelog, stats};
+use crate::mining::{BlockCandidate, UpstreamShare, Work};
+use crate::serve::{Counters, Enonces, ServerCtx, SessionParams};
+use crate::sv1::server;
 
 /// Queued statistics events before a session waits for the writer (never dropped).
 const STATS_QUEUE: usize = 65_536;

@@ -17,9 +17,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 
-use args::ServerArgs;
 use crate::config::Config;
 use crate::log::operator;
+use args::ServerArgs;
 
 /// Shutdown budget, in the order things stop (SIGTERM → exit), adding up under systemd's
 /// `TimeoutStopSec=30` (systemd/ckpool.service, ckproxy.service):
@@ -322,7 +322,8 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             Arc::new(SystemdEvents { ready_tx: std::sync::Mutex::new(Some(ready_tx)) });
         let (live_tx, live_rx) = watch::channel(crate::reload::Live::of(&cfg));
         let mut running = cfg.clone();
-        let opts = crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
+        let opts =
+            crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
         spawn_watchdog();
         let mut main = if args.proxy {
             tokio::spawn(proxy_mode::run(cfg, opts, listeners, stop_rx, events))
@@ -377,7 +378,7 @@ mod shutdown_budget_tests {
     fn stop_budget_fits_the_units() {
         let sessions = Duration::from_secs(5);
         assert!(sessions + DRAIN_AFTER_SESSIONS < STOP_LIMIT);
-        for unit in [include_str!("../systemd/ckpool.service"), include_str!("../systemd/ckproxy.service")] {
+        for unit in [include_str!("../../systemd/ckpool.service"), include_str!("../../systemd/ckproxy.service")] {
             let stop: u64 = unit
                 .lines()
                 .find_map(|l| l.strip_prefix("TimeoutStopSec="))

@@ -5,17 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tokio::sync::{mpsc, watch};
 
-use super::events::{Events, Options};
-use crate::bitcoind::{zmq, Rpc};
-use crate::config::Config;
-use crate::blocks;
-use crate::pool::{network_of, payout_script, solo, templates, wait_for_node, zmq_published};
+use super::events::{status_loop, Events, Options};
 use super::frontend::FrontEnd;
+use crate::bitcoind::{zmq, Rpc};
+use crate::blocks;
+use crate::config::Config;
+use crate::pool::{network_of, payout_script, solo, templates, wait_for_node, zmq_published};
 use crate::serve::SessionParams;
-use crate::sv1::server;
 use crate::work::coinbase::CoinbaseConfig;
 
 /// Runs pool mode until `shutdown` flips to true.
@@ -34,7 +33,7 @@ pub async fn run(
     let listeners_sv2 = listeners.take("sv2url");
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
-    server::log_listening(&listeners);
+    crate::serve::accept::log_listening(&listeners);
     let sv2 = crate::sv2::setup(&cfg, listeners_sv2, cfg.nonce1length, cfg.nonce2length)?;
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;

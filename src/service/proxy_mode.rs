@@ -9,12 +9,11 @@ use std::sync::Arc;
 use anyhow::bail;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
 use super::events::{Events, Options};
-use crate::proxy::upstream;
 use super::frontend::FrontEnd;
+use crate::config::Config;
+use crate::proxy::upstream;
 use crate::serve::SessionParams;
-use crate::sv1::server;
 
 /// Runs proxy mode until `shutdown` flips to true.
 pub async fn run(
@@ -30,7 +29,7 @@ pub async fn run(
     let api_listeners = listeners.take("apiurl");
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
-    server::log_listening(&listeners);
+    crate::serve::accept::log_listening(&listeners);
     if !cfg.sv2url.is_empty() {
         tracing::warn!("sv2url is served in pool mode only; this proxy serves Stratum V1 on serverurl");
     }

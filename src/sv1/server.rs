@@ -4,9 +4,6 @@
 //! session with the listener's difficulties. A failed header or handshake is one log line and
 //! the connection is closed; nothing else is spent on it.
 
-use std::collections::hash_map::RandomState;
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,17 +12,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::lines::LineReader;
 use super::session::Session;
+use crate::config::Listener;
 use crate::proxy_protocol::{self, Header};
 use crate::serve::accept::accept_next;
 use crate::serve::enonce::{mask_of, random_start, Full};
 use crate::serve::ServerCtx;
-use crate::config::Listener;
 use crate::tls::TlsServer;
 
 /// A miner's connection: plain TCP, or TLS over TCP.

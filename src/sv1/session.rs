@@ -19,11 +19,12 @@ use tokio::time::Instant;
 use super::lines::{Line, LineReader};
 use super::proto::{self, code};
 use super::server::MinerStream;
-use super::{BlockCandidate, ServerCtx, UpstreamShare, Work};
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
+use crate::mining::{BlockCandidate, UpstreamShare, Work};
 use crate::mining::{Channel, ChannelParams, Issued};
+use crate::serve::ServerCtx;
 
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);

@@ -8,9 +8,9 @@ use crate::hex;
 use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Effects, ShareRecord};
+use crate::serve::RejectKind;
 use crate::share::Submit;
 use crate::sv1::proto::{code, Param, SubmitParams};
-use crate::serve::RejectKind;
 
 impl Session {
     /// Queues the shares tallied so far as one statistics event for the current worker name.

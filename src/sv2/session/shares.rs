@@ -1,0 +1,129 @@
+//! SubmitShares: the share decoded and judged by the channel's mining core, its effects queued
+//! (share log, statistics, found block first), and every share answered in order.
+
+use super::*;
+
+impl Sv2Session {
+    pub(super) fn on_submit<W: AsyncWrite + Unpin>(
+        &mut self,
+        channel_id: u32,
+        seq: u32,
+        job_id: u32,
+        mut d: Decoded<'_>,
+        wr: &mut FrameWriter<W>,
+    ) {
+        let now = self.now_us();
+        let Some(ch) = self.channels.get_mut(&channel_id) else {
+            self.ctx.counters.add_rejected(RejectKind::InvalidParams);
+            tracing::debug!(peer = %self.peer, client = self.id, "sv2 share for unknown channel {channel_id}");
+            self.reject(wr, channel_id, seq, "invalid-channel-id");
+            return;
+        };
+        if self.touched.last() != Some(&channel_id) && !self.touched.contains(&channel_id) {
+            self.touched.push(channel_id);
+        }
+        // A standard channel rolls no extranonce: its extranonce2 is the zeros of its prefix.
+        if !ch.extended {
+            d.extranonce2 = &ZERO_EN2[..ch.n2.min(MAX_NONCE2_LEN)];
+        }
+        let local = match ch.ids.lookup(job_id) {
+            JobRef::Local(l) => l,
+            r @ (JobRef::Past | JobRef::Unknown) => {
+                let code = if r == JobRef::Past { "stale-share" } else { "invalid-job-id" };
+                ch.core.count_unread();
+                let kind =
+                    if r == JobRef::Past { crate::share::Reject::Stale } else { crate::share::Reject::UnknownJob };
+                self.ctx.counters.add_rejected(RejectKind::from(&kind));
+                self.reject(wr, channel_id, seq, code);
+                return;
+            }
+        };
+        let mut fx = Effects::default();
+        let verdict = ch.core.submit_decoded(local, &d, now, &mut fx);
+        let reject = match verdict.result {
+            Ok(()) => {
+                self.ctx.counters.add_accepted(verdict.diff);
+                let weight = jobs::share_weight(verdict.diff);
+                match self.acks.last_mut() {
+                    Some(ok) if ok.channel_id == channel_id => {
+                        ok.last_sequence_number = seq;
+                        ok.new_submits_accepted_count += 1;
+                        ok.new_shares_sum = ok.new_shares_sum.saturating_add(weight);
+                    }
+                    _ => self.acks.push(SubmitSharesSuccess {
+                        channel_id,
+                        last_sequence_number: seq,
+                        new_submits_accepted_count: 1,
+                        new_shares_sum: weight,
+                    }),
+                }
+                None
+            }
+            Err(r) => {
+                self.ctx.counters.add_rejected(RejectKind::from(&r));
+                // Earlier accepted shares are answered first.
+                for ok in self.acks.drain(..) {
+                    let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+                }
+                let _ = push(wr, submit_error(channel_id, seq, jobs::reject_code(&r)));
+                Some(r.reason())
+            }
+        };
+        if let Some(record) = fx.share.take() {
+            if self.ctx.params.log_shares {
+                let (nonce2, nonce, ntime) =
+                    (hex::encode(d.extranonce2), format!("{:08x}", d.nonce), format!("{:08x}", d.ntime));
+                let line = ShareLine {
+                    workinfoid: record.workinfoid,
+                    clientid: self.id,
+                    enonce1: &ch.en1_hex,
+                    nonce2: &nonce2,
+                    nonce: &nonce,
+                    ntime: &ntime,
+                    diff: record.diff,
+                    sdiff: record.sdiff,
+                    hash: record.hash.as_ref(),
+                    result: reject.is_none(),
+                    reject_reason: reject.as_deref(),
+                    createdate: now_unix(),
+                    workername: ch.core.worker(),
+                    username: ch.core.user(),
+                    address: &self.address,
+                    agent: &self.agent,
+                };
+                if self.ctx.shares.append(record.height, record.workinfoid, &line) {
+                    self.log_full = true;
+                }
+            }
+        }
+        if let Some(cand) = fx.block.take() {
+            tracing::info!(worker = %ch.core.worker(), height = cand.job.height, "block candidate {} from {} (sv2)", hex::encode_rev(&cand.hash), ch.core.worker());
+            self.blocks_out.push(cand);
+        }
+        if fx.retarget.take().is_some() {
+            self.retarget(channel_id, wr);
+        }
+    }
+    /// Answers a share with an error, after any pending acknowledgement (answers keep their order).
+    pub(super) fn reject<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut FrameWriter<W>,
+        channel_id: u32,
+        seq: u32,
+        code: &'static str,
+    ) {
+        self.push_acks(wr);
+        let _ = push(wr, submit_error(channel_id, seq, code));
+    }
+}
+
+/// A standard channel's extranonce2.
+static ZERO_EN2: [u8; MAX_NONCE2_LEN] = [0; MAX_NONCE2_LEN];
+
+fn submit_error(channel_id: u32, seq: u32, code: &'static str) -> AnyMessage<'static> {
+    AnyMessage::Mining(Mining::SubmitSharesError(SubmitSharesError {
+        channel_id,
+        sequence_number: seq,
+        error_code: Str0255::new(code.as_bytes()).expect("short code"),
+    }))
+}

@@ -1,0 +1,105 @@
+//! Work for the connection's channels: a job per channel (standard: its own merkle root;
+//! extended: the coinbase parts), SetNewPrevHash on a new block, the current work after a retarget.
+
+use super::*;
+
+impl Sv2Session {
+    pub(super) fn nonce2_len(&self) -> usize {
+        self.ctx.work.borrow().as_ref().map(|w| w.job.coinbase.nonce2_len).unwrap_or(8)
+    }
+
+    pub(super) fn send_current_work<W: AsyncWrite + Unpin>(
+        &mut self,
+        id: u32,
+        wr: &mut FrameWriter<W>,
+        fresh_id: bool,
+    ) {
+        let base = self.ctx.work.borrow().clone();
+        if let Some(base) = base {
+            self.send_work(id, &base, wr, fresh_id);
+        }
+    }
+
+    /// New work published: every channel gets it (after an idle channel's difficulty drop).
+    pub(super) fn on_work<W: AsyncWrite + Unpin>(&mut self, base: &Arc<Work>, wr: &mut FrameWriter<W>) {
+        let ids: Vec<u32> = self.channels.keys().copied().collect();
+        let network = Some(base.network_diff);
+        let now = self.now_us();
+        for id in ids {
+            let lowered = self.channels.get_mut(&id).and_then(|ch| ch.core.idle_check(now, network)).is_some();
+            if lowered {
+                self.retarget(id, wr);
+            } else {
+                self.send_work(id, base, wr, false);
+            }
+        }
+    }
+
+    /// Sends `base` (in solo mode the channel's own coinbase of it) to channel `id`: a new block
+    /// as a future job and the SetNewPrevHash that activates it, other work as a job active now.
+    pub(super) fn send_work<W: AsyncWrite + Unpin>(
+        &mut self,
+        id: u32,
+        base: &Arc<Work>,
+        wr: &mut FrameWriter<W>,
+        fresh_id: bool,
+    ) {
+        let Some(ch) = self.channels.get_mut(&id) else { return };
+        let w = match (&self.ctx.params.solo, &ch.payout) {
+            (Some(solo), Some(script)) => match solo.work_for(base, script) {
+                Some(w) => w,
+                None => return,
+            },
+            _ => base.clone(),
+        };
+        let Issued::Job { local_id, .. } = ch.core.issue(&w, fresh_id) else { return };
+        let job_id = ch.ids.assign(local_id);
+        let job = &w.job;
+        let new_block = ch.last_prev != Some(job.prev_hash);
+        let min_ntime = if new_block { None } else { Some(job.ntime.max(ch.tip_ntime)) };
+        let mask = ch.core.version_mask();
+        // A standard channel's job carries its merkle root (its extranonce2 is zeros).
+        let root = (!ch.extended).then(|| {
+            let en2 = [0u8; MAX_NONCE2_LEN];
+            job.merkle_root(ch.core.en1(), &en2[..job.coinbase.nonce2_len])
+        });
+        let msg = if let Some(root) = &root {
+            AnyMessage::Mining(Mining::NewMiningJob(NewMiningJob {
+                channel_id: id,
+                job_id,
+                min_ntime: Sv2Option::new(min_ntime),
+                version: job.version,
+                merkle_root: U256::new(root).expect("32 bytes"),
+            }))
+        } else {
+            let path: Vec<U256<'_>> = job.branches.iter().map(|b| U256::new(b).expect("32 bytes")).collect();
+            AnyMessage::Mining(Mining::NewExtendedMiningJob(NewExtendedMiningJob {
+                channel_id: id,
+                job_id,
+                min_ntime: Sv2Option::new(min_ntime),
+                version: job.version,
+                version_rolling_allowed: mask != 0,
+                merkle_path: Seq0255::new(path).expect("at most 255 branches"),
+                coinbase_tx_prefix: B064K::new(&job.coinbase.coinb1).expect("coinbase part under 64 KiB"),
+                coinbase_tx_suffix: B064K::new(&job.coinbase.coinb2).expect("coinbase part under 64 KiB"),
+            }))
+        };
+        if push(wr, msg).is_err() {
+            return;
+        }
+        if new_block {
+            ch.last_prev = Some(job.prev_hash);
+            ch.tip_ntime = job.ntime;
+            let snph = SetNewPrevHash {
+                channel_id: id,
+                job_id,
+                prev_hash: U256::new(&job.prev_hash).expect("32 bytes"),
+                min_ntime: job.ntime,
+                nbits: job.nbits,
+            };
+            let _ = push(wr, AnyMessage::Mining(Mining::SetNewPrevHash(snph)));
+            w.note_notified(ch.last_notify, std::time::Instant::now());
+        }
+        ch.last_notify = std::time::Instant::now();
+    }
+}

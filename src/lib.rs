@@ -1,8 +1,9 @@
-//! ckpool-rs: a stratum v1 mining pool and proxy for Bitcoin-family nodes.
+//! ckpool-rs: a Stratum V1 and V2 mining pool and proxy for Bitcoin-family nodes.
 //!
-//! Data flows one way: template source → jobs → stratum sessions → share validation →
-//! share log / block submission. The pure parts ([`difficulty`], [`work`], [`share`]) take
-//! plain data and return plain data, so they are tested with vectors.
+//! Data flows one way: work source ([`pool`], [`proxy`]) → jobs ([`work`]) → mining core
+//! ([`mining`]) → serving layer ([`serve`]) and its faces ([`sv1`], [`sv2`]) → outputs
+//! ([`blocks`], [`log`], [`history`], [`api`]); [`service`] runs the process. ARCHITECTURE.md
+//! at the repository's root is the map.
 
 pub mod api;
 pub mod bitcoind;

@@ -327,7 +327,7 @@ async fn firmware_first_lines() {
 
     // ckproxy 0.9.9 (upstream ckpool's proxy stacked below): after subscribing it reads up to
     // its authorize answer and leaves whatever follows it in that read unparsed until the next
-    // socket event (FIRMWARE.md). Replayed here: everything it would parse is what came before
+    // socket event (docs/firmware.md). Replayed here: everything it would parse is what came before
     // the answer, and that must hold its work.
     let mut k = Client::connect(&pool.addr()).await;
     k.send_raw(r#"{"method": "mining.subscribe", "params": ["ckpool/0.9.9"], "id": 0}"#).await;

@@ -4,7 +4,7 @@
 //! Pure: time comes in as microseconds since any fixed origin; nothing here reads a clock,
 //! touches a socket or takes a lock (the job's duplicate set aside, which is the job's own).
 //!
-//! Rules it keeps (DESIGN.md "Facts to get right", FIRMWARE.md):
+//! Rules it keeps (docs/firmware.md):
 //! - a share is judged at the difficulty in force when its job was issued;
 //! - after a difficulty change the face sends the new difficulty, then the work under a new id
 //!   (the id's low byte is the difficulty revision), so no miner judges a job at the wrong one;

@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod counters;
 pub mod enonce;
+pub mod outbox;
 
 use std::sync::Arc;
 

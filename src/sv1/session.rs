@@ -1,7 +1,7 @@
 //! One miner connection, SV1's face of the mining core: a task that owns its socket, read
 //! buffer, the SV1 handshake state and a [`Channel`] that decides about work and shares.
 //!
-//! Order rules (DESIGN.md, FIRMWARE.md): the first line sent answers the miner's first request;
+//! Order rules (docs/firmware.md): the first line sent answers the miner's first request;
 //! work (set_difficulty, then notify) starts once the miner is subscribed and authorized — when
 //! the authorize completes the handshake, the work goes out just before its answer, so that a
 //! client that stops reading at the answer (ckproxy 0.9.9) has it; suggest_difficulty,
@@ -22,8 +22,9 @@ use super::server::MinerStream;
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
-use crate::mining::{BlockCandidate, UpstreamShare, Work};
+use crate::mining::Work;
 use crate::mining::{Channel, ChannelParams, Issued};
+use crate::serve::outbox::Outbox;
 use crate::serve::ServerCtx;
 
 /// A connection that has not subscribed and authorized by then is dropped.
@@ -60,14 +61,10 @@ pub struct Session {
     bad_lines: u32,
     /// When the session began: the channel's clock origin.
     born: Instant,
-    /// Statistics events queued while handling a batch of lines, sent (awaited) after it.
-    stats_out: Vec<StatEvent>,
-    /// The share log's backlog is over its cap: after replying, wait for room before reading on.
-    log_full: bool,
-    /// Found blocks and shares for the upstream pool, sent after the batch of lines that found
-    /// them (so that the per-line code never awaits, and the task stays small).
-    blocks_out: Vec<BlockCandidate>,
-    upstream_out: Vec<UpstreamShare>,
+    /// A share's effects (serve::outbox): a found block leaves at once; upstream shares and
+    /// statistics after the batch of lines (the per-line code never awaits); and whether the
+    /// share log's backlog is over its cap (after replying, wait for room before reading on).
+    outbox: Outbox,
 }
 
 /// Why the session ended, for the log.
@@ -108,10 +105,7 @@ impl Session {
             out: Vec::new(),
             bad_lines: 0,
             born: Instant::now(),
-            stats_out: Vec::new(),
-            log_full: false,
-            blocks_out: Vec::new(),
-            upstream_out: Vec::new(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -208,7 +202,7 @@ impl Session {
                     // Blocks, upstream shares and statistics leave now if their channels have
                     // room; if one is full, the waiting is done after the miner has its answers.
                     self.close_tally();
-                    outbound_waiting = !self.try_flush_outbound();
+                    outbound_waiting = !self.outbox.try_flush(&self.ctx);
                 }
                 (mut rx, changed) = &mut work_wait, if self.working => {
                     if changed.is_err() { break End::Shutdown; }
@@ -236,12 +230,12 @@ impl Session {
             if outbound_waiting {
                 // A channel was full (the block submitter, the upstream task or statistics):
                 // the miner has its answers; this session waits, in a boxed future, before reading on.
-                Box::pin(self.flush_outbound_waiting()).await;
+                self.outbox.flush(&self.ctx).await;
             }
             if let Some(why) = kicked {
                 break End::Kick(why);
             }
-            if std::mem::take(&mut self.log_full) {
+            if self.outbox.take_log_full() {
                 // The miner has its answers; it waits here, not for them, until the disk catches up.
                 let room = self.ctx.shares.wait_for_room();
                 tokio::select! {
@@ -340,7 +334,7 @@ impl Session {
         if self.authorized {
             let (user, worker) = (self.channel.user().clone(), self.channel.worker().clone());
             self.close_tally();
-            self.stats_out.push(StatEvent::Gone { user, worker });
+            self.outbox.stat(StatEvent::Gone { user, worker });
         }
         self.flush_outbound().await;
     }

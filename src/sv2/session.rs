@@ -29,9 +29,9 @@ use super::transport::{Frame, FrameReader, FrameWriter, TransportError};
 use crate::hex;
 use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
-use crate::mining::BlockCandidate;
 use crate::mining::{Channel, Effects, Issued, Work};
 use crate::serve::enonce::mask_of;
+use crate::serve::outbox::Outbox;
 use crate::serve::{RejectKind, ServerCtx};
 use crate::share::Decoded;
 use crate::work::coinbase::MAX_NONCE2_LEN;
@@ -92,15 +92,15 @@ pub struct Sv2Session {
     next_channel_id: u32,
     next_en1: u64,
     born: Instant,
-    stats_out: Vec<StatEvent>,
-    blocks_out: Vec<BlockCandidate>,
+    /// A share's effects (serve::outbox): a found block leaves at once, statistics after the
+    /// batch of frames; and whether the share log's backlog is over its cap (wait for room
+    /// before reading on).
+    outbox: Outbox,
     /// Accepted shares not yet acknowledged (sent after the batch of frames, before errors of
     /// the same channel so that answers keep their order).
     acks: Vec<SubmitSharesSuccess>,
     /// Channels that judged shares since the last statistics flush.
     touched: Vec<u32>,
-    /// The share log's backlog is over its cap: wait for room before reading on.
-    log_full: bool,
 }
 
 impl Sv2Session {
@@ -116,11 +116,9 @@ impl Sv2Session {
             next_channel_id: GROUP_CHANNEL_ID + 1,
             next_en1: en1_seed,
             born: Instant::now(),
-            stats_out: Vec::new(),
-            blocks_out: Vec::new(),
+            outbox: Outbox::default(),
             touched: Vec::new(),
             acks: Vec::new(),
-            log_full: false,
         }
     }
 
@@ -171,11 +169,13 @@ impl Sv2Session {
                 }
             }
             self.push_acks(&mut wr);
+            // A found block whose channel was full goes before the write to this peer (which
+            // may be slow to read): no block waits behind it.
+            self.outbox.send_blocks(&self.ctx).await;
             let wrote = tokio::time::timeout(WRITE_DEADLINE, wr.flush()).await;
             self.flush_outbound().await;
-            if self.log_full {
+            if self.outbox.take_log_full() {
                 self.ctx.shares.wait_for_room().await;
-                self.log_full = false;
             }
             match (step, wrote) {
                 (Err(end), _) => break end,
@@ -239,38 +239,20 @@ impl Sv2Session {
         let Some(mut ch) = self.channels.remove(&id) else { return };
         let tally = ch.core.take_tally();
         let (user, worker) = (ch.core.user().clone(), ch.core.worker().clone());
-        if !tally.is_empty() {
-            self.stats_out.push(StatEvent::Shares { user: user.clone(), worker: worker.clone(), tally });
-        }
-        self.stats_out.push(StatEvent::Gone { user, worker });
+        self.outbox.tally(&user, &worker, tally);
+        self.outbox.stat(StatEvent::Gone { user, worker });
         self.ctx.enonces.release([ch.en1_key]);
     }
 
-    /// Sends found blocks, then statistics (a full channel slows this connection; nothing dropped).
+    /// Sends found blocks, then statistics (serve::outbox; a full channel slows this
+    /// connection, nothing is dropped).
     async fn flush_outbound(&mut self) {
         for id in self.touched.drain(..) {
             let Some(ch) = self.channels.get_mut(&id) else { continue };
             let tally = ch.core.take_tally();
-            if !tally.is_empty() {
-                self.stats_out.push(StatEvent::Shares {
-                    user: ch.core.user().clone(),
-                    worker: ch.core.worker().clone(),
-                    tally,
-                });
-            }
+            self.outbox.tally(ch.core.user(), ch.core.worker(), tally);
         }
-        for cand in self.blocks_out.drain(..) {
-            let hash = cand.hash;
-            if self.ctx.blocks.send(cand).await.is_err() {
-                tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
-            }
-        }
-        for ev in self.stats_out.drain(..) {
-            if self.ctx.stats.send(ev).await.is_err() {
-                tracing::error!("stats task is gone");
-                break;
-            }
-        }
+        self.outbox.flush(&self.ctx).await;
     }
 
     fn on_frame<W>(&mut self, mut frame: Frame, wr: &mut FrameWriter<W>) -> Result<(), End>

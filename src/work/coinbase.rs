@@ -97,7 +97,7 @@ pub enum CoinbaseError {
     NoPayoutScript,
 }
 
-/// Maximum extranonce2 length this engine accepts (FIRMWARE.md: miners above 8 break; 16 is a hard cap).
+/// Maximum extranonce2 length this engine accepts (docs/firmware.md: miners above 8 break; 16 is a hard cap).
 pub const MAX_NONCE2_LEN: usize = 16;
 
 /// The serialized BIP34 height push (`CScript() << height` in bitcoind: OP_0, OP_1..OP_16, or minimal number).

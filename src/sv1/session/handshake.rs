@@ -81,13 +81,13 @@ impl Session {
         let renamed = !self.authorized || **self.channel.worker() != *user;
         if self.authorized && renamed {
             let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
-            self.stats_out.push(StatEvent::Gone { user: u, worker: w });
+            self.outbox.stat(StatEvent::Gone { user: u, worker: w });
         }
         self.channel.set_identity(base.into(), user.into());
         if renamed {
             let (u, w) = (self.channel.user().clone(), self.channel.worker().clone());
-            self.stats_out.push(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
-            self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
+            self.outbox.stat(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
+            self.outbox.stat(StatEvent::Authorized { user: u, worker: w });
         }
         // A "d=N" / "+N"-free password is ignored; "d=0.001" asks for a start difficulty.
         if let Some(pass) = proto::str_param(params, 1) {
@@ -113,7 +113,7 @@ impl Session {
                 self.send_work(&w, true);
             }
         }
-        // The first work goes out before the answer (FIRMWARE.md: ckproxy 0.9.9 reads up to the
+        // The first work goes out before the answer (docs/firmware.md: ckproxy 0.9.9 reads up to the
         // authorize answer and leaves what follows it in the same read unread until the next
         // notify). Every client handles notifications before a pending reply.
         self.maybe_start();

@@ -53,8 +53,8 @@ impl Sv2Session {
         }
         self.next_channel_id = id.wrapping_add(1);
         let (u, w) = (core.user().clone(), core.worker().clone());
-        self.stats_out.push(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
-        self.stats_out.push(StatEvent::Authorized { user: u, worker: w });
+        self.outbox.stat(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
+        self.outbox.stat(StatEvent::Authorized { user: u, worker: w });
         tracing::info!(
             peer = %self.peer, client = self.id, channel = id, worker = %core.worker(), agent = %self.agent,
             "sv2 {} channel opened at difficulty {}", if extended { "extended" } else { "standard" }, core.difficulty()

@@ -14,7 +14,7 @@ impl Sv2Session {
     ) {
         let now = self.now_us();
         let Some(ch) = self.channels.get_mut(&channel_id) else {
-            self.ctx.counters.add_rejected(RejectKind::InvalidParams);
+            self.outbox.count_unread(&self.ctx, RejectKind::InvalidParams);
             tracing::debug!(peer = %self.peer, client = self.id, "sv2 share for unknown channel {channel_id}");
             self.reject(wr, channel_id, seq, "invalid-channel-id");
             return;
@@ -33,16 +33,16 @@ impl Sv2Session {
                 ch.core.count_unread();
                 let kind =
                     if r == JobRef::Past { crate::share::Reject::Stale } else { crate::share::Reject::UnknownJob };
-                self.ctx.counters.add_rejected(RejectKind::from(&kind));
+                self.outbox.count_refused(&self.ctx, &kind);
                 self.reject(wr, channel_id, seq, code);
                 return;
             }
         };
         let mut fx = Effects::default();
         let verdict = ch.core.submit_decoded(local, &d, now, &mut fx);
+        self.outbox.count(&self.ctx, &verdict);
         let reject = match verdict.result {
             Ok(()) => {
-                self.ctx.counters.add_accepted(verdict.diff);
                 let weight = jobs::share_weight(verdict.diff);
                 match self.acks.last_mut() {
                     Some(ok) if ok.channel_id == channel_id => {
@@ -60,7 +60,6 @@ impl Sv2Session {
                 None
             }
             Err(r) => {
-                self.ctx.counters.add_rejected(RejectKind::from(&r));
                 // Earlier accepted shares are answered first.
                 for ok in self.acks.drain(..) {
                     let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
@@ -91,15 +90,10 @@ impl Sv2Session {
                     address: &self.address,
                     agent: &self.agent,
                 };
-                if self.ctx.shares.append(record.height, record.workinfoid, &line) {
-                    self.log_full = true;
-                }
+                self.outbox.log_share(&self.ctx, &record, &line);
             }
         }
-        if let Some(cand) = fx.block.take() {
-            tracing::info!(worker = %ch.core.worker(), height = cand.job.height, "block candidate {} from {} (sv2)", hex::encode_rev(&cand.hash), ch.core.worker());
-            self.blocks_out.push(cand);
-        }
+        self.outbox.take_effects(&self.ctx, &mut fx, ch.core.worker(), " (sv2)");
         if fx.retarget.take().is_some() {
             self.retarget(channel_id, wr);
         }

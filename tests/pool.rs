@@ -500,9 +500,11 @@ async fn late_shares_on_old_jobs_are_logged_stale() {
 async fn miners_are_on_the_tip_soon_after_a_block_storm() {
     const MINERS: usize = 3;
     const ROUNDS: usize = 20;
-    // After the burst, a miner must be on the tip by then: the pool follows the newest tip
-    // at once; the node may lag its own template by up to the two seconds the pool waits.
-    const BOUND: Duration = Duration::from_secs(8);
+    // After the burst, a miner must be on the tip by then. Not a speed claim (the machine may be
+    // busy): a liveness bound the old behaviour cannot meet, since it spent about two seconds on
+    // each of the 80 superseded announcements (minutes behind); the log checks below show that no
+    // superseded announcement was waited on at all.
+    const BOUND: Duration = Duration::from_secs(60);
     let nodes = NodePair::start().await;
     let node = &nodes.a;
     let address = node.new_address().await;
@@ -561,6 +563,10 @@ async fn miners_are_on_the_tip_soon_after_a_block_storm() {
     let mut unique = announced.clone();
     unique.sort_unstable();
     unique.dedup();
+    if let Some(twice) = announced.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
+        let about: Vec<&str> = log.lines().filter(|l| l.contains(twice)).collect();
+        panic!("block {twice} announced twice; the log's lines about it:\n{}", about.join("\n"));
+    }
     assert_eq!(unique.len(), announced.len(), "a block announced twice: {announced:?}");
     assert!(!log.contains("but its template still builds on"), "waited on a superseded block; log:\n{log}");
 }

@@ -14,19 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::package::{build_deb, run};
 use common::{solve, Client, NodePair, RPC_PASS, RPC_USER};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ckpool");
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 const LIMIT: Duration = Duration::from_secs(60);
 /// Idle miners held at once under the unit (at most what its descriptor limit serves): far
 /// past systemd's default soft limit of 1024.
 const FARM: usize = 10_000;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn rootfs() -> PathBuf {
     match std::env::var_os("CKPOOL_ROOTFS") {
@@ -38,12 +34,6 @@ fn rootfs() -> PathBuf {
 
 fn skip(why: &str) {
     eprintln!("SKIPPED tests/systemd.rs: {why}");
-}
-
-/// Runs `cmd`; (success, stdout, stderr).
-fn run(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// A booted container: the nspawn process, its root (a copy of the cached rootfs), and the pid
@@ -201,19 +191,6 @@ fn descendants(pid: u32) -> Vec<u32> {
 
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
-}
-
-/// Builds the package with packaging/build-deb.sh from the test binary (as tests/service.rs).
-fn build_deb(out: &Path, cargo_deb_args: &[&str]) -> PathBuf {
-    let (ok, stdout, err) = run(Command::new("bash")
-        .arg(repo().join("packaging/build-deb.sh"))
-        .arg(BIN)
-        .arg(out)
-        .arg("--")
-        .args(cargo_deb_args)
-        .env("DEB_COMPRESS", "fast"));
-    assert!(ok, "build-deb.sh failed (cargo-deb missing? run contrib/setup.sh):\n{stdout}{err}");
-    PathBuf::from(stdout.lines().last().unwrap().trim())
 }
 
 /// The pool config for the service: the host's regtest node, a loopback stratum port.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod core_node;
 pub mod node;
+pub mod package;
 pub mod pool;
 pub mod wait;
 

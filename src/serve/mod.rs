@@ -6,6 +6,8 @@ pub mod accept;
 pub mod counters;
 pub mod enonce;
 pub mod outbox;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::Arc;
 

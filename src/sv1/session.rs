@@ -34,6 +34,8 @@ const MAX_BAD_LINES: u32 = 20;
 
 mod handshake;
 mod shares;
+#[cfg(test)]
+mod tests;
 
 pub struct Session {
     ctx: Arc<ServerCtx>,

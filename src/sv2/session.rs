@@ -38,6 +38,8 @@ use crate::work::coinbase::MAX_NONCE2_LEN;
 
 mod channels;
 mod shares;
+#[cfg(test)]
+mod tests;
 mod work;
 
 /// The only protocol version there is.

@@ -1,0 +1,80 @@
+//! One SV2 connection against the project's SV2 client over a loopback socket in this process
+//! (the real Noise handshake and framing), with the test rig's context (`serve::testing`).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use noise_sv2::Responder;
+use tokio::net::TcpListener;
+
+use super::super::keys::AuthorityKey;
+use super::super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
+use super::Sv2Session;
+use crate::difficulty::Target;
+use crate::serve::testing::{rig, Rig};
+use crate::serve::RejectKind;
+use crate::sv2::client::{header, Event, Sv2Client};
+
+/// A connection served by one session on the rig, with setup done.
+async fn connect(rig: &Rig) -> (Sv2Client, tokio::task::JoinHandle<()>) {
+    let key = AuthorityKey::generate().unwrap();
+    let (public, secret) = (*key.public(), *key.secret());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ctx = rig.ctx.clone();
+    let task = tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        let responder = Responder::from_authority_kp(&public, &secret, Duration::from_secs(3600)).unwrap();
+        let (rd, wr) = stream.into_split();
+        let (rd, wr) = transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await.unwrap();
+        Sv2Session::new(ctx, 1, peer, 0).run(rd, wr).await;
+    });
+    (Sv2Client::connect(addr, &public, 0).await.unwrap(), task)
+}
+
+async fn next(c: &mut Sv2Client) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), c.next_event()).await.expect("an event within 10 s").unwrap()
+}
+
+/// A standard channel finds a block: the candidate reaches the block task without the client
+/// reading anything (a peer that stops reading cannot hold a block); the share is then
+/// acknowledged, and a share on a job the channel never had is refused and counted.
+#[tokio::test]
+async fn a_block_leaves_even_when_the_peer_reads_nothing() {
+    let mut rig = rig(4);
+    let (mut c, _task) = connect(&rig).await;
+    c.open_standard("bob.asic", 1e12, [0xff; 32]).await.unwrap();
+    let channel = match next(&mut c).await {
+        Event::StandardOpened { channel, .. } => channel,
+        other => panic!("{other:?}"),
+    };
+    let (job_id, version, root) = match next(&mut c).await {
+        Event::StandardJob { job_id, version, merkle_root, .. } => (job_id, version, merkle_root),
+        other => panic!("{other:?}"),
+    };
+    let (prev, ntime, nbits) = match next(&mut c).await {
+        Event::PrevHash { prev_hash, min_ntime, nbits, .. } => (prev_hash, min_ntime, nbits),
+        other => panic!("{other:?}"),
+    };
+    let network = Target::from_compact(nbits).unwrap();
+    let nonce = (0u32..1 << 16)
+        .find(|&n| network.is_met_by(&crate::work::merkle::sha256d(&header(version, &prev, &root, ntime, nbits, n))))
+        .expect("a block nonce");
+    c.push_standard(channel, 1, job_id, nonce, ntime, version).unwrap();
+    c.push_standard(channel, 2, job_id + 1000, nonce, ntime, version).unwrap();
+    c.flush().await.unwrap();
+
+    let cand = tokio::time::timeout(Duration::from_secs(10), rig.blocks.recv()).await.expect("the block").unwrap();
+    assert_eq!(&*cand.workername, "bob.asic");
+    match next(&mut c).await {
+        Event::Accepted { channel: ch, last_seq: 1, count: 1, .. } => assert_eq!(ch, channel),
+        other => panic!("{other:?}"),
+    }
+    match next(&mut c).await {
+        Event::Rejected { seq: 2, code, .. } => assert_eq!(code, "invalid-job-id"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.ctx.counters.accepted.load(Ordering::Relaxed), 1);
+    let by: Vec<_> = rig.ctx.counters.rejected_by().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(by, [(RejectKind::UnknownJob, 1)]);
+}

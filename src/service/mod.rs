@@ -23,7 +23,7 @@ use args::ServerArgs;
 
 /// Shutdown budget, in the order things stop (SIGTERM → exit), adding up under systemd's
 /// `TimeoutStopSec=30` (systemd/ckpool.service, ckproxy.service):
-/// 1. sessions get 5 s to flush and end (stratum/server.rs);
+/// 1. sessions get 5 s to flush and end (sv1/server.rs, sv2/server.rs);
 /// 2. then the block submitter, the template source (or upstream session) and the share log /
 ///    stats writers, which all end on their own once the sessions are gone, are waited for
 ///    together, within [`DRAIN_AFTER_SESSIONS`] (one deadline, not one per task);

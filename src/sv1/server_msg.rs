@@ -1,5 +1,5 @@
 //! What a stratum v1 server sends, read into typed messages: the client's side of
-//! `stratum/proto.rs`. Pure, no I/O; [`super::client::Client`] feeds it lines.
+//! `sv1/proto.rs`. Pure, no I/O; [`super::client::Client`] feeds it lines.
 //!
 //! Two shapes are recognised without a JSON parse, because a bench or a proxy reads them by the
 //! hundred thousand: a share answer exactly as our server writes it (`{"id":N,"result":true,

@@ -33,7 +33,7 @@ async fn tls_client(addr: &str, ca: &Path) -> Client {
 /// Waits (≤ 20 s) until `log()` holds `needle`.
 fn wait_for(what: &str, log: impl Fn() -> String, needle: &str) -> String {
     let cond = || Some(log()).filter(|t| t.contains(needle));
-    wait::blocking_or(&format!("{what} to log {needle:?}"), Duration::from_secs(20), cond, || log())
+    wait::blocking_or(&format!("{what} to log {needle:?}"), Duration::from_secs(20), cond, &log)
 }
 
 /// A TLS miner mines blocks on the pool's TLS port (the project's client over rustls, and

@@ -353,7 +353,6 @@ async fn socket_activation_serves_a_miner_on_the_inherited_socket() {
         c
     })
     .await;
-    drop(activator);
     let mut c = Client { sv1, backlog: Vec::new() };
     let (en1, _) = c.handshake("activated").await;
     let n = c.notification("mining.notify").await;

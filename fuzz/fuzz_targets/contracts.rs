@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             resolved.push(ResolvedContract {
                 customer: c.customer.clone(),
                 hashrate_text: c.hashrate_text.clone(),
-                hashrate: c.hashrate.clone(),
+                hashrate: c.hashrate,
                 start,
                 end,
             });

@@ -3,4 +3,4 @@
 pub mod rpc;
 pub mod zmq;
 
-pub use rpc::{Rpc, RpcError};
+pub use rpc::{submitblock_body, Rpc, RpcError};

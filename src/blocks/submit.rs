@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::decide::{self, Action, Answer, ChainView, Outcome, Submission};
 use super::hex_path;
 use super::journal::Meta;
-use crate::bitcoind::Rpc;
+use crate::bitcoind::{submitblock_body, Rpc};
 
 /// A block to submit.
 pub(super) struct Pending {
@@ -59,6 +59,9 @@ pub(super) async fn submit_task(
         }
         Ended { meta: meta.clone(), outcome, answers: answers(last) }
     };
+    // The request is built once and shared by every node and round.
+    let body = submitblock_body(&block_hex);
+    drop(block_hex);
     let mut nodes = sub.pending();
     let mut look_first = resumed;
     loop {
@@ -72,8 +75,8 @@ pub(super) async fn submit_task(
         let round = sub.rounds + 1;
         let calls = nodes.iter().map(|&i| {
             let rpc = rpc.clone();
-            let block_hex = block_hex.clone();
-            async move { (i, decide::classify(&rpc.call_node(i, "submitblock", json!([&*block_hex])).await)) }
+            let body = body.clone();
+            async move { (i, decide::classify(&rpc.submit_block(i, body).await)) }
         });
         let got = join_all(calls).await;
         for (i, a) in &got {

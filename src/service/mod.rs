@@ -323,7 +323,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let (live_tx, live_rx) = watch::channel(crate::reload::Live::of(&cfg));
         let mut running = cfg.clone();
         let opts =
-            crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
+            crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx), predecessor_gone: None };
         spawn_watchdog();
         let mut main = if args.proxy {
             tokio::spawn(proxy_mode::run(cfg, opts, listeners, stop_rx, events))

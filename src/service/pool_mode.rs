@@ -101,6 +101,7 @@ pub async fn run(
         stats: fe.ctx.stats.clone(),
         height: height_rx.clone(),
         shutdown: shutdown.clone(),
+        takeover: opts.predecessor_gone.clone(),
     };
     let block_task = tokio::spawn(submitter.run(block_rx));
     let api = crate::api::Sources {

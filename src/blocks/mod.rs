@@ -54,7 +54,8 @@ pub struct BlockSubmitter {
     pub logdir: PathBuf,
     /// Asks the template source for fresh work after a block.
     pub refresh: mpsc::Sender<Option<[u8; 32]>>,
-    /// Tells the statistics that a round ended, and the block counts.
+    /// Tells the statistics that a round ended, and the block counts (never waited on:
+    /// [`beside::News`]; `forward_stats` hands them on).
     pub stats: mpsc::Sender<StatEvent>,
     /// The height being mined: changes with each new tip, when fates are looked at.
     pub height: watch::Receiver<u32>,
@@ -376,6 +377,16 @@ struct Run {
     /// What the statistics are still to be told.
     news: News,
     journal: Journal,
+}
+
+/// Hands the block task's statistics events to the statistics task, in order, waiting for room
+/// there (the block task itself never waits on it); ends when the block task has ended.
+pub async fn forward_stats(mut rx: mpsc::Receiver<StatEvent>, to: mpsc::Sender<StatEvent>) {
+    while let Some(ev) = rx.recv().await {
+        if to.send(ev).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn answers_json(answers: &[(String, String)]) -> Value {

@@ -133,7 +133,15 @@ fn main() {
             tokio::spawn(async move { while refresh_rx.recv().await.is_some() {} });
             tokio::spawn(async move { while stats_rx.recv().await.is_some() {} });
             let (tx, rx) = mpsc::channel(64);
-            let sub = BlockSubmitter { rpc, logdir: dir.path().to_path_buf(), refresh, stats, height, shutdown, takeover: None };
+            let sub = BlockSubmitter {
+                rpc,
+                logdir: dir.path().to_path_buf(),
+                refresh,
+                stats,
+                height,
+                shutdown,
+                takeover: None,
+            };
             let task = tokio::spawn(sub.run(rx));
             let lat = Arc::new(Mutex::new(Vec::with_capacity(ROUNDS)));
             for i in 0..ROUNDS + 5 {

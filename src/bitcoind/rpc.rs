@@ -160,19 +160,19 @@ impl Rpc {
             .send()
             .await
             .map_err(|e| {
-            if e.is_timeout() {
-                RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
-            } else {
-                // reqwest's error chain names the url (no credentials: they are in a header).
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    why = format!("{why}: {s}");
-                    src = s.source();
+                if e.is_timeout() {
+                    RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
+                } else {
+                    // reqwest's error chain names the url (no credentials: they are in a header).
+                    let mut why = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        why = format!("{why}: {s}");
+                        src = s.source();
+                    }
+                    RpcError::Connect { node: node.clone(), why }
                 }
-                RpcError::Connect { node: node.clone(), why }
-            }
-        })?;
+            })?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
             return Err(RpcError::Unauthorized { node, method: method.into() });

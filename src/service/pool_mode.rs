@@ -62,7 +62,6 @@ pub async fn run(
     cb.nonce1_len = cfg.nonce1length;
     cb.nonce2_len = cfg.nonce2length;
 
-
     if let Some(ep) = &cfg.zmqblock {
         zmq_published(&rpc, ep, templates::poll_interval(cfg.blockpoll, true)).await;
     }
@@ -107,7 +106,8 @@ pub async fn run(
 
     let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, opts.log_shares);
     params.solo = solo;
-    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
+    let mut fe =
+        FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
     tokio::spawn(blocks::forward_stats(block_stats_rx, fe.ctx.stats.clone()));
     let api = crate::api::Sources {
         mode: crate::api::Mode::Pool,

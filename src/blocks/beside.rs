@@ -122,7 +122,7 @@ impl News {
     }
 
     /// The next event to send: rounds ended first, then the counts.
-    pub fn next(&mut self) -> Option<StatEvent> {
+    pub fn take_next(&mut self) -> Option<StatEvent> {
         if self.rounds_ended > 0 {
             self.rounds_ended -= 1;
             return Some(StatEvent::BlockFound);
@@ -143,7 +143,7 @@ impl News {
 
     /// Sends what fits without waiting; the rest stays (a closed channel drops it: shutdown).
     pub fn try_send(&mut self, tx: &mpsc::Sender<StatEvent>) {
-        while let Some(ev) = self.next() {
+        while let Some(ev) = self.take_next() {
             match tx.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(ev)) => {
@@ -160,7 +160,7 @@ impl News {
 
     /// Sends everything, waiting for room (at the end of the block task).
     pub async fn send_all(&mut self, tx: &mpsc::Sender<StatEvent>) {
-        while let Some(ev) = self.next() {
+        while let Some(ev) = self.take_next() {
             if tx.send(ev).await.is_err() {
                 *self = News::default();
                 return;

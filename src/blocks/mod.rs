@@ -223,7 +223,7 @@ impl BlockSubmitter {
                     want_poll = true;
                 }
                 r = stats.reserve(), if !s.news.is_empty() => {
-                    match (r, s.news.next()) {
+                    match (r, s.news.take_next()) {
                         (Ok(permit), Some(ev)) => permit.send(ev),
                         (Err(_), _) => s.news = News::default(), // the statistics are gone: shutdown
                         _ => {}

@@ -265,10 +265,32 @@ impl Rpc {
     }
 }
 
+/// The start of a `submitblock` request body, up to the block's hex.
+const SUBMITBLOCK_HEAD: &str = r#"{"jsonrpc":"1.0","id":"ckpool","method":"submitblock","params":["#;
+
+/// The JSON-RPC request body of `submitblock` for a block, its hex written straight into it.
+pub fn submitblock_body_of(block: &[u8]) -> bytes::Bytes {
+    let mut body = Vec::with_capacity(SUBMITBLOCK_HEAD.len() + block.len() * 2 + 4);
+    body.extend_from_slice(SUBMITBLOCK_HEAD.as_bytes());
+    body.push(b'"');
+    crate::hex::encode_to_vec(block, &mut body);
+    body.extend_from_slice(b"\"]}");
+    body.into()
+}
+
+/// The block's hex inside a body [`submitblock_body_of`] made (empty for any other text).
+pub fn hex_in_body(body: &[u8]) -> &[u8] {
+    let from = SUBMITBLOCK_HEAD.len() + 1;
+    if body.len() < from + 3 || !body.starts_with(SUBMITBLOCK_HEAD.as_bytes()) {
+        return &[];
+    }
+    &body[from..body.len() - 3]
+}
+
 /// The JSON-RPC request body of `submitblock` for a block's hex (hex needs no escaping; a text
 /// that is not hex is escaped as JSON).
 pub fn submitblock_body(block_hex: &str) -> bytes::Bytes {
-    const HEAD: &str = r#"{"jsonrpc":"1.0","id":"ckpool","method":"submitblock","params":["#;
+    const HEAD: &str = SUBMITBLOCK_HEAD;
     let mut body = Vec::with_capacity(HEAD.len() + block_hex.len() + 4);
     body.extend_from_slice(HEAD.as_bytes());
     if block_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -379,6 +401,10 @@ mod tests {
             let theirs = json!({"jsonrpc": "1.0", "id": "ckpool", "method": "submitblock", "params": [hex]});
             assert_eq!(ours, theirs, "{hex}");
         }
+        let block = [0x00, 0xff, 0x12];
+        let body = submitblock_body_of(&block);
+        assert_eq!(body, submitblock_body("00ff12"));
+        assert_eq!(hex_in_body(&body), b"00ff12");
     }
 
     // Bodies as Bitcoin Core (master) writes them; tests/core.rs checks the same shapes live.

@@ -21,11 +21,11 @@ const JOURNAL_QUEUE: usize = 1024;
 /// the merkle root and (for a segwit coinbase) the witness commitment checks. Blocking: runs
 /// beside the submission, which has already started from memory. The node is the judge; the
 /// checks only say in the log when our assembly is wrong.
-pub fn save_and_check(path: PathBuf, hex: &str, block: &[u8], witness: bool, hash: &str) {
+pub fn save_and_check(path: PathBuf, hex: &[u8], block: &[u8], witness: bool, hash: &str) {
     let saved = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(path.parent().expect("under logdir/blocks"))?;
         let mut f = std::fs::File::create(&path)?;
-        f.write_all(hex.as_bytes())?;
+        f.write_all(hex)?;
         f.write_all(b"\n")?;
         f.sync_all()
     })();

@@ -164,7 +164,7 @@ impl BlockSubmitter {
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
                         let Some((p, block, witness)) = self.found(c) else { continue };
-                        let (hash, height, hex) = (p.meta.hash.clone(), p.meta.height, p.hex.clone());
+                        let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
                         // Submission first, from memory; the save and the checks beside it.
                         s.submitting.insert(hash.clone());
                         if tasks.len() < MAX_SUBMITTING {
@@ -181,7 +181,9 @@ impl BlockSubmitter {
                             s.queue.push_back(p);
                         }
                         let path = hex_path(&self.logdir, height, &hash);
-                        saves.spawn_blocking(move || beside::save_and_check(path, &hex, &block, witness, &hash));
+                        saves.spawn_blocking(move || {
+                            beside::save_and_check(path, crate::bitcoind::hex_in_body(&body), &block, witness, &hash)
+                        });
                     }
                     None => closed = true,
                 },
@@ -252,7 +254,8 @@ impl BlockSubmitter {
                 Ok(text) => {
                     tracing::warn!("block {} at height {}: {why}: submitting it again", meta.hash, meta.height);
                     s.submitting.insert(meta.hash.clone());
-                    s.queue.push_back(Pending { meta, hex: text.trim().into(), resumed: true });
+                    let body = crate::bitcoind::submitblock_body(text.trim());
+                    s.queue.push_back(Pending { meta, body, resumed: true });
                 }
                 Err(e) => tracing::error!(
                     "block {} at height {}: cannot read {} to submit it again: {e}",
@@ -294,7 +297,8 @@ impl BlockSubmitter {
             tracing::error!("block {hash} solved on work without transactions; cannot assemble");
             return None;
         };
-        let block_hex: Arc<str> = hex::encode(&block).into();
+        // The request body with the hex written into it: the one copy of the hex there is.
+        let body = crate::bitcoind::submitblock_body_of(&block);
         let height = u64::from(c.job.height);
         tracing::info!(
             "BLOCK FOUND: height {height} hash {hash} by {} (share difficulty {}); submitting to {} node(s)",
@@ -310,7 +314,7 @@ impl BlockSubmitter {
             diff: c.difficulty.as_f64(),
             workinfoid: c.job.id,
         };
-        Some((Pending { meta, hex: block_hex, resumed: false }, block, c.job.coinbase.witness))
+        Some((Pending { meta, body, resumed: false }, block, c.job.coinbase.witness))
     }
 
     /// A submission ended: record it, fresh work, statistics.

@@ -482,13 +482,15 @@ async fn solo_sv2_channels_pay_their_own_address() {
 }
 
 /// Issue 26: a block found over SV2 by a client that has stopped reading reaches the node. The
-/// client's receive buffer is small and it reads nothing after its channel opened; 8,000 shares
-/// on a channel it does not have fill the pool's writes to it with error answers (about 400 KB,
-/// more than the two sockets' buffers hold), so the pool's write to this client cannot finish;
-/// the block share sent behind them is still read, handed to the block task and accepted.
+/// client's receive buffer is small and it reads nothing after its channel opened; 50,000 shares
+/// on a channel it does not have fill the pool's writes to it with error answers (about 2.4 MB,
+/// more than the two sockets' buffers take here), so the pool's write to this client cannot
+/// finish; the block share sent behind them is still read, handed to the block task and
+/// accepted. (A session that stopped reading while its write was pending failed this: the block
+/// share was never read and the client was dropped after 30 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_from_an_sv2_client_that_stopped_reading_is_accepted() {
-    const JUNK: u32 = 8_000;
+    const JUNK: u32 = 50_000;
     let node = CoreNode::start(&[]).await;
     let addr = node.derive_address(&format!("wpkh({})", regtest_key(26).to_wif())).await;
     node.generate_to(1, &addr).await;

@@ -74,6 +74,17 @@ pub fn encode_to(bytes: &[u8], out: &mut String) {
     }
 }
 
+/// Appends lower-case hex of `bytes` to a byte buffer, written in place (no per-character
+/// push): for a whole block, on the way to `submitblock`.
+pub fn encode_to_vec(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    for (pair, &b) in out[start..].chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);

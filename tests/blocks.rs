@@ -131,6 +131,35 @@ async fn a_restarted_pool_submits_a_block_no_node_took() {
     pool.stop();
 }
 
+/// Issue 26: SIGTERM right after a block candidate was handed over. The block is submitted
+/// from memory at once and saved beside it; the stop waits for both, so when the pool has
+/// exited the node has the block, blocks.log says so and the hex is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_stopped_right_after_a_candidate_still_gets_the_block_to_the_chain() {
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let cfg = pool_config(&nodes.a, &address).await;
+    let mut pool = Pool::start(cfg, &[]);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("finder.rig1").await;
+    let notify = c.notification("mining.notify").await;
+    let height = nodes.a.height().await + 1;
+    let submit = solve(&notify, &en1, "0000000000000001", "0.0001", true).expect("regtest share");
+    c.request("mining.submit", submit).await;
+    // The session logs the candidate as it hands it over; SIGTERM at once, no answer read.
+    pool.wait_log("block candidate", LIMIT);
+    let status = pool.stop().expect("pool was running");
+    assert!(status.success(), "{status}; log:\n{}", pool.log());
+    let saved = saved_blocks(&pool);
+    assert_eq!(saved.len(), 1, "the hex is on disk when the pool has exited: {saved:?}\n{}", pool.log());
+    let (h, hash, _) = saved[0].clone();
+    assert_eq!(h, height);
+    let at = nodes.a.call("getblockhash", json!([height])).await;
+    assert_eq!(at, json!(hash), "the node has the block once the pool has exited; log:\n{}", pool.log());
+    let recorded = outcomes(&pool, &hash);
+    assert_eq!(recorded.first().map(String::as_str), Some("accepted"), "blocks.log is written before the exit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_block_beaten_to_its_height_is_recorded_stale_not_submitted() {
     let mut nodes = NodePair::start().await;

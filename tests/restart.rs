@@ -447,3 +447,65 @@ async fn reload_applies_difficulties_and_survives_a_broken_config() {
     c.notification("mining.notify").await;
     assert_eq!(pool.stop().and_then(|s| s.code()), Some(0));
 }
+
+/// Issue 26: a block the old instance finds while a `-H` handover is under way is taken over by
+/// the new one, which follows it to its confirmations once the old one has exited.
+///
+/// To hold the overlap open, the new instance's config names node b, stopped when it starts: it
+/// reads blocks.log, then waits for b (not ready, so the old instance keeps serving). Meanwhile
+/// the old instance, on node a, finds a block a takes. Then b starts and syncs from a, the new
+/// instance gets ready and the old one exits: every later blocks.log line is the new one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_found_by_the_old_instance_during_a_handover_is_followed_by_the_new_one() {
+    const LIMIT: Duration = Duration::from_secs(60);
+    let mut nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut first = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    let mut c = Client::connect(&first.addr()).await;
+    let (en1, _) = c.handshake("finder.rig1").await;
+    let notify = c.notification("mining.notify").await;
+    let height = nodes.a.height().await + 1;
+
+    let on_b = pool_config(&nodes.b, &address).await;
+    edit_config(&first, |v| {
+        v["btcd"] = on_b["btcd"].clone();
+        v["zmqblock"] = on_b["zmqblock"].clone();
+    });
+    nodes.b.stop().await;
+    let mut second = Pool::prepare(json!({}));
+    second.port = first.port;
+    second.logdir = first.logdir.clone();
+    let mut cmd = Command::new(BIN);
+    cmd.args(first.args(&["-H"]));
+    second.spawn_command(cmd);
+    // Both instances log to the same file; this line is the new one's, after its block task began.
+    first.wait_log("waiting for bitcoind", LIMIT);
+
+    let submit = solve(&notify, &en1, "0000000000000001", "0.0001", true).expect("regtest share");
+    let id = c.request("mining.submit", submit).await;
+    assert_eq!(c.reply(id).await["result"], json!(true), "{}", first.log());
+    let text = first.wait_blocks_log("\"outcome\":\"accepted\"");
+    let found: Value = serde_json::from_str(text.lines().find(|l| l.contains("accepted")).unwrap()).unwrap();
+    let hash = found["hash"].as_str().unwrap().to_string();
+    assert_eq!(found["height"], json!(height));
+
+    nodes.b.restart().await;
+    nodes.b.connect_to(&nodes.a).await;
+    let status = old_exits(&mut first, &mut second).await;
+    let lines_at_exit = std::fs::read_to_string(second.logdir.join("blocks.log")).unwrap().lines().count();
+    assert_eq!(status.code(), Some(0), "old instance's exit after the handover");
+    second.wait_log("blocks.log read again: 1 block(s) it found taken over", LIMIT);
+
+    nodes.a.call("generate", json!([6])).await;
+    // A "confirmed" line carries the confirmations seen (6 or more once the 6th milestone passed).
+    let confirmed_6 = || {
+        let text = std::fs::read_to_string(second.logdir.join("blocks.log")).unwrap_or_default();
+        text.lines().skip(lines_at_exit).any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["hash"] == json!(hash) && v["outcome"] == "confirmed" && v["confirmations"].as_u64() >= Some(6)
+        })
+    };
+    let context = || format!("log:\n{}", second.log());
+    wait::until_or("the new instance to record 6 confirmations", LIMIT, confirmed_6, context).await;
+    assert_eq!(second.stop().and_then(|s| s.code()), Some(0));
+}

@@ -480,3 +480,46 @@ async fn solo_sv2_channels_pay_their_own_address() {
         b.txdata[0].output.iter().map(|o| ckpool::hex::encode(o.script_pubkey.as_bytes())).collect();
     assert!(paid.contains(&spk), "the block pays the channel's address {finder}: {paid:?}");
 }
+
+/// Issue 26: a block found over SV2 by a client that has stopped reading reaches the node. The
+/// client's receive buffer is small and it reads nothing after its channel opened; 50,000 shares
+/// on a channel it does not have fill the pool's writes to it with error answers (about 2.4 MB,
+/// more than the two sockets' buffers take here), so the pool's write to this client cannot
+/// finish; the block share sent behind them is still read, handed to the block task and
+/// accepted. (A session that stopped reading while its write was pending failed this: the block
+/// share was never read and the client was dropped after 30 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_from_an_sv2_client_that_stopped_reading_is_accepted() {
+    const JUNK: u32 = 50_000;
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(26).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let (pool, sv2_addr, key) = pool_with_sv2(&node, &addr, &[("mindiff", json!(0.001)), ("startdiff", json!(0.001))]);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(sv2_addr.parse().unwrap()).await.unwrap();
+    let mut c = Sv2Client::connect_on(stream, &key, REQUIRES_VERSION_ROLLING).await.unwrap();
+    c.open_extended("slow.reader", 1_000_000.0, 8).await.unwrap();
+    let Event::ExtendedOpened { channel, target, extranonce_prefix, .. } = expect_event(&mut c, "channel").await else {
+        panic!("no channel")
+    };
+    let Event::ExtendedJob(job) = expect_event(&mut c, "job").await else { panic!("no job") };
+    let Event::PrevHash { prev_hash, min_ntime, nbits, .. } = expect_event(&mut c, "prevhash").await else { panic!() };
+    let en2 = [0u8, 0, 0, 0, 0, 0, 0, 9];
+    let mut extranonce = extranonce_prefix.clone();
+    extranonce.extend_from_slice(&en2);
+    let root = job.merkle_root(&extranonce);
+    let nonce = search(|n| client::header(job.version, &prev_hash, &root, min_ntime, nbits, n), &target, true);
+    let h0 = node.height().await;
+    // From here on the client reads nothing.
+    for seq in 1..=JUNK {
+        c.push_extended(channel + 1000, seq, job.job_id, seq, min_ntime, job.version, &en2).unwrap();
+    }
+    c.push_extended(channel, JUNK + 1, job.job_id, nonce, min_ntime, job.version, &en2).unwrap();
+    // Bounded: a pool that stopped reading this client would leave this write hanging.
+    let _ = tokio::time::timeout(Duration::from_secs(30), c.flush()).await;
+    node.wait_height(h0 + 1, Duration::from_secs(30), || format!("block not taken by Core; log:\n{}", pool.log()))
+        .await;
+    pool.wait_blocks_log("\"workername\":\"slow.reader\"");
+    drop(c);
+}

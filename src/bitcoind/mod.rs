@@ -3,4 +3,4 @@
 pub mod rpc;
 pub mod zmq;
 
-pub use rpc::{Rpc, RpcError};
+pub use rpc::{hex_in_body, submitblock_body, submitblock_body_of, Rpc, RpcError};

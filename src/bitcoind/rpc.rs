@@ -130,6 +130,12 @@ impl Rpc {
 
     /// One HTTP exchange with node `i`: the status and the body.
     async fn post(&self, i: usize, method: &str, params: Value) -> Result<(u16, String), RpcError> {
+        let body = json!({"jsonrpc": "1.0", "id": "ckpool", "method": method, "params": params});
+        self.post_body(i, method, serde_json::to_vec(&body).expect("a JSON value serializes").into()).await
+    }
+
+    /// One HTTP exchange with node `i`, the request body given as bytes.
+    async fn post_body(&self, i: usize, method: &str, body: bytes::Bytes) -> Result<(u16, String), RpcError> {
         let ep = &self.nodes[i];
         let node = ep.label.clone();
         let (user, pass) = match &ep.auth {
@@ -145,21 +151,28 @@ impl Rpc {
                 (u.to_string(), p.to_string())
             }
         };
-        let body = json!({"jsonrpc": "1.0", "id": "ckpool", "method": method, "params": params});
-        let resp = self.http.post(&ep.url).basic_auth(user, Some(pass)).json(&body).send().await.map_err(|e| {
-            if e.is_timeout() {
-                RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
-            } else {
-                // reqwest's error chain names the url (no credentials: they are in a header).
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    why = format!("{why}: {s}");
-                    src = s.source();
+        let resp = self
+            .http
+            .post(&ep.url)
+            .basic_auth(user, Some(pass))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    RpcError::Timeout { node: node.clone(), method: method.into(), secs: self.timeout.as_secs() }
+                } else {
+                    // reqwest's error chain names the url (no credentials: they are in a header).
+                    let mut why = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        why = format!("{why}: {s}");
+                        src = s.source();
+                    }
+                    RpcError::Connect { node: node.clone(), why }
                 }
-                RpcError::Connect { node: node.clone(), why }
-            }
-        })?;
+            })?;
         let status = resp.status().as_u16();
         if status == 401 || status == 403 {
             return Err(RpcError::Unauthorized { node, method: method.into() });
@@ -175,7 +188,26 @@ impl Rpc {
     }
 
     async fn call_node_as<T: DeserializeOwned>(&self, i: usize, method: &str, params: Value) -> Result<T, RpcError> {
-        let r = match self.post(i, method, params).await {
+        let r = self.post(i, method, params).await;
+        self.answer_of(i, method, r)
+    }
+
+    /// `submitblock` on node `i`: the request body is the hex with the JSON around it, built once
+    /// per block ([`submitblock_body`]) and shared by every node's request, so a found block
+    /// costs no JSON value of a megabyte built and escaped on its way out.
+    pub async fn submit_block(&self, i: usize, body: bytes::Bytes) -> Result<Value, RpcError> {
+        let r = self.post_body(i, "submitblock", body).await;
+        self.answer_of(i, "submitblock", r)
+    }
+
+    /// A reply (or the failed exchange) as a result, counted for the metrics.
+    fn answer_of<T: DeserializeOwned>(
+        &self,
+        i: usize,
+        method: &str,
+        reply: Result<(u16, String), RpcError>,
+    ) -> Result<T, RpcError> {
+        let r = match reply {
             Ok((status, text)) => parse_reply_as(&self.nodes[i].label, method, status, &text),
             Err(e) => Err(e),
         };
@@ -224,11 +256,52 @@ impl Rpc {
 
     /// `submitblock` to every node at once; each node's answer (null = accepted).
     pub async fn submit_block_everywhere(&self, block_hex: &str) -> Vec<(String, Result<Value, RpcError>)> {
-        let calls = (0..self.nodes.len()).map(|i| async move {
-            (self.nodes[i].label.clone(), self.call_node(i, "submitblock", json!([block_hex])).await)
+        let body = submitblock_body(block_hex);
+        let calls = (0..self.nodes.len()).map(|i| {
+            let body = body.clone();
+            async move { (self.nodes[i].label.clone(), self.submit_block(i, body).await) }
         });
         futures_join_all(calls).await
     }
+}
+
+/// The start of a `submitblock` request body, up to the block's hex.
+const SUBMITBLOCK_HEAD: &str = r#"{"jsonrpc":"1.0","id":"ckpool","method":"submitblock","params":["#;
+
+/// The JSON-RPC request body of `submitblock` for a block, its hex written straight into it.
+pub fn submitblock_body_of(block: &[u8]) -> bytes::Bytes {
+    let mut body = Vec::with_capacity(SUBMITBLOCK_HEAD.len() + block.len() * 2 + 4);
+    body.extend_from_slice(SUBMITBLOCK_HEAD.as_bytes());
+    body.push(b'"');
+    crate::hex::encode_to_vec(block, &mut body);
+    body.extend_from_slice(b"\"]}");
+    body.into()
+}
+
+/// The block's hex inside a body [`submitblock_body_of`] made (empty for any other text).
+pub fn hex_in_body(body: &[u8]) -> &[u8] {
+    let from = SUBMITBLOCK_HEAD.len() + 1;
+    if body.len() < from + 3 || !body.starts_with(SUBMITBLOCK_HEAD.as_bytes()) {
+        return &[];
+    }
+    &body[from..body.len() - 3]
+}
+
+/// The JSON-RPC request body of `submitblock` for a block's hex (hex needs no escaping; a text
+/// that is not hex is escaped as JSON).
+pub fn submitblock_body(block_hex: &str) -> bytes::Bytes {
+    const HEAD: &str = SUBMITBLOCK_HEAD;
+    let mut body = Vec::with_capacity(HEAD.len() + block_hex.len() + 4);
+    body.extend_from_slice(HEAD.as_bytes());
+    if block_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        body.push(b'"');
+        body.extend_from_slice(block_hex.as_bytes());
+        body.push(b'"');
+    } else {
+        body.extend_from_slice(Value::from(block_hex).to_string().as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body.into()
 }
 
 /// Runs futures concurrently and collects their outputs in order (small, dependency-free join_all).
@@ -319,6 +392,20 @@ fn parse_reply_as<T: DeserializeOwned>(node: &str, method: &str, status: u16, te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The submitblock body written by hand is the JSON serde writes for the same request.
+    #[test]
+    fn submitblock_body_is_the_json_request() {
+        for hex in ["00ff", "", "zz\"\\"] {
+            let ours: Value = serde_json::from_slice(&submitblock_body(hex)).unwrap();
+            let theirs = json!({"jsonrpc": "1.0", "id": "ckpool", "method": "submitblock", "params": [hex]});
+            assert_eq!(ours, theirs, "{hex}");
+        }
+        let block = [0x00, 0xff, 0x12];
+        let body = submitblock_body_of(&block);
+        assert_eq!(body, submitblock_body("00ff12"));
+        assert_eq!(hex_in_body(&body), b"00ff12");
+    }
 
     // Bodies as Bitcoin Core (master) writes them; tests/core.rs checks the same shapes live.
     #[test]

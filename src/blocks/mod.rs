@@ -1,16 +1,22 @@
-//! Found blocks: the hex goes to disk first (so no found block can be lost), then `submitblock`
-//! to every node until one takes it, every node refuses it, or another block takes its height
-//! ([`decide`]); a block a node took is followed to its fate: confirmations, matured or orphaned
-//! ([`fate`]). Every event is an operator log line and a `blocks.log` line ([`journal`]); a
-//! restart reads blocks.log back, submits again what no node has, and keeps following the rest.
+//! Found blocks: `submitblock` to every node at once, from memory, the moment a candidate
+//! arrives; the hex is saved and fsynced, our own checks run and blocks.log is written beside the
+//! submission, never before it ([`beside`]). Submission goes on until one node takes the block,
+//! every node refuses it, or another block takes its height ([`decide`]); a block a node took is
+//! followed to its fate: confirmations, matured or orphaned ([`fate`]). Every event is an
+//! operator log line and a `blocks.log` line ([`journal`]); a restart reads blocks.log and the
+//! saved hex back, submits again what no node has, and keeps following the rest. No found block
+//! is lost: the task ends only once every hex is on disk, and the shutdown waits for it.
 //!
-//! Shape: one task ([`BlockSubmitter::run`]) owns the ledger and blocks.log; each block being
-//! submitted is its own task (`submit.rs`, at most [`MAX_SUBMITTING`]; more wait their turn,
-//! already on disk), so a block waiting for a node never holds up the next one, and the share
-//! path only ever hands a candidate over a channel. Fates are polled on their own task at each
-//! new height the template source serves (and every [`FOLLOW_EVERY`]). `manual.rs` is
-//! `ckpool submitblock`.
+//! Shape: one task ([`BlockSubmitter::run`]) owns the ledger; each block being submitted is its
+//! own task (`submit.rs`, at most [`MAX_SUBMITTING`]; more wait their turn), each save a blocking
+//! task beside it, so no candidate waits for another's submission or fsync, and the share path
+//! only ever hands a candidate over a channel. The statistics are told without waiting on their
+//! channel ([`beside::News`]). Fates are polled on their own task at each new height the template
+//! source serves (and every [`FOLLOW_EVERY`]). After a handover (`-H`) the new instance reads
+//! blocks.log again once the old one has exited and takes over its blocks (`takeover`).
+//! `manual.rs` is `ckpool submitblock`.
 
+pub mod beside;
 pub mod decide;
 pub mod fate;
 pub mod found;
@@ -18,13 +24,12 @@ pub mod journal;
 pub mod manual;
 mod submit;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bitcoin::consensus::encode::deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -33,6 +38,7 @@ use crate::bitcoind::Rpc;
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::BlockCandidate;
+use beside::{Journal, News};
 use decide::Outcome;
 use fate::{Change, Stage};
 use journal::{Ledger, Meta, State};
@@ -48,12 +54,16 @@ pub struct BlockSubmitter {
     pub logdir: PathBuf,
     /// Asks the template source for fresh work after a block.
     pub refresh: mpsc::Sender<Option<[u8; 32]>>,
-    /// Tells the statistics that a round ended, and the block counts.
+    /// Tells the statistics that a round ended, and the block counts (never waited on:
+    /// [`beside::News`]; `forward_stats` hands them on).
     pub stats: mpsc::Sender<StatEvent>,
     /// The height being mined: changes with each new tip, when fates are looked at.
     pub height: watch::Receiver<u32>,
     /// Stops retrying (what no node has yet is submitted again at the next start).
     pub shutdown: watch::Receiver<bool>,
+    /// After a handover (`-H`): true once the old instance has exited; blocks.log is read again
+    /// then and the old instance's blocks are taken over.
+    pub takeover: Option<watch::Receiver<bool>>,
 }
 
 fn unix_now() -> u64 {
@@ -94,8 +104,8 @@ pub fn append_line(logdir: &Path, line: &Value) -> std::io::Result<()> {
 }
 
 impl BlockSubmitter {
-    /// Submits and follows blocks until the candidate channel closes (all sessions gone) and the
-    /// submissions in flight have ended.
+    /// Submits and follows blocks until the candidate channel closes (all sessions gone), the
+    /// submissions in flight have ended and every found block's hex is on disk.
     pub async fn run(mut self, mut rx: mpsc::Receiver<BlockCandidate>) {
         let logdir = self.logdir.clone();
         let (mut ledger, problems) =
@@ -103,44 +113,36 @@ impl BlockSubmitter {
         for p in problems {
             tracing::warn!("blocks: {p}");
         }
-        let mut queue = VecDeque::new();
-        for meta in ledger.pending() {
-            let path = hex_path(&self.logdir, meta.height, &meta.hash);
-            match tokio::fs::read_to_string(&path).await {
-                Ok(text) => {
-                    tracing::warn!(
-                        "block {} at height {}: found earlier, no node has it on record: submitting it again",
-                        meta.hash,
-                        meta.height
-                    );
-                    queue.push_back(Pending { meta, hex: text.trim().into(), resumed: true });
-                }
-                Err(e) => tracing::error!(
-                    "block {} at height {}: cannot read {} to submit it again: {e}",
-                    meta.hash,
-                    meta.height,
-                    path.display()
-                ),
-            }
-        }
+        let mut s = Run {
+            queue: VecDeque::new(),
+            submitting: HashSet::new(),
+            news: News::default(),
+            journal: Journal::spawn(self.logdir.clone()),
+        };
+        self.resume(&ledger, &mut s, "found earlier, no node has it on record").await;
         let followed = ledger.followed().len();
         if followed > 0 {
             tracing::info!("blocks: following {followed} found block(s) to maturity");
         }
-        let _ = self.stats.send(StatEvent::Blocks(ledger.counts())).await;
+        s.news.counts(ledger.counts());
+        let stats = self.stats.clone();
 
         let origin = tokio::time::Instant::now();
         let (note_tx, mut notes) = mpsc::channel(MAX_SUBMITTING);
         let mut tasks: JoinSet<Ended> = JoinSet::new();
+        let mut saves: JoinSet<()> = JoinSet::new();
         let mut closed = false;
         let mut poll: Option<tokio::task::JoinHandle<Vec<(Meta, Change)>>> = None;
+        let mut reread: Option<tokio::task::JoinHandle<(Ledger, Vec<String>)>> = None;
+        let mut takeover = self.takeover.take();
         let mut follow_tick = tokio::time::interval(FOLLOW_EVERY);
         follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut height_open = true;
         let mut want_poll = true;
         loop {
+            s.news.try_send(&stats);
             while tasks.len() < MAX_SUBMITTING {
-                let Some(p) = queue.pop_front() else { break };
+                let Some(p) = s.queue.pop_front() else { break };
                 tasks.spawn(submit_task(
                     self.rpc.clone(),
                     self.logdir.clone(),
@@ -150,7 +152,7 @@ impl BlockSubmitter {
                     origin,
                 ));
             }
-            if closed && tasks.is_empty() && queue.is_empty() {
+            if closed && tasks.is_empty() && s.queue.is_empty() && saves.is_empty() && reread.is_none() {
                 break;
             }
             if want_poll && poll.is_none() && !*self.shutdown.borrow() && !ledger.followed().is_empty() {
@@ -158,31 +160,75 @@ impl BlockSubmitter {
                 poll = Some(tokio::spawn(poll_fates(self.rpc.clone(), ledger.followed())));
             }
             tokio::select! {
+                biased;
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
-                        if let Some(p) = self.found(c).await {
-                            if tasks.len() >= MAX_SUBMITTING {
-                                tracing::warn!(
-                                    "block {}: {MAX_SUBMITTING} blocks are being submitted; it waits its turn (saved on disk)",
-                                    p.meta.hash
-                                );
-                            }
-                            queue.push_back(p);
+                        let Some((p, block, witness)) = self.found(c) else { continue };
+                        let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
+                        // Submission first, from memory; the save and the checks beside it.
+                        s.submitting.insert(hash.clone());
+                        if tasks.len() < MAX_SUBMITTING {
+                            tasks.spawn(submit_task(
+                                self.rpc.clone(),
+                                self.logdir.clone(),
+                                p,
+                                self.shutdown.clone(),
+                                note_tx.clone(),
+                                origin,
+                            ));
+                        } else {
+                            tracing::warn!("block {hash}: {MAX_SUBMITTING} blocks are being submitted; it waits its turn");
+                            s.queue.push_back(p);
                         }
+                        let path = hex_path(&self.logdir, height, &hash);
+                        saves.spawn_blocking(move || {
+                            beside::save_and_check(path, crate::bitcoind::hex_in_body(&body), &block, witness, &hash)
+                        });
                     }
                     None => closed = true,
                 },
                 Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
-                    Ok(e) => self.ended(&mut ledger, e).await,
+                    Ok(e) => {
+                        s.submitting.remove(&e.meta.hash);
+                        self.ended(&mut ledger, &mut s, e).await
+                    }
                     Err(e) => tracing::error!("blocks: a submission task failed: {e}; its hex stays in logdir/blocks"),
                 },
+                Some(r) = saves.join_next(), if !saves.is_empty() => {
+                    if let Err(e) = r {
+                        tracing::error!("blocks: saving a block's hex failed: {e}");
+                    }
+                }
                 Some(Note::Retrying { meta, answers }) = notes.recv() => {
-                    self.record(&mut ledger, &meta, State::Pending, "retrying", json!({"answers": answers_json(&answers)})).await;
+                    self.record(&mut ledger, &mut s, &meta, State::Pending, "retrying", json!({"answers": answers_json(&answers)})).await;
                 }
                 r = async { poll.as_mut().expect("guarded").await }, if poll.is_some() => {
                     poll = None;
                     for (meta, change) in r.unwrap_or_default() {
-                        self.fate_changed(&mut ledger, &meta, change).await;
+                        self.fate_changed(&mut ledger, &mut s, &meta, change).await;
+                    }
+                }
+                gone = async { takeover.as_mut().expect("guarded").wait_for(|g| *g).await.is_ok() }, if takeover.is_some() => {
+                    takeover = None;
+                    if gone {
+                        let logdir = self.logdir.clone();
+                        reread = Some(tokio::task::spawn_blocking(move || load_ledger(&logdir)));
+                    }
+                }
+                r = async { reread.as_mut().expect("guarded").await }, if reread.is_some() => {
+                    reread = None;
+                    let (theirs, problems) = r.unwrap_or_default();
+                    for p in problems {
+                        tracing::warn!("blocks: {p}");
+                    }
+                    self.take_over(&mut ledger, &mut s, theirs).await;
+                    want_poll = true;
+                }
+                r = stats.reserve(), if !s.news.is_empty() => {
+                    match (r, s.news.take_next()) {
+                        (Ok(permit), Some(ev)) => permit.send(ev),
+                        (Err(_), _) => s.news = News::default(), // the statistics are gone: shutdown
+                        _ => {}
                     }
                 }
                 r = self.height.changed(), if height_open => {
@@ -192,48 +238,68 @@ impl BlockSubmitter {
                 _ = follow_tick.tick() => want_poll = true,
             }
         }
+        s.journal.finish().await;
+        s.news.send_all(&stats).await;
     }
 
-    /// A session found a block: assemble, save, check, log. `None` when it cannot be assembled.
-    async fn found(&self, c: BlockCandidate) -> Option<Pending> {
+    /// Queues the ledger's blocks that no node has for submission (their hex read back from
+    /// logdir/blocks), except those being submitted already.
+    async fn resume(&self, ledger: &Ledger, s: &mut Run, why: &str) {
+        for meta in ledger.pending() {
+            if s.submitting.contains(&meta.hash) {
+                continue;
+            }
+            let path = hex_path(&self.logdir, meta.height, &meta.hash);
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => {
+                    tracing::warn!("block {} at height {}: {why}: submitting it again", meta.hash, meta.height);
+                    s.submitting.insert(meta.hash.clone());
+                    let body = crate::bitcoind::submitblock_body(text.trim());
+                    s.queue.push_back(Pending { meta, body, resumed: true });
+                }
+                Err(e) => tracing::error!(
+                    "block {} at height {}: cannot read {} to submit it again: {e}",
+                    meta.hash,
+                    meta.height,
+                    path.display()
+                ),
+            }
+        }
+    }
+
+    /// After a handover, once the old instance has exited: what its blocks.log says is folded
+    /// into ours; its blocks no node has are submitted, the rest followed.
+    async fn take_over(&self, ledger: &mut Ledger, s: &mut Run, theirs: Ledger) {
+        let mut new = 0;
+        for e in theirs.entries() {
+            if ledger.get(&e.meta.hash).is_none() {
+                new += 1;
+            }
+            ledger.set(e.meta.clone(), e.state);
+            if e.max_confirmations > 0 {
+                ledger.set(e.meta.clone(), State::Fate(Stage::Confirmed(e.max_confirmations)));
+            }
+        }
+        tracing::info!(
+            "blocks: the old instance has exited; blocks.log read again: {new} block(s) it found taken over, {} followed",
+            ledger.followed().len()
+        );
+        self.resume(ledger, s, "found by the old instance, no node has it on record").await;
+        s.news.counts(ledger.counts());
+    }
+
+    /// A session found a block: assembled and hex-encoded, nothing else (no I/O). Returns the
+    /// submission, the block's bytes for the checks and whether its coinbase has a witness
+    /// commitment; `None` when it cannot be assembled.
+    fn found(&self, c: BlockCandidate) -> Option<(Pending, Vec<u8>, bool)> {
         let hash = hex::encode_rev(&c.hash);
         let Some(block) = c.job.assemble_block(&c.en1, &c.en2, &c.header) else {
             tracing::error!("block {hash} solved on work without transactions; cannot assemble");
             return None;
         };
-        let block_hex: Arc<str> = hex::encode(&block).into();
+        // The request body with the hex written into it: the one copy of the hex there is.
+        let body = crate::bitcoind::submitblock_body_of(&block);
         let height = u64::from(c.job.height);
-        // 1. Disk first.
-        let path = hex_path(&self.logdir, height, &hash);
-        let saved = tokio::task::spawn_blocking({
-            let path = path.clone();
-            let data = block_hex.clone();
-            move || -> std::io::Result<()> {
-                std::fs::create_dir_all(path.parent().expect("under logdir/blocks"))?;
-                let mut f = std::fs::File::create(&path)?;
-                f.write_all(data.as_bytes())?;
-                f.write_all(b"\n")?;
-                f.sync_all()
-            }
-        })
-        .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("could not save block {hash} to {}: {e}; submitting anyway", path.display()),
-            Err(e) => tracing::error!("could not save block {hash}: {e}; submitting anyway"),
-        }
-        // 2. Our own consensus sanity checks (the node is the judge; this is for the log).
-        match deserialize::<bitcoin::Block>(&block) {
-            Ok(b) => {
-                if !b.check_merkle_root() {
-                    tracing::error!("block {hash}: merkle root check FAILED before submission");
-                }
-                if c.job.coinbase.witness && !b.check_witness_commitment() {
-                    tracing::error!("block {hash}: witness commitment check FAILED before submission");
-                }
-            }
-            Err(e) => tracing::warn!("block {hash}: does not decode as a bitcoin block ({e})"),
-        }
         tracing::info!(
             "BLOCK FOUND: height {height} hash {hash} by {} (share difficulty {}); submitting to {} node(s)",
             c.workername,
@@ -248,11 +314,11 @@ impl BlockSubmitter {
             diff: c.difficulty.as_f64(),
             workinfoid: c.job.id,
         };
-        Some(Pending { meta, hex: block_hex, resumed: false })
+        Some((Pending { meta, body, resumed: false }, block, c.job.coinbase.witness))
     }
 
     /// A submission ended: record it, fresh work, statistics.
-    async fn ended(&self, ledger: &mut Ledger, e: Ended) {
+    async fn ended(&self, ledger: &mut Ledger, s: &mut Run, e: Ended) {
         let Some(outcome) = e.outcome else { return };
         let answers = answers_json(&e.answers);
         let (state, extra) = match &outcome {
@@ -265,12 +331,12 @@ impl BlockSubmitter {
         let tip = if accepted { hex::decode_hash_rev(&e.meta.hash).ok() } else { None };
         let _ = self.refresh.try_send(tip);
         if accepted {
-            let _ = self.stats.send(StatEvent::BlockFound).await;
+            s.news.round_ended();
         }
-        self.record(ledger, &e.meta, state, outcome.word(), extra).await;
+        self.record(ledger, s, &e.meta, state, outcome.word(), extra).await;
     }
 
-    async fn fate_changed(&self, ledger: &mut Ledger, meta: &Meta, change: Change) {
+    async fn fate_changed(&self, ledger: &mut Ledger, s: &mut Run, meta: &Meta, change: Change) {
         let (word, extra) = match &change {
             Change::Confirmed { confirmations } => {
                 tracing::info!("block {} at height {}: {confirmations} confirmation(s)", meta.hash, meta.height);
@@ -293,21 +359,37 @@ impl BlockSubmitter {
                 ("orphaned", json!({"by": by}))
             }
         };
-        self.record(ledger, meta, State::Fate(change.stage()), word, extra).await;
+        self.record(ledger, s, meta, State::Fate(change.stage()), word, extra).await;
     }
 
-    /// Appends the line, updates the ledger and the statistics' counts.
-    async fn record(&self, ledger: &mut Ledger, meta: &Meta, state: State, word: &str, extra: Value) {
+    /// Queues the line for blocks.log, updates the ledger and the statistics' counts.
+    async fn record(&self, ledger: &mut Ledger, s: &mut Run, meta: &Meta, state: State, word: &str, extra: Value) {
         let accepted = matches!(state, State::Fate(_));
         let line = journal::line(meta, word, accepted, unix_now(), extra);
         ledger.set(meta.clone(), state);
-        let logdir = self.logdir.clone();
-        match tokio::task::spawn_blocking(move || append_line(&logdir, &line)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("could not append to {}: {e}", self.logdir.join("blocks.log").display()),
-            Err(e) => tracing::error!("could not append to blocks.log: {e}"),
+        s.journal.append(line).await;
+        s.news.counts(ledger.counts());
+    }
+}
+
+/// The block task's state besides the ledger.
+struct Run {
+    /// Blocks waiting for a submission slot.
+    queue: VecDeque<Pending>,
+    /// Hashes queued or being submitted (a block read back again is not submitted twice).
+    submitting: HashSet<String>,
+    /// What the statistics are still to be told.
+    news: News,
+    journal: Journal,
+}
+
+/// Hands the block task's statistics events to the statistics task, in order, waiting for room
+/// there (the block task itself never waits on it); ends when the block task has ended.
+pub async fn forward_stats(mut rx: mpsc::Receiver<StatEvent>, to: mpsc::Sender<StatEvent>) {
+    while let Some(ev) = rx.recv().await {
+        if to.send(ev).await.is_err() {
+            return;
         }
-        let _ = self.stats.send(StatEvent::Blocks(ledger.counts())).await;
     }
 }
 

@@ -16,7 +16,8 @@ use crate::bitcoind::Rpc;
 /// A block to submit.
 pub(super) struct Pending {
     pub meta: Meta,
-    pub hex: Arc<str>,
+    /// The `submitblock` request body, its hex in the middle (`hex_in_body`).
+    pub body: bytes::Bytes,
     /// Read back at start: look at the chain before submitting.
     pub resumed: bool,
 }
@@ -44,7 +45,7 @@ pub(super) async fn submit_task(
     notes: mpsc::Sender<Note>,
     origin: tokio::time::Instant,
 ) -> Ended {
-    let Pending { meta, hex: block_hex, resumed } = p;
+    let Pending { meta, body, resumed } = p;
     let (hash, height) = (meta.hash.as_str(), meta.height);
     let labels: Vec<String> = (0..rpc.node_count()).map(|i| rpc.node_label(i).to_string()).collect();
     let now_ms = || origin.elapsed().as_millis() as u64;
@@ -59,6 +60,7 @@ pub(super) async fn submit_task(
         }
         Ended { meta: meta.clone(), outcome, answers: answers(last) }
     };
+    // The request was built once; every node and round shares it.
     let mut nodes = sub.pending();
     let mut look_first = resumed;
     loop {
@@ -72,8 +74,8 @@ pub(super) async fn submit_task(
         let round = sub.rounds + 1;
         let calls = nodes.iter().map(|&i| {
             let rpc = rpc.clone();
-            let block_hex = block_hex.clone();
-            async move { (i, decide::classify(&rpc.call_node(i, "submitblock", json!([&*block_hex])).await)) }
+            let body = body.clone();
+            async move { (i, decide::classify(&rpc.submit_block(i, body).await)) }
         });
         let got = join_all(calls).await;
         for (i, a) in &got {

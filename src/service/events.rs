@@ -13,6 +13,9 @@ pub struct Options {
     pub btcsolo: bool,
     /// What a reload (SIGHUP) changes while running (service.rs); None: fixed at start.
     pub live: Option<watch::Receiver<crate::reload::Live>>,
+    /// After a handover (`-H`): true once the old instance has exited. Until then it may still
+    /// write the statistics files and blocks.log; this instance takes them over after.
+    pub predecessor_gone: Option<watch::Receiver<bool>>,
 }
 
 /// Lifecycle events for the service shell (sd-notify, tests).

@@ -44,7 +44,8 @@ pub struct Writers {
 
 impl FrontEnd {
     /// Starts the share log and statistics writers under `cfg.logdir` and builds the context on
-    /// them. Nothing listens until `serve`.
+    /// them. Nothing listens until `serve`. After a handover, `predecessor` flips once the old
+    /// instance has exited: the statistics files are not written before.
     pub fn new(
         cfg: &Config,
         params: SessionParams,
@@ -52,6 +53,7 @@ impl FrontEnd {
         blocks: mpsc::Sender<BlockCandidate>,
         upstream: Option<mpsc::Sender<UpstreamShare>>,
         shutdown: watch::Receiver<bool>,
+        predecessor: Option<watch::Receiver<bool>>,
     ) -> FrontEnd {
         let (shares, share_thread) = sharelog::spawn(cfg.logdir.clone());
         let (summary_tx, summary) = watch::channel(stats::Summary::default());
@@ -66,6 +68,7 @@ impl FrontEnd {
                 failing: false,
                 live: Some(params.live.clone()),
                 history: crate::history::start(cfg).map(|f| Box::new(f) as Box<dyn crate::log::stats::HistorySink>),
+                predecessor,
             },
             STATS_QUEUE,
         );

@@ -160,6 +160,24 @@ fn reload_config(path: &Path, running: &mut Config, live: &watch::Sender<crate::
     );
 }
 
+/// How long a new instance waits for the old one to exit after its release (its own stop is
+/// bounded by [`STOP_LIMIT`]).
+const PREDECESSOR_LIMIT: Duration = Duration::from_secs(STOP_LIMIT.as_secs() + 10);
+
+/// Waits until process `pid` has exited (true) or [`PREDECESSOR_LIMIT`] has passed (false). It
+/// is not our child: its exit is seen by probing it every 100 ms.
+async fn predecessor_exit(pid: i32) -> bool {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let deadline = tokio::time::Instant::now() + PREDECESSOR_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        if !pid_alive(pid) {
+            return true;
+        }
+    }
+    false
+}
+
 fn pid_alive(pid: i32) -> bool {
     pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
 }
@@ -295,6 +313,10 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let dups = listeners.duplicates()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (dir, stop) = (sockdir.clone(), stop_rx.clone());
+        // After a handover: flips once the old instance has exited (its blocks and statistics
+        // files are this instance's from then on).
+        let (gone_tx, gone_rx) = watch::channel(false);
+        let predecessor_gone = release.is_some().then_some(gone_rx);
         tokio::spawn(async move {
             if let Some(rel) = release {
                 if ready_rx.await.is_err() {
@@ -311,6 +333,14 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 if let Err(e) = claim_pidfile(&dir) {
                     tracing::warn!("{e:#}");
                 }
+                tokio::spawn(async move {
+                    if predecessor_exit(pid).await {
+                        tracing::info!("handover: the old instance (pid {pid}) has exited; its found blocks and statistics files are this instance's now");
+                    } else {
+                        tracing::warn!("handover: the old instance (pid {pid}) still runs {PREDECESSOR_LIMIT:?} after its release; taking over its found blocks and statistics files anyway");
+                    }
+                    let _ = gone_tx.send(true);
+                });
             }
             match crate::sockets::handover::bind(&dir) {
                 Ok(server) => server.run(dups, released_tx, stop).await,
@@ -323,7 +353,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let (live_tx, live_rx) = watch::channel(crate::reload::Live::of(&cfg));
         let mut running = cfg.clone();
         let opts =
-            crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx) };
+            crate::service::events::Options { log_shares: args.log_shares, btcsolo: args.btcsolo, live: Some(live_rx), predecessor_gone };
         spawn_watchdog();
         let mut main = if args.proxy {
             tokio::spawn(proxy_mode::run(cfg, opts, listeners, stop_rx, events))

@@ -35,6 +35,24 @@ pub async fn run(
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     crate::serve::accept::log_listening(&listeners);
     let sv2 = crate::sv2::setup(&cfg, listeners_sv2, cfg.nonce1length, cfg.nonce2length)?;
+    let (work_tx, work_rx) = watch::channel(None);
+    let (height_tx, height_rx) = watch::channel(0u32);
+    let (refresh_tx, refresh_rx) = mpsc::channel(4);
+    let (block_tx, block_rx) = mpsc::channel(64);
+    // The block task starts first: it reads blocks.log and resubmits what no node has while this
+    // instance still waits for its node. Its statistics go through a channel of its own (handed
+    // on to the statistics task once that runs), so it never waits on theirs.
+    let (block_stats_tx, block_stats_rx) = mpsc::channel(16);
+    let submitter = blocks::BlockSubmitter {
+        rpc: rpc.clone(),
+        logdir: cfg.logdir.clone(),
+        refresh: refresh_tx,
+        stats: block_stats_tx,
+        height: height_rx.clone(),
+        shutdown: shutdown.clone(),
+        takeover: opts.predecessor_gone.clone(),
+    };
+    let block_task = tokio::spawn(submitter.run(block_rx));
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
     wait_for_node(&rpc, &mut shutdown).await?;
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
@@ -43,11 +61,6 @@ pub async fn run(
     let mut cb = CoinbaseConfig::new(script, &cfg.btcsig);
     cb.nonce1_len = cfg.nonce1length;
     cb.nonce2_len = cfg.nonce2length;
-
-    let (work_tx, work_rx) = watch::channel(None);
-    let (height_tx, height_rx) = watch::channel(0u32);
-    let (refresh_tx, refresh_rx) = mpsc::channel(4);
-    let (block_tx, block_rx) = mpsc::channel(64);
 
     if let Some(ep) = &cfg.zmqblock {
         zmq_published(&rpc, ep, templates::poll_interval(cfg.blockpoll, true)).await;
@@ -93,16 +106,9 @@ pub async fn run(
 
     let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, opts.log_shares);
     params.solo = solo;
-    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone());
-    let submitter = blocks::BlockSubmitter {
-        rpc: rpc.clone(),
-        logdir: cfg.logdir.clone(),
-        refresh: refresh_tx,
-        stats: fe.ctx.stats.clone(),
-        height: height_rx.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let block_task = tokio::spawn(submitter.run(block_rx));
+    let mut fe =
+        FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
+    tokio::spawn(blocks::forward_stats(block_stats_rx, fe.ctx.stats.clone()));
     let api = crate::api::Sources {
         mode: crate::api::Mode::Pool,
         ctx: fe.ctx.clone(),

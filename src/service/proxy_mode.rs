@@ -60,7 +60,15 @@ pub async fn run(
     let granted = *mask_rx.borrow();
     let (block_tx, mut block_rx) = mpsc::channel::<crate::mining::BlockCandidate>(64);
     let params = SessionParams::new(&cfg, opts.live.clone(), granted, prefix_len, opts.log_shares);
-    let mut fe = FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, Some(up_tx), shutdown.clone());
+    let mut fe = FrontEnd::new(
+        &cfg,
+        params,
+        work_rx.clone(),
+        block_tx,
+        Some(up_tx),
+        shutdown.clone(),
+        opts.predecessor_gone.clone(),
+    );
     // A block-meeting share is also an upstream share; it is logged here for the operator and
     // counted as a found block (status, API).
     let stats = fe.ctx.stats.clone();

@@ -220,6 +220,12 @@ impl Sv2Client {
     /// sends nothing else.
     pub async fn handshake(addr: SocketAddr, authority: &[u8; 32]) -> anyhow::Result<Sv2Client> {
         let stream = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
+        Sv2Client::handshake_on(stream, authority).await
+    }
+
+    /// [`Sv2Client::handshake`] on a connection made by the caller (tests: a small receive
+    /// buffer, for a client slow to read).
+    pub async fn handshake_on(stream: TcpStream, authority: &[u8; 32]) -> anyhow::Result<Sv2Client> {
         let _ = stream.set_nodelay(true);
         let initiator = Initiator::from_raw_k(*authority).map_err(|e| anyhow::anyhow!("authority key: {e:?}"))?;
         let (rd, wr) = stream.into_split();
@@ -230,7 +236,13 @@ impl Sv2Client {
     /// [`Sv2Client::handshake`], then SetupConnection for the mining protocol with `flags`;
     /// fails unless the pool answers Success.
     pub async fn connect(addr: SocketAddr, authority: &[u8; 32], flags: u32) -> anyhow::Result<Sv2Client> {
-        let mut c = Sv2Client::handshake(addr, authority).await?;
+        let stream = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
+        Sv2Client::connect_on(stream, authority, flags).await
+    }
+
+    /// [`Sv2Client::connect`] on a connection made by the caller.
+    pub async fn connect_on(stream: TcpStream, authority: &[u8; 32], flags: u32) -> anyhow::Result<Sv2Client> {
+        let mut c = Sv2Client::handshake_on(stream, authority).await?;
         c.setup(2, 2, flags).await?;
         match c.next_event().await? {
             Event::SetupOk { .. } => Ok(c),

@@ -174,18 +174,17 @@ impl Sv2Session {
             // A found block whose channel was full goes before the write to this peer (which
             // may be slow to read): no block waits behind it.
             self.outbox.send_blocks(&self.ctx).await;
-            let wrote = tokio::time::timeout(WRITE_DEADLINE, wr.flush()).await;
+            let wrote = match step {
+                Ok(()) => self.write_reading(&mut rd, &mut wr).await,
+                Err(_) => Ok(()),
+            };
             self.flush_outbound().await;
             if self.outbox.take_log_full() {
                 self.ctx.shares.wait_for_room().await;
             }
             match (step, wrote) {
-                (Err(end), _) => break end,
-                (Ok(()), Err(_)) => {
-                    break End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})"))
-                }
-                (Ok(()), Ok(Err(_))) => break End::Closed,
-                (Ok(()), Ok(Ok(()))) => {}
+                (Err(end), _) | (Ok(()), Err(end)) => break end,
+                (Ok(()), Ok(())) => {}
             }
         };
         match &end {
@@ -202,6 +201,39 @@ impl Sv2Session {
         // Free the channels first: a peer that stopped reading must not hold them.
         self.finish().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
+    }
+
+    /// Writes what was pushed to the peer. A peer slow to read does not stop this session
+    /// from reading: frames that arrive meanwhile are handled (a found block among them leaves
+    /// for the block task at once), their answers queued behind, up to [`MAX_UNWRITTEN`] bytes.
+    /// The peer is dropped when the write makes no way within [`WRITE_DEADLINE`].
+    async fn write_reading<R, W>(&mut self, rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>) -> Result<(), End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if wr.pending() == 0 {
+            return Ok(());
+        }
+        let deadline = tokio::time::sleep(WRITE_DEADLINE);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                biased;
+                r = wr.flush() => return r.map_err(|_| End::Closed),
+                f = rd.read_frame(), if wr.pending() < MAX_UNWRITTEN => {
+                    match f {
+                        Ok(frame) => self.on_frame(frame, wr)?,
+                        Err(e) => return Err(ended(e)),
+                    }
+                    self.push_acks(wr);
+                    self.outbox.send_blocks(&self.ctx).await;
+                }
+                _ = &mut deadline => {
+                    return Err(End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})")))
+                }
+            }
+        }
     }
 
     /// Handles the frames that can be read without waiting (at most a batch's worth).
@@ -371,6 +403,8 @@ impl Sv2Session {
 
 /// Frames handled per wake-up before answering (bounds the time one busy peer holds its task).
 const BATCH_FRAMES: usize = 64;
+/// Answers queued for a peer slow to read before this session stops reading it too.
+const MAX_UNWRITTEN: usize = 1 << 20;
 
 fn ended(e: TransportError) -> End {
     match e {

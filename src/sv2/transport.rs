@@ -85,6 +85,8 @@ pub struct FrameWriter<W> {
     encoder: NoiseEncoder,
     state: TransportEncryptState,
     out: Vec<u8>,
+    /// Bytes of `out` already written (a flush cancelled midway goes on from here).
+    sent: usize,
 }
 
 /// Bytes of one handshake message arriving, within `timeout`.
@@ -173,7 +175,7 @@ fn halves<R, W>(
 ) -> (FrameReader<R>, FrameWriter<W>) {
     (
         FrameReader { rd, decoder, state: Some(dec), inbuf: Vec::new(), start: 0, end: 0, in_frame: 0, limit },
-        FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512) },
+        FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512), sent: 0 },
     )
 }
 
@@ -255,24 +257,34 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Drops all but the first `n` bytes waiting to be written (tests: half a frame).
     pub fn truncate_pending(&mut self, n: usize) {
-        self.out.truncate(n);
+        self.out.truncate(self.sent + n);
     }
 
     /// Bytes waiting to be written.
     pub fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() - self.sent
     }
 
     /// Writes what was pushed.
+    ///
+    /// Cancel-safe: dropped midway, what was written is not written again and what was not is
+    /// written by the next call (frames pushed meanwhile follow it).
     pub async fn flush(&mut self) -> std::io::Result<()> {
+        while self.sent < self.out.len() {
+            let n = self.wr.write(&self.out[self.sent..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.sent += n;
+        }
         if !self.out.is_empty() {
-            self.wr.write_all(&self.out).await?;
             self.out.clear();
+            self.sent = 0;
             if self.out.capacity() > 64 * 1024 {
                 self.out.shrink_to(512);
             }
         }
-        Ok(())
+        self.wr.flush().await
     }
 
     /// Writes what was pushed, then closes the writing side.

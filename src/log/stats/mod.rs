@@ -19,6 +19,7 @@ use crate::mining::ShareTally;
 
 mod book;
 mod format;
+mod takeover;
 mod task;
 
 pub use book::{Book, Summary, UserView, View, WorkerView};

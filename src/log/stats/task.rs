@@ -44,6 +44,10 @@ pub struct StatsTask {
     /// The history store's feed (`history::Feed`): tallies summed per minute, handed over at
     /// each write.
     pub history: Option<Box<dyn HistorySink>>,
+    /// After a handover (`-H`): true once the old instance has exited. Until then the files are
+    /// the old instance's: nothing is written; then they are read again and taken over
+    /// ([`Book::take_over`]).
+    pub predecessor: Option<watch::Receiver<bool>>,
 }
 
 /// Where the statistics task hands what the history store keeps (implemented by
@@ -82,8 +86,26 @@ impl StatsTask {
         let mut view_tick = tokio::time::interval(VIEW_REFRESH);
         view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut view_stale = false;
+        // The files as they were when this instance started, while the old instance still has them.
+        let mut start = self.predecessor.is_some().then(|| book.clone());
+        let mut held = start.is_some();
         loop {
             tokio::select! {
+                gone = async { self.predecessor.as_mut().expect("guarded").wait_for(|g| *g).await.is_ok() }, if self.predecessor.is_some() => {
+                    self.predecessor = None;
+                    if let (true, Some(start)) = (gone, start.take()) {
+                        let (logdir, t) = (self.logdir.clone(), now(origin));
+                        match tokio::task::spawn_blocking(move || Book::load(&logdir, t)).await {
+                            Ok((last, what)) => {
+                                book.take_over(&start, last);
+                                tracing::info!("stats: the old instance has exited; its files taken over ({what})");
+                            }
+                            Err(e) => tracing::error!("stats: reading the old instance's files failed: {e}"),
+                        }
+                        held = false;
+                        self.write(&mut book, now(origin)).await;
+                    }
+                }
                 _ = view_tick.tick(), if view_stale => {
                     view_stale = false;
                     let network = self.work.borrow().as_ref().map(|w| w.network_diff);
@@ -106,7 +128,7 @@ impl StatsTask {
                         book.apply(&ev, t);
                     }
                 }
-                _ = tick.tick() => self.write(&mut book, now(origin)).await,
+                _ = tick.tick() => if !held { self.write(&mut book, now(origin)).await },
                 changed = async { match self.live.as_mut() { Some(l) => l.changed().await, None => std::future::pending().await } } => {
                     if changed.is_err() {
                         self.live = None;
@@ -121,7 +143,11 @@ impl StatsTask {
                 }
             }
         }
-        self.write(&mut book, now(origin)).await;
+        if held {
+            tracing::warn!("stats: stopping before the old instance exited; its files are left as it writes them");
+        } else {
+            self.write(&mut book, now(origin)).await;
+        }
         if let Some(h) = self.history.take() {
             let _ = tokio::task::spawn_blocking(move || h.finish()).await;
         }

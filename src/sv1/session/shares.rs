@@ -64,10 +64,11 @@ impl Session {
                 Some(reason)
             }
         };
+        // The block first (to the block task now), then the share-log line.
+        self.take_effects(&mut fx);
         if let Some(record) = fx.share.take() {
             self.log_share(&record, &sub, reject.as_deref());
         }
-        self.take_effects(&mut fx);
     }
 
     /// Hands a submit's block to the block task and queues its upstream share (before any

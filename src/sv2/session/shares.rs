@@ -68,6 +68,8 @@ impl Sv2Session {
                 Some(r.reason())
             }
         };
+        // The block first (to the block task now), then the share-log line.
+        self.outbox.take_effects(&self.ctx, &mut fx, ch.core.worker(), " (sv2)");
         if let Some(record) = fx.share.take() {
             if self.ctx.params.log_shares {
                 let (nonce2, nonce, ntime) =
@@ -93,7 +95,6 @@ impl Sv2Session {
                 self.outbox.log_share(&self.ctx, &record, &line);
             }
         }
-        self.outbox.take_effects(&self.ctx, &mut fx, ch.core.worker(), " (sv2)");
         if fx.retarget.take().is_some() {
             self.retarget(channel_id, wr);
         }

@@ -61,7 +61,8 @@ impl Outbox {
     /// in the log; `face` is "" for SV1 and " (sv2)" for SV2.
     pub fn take_effects(&mut self, ctx: &ServerCtx, fx: &mut Effects, worker: &str, face: &str) {
         if let Some(cand) = fx.block.take() {
-            tracing::info!(worker = %worker, height = cand.job.height, "block candidate {} from {worker}{face}", hex::encode_rev(&cand.hash));
+            let w = crate::log::escape::Esc(worker);
+            tracing::info!(worker = %w, height = cand.job.height, "block candidate {} from {w}{face}", hex::encode_rev(&cand.hash));
             if self.blocks.is_empty() {
                 match ctx.blocks.try_send(cand) {
                     Ok(()) => {}

@@ -69,6 +69,7 @@ impl FrontEnd {
             },
             STATS_QUEUE,
         );
+        let guard = Arc::new(crate::serve::guard::Guard::default());
         let ctx = Arc::new(ServerCtx {
             params,
             work,
@@ -78,8 +79,10 @@ impl FrontEnd {
             stats,
             counters: Counters::default(),
             enonces: Enonces::default(),
-            shutdown,
+            guard: guard.clone(),
+            shutdown: shutdown.clone(),
         });
+        tokio::spawn(crate::serve::guard::summarize(guard, shutdown));
         FrontEnd {
             ctx,
             summary,

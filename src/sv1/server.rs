@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 use super::lines::LineReader;
 use super::session::Session;
 use crate::config::Listener;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::proxy_protocol::{self, Header};
 use crate::serve::accept::accept_next;
 use crate::serve::enonce::{mask_of, random_start, Full};
@@ -176,6 +178,8 @@ struct ListenerRun {
     next_en1: AtomicU64,
     mask: u64,
     refused: Mutex<Refusals>,
+    /// The pool's limits and log rate limit (the context's).
+    log: Arc<crate::serve::guard::Guard>,
 }
 
 impl ListenerRun {
@@ -187,6 +191,7 @@ impl ListenerRun {
             next_en1: AtomicU64::new(random_start()),
             mask: mask_of(n1),
             refused: Mutex::new(Refusals::new(&local)),
+            log: ctx.guard.clone(),
             local,
         }
     }
@@ -279,7 +284,13 @@ async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> 
                 tracing::debug!("PROXY v{version} on {}: LOCAL/UNKNOWN from {peer} (its own address stands)", run.local)
             }
             Err(e) => {
-                tracing::warn!("connection from {peer} on {} refused: PROXY protocol: {e}", run.local);
+                if run.log.log(LogKind::Refusal) {
+                    tracing::warn!(
+                        "connection from {peer} on {} refused: PROXY protocol: {}",
+                        run.local,
+                        Esc(&e.to_string())
+                    );
+                }
                 return None;
             }
         }
@@ -289,7 +300,9 @@ async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> 
         Some(tls) => match tls.accept(stream).await {
             Ok(t) => MinerStream::Tls(Box::new(t)),
             Err(e) => {
-                tracing::info!("TLS handshake with {peer} on {} failed: {e}", run.local);
+                if run.log.log(LogKind::Refusal) {
+                    tracing::info!("TLS handshake with {peer} on {} failed: {}", run.local, Esc(&e.to_string()));
+                }
                 return None;
             }
         },

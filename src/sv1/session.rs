@@ -20,6 +20,8 @@ use super::lines::{Line, LineReader};
 use super::proto::{self, code};
 use super::server::MinerStream;
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
 use crate::mining::Work;
@@ -139,7 +141,7 @@ impl Session {
     fn send_difficulty(&mut self, r: Option<Retarget>) {
         if let Some(r) = r {
             tracing::debug!(
-                peer = %self.peer, client = self.id, worker = %self.worker(),
+                peer = %self.peer, client = self.id, worker = %Esc(self.worker()),
                 "vardiff: difficulty -> {} (rate {:.4e} diff-1 shares/s)",
                 r.new, r.rate as f64 / crate::difficulty::SCALE as f64
             );
@@ -322,13 +324,13 @@ impl Session {
     /// Logs why the session ended, frees its extranonce1 and reports it gone.
     async fn finish(mut self: Box<Self>, end: End) {
         match end {
-            End::Closed => {
-                tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), "miner disconnected")
+            End::Closed if self.ctx.guard.log(LogKind::Close) => {
+                tracing::info!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), "miner disconnected")
             }
-            End::Shutdown => {}
-            End::Kick(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, worker = %self.worker(), "dropping miner: {why}")
+            End::Kick(why) if self.ctx.guard.log(LogKind::Close) => {
+                tracing::warn!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), "dropping miner: {}", Esc(&why))
             }
+            _ => {}
         }
         self.ctx.enonces.release([self.en1_key]);
         if self.authorized {
@@ -360,7 +362,7 @@ impl Session {
                 if self.bad_lines > MAX_BAD_LINES {
                     return Err(format!("{} unparseable lines in a row (last: {e})", self.bad_lines));
                 }
-                tracing::debug!(peer = %self.peer, "unparseable line: {e}");
+                tracing::debug!(peer = %self.peer, "unparseable line: {}", Esc(&e.to_string()));
                 return Ok(());
             }
         };
@@ -381,7 +383,7 @@ impl Session {
             }
             "mining.multi_version" => {}
             other => {
-                tracing::debug!(peer = %self.peer, "unknown method {other:?}");
+                tracing::debug!(peer = %self.peer, "unknown method {:?}", Esc(other));
                 if proto::wants_reply(req.id) {
                     self.error(id, code::OTHER, &format!("Method not supported: {other}"));
                 }

@@ -61,7 +61,12 @@ async fn accept_loop(
             let (rd, wr) = stream.into_split();
             let (rd, wr) = match transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await {
                 Ok(halves) => halves,
-                Err(e) => return tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {e}"),
+                Err(e) => {
+                    if ctx.guard.log(crate::log::ratelimit::LogKind::Refusal) {
+                        tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {}", crate::log::escape::Esc(&e.to_string()));
+                    }
+                    return;
+                }
             };
             let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
             ctx.counters.connections.fetch_add(1, Ordering::Relaxed);

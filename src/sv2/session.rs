@@ -27,6 +27,8 @@ use tokio::time::Instant;
 use super::jobs::{self, JobIds, JobRef};
 use super::transport::{Frame, FrameReader, FrameWriter, TransportError};
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Channel, Effects, Issued, Work};
@@ -186,7 +188,9 @@ impl Sv2Session {
                 (Ok(()), Ok(Ok(()))) => {}
             }
         };
+        let logged = matches!(end, End::Shutdown) || self.ctx.guard.log(LogKind::Close);
         match &end {
+            _ if !logged => {}
             End::Closed if !self.setup => tracing::warn!(
                 peer = %self.peer, client = self.id,
                 "sv2 connection closed by the peer before SetupConnection (a client that pins another authority key closes right after the handshake: check the key it was given against `ckpool sv2-key`)"
@@ -194,7 +198,7 @@ impl Sv2Session {
             End::Closed => tracing::info!(peer = %self.peer, client = self.id, "sv2 connection closed by the peer"),
             End::Shutdown => {}
             End::Refuse(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "sv2 connection dropped: {why}")
+                tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection dropped: {}", Esc(why))
             }
         }
         // Free the channels first: a peer that stopped reading must not hold them.
@@ -291,14 +295,18 @@ impl Sv2Session {
             AnyMessage::Mining(Mining::OpenStandardMiningChannel(m)) => self.on_open_standard(m, wr),
             AnyMessage::Mining(Mining::UpdateChannel(m)) => self.on_update(m, wr),
             AnyMessage::Mining(Mining::CloseChannel(m)) => {
-                tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 channel closed by the peer: {}", m.reason_code.as_utf8_or_hex());
+                if self.ctx.guard.log(LogKind::Close) {
+                    tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 channel closed by the peer: {}", Esc(&m.reason_code.as_utf8_or_hex()));
+                }
                 self.close_channel(m.channel_id);
             }
             AnyMessage::Extensions(parsers_sv2::Extensions::ExtensionsNegotiation(
                 parsers_sv2::ExtensionsNegotiation::RequestExtensions(m),
             )) => {
                 // No optional extension is offered: the request succeeds with none supported.
-                tracing::info!(peer = %self.peer, client = self.id, "sv2 extensions requested ({:?}); none offered", m.requested_extensions.clone().into_inner());
+                if self.ctx.guard.log(LogKind::Connect) {
+                    tracing::info!(peer = %self.peer, client = self.id, "sv2 extensions requested ({:?}); none offered", m.requested_extensions.clone().into_inner());
+                }
                 let reply = extensions_sv2::RequestExtensionsSuccess {
                     request_id: m.request_id,
                     supported_extensions: Seq064K::new(Vec::new()).expect("empty"),
@@ -316,7 +324,9 @@ impl Sv2Session {
             other => {
                 // A message only a pool sends, or one of a protocol this pool does not serve
                 // (job declaration, template distribution): named in the log, not answered.
-                tracing::warn!(peer = %self.peer, client = self.id, "sv2: ignoring {} (not a message a pool takes)", name(&other));
+                if self.ctx.guard.log(LogKind::BadLine) {
+                    tracing::warn!(peer = %self.peer, client = self.id, "sv2: ignoring {} (not a message a pool takes)", Esc(&name(&other)));
+                }
             }
         }
         Ok(())
@@ -356,7 +366,9 @@ impl Sv2Session {
             )));
         }
         self.setup = true;
-        tracing::info!(peer = %self.peer, client = self.id, agent = %self.agent, "sv2 connection set up (flags {:#b})", m.flags);
+        if self.ctx.guard.log(LogKind::Connect) {
+            tracing::info!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection set up (flags {:#b})", m.flags);
+        }
         push(
             wr,
             AnyMessage::Common(CommonMessages::SetupConnectionSuccess(SetupConnectionSuccess {

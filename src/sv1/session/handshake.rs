@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 use super::Session;
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::stats::StatEvent;
 use crate::sv1::proto::{self, code};
 
@@ -102,8 +104,8 @@ impl Session {
                 }
             }
         }
-        if !self.authorized {
-            tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), agent = %self.agent, "miner authorized");
+        if !self.authorized && self.ctx.guard.log(LogKind::Connect) {
+            tracing::info!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), agent = %Esc(&self.agent), "miner authorized");
         }
         self.authorized = true;
         if self.working && new_payout {
@@ -123,7 +125,9 @@ impl Session {
     /// Solo mode: a username that is no payout address of the node's chain gets `false`, the
     /// reason as a `client.show_message`, and no work; the operator log says why.
     fn refuse_solo_worker(&mut self, id: &str, user: &str, why: &str) {
-        tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "solo: refusing worker {user:?}: {why}");
+        if self.ctx.guard.log(LogKind::Refusal) {
+            tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "solo: refusing worker {:?}: {why}", Esc(user));
+        }
         let text = format!("Solo mining: the username must start with a payout address of this pool's chain ({why})");
         self.out.extend_from_slice(proto::notification_line("client.show_message", &json!([text])).as_bytes());
         self.reply(id, "false");
@@ -178,7 +182,7 @@ impl Session {
         };
         match d {
             Some(d) if !d.is_zero() => self.apply_suggestion(d),
-            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {params}"),
+            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {}", Esc(&params.to_string())),
         }
     }
 

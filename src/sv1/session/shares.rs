@@ -4,6 +4,7 @@
 use serde_json::value::RawValue;
 
 use super::{now_unix, Session};
+use crate::log::escape::Esc;
 use crate::log::sharelog::ShareLine;
 use crate::mining::{Effects, ShareRecord};
 use crate::serve::RejectKind;
@@ -59,7 +60,7 @@ impl Session {
                 let reason = r.reason();
                 self.error(id, r.code(), &reason);
                 if fx.share.is_none() {
-                    tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
+                    tracing::debug!(peer = %self.peer, worker = %Esc(self.worker()), "share rejected: {reason} ({sub:?})");
                 }
                 Some(reason)
             }
@@ -89,7 +90,7 @@ impl Session {
         self.outbox.count_unread(&self.ctx, kind);
         self.channel.count_unread();
         self.error(id, code::OTHER, reason);
-        tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason}");
+        tracing::debug!(peer = %self.peer, worker = %Esc(self.worker()), "share rejected: {reason}");
     }
 
     /// Appends the share's line to the share log (formatted here, written by the log's thread).

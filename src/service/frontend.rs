@@ -65,11 +65,12 @@ impl FrontEnd {
                 view: view_tx,
                 failing: false,
                 live: Some(params.live.clone()),
+                forget: cfg.limits.stats_forget,
                 history: crate::history::start(cfg).map(|f| Box::new(f) as Box<dyn crate::log::stats::HistorySink>),
             },
             STATS_QUEUE,
         );
-        let guard = Arc::new(crate::serve::guard::Guard::default());
+        let guard = Arc::new(crate::serve::guard::Guard::new(&cfg.limits));
         let ctx = Arc::new(ServerCtx {
             params,
             work,

@@ -98,6 +98,16 @@ impl Refusals {
         Refusals { local: local.to_string(), last_log: None, unlogged: 0, answering: Arc::new(Semaphore::new(64)) }
     }
 
+    /// Answers the miner's first request with `message` (error 20) and closes, within the bound
+    /// on answering tasks; beyond it the miner is just closed.
+    fn answer(&self, stream: MinerStream, message: String) {
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, message)).await;
+        });
+    }
+
     fn refuse(&mut self, stream: MinerStream, peer: SocketAddr, held: usize, nonce1_len: usize) {
         self.unlogged += 1;
         if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -239,6 +249,16 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };
+            // Banned addresses and the per-address limit (serve::guard), on the miner's own
+            // address (after any PROXY header).
+            let _admitted = match ctx2.guard.admit(peer.ip(), &run2.local) {
+                Ok(a) => a,
+                Err(why) => {
+                    drop(permit);
+                    run2.refused.lock().unwrap_or_else(|p| p.into_inner()).answer(stream, why.message());
+                    return;
+                }
+            };
             // A fresh extranonce1 not held by a live session; none when the space is full.
             let taken = {
                 let mut next = run2.next_en1.load(Ordering::Relaxed);

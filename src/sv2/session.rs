@@ -33,6 +33,7 @@ use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Channel, Effects, Issued, Work};
 use crate::serve::enonce::mask_of;
+use crate::serve::guard::{BanScore, Outcome};
 use crate::serve::outbox::Outbox;
 use crate::serve::{RejectKind, ServerCtx};
 use crate::share::Decoded;
@@ -103,7 +104,18 @@ pub struct Sv2Session {
     acks: Vec<SubmitSharesSuccess>,
     /// Channels that judged shares since the last statistics flush.
     touched: Vec<u32>,
+    /// When a share last came (or the connection began): `dropidle` counts from here.
+    last_share: Instant,
+    /// Channels opened so far (each a name the statistics hold while it is open).
+    names: u32,
+    /// Banning's share counts (serve::guard); `banned`: past the threshold, close and ban.
+    score: BanScore,
+    banned: bool,
 }
+
+/// Channels one connection may open in its life: a translator opens one per SV1 miner behind it
+/// and again when one reconnects; a flood of new names is refused past it.
+pub const NAMES_PER_CONNECTION: u32 = 4 * MAX_CHANNELS as u32;
 
 impl Sv2Session {
     pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_seed: u64) -> Sv2Session {
@@ -121,6 +133,10 @@ impl Sv2Session {
             outbox: Outbox::default(),
             touched: Vec::new(),
             acks: Vec::new(),
+            last_share: Instant::now(),
+            names: 0,
+            score: BanScore::default(),
+            banned: false,
         }
     }
 
@@ -141,6 +157,11 @@ impl Sv2Session {
         tokio::pin!(setup_deadline);
         // Armed until the first channel opens.
         let mut awaiting_channel = true;
+        // ckpool's dropidle: no share for that long, from the connection's start. The timer is
+        // moved only when it fires (a share costs no timer reset).
+        let dropidle = Duration::from_micros(self.ctx.guard.policy.dropidle_us);
+        let idle_timer = tokio::time::sleep(if dropidle.is_zero() { SETUP_DEADLINE } else { dropidle });
+        tokio::pin!(idle_timer);
         let end = loop {
             let step = tokio::select! {
                 f = rd.read_frame() => match f {
@@ -159,6 +180,16 @@ impl Sv2Session {
                     Err(_) => Err(End::Shutdown),
                 },
                 _ = shutdown.changed() => Err(End::Shutdown),
+                _ = &mut idle_timer, if !dropidle.is_zero() => {
+                    let at = self.last_share + dropidle;
+                    if Instant::now() < at {
+                        idle_timer.as_mut().reset(at);
+                        Ok(())
+                    } else {
+                        self.ctx.guard.counts.dropped_idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Err(End::Refuse(format!("no share for {} s (dropidle)", dropidle.as_secs())))
+                    }
+                }
                 _ = &mut setup_deadline, if awaiting_channel => {
                     Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
                 }
@@ -182,7 +213,8 @@ impl Sv2Session {
             match (step, wrote) {
                 (Err(end), _) => break end,
                 (Ok(()), Err(_)) => {
-                    break End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})"))
+                    self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})"));
                 }
                 (Ok(()), Ok(Err(_))) => break End::Closed,
                 (Ok(()), Ok(Ok(()))) => {}
@@ -286,10 +318,12 @@ impl Sv2Session {
                     version: m.version,
                 };
                 self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
+                self.check_ban()?;
             }
             AnyMessage::Mining(Mining::SubmitSharesStandard(m)) => {
                 let d = Decoded { extranonce2: &[], ntime: m.ntime, nonce: m.nonce, version: m.version };
                 self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
+                self.check_ban()?;
             }
             AnyMessage::Mining(Mining::OpenExtendedMiningChannel(m)) => self.on_open_extended(m, wr),
             AnyMessage::Mining(Mining::OpenStandardMiningChannel(m)) => self.on_open_standard(m, wr),
@@ -330,6 +364,15 @@ impl Sv2Session {
             }
         }
         Ok(())
+    }
+
+    /// Past banning's threshold: the address is banned and the connection closed.
+    fn check_ban(&mut self) -> Result<(), End> {
+        if !self.banned {
+            return Ok(());
+        }
+        self.ctx.guard.ban(self.peer.ip());
+        Err(End::Refuse(self.ctx.guard.ban_reason()))
     }
 
     fn on_setup<W: AsyncWrite + Unpin>(&mut self, m: SetupConnection<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {

@@ -44,13 +44,17 @@ pub struct StatsTask {
     /// The history store's feed (`history::Feed`): tallies summed per minute, handed over at
     /// each write.
     pub history: Option<Box<dyn HistorySink>>,
+    /// `stats_forget`: a worker with no connection and no accepted share for this long is
+    /// forgotten (zero: never).
+    pub forget: Duration,
 }
 
 /// Where the statistics task hands what the history store keeps (implemented by
 /// `history::Feed`; a trait so that the statistics do not depend on the store).
 pub trait HistorySink: Send {
-    /// A session's tally, judged at `unix`.
-    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &crate::mining::ShareTally);
+    /// A session's tally, judged at `unix`; `known`: the worker has had an accepted share (a
+    /// name that never had one costs no per-worker row).
+    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &crate::mining::ShareTally, known: bool);
     /// blocks.log changed (a block found or its fate moved on).
     fn blocks_changed(&mut self);
     /// Hands what was summed to the store (never waits): called at each statistics write.
@@ -98,7 +102,10 @@ impl StatsTask {
                     for ev in batch.drain(..) {
                         if let Some(h) = self.history.as_mut() {
                             match &ev {
-                                StatEvent::Shares { user, worker, tally } => h.shares(t.unix, user, worker, tally),
+                                StatEvent::Shares { user, worker, tally } => {
+                                    let known = tally.accepted_n > 0 || book.has_shared(user, worker);
+                                    h.shares(t.unix, user, worker, tally, known)
+                                }
                                 StatEvent::Blocks(_) => h.blocks_changed(),
                                 _ => {}
                             }
@@ -128,6 +135,7 @@ impl StatsTask {
     }
 
     pub(super) async fn write(&mut self, book: &mut Book, t: Now) {
+        book.forget(t, self.forget.as_secs());
         book.decay_to(t);
         let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         let mut files = vec![(self.logdir.join("pool").join("pool.status"), book.render_pool(t, network))];

@@ -9,6 +9,7 @@ use crate::hex;
 use crate::log::escape::Esc;
 use crate::log::ratelimit::LogKind;
 use crate::log::stats::StatEvent;
+use crate::serve::guard::NAMES_PER_SV1_CONNECTION;
 use crate::sv1::proto::{self, code};
 
 impl Session {
@@ -67,6 +68,14 @@ impl Session {
             return;
         };
         let user: String = user.chars().take(256).collect();
+        if !self.authorized || **self.channel.worker() != *user {
+            // A new name: each costs the statistics a worker while connected, so a connection
+            // may use only so many (a re-authorize flood is refused, not remembered).
+            if self.names >= NAMES_PER_SV1_CONNECTION {
+                return self.refuse_name(id, &user);
+            }
+            self.names += 1;
+        }
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
         let mut new_payout = false;
         if let Some(solo) = &self.ctx.params.solo {
@@ -120,6 +129,20 @@ impl Session {
         // notify). Every client handles notifications before a pending reply.
         self.maybe_start();
         self.reply(id, "true");
+    }
+
+    /// Past the names one connection may use: `false` with the reason; the name is not taken.
+    fn refuse_name(&mut self, id: &str, user: &str) {
+        self.ctx.guard.counts.names_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.ctx.guard.log(LogKind::Limit) {
+            tracing::warn!(
+                peer = %self.peer, client = self.id, worker = %Esc(self.worker()),
+                "refusing name {:?}: this connection used {NAMES_PER_SV1_CONNECTION} names already", Esc(user)
+            );
+        }
+        let msg =
+            format!("Too many names on one connection (limit {NAMES_PER_SV1_CONNECTION}); reconnect to use another");
+        self.error(id, code::UNAUTHORIZED, &msg);
     }
 
     /// Solo mode: a username that is no payout address of the node's chain gets `false`, the

@@ -7,6 +7,7 @@ use super::{now_unix, Session};
 use crate::log::escape::Esc;
 use crate::log::sharelog::ShareLine;
 use crate::mining::{Effects, ShareRecord};
+use crate::serve::guard::Outcome;
 use crate::serve::RejectKind;
 use crate::share::Submit;
 use crate::sv1::proto::{code, Param, SubmitParams};
@@ -51,6 +52,7 @@ impl Session {
         let mut fx = Effects::default();
         let verdict = self.channel.submit(&sub, self.now_us(), self.ctx.upstream.is_some(), &mut fx);
         self.outbox.count(&self.ctx, &verdict);
+        self.judged(Outcome::of(&verdict.result));
         let reject = match verdict.result {
             Ok(()) => {
                 self.reply(id, "true");
@@ -85,8 +87,15 @@ impl Session {
         }
     }
 
+    /// A share judged: dropidle's clock starts again; banning counts it.
+    fn judged(&mut self, o: Outcome) {
+        self.last_share = tokio::time::Instant::now();
+        self.banned |= self.score.count(o, &self.ctx.guard.policy);
+    }
+
     /// A submit whose params could not be read: counted as rejected, answered, not logged.
     pub(super) fn unread_submit(&mut self, id: &str, reason: &str, kind: RejectKind) {
+        self.judged(Outcome::Invalid);
         self.outbox.count_unread(&self.ctx, kind);
         self.channel.count_unread();
         self.error(id, code::OTHER, reason);

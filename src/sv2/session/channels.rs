@@ -15,6 +15,10 @@ impl Sv2Session {
         if self.channels.len() >= MAX_CHANNELS {
             return Err("channel-capacity-exhausted");
         }
+        if self.names >= NAMES_PER_CONNECTION {
+            self.ctx.guard.counts.names_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err("too-many-names");
+        }
         let user: String = user.chars().take(256).collect();
         if user.is_empty() {
             return Err("invalid-user-identity");
@@ -56,6 +60,7 @@ impl Sv2Session {
             id = id.wrapping_add(1);
         }
         self.next_channel_id = id.wrapping_add(1);
+        self.names += 1;
         let (u, w) = (core.user().clone(), core.worker().clone());
         self.outbox.stat(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
         self.outbox.stat(StatEvent::Authorized { user: u, worker: w });

@@ -226,8 +226,8 @@ async fn many_short_connections_each_with_a_new_name() {
     assert_log_unforged(&pool);
 }
 
-/// Case: an invalid-share spammer. Sends, after its handshake, 60 submits naming a job the pool
-/// never issued (invalid). With `ban_check_shares` 50 and `ban_time` 3 s, the connection is
+/// Case: an invalid-share spammer. Sends, after its handshake, 60 submits on the current job with
+/// an extranonce2 of the wrong length (invalid; a job id merely unknown counts as stale). With `ban_check_shares` 50 and `ban_time` 3 s, the connection is
 /// closed at the 50th, a new connection from its address is answered "banned" and closed, and
 /// one after the ban time is served again. The metrics count the ban.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,9 +240,11 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     let base = usage(&pool);
     let mut spam = Client::connect(&pool.addr()).await;
     spam.handshake("spammer").await;
+    let job = spam.notification("mining.notify").await["params"][0].clone();
     let mut closed = false;
     for i in 0..60u32 {
-        let p = json!(["spammer", "deadbeef", "0000000000000000", "5f5e1000", format!("{i:08x}")]);
+        // A current job with a one-byte extranonce2: invalid (the pool gives 8 bytes).
+        let p = json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]);
         if !spam.send_raw_to_closing(&json!({"id": 100 + i, "method": "mining.submit", "params": p}).to_string()).await {
             closed = true;
             break;
@@ -252,7 +254,7 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     let mut answered = 0;
     while let Some(v) = spam.read().await {
         if v["id"].as_u64().is_some_and(|id| id >= 100) {
-            assert_eq!(v["error"][0], json!(21), "{v}");
+            assert_eq!(v["error"][0], json!(20), "{v}");
             answered += 1;
         }
     }

@@ -284,6 +284,9 @@ impl Collector for Scrape {
             for (what, a) in [("forwarded", &u.forwarded), ("accepted", &u.accepted), ("rejected", &u.rejected)] {
                 counter(&mut m.encode_family(&[("result", what)])?, load(a))?;
             }
+            // Not forwarded: the upstream task's queue was full, or the upstream did not read.
+            let dropped = load(&u.dropped) + load(&c.upstream_dropped);
+            counter(&mut m.encode_family(&[("result", "dropped")])?, dropped)?;
         }
         let mut m = enc.encode_descriptor(
             "ckpool_api_requests",

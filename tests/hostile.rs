@@ -207,9 +207,11 @@ async fn many_short_connections_each_with_a_new_name() {
     let addr = pool.addr();
     for i in 0..1500 {
         let mut s = raw_subscribed(&addr).await;
-        s.write_all(format!("{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"short{i}\",\"x\"]}}\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"short{i}\",\"x\"]}}\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = Vec::new();
         let answers = read_answers(&mut s, 2, &mut buf).await;
         assert_eq!(answers[1]["result"], json!(true), "{answers:?}");
@@ -233,8 +235,7 @@ async fn many_short_connections_each_with_a_new_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_share_spammer_is_banned_then_let_back() {
     let nodes = NodePair::start().await;
-    let pool =
-        start_pool(&nodes, json!({"ban_check_shares": 50, "ban_time": 3, "apiurl": ["127.0.0.1:0"]})).await;
+    let pool = start_pool(&nodes, json!({"ban_check_shares": 50, "ban_time": 3, "apiurl": ["127.0.0.1:0"]})).await;
     let mut honest = Honest::connect(&pool).await;
     honest.share("before").await;
     let base = usage(&pool);
@@ -245,7 +246,8 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     for i in 0..60u32 {
         // A current job with a one-byte extranonce2: invalid (the pool gives 8 bytes).
         let p = json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]);
-        if !spam.send_raw_to_closing(&json!({"id": 100 + i, "method": "mining.submit", "params": p}).to_string()).await {
+        if !spam.send_raw_to_closing(&json!({"id": 100 + i, "method": "mining.submit", "params": p}).to_string()).await
+        {
             closed = true;
             break;
         }
@@ -359,7 +361,8 @@ async fn a_miner_that_never_reads_is_dropped() {
         let _ = s.write_all(hello.as_bytes()).await;
         let mut batch = String::new();
         for i in 0..1000 {
-            batch.push_str(&format!("{{\"id\":{},\"method\":\"mining.extranonce.subscribe\",\"params\":[]}}\n", 10 + i));
+            batch
+                .push_str(&format!("{{\"id\":{},\"method\":\"mining.extranonce.subscribe\",\"params\":[]}}\n", 10 + i));
         }
         for _ in 0..400 {
             // Blocks once the pool stops reading; ends with an error once it closes.
@@ -396,7 +399,9 @@ async fn log_forging_strings_in_every_field() {
     let mut honest = Honest::connect(&pool).await;
     let base = usage(&pool);
     let forged = |tag: &str| {
-        format!("x\n2026-01-01T00:00:00.000000Z  WARN FORGED {tag}\r\n\u{2028}FORGED\u{2029}FORGED\u{85}\u{1b}[31m\u{0}")
+        format!(
+            "x\n2026-01-01T00:00:00.000000Z  WARN FORGED {tag}\r\n\u{2028}FORGED\u{2029}FORGED\u{85}\u{1b}[31m\u{0}"
+        )
     };
     let mut c = Client::connect(&pool.addr()).await;
     let id = c.request("mining.subscribe", json!([forged("agent")])).await;

@@ -23,7 +23,8 @@ pub fn judge(is_dir: bool, owner: u32, mode: u32, our_uid: u32) -> Result<(), St
 
 /// Creates `dir` (0700, parents as needed) or checks the one there.
 pub fn prepare(dir: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+    // The parent is made only when missing (a sandbox may let us write the directory only).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create the socket dir's parent {}", parent.display()))?;
     }

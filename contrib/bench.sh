@@ -63,6 +63,8 @@ if [ -n "${TLS:-}" ]; then
 fi
 [ "${HISTORY:-1}" != 0 ] || apiline="$apiline \"history\" : false,"
 [ -z "${DBURL:-}" ] || apiline="$apiline \"dburl\" : \"$DBURL\","
+# Every bench share is unsolved (rejected): banning's check is set beyond reach, so each share
+# is still counted for it (its cost on the share path is measured) but no bench connection is banned.
 cat > "$work/pool/ckpool.conf" <<CONF
 {
 "btcd" : [ { "url" : "127.0.0.1:$RPCA", "auth" : "$user", "pass" : "$pass", "notify" : true } ],
@@ -75,6 +77,7 @@ $apiline
 $tlsline
 "mindiff" : 1,
 "startdiff" : 42,
+"ban_check_shares" : 1000000000,
 "maxdiff" : 0,
 "zmqblock" : "tcp://127.0.0.1:$ZMQ",
 "logdir" : "$work/pool/logs"

@@ -29,7 +29,11 @@ async fn bench_loads_the_pool_with_unsolved_shares() {
     let nodes = NodePair::start().await;
     let node = &nodes.a;
     let address = node.new_address().await;
-    let pool = Pool::start(pool_config(node, &address).await, &[]);
+    let mut cfg = pool_config(node, &address).await;
+    // Every bench share is unsolved (rejected): banning would close the bench's connections
+    // after 500 of them. A check never reached keeps the counting on the share path.
+    cfg["ban_check_shares"] = json!(1_000_000_000);
+    let pool = Pool::start(cfg, &[]);
     let cli = common::node_bin().with_file_name("bitcoin-cli");
     let trigger = format!(
         "{} -regtest -rpcuser={RPC_USER} -rpcpassword={RPC_PASS} -rpcport={} generate 1",

@@ -494,7 +494,13 @@ async fn a_block_from_an_sv2_client_that_stopped_reading_is_accepted() {
     let node = CoreNode::start(&[]).await;
     let addr = node.derive_address(&format!("wpkh({})", regtest_key(26).to_wif())).await;
     node.generate_to(1, &addr).await;
-    let (pool, sv2_addr, key) = pool_with_sv2(&node, &addr, &[("mindiff", json!(0.001)), ("startdiff", json!(0.001))]);
+    // The junk shares below are invalid on purpose (to fill the stalled write): banning, on by
+    // default, would close the connection before the block; it is off here.
+    let (pool, sv2_addr, key) = pool_with_sv2(
+        &node,
+        &addr,
+        &[("mindiff", json!(0.001)), ("startdiff", json!(0.001)), ("ban_check_shares", json!(0))],
+    );
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(sv2_addr.parse().unwrap()).await.unwrap();

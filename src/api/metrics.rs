@@ -104,6 +104,35 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?;
         counter(&mut m, load(&c.sessions_total))?;
+        // What the guard refused and dropped (serve::guard, docs/security.md).
+        let g = &api.src.ctx.guard;
+        let mut m = enc.encode_descriptor(
+            "ckpool_connections_refused",
+            "Connections refused before their session, by reason (a banned address, maxclients_per_address)",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut m.encode_family(&[("reason", "banned")])?, load(&g.counts.refused_banned))?;
+        counter(&mut m.encode_family(&[("reason", "per_address")])?, load(&g.counts.refused_per_address))?;
+        let mut m = enc.encode_descriptor(
+            "ckpool_connections_dropped",
+            "Connections the pool closed, by reason (dropidle, not reading, banned for invalid shares)",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut m.encode_family(&[("reason", "idle")])?, load(&g.counts.dropped_idle))?;
+        counter(&mut m.encode_family(&[("reason", "slow_reader")])?, load(&g.counts.dropped_slow))?;
+        counter(&mut m.encode_family(&[("reason", "banned")])?, load(&g.counts.bans))?;
+        let mut m = enc.encode_descriptor(
+            "ckpool_names_refused",
+            "Authorizations (SV1) and channels (SV2) refused past the names one connection may use",
+            None,
+            MetricType::Counter,
+        )?;
+        counter(&mut m, load(&g.counts.names_refused))?;
+        let mut m =
+            enc.encode_descriptor("ckpool_banned_addresses", "Addresses banned now", None, MetricType::Gauge)?;
+        m.encode_gauge(&(g.banned_now() as u64))?;
         // The statistics (ckpool's decaying averages), as of the last statistics write.
         for (name, help, v) in [
             ("ckpool_users", "Users with a live connection", view.users as u64),
@@ -255,6 +284,9 @@ impl Collector for Scrape {
             for (what, a) in [("forwarded", &u.forwarded), ("accepted", &u.accepted), ("rejected", &u.rejected)] {
                 counter(&mut m.encode_family(&[("result", what)])?, load(a))?;
             }
+            // Not forwarded: the upstream task's queue was full, or the upstream did not read.
+            let dropped = load(&u.dropped) + load(&c.upstream_dropped);
+            counter(&mut m.encode_family(&[("result", "dropped")])?, dropped)?;
         }
         let mut m = enc.encode_descriptor(
             "ckpool_api_requests",

@@ -20,6 +20,9 @@ pub struct Params {
     pub instance: Option<String>,
 }
 
+/// The largest `from`, `to` or `step` taken.
+const MAX_SECONDS: i64 = 1 << 40;
+
 /// Reads the query string; unknown parameters are refused by name.
 pub fn parse(q: &str) -> Result<Params, String> {
     let mut p =
@@ -27,7 +30,14 @@ pub fn parse(q: &str) -> Result<Params, String> {
     for pair in q.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let v = percent_decode(&v.replace('+', " ")).ok_or_else(|| format!("{k}: not percent-encoded UTF-8"))?;
-        let int = |v: &str| v.parse::<i64>().map_err(|_| format!("{k}={v}: not a whole number"));
+        // Unix seconds and steps within 0..2^40 (past the year 36000): every sum and difference
+        // of them below fits an i64.
+        let int = |v: &str| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| (0..=MAX_SECONDS).contains(n))
+                .ok_or_else(|| format!("{k}={v}: a whole number of seconds from 0 to {MAX_SECONDS}"))
+        };
         let name = |v: String| if user_name_ok(&v) { Ok(v) } else { Err(format!("{k}: not a name")) };
         match k {
             "range" => {
@@ -163,6 +173,12 @@ mod tests {
         let q = query_of(&parse("from=1000&to=4600&step=60").unwrap(), 0).unwrap();
         assert_eq!((q.from, q.to, q.step), (1000, 4600, 60));
         assert!(query_of(&parse("from=0&to=100000000&step=60").unwrap(), 0).is_err());
+        // Extreme values are refused by name, never overflowed.
+        for q in ["to=9223372036854775807", "from=-9223372036854775808&to=1", "step=9223372036854775800", "to=-1"] {
+            assert!(parse(q).unwrap_err().contains("from 0 to 1099511627776"), "{q}");
+        }
+        let edge = parse("from=0&to=1099511627776&step=1099511627760").unwrap();
+        assert_eq!(query_of(&edge, i64::MAX / 2).map(|q| q.to), Ok(1 << 40));
         let q = query_of(&parse("range=week").unwrap(), 1_764_000_100).unwrap();
         assert_eq!((q.step, q.to - q.from), (3600, 604_800));
     }

@@ -128,6 +128,8 @@ pub struct Config {
     pub version_mask: u32,
     /// Zero: no limit.
     pub maxclients: usize,
+    /// What one miner or address may cost (docs/security.md).
+    pub limits: Limits,
     /// Vardiff's target share interval and retarget interval.
     pub vardiff: VardiffParams,
     /// How often logdir/pool/pool.status and logdir/users/* are rewritten.
@@ -145,6 +147,38 @@ pub struct Config {
     /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
     /// block goes to `btcaddress`.
     pub donation_bp: u32,
+}
+
+/// Limits on what one miner or one address may cost the pool (docs/security.md). Zero turns each
+/// one off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// ckpool's `dropidle`: a connection that sent no share for this long is dropped.
+    pub dropidle: Duration,
+    /// Connections one address may hold at once (zero: no limit, the default).
+    pub maxclients_per_address: u32,
+    /// Banning as NOMP does it: a connection's shares are checked once it sent this many...
+    pub ban_check_shares: u32,
+    /// ...and when more than this percent were invalid, it is closed and its address refused...
+    pub ban_invalid_percent: u32,
+    /// ...for this long.
+    pub ban_time: Duration,
+    /// `stats_forget`: a worker with no connection and no accepted share for this long leaves
+    /// the statistics book (its user's file keeps it).
+    pub stats_forget: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            dropidle: Duration::ZERO,
+            maxclients_per_address: 0,
+            ban_check_shares: 500,
+            ban_invalid_percent: 50,
+            ban_time: Duration::from_secs(600),
+            stats_forget: Duration::from_secs(604_800),
+        }
+    }
 }
 
 /// What went wrong with a configuration file.
@@ -193,6 +227,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "nonce2length",
     "version_mask",
     "maxclients",
+    // ckpool's, now with its meaning.
+    "dropidle",
     // Stratum V2 (ckpool's names).
     "sv2url",
     "sv2_authority_key",
@@ -208,11 +244,15 @@ pub const KNOWN_KEYS: &[&str] = &[
     "history",
     "dburl",
     "instance",
+    "maxclients_per_address",
+    "ban_check_shares",
+    "ban_invalid_percent",
+    "ban_time",
+    "stats_forget",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",
     "redirecturl",
-    "dropidle",
     "serverurls",
 ];
 

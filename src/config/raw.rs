@@ -153,6 +153,12 @@ pub(super) struct RawConfig {
     nonce2length: Option<Field<u64>>,
     version_mask: Option<Field<String>>,
     maxclients: Option<Field<u64>>,
+    dropidle: Option<Field<u64>>,
+    maxclients_per_address: Option<Field<u64>>,
+    ban_check_shares: Option<Field<u64>>,
+    ban_invalid_percent: Option<Field<u64>>,
+    ban_time: Option<Field<u64>>,
+    stats_forget: Option<Field<u64>>,
     vardiff_target_interval: Option<Field<Decimal>>,
     vardiff_retarget_interval: Option<Field<Decimal>>,
     stats_interval: Option<Field<u64>>,
@@ -168,8 +174,6 @@ pub(super) struct RawConfig {
     useragent: Option<IgnoredAny>,
     #[allow(dead_code)]
     redirecturl: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    dropidle: Option<IgnoredAny>,
     #[allow(dead_code)]
     serverurls: Option<IgnoredAny>,
 }
@@ -523,6 +527,14 @@ impl RawConfig {
             nonce2length: c.uint(key!(r.nonce2length), 8, 2, 8)? as usize,
             version_mask,
             maxclients: c.uint(key!(r.maxclients), 0, 0, 10_000_000)? as usize,
+            limits: crate::config::Limits {
+                dropidle: Duration::from_secs(c.uint(key!(r.dropidle), 0, 0, 31_536_000)?),
+                maxclients_per_address: c.uint(key!(r.maxclients_per_address), 0, 0, 10_000_000)? as u32,
+                ban_check_shares: c.uint(key!(r.ban_check_shares), 500, 0, 1_000_000_000)? as u32,
+                ban_invalid_percent: c.uint(key!(r.ban_invalid_percent), 50, 1, 100)? as u32,
+                ban_time: Duration::from_secs(c.uint(key!(r.ban_time), 600, 0, 31_536_000)?),
+                stats_forget: Duration::from_secs(c.uint(key!(r.stats_forget), 604_800, 0, 315_360_000)?),
+            },
             vardiff,
             stats_interval: Duration::from_secs(c.uint(key!(r.stats_interval), 60, 1, 3600)?),
             loglevel: match c.string(key!(r.loglevel), "")?.trim() {

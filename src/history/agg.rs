@@ -72,11 +72,15 @@ impl Agg {
         self.rows() >= self.cap
     }
 
-    /// Adds a session's tally of shares judged at `unix` to its minute.
-    pub fn shares(&mut self, unix: i64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally) {
+    /// Adds a session's tally of shares judged at `unix` to its minute. `known`: the worker has
+    /// had an accepted share; a name that never had one is summed in the pool's row only, so an
+    /// invented name costs no row and never takes a real worker's place under the cap.
+    pub fn shares(&mut self, unix: i64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally, known: bool) {
         let sums = Sums { acc: t.accepted.units(), acc_n: t.accepted_n, rej: t.rejected.units(), rej_n: t.rejected_n };
         let ts = minute_of(unix);
-        self.add_worker(ts, user, worker, &sums);
+        if known {
+            self.add_worker(ts, user, worker, &sums);
+        }
         self.add_pool(&PoolRow { ts, sums, workers: 0, netdiff: None });
     }
 
@@ -156,10 +160,10 @@ mod tests {
     fn sums_per_minute_and_worker() {
         let (u, w1, w2): (Arc<str>, Arc<str>, Arc<str>) = ("alice".into(), "alice.1".into(), "alice.2".into());
         let mut a = Agg::new(100);
-        a.shares(1_000_000_000, &u, &w1, &tally("0.5", 2));
-        a.shares(1_000_000_019, &u, &w1, &tally("0.25", 1));
-        a.shares(1_000_000_020, &u, &w1, &tally("2", 1)); // next minute (1_000_000_020 is a minute start)
-        a.shares(1_000_000_001, &u, &w2, &tally("0.000000000001", 3));
+        a.shares(1_000_000_000, &u, &w1, &tally("0.5", 2), true);
+        a.shares(1_000_000_019, &u, &w1, &tally("0.25", 1), true);
+        a.shares(1_000_000_020, &u, &w1, &tally("2", 1), true); // next minute (1_000_000_020 is a minute start)
+        a.shares(1_000_000_001, &u, &w2, &tally("0.000000000001", 3), true);
         a.pool_state(1_000_000_005, 2, Some("0.000000000465".parse().unwrap()));
         let b = a.take();
         assert!(a.is_empty());
@@ -173,13 +177,34 @@ mod tests {
         assert_eq!(b.pool[1].sums.acc, 2_000_000_000_000);
     }
 
+    /// Rejected shares of names that never had an accepted share (a name flood) add to the
+    /// pool's row only: a full aggregation still takes the real worker's row.
+    #[test]
+    fn names_without_an_accepted_share_cost_no_row() {
+        let u: Arc<str> = "u".into();
+        let mut a = Agg::new(3);
+        let mut rejected = ShareTally::default();
+        rejected.add("1".parse().unwrap(), "0".parse().unwrap(), false);
+        for i in 0..10_000 {
+            let w: Arc<str> = format!("invented{i}").into();
+            a.shares(600, &u, &w, &rejected, false);
+        }
+        assert_eq!((a.rows(), a.dropped), (1, 0));
+        let real: Arc<str> = "u.rig".into();
+        a.shares(601, &u, &real, &tally("1", 1), true);
+        let b = a.take();
+        assert_eq!(b.workers.len(), 1);
+        assert_eq!(&*b.workers[0].worker, "u.rig");
+        assert_eq!((b.pool[0].sums.rej_n, b.pool[0].sums.acc_n), (10_000, 1));
+    }
+
     #[test]
     fn bounded_and_counts_what_it_drops() {
         let u: Arc<str> = "u".into();
         let mut a = Agg::new(4);
         for i in 0..10i64 {
             let w: Arc<str> = format!("w{i}").into();
-            a.shares(600, &u, &w, &tally("1", 1));
+            a.shares(600, &u, &w, &tally("1", 1), true);
         }
         // 1 pool row + 3 worker rows fit; the 7 other workers are dropped, the pool row still sums all.
         assert_eq!(a.rows(), 4);

@@ -97,8 +97,8 @@ pub fn start(cfg: &Config) -> Option<Feed> {
 }
 
 impl crate::log::stats::HistorySink for Feed {
-    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally) {
-        self.agg.shares(unix as i64, user, worker, t);
+    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &ShareTally, known: bool) {
+        self.agg.shares(unix as i64, user, worker, t, known);
     }
 
     fn blocks_changed(&mut self) {

@@ -1,6 +1,8 @@
 //! What the pool writes for operators: the operator log and the share log.
 
+pub mod escape;
 pub mod operator;
+pub mod ratelimit;
 pub mod sharelog;
 pub mod stats;
 

@@ -27,10 +27,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const PRIMARY_PROBE: Duration = Duration::from_secs(10);
 const MAX_BAD_LINES: u32 = 50;
 
+/// Bytes queued for the upstream (shares it has not read) past which shares are dropped.
+pub const OUT_CAP: usize = 1 << 20;
+
 /// Upstream verdict counters.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     pub forwarded: AtomicU64,
+    /// Shares not written because the upstream was not reading (its queue at [`OUT_CAP`]).
+    pub dropped: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     /// Switches from one upstream entry to another (failover, or back to the primary).
@@ -213,6 +218,14 @@ impl UpstreamClient {
                     let Some(sh) = share else { return End::Shutdown };
                     if sh.generation != self.generation {
                         tracing::debug!("share from {} for a previous upstream session dropped as stale", sh.workername);
+                        continue;
+                    }
+                    if up.queued() >= OUT_CAP {
+                        // The upstream does not read: what it has not taken is bounded; this
+                        // share is counted and dropped (miners were answered long ago).
+                        if self.counters.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                            tracing::warn!("upstream {addr}: not reading ({} KiB queued); shares are dropped until it does", up.queued() >> 10);
+                        }
                         continue;
                     }
                     let id = up.send_submit(&entry.auth, &Submit {

@@ -79,6 +79,8 @@ pub struct Counters {
     pub blocks: AtomicU64,
     pub connections: AtomicU64,
     pub sessions_total: AtomicU64,
+    /// Proxy mode: shares for the upstream dropped because its task's queue was full.
+    pub upstream_dropped: AtomicU64,
 }
 
 impl Counters {

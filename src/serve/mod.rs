@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod counters;
 pub mod enonce;
+pub mod guard;
 pub mod outbox;
 #[cfg(test)]
 pub mod testing;
@@ -95,6 +96,8 @@ pub struct ServerCtx {
     pub counters: Counters,
     /// extranonce1 values in use (SV1 sessions and SV2 channels), so that none ever collide.
     pub enonces: Enonces,
+    /// Limits on what one miner or address may cost, and the operator log's rate limit.
+    pub guard: Arc<guard::Guard>,
     pub shutdown: watch::Receiver<bool>,
 }
 

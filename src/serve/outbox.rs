@@ -61,7 +61,8 @@ impl Outbox {
     /// in the log; `face` is "" for SV1 and " (sv2)" for SV2.
     pub fn take_effects(&mut self, ctx: &ServerCtx, fx: &mut Effects, worker: &str, face: &str) {
         if let Some(cand) = fx.block.take() {
-            tracing::info!(worker = %worker, height = cand.job.height, "block candidate {} from {worker}{face}", hex::encode_rev(&cand.hash));
+            let w = crate::log::escape::Esc(worker);
+            tracing::info!(worker = %w, height = cand.job.height, "block candidate {} from {w}{face}", hex::encode_rev(&cand.hash));
             if self.blocks.is_empty() {
                 match ctx.blocks.try_send(cand) {
                     Ok(()) => {}
@@ -107,8 +108,9 @@ impl Outbox {
         self.stats.push(ev);
     }
 
-    /// Sends what is queued: found blocks first, then upstream shares, then statistics. Waits
-    /// only when a channel is full (rare), in a separate allocation so that an idle session's
+    /// Sends what is queued: found blocks first, then upstream shares (never waited for:
+    /// dropped and counted when the upstream task has no room), then statistics. Waits only
+    /// when a channel is full (rare), in a separate allocation so that an idle session's
     /// task does not carry the waiting state.
     pub async fn flush(&mut self, ctx: &ServerCtx) {
         if !self.try_flush(ctx) {
@@ -118,9 +120,17 @@ impl Outbox {
 
     /// Sends without waiting; false when a channel was full (what is left stays queued, in order).
     pub fn try_flush(&mut self, ctx: &ServerCtx) -> bool {
-        try_send_all(&ctx.blocks, &mut self.blocks, "block submitter")
-            && ctx.upstream.as_ref().is_none_or(|tx| try_send_all(tx, &mut self.upstream, "upstream task"))
-            && try_send_all(&ctx.stats, &mut self.stats, "stats task")
+        let blocks = try_send_all(&ctx.blocks, &mut self.blocks, "block submitter");
+        if let Some(tx) = &ctx.upstream {
+            // Never waited for: a share the upstream task has no room for is counted and dropped
+            // (the upstream is gone or not reading); the miner was answered already.
+            if !try_send_all(tx, &mut self.upstream, "upstream task") {
+                let n = self.upstream.len() as u64;
+                self.upstream.clear();
+                ctx.counters.upstream_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        blocks && try_send_all(&ctx.stats, &mut self.stats, "stats task")
     }
 
     async fn flush_waiting(&mut self, ctx: &ServerCtx) {
@@ -128,14 +138,6 @@ impl Outbox {
             let hash = cand.hash;
             if ctx.blocks.send(cand).await.is_err() {
                 tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
-            }
-        }
-        if let Some(tx) = &ctx.upstream {
-            for share in self.upstream.drain(..) {
-                if tx.send(share).await.is_err() {
-                    tracing::error!("upstream task is gone; a share was not forwarded");
-                    break;
-                }
             }
         }
         for ev in self.stats.drain(..) {

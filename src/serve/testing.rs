@@ -68,6 +68,7 @@ pub fn rig(block_capacity: usize) -> Rig {
         stats: stats_tx,
         counters: Counters::default(),
         enonces: Enonces::default(),
+        guard: Arc::new(super::guard::Guard::new(&cfg.limits)),
         shutdown: shutdown_rx,
     });
     Rig { ctx, work, blocks, stats, shutdown, dir }

@@ -67,11 +67,13 @@ impl FrontEnd {
                 view: view_tx,
                 failing: false,
                 live: Some(params.live.clone()),
+                forget: cfg.limits.stats_forget,
                 history: crate::history::start(cfg).map(|f| Box::new(f) as Box<dyn crate::log::stats::HistorySink>),
                 predecessor,
             },
             STATS_QUEUE,
         );
+        let guard = Arc::new(crate::serve::guard::Guard::new(&cfg.limits));
         let ctx = Arc::new(ServerCtx {
             params,
             work,
@@ -81,8 +83,10 @@ impl FrontEnd {
             stats,
             counters: Counters::default(),
             enonces: Enonces::default(),
-            shutdown,
+            guard: guard.clone(),
+            shutdown: shutdown.clone(),
         });
+        tokio::spawn(crate::serve::guard::summarize(guard, shutdown));
         FrontEnd {
             ctx,
             summary,

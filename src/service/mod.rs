@@ -65,8 +65,23 @@ impl Drop for PidFile {
 
 /// Writes the pid file over the running instance's: after a handover, that one is leaving.
 fn claim_pidfile(sockdir: &Path) -> anyhow::Result<()> {
-    let path = sockdir.join("main.pid");
-    std::fs::write(&path, format!("{}\n", std::process::id()))
+    write_pidfile(&sockdir.join("main.pid"))
+}
+
+/// Writes our pid to `path`, never through a symlink (O_NOFOLLOW: a link planted there is an
+/// error, not a file of someone else's overwritten).
+fn write_pidfile(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot write pid file {} (a symlink is refused)", path.display()))?;
+    f.write_all(format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("cannot write pid file {}", path.display()))
 }
 
@@ -185,7 +200,7 @@ fn pid_alive(pid: i32) -> bool {
 /// Takes the pid file in `sockdir`. With `killold`, a running instance is asked to stop
 /// (SIGTERM, then SIGKILL after 10 s); without it, a running instance is an error.
 pub fn take_pidfile(sockdir: &Path, killold: bool) -> anyhow::Result<PidFile> {
-    std::fs::create_dir_all(sockdir).with_context(|| format!("cannot create socket dir {}", sockdir.display()))?;
+    crate::sockets::dir::prepare(sockdir)?;
     let path = sockdir.join("main.pid");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(pid) = text.trim().parse::<i32>() {
@@ -210,8 +225,7 @@ pub fn take_pidfile(sockdir: &Path, killold: bool) -> anyhow::Result<PidFile> {
             }
         }
     }
-    std::fs::write(&path, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write pid file {}", path.display()))?;
+    write_pidfile(&path)?;
     Ok(PidFile(path))
 }
 
@@ -260,7 +274,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     // Descriptors: the soft limit up to the hard one, a reserve kept, the miners' ceiling logged.
     crate::fdlimit::install(&fd_needs(&cfg, args.proxy), if args.proxy { "ckproxy" } else { "ckpool" });
     let sockdir = args.sockdir.clone().unwrap_or_else(|| PathBuf::from(format!("/tmp/{name}")));
-    std::fs::create_dir_all(&sockdir).with_context(|| format!("cannot create socket dir {}", sockdir.display()))?;
+    crate::sockets::dir::prepare(&sockdir)?;
     let taken = if args.handover {
         match crate::sockets::handover::request(&sockdir, crate::sockets::handover::TIMEOUT) {
             Ok(Some(t)) => Some(t),

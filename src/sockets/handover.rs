@@ -61,6 +61,19 @@ pub fn request(sockdir: &Path, timeout: Duration) -> anyhow::Result<Option<Taken
         }
         Err(e) => return Err(e).with_context(|| format!("handover: cannot connect to {}", path.display())),
     };
+    // Sockets are taken only from a process of our own user (the directory is ours, but a
+    // socket there could still be another user's).
+    let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+        .with_context(|| format!("handover: cannot read the peer credentials on {}", path.display()))?;
+    let ours = nix::unistd::geteuid().as_raw();
+    if peer.uid() != ours {
+        bail!(
+            "handover: the process on {} (pid {}) runs as uid {}, not as this user (uid {ours}): refusing its sockets",
+            path.display(),
+            peer.pid(),
+            peer.uid()
+        );
+    }
     let unresponsive = || {
         format!(
             "handover: the running instance did not answer on {} within {} s (stopped or hung? its pid is in {})",

@@ -7,6 +7,7 @@
 //! The rest of the program gets plain std listeners by config key and never knows where they
 //! came from.
 
+pub mod dir;
 pub mod handover;
 pub mod systemd;
 

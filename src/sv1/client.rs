@@ -327,6 +327,11 @@ impl Client {
         id
     }
 
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len() - self.written
+    }
+
     /// Queues bytes as they are (tests: garbage, exact firmware lines; add the newline).
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);

@@ -19,6 +19,8 @@ use tokio::task::JoinSet;
 use super::lines::LineReader;
 use super::session::Session;
 use crate::config::Listener;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::proxy_protocol::{self, Header};
 use crate::serve::accept::accept_next;
 use crate::serve::enonce::{mask_of, random_start, Full};
@@ -94,6 +96,16 @@ struct Refusals {
 impl Refusals {
     fn new(local: &str) -> Refusals {
         Refusals { local: local.to_string(), last_log: None, unlogged: 0, answering: Arc::new(Semaphore::new(64)) }
+    }
+
+    /// Answers the miner's first request with `message` (error 20) and closes, within the bound
+    /// on answering tasks; beyond it the miner is just closed.
+    fn answer(&self, stream: MinerStream, message: String) {
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer_full(stream, message)).await;
+        });
     }
 
     fn refuse(&mut self, stream: MinerStream, peer: SocketAddr, held: usize, nonce1_len: usize) {
@@ -176,6 +188,8 @@ struct ListenerRun {
     next_en1: AtomicU64,
     mask: u64,
     refused: Mutex<Refusals>,
+    /// The pool's limits and log rate limit (the context's).
+    log: Arc<crate::serve::guard::Guard>,
 }
 
 impl ListenerRun {
@@ -187,6 +201,7 @@ impl ListenerRun {
             next_en1: AtomicU64::new(random_start()),
             mask: mask_of(n1),
             refused: Mutex::new(Refusals::new(&local)),
+            log: ctx.guard.clone(),
             local,
         }
     }
@@ -234,6 +249,16 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
             let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };
+            // Banned addresses and the per-address limit (serve::guard), on the miner's own
+            // address (after any PROXY header).
+            let _admitted = match ctx2.guard.admit(peer.ip(), &run2.local) {
+                Ok(a) => a,
+                Err(why) => {
+                    drop(permit);
+                    run2.refused.lock().unwrap_or_else(|p| p.into_inner()).answer(stream, why.message());
+                    return;
+                }
+            };
             // A fresh extranonce1 not held by a live session; none when the space is full.
             let taken = {
                 let mut next = run2.next_en1.load(Ordering::Relaxed);
@@ -279,7 +304,13 @@ async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> 
                 tracing::debug!("PROXY v{version} on {}: LOCAL/UNKNOWN from {peer} (its own address stands)", run.local)
             }
             Err(e) => {
-                tracing::warn!("connection from {peer} on {} refused: PROXY protocol: {e}", run.local);
+                if run.log.log(LogKind::Refusal) {
+                    tracing::warn!(
+                        "connection from {peer} on {} refused: PROXY protocol: {}",
+                        run.local,
+                        Esc(&e.to_string())
+                    );
+                }
                 return None;
             }
         }
@@ -289,7 +320,9 @@ async fn prelude(run: &ListenerRun, mut stream: TcpStream, peer: SocketAddr) -> 
         Some(tls) => match tls.accept(stream).await {
             Ok(t) => MinerStream::Tls(Box::new(t)),
             Err(e) => {
-                tracing::info!("TLS handshake with {peer} on {} failed: {e}", run.local);
+                if run.log.log(LogKind::Refusal) {
+                    tracing::info!("TLS handshake with {peer} on {} failed: {}", run.local, Esc(&e.to_string()));
+                }
                 return None;
             }
         },

@@ -20,15 +20,21 @@ use super::lines::{Line, LineReader};
 use super::proto::{self, code};
 use super::server::MinerStream;
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::stats::StatEvent;
 use crate::mining::vardiff::Retarget;
 use crate::mining::Work;
 use crate::mining::{Channel, ChannelParams, Issued};
+use crate::serve::guard::BanScore;
 use crate::serve::outbox::Outbox;
 use crate::serve::ServerCtx;
 
 /// A connection that has not subscribed and authorized by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a write may wait for a miner that does not read (then it is dropped; what the pool
+/// holds for it meanwhile is one batch of answers and the kernel's socket buffer).
+const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// Consecutive unparseable lines tolerated before disconnecting.
 const MAX_BAD_LINES: u32 = 20;
 
@@ -63,6 +69,13 @@ pub struct Session {
     bad_lines: u32,
     /// When the session began: the channel's clock origin.
     born: Instant,
+    /// When it last sent a share (or began): `dropidle` counts from here.
+    last_share: Instant,
+    /// Names authorized on this connection (serve::guard::NAMES_PER_SV1_CONNECTION).
+    names: u32,
+    /// Banning's share counts (serve::guard); `banned`: past the threshold, close and ban.
+    score: BanScore,
+    banned: bool,
     /// A share's effects (serve::outbox): a found block leaves at once; upstream shares and
     /// statistics after the batch of lines (the per-line code never awaits); and whether the
     /// share log's backlog is over its cap (after replying, wait for room before reading on).
@@ -107,6 +120,10 @@ impl Session {
             out: Vec::new(),
             bad_lines: 0,
             born: Instant::now(),
+            last_share: Instant::now(),
+            names: 0,
+            score: BanScore::default(),
+            banned: false,
             outbox: Outbox::default(),
         }
     }
@@ -141,7 +158,7 @@ impl Session {
     fn send_difficulty(&mut self, r: Option<Retarget>) {
         if let Some(r) = r {
             tracing::debug!(
-                peer = %self.peer, client = self.id, worker = %self.worker(),
+                peer = %self.peer, client = self.id, worker = %Esc(self.worker()),
                 "vardiff: difficulty -> {} (rate {:.4e} diff-1 shares/s)",
                 r.new, r.rate as f64 / crate::difficulty::SCALE as f64
             );
@@ -182,8 +199,12 @@ impl Session {
         let keepalive = Duration::from_secs(self.ctx.params.keepalive_secs);
         let timer = tokio::time::sleep_until(started + HANDSHAKE_DEADLINE);
         tokio::pin!(timer);
+        let dropidle = Duration::from_micros(self.ctx.guard.policy.dropidle_us);
         let end = loop {
             let tick = if self.working { self.last_notify + keepalive } else { started + HANDSHAKE_DEADLINE };
+            // ckpool's dropidle: no share for that long, from the connection's start.
+            let idle_at = (!dropidle.is_zero()).then(|| self.last_share + dropidle);
+            let tick = idle_at.map_or(tick, |at| tick.min(at));
             // The deadline only moves later as work is sent: the timer is re-armed when it fires
             // early, and moved here only when it must fire sooner.
             if tick < timer.deadline() {
@@ -217,6 +238,10 @@ impl Session {
                     if Instant::now() < tick {
                         timer.as_mut().reset(tick);
                         continue;
+                    }
+                    if idle_at.is_some_and(|at| Instant::now() >= at) {
+                        self.ctx.guard.counts.dropped_idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        break End::Kick(format!("no share for {} s (dropidle)", dropidle.as_secs()));
                     }
                     if !self.working {
                         break End::Kick("did not subscribe and authorize within 120 s".into());
@@ -260,13 +285,20 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        if let Err(e) = stream.write_all(&self.out).await {
-            return Err(End::Kick(format!("write error: {e}")));
-        }
-        if let MinerStream::Tls(t) = stream {
-            // rustls may keep records it could not write yet: out with them now.
-            if let Err(e) = t.flush().await {
-                return Err(End::Kick(format!("write error: {e}")));
+        let write = async {
+            stream.write_all(&self.out).await?;
+            if let MinerStream::Tls(t) = stream {
+                // rustls may keep records it could not write yet: out with them now.
+                t.flush().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        match tokio::time::timeout(WRITE_DEADLINE, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(End::Kick(format!("write error: {e}"))),
+            Err(_) => {
+                self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(End::Kick(format!("not reading (no write progress in {} s)", WRITE_DEADLINE.as_secs())));
             }
         }
         if self.must_reconnect {
@@ -324,13 +356,13 @@ impl Session {
     /// Logs why the session ended, frees its extranonce1 and reports it gone.
     async fn finish(mut self: Box<Self>, end: End) {
         match end {
-            End::Closed => {
-                tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), "miner disconnected")
+            End::Closed if self.ctx.guard.log(LogKind::Close) => {
+                tracing::info!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), "miner disconnected")
             }
-            End::Shutdown => {}
-            End::Kick(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, worker = %self.worker(), "dropping miner: {why}")
+            End::Kick(why) if self.ctx.guard.log(LogKind::Close) => {
+                tracing::warn!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), "dropping miner: {}", Esc(&why))
             }
+            _ => {}
         }
         self.ctx.enonces.release([self.en1_key]);
         if self.authorized {
@@ -362,7 +394,7 @@ impl Session {
                 if self.bad_lines > MAX_BAD_LINES {
                     return Err(format!("{} unparseable lines in a row (last: {e})", self.bad_lines));
                 }
-                tracing::debug!(peer = %self.peer, "unparseable line: {e}");
+                tracing::debug!(peer = %self.peer, "unparseable line: {}", Esc(&e.to_string()));
                 return Ok(());
             }
         };
@@ -370,7 +402,13 @@ impl Session {
         let id = proto::id_text(req.id);
         let method = &*req.method;
         match method {
-            "mining.submit" => self.on_submit(id, req.params),
+            "mining.submit" => {
+                self.on_submit(id, req.params);
+                if self.banned {
+                    self.ctx.guard.ban(self.peer.ip());
+                    return Err(self.ctx.guard.ban_reason());
+                }
+            }
             "mining.subscribe" => self.on_subscribe(id, &req.params_value()),
             "mining.authorize" => self.on_authorize(id, &req.params_value()),
             "mining.configure" => self.on_configure(id, &req.params_value()),
@@ -383,7 +421,7 @@ impl Session {
             }
             "mining.multi_version" => {}
             other => {
-                tracing::debug!(peer = %self.peer, "unknown method {other:?}");
+                tracing::debug!(peer = %self.peer, "unknown method {:?}", Esc(other));
                 if proto::wants_reply(req.id) {
                     self.error(id, code::OTHER, &format!("Method not supported: {other}"));
                 }

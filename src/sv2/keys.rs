@@ -102,10 +102,12 @@ impl AuthorityKey {
                     .mode(0o600)
                     .open(path)
                     .map_err(|e| anyhow::anyhow!("sv2_authority_key: cannot create {}: {e}", path.display()))?;
+                // Given away before the secret is written, through the descriptor opened: no
+                // path is looked up again (a link swapped in meanwhile changes nothing).
+                give_to_directory_owner(path, &f);
                 writeln!(f, "{}", key.secret_string())
                     .and_then(|_| f.sync_all())
                     .map_err(|e| anyhow::anyhow!("sv2_authority_key: cannot write {}: {e}", path.display()))?;
-                give_to_directory_owner(path);
                 Ok((key, true))
             }
             Err(e) => Err(anyhow::anyhow!("sv2_authority_key {}: cannot read: {e}", path.display())),
@@ -115,7 +117,7 @@ impl AuthorityKey {
 
 /// Made by root (`ckpool sv2-key` by hand) in a directory another user owns (the service's
 /// /var/lib/ckpool): the file goes to that owner, so the service can read it.
-fn give_to_directory_owner(path: &Path) {
+fn give_to_directory_owner(path: &Path, file: &std::fs::File) {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
         return;
@@ -127,7 +129,7 @@ fn give_to_directory_owner(path: &Path) {
     };
     if dir.uid() != 0 {
         let (uid, gid) = (nix::unistd::Uid::from_raw(dir.uid()), nix::unistd::Gid::from_raw(dir.gid()));
-        if let Err(e) = nix::unistd::chown(path, Some(uid), Some(gid)) {
+        if let Err(e) = nix::unistd::fchown(file, Some(uid), Some(gid)) {
             tracing::warn!("sv2_authority_key {}: cannot give it to the directory's owner: {e}", path.display());
         }
     }

@@ -51,9 +51,13 @@ async fn accept_loop(
         accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local, &|_, _| {}).await
     {
         let _ = stream.set_nodelay(true);
+        // Banned addresses and the per-address limit (serve::guard): closed before the Noise
+        // handshake (no message can reach the miner before one).
+        let Ok(admitted) = ctx.guard.admit(peer.ip(), &local) else { continue };
         let (ctx, key) = (ctx.clone(), key.clone());
         conns.spawn(async move {
             let _permit = permit;
+            let _admitted = admitted;
             let responder = match Responder::from_authority_kp(key.public(), key.secret(), cert_validity) {
                 Ok(r) => r,
                 Err(e) => return tracing::error!("sv2: cannot make a Noise responder from the authority key: {e:?}"),
@@ -61,7 +65,12 @@ async fn accept_loop(
             let (rd, wr) = stream.into_split();
             let (rd, wr) = match transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await {
                 Ok(halves) => halves,
-                Err(e) => return tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {e}"),
+                Err(e) => {
+                    if ctx.guard.log(crate::log::ratelimit::LogKind::Refusal) {
+                        tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {}", crate::log::escape::Esc(&e.to_string()));
+                    }
+                    return;
+                }
             };
             let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
             ctx.counters.connections.fetch_add(1, Ordering::Relaxed);

@@ -27,10 +27,13 @@ use tokio::time::Instant;
 use super::jobs::{self, JobIds, JobRef};
 use super::transport::{Frame, FrameReader, FrameWriter, TransportError};
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::sharelog::ShareLine;
 use crate::log::stats::StatEvent;
 use crate::mining::{Channel, Effects, Issued, Work};
 use crate::serve::enonce::mask_of;
+use crate::serve::guard::{BanScore, Outcome};
 use crate::serve::outbox::Outbox;
 use crate::serve::{RejectKind, ServerCtx};
 use crate::share::Decoded;
@@ -103,7 +106,18 @@ pub struct Sv2Session {
     acks: Vec<SubmitSharesSuccess>,
     /// Channels that judged shares since the last statistics flush.
     touched: Vec<u32>,
+    /// When a share last came (or the connection began): `dropidle` counts from here.
+    last_share: Instant,
+    /// Channels opened so far (each a name the statistics hold while it is open).
+    names: u32,
+    /// Banning's share counts (serve::guard); `banned`: past the threshold, close and ban.
+    score: BanScore,
+    banned: bool,
 }
+
+/// Channels one connection may open in its life: a translator opens one per SV1 miner behind it
+/// and again when one reconnects; a flood of new names is refused past it.
+pub const NAMES_PER_CONNECTION: u32 = 4 * MAX_CHANNELS as u32;
 
 impl Sv2Session {
     pub fn new(ctx: Arc<ServerCtx>, id: u64, peer: SocketAddr, en1_seed: u64) -> Sv2Session {
@@ -121,6 +135,10 @@ impl Sv2Session {
             outbox: Outbox::default(),
             touched: Vec::new(),
             acks: Vec::new(),
+            last_share: Instant::now(),
+            names: 0,
+            score: BanScore::default(),
+            banned: false,
         }
     }
 
@@ -141,6 +159,11 @@ impl Sv2Session {
         tokio::pin!(setup_deadline);
         // Armed until the first channel opens.
         let mut awaiting_channel = true;
+        // ckpool's dropidle: no share for that long, from the connection's start. The timer is
+        // moved only when it fires (a share costs no timer reset).
+        let dropidle = Duration::from_micros(self.ctx.guard.policy.dropidle_us);
+        let idle_timer = tokio::time::sleep(if dropidle.is_zero() { SETUP_DEADLINE } else { dropidle });
+        tokio::pin!(idle_timer);
         let end = loop {
             let step = tokio::select! {
                 f = rd.read_frame() => match f {
@@ -159,6 +182,16 @@ impl Sv2Session {
                     Err(_) => Err(End::Shutdown),
                 },
                 _ = shutdown.changed() => Err(End::Shutdown),
+                _ = &mut idle_timer, if !dropidle.is_zero() => {
+                    let at = self.last_share + dropidle;
+                    if Instant::now() < at {
+                        idle_timer.as_mut().reset(at);
+                        Ok(())
+                    } else {
+                        self.ctx.guard.counts.dropped_idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Err(End::Refuse(format!("no share for {} s (dropidle)", dropidle.as_secs())))
+                    }
+                }
                 _ = &mut setup_deadline, if awaiting_channel => {
                     Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
                 }
@@ -187,7 +220,9 @@ impl Sv2Session {
                 (Ok(()), Ok(())) => {}
             }
         };
+        let logged = matches!(end, End::Shutdown) || self.ctx.guard.log(LogKind::Close);
         match &end {
+            _ if !logged => {}
             End::Closed if !self.setup => tracing::warn!(
                 peer = %self.peer, client = self.id,
                 "sv2 connection closed by the peer before SetupConnection (a client that pins another authority key closes right after the handshake: check the key it was given against `ckpool sv2-key`)"
@@ -195,7 +230,7 @@ impl Sv2Session {
             End::Closed => tracing::info!(peer = %self.peer, client = self.id, "sv2 connection closed by the peer"),
             End::Shutdown => {}
             End::Refuse(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "sv2 connection dropped: {why}")
+                tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection dropped: {}", Esc(why))
             }
         }
         // Free the channels first: a peer that stopped reading must not hold them.
@@ -230,7 +265,8 @@ impl Sv2Session {
                     self.outbox.send_blocks(&self.ctx).await;
                 }
                 _ = &mut deadline => {
-                    return Err(End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})")))
+                    self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(End::Refuse(format!("not reading (no write progress in {WRITE_DEADLINE:?})")));
                 }
             }
         }
@@ -316,23 +352,29 @@ impl Sv2Session {
                     version: m.version,
                 };
                 self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
+                self.check_ban()?;
             }
             AnyMessage::Mining(Mining::SubmitSharesStandard(m)) => {
                 let d = Decoded { extranonce2: &[], ntime: m.ntime, nonce: m.nonce, version: m.version };
                 self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
+                self.check_ban()?;
             }
             AnyMessage::Mining(Mining::OpenExtendedMiningChannel(m)) => self.on_open_extended(m, wr),
             AnyMessage::Mining(Mining::OpenStandardMiningChannel(m)) => self.on_open_standard(m, wr),
             AnyMessage::Mining(Mining::UpdateChannel(m)) => self.on_update(m, wr),
             AnyMessage::Mining(Mining::CloseChannel(m)) => {
-                tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 channel closed by the peer: {}", m.reason_code.as_utf8_or_hex());
+                if self.ctx.guard.log(LogKind::Close) {
+                    tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 channel closed by the peer: {}", Esc(&m.reason_code.as_utf8_or_hex()));
+                }
                 self.close_channel(m.channel_id);
             }
             AnyMessage::Extensions(parsers_sv2::Extensions::ExtensionsNegotiation(
                 parsers_sv2::ExtensionsNegotiation::RequestExtensions(m),
             )) => {
                 // No optional extension is offered: the request succeeds with none supported.
-                tracing::info!(peer = %self.peer, client = self.id, "sv2 extensions requested ({:?}); none offered", m.requested_extensions.clone().into_inner());
+                if self.ctx.guard.log(LogKind::Connect) {
+                    tracing::info!(peer = %self.peer, client = self.id, "sv2 extensions requested ({:?}); none offered", m.requested_extensions.clone().into_inner());
+                }
                 let reply = extensions_sv2::RequestExtensionsSuccess {
                     request_id: m.request_id,
                     supported_extensions: Seq064K::new(Vec::new()).expect("empty"),
@@ -350,10 +392,21 @@ impl Sv2Session {
             other => {
                 // A message only a pool sends, or one of a protocol this pool does not serve
                 // (job declaration, template distribution): named in the log, not answered.
-                tracing::warn!(peer = %self.peer, client = self.id, "sv2: ignoring {} (not a message a pool takes)", name(&other));
+                if self.ctx.guard.log(LogKind::BadLine) {
+                    tracing::warn!(peer = %self.peer, client = self.id, "sv2: ignoring {} (not a message a pool takes)", Esc(&name(&other)));
+                }
             }
         }
         Ok(())
+    }
+
+    /// Past banning's threshold: the address is banned and the connection closed.
+    fn check_ban(&mut self) -> Result<(), End> {
+        if !self.banned {
+            return Ok(());
+        }
+        self.ctx.guard.ban(self.peer.ip());
+        Err(End::Refuse(self.ctx.guard.ban_reason()))
     }
 
     fn on_setup<W: AsyncWrite + Unpin>(&mut self, m: SetupConnection<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {
@@ -390,7 +443,9 @@ impl Sv2Session {
             )));
         }
         self.setup = true;
-        tracing::info!(peer = %self.peer, client = self.id, agent = %self.agent, "sv2 connection set up (flags {:#b})", m.flags);
+        if self.ctx.guard.log(LogKind::Connect) {
+            tracing::info!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection set up (flags {:#b})", m.flags);
+        }
         push(
             wr,
             AnyMessage::Common(CommonMessages::SetupConnectionSuccess(SetupConnectionSuccess {

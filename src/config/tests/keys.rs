@@ -257,6 +257,28 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"maxclients": true}"#.into(),
             r#""maxclients" = true: must be a whole number from 0 to 10000000"#,
         ),
+        ("dropidle", r#"{"dropidle": "60"}"#.into(), r#""dropidle" = "60": must be a whole number from 0 to 31536000"#),
+        (
+            "maxclients_per_address",
+            r#"{"maxclients_per_address": -1}"#.into(),
+            r#""maxclients_per_address" = -1: must be a whole number from 0 to 10000000"#,
+        ),
+        (
+            "ban_check_shares",
+            r#"{"ban_check_shares": 1.5}"#.into(),
+            r#""ban_check_shares" = 1.5: must be a whole number from 0 to 1000000000"#,
+        ),
+        (
+            "ban_invalid_percent",
+            r#"{"ban_invalid_percent": 101}"#.into(),
+            r#""ban_invalid_percent" = 101: must be a whole number from 1 to 100"#,
+        ),
+        ("ban_time", r#"{"ban_time": true}"#.into(), r#""ban_time" = true: must be a whole number from 0 to 31536000"#),
+        (
+            "stats_forget",
+            r#"{"stats_forget": "1d"}"#.into(),
+            r#""stats_forget" = "1d": must be a whole number from 0 to 315360000"#,
+        ),
         (
             "vardiff_target_interval",
             r#"{"vardiff_target_interval": []}"#.into(),
@@ -312,7 +334,7 @@ fn wrong_types_are_named_by_key_and_rule() {
         assert!(!e.to_string().contains("1234"), "a password shown: {e}");
     }
     // Every key serde reads has a case (the compatibility keys take any value).
-    let compat = ["useragent", "redirecturl", "dropidle", "serverurls"];
+    let compat = ["useragent", "redirecturl", "serverurls"];
     let named: Vec<&str> = cases.iter().map(|c| c.0).collect();
     for k in KNOWN_KEYS.iter().filter(|k| !compat.contains(k)) {
         assert!(named.contains(k), "no wrong-type case for {k}");

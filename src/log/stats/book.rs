@@ -215,8 +215,17 @@ impl Book {
                 u.workers.get_mut(&**worker).expect("inserted").agent = agent.clone();
             }
             StatEvent::Gone { user, worker } => {
-                if let Some(w) = self.users.get_mut(&**user).and_then(|u| u.workers.get_mut(&**worker)) {
-                    w.live = w.live.saturating_sub(1);
+                let Some(u) = self.users.get_mut(&**user) else { return };
+                let Some(w) = u.workers.get_mut(&**worker) else { return };
+                w.live = w.live.saturating_sub(1);
+                // A name that never had an accepted share costs nothing once its last
+                // connection is gone: whatever a miner invents, the book holds only live names
+                // and names with shares.
+                if w.live == 0 && w.lastshare == 0 {
+                    u.workers.remove(&**worker);
+                    if u.workers.is_empty() && u.lastshare == 0 {
+                        self.users.remove(&**user);
+                    }
                 }
             }
             StatEvent::Shares { user, worker, tally } => {
@@ -251,6 +260,34 @@ impl Book {
             StatEvent::Blocks(c) => self.blocks = *c,
             StatEvent::BlockForwarded => self.blocks.found += 1,
         }
+    }
+
+    /// Whether `worker` of `user` ever had an accepted share (this run or one the files recall).
+    pub fn has_shared(&self, user: &str, worker: &str) -> bool {
+        self.users.get(user).and_then(|u| u.workers.get(worker)).is_some_and(|w| w.lastshare != 0)
+    }
+
+    /// Forgets workers with no connection and no accepted share for `after_secs` (and users left
+    /// with no worker); 0 keeps them all. What must survive is in the users/* files, which
+    /// stay as last written. Returns how many workers were forgotten.
+    pub fn forget(&mut self, now: Now, after_secs: u64) -> usize {
+        if after_secs == 0 {
+            return 0;
+        }
+        let stale = |lastshare: u64| lastshare == 0 || now.unix.saturating_sub(lastshare) >= after_secs;
+        let mut forgotten = 0;
+        self.users.retain(|_, u| {
+            let before = u.workers.len();
+            u.workers.retain(|_, w| w.live > 0 || !stale(w.lastshare));
+            forgotten += before - u.workers.len();
+            !u.workers.is_empty() || !stale(u.lastshare)
+        });
+        forgotten
+    }
+
+    /// Users and workers held (the book's size).
+    pub fn size(&self) -> (usize, usize) {
+        (self.users.len(), self.users.values().map(|u| u.workers.len()).sum())
     }
 
     /// Brings every average up to `now` (ckpool decays idle entries once a minute).

@@ -215,4 +215,31 @@ mod tests {
         let ratio = u.meter.value(0) as f64 / b.users["bob"].meter.value(0) as f64;
         assert!((ratio - 1.0).abs() < 0.01, "hashrate survives within display precision: {ratio}");
     }
+
+    /// A flood of invented names (each authorized, never an accepted share, then gone) leaves
+    /// nothing in the book; a worker with shares stays while connected and for `stats_forget`
+    /// after, then goes (its user too once it has no worker).
+    #[test]
+    fn the_book_forgets_what_no_one_needs() {
+        let mut b = Book::new(at(0));
+        b.apply(&StatEvent::Authorized { user: "real".into(), worker: "real.rig".into() }, at(0));
+        b.apply(&share("real", "real.rig", "1", "2", true), at(1));
+        for i in 0..20_000 {
+            let (u, w): (Arc<str>, Arc<str>) = (format!("x{i}").into(), format!("x{i}.w").into());
+            b.apply(&StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: "a".into() }, at(2));
+            b.apply(&StatEvent::Authorized { user: u.clone(), worker: w.clone() }, at(2));
+            b.apply(&share(&u, &w, "1", "0", false), at(2));
+            b.apply(&StatEvent::Gone { user: u, worker: w }, at(2));
+        }
+        assert_eq!(b.size(), (1, 1), "invented names are gone with their connection");
+        assert!(b.has_shared("real", "real.rig") && !b.has_shared("x1", "x1.w"));
+        // Connected: kept however old its last share.
+        assert_eq!(b.forget(at(1_000_000), 3600), 0);
+        b.apply(&StatEvent::Gone { user: "real".into(), worker: "real.rig".into() }, at(1_000_000));
+        assert_eq!(b.size(), (1, 1), "a worker with shares outlives its connection");
+        assert_eq!(b.forget(at(1_000_000), 0), 0, "0: never forgotten");
+        assert_eq!(b.forget(at(3_000), 3600), 0, "not yet");
+        assert_eq!(b.forget(at(3_601), 3600), 1);
+        assert_eq!(b.size(), (0, 0));
+    }
 }

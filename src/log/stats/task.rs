@@ -48,13 +48,17 @@ pub struct StatsTask {
     /// the old instance's: nothing is written; then they are read again and taken over
     /// ([`Book::take_over`]).
     pub predecessor: Option<watch::Receiver<bool>>,
+    /// `stats_forget`: a worker with no connection and no accepted share for this long is
+    /// forgotten (zero: never).
+    pub forget: Duration,
 }
 
 /// Where the statistics task hands what the history store keeps (implemented by
 /// `history::Feed`; a trait so that the statistics do not depend on the store).
 pub trait HistorySink: Send {
-    /// A session's tally, judged at `unix`.
-    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &crate::mining::ShareTally);
+    /// A session's tally, judged at `unix`; `known`: the worker has had an accepted share (a
+    /// name that never had one costs no per-worker row).
+    fn shares(&mut self, unix: u64, user: &Arc<str>, worker: &Arc<str>, t: &crate::mining::ShareTally, known: bool);
     /// blocks.log changed (a block found or its fate moved on).
     fn blocks_changed(&mut self);
     /// Hands what was summed to the store (never waits): called at each statistics write.
@@ -120,7 +124,10 @@ impl StatsTask {
                     for ev in batch.drain(..) {
                         if let Some(h) = self.history.as_mut() {
                             match &ev {
-                                StatEvent::Shares { user, worker, tally } => h.shares(t.unix, user, worker, tally),
+                                StatEvent::Shares { user, worker, tally } => {
+                                    let known = tally.accepted_n > 0 || book.has_shared(user, worker);
+                                    h.shares(t.unix, user, worker, tally, known)
+                                }
                                 StatEvent::Blocks(_) => h.blocks_changed(),
                                 _ => {}
                             }
@@ -154,6 +161,7 @@ impl StatsTask {
     }
 
     pub(super) async fn write(&mut self, book: &mut Book, t: Now) {
+        book.forget(t, self.forget.as_secs());
         book.decay_to(t);
         let network = self.work.borrow().as_ref().map(|w| w.network_diff);
         let mut files = vec![(self.logdir.join("pool").join("pool.status"), book.render_pool(t, network))];

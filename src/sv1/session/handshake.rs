@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 use super::Session;
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
+use crate::log::escape::Esc;
+use crate::log::ratelimit::LogKind;
 use crate::log::stats::StatEvent;
+use crate::serve::guard::NAMES_PER_SV1_CONNECTION;
 use crate::sv1::proto::{self, code};
 
 impl Session {
@@ -65,6 +68,14 @@ impl Session {
             return;
         };
         let user: String = user.chars().take(256).collect();
+        if !self.authorized || **self.channel.worker() != *user {
+            // A new name: each costs the statistics a worker while connected, so a connection
+            // may use only so many (a re-authorize flood is refused, not remembered).
+            if self.names >= NAMES_PER_SV1_CONNECTION {
+                return self.refuse_name(id, &user);
+            }
+            self.names += 1;
+        }
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
         let mut new_payout = false;
         if let Some(solo) = &self.ctx.params.solo {
@@ -102,8 +113,8 @@ impl Session {
                 }
             }
         }
-        if !self.authorized {
-            tracing::info!(peer = %self.peer, client = self.id, worker = %self.worker(), agent = %self.agent, "miner authorized");
+        if !self.authorized && self.ctx.guard.log(LogKind::Connect) {
+            tracing::info!(peer = %self.peer, client = self.id, worker = %Esc(self.worker()), agent = %Esc(&self.agent), "miner authorized");
         }
         self.authorized = true;
         if self.working && new_payout {
@@ -120,10 +131,26 @@ impl Session {
         self.reply(id, "true");
     }
 
+    /// Past the names one connection may use: `false` with the reason; the name is not taken.
+    fn refuse_name(&mut self, id: &str, user: &str) {
+        self.ctx.guard.counts.names_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.ctx.guard.log(LogKind::Limit) {
+            tracing::warn!(
+                peer = %self.peer, client = self.id, worker = %Esc(self.worker()),
+                "refusing name {:?}: this connection used {NAMES_PER_SV1_CONNECTION} names already", Esc(user)
+            );
+        }
+        let msg =
+            format!("Too many names on one connection (limit {NAMES_PER_SV1_CONNECTION}); reconnect to use another");
+        self.error(id, code::UNAUTHORIZED, &msg);
+    }
+
     /// Solo mode: a username that is no payout address of the node's chain gets `false`, the
     /// reason as a `client.show_message`, and no work; the operator log says why.
     fn refuse_solo_worker(&mut self, id: &str, user: &str, why: &str) {
-        tracing::warn!(peer = %self.peer, client = self.id, agent = %self.agent, "solo: refusing worker {user:?}: {why}");
+        if self.ctx.guard.log(LogKind::Refusal) {
+            tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "solo: refusing worker {:?}: {why}", Esc(user));
+        }
         let text = format!("Solo mining: the username must start with a payout address of this pool's chain ({why})");
         self.out.extend_from_slice(proto::notification_line("client.show_message", &json!([text])).as_bytes());
         self.reply(id, "false");
@@ -178,7 +205,7 @@ impl Session {
         };
         match d {
             Some(d) if !d.is_zero() => self.apply_suggestion(d),
-            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {params}"),
+            _ => tracing::debug!(peer = %self.peer, "ignoring {method} with params {}", Esc(&params.to_string())),
         }
     }
 

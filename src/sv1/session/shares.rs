@@ -4,8 +4,10 @@
 use serde_json::value::RawValue;
 
 use super::{now_unix, Session};
+use crate::log::escape::Esc;
 use crate::log::sharelog::ShareLine;
 use crate::mining::{Effects, ShareRecord};
+use crate::serve::guard::Outcome;
 use crate::serve::RejectKind;
 use crate::share::Submit;
 use crate::sv1::proto::{code, Param, SubmitParams};
@@ -50,6 +52,7 @@ impl Session {
         let mut fx = Effects::default();
         let verdict = self.channel.submit(&sub, self.now_us(), self.ctx.upstream.is_some(), &mut fx);
         self.outbox.count(&self.ctx, &verdict);
+        self.judged(Outcome::of(&verdict.result));
         let reject = match verdict.result {
             Ok(()) => {
                 self.reply(id, "true");
@@ -59,7 +62,7 @@ impl Session {
                 let reason = r.reason();
                 self.error(id, r.code(), &reason);
                 if fx.share.is_none() {
-                    tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason} ({sub:?})");
+                    tracing::debug!(peer = %self.peer, worker = %Esc(self.worker()), "share rejected: {reason} ({sub:?})");
                 }
                 Some(reason)
             }
@@ -85,12 +88,19 @@ impl Session {
         }
     }
 
+    /// A share judged: dropidle's clock starts again; banning counts it.
+    fn judged(&mut self, o: Outcome) {
+        self.last_share = tokio::time::Instant::now();
+        self.banned |= self.score.count(o, &self.ctx.guard.policy);
+    }
+
     /// A submit whose params could not be read: counted as rejected, answered, not logged.
     pub(super) fn unread_submit(&mut self, id: &str, reason: &str, kind: RejectKind) {
+        self.judged(Outcome::Invalid);
         self.outbox.count_unread(&self.ctx, kind);
         self.channel.count_unread();
         self.error(id, code::OTHER, reason);
-        tracing::debug!(peer = %self.peer, worker = %self.worker(), "share rejected: {reason}");
+        tracing::debug!(peer = %self.peer, worker = %Esc(self.worker()), "share rejected: {reason}");
     }
 
     /// Appends the share's line to the share log (formatted here, written by the log's thread).

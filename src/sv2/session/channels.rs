@@ -15,6 +15,10 @@ impl Sv2Session {
         if self.channels.len() >= MAX_CHANNELS {
             return Err("channel-capacity-exhausted");
         }
+        if self.names >= NAMES_PER_CONNECTION {
+            self.ctx.guard.counts.names_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err("too-many-names");
+        }
         let user: String = user.chars().take(256).collect();
         if user.is_empty() {
             return Err("invalid-user-identity");
@@ -23,7 +27,9 @@ impl Sv2Session {
             Some(solo) => match solo.payout_script(&user) {
                 Ok(s) => Some(s),
                 Err(why) => {
-                    tracing::warn!(peer = %self.peer, client = self.id, "solo: refusing sv2 channel of {user:?}: {why}");
+                    if self.ctx.guard.log(LogKind::Refusal) {
+                        tracing::warn!(peer = %self.peer, client = self.id, "solo: refusing sv2 channel of {:?}: {why}", Esc(&user));
+                    }
                     return Err("unknown-user");
                 }
             },
@@ -36,7 +42,9 @@ impl Sv2Session {
         }
         let n1 = self.ctx.params.nonce1_len;
         let Ok(key) = self.ctx.enonces.take(&mut self.next_en1, mask_of(n1)) else {
-            tracing::warn!(peer = %self.peer, client = self.id, "sv2 channel refused: every extranonce1 value is held by a connected miner");
+            if self.ctx.guard.log(LogKind::Refusal) {
+                tracing::warn!(peer = %self.peer, client = self.id, "sv2 channel refused: every extranonce1 value is held by a connected miner");
+            }
             return Err("channel-capacity-exhausted");
         };
         let now = self.now_us();
@@ -52,13 +60,16 @@ impl Sv2Session {
             id = id.wrapping_add(1);
         }
         self.next_channel_id = id.wrapping_add(1);
+        self.names += 1;
         let (u, w) = (core.user().clone(), core.worker().clone());
         self.outbox.stat(StatEvent::Agent { user: u.clone(), worker: w.clone(), agent: self.agent.clone() });
         self.outbox.stat(StatEvent::Authorized { user: u, worker: w });
-        tracing::info!(
-            peer = %self.peer, client = self.id, channel = id, worker = %core.worker(), agent = %self.agent,
-            "sv2 {} channel opened at difficulty {}", if extended { "extended" } else { "standard" }, core.difficulty()
-        );
+        if self.ctx.guard.log(LogKind::Connect) {
+            tracing::info!(
+                peer = %self.peer, client = self.id, channel = id, worker = %Esc(core.worker()), agent = %Esc(&self.agent),
+                "sv2 {} channel opened at difficulty {}", if extended { "extended" } else { "standard" }, core.difficulty()
+            );
+        }
         let en1_hex = hex::encode(core.en1()).into();
         let n2 = self.nonce2_len();
         self.channels.insert(
@@ -86,7 +97,9 @@ impl Sv2Session {
         user: &str,
         code: &str,
     ) -> Result<(), End> {
-        tracing::info!(peer = %self.peer, client = self.id, "sv2 channel for {user:?} refused: {code}");
+        if self.ctx.guard.log(LogKind::Refusal) {
+            tracing::info!(peer = %self.peer, client = self.id, "sv2 channel for {:?} refused: {code}", Esc(user));
+        }
         push(
             wr,
             AnyMessage::Mining(Mining::OpenMiningChannelError(OpenMiningChannelError {
@@ -177,7 +190,9 @@ impl Sv2Session {
             Err(code) => Some(code),
         };
         if let Some(code) = code {
-            tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 UpdateChannel refused: {code}");
+            if self.ctx.guard.log(LogKind::Refusal) {
+                tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 UpdateChannel refused: {code}");
+            }
             let _ = push(
                 wr,
                 AnyMessage::Mining(Mining::UpdateChannelError(UpdateChannelError {

@@ -15,6 +15,8 @@ impl Sv2Session {
         let now = self.now_us();
         let Some(ch) = self.channels.get_mut(&channel_id) else {
             self.outbox.count_unread(&self.ctx, RejectKind::InvalidParams);
+            self.last_share = Instant::now();
+            self.banned |= self.score.count(Outcome::Invalid, &self.ctx.guard.policy);
             tracing::debug!(peer = %self.peer, client = self.id, "sv2 share for unknown channel {channel_id}");
             self.reject(wr, channel_id, seq, "invalid-channel-id");
             return;
@@ -34,6 +36,8 @@ impl Sv2Session {
                 let kind =
                     if r == JobRef::Past { crate::share::Reject::Stale } else { crate::share::Reject::UnknownJob };
                 self.outbox.count_refused(&self.ctx, &kind);
+                self.last_share = Instant::now();
+                self.banned |= self.score.count(Outcome::of(&Err(kind)), &self.ctx.guard.policy);
                 self.reject(wr, channel_id, seq, code);
                 return;
             }
@@ -41,6 +45,8 @@ impl Sv2Session {
         let mut fx = Effects::default();
         let verdict = ch.core.submit_decoded(local, &d, now, &mut fx);
         self.outbox.count(&self.ctx, &verdict);
+        self.last_share = Instant::now();
+        self.banned |= self.score.count(Outcome::of(&verdict.result), &self.ctx.guard.policy);
         let reject = match verdict.result {
             Ok(()) => {
                 let weight = jobs::share_weight(verdict.diff);

@@ -723,7 +723,10 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     let xs = pm.request("mining.extranonce.subscribe", json!([])).await;
     let (mut pen1, _) = pm.handshake("behind.proxy").await;
     assert_eq!(pm.reply(xs).await["result"], json!(true));
-    let n = pm.notification("mining.notify").await;
+    // Work on the tip the tunnel's block made (the pool may still have been on the old one when
+    // the proxy subscribed: a share on that work would be stale).
+    let tip = nodes.a.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let n = pm.notify_on_tip(&tip).await;
     let id = pm.request("mining.submit", solve(&n, &pen1, "00000001", "0.0001", false).unwrap()).await;
     assert_eq!(pm.reply(id).await["result"], json!(true));
     wait::blocking("the pool to see the proxy's share", Duration::from_secs(20), || {

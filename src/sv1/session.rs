@@ -37,6 +37,8 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 /// Consecutive unparseable lines tolerated before disconnecting.
 const MAX_BAD_LINES: u32 = 20;
+/// Answers queued for a miner slow to read before this session stops reading it too.
+const MAX_UNWRITTEN: usize = 1 << 20;
 
 mod handshake;
 mod shares;
@@ -251,7 +253,7 @@ impl Session {
                 }
                 _ = &mut shutdown_wait => break End::Shutdown,
             }
-            if let Err(end) = self.write_out(&mut stream).await {
+            if let Err(end) = self.write_out(&mut stream, &mut reader).await {
                 break end;
             }
             if outbound_waiting {
@@ -280,22 +282,26 @@ impl Session {
         }
     }
 
-    /// Writes what the last batch produced, in one write.
-    async fn write_out(&mut self, stream: &mut MinerStream) -> Result<(), End> {
+    /// Writes what the last batch produced, in one write. On a plain socket a miner slow to
+    /// read does not stop this session from reading ([`Session::write_reading`]).
+    async fn write_out(&mut self, stream: &mut MinerStream, reader: &mut LineReader) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
+        // A miner that does not read is dropped after WRITE_DEADLINE; on plain TCP the session
+        // keeps reading its lines meanwhile (a block share behind a stalled write still leaves).
         let write = async {
-            stream.write_all(&self.out).await?;
-            if let MinerStream::Tls(t) = stream {
-                // rustls may keep records it could not write yet: out with them now.
-                t.flush().await?;
+            match stream {
+                MinerStream::Plain(s) => self.write_reading(s, reader).await,
+                MinerStream::Tls(t) => {
+                    t.write_all(&self.out).await.map_err(|e| End::Kick(format!("write error: {e}")))?;
+                    // rustls may keep records it could not write yet: out with them now.
+                    t.flush().await.map_err(|e| End::Kick(format!("write error: {e}")))
+                }
             }
-            Ok::<(), std::io::Error>(())
         };
         match tokio::time::timeout(WRITE_DEADLINE, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(End::Kick(format!("write error: {e}"))),
+            Ok(r) => r?,
             Err(_) => {
                 self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(End::Kick(format!("not reading (no write progress in {} s)", WRITE_DEADLINE.as_secs())));
@@ -316,6 +322,45 @@ impl Session {
     }
 
     /// Answers every line the last read completed (written once, after); `Err` disconnects.
+    /// Writes `out` to a plain socket; lines that arrive while the miner is slow to read are
+    /// handled meanwhile (a found block among them leaves for the block task at once), their
+    /// answers queued behind, up to [`MAX_UNWRITTEN`] bytes.
+    async fn write_reading(&mut self, s: &tokio::net::TcpStream, reader: &mut LineReader) -> Result<(), End> {
+        let mut sent = 0;
+        let mut kicked = None;
+        while sent < self.out.len() {
+            tokio::select! {
+                biased;
+                r = s.writable() => {
+                    r.map_err(|e| End::Kick(format!("write error: {e}")))?;
+                    match s.try_write(&self.out[sent..]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(End::Kick(format!("write error: {e}"))),
+                    }
+                }
+                r = s.readable(), if kicked.is_none() && self.out.len() - sent < MAX_UNWRITTEN => {
+                    r.map_err(|e| End::Kick(format!("read error: {e}")))?;
+                    match reader.read_ready(s) {
+                        Ok(0) => return Err(End::Closed),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(End::Kick(format!("read error: {e}"))),
+                    }
+                    kicked = self.handle_lines(reader).err();
+                    self.close_tally();
+                    if !self.outbox.try_flush(&self.ctx) {
+                        self.outbox.send_blocks(&self.ctx).await;
+                    }
+                }
+            }
+        }
+        match kicked {
+            Some(why) => Err(End::Kick(why)),
+            None => Ok(()),
+        }
+    }
+
     fn handle_lines(&mut self, reader: &mut LineReader) -> Result<(), String> {
         let mut result = Ok(());
         while let Some(line) = reader.buffered_line() {

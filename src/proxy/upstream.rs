@@ -306,7 +306,7 @@ impl UpstreamClient {
                 return Some(End::Failed(format!("unusable set_extranonce {params}")))
             }
             Event::Malformed { method, params } => {
-                tracing::warn!("upstream {addr}: ignoring {} {}", Esc(&method.to_string()), Esc(&params.to_string()))
+                tracing::warn!("upstream {addr}: ignoring {} {}", Esc(method.as_ref()), Esc(params))
             }
             Event::Reconnect(to) => return Some(End::Reconnect(to)),
             Event::SetVersionMask(m) => {
@@ -364,8 +364,8 @@ impl UpstreamClient {
                     };
                 }
             }
-            Event::ShowMessage(m) => tracing::info!("upstream {addr} says: {}", Esc(&m.to_string())),
-            Event::Method { method, .. } => tracing::debug!("upstream {addr}: ignoring {}", Esc(&method.to_string())),
+            Event::ShowMessage(m) => tracing::info!("upstream {addr} says: {}", Esc(m.as_ref())),
+            Event::Method { method, .. } => tracing::debug!("upstream {addr}: ignoring {}", Esc(method.as_ref())),
             Event::Replied { .. } | Event::Stray(_) | Event::NotJson { .. } => {
                 tracing::debug!("upstream {addr}: ignoring {ev:?}")
             }

@@ -14,6 +14,7 @@ use tokio::time::{timeout, Instant};
 use crate::config::Upstream;
 use crate::difficulty::Difficulty;
 use crate::hex;
+use crate::log::escape::Esc;
 use crate::mining::{UpstreamJob, UpstreamShare, Work};
 use crate::share::Submit;
 use crate::sv1::client::{Client, ClientError};
@@ -205,7 +206,7 @@ impl UpstreamClient {
                     last_line = Instant::now();
                     if let Event::NotJson { line, error } = &ev {
                         bad_lines += 1;
-                        tracing::warn!("upstream {addr}: unparseable line ({error}): {}", line.chars().take(120).collect::<String>());
+                        tracing::warn!("upstream {addr}: unparseable line ({}): {}", Esc(&error.to_string()), Esc(&line.chars().take(120).collect::<String>()));
                         if bad_lines > MAX_BAD_LINES { return End::Failed(format!("{bad_lines} unparseable lines in a row")); }
                         continue;
                     }
@@ -217,7 +218,7 @@ impl UpstreamClient {
                 share = self.shares.recv() => {
                     let Some(sh) = share else { return End::Shutdown };
                     if sh.generation != self.generation {
-                        tracing::debug!("share from {} for a previous upstream session dropped as stale", sh.workername);
+                        tracing::debug!("share from {} for a previous upstream session dropped as stale", Esc(&sh.workername));
                         continue;
                     }
                     if up.queued() >= OUT_CAP {
@@ -304,7 +305,9 @@ impl UpstreamClient {
             Event::Malformed { method, params } if method == "mining.set_extranonce" => {
                 return Some(End::Failed(format!("unusable set_extranonce {params}")))
             }
-            Event::Malformed { method, params } => tracing::warn!("upstream {addr}: ignoring {method} {params}"),
+            Event::Malformed { method, params } => {
+                tracing::warn!("upstream {addr}: ignoring {} {}", Esc(method.as_ref()), Esc(params))
+            }
             Event::Reconnect(to) => return Some(End::Reconnect(to)),
             Event::SetVersionMask(m) => {
                 self.mask = m & self.version_mask;
@@ -351,14 +354,18 @@ impl UpstreamClient {
                     match result {
                         Ok(()) => self.counters.accepted.fetch_add(1, Ordering::Relaxed),
                         Err(r) => {
-                            tracing::info!("upstream {addr} rejected a share from {worker} (difficulty {d}): {r}");
+                            tracing::info!(
+                                "upstream {addr} rejected a share from {} (difficulty {d}): {}",
+                                Esc(&worker),
+                                Esc(&r.to_string())
+                            );
                             self.counters.rejected.fetch_add(1, Ordering::Relaxed)
                         }
                     };
                 }
             }
-            Event::ShowMessage(m) => tracing::info!("upstream {addr} says: {m}"),
-            Event::Method { method, .. } => tracing::debug!("upstream {addr}: ignoring {method}"),
+            Event::ShowMessage(m) => tracing::info!("upstream {addr} says: {}", Esc(m.as_ref())),
+            Event::Method { method, .. } => tracing::debug!("upstream {addr}: ignoring {}", Esc(method.as_ref())),
             Event::Replied { .. } | Event::Stray(_) | Event::NotJson { .. } => {
                 tracing::debug!("upstream {addr}: ignoring {ev:?}")
             }

@@ -35,6 +35,9 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a write may wait for a miner that does not read (then it is dropped; what the pool
 /// holds for it meanwhile is one batch of answers and the kernel's socket buffer).
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+/// At shutdown, how long a connection that has not subscribed yet may take to send its first
+/// line (within the 5 s sessions get to end).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Consecutive unparseable lines tolerated before disconnecting.
 const MAX_BAD_LINES: u32 = 20;
 /// Answers queued for a miner slow to read before this session stops reading it too.
@@ -251,7 +254,19 @@ impl Session {
                     self.keepalive();
                     timer.as_mut().reset(self.last_notify + keepalive);
                 }
-                _ = &mut shutdown_wait => break End::Shutdown,
+                _ = &mut shutdown_wait => {
+                    // What has arrived is answered before closing, and a connection that has
+                    // not subscribed yet (accepted just before a stop or a handover) gets
+                    // SHUTDOWN_GRACE for its first line: it is answered, never dropped unanswered.
+                    let grace = if self.subscribed { Duration::ZERO } else { SHUTDOWN_GRACE };
+                    if let Ok(Ok(n)) = tokio::time::timeout(grace, stream.read_into(&mut reader)).await {
+                        if n > 0 {
+                            let _ = self.handle_lines(&mut reader);
+                            let _ = self.write_out(&mut stream, &mut reader).await;
+                        }
+                    }
+                    break End::Shutdown;
+                }
             }
             if let Err(end) = self.write_out(&mut stream, &mut reader).await {
                 break end;

@@ -303,23 +303,37 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        // A miner that does not read is dropped after WRITE_DEADLINE; on plain TCP the session
-        // keeps reading its lines meanwhile (a block share behind a stalled write still leaves).
-        let write = async {
-            match stream {
-                MinerStream::Plain(s) => self.write_reading(s, reader).await,
-                MinerStream::Tls(t) => {
-                    t.write_all(&self.out).await.map_err(|e| End::Kick(format!("write error: {e}")))?;
-                    // rustls may keep records it could not write yet: out with them now.
-                    t.flush().await.map_err(|e| End::Kick(format!("write error: {e}")))
-                }
+        // The common case: a plain socket takes the whole batch at once, without a wait.
+        let mut sent = 0;
+        if let MinerStream::Plain(s) = stream {
+            match s.try_write(&self.out) {
+                Ok(n) => sent = n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(End::Kick(format!("write error: {e}"))),
             }
-        };
-        match tokio::time::timeout(WRITE_DEADLINE, write).await {
-            Ok(r) => r?,
-            Err(_) => {
-                self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(End::Kick(format!("not reading (no write progress in {} s)", WRITE_DEADLINE.as_secs())));
+        }
+        if sent < self.out.len() {
+            // A miner that does not read is dropped after WRITE_DEADLINE; on plain TCP the
+            // session keeps reading its lines meanwhile (a block share behind a stalled write
+            // still leaves). Boxed: the waiting state is allocated only when a write waits, so
+            // that an idle session's task does not carry it.
+            let write = async {
+                match stream {
+                    MinerStream::Plain(s) => self.write_reading(s, reader, sent).await,
+                    MinerStream::Tls(t) => {
+                        t.write_all(&self.out).await.map_err(|e| End::Kick(format!("write error: {e}")))?;
+                        // rustls may keep records it could not write yet: out with them now.
+                        t.flush().await.map_err(|e| End::Kick(format!("write error: {e}")))
+                    }
+                }
+            };
+            match Box::pin(tokio::time::timeout(WRITE_DEADLINE, write)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.ctx.guard.counts.dropped_slow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let secs = WRITE_DEADLINE.as_secs();
+                    return Err(End::Kick(format!("not reading (no write progress in {secs} s)")));
+                }
             }
         }
         if self.must_reconnect {
@@ -337,11 +351,16 @@ impl Session {
     }
 
     /// Answers every line the last read completed (written once, after); `Err` disconnects.
-    /// Writes `out` to a plain socket; lines that arrive while the miner is slow to read are
+    /// Writes `out` (from byte `sent` on) to a plain socket; lines that arrive while the miner is slow to read are
     /// handled meanwhile (a found block among them leaves for the block task at once), their
     /// answers queued behind, up to [`MAX_UNWRITTEN`] bytes.
-    async fn write_reading(&mut self, s: &tokio::net::TcpStream, reader: &mut LineReader) -> Result<(), End> {
-        let mut sent = 0;
+    async fn write_reading(
+        &mut self,
+        s: &tokio::net::TcpStream,
+        reader: &mut LineReader,
+        sent: usize,
+    ) -> Result<(), End> {
+        let mut sent = sent;
         let mut kicked = None;
         while sent < self.out.len() {
             tokio::select! {

@@ -134,12 +134,7 @@ impl Outbox {
     }
 
     async fn flush_waiting(&mut self, ctx: &ServerCtx) {
-        for cand in self.blocks.drain(..) {
-            let hash = cand.hash;
-            if ctx.blocks.send(cand).await.is_err() {
-                tracing::error!("block submitter is gone; block {} not submitted", hex::encode_rev(&hash));
-            }
-        }
+        self.send_blocks(ctx).await;
         for ev in self.stats.drain(..) {
             if ctx.stats.send(ev).await.is_err() {
                 tracing::error!("stats task is gone");

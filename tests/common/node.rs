@@ -16,8 +16,32 @@ pub fn node_bin() -> PathBuf {
 
 /// A port free on 127.0.0.1 right now (for programs that cannot bind port 0 and report it:
 /// bitcoind, sshd; the pool binds port 0 itself).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), never from it: a port
+/// handed out by `bind(:0)` and released is the kernel's to reuse as the source port of any
+/// outgoing connection (RPC calls, miners), and a node started a moment later then failed to
+/// bind it and exited at startup. Ports are tried in an order seeded by the process id and
+/// never handed out twice by one process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    if ephemeral_low < LOW + 1_000 {
+        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = ephemeral_low - LOW;
+    let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = (LOW + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {LOW}..{ephemeral_low}");
 }
 
 /// Waits (≤ 60 s) until a node's RPC answers; panics, naming `what` and its datadir, if the

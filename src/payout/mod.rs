@@ -4,7 +4,9 @@
 //! * [`exact`]: rationals and the parsers for hashrates, amounts and decimals.
 //! * [`formula`]: the payout, retarget and hashrate formulas of the operator's guide.
 //! * [`contracts`]: contract files, pro-rating, skipped payouts and carried balances.
+//! * [`pplns`]: the PPLNS window and a block's split among its payees (pool mode's coinbase).
 
 pub mod contracts;
 pub mod exact;
 pub mod formula;
+pub mod pplns;

@@ -117,6 +117,7 @@ fn rebuild(name: &str, expected_hash: Option<&str>) -> Rebuilt {
         nonce2_len: n2,
         witness: has_witness,
         warnings: Vec::new(),
+        split: None,
     };
     let job = Job::new(1, &template, cb, true);
     assert_eq!(job.coinbase_txid(en1, en2), *coinbase.compute_txid().as_byte_array());

@@ -10,8 +10,13 @@
 //! merkle tree uses. When the template commits to witnesses, the block carries the same
 //! transaction with the segwit marker and a witness of one 32-byte zero reserved value.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use bitcoin::address::{Address, NetworkUnchecked};
 use bitcoin::{Network, ScriptBuf};
+
+use crate::payout::pplns::{self, Rules, Split};
 
 use super::template::Template;
 
@@ -37,6 +42,34 @@ pub struct CoinbaseConfig {
     /// Solo mode's `donation`: this many hundredths of a percent of each block's value go to
     /// this script (`btcaddress`), the rest to `payout_script` (the finder). Exact satoshis.
     pub donation: Option<(ScriptBuf, u32)>,
+    /// Pool mode's PPLNS: the window's weights the block's value is split by (`payout_script`,
+    /// `btcaddress`, receives the fee and the remainder).
+    pub pplns: Option<Arc<PplnsPlan>>,
+}
+
+/// What a PPLNS coinbase is built from: a snapshot of the window and the operator's bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PplnsPlan {
+    /// Each payout script's weight (difficulty units) in the window.
+    pub weights: BTreeMap<ScriptBuf, u128>,
+    /// Fee, smallest output and most outputs; `bytes` is worked out here from `coinbase_max`.
+    pub rules: Rules,
+    /// The coinbase's size bound in bytes (non-witness serialization).
+    pub coinbase_max: usize,
+}
+
+/// Bytes an output paying `script` takes in a transaction.
+pub fn output_size(script: &[u8]) -> usize {
+    8 + varint_size(script.len() as u64) + script.len()
+}
+
+fn varint_size(n: u64) -> usize {
+    match n {
+        0..=0xfc => 1,
+        0xfd..=0xffff => 3,
+        0x10000..=0xffff_ffff => 5,
+        _ => 9,
+    }
 }
 
 /// Basis points (1/100 %) of a ckpool `donation` percent such as `0.5` or `2`: exact decimal,
@@ -69,6 +102,7 @@ impl CoinbaseConfig {
             nonce1_len: 4,
             nonce2_len: 8,
             donation: None,
+            pplns: None,
         }
     }
 }
@@ -84,6 +118,8 @@ pub struct Coinbase {
     pub witness: bool,
     /// Operator-facing notes (btcsig truncated, coinbase above a firmware's buffer).
     pub warnings: Vec<String>,
+    /// A PPLNS coinbase: how the block's value was split (who is paid, who is carried).
+    pub split: Option<Arc<Split<ScriptBuf>>>,
 }
 
 /// Why a coinbase could not be built.
@@ -194,15 +230,40 @@ pub fn build(template: &Template, cfg: &CoinbaseConfig) -> Result<Coinbase, Coin
     let mut coinb2 = Vec::with_capacity(128);
     coinb2.extend_from_slice(&sig_tail);
     coinb2.extend_from_slice(&u32::MAX.to_le_bytes()); // sequence
-    let (finder, donated) = match &cfg.donation {
-        Some((_, bp)) => split_donation(template.coinbase_value, *bp),
-        None => (template.coinbase_value, 0),
-    };
-    let outputs = 1 + (donated > 0) as u64 + template.witness_commitment.is_some() as u64;
-    write_varint(&mut coinb2, outputs);
-    write_output(&mut coinb2, finder, cfg.payout_script.as_bytes());
-    if let Some((script, _)) = cfg.donation.as_ref().filter(|_| donated > 0) {
-        write_output(&mut coinb2, donated, script.as_bytes());
+    let commitment_size = template.witness_commitment.as_ref().map_or(0, |c| output_size(c));
+    let split = cfg.pplns.as_ref().map(|plan| {
+        // Everything but the miners' outputs, with the pool's output counted even when it is
+        // zero (then left out) and a one-byte output count (at most 252 outputs).
+        let base =
+            coinb1.len() + slot + coinb2.len() + 1 + output_size(cfg.payout_script.as_bytes()) + commitment_size + 4;
+        let rules = Rules {
+            bytes: plan.coinbase_max.saturating_sub(base),
+            max_outputs: plan.rules.max_outputs.min(250),
+            ..plan.rules
+        };
+        Arc::new(pplns::split(template.coinbase_value, &plan.weights, &rules, |s| output_size(s.as_bytes())))
+    });
+    if let Some(split) = &split {
+        let pool = split.pool();
+        let outputs = split.paid.len() as u64 + (pool > 0) as u64 + template.witness_commitment.is_some() as u64;
+        write_varint(&mut coinb2, outputs);
+        for (script, value) in &split.paid {
+            write_output(&mut coinb2, *value, script.as_bytes());
+        }
+        if pool > 0 {
+            write_output(&mut coinb2, pool, cfg.payout_script.as_bytes());
+        }
+    } else {
+        let (finder, donated) = match &cfg.donation {
+            Some((_, bp)) => split_donation(template.coinbase_value, *bp),
+            None => (template.coinbase_value, 0),
+        };
+        let outputs = 1 + (donated > 0) as u64 + template.witness_commitment.is_some() as u64;
+        write_varint(&mut coinb2, outputs);
+        write_output(&mut coinb2, finder, cfg.payout_script.as_bytes());
+        if let Some((script, _)) = cfg.donation.as_ref().filter(|_| donated > 0) {
+            write_output(&mut coinb2, donated, script.as_bytes());
+        }
     }
     if let Some(commitment) = &template.witness_commitment {
         write_output(&mut coinb2, 0, commitment);
@@ -222,6 +283,7 @@ pub fn build(template: &Template, cfg: &CoinbaseConfig) -> Result<Coinbase, Coin
         nonce2_len: cfg.nonce2_len,
         witness: template.witness_commitment.is_some(),
         warnings,
+        split,
     })
 }
 
@@ -320,6 +382,39 @@ mod tests {
         raw.extend_from_slice(&[0u8; 12]);
         raw.extend_from_slice(&cb.coinb2);
         assert_eq!(deserialize::<Transaction>(&raw).unwrap().output.len(), 2);
+    }
+
+    #[test]
+    fn a_pplns_coinbase_pays_the_window_within_its_byte_bound() {
+        let t = template(true);
+        let mut c = cfg("/x/");
+        let payee = |i: u8| ScriptBuf::from_bytes([&[0x00, 0x14][..], &[i; 20][..]].concat()); // P2WPKH
+        let weights: BTreeMap<ScriptBuf, u128> = (1..=40u8).map(|i| (payee(i), i as u128)).collect();
+        let rules = Rules { fee_bp: 100, min_output: 1, max_outputs: 200, bytes: 0 };
+        c.pplns = Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: ANTMINER_COINBASE_MAX }));
+        let cb = build(&t, &c).unwrap();
+        assert!(cb.size() <= ANTMINER_COINBASE_MAX, "{}", cb.size());
+        let split = cb.split.clone().unwrap();
+        let mut raw = cb.coinb1.clone();
+        raw.extend_from_slice(&[0u8; 12]);
+        raw.extend_from_slice(&cb.coinb2);
+        let tx: Transaction = deserialize(&raw).unwrap();
+        // The largest parts are paid, each one output; the rest is carried; the pool's output
+        // holds the fee and the remainder; the witness commitment comes last.
+        let n = split.paid.len();
+        assert!(n >= 15 && n < 40 && split.carried.len() == 40 - n, "{n}");
+        for (i, (script, value)) in split.paid.iter().enumerate() {
+            assert_eq!((&tx.output[i].script_pubkey, tx.output[i].value.to_sat()), (script, *value));
+        }
+        assert_eq!(split.paid[0].0, payee(40));
+        assert_eq!(tx.output[n].script_pubkey, c.payout_script);
+        assert_eq!(tx.output[n].value.to_sat(), split.pool());
+        assert_eq!(tx.output.len(), n + 2);
+        let total: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        assert_eq!(total, 312_500_000, "every satoshi of the value is paid");
+        assert_eq!(split.fee, 3_125_000);
+        // One more output would not have fitted.
+        assert!(cb.size() + output_size(payee(1).as_bytes()) > ANTMINER_COINBASE_MAX);
     }
 
     fn template(commit: bool) -> Template {

@@ -147,6 +147,24 @@ pub struct Config {
     /// ckpool's `donation` percent in basis points (1/100 %): in solo mode that share of each
     /// block goes to `btcaddress`.
     pub donation_bp: u32,
+    /// Pool mode's PPLNS payouts in the coinbase (`payout_scheme: "pplns"`, docs/payout.md).
+    pub pplns: Option<Pplns>,
+}
+
+/// PPLNS in the coinbase: each block pays the window's miners (docs/payout.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pplns {
+    /// `pplns_window`: the window's length as a multiple of the network's difficulty (an exact
+    /// decimal, held as a `Difficulty`).
+    pub window: Difficulty,
+    /// `pool_fee`: basis points (1/100 %) of each block's value to `btcaddress`.
+    pub fee_bp: u32,
+    /// `pplns_min_output`: the smallest output paid to a miner, in satoshis.
+    pub min_output: u64,
+    /// `pplns_max_outputs`: the most miner outputs in one coinbase.
+    pub max_outputs: usize,
+    /// `coinbase_max`: the coinbase's size bound in bytes.
+    pub coinbase_max: usize,
 }
 
 /// Limits on what one miner or one address may cost the pool (docs/security.md). Zero turns each
@@ -249,6 +267,12 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ban_invalid_percent",
     "ban_time",
     "stats_forget",
+    "payout_scheme",
+    "pplns_window",
+    "pool_fee",
+    "pplns_min_output",
+    "pplns_max_outputs",
+    "coinbase_max",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",

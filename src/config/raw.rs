@@ -167,6 +167,12 @@ pub(super) struct RawConfig {
     dburl: Option<Field<String>>,
     instance: Option<Field<String>>,
     donation: Option<Field<Decimal>>,
+    payout_scheme: Option<Field<String>>,
+    pplns_window: Option<Field<Decimal>>,
+    pool_fee: Option<Field<Decimal>>,
+    pplns_min_output: Option<Field<u64>>,
+    pplns_max_outputs: Option<Field<u64>>,
+    coinbase_max: Option<Field<u64>>,
     tlscert: Option<Field<String>>,
     tlskey: Option<Field<String>>,
     // ckpool keys accepted for compatibility: any value, not used (docs/configuration.md).
@@ -549,6 +555,7 @@ impl RawConfig {
                 }
             },
             donation_bp: c.donation(key!(r.donation))?,
+            pplns: c.pplns(&r)?,
             unknown_keys,
         })
     }
@@ -561,5 +568,6 @@ fn level_is_valid(level: &str) -> bool {
 }
 
 mod entries;
+mod payout;
 pub(crate) use entries::normalize_rpc_url;
 use entries::*;

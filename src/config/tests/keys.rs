@@ -326,6 +326,32 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"donation": 0.125}"#.into(),
             r#""donation" = 0.125: must be a percent from 0 to 100 with at most two decimals"#,
         ),
+        ("payout_scheme", r#"{"payout_scheme": 1}"#.into(), r#""payout_scheme" = 1: must be a string"#),
+        (
+            "pplns_window",
+            r#"{"payout_scheme": "pplns", "pplns_window": "2"}"#.into(),
+            r#""pplns_window" = "2": must be a multiple of the network difficulty, such as 2 or 0.5; a JSON number, without quotes (`2`, not `"2"`)"#,
+        ),
+        (
+            "pool_fee",
+            r#"{"payout_scheme": "pplns", "pool_fee": "1"}"#.into(),
+            r#""pool_fee" = "1": must be a percent such as 1 or 0.5; a JSON number, without quotes (`1`, not `"1"`)"#,
+        ),
+        (
+            "pplns_min_output",
+            r#"{"payout_scheme": "pplns", "pplns_min_output": 1.5}"#.into(),
+            r#""pplns_min_output" = 1.5: must be a whole number from 546 to 2100000000000000"#,
+        ),
+        (
+            "pplns_max_outputs",
+            r#"{"payout_scheme": "pplns", "pplns_max_outputs": "x"}"#.into(),
+            r#""pplns_max_outputs" = "x": must be a whole number from 1 to 250"#,
+        ),
+        (
+            "coinbase_max",
+            r#"{"payout_scheme": "pplns", "coinbase_max": -1}"#.into(),
+            r#""coinbase_max" = -1: must be a whole number from 200 to 100000"#,
+        ),
     ];
     for (key, text, message) in cases {
         let e = Config::parse(text, Path::new("t.conf")).unwrap_err();
@@ -347,5 +373,41 @@ fn wrong_types_are_named_by_key_and_rule() {
     for k in compat {
         let c = Config::parse(&format!("{{\"{k}\": [{{\"any\": true}}]}}"), Path::new("t.conf")).unwrap();
         assert!(c.unknown_keys.is_empty(), "{k}");
+    }
+}
+
+/// `payout_scheme: "pplns"` and its bounds (docs/payout.md); the PPLNS keys without the scheme,
+/// or out of range, stop the start naming the key.
+#[test]
+fn pplns_keys() {
+    let p = Path::new("t.conf");
+    assert_eq!(Config::parse("{}", p).unwrap().pplns, None);
+    let c = Config::parse(r#"{"payout_scheme": "pplns"}"#, p).unwrap().pplns.unwrap();
+    assert_eq!(
+        (c.window, c.fee_bp, c.min_output, c.max_outputs, c.coinbase_max),
+        (Difficulty::from_integer(2), 0, 10_000, 100, 750)
+    );
+    let c = Config::parse(
+        r#"{"payout_scheme": "pplns", "pplns_window": 0.5, "pool_fee": 1.25, "pplns_min_output": 546, "pplns_max_outputs": 10, "coinbase_max": 400}"#,
+        p,
+    )
+    .unwrap()
+    .pplns
+    .unwrap();
+    assert_eq!(
+        (c.window.to_string().as_str(), c.fee_bp, c.min_output, c.max_outputs, c.coinbase_max),
+        ("0.5", 125, 546, 10, 400)
+    );
+    for (text, needle) in [
+        (r#"{"pool_fee": 1}"#, "\"pool_fee\""),
+        (r#"{"payout_scheme": "pps"}"#, "must be \"pplns\""),
+        (r#"{"payout_scheme": "pplns", "pplns_window": 0}"#, "\"pplns_window\""),
+        (r#"{"payout_scheme": "pplns", "pool_fee": 100.5}"#, "\"pool_fee\""),
+        (r#"{"payout_scheme": "pplns", "pplns_min_output": 1}"#, "\"pplns_min_output\""),
+        (r#"{"payout_scheme": "pplns", "pplns_max_outputs": 0}"#, "\"pplns_max_outputs\""),
+        (r#"{"payout_scheme": "pplns", "coinbase_max": 100}"#, "\"coinbase_max\""),
+    ] {
+        let e = Config::parse(text, p).unwrap_err().to_string();
+        assert!(e.contains(needle), "{text}: {e}");
     }
 }

@@ -1,6 +1,7 @@
 //! Pool mode's work source: block templates from bitcoind (getblocktemplate, ZMQ or polling),
-//! the payout script they pay, and solo mode's per-address coinbases.
+//! the payout script they pay, solo mode's per-address coinbases and PPLNS's payees.
 
+pub mod pplns;
 pub mod solo;
 pub mod templates;
 

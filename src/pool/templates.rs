@@ -101,6 +101,11 @@ pub struct TemplateSource {
     pub solo: bool,
     /// A reload's new `btcsig` (SIGHUP): the next job carries it.
     pub live: Option<watch::Receiver<crate::reload::Live>>,
+    /// PPLNS (`payout_scheme`): each coinbase pays the window's miners; a new one is built from
+    /// the last template when the window has moved enough (no call to the node).
+    pub payees: Option<Arc<super::pplns::Payees>>,
+    /// The template the miners work on (PPLNS rebuilds its coinbase).
+    last: Option<Arc<Template>>,
     next_id: u64,
     /// When the new block the next refresh looks for was announced (ZMQ, poll, found block).
     announced: Option<Instant>,
@@ -132,6 +137,8 @@ impl TemplateSource {
             warned_coinbase: false,
             solo: false,
             live: None,
+            payees: None,
+            last: None,
         }
     }
 
@@ -209,6 +216,10 @@ impl TemplateSource {
             tracing::info!("bitcoind answering again: height {}", template.height);
             self.node_down = false;
         }
+        let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
+        if let Some(p) = &self.payees {
+            self.coinbase.pplns = Some(p.plan(netdiff));
+        }
         let cb = match coinbase::build(&template, &self.coinbase) {
             Ok(cb) => cb,
             Err(e) => {
@@ -228,7 +239,6 @@ impl TemplateSource {
         let job = Job::new(self.next_id, &template, cb, prev_changed);
         let height = template.height;
         let ntx = template.transactions.len();
-        let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
         // A new block gets a new announcement; an update on the same block keeps the block's.
         let announcement = match announced.filter(|_| prev_changed) {
             Some(at) => Some(Arc::new(Announcement::new(at, Instant::now()))),
@@ -239,6 +249,9 @@ impl TemplateSource {
         if self.solo {
             // Each address's coinbase is built from the template (pool/solo.rs).
             work.template = Some(Arc::new(template.clone()));
+        }
+        if self.payees.is_some() {
+            self.last = Some(Arc::new(template.clone()));
         }
         self.work.send_replace(Some(Arc::new(work)));
         self.height.send_replace(height);
@@ -256,6 +269,37 @@ impl TemplateSource {
             tracing::debug!("template update: height {height}, {ntx} transactions, work out in {:.1} ms", ms(total));
         }
         true
+    }
+
+    /// PPLNS: the same template with a coinbase paying the window as it is now (the shares
+    /// that arrived since the last one), sent as an update (miners keep their current jobs).
+    fn repay(&mut self) {
+        let (Some(p), Some(template)) = (&self.payees, self.last.clone()) else { return };
+        let Some(current) = self.work.borrow().clone() else { return };
+        if current.job.prev_hash != template.prev_hash {
+            return;
+        }
+        let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
+        self.coinbase.pplns = Some(p.plan(netdiff));
+        let cb = match coinbase::build(&template, &self.coinbase) {
+            Ok(cb) => cb,
+            Err(e) => {
+                tracing::error!("cannot build a coinbase paying the PPLNS window: {e}; miners keep their last work");
+                return;
+            }
+        };
+        if let Some(split) = &cb.split {
+            tracing::debug!(
+                "pplns: new coinbase paying {} miner(s), {} carried, {} sat to the pool",
+                split.paid.len(),
+                split.carried.len(),
+                split.pool()
+            );
+        }
+        self.next_id += 1;
+        let job = Job::new(self.next_id, &template, cb, false);
+        let work = Work::new(Arc::new(job)).with_announcement(current.announcement.clone());
+        self.work.send_replace(Some(Arc::new(work)));
     }
 
     fn node_trouble(&mut self, e: &RpcError) {
@@ -350,6 +394,9 @@ impl TemplateSource {
                         retry = !self.refresh(Reason::Update, None).await;
                         update.reset();
                     }
+                }
+                _ = async { match self.payees.clone() { Some(p) => p.changed().await, None => std::future::pending().await } } => {
+                    self.repay();
                 }
                 _ = shutdown.changed() => break,
             }

@@ -1,0 +1,190 @@
+//! Pool mode's PPLNS payees: the window of accepted shares per payout address (fed by the
+//! statistics task, one tally per session batch), the snapshot each coinbase is built from, and
+//! the credit of the miners a found block did not pay carried forward. The arithmetic is
+//! `payout/pplns.rs` (pure); this is its shell: a lock, the address cache, a wake-up for the
+//! template source and the log lines. docs/payout.md has the rules.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bitcoin::{Network, ScriptBuf};
+use tokio::sync::Notify;
+
+use crate::config::Pplns;
+use crate::difficulty::{Difficulty, SCALE};
+use crate::payout::pplns::{Rules, Split, Window};
+use crate::work::coinbase::{script_for_address, PplnsPlan};
+
+/// A new coinbase is worth building once this fraction of the window (1/n) has arrived since
+/// the last one: the per-share path never builds one, and a miner's part in the coinbase lags
+/// its shares by at most this much.
+const REBUILD_EVERY: u128 = 64;
+/// Usernames whose payout script is remembered (parsed once); beyond it the cache starts again.
+const SCRIPT_CACHE: usize = 100_000;
+
+/// The PPLNS state the statistics task feeds and the template source reads.
+pub struct Payees {
+    network: Option<Network>,
+    cfg: Pplns,
+    state: Mutex<State>,
+    /// The window moved enough for a new coinbase (the template source waits on it).
+    changed: Notify,
+}
+
+struct State {
+    window: Window<ScriptBuf>,
+    scripts: HashMap<Box<str>, Option<ScriptBuf>>,
+    /// Units of the window a rebuild waits for (window / REBUILD_EVERY).
+    step: u128,
+}
+
+impl std::fmt::Debug for Payees {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payees").field("network", &self.network).field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// The window's length in difficulty units: `multiple × network difficulty`, exact.
+pub fn window_units(multiple: Difficulty, network: Difficulty) -> u128 {
+    network.mul_ratio(multiple.units(), SCALE).map_or(u128::MAX, |d| d.units()).max(1)
+}
+
+impl Payees {
+    /// Empty until shares arrive (or [`Payees::replay`] fills it at start); `network` is the
+    /// node's chain (None: a chain whose addresses this pool cannot parse: every miner refused).
+    pub fn new(network: Option<Network>, cfg: Pplns) -> Payees {
+        let units = window_units(cfg.window, Difficulty::ONE);
+        Payees {
+            network,
+            cfg,
+            state: Mutex::new(State {
+                window: Window::new(units),
+                scripts: HashMap::new(),
+                step: (units / REBUILD_EVERY).max(1),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The payout script of a username (its part before the first `.` or `_`), or why it cannot
+    /// be paid: a miner authorizes with its payout address, as in solo mode.
+    pub fn payout_script(&self, username: &str) -> Result<ScriptBuf, String> {
+        let address = username.split(['.', '_']).next().unwrap_or(username);
+        let Some(network) = self.network else {
+            return Err(format!("{address:?}: this node's chain has no address format the pool knows"));
+        };
+        script_for_address(address, network).map_err(|e| e.to_string())
+    }
+
+    /// Credits `user`'s accepted share difficulty to its payout script (a name that is no
+    /// address was refused at authorize; it is skipped here too).
+    pub fn credit(&self, user: &str, accepted: Difficulty) {
+        if accepted.is_zero() {
+            return;
+        }
+        let mut st = self.lock();
+        let script = match st.scripts.get(user) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.payout_script(user).ok();
+                if st.scripts.len() >= SCRIPT_CACHE {
+                    st.scripts.clear();
+                }
+                st.scripts.insert(user.into(), s.clone());
+                s
+            }
+        };
+        let Some(script) = script else { return };
+        st.window.push(&script, accepted.units());
+        let wake = st.window.fresh() >= st.step;
+        drop(st);
+        if wake {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits until the window has moved enough for a new coinbase.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// The snapshot a coinbase for a template of `network` difficulty is built from (the
+    /// window's length follows the network's difficulty).
+    pub fn plan(&self, network: Difficulty) -> Arc<PplnsPlan> {
+        let mut st = self.lock();
+        let units = window_units(self.cfg.window, network);
+        if units != st.window.length() {
+            st.window.set_length(units);
+            st.step = (units / REBUILD_EVERY).max(1);
+        }
+        st.window.take_fresh();
+        Arc::new(PplnsPlan {
+            weights: st.window.weights(),
+            rules: Rules {
+                fee_bp: self.cfg.fee_bp,
+                min_output: self.cfg.min_output,
+                max_outputs: self.cfg.max_outputs,
+                bytes: 0,
+            },
+            coinbase_max: self.cfg.coinbase_max,
+        })
+    }
+
+    /// A block was found on a coinbase that split its value as `split`: the payees it did not
+    /// pay keep their credit (their weight moves to the newest end of the window). Returns how
+    /// many were carried.
+    pub fn block_found(&self, split: &Split<ScriptBuf>) -> usize {
+        let mut st = self.lock();
+        let mut carried = 0;
+        for payee in &split.carried {
+            if st.window.carry(payee) > 0 {
+                carried += 1;
+            }
+        }
+        carried
+    }
+
+    /// The window's weight of one payout script (for the operator's audit and the tests).
+    pub fn weight_of(&self, script: &ScriptBuf) -> u128 {
+        self.lock().window.weight_of(script)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Pplns {
+        Pplns { window: Difficulty::from_integer(2), fee_bp: 0, min_output: 546, max_outputs: 100, coinbase_max: 750 }
+    }
+
+    const A: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+    #[test]
+    fn shares_are_credited_to_the_address_before_the_worker_name() {
+        let p = Payees::new(Some(Network::Regtest), cfg());
+        let plan = p.plan(Difficulty::from_integer(1_000)); // window 2,000
+        assert!(plan.weights.is_empty());
+        p.credit(&format!("{A}.rig1"), Difficulty::from_integer(3));
+        p.credit(&format!("{A}_rig2"), Difficulty::from_integer(4));
+        p.credit("not-an-address", Difficulty::from_integer(5));
+        let script = p.payout_script(A).unwrap();
+        assert_eq!(p.weight_of(&script), Difficulty::from_integer(7).units());
+        let plan = p.plan(Difficulty::from_integer(1_000));
+        assert_eq!(plan.weights.len(), 1);
+        assert!(p.payout_script("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2").is_err(), "mainnet address on regtest");
+    }
+
+    #[test]
+    fn the_window_follows_the_network_difficulty() {
+        assert_eq!(window_units(Difficulty::from_integer(2), Difficulty::from_integer(1_000)), 2_000 * SCALE);
+        let half: Difficulty = "0.5".parse().unwrap();
+        let regtest: Difficulty = "0.000000000465".parse().unwrap();
+        assert_eq!(window_units(half, regtest), 232);
+        assert_eq!(window_units(half, Difficulty::ZERO), 1);
+    }
+}

@@ -3,7 +3,9 @@
 //! PID 1, sharing the host's network, so the harness's regtest nodes on 127.0.0.1 serve it. Our
 //! .deb is installed with `apt-get install` as a user would, and the service is driven with
 //! `systemctl` only (`nsenter` runs it inside). The container mounts its own /tmp: files for it
-//! go under its /root.
+//! go under its /root. The guide's tunnel unit (stratssh@) forwards fixed ports, 3334 to the
+//! upstream's 3333: the test uses them (they must be free here) and a real sshd on the host
+//! (tests/common/sshd.rs) as the upstream's.
 //!
 //! Skips (passing, with a line saying why) when not root, when systemd-nspawn or the rootfs is
 //! missing (contrib/setup.sh installs both), or when nspawn cannot boot a systemd here.
@@ -441,6 +443,7 @@ async fn the_package_runs_under_a_real_systemd() {
     // where the pool listens too. The operator's steps on the proxy machine, as the unit expects
     // them: the key in /root/.ssh/p2pkey, the upstream's host key in root's known_hosts, and
     // /etc/default/p2pssh@upstream with TARGET and TARGET_PORT.
+    let tunnel_started = Instant::now();
     let sshd = Sshd::start("p2p");
     let dot_ssh = ct.root().join("root/.ssh");
     std::fs::create_dir_all(&dot_ssh).unwrap();
@@ -515,11 +518,31 @@ async fn the_package_runs_under_a_real_systemd() {
     let to_pool = ct.must(&format!("ss -Htn state established '( dport = :{GUIDE_POOL_PORT} )'"));
     assert!(!to_pool.trim().is_empty(), "nothing connected to the pool's port 3333");
     ct.must("systemctl stop ckproxy");
-    // Stopping the tunnel closes its local end; the sshd goes after it.
+    // autossh ended by a signal from outside systemd (it exits 1, which the unit counts as a
+    // clean exit) is started again after RestartSec=5, and the tunnel comes back.
+    ct.must(&format!("kill -TERM {autossh}"));
+    wait::blocking_or(
+        "stratssh@upstream to run a new autossh",
+        LIMIT,
+        || {
+            let now = ct.sh("systemctl show -p MainPID --value stratssh@upstream").1.trim().to_string();
+            now != autossh && now != "0" && ct.sh("systemctl is-active stratssh@upstream").1.trim() == "active"
+        },
+        tunnel_logs,
+    );
+    wait::blocking_or(
+        "the tunnel's local end to accept again",
+        LIMIT,
+        || std::net::TcpStream::connect_timeout(&tunnel_end, Duration::from_millis(200)).is_ok(),
+        tunnel_logs,
+    );
+    // `systemctl disable --now` leaves it inactive, not failed, and closes its local end; the
+    // sshd goes after it.
     ct.must("systemctl disable --now stratssh@upstream");
     ct.wait_active("stratssh@upstream", "inactive");
     assert!(std::net::TcpStream::connect_timeout(&tunnel_end, Duration::from_millis(500)).is_err());
     drop(sshd);
+    println!("the tunnel and ckproxy steps: {:?}", tunnel_started.elapsed());
 
     // With ckpool.socket enabled (its ListenStream= set to the config's serverurl by a drop-in,
     // as `systemctl edit ckpool.socket` would), `systemctl restart ckpool` refuses no miner: a

@@ -18,9 +18,9 @@ pub struct Sshd {
 }
 
 impl Sshd {
-    /// Starts sshd for public-key logins as `user` with [`Sshd::client_key`]. `root` is the
-    /// machine's own account. Any other name is given to this sshd alone, so that the machine gets
-    /// no new account: sshd runs in its own mount namespace (`unshare -m`) with a copy of
+    /// Starts sshd for public-key logins as `user` with [`Sshd::client_key`]. An account the
+    /// machine has (root) is used as it is. A name it lacks is given to this sshd alone, so that
+    /// the machine gets no new account: sshd runs in its own mount namespace (`unshare -m`) with a copy of
     /// /etc/passwd that adds the user (an unused uid, group nogroup, no home, shell
     /// /usr/sbin/nologin: a tunnel-only login) bound over the machine's.
     pub fn start(user: &str) -> Sshd {
@@ -52,21 +52,21 @@ impl Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let (ok, o, e) = run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&config));
         assert!(ok, "sshd -t: {o}{e}");
-        let mut cmd = if user == "root" {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let mut cmd = if passwd.lines().any(|l| l.split(':').next() == Some(user)) {
             let mut c = Command::new("/usr/sbin/sshd");
             c.args(["-D", "-e", "-f"]).arg(&config);
             c
         } else {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-            assert!(
-                !passwd.lines().any(|l| l.split(':').next() == Some(user)),
-                "{user} is an account on this machine already"
-            );
+            let passwd = if passwd.ends_with('\n') || passwd.is_empty() { passwd } else { passwd + "\n" };
             let used: Vec<u32> = passwd.lines().filter_map(|l| l.split(':').nth(2)?.parse().ok()).collect();
             let uid = (59_000..60_000).find(|u| !used.contains(u)).expect("a free uid");
             let mine = d.join("passwd");
-            std::fs::write(&mine, format!("{passwd}{user}:x:{uid}:65534:tunnel login:/nonexistent:/usr/sbin/nologin\n"))
-                .unwrap();
+            std::fs::write(
+                &mine,
+                format!("{passwd}{user}:x:{uid}:65534:tunnel login:/nonexistent:/usr/sbin/nologin\n"),
+            )
+            .unwrap();
             std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
             // unshare and sh exec: the child's pid is sshd's.
             let mut c = Command::new("unshare");
@@ -77,9 +77,7 @@ impl Sshd {
             c
         };
         let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let daemon = Reaped(
-            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start sshd"),
-        );
+        let daemon = Reaped(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("start sshd"));
         let sshd = Sshd { port, dir, _daemon: daemon };
         let sa: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         wait::blocking_or(

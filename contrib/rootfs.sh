@@ -10,10 +10,14 @@
 set -euo pipefail
 dir=${CKPOOL_ROOTFS:-${HOME}/.cache/ckpool/rootfs-bookworm}
 # What the tests need inside besides a booting systemd: logrotate (the shipped postrotate),
-# procps, and the package's own dependencies (libzmq5), so that `apt-get install ./ckpool.deb`
-# needs no download. A changed list makes the rootfs anew.
-include=systemd,systemd-sysv,dbus,logrotate,procps,iproute2,ca-certificates,libzmq5
-if [ "$(cat "$dir/.complete" 2>/dev/null)" = "$include" ]; then
+# procps, the package's own dependencies (libzmq5), so that `apt-get install ./ckpool.deb`
+# needs no download, and openssh-client + autossh for the guide's tunnel unit (stratssh@).
+include=systemd,systemd-sysv,dbus,logrotate,procps,iproute2,ca-certificates,libzmq5,openssh-client,autossh
+# What is made besides the list (bump it when that changes): 2 = /etc/hosts written.
+recipe=2
+stamp="$include recipe=$recipe"
+# A changed list or recipe makes the rootfs anew.
+if [ "$(cat "$dir/.complete" 2>/dev/null)" = "$stamp" ]; then
   echo "$dir"
   exit 0
 fi
@@ -42,9 +46,12 @@ debootstrap --variant=minbase --include="$include" bookworm "$dir.tmp" "$mirror"
 # apt inside the container installs only the local .deb and its dependencies, which the
 # rootfs already holds; its sources point at the same mirror.
 echo "deb $mirror bookworm main" > "$dir.tmp/etc/apt/sources.list"
+# The /etc/hosts an installed Debian has (the installer writes it; debootstrap does not), so
+# that "localhost" resolves inside, as the guide's ckproxy.conf ("localhost:3334") needs.
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$dir.tmp/etc/hosts"
 # A machine id, so journald and systemd are content; the tests give each boot a copy.
 systemd-machine-id-setup --root="$dir.tmp" >/dev/null 2>&1 || true
 rm -rf "$dir"
 mv "$dir.tmp" "$dir"
-echo "$include" > "$dir/.complete"
+echo "$stamp" > "$dir/.complete"
 echo "$dir"

@@ -10,13 +10,14 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ckpool::bitcoind::{Rpc, RpcError};
 use ckpool::config::{Config, RpcAuth, Secret};
+use common::sshd::{children, Reaped, Sshd};
 use common::{free_port, pool_config, solve, wait, Client, Node, NodePair, Pool};
 use serde_json::{json, Value};
 
@@ -536,45 +537,6 @@ fn split_command_line(s: &str) -> Vec<String> {
     words
 }
 
-/// Child processes of `pid` (from /proc).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// A daemon the test started (sshd, autossh), stopped on drop with SIGTERM (autossh passes it
-/// on to its ssh; sshd's sessions end with their clients), then SIGKILL after 5 s; children it
-/// had that are still alive are killed too, so none outlives the test (holding its output pipe).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let pid = self.0.id();
-        let kids: Vec<(u32, String)> = children(pid)
-            .into_iter()
-            .map(|k| (k, std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default()))
-            .collect();
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        for (k, comm) in kids {
-            let now = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
-            if !comm.is_empty() && now == comm {
-                let _ = kill(Pid::from_raw(k as i32), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
 /// Connects through `addr` to the pool, mines one share and checks it is accepted.
 async fn share_through(addr: &str, worker: &str, en2: &str) {
     let mut c = Client::connect(addr).await;
@@ -586,12 +548,6 @@ async fn share_through(addr: &str, worker: &str, en2: &str) {
     assert_eq!(r["result"], json!(true), "share through the tunnel: {r}");
 }
 
-/// Waits until something accepts TCP connections at `addr`.
-fn wait_listening(addr: &str, limit: Duration, what: &str) {
-    let sa: std::net::SocketAddr = addr.parse().unwrap();
-    wait::blocking(what, limit, || std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok());
-}
-
 /// CI test 4: the stratssh@ unit's autossh command line against a real sshd on loopback. A
 /// stratum miner goes through the tunnel to the pool and gets a share accepted; the ssh
 /// connection is then cut and autossh brings the tunnel back, and a new miner through it works.
@@ -601,55 +557,21 @@ fn wait_listening(addr: &str, limit: Duration, what: &str) {
 /// the same miner, given a new extranonce1, gets shares accepted again.
 ///
 /// What differs from production: ports, key and host come from the test (an env file in the
-/// p2pssh@ format gives TARGET and TARGET_PORT), the login is root (the test's user) instead of
-/// p2p, and ssh gets `-o UserKnownHostsFile=<test file> -o BatchMode=yes` so the test never reads
-/// or writes root's own known_hosts.
+/// p2pssh@ format gives TARGET and TARGET_PORT), the login p2p exists for the test's sshd alone
+/// (tests/common/sshd.rs), and ssh gets `-o UserKnownHostsFile=<test file> -o BatchMode=yes` so
+/// the test never reads or writes root's own known_hosts. tests/systemd.rs runs the unit itself
+/// under systemd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autossh_tunnel_carries_a_miner_and_recovers() {
     let nodes = NodePair::start().await;
     let address = nodes.a.new_address().await;
     let mut pool = Pool::start(pool_config(&nodes.a, &address).await, &[]);
+    // A real sshd on loopback (tests/common/sshd.rs), throwaway keys, the unit's login p2p.
+    let sshd = Sshd::start("p2p");
+    let ssh_port = sshd.port;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-
-    // Throwaway host and client keys; the client key is the only authorized one.
-    for k in ["host_ed25519", "client_ed25519"] {
-        let (ok, _, e) = run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(k)));
-        assert!(ok, "ssh-keygen: {e}");
-    }
-    std::fs::copy(d.join("client_ed25519.pub"), d.join("authorized_keys")).unwrap();
-    let ssh_port = free_port();
-    let host_pub = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
-    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-    std::fs::write(d.join("known_hosts"), format!("[127.0.0.1]:{ssh_port} {} {}\n", host_pub[0], host_pub[1])).unwrap();
-    let sshd_config = d.join("sshd_config");
-    std::fs::write(
-        &sshd_config,
-        format!(
-            "Port {ssh_port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\nPidFile {dir}/sshd.pid\n\
-             AuthorizedKeysFile {dir}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-             AllowTcpForwarding yes\nLogLevel VERBOSE\n",
-            dir = d.display()
-        ),
-    )
-    .unwrap();
-    // sshd's privilege separation directory (the openssh-server service creates it at boot).
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let (ok, o, e) = run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&sshd_config));
-    assert!(ok, "sshd -t: {o}{e}");
-    let sshd_log = std::fs::File::create(d.join("sshd.log")).unwrap();
-    let _sshd = Reaped(
-        Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&sshd_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(sshd_log)
-            .spawn()
-            .expect("start sshd"),
-    );
-    wait_listening(&format!("127.0.0.1:{ssh_port}"), Duration::from_secs(20), "sshd to listen");
+    std::fs::write(d.join("known_hosts"), sshd.known_hosts_line()).unwrap();
 
     // The unit's ExecStart, expanded as systemd would with an env file in p2pssh@'s format.
     let unit = read("systemd/stratssh@.service");
@@ -667,9 +589,8 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     let tunnel_port = free_port();
     let pool_port = pool.port;
     line = line
-        .replace("/root/.ssh/p2pkey", &d.join("client_ed25519").display().to_string())
+        .replace("/root/.ssh/p2pkey", &sshd.client_key().display().to_string())
         .replace("-L 3334:localhost:3333", &format!("-L {tunnel_port}:localhost:{pool_port}"))
-        .replace("p2p@127.0.0.1", "root@127.0.0.1")
         .replace("-NT ", &format!("-NT -o UserKnownHostsFile={} -o BatchMode=yes ", d.join("known_hosts").display()));
     assert!(!line.contains('$') && !line.contains("3334"), "{line}");
     let words = split_command_line(&line);
@@ -696,17 +617,14 @@ async fn autossh_tunnel_carries_a_miner_and_recovers() {
     );
     let tunnel = format!("127.0.0.1:{tunnel_port}");
     let logs = || {
-        let mut s = String::new();
-        for f in ["sshd.log", "autossh.log"] {
-            let mut t = String::new();
-            let _ = std::fs::File::open(d.join(f)).and_then(|mut h| h.read_to_string(&mut t));
-            s += &format!("--- {f}\n{t}");
-        }
-        s
+        let mut t = String::new();
+        let _ = std::fs::File::open(d.join("autossh.log")).and_then(|mut h| h.read_to_string(&mut t));
+        format!("--- sshd.log\n{}--- autossh.log\n{t}", sshd.log())
     };
     let tunnel_addr: std::net::SocketAddr = tunnel.parse().unwrap();
     let up = || std::net::TcpStream::connect_timeout(&tunnel_addr, Duration::from_millis(200)).is_ok();
     wait::blocking_or("the tunnel to come up", Duration::from_secs(30), up, logs);
+    assert!(sshd.log().contains("Accepted publickey for p2p from 127.0.0.1"), "the unit's login:\n{}", logs());
     // On regtest every share is also a block: wait for the node to take it before going on, so
     // later work is not overtaken by this block.
     let h = nodes.a.height().await;

@@ -3,7 +3,9 @@
 //! PID 1, sharing the host's network, so the harness's regtest nodes on 127.0.0.1 serve it. Our
 //! .deb is installed with `apt-get install` as a user would, and the service is driven with
 //! `systemctl` only (`nsenter` runs it inside). The container mounts its own /tmp: files for it
-//! go under its /root.
+//! go under its /root. The guide's tunnel unit (stratssh@) forwards fixed ports, 3334 to the
+//! upstream's 3333: the test uses them (they must be free here) and a real sshd on the host
+//! (tests/common/sshd.rs) as the upstream's.
 //!
 //! Skips (passing, with a line saying why) when not root, when systemd-nspawn or the rootfs is
 //! missing (contrib/setup.sh installs both), or when nspawn cannot boot a systemd here.
@@ -15,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::package::{build_deb, run};
-use common::{solve, Client, NodePair, RPC_PASS, RPC_USER};
+use common::sshd::Sshd;
+use common::{solve, wait, Client, NodePair, RPC_PASS, RPC_USER};
 use serde_json::{json, Value};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
@@ -23,6 +26,10 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Idle miners held at once under the unit (at most what its descriptor limit serves): far
 /// past systemd's default soft limit of 1024.
 const FARM: usize = 10_000;
+/// The guide's ports, fixed in the tunnel unit (`-L 3334:localhost:3333`): the upstream pool's
+/// stratum port on the sshd's side, and the tunnel's local end, ckproxy's upstream.
+const GUIDE_POOL_PORT: u16 = 3333;
+const GUIDE_TUNNEL_PORT: u16 = 3334;
 
 fn rootfs() -> PathBuf {
     match std::env::var_os("CKPOOL_ROOTFS") {
@@ -112,7 +119,7 @@ impl Container {
     }
 
     fn journal(&self) -> String {
-        self.sh("journalctl --no-pager -n 80 -u ckpool -u ckproxy").1
+        self.sh("journalctl --no-pager -n 80 -u ckpool -u ckproxy -u 'stratssh@*'").1
     }
 
     /// Waits until `systemctl is-active UNIT` says `state`.
@@ -193,13 +200,13 @@ fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
 
-/// The pool config for the service: the host's regtest node, a loopback stratum port.
-fn service_config(node: &common::Node, address: &str, port: u16, startdiff: &str) -> String {
+/// The pool config for the service: the host's regtest node, its loopback stratum ports.
+fn service_config(node: &common::Node, address: &str, serverurl: &[String], startdiff: &str) -> String {
     let cfg = json!({
         "btcd": [{"url": node.rpc_url(), "auth": RPC_USER, "pass": RPC_PASS, "notify": true}],
         "btcaddress": address,
         "btcsig": "/ckpool-rs-systemd/",
-        "serverurl": [format!("127.0.0.1:{port}")],
+        "serverurl": serverurl,
         "mindiff": 0.0001,
         "startdiff": startdiff.parse::<f64>().unwrap(),
         "maxdiff": 0,
@@ -229,6 +236,18 @@ async fn the_package_runs_under_a_real_systemd() {
     if !rootfs.join(".complete").exists() {
         return skip(&format!("no Debian rootfs at {} (bash contrib/setup.sh makes it)", rootfs.display()));
     }
+    assert!(
+        rootfs.join("usr/bin/autossh").exists(),
+        "the rootfs at {} has no autossh (made before the tunnel step): `bash contrib/setup.sh` makes it anew",
+        rootfs.display()
+    );
+    // The tunnel unit's ports are the guide's, fixed: nothing else may hold them here.
+    for p in [GUIDE_POOL_PORT, GUIDE_TUNNEL_PORT] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", p)).is_ok(),
+            "127.0.0.1:{p} is taken on this machine; the tunnel unit (stratssh@) uses it: stop what listens there"
+        );
+    }
     let out = tempfile::tempdir().unwrap();
     let deb = build_deb(out.path(), &[]);
     let ct = match Container::boot(&rootfs) {
@@ -244,9 +263,12 @@ async fn the_package_runs_under_a_real_systemd() {
     let address = nodes.a.new_address().await;
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
+    // The pool also listens on the guide's stratum port, 127.0.0.1:3333: the tunnel unit's fixed
+    // forward (`-L 3334:localhost:3333`) reaches it there from the sshd's side.
+    let serverurl = [addr.clone(), format!("127.0.0.1:{GUIDE_POOL_PORT}")];
     // The operator's edit of the shipped config (the file keeps its owner and mode).
     let conf = ct.root().join("etc/ckpool.conf");
-    std::fs::write(&conf, service_config(&nodes.a, &address, port, "0.0001")).unwrap();
+    std::fs::write(&conf, service_config(&nodes.a, &address, &serverurl, "0.0001")).unwrap();
 
     // enable --now reaches active (Type=notify: READY=1 once work is served).
     ct.must("systemctl enable ckpool --now");
@@ -347,7 +369,7 @@ async fn the_package_runs_under_a_real_systemd() {
     drop(farm);
 
     // systemctl reload applies a changed difficulty to new miners.
-    std::fs::write(&conf, service_config(&nodes.a, &address, port, "0.0002")).unwrap();
+    std::fs::write(&conf, service_config(&nodes.a, &address, &serverurl, "0.0002")).unwrap();
     ct.must("systemctl reload ckpool");
     ct.wait_file("/var/log/stratum/ckpool.log", "applied startdiff");
     assert_eq!(first_difficulty(&addr).await, json!(0.0002));
@@ -415,11 +437,51 @@ async fn the_package_runs_under_a_real_systemd() {
     assert!(journal.contains("Watchdog timeout"), "{journal}");
     assert_eq!(first_difficulty(&addr).await, json!(0.0002));
 
-    // ckproxy under its own unit serves a miner through the pool: a block the node accepts.
+    // The guide's tunnel under its unit: `systemctl enable --now stratssh@upstream` carries
+    // ckproxy's upstream to a real sshd on the host (tests/common/sshd.rs; its login p2p exists
+    // for that sshd alone). The unit forwards localhost:3334 to the sshd side's localhost:3333,
+    // where the pool listens too. The operator's steps on the proxy machine, as the unit expects
+    // them: the key in /root/.ssh/p2pkey, the upstream's host key in root's known_hosts, and
+    // /etc/default/p2pssh@upstream with TARGET and TARGET_PORT.
+    let tunnel_started = Instant::now();
+    let sshd = Sshd::start("p2p");
+    let dot_ssh = ct.root().join("root/.ssh");
+    std::fs::create_dir_all(&dot_ssh).unwrap();
+    std::fs::set_permissions(&dot_ssh, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::copy(sshd.client_key(), dot_ssh.join("p2pkey")).unwrap();
+    std::fs::set_permissions(dot_ssh.join("p2pkey"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(dot_ssh.join("known_hosts"), sshd.known_hosts_line()).unwrap();
+    std::fs::write(
+        ct.root().join("etc/default/p2pssh@upstream"),
+        format!("TARGET=127.0.0.1\nTARGET_PORT={}\n", sshd.port),
+    )
+    .unwrap();
+    ct.must("systemctl enable --now stratssh@upstream");
+    ct.wait_active("stratssh@upstream", "active");
+    assert_eq!(ct.must("systemctl is-enabled stratssh@upstream").trim(), "enabled");
+    let tunnel_end: std::net::SocketAddr = format!("127.0.0.1:{GUIDE_TUNNEL_PORT}").parse().unwrap();
+    let tunnel_logs = || format!("sshd:\n{}\njournal:\n{}", sshd.log(), ct.journal());
+    wait::blocking_or(
+        "the tunnel's local end (127.0.0.1:3334) to accept",
+        LIMIT,
+        || std::net::TcpStream::connect_timeout(&tunnel_end, Duration::from_millis(200)).is_ok(),
+        tunnel_logs,
+    );
+    // It is the unit's ssh that logged in, as p2p with the key: autossh (the unit's main
+    // process) runs one ssh, and the sshd accepted p2p's key.
+    let autossh = ct.must("systemctl show -p MainPID --value stratssh@upstream").trim().to_string();
+    let ssh = ct.must(&format!("cat /proc/{autossh}/comm; cat /proc/{autossh}/task/{autossh}/children"));
+    assert!(ssh.starts_with("autossh\n") && ssh.lines().nth(1).is_some_and(|k| !k.trim().is_empty()), "{ssh}");
+    let kid = ssh.lines().nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(ct.must(&format!("cat /proc/{kid}/comm")).trim(), "ssh");
+    assert!(sshd.log().contains("Accepted publickey for p2p from 127.0.0.1"), "{}", tunnel_logs());
+
+    // ckproxy under its own unit with the guide's upstream, "localhost:3334": a miner on the host
+    // mines through ckproxy -> the tunnel -> the pool, and the node accepts the block.
     let port2 = common::free_port();
     let addr2 = format!("127.0.0.1:{port2}");
     let proxy_conf = json!({
-        "proxy": [{"url": addr, "auth": "proxyuser.p0", "pass": "x"}],
+        "proxy": [{"url": format!("localhost:{GUIDE_TUNNEL_PORT}"), "auth": "proxyuser.p0", "pass": "x"}],
         "btcaddress": "",
         "serverurl": [addr2],
         "mindiff": 0.0001,
@@ -435,6 +497,8 @@ async fn the_package_runs_under_a_real_systemd() {
     ct.must("systemctl enable ckproxy --now");
     ct.wait_active("ckproxy", "active");
     ct.wait_file("/var/log/stratum/ckproxy.log", "serves up to");
+    // The pool's miner is the proxy, come through the tunnel.
+    ct.wait_file("/var/log/stratum/ckpool.log", "worker=proxyuser.p0");
     let height = nodes.a.height().await;
     let mut c = Client::connect(&addr2).await;
     let (en1, en2_size) = c.handshake("farm.viaproxy").await;
@@ -447,7 +511,38 @@ async fn the_package_runs_under_a_real_systemd() {
         assert!(Instant::now() < deadline, "the proxy's block did not reach the node; journal:\n{}", ct.journal());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The way it took, from the sockets: ckproxy is connected to the tunnel's local end, and
+    // something (the sshd's forward; nothing else uses the port) to the pool's port 3333.
+    let to_tunnel = ct.must(&format!("ss -Htnp state established '( dport = :{GUIDE_TUNNEL_PORT} )'"));
+    assert!(to_tunnel.contains("\"ckproxy\""), "ckproxy's upstream is not the tunnel:\n{to_tunnel}");
+    let to_pool = ct.must(&format!("ss -Htn state established '( dport = :{GUIDE_POOL_PORT} )'"));
+    assert!(!to_pool.trim().is_empty(), "nothing connected to the pool's port 3333");
     ct.must("systemctl stop ckproxy");
+    // autossh ended by a signal from outside systemd (it exits 1, which the unit counts as a
+    // clean exit) is started again after RestartSec=5, and the tunnel comes back.
+    ct.must(&format!("kill -TERM {autossh}"));
+    wait::blocking_or(
+        "stratssh@upstream to run a new autossh",
+        LIMIT,
+        || {
+            let now = ct.sh("systemctl show -p MainPID --value stratssh@upstream").1.trim().to_string();
+            now != autossh && now != "0" && ct.sh("systemctl is-active stratssh@upstream").1.trim() == "active"
+        },
+        tunnel_logs,
+    );
+    wait::blocking_or(
+        "the tunnel's local end to accept again",
+        LIMIT,
+        || std::net::TcpStream::connect_timeout(&tunnel_end, Duration::from_millis(200)).is_ok(),
+        tunnel_logs,
+    );
+    // `systemctl disable --now` leaves it inactive, not failed, and closes its local end; the
+    // sshd goes after it.
+    ct.must("systemctl disable --now stratssh@upstream");
+    ct.wait_active("stratssh@upstream", "inactive");
+    assert!(std::net::TcpStream::connect_timeout(&tunnel_end, Duration::from_millis(500)).is_err());
+    drop(sshd);
+    println!("the tunnel and ckproxy steps: {:?}", tunnel_started.elapsed());
 
     // With ckpool.socket enabled (its ListenStream= set to the config's serverurl by a drop-in,
     // as `systemctl edit ckpool.socket` would), `systemctl restart ckpool` refuses no miner: a

@@ -1,7 +1,8 @@
 //! Test harness, by what it starts: `node.rs` (a real regtest bitcoind pair), `core_node.rs`
 //! (Bitcoin Core), `pool.rs` (the pool binary), `client.rs` (a stratum client and share
-//! solving), `wait.rs` (the one wait-until helper). Everything listens on 127.0.0.1 only; every
-//! wait has a deadline; Drop kills and reaps.
+//! solving), `sshd.rs` (a real OpenSSH server for the tunnel tests), `wait.rs` (the one
+//! wait-until helper). Everything listens on 127.0.0.1 only; every wait has a deadline; Drop
+//! kills and reaps.
 #![allow(dead_code)]
 
 pub mod client;
@@ -9,6 +10,7 @@ pub mod core_node;
 pub mod node;
 pub mod package;
 pub mod pool;
+pub mod sshd;
 pub mod wait;
 
 #[allow(unused_imports)]

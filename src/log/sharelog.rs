@@ -25,6 +25,9 @@ use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::jsonw::{push_json_str, push_u64};
 
+mod read;
+pub use read::{parse_accepted, Accepted};
+
 /// Bytes of unwritten share lines above which sessions wait after replying (~40,000 shares).
 pub const SOFT_CAP: usize = 16 << 20;
 

@@ -5,6 +5,7 @@
 //! template source and the log lines. docs/payout.md has the rules.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bitcoin::{Network, ScriptBuf};
@@ -12,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::config::Pplns;
 use crate::difficulty::{Difficulty, SCALE};
+use crate::log::sharelog::{parse_accepted, Accepted};
 use crate::payout::pplns::{Rules, Split, Window};
 use crate::work::coinbase::{script_for_address, PplnsPlan};
 
@@ -148,9 +150,115 @@ impl Payees {
         carried
     }
 
+    /// Fills the window from the share log under `logdir` (at start, before miners connect):
+    /// the height directories newest first until they hold a full window for a network of
+    /// `network` difficulty, their accepted shares in the order they were made. Blocking.
+    pub fn replay(&self, logdir: &Path, network: Difficulty) -> Replayed {
+        let units = window_units(self.cfg.window, network);
+        let (shares, read) = read_back(logdir, units);
+        let mut st = self.lock();
+        st.window.set_length(units);
+        st.step = (units / REBUILD_EVERY).max(1);
+        let mut out = Replayed { files: read.files, lines: read.lines, ..Replayed::default() };
+        for a in shares {
+            let script = match st.scripts.get(a.username.as_str()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.payout_script(&a.username).ok();
+                    st.scripts.insert(a.username.as_str().into(), s.clone());
+                    s
+                }
+            };
+            if let Some(script) = script {
+                st.window.push(&script, a.diff.units());
+                out.shares += 1;
+            }
+        }
+        out.weight = st.window.total();
+        out.payees = st.window.weights().len();
+        out
+    }
+
     /// The window's weight of one payout script (for the operator's audit and the tests).
     pub fn weight_of(&self, script: &ScriptBuf) -> u128 {
         self.lock().window.weight_of(script)
+    }
+}
+
+/// What [`Payees::replay`] read back.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub files: u64,
+    pub lines: u64,
+    pub shares: u64,
+    pub weight: u128,
+    pub payees: usize,
+}
+
+/// Lines read back at most (a bound on the start's time and memory; the window is then
+/// shorter than configured until new shares fill it, and the start says so).
+const REPLAY_MAX_LINES: u64 = 20_000_000;
+
+/// Share-log files and lines read back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    pub files: u64,
+    pub lines: u64,
+}
+
+/// The accepted shares of the newest height directories (`logdir/<height as 8 hex>/`) until
+/// their weight reaches `units`, oldest first.
+pub fn read_back(logdir: &Path, units: u128) -> (Vec<Accepted>, Read) {
+    let mut read = Read::default();
+    let mut dirs: Vec<(u32, PathBuf)> = match std::fs::read_dir(logdir) {
+        Ok(d) => d
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                (name.len() == 8).then(|| u32::from_str_radix(&name, 16).ok()).flatten().map(|h| (h, e.path()))
+            })
+            .collect(),
+        Err(_) => return (Vec::new(), read),
+    };
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out = Vec::new();
+    let mut weight = 0u128;
+    'dirs: for (_, dir) in dirs {
+        let Ok(files) = std::fs::read_dir(&dir) else { continue };
+        for f in files.flatten() {
+            if f.path().extension().is_none_or(|e| e != "sharelog") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(f.path()) else {
+                tracing::warn!("pplns: cannot read {} back; its shares are not in the window", f.path().display());
+                continue;
+            };
+            read.files += 1;
+            for line in text.lines() {
+                read.lines += 1;
+                if let Some(a) = parse_accepted(line) {
+                    weight = weight.saturating_add(a.diff.units());
+                    out.push(a);
+                }
+                if read.lines >= REPLAY_MAX_LINES {
+                    tracing::warn!(
+                        "pplns: read {REPLAY_MAX_LINES} share-log lines back and stopped; the window holds what they hold"
+                    );
+                    break 'dirs;
+                }
+            }
+        }
+        if weight >= units {
+            break;
+        }
+    }
+    out.sort_by(|a, b| a.at.cmp(&b.at));
+    (out, read)
+}
+
+impl crate::log::stats::ShareSink for Payees {
+    fn credit(&self, user: &str, accepted: Difficulty) {
+        Payees::credit(self, user, accepted)
     }
 }
 

@@ -273,7 +273,7 @@ impl TemplateSource {
 
     /// PPLNS: the same template with a coinbase paying the window as it is now (the shares
     /// that arrived since the last one), sent as an update (miners keep their current jobs).
-    fn repay(&mut self) {
+    pub fn repay(&mut self) {
         let (Some(p), Some(template)) = (&self.payees, self.last.clone()) else { return };
         let Some(current) = self.work.borrow().clone() else { return };
         if current.job.prev_hash != template.prev_hash {

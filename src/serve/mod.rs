@@ -34,6 +34,8 @@ pub struct SessionParams {
     pub keepalive_secs: u64,
     /// Solo mode (`-B`): usernames are payout addresses, each mining its own coinbase.
     pub solo: Option<Arc<crate::pool::solo::Solo>>,
+    /// PPLNS (`payout_scheme`): usernames are payout addresses, paid in the coinbase by share.
+    pub payees: Option<Arc<crate::pool::pplns::Payees>>,
     /// The reloadable values (difficulties, vardiff); connected sessions keep what they opened with.
     pub live: watch::Receiver<Live>,
 }
@@ -55,6 +57,7 @@ impl SessionParams {
             log_shares,
             keepalive_secs: 55,
             solo: None,
+            payees: None,
             live: live.unwrap_or_else(|| watch::channel(Live::of(cfg)).1),
         }
     }

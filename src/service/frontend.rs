@@ -68,6 +68,7 @@ impl FrontEnd {
                 failing: false,
                 live: Some(params.live.clone()),
                 forget: cfg.limits.stats_forget,
+                payees: params.payees.clone().map(|p| p as Arc<dyn crate::log::stats::ShareSink>),
                 history: crate::history::start(cfg).map(|f| Box::new(f) as Box<dyn crate::log::stats::HistorySink>),
                 predecessor,
             },

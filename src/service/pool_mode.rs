@@ -88,9 +88,32 @@ pub async fn run(
         );
         Arc::new(solo::Solo::new(network_of(&chain), cb.clone(), bp))
     });
+    let payees = match (&cfg.pplns, opts.btcsolo) {
+        (Some(_), true) => bail!(
+            "payout_scheme \"pplns\" and solo mode (-B) exclude each other: solo pays each block to its finder; \
+             remove -B or the payout_scheme key"
+        ),
+        (Some(p), false) => {
+            tracing::info!(
+                "pplns: each block pays the miners of the last {} x network difficulty of shares by their payout \
+                 address ({chain}); pool fee {}.{:02} % and the remainder to {}; smallest output {} sat, at most {} \
+                 outputs in {} bytes of coinbase",
+                p.window,
+                p.fee_bp / 100,
+                p.fee_bp % 100,
+                cfg.btcaddress,
+                p.min_output,
+                p.max_outputs,
+                p.coinbase_max
+            );
+            Some(Arc::new(crate::pool::pplns::Payees::new(network_of(&chain), p.clone())))
+        }
+        (None, _) => None,
+    };
     let mut source =
         templates::TemplateSource::new(rpc.clone(), cb, work_tx, cfg.blockpoll, cfg.update_interval, height_tx);
     source.solo = solo.is_some();
+    source.payees = payees.clone();
     source.live = opts.live.clone();
     source.refresh(templates::Reason::Start, None).await;
     let netdiff = work_rx.borrow().as_ref().and_then(|w| crate::difficulty::Difficulty::from_compact(w.job.nbits));
@@ -102,10 +125,26 @@ pub async fn run(
             tracing::warn!("{note}");
         }
     }
+    if let (Some(p), Some(network)) = (payees.clone(), netdiff) {
+        let logdir = cfg.logdir.clone();
+        let r = tokio::task::spawn_blocking(move || p.replay(&logdir, network)).await?;
+        tracing::info!(
+            "pplns: window rebuilt from the share log: {} accepted share(s) of {} payee(s) from {} file(s) ({} line(s))",
+            r.shares,
+            r.payees,
+            r.files,
+            r.lines
+        );
+        source.repay();
+    }
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
 
-    let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, opts.log_shares);
+    // PPLNS pays by the share log: it is the record a restart rebuilds the window from and
+    // anyone audits a coinbase with, so it is written whether or not -L was given.
+    let log_shares = opts.log_shares || payees.is_some();
+    let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, log_shares);
     params.solo = solo;
+    params.payees = payees;
     let mut fe =
         FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
     tokio::spawn(blocks::forward_stats(block_stats_rx, fe.ctx.stats.clone()));

@@ -24,7 +24,7 @@ mod task;
 
 pub use book::{Book, Summary, UserView, View, WorkerView};
 pub use format::{fmt_g, json_real, suffix_string, write_atomic};
-pub use task::{spawn, HistorySink, StatsTask};
+pub use task::{spawn, HistorySink, ShareSink, StatsTask};
 
 /// Pool hashrate windows (s): 1m 5m 15m 1hr 6hr 1d 7d.
 const POOL_WINDOWS: [u64; 7] = [60, 300, 900, 3600, 21600, 86400, 604800];

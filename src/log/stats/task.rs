@@ -51,6 +51,14 @@ pub struct StatsTask {
     /// `stats_forget`: a worker with no connection and no accepted share for this long is
     /// forgotten (zero: never).
     pub forget: Duration,
+    /// PPLNS (`pool/pplns.rs`): every tally's accepted difficulty is credited to its user.
+    pub payees: Option<Arc<dyn ShareSink>>,
+}
+
+/// Where the statistics task hands each user's accepted share difficulty (implemented by the
+/// PPLNS payees; a trait so that the statistics do not depend on the work source).
+pub trait ShareSink: Send + Sync {
+    fn credit(&self, user: &str, accepted: crate::difficulty::Difficulty);
 }
 
 /// Where the statistics task hands what the history store keeps (implemented by
@@ -122,6 +130,9 @@ impl StatsTask {
                     let t = now(origin);
                     view_stale |= batch.iter().any(changes_counts);
                     for ev in batch.drain(..) {
+                        if let (Some(p), StatEvent::Shares { user, tally, .. }) = (&self.payees, &ev) {
+                            p.credit(user, tally.accepted);
+                        }
                         if let Some(h) = self.history.as_mut() {
                             match &ev {
                                 StatEvent::Shares { user, worker, tally } => {

@@ -86,6 +86,10 @@ impl Session {
                 }
                 Err(why) => return self.refuse_solo_worker(id, &user, &why),
             }
+        } else if let Some(payees) = &self.ctx.params.payees {
+            if let Err(why) = payees.payout_script(&user) {
+                return self.refuse_solo_worker(id, &user, &why);
+            }
         }
         // Shares so far belong to the name they were sent under.
         self.close_tally();
@@ -145,13 +149,15 @@ impl Session {
         self.error(id, code::UNAUTHORIZED, &msg);
     }
 
-    /// Solo mode: a username that is no payout address of the node's chain gets `false`, the
-    /// reason as a `client.show_message`, and no work; the operator log says why.
+    /// Solo mode and PPLNS: a username that is no payout address of the node's chain gets
+    /// `false`, the reason as a `client.show_message`, and no work; the operator log says why.
     fn refuse_solo_worker(&mut self, id: &str, user: &str, why: &str) {
+        let mode = if self.ctx.params.solo.is_some() { "solo" } else { "pplns" };
         if self.ctx.guard.log(LogKind::Refusal) {
-            tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "solo: refusing worker {:?}: {why}", Esc(user));
+            tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "{mode}: refusing worker {:?}: {why}", Esc(user));
         }
-        let text = format!("Solo mining: the username must start with a payout address of this pool's chain ({why})");
+        let what = if mode == "solo" { "Solo mining" } else { "This pool pays miners by address" };
+        let text = format!("{what}: the username must start with a payout address of this pool's chain ({why})");
         self.out.extend_from_slice(proto::notification_line("client.show_message", &json!([text])).as_bytes());
         self.reply(id, "false");
     }

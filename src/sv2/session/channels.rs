@@ -33,7 +33,15 @@ impl Sv2Session {
                     return Err("unknown-user");
                 }
             },
-            None => None,
+            None => {
+                if let Some(Err(why)) = self.ctx.params.payees.as_ref().map(|p| p.payout_script(&user)) {
+                    if self.ctx.guard.log(LogKind::Refusal) {
+                        tracing::warn!(peer = %self.peer, client = self.id, "pplns: refusing sv2 channel of {:?}: {why}", Esc(&user));
+                    }
+                    return Err("unknown-user");
+                }
+                None
+            }
         };
         let floor = crate::difficulty::Difficulty::from_target(&jobs::target_from_le(max_target));
         let params = self.ctx.params.channel();

@@ -1,0 +1,233 @@
+//! PPLNS in the coinbase (`payout_scheme: "pplns"`, docs/payout.md) on Bitcoin Core (regtest,
+//! contrib/build-core.sh): four miners with different payout addresses (P2WPKH and P2TR) and
+//! share difficulties submit shares; the blocks found pay each exactly the part worked out by
+//! hand from those shares; a miner below the smallest output is carried and paid by the next
+//! block; the window survives a restart of the pool.
+//!
+//! Each miner mines on its own listener whose difficulty is pinned (mindiff = startdiff =
+//! maxdiff), so a share's weight is known: 1e-12 difficulty is one unit of the window. The
+//! network difficulty of regtest is 465 units, the window (`pplns_window` 1) as long: the shares
+//! here never fill it. The shares are below the network's difficulty, so none is a block until a
+//! block-meeting share is solved on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use bitcoin::key::Secp256k1;
+use bitcoin::{CompressedPublicKey, ScriptBuf, Transaction};
+use common::core_node::{regtest_key, CoreNode};
+use common::{solve, solve_not_block, Client, Pool};
+use serde_json::{json, Value};
+
+/// One miner: its payout script, its connection, its extranonce1, its difficulty and the
+/// extranonce2 of its next share.
+struct Miner {
+    name: &'static str,
+    script: ScriptBuf,
+    client: Client,
+    en1: String,
+    diff: &'static str,
+    next: u64,
+}
+
+impl Miner {
+    async fn connect(name: &'static str, port: u16, address: &str, script: ScriptBuf, diff: &'static str) -> Miner {
+        let mut client = Client::connect(&format!("127.0.0.1:{port}")).await;
+        let (en1, _) = client.handshake(&format!("{address}.{name}")).await;
+        Miner { name, script, client, en1, diff, next: 1 }
+    }
+
+    /// The newest notify (earlier ones skipped), reading for a moment.
+    async fn newest_notify(&mut self) -> Value {
+        let mut last = self.client.notification("mining.notify").await;
+        while let Some(v) = self.client.read_within(Duration::from_millis(300)).await {
+            if v["method"] == json!("mining.notify") {
+                last = v;
+            }
+        }
+        last
+    }
+
+    /// Submits `n` shares that are not blocks, each accepted.
+    async fn shares(&mut self, n: usize) {
+        for _ in 0..n {
+            let notify = self.newest_notify().await;
+            let en2 = format!("{:016x}", self.next);
+            self.next += 1;
+            let submit =
+                solve_not_block(&notify, &self.en1, &en2, self.diff).expect("a share below the network target");
+            let id = self.client.request("mining.submit", submit).await;
+            let r = self.client.reply(id).await;
+            assert_eq!(r["result"], json!(true), "{}: share refused: {r}", self.name);
+        }
+    }
+
+    /// Reads notifies until one whose coinbase pays exactly `outputs` (then the witness
+    /// commitment); returns it. Bounded: 60 notifies (the pool sends one a second here).
+    async fn notify_paying(&mut self, outputs: &[(ScriptBuf, u64)], pool: &Pool) -> Value {
+        let mut seen = Vec::new();
+        for _ in 0..60 {
+            let n = self.client.notification("mining.notify").await;
+            let paid = coinbase_outputs(&n, &self.en1);
+            if paid.len() == outputs.len() + 1 && paid[..outputs.len()] == *outputs {
+                return n;
+            }
+            seen = paid;
+        }
+        panic!("{}: no notify paid {outputs:?}; the last paid {seen:?}\npool log:\n{}", self.name, pool.log());
+    }
+
+    /// Solves and submits a block-meeting share on `notify`; returns the block's hash once the
+    /// node's tip is it.
+    async fn find_block(&mut self, notify: &Value, node: &CoreNode, pool: &Pool) -> String {
+        let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+        let en2 = format!("{:016x}", self.next);
+        self.next += 1;
+        let submit = solve(notify, &self.en1, &en2, self.diff, true).expect("a block-meeting share");
+        let id = self.client.request("mining.submit", submit).await;
+        let r = self.client.reply(id).await;
+        assert_eq!(r["result"], json!(true), "{}: block share refused: {r}", self.name);
+        node.wait_tip_not(&tip, Duration::from_secs(30), || format!("pool log:\n{}", pool.log())).await
+    }
+}
+
+/// The outputs of the coinbase a notify describes (extranonce2 zero).
+fn coinbase_outputs(notify: &Value, en1: &str) -> Vec<(ScriptBuf, u64)> {
+    let p = &notify["params"];
+    let hex = format!("{}{en1}{}{}", p[2].as_str().unwrap(), "0".repeat(16), p[3].as_str().unwrap());
+    let tx: Transaction = bitcoin::consensus::encode::deserialize(&ckpool::hex::decode(&hex).unwrap()).unwrap();
+    tx.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect()
+}
+
+/// `floor(d × w / total)`, as docs/payout.md says.
+fn part(d: u64, w: u128, total: u128) -> u64 {
+    (d as u128 * w / total) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
+    let node = CoreNode::start(&[]).await;
+    let secp = Secp256k1::new();
+    let wpkh = |n: u8| {
+        ScriptBuf::new_p2wpkh(&CompressedPublicKey::from_private_key(&secp, &regtest_key(n)).unwrap().wpubkey_hash())
+    };
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(20).to_wif())).await;
+    let pool_script = wpkh(20);
+    node.generate_to(1, &pool_addr).await;
+
+    let tr_key = regtest_key(22);
+    let (xonly, _) = CompressedPublicKey::from_private_key(&secp, &tr_key).unwrap().0.x_only_public_key();
+    let addr = |desc: String| {
+        let node = &node;
+        async move { node.derive_address(&desc).await }
+    };
+    let (a_addr, b_addr, c_addr, d_addr) = (
+        addr(format!("wpkh({})", regtest_key(21).to_wif())).await,
+        addr(format!("tr({})", tr_key.to_wif())).await,
+        addr(format!("wpkh({})", regtest_key(23).to_wif())).await,
+        addr(format!("wpkh({})", regtest_key(24).to_wif())).await,
+    );
+    let b_script = ScriptBuf::new_p2tr(&secp, xonly, None);
+
+    // Difficulty units (1e-12) per share: A 30, B 20, C 10, D 1.
+    let diffs = ["0.00000000003", "0.00000000002", "0.00000000001", "0.000000000001"];
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["serverurl"] = json!(diffs
+        .iter()
+        .map(|d| json!({"url": "127.0.0.1:0", "mindiff": d.parse::<f64>().unwrap(), "startdiff": d.parse::<f64>().unwrap(), "maxdiff": d.parse::<f64>().unwrap()}))
+        .collect::<Vec<_>>());
+    cfg["mindiff"] = json!(0.000000000001);
+    cfg["startdiff"] = json!(0.000000000001);
+    cfg["payout_scheme"] = json!("pplns");
+    cfg["pplns_window"] = json!(1);
+    cfg["pool_fee"] = json!(1);
+    cfg["pplns_min_output"] = json!(100_000_000u64);
+    // A template a second: the coinbase follows the window within a second whatever the
+    // rebuild threshold does.
+    cfg["update_interval"] = json!(1);
+    let mut pool = Pool::start(cfg, &[]);
+    let ports = pool.listener_ports();
+    assert_eq!(ports.len(), 4, "{}", pool.log());
+    let mut a = Miner::connect("a", ports[0], &a_addr, wpkh(21), diffs[0]).await;
+    let mut b = Miner::connect("b", ports[1], &b_addr, b_script.clone(), diffs[1]).await;
+    let mut c = Miner::connect("c", ports[2], &c_addr, wpkh(23), diffs[2]).await;
+    let mut d = Miner::connect("d", ports[3], &d_addr, wpkh(24), diffs[3]).await;
+
+    // A username that is no address of this chain is refused.
+    let mut bad = Client::connect(&format!("127.0.0.1:{}", ports[0])).await;
+    bad.request("mining.subscribe", json!(["t/1"])).await;
+    let id = bad.request("mining.authorize", json!(["not-an-address.rig", "x"])).await;
+    assert_eq!(bad.reply(id).await["result"], json!(false));
+
+    // D first: the coinbase awaited below pays the same with or without D (it is carried), so
+    // D's share must be in the window before the others' shares that coinbase depends on.
+    d.shares(1).await; // 1
+    a.shares(2).await; // 60
+    b.shares(2).await; // 40
+    c.shares(3).await; // 30
+
+    // Block 1: value 50 BTC, 1 % fee; D's part, floor(49.5e8 / 131) = 37,786,259 sat, is below
+    // the smallest output (1 BTC): D is carried and A, B, C share the block by 60 : 40 : 30.
+    let value = 5_000_000_000u64;
+    let fee = value / 100;
+    let dd = value - fee;
+    assert!(part(dd, 1, 131) < 100_000_000);
+    let (pa, pb, pc) = (part(dd, 60, 130), part(dd, 40, 130), part(dd, 30, 130));
+    assert_eq!((pa, pb, pc), (2_284_615_384, 1_523_076_923, 1_142_307_692), "docs/payout.md's example");
+    let pool_part = value - pa - pb - pc;
+    assert_eq!(pool_part, 50_000_001, "the fee and a remainder of one satoshi");
+    let expect1 =
+        vec![(a.script.clone(), pa), (b.script.clone(), pb), (c.script.clone(), pc), (pool_script.clone(), pool_part)];
+    let notify = a.notify_paying(&expect1, &pool).await;
+    let hash1 = a.find_block(&notify, &node, &pool).await;
+    let cb = &node.block(&hash1).await.txdata[0];
+    let outs: Vec<(ScriptBuf, u64)> = cb.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect();
+    assert_eq!(outs[..4], expect1[..], "block 1's coinbase");
+    assert!(outs[4].0.as_bytes().starts_with(&[0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed]), "witness commitment");
+    pool.wait_log("pplns: 1 miner(s) this block does not pay keep their credit", Duration::from_secs(10));
+
+    // D mines 3 more units and C one more share (10): the window is A 90 (its block share
+    // counts), B 40, C 40, D 4 (its carried unit and three new ones): D's part is now above the
+    // smallest output and block 2 pays all four.
+    d.shares(3).await;
+    c.shares(1).await;
+    let total = 90 + 40 + 40 + 4;
+    let parts = [part(dd, 90, total), part(dd, 40, total), part(dd, 40, total), part(dd, 4, total)];
+    assert!(parts[3] >= 100_000_000);
+    let paid: u64 = parts.iter().sum();
+    // Equal parts (B and C) in the order of their scripts.
+    let (first, second) = if b.script < c.script { (&b.script, &c.script) } else { (&c.script, &b.script) };
+    let expect2 = vec![
+        (a.script.clone(), parts[0]),
+        (first.clone(), parts[1]),
+        (second.clone(), parts[2]),
+        (d.script.clone(), parts[3]),
+        (pool_script.clone(), value - paid),
+    ];
+    let notify = c.notify_paying(&expect2, &pool).await;
+    let hash2 = c.find_block(&notify, &node, &pool).await;
+    let cb = &node.block(&hash2).await.txdata[0];
+    let outs: Vec<(ScriptBuf, u64)> = cb.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect();
+    assert_eq!(outs[..5], expect2[..], "block 2's coinbase pays the carried miner");
+    assert_eq!(outs.iter().map(|o| o.1).sum::<u64>(), value);
+
+    // The window survives a restart: rebuilt from the share log (C's block share counts: 50).
+    drop((a, b, d));
+    drop(c);
+    pool.stop();
+    pool.spawn(&[]);
+    let ports = pool.listener_ports();
+    let mut a = Miner::connect("a", ports[ports.len() - 4], &a_addr, wpkh(21), diffs[0]).await;
+    let total = 90 + 40 + 50 + 4;
+    let parts = [part(dd, 90, total), part(dd, 50, total), part(dd, 40, total), part(dd, 4, total)];
+    let paid: u64 = parts.iter().sum();
+    let expect3 = vec![
+        (a.script.clone(), parts[0]),
+        (wpkh(23), parts[1]),
+        (b_script, parts[2]),
+        (wpkh(24), parts[3]),
+        (pool_script, value - paid),
+    ];
+    a.notify_paying(&expect3, &pool).await;
+}

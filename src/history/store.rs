@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 
 use super::agg::{Batch, PoolRow, WorkerRow};
 use super::retention::{self, Plan, Row, Sums, HOUR, MINUTE};
+use crate::config::dburl::DbUrl;
 use crate::difficulty::SCALE;
 
 /// Where the history lives.
@@ -35,8 +36,8 @@ impl Target {
     pub fn show(&self) -> String {
         match self {
             Target::Sqlite(p) => format!("sqlite {}", p.display()),
-            Target::Postgres(url) => match url.parse::<postgres::Config>() {
-                Ok(c) => {
+            Target::Postgres(url) => match DbUrl::parse(url).ok().and_then(|u| u.rest.parse::<postgres::Config>().ok()) {
+                Some(c) => {
                     let host = c
                         .get_hosts()
                         .first()
@@ -52,8 +53,16 @@ impl Target {
                         c.get_dbname().unwrap_or("")
                     )
                 }
-                Err(_) => "postgresql (unreadable dburl)".into(),
+                None => "postgresql (unreadable dburl)".into(),
             },
+        }
+    }
+
+    /// PostgreSQL: what `dburl`'s sslmode means ("sslmode=require: TLS, certificate not verified").
+    pub fn tls(&self) -> Option<String> {
+        match self {
+            Target::Sqlite(_) => None,
+            Target::Postgres(url) => DbUrl::parse(url).ok().map(|u| u.describe()),
         }
     }
 
@@ -258,15 +267,20 @@ impl Store {
                 Conn::Sqlite(c)
             }
             Target::Postgres(url) => {
-                let mut cfg: postgres::Config = url.parse().context("dburl is not a PostgreSQL connection string")?;
+                let url = DbUrl::parse(url).map_err(|why| anyhow::anyhow!("dburl: {why}"))?;
+                let mut cfg: postgres::Config =
+                    url.rest.parse().context("dburl is not a PostgreSQL connection string")?;
                 if cfg.get_connect_timeout().is_none() {
                     cfg.connect_timeout(Duration::from_secs(5));
                 }
                 cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
                 // No statement may hold the writer (and so the buffer) for long.
                 cfg.options("-c statement_timeout=30000");
-                let client =
-                    cfg.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.show()))?;
+                // The pool's connections are told apart in pg_stat_activity.
+                if cfg.get_application_name().is_none() {
+                    cfg.application_name("ckpool-rs");
+                }
+                let client = super::pgtls::connect(&mut cfg, &url, &target.show())?;
                 Conn::Postgres { client: Box::new(client), cache: HashMap::new() }
             }
         };

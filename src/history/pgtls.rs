@@ -1,0 +1,164 @@
+//! The connection to PostgreSQL, plain or TLS as `dburl`'s `sslmode` says, with libpq's
+//! meanings (`config::dburl`). TLS is rustls with the ring provider, as everywhere in the pool,
+//! through `tokio-postgres-rustls` (the sync client runs the async one underneath).
+//!
+//! - disable: plain. allow: plain, then TLS if the plain connection fails.
+//! - prefer (the default): TLS when the server offers it, plain otherwise or if TLS fails.
+//! - require: TLS or nothing; the certificate is not checked (as libpq without a root
+//!   certificate), unless `sslrootcert` is given: then as verify-ca.
+//! - verify-ca: the certificate chains to `sslrootcert`; verify-full: and names the host
+//!   (its subjectAltName: a DNS name or the IP address `dburl` connects to).
+//!
+//! A certificate of `sslrootcert` presented as the server's own is trusted as the root it is
+//! (the self-signed certificate of PostgreSQL's documentation, `openssl req -x509`, carries
+//! CA:TRUE, which webpki alone refuses as a server's); verify-full still checks its names.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use postgres::config::SslMode as PgSslMode;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::config::dburl::{DbUrl, RootCert, SslMode};
+
+/// Connects as `url` says, with `cfg` (parsed from `url.rest`, timeouts set). `shown` names the
+/// database in errors (no password).
+pub fn connect(cfg: &mut postgres::Config, url: &DbUrl, shown: &str) -> Result<postgres::Client> {
+    let what = || format!("connecting to {shown} with {}", url.describe());
+    let plain = |cfg: &mut postgres::Config| cfg.ssl_mode(PgSslMode::Disable).connect(postgres::NoTls);
+    match url.sslmode {
+        SslMode::Disable => plain(cfg).with_context(what),
+        SslMode::Allow => match plain(cfg) {
+            Ok(c) => Ok(c),
+            Err(e) => tls(cfg, url, PgSslMode::Require)
+                .with_context(|| format!("plain: {e}; then TLS"))
+                .with_context(what),
+        },
+        SslMode::Prefer => match tls(cfg, url, PgSslMode::Prefer) {
+            Ok(c) => Ok(c),
+            Err(e) => plain(cfg).with_context(|| format!("TLS: {e:#}; then plain")).with_context(what),
+        },
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tls(cfg, url, PgSslMode::Require).with_context(what)
+        }
+    }
+}
+
+fn tls(cfg: &mut postgres::Config, url: &DbUrl, mode: PgSslMode) -> Result<postgres::Client> {
+    let rustls_cfg = client_config(url)?;
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_cfg);
+    Ok(cfg.ssl_mode(mode).connect(tls)?)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls client configuration for `url`'s mode and root certificates.
+pub fn client_config(url: &DbUrl) -> Result<rustls::ClientConfig> {
+    let check = match (&url.sslrootcert, url.sslmode) {
+        (None, _) => Check::Nothing,
+        (Some(_), SslMode::VerifyFull) => Check::ChainAndName,
+        (Some(_), _) => Check::Chain,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let mut pinned = Vec::new();
+    match &url.sslrootcert {
+        Some(RootCert::File(path)) => {
+            for c in crate::tls::load_certs(path, "dburl's sslrootcert")? {
+                roots.add(c.clone()).with_context(|| {
+                    format!("dburl's sslrootcert {}: a certificate rustls cannot use", path.display())
+                })?;
+                pinned.push(c);
+            }
+        }
+        Some(RootCert::System) => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => {}
+    }
+    let provider = provider();
+    let verifier = PgVerifier { check, roots, pinned, provider: provider.clone() };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// require/prefer/allow without `sslrootcert`: encrypted, the certificate taken as it comes.
+    Nothing,
+    /// verify-ca (and require/prefer/allow with `sslrootcert`).
+    Chain,
+    /// verify-full.
+    ChainAndName,
+}
+
+/// libpq's certificate checks on rustls's parts. The handshake's signatures are always checked
+/// (the server proves it holds the key of the certificate it sent, whatever the mode).
+#[derive(Debug)]
+struct PgVerifier {
+    check: Check,
+    roots: rustls::RootCertStore,
+    pinned: Vec<CertificateDer<'static>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PgVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.check == Check::Nothing {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let algs = self.provider.signature_verification_algorithms.all;
+        let chained = rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            algs,
+        );
+        match chained {
+            Ok(()) => {}
+            Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {}
+            Err(e) => return Err(e),
+        }
+        if self.check == Check::ChainAndName {
+            rustls::client::verify_server_name(&cert, server_name)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

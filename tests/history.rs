@@ -217,11 +217,8 @@ impl Postgres {
             }
         }
         let dir = pg.dir.path().display().to_string();
-        pg.settings = vec![
-            "ssl=on".into(),
-            format!("ssl_cert_file={dir}/server.crt"),
-            format!("ssl_key_file={dir}/server.key"),
-        ];
+        pg.settings =
+            vec!["ssl=on".into(), format!("ssl_cert_file={dir}/server.crt"), format!("ssl_key_file={dir}/server.key")];
         pg.spawn();
         pg
     }
@@ -397,8 +394,21 @@ fn make_certs() -> tempfile::TempDir {
     openssl(
         d,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "san.ext", "-out", "server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
         ],
     );
     dir
@@ -448,7 +458,10 @@ fn sslmode_as_libpq_means_it() {
     // The certificate names 127.0.0.1, not "localhost": verify-ca connects, verify-full does not.
     let by_name = tls.url().replace("127.0.0.1", "localhost");
     assert!(store_ssl(&mut open(format!("{by_name}?sslmode=verify-ca&sslrootcert={c}/ca.crt")).unwrap()));
-    fails(format!("{by_name}?sslmode=verify-full&sslrootcert={c}/ca.crt"), "certificate not valid for name \"localhost\"");
+    fails(
+        format!("{by_name}?sslmode=verify-full&sslrootcert={c}/ca.crt"),
+        "certificate not valid for name \"localhost\"",
+    );
     // require with a root certificate verifies as verify-ca (libpq).
     fails(format!("{}?sslmode=require&sslrootcert={c}/other.crt", tls.url()), "UnknownIssuer");
     // The key/value form reads the same parameters.
@@ -502,8 +515,7 @@ async fn a_pool_writes_history_over_tls() {
     assert!(log.contains("sslmode=require: TLS, certificate not verified"), "{log}");
 
     // The wrong root certificate: one clear line, the shares still accepted.
-    cfg["dburl"] =
-        json!(format!("{}?sslmode=verify-full&sslrootcert={}/other.crt", pg.url(), certs.path().display()));
+    cfg["dburl"] = json!(format!("{}?sslmode=verify-full&sslrootcert={}/other.crt", pg.url(), certs.path().display()));
     cfg["instance"] = json!("wrong-root");
     let mut wrong = Pool::start(cfg, &[]);
     wrong.wait_log("history: cannot write to postgresql://ckpool@127.0.0.1", Duration::from_secs(30));

@@ -274,8 +274,9 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     honest.share("before").await;
     let base = usage(&pool);
     // A current job with a one-byte extranonce2: invalid (the pool gives 8 bytes).
-    let answers = spam_until_closed(&pool, "spammer", |i, job| json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]))
-        .await;
+    let answers =
+        spam_until_closed(&pool, "spammer", |i, job| json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]))
+            .await;
     assert!(answers.iter().all(|v| v["error"][0] == json!(20)), "{answers:?}");
     assert_eq!(answers.len(), 50, "answered up to the check, then closed");
     honest.share("after the ban").await;

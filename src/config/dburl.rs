@@ -290,8 +290,14 @@ mod tests {
     #[test]
     fn what_is_refused_says_why_without_the_password() {
         for (s, why) in [
-            ("postgresql://u:hunter2@h/db?sslmode=on", "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full (not \"on\")"),
-            ("host=h password=hunter2 sslmode=Require", "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full (not \"Require\")"),
+            (
+                "postgresql://u:hunter2@h/db?sslmode=on",
+                "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full (not \"on\")",
+            ),
+            (
+                "host=h password=hunter2 sslmode=Require",
+                "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full (not \"Require\")",
+            ),
             ("host=h password=hunter2 sslmode=verify-full", "sslmode=verify-full needs sslrootcert=PATH"),
             ("postgresql://u:hunter2@h/db?sslmode=verify-ca", "sslmode=verify-ca needs sslrootcert=PATH"),
             ("host=h sslmode=require sslrootcert=system", "sslrootcert=system needs sslmode=verify-full"),

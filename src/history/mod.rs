@@ -18,6 +18,7 @@ pub mod query;
 pub mod retention;
 pub mod sim;
 pub mod store;
+mod target;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

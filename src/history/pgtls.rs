@@ -33,9 +33,9 @@ pub fn connect(cfg: &mut postgres::Config, url: &DbUrl, shown: &str) -> Result<p
         SslMode::Disable => plain(cfg).with_context(what),
         SslMode::Allow => match plain(cfg) {
             Ok(c) => Ok(c),
-            Err(e) => tls(cfg, url, PgSslMode::Require)
-                .with_context(|| format!("plain: {e}; then TLS"))
-                .with_context(what),
+            Err(e) => {
+                tls(cfg, url, PgSslMode::Require).with_context(|| format!("plain: {e}; then TLS")).with_context(what)
+            }
         },
         SslMode::Prefer => match tls(cfg, url, PgSslMode::Prefer) {
             Ok(c) => Ok(c),
@@ -122,13 +122,8 @@ impl ServerCertVerifier for PgVerifier {
         }
         let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
         let algs = self.provider.signature_verification_algorithms.all;
-        let chained = rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            algs,
-        );
+        let chained =
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, algs);
         match chained {
             Ok(()) => {}
             Err(_) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {}
@@ -160,5 +155,46 @@ impl ServerCertVerifier for PgVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate with CA:TRUE for `names`, as `openssl req -x509` makes one.
+    fn self_signed_ca(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn verifier(check: Check, root: &CertificateDer<'static>) -> PgVerifier {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        PgVerifier { check, roots, pinned: vec![root.clone()], provider: provider() }
+    }
+
+    /// The server's own self-signed certificate as `sslrootcert` (PostgreSQL's documented simple
+    /// setup): trusted as the root it is; verify-full still checks the name; require checks
+    /// nothing; another certificate is refused.
+    #[test]
+    fn a_self_signed_root_is_trusted_as_itself() {
+        let server = self_signed_ca(&["127.0.0.1"]);
+        let other = self_signed_ca(&["127.0.0.1"]);
+        let ip = ServerName::try_from("127.0.0.1").unwrap();
+        let dns = ServerName::try_from("db.example").unwrap();
+        let now = UnixTime::now();
+        let v = |check, root: &CertificateDer<'static>, cert: &CertificateDer<'_>, name: &ServerName<'_>| {
+            verifier(check, root).verify_server_cert(cert, &[], name, &[], now).map(|_| ())
+        };
+        assert!(v(Check::Chain, &server, &server, &ip).is_ok());
+        assert!(v(Check::Chain, &server, &server, &dns).is_ok(), "verify-ca: the name is not checked");
+        assert!(v(Check::ChainAndName, &server, &server, &ip).is_ok());
+        let e = v(Check::ChainAndName, &server, &server, &dns).unwrap_err();
+        assert!(e.to_string().contains("not valid for name"), "{e}");
+        assert!(v(Check::Chain, &other, &server, &ip).is_err(), "another root");
+        assert!(v(Check::Nothing, &other, &server, &dns).is_ok(), "require: nothing checked");
     }
 }

@@ -470,8 +470,9 @@ fn sslmode_as_libpq_means_it() {
         tls.port
     );
     assert!(store_ssl(&mut open(kv).unwrap()), "key/value verify-ca");
-    // A root certificate file that is not there.
+    // A root certificate file that is not there: an error, even where plain would do (prefer).
     fails(format!("{}?sslmode=verify-ca&sslrootcert={c}/missing.crt", tls.url()), "missing.crt: cannot read");
+    fails(format!("{}?sslmode=prefer&sslrootcert={c}/missing.crt", plain.url()), "missing.crt: cannot read");
 }
 
 /// A pool whose `dburl` says `sslmode=require` writes its history rows over TLS: the server

@@ -25,32 +25,30 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use crate::config::dburl::{DbUrl, RootCert, SslMode};
 
 /// Connects as `url` says, with `cfg` (parsed from `url.rest`, timeouts set). `shown` names the
-/// database in errors (no password).
+/// database in errors (no password). A root certificate that cannot be read is an error in every
+/// mode that may use TLS (never a silent fall back to plain).
 pub fn connect(cfg: &mut postgres::Config, url: &DbUrl, shown: &str) -> Result<postgres::Client> {
     let what = || format!("connecting to {shown} with {}", url.describe());
+    if url.sslmode == SslMode::Disable {
+        return cfg.ssl_mode(PgSslMode::Disable).connect(postgres::NoTls).with_context(what);
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(url).with_context(what)?);
     let plain = |cfg: &mut postgres::Config| cfg.ssl_mode(PgSslMode::Disable).connect(postgres::NoTls);
     match url.sslmode {
-        SslMode::Disable => plain(cfg).with_context(what),
         SslMode::Allow => match plain(cfg) {
             Ok(c) => Ok(c),
-            Err(e) => {
-                tls(cfg, url, PgSslMode::Require).with_context(|| format!("plain: {e}; then TLS")).with_context(what)
-            }
+            Err(e) => cfg
+                .ssl_mode(PgSslMode::Require)
+                .connect(tls)
+                .with_context(|| format!("plain: {e}; then TLS"))
+                .with_context(what),
         },
-        SslMode::Prefer => match tls(cfg, url, PgSslMode::Prefer) {
+        SslMode::Prefer => match cfg.ssl_mode(PgSslMode::Prefer).connect(tls) {
             Ok(c) => Ok(c),
-            Err(e) => plain(cfg).with_context(|| format!("TLS: {e:#}; then plain")).with_context(what),
+            Err(e) => plain(cfg).with_context(|| format!("TLS: {e}; then plain")).with_context(what),
         },
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            tls(cfg, url, PgSslMode::Require).with_context(what)
-        }
+        _ => cfg.ssl_mode(PgSslMode::Require).connect(tls).with_context(what),
     }
-}
-
-fn tls(cfg: &mut postgres::Config, url: &DbUrl, mode: PgSslMode) -> Result<postgres::Client> {
-    let rustls_cfg = client_config(url)?;
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_cfg);
-    Ok(cfg.ssl_mode(mode).connect(tls)?)
 }
 
 fn provider() -> Arc<CryptoProvider> {

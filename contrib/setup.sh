@@ -12,7 +12,8 @@
 #     chromium: tests/api.rs renders the dashboard headless (--dump-dom, --screenshot).
 #     haproxy: tests/listeners.rs puts the real HAProxy (send-proxy-v2, send-proxy) in front of
 #     the pool to prove the PROXY protocol listeners; openssl: contrib/bench.sh --tls makes the
-#     pool's throwaway self-signed certificate with it.
+#     pool's throwaway self-signed certificate with it, and tests/history.rs the certificates of
+#     its PostgreSQL server with ssl=on (a CA, a server certificate it signs, another CA).
 #     systemd-container + debootstrap: tests/systemd.rs boots a minimal Debian (contrib/rootfs.sh,
 #     cached in ~/.cache/ckpool/rootfs-bookworm) under `systemd-nspawn -b` and installs our .deb in it.
 #     postgresql: tests/history.rs starts a real server (initdb in a temp dir, loopback port); as

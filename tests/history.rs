@@ -169,6 +169,8 @@ struct Postgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// Settings given to the server (`-c name=value`) besides the port and address.
+    settings: Vec<String>,
 }
 
 fn is_root() -> bool {
@@ -196,6 +198,32 @@ impl Postgres {
     }
 
     fn start() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.spawn();
+        pg
+    }
+
+    /// A server with `ssl=on` and the certificate and key of `certs` (made by [`make_certs`]),
+    /// copied into its directory and given to the server's user (postgres wants its key 0600).
+    fn start_ssl(certs: &Path) -> Postgres {
+        let mut pg = Postgres::init();
+        for f in ["server.crt", "server.key"] {
+            let to = pg.dir.path().join(f);
+            std::fs::copy(certs.join(f), &to).unwrap();
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            if is_root() {
+                let out = Command::new("chown").arg("postgres:postgres").arg(&to).output().unwrap();
+                assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let dir = pg.dir.path().display().to_string();
+        pg.settings =
+            vec!["ssl=on".into(), format!("ssl_cert_file={dir}/server.crt"), format!("ssl_key_file={dir}/server.key")];
+        pg.spawn();
+        pg
+    }
+
+    fn init() -> Postgres {
         let bin = pg_bin();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -215,9 +243,7 @@ impl Postgres {
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let mut pg = Postgres { child: None, bin, dir, port: common::free_port() };
-        pg.spawn();
-        pg
+        Postgres { child: None, bin, dir, port: common::free_port(), settings: Vec::new() }
     }
 
     fn spawn(&mut self) {
@@ -226,6 +252,7 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
             .arg("-k")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -338,6 +365,169 @@ async fn two_instances_share_postgres_and_ride_out_its_outage() {
     .await;
     assert_eq!(get_json(&east_api, "/api/history?range=hour&instance=edge&user=dave").await["points"], v["points"]);
     for l in [east.log(), west.log(), edge.log()] {
+        assert!(!l.contains(PG_PASS), "the dburl password in the log");
+    }
+}
+
+/// Runs openssl in `dir`; asserts it worked.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl (contrib/setup.sh)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Certificates made with openssl at test time: a CA (`ca.crt`), the server's certificate signed
+/// by it for IP 127.0.0.1 only (`server.crt`, `server.key`), and an unrelated CA (`other.crt`).
+fn make_certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for name in ["ca", "other"] {
+        let (key, crt, subj) = (format!("{name}.key"), format!("{name}.crt"), format!("/CN=test {name}"));
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj", &subj, "-keyout", &key, "-out", &crt];
+        a.extend(ec);
+        openssl(d, &a);
+    }
+    let mut a = vec!["req", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"];
+    a.extend(ec);
+    openssl(d, &a);
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    dir
+}
+
+/// Whether the store's own connection is encrypted, as the server sees it (pg_stat_ssl).
+fn store_ssl(store: &mut ckpool::history::Store) -> bool {
+    let r = store.query("SELECT CASE WHEN ssl THEN 1 ELSE 0 END FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]);
+    r.unwrap()[0][0].int() == 1
+}
+
+/// `dburl`'s `sslmode` with libpq's meanings, on real servers (one with `ssl=on` and a
+/// certificate openssl made, one without TLS), through the history store itself: each mode
+/// connects or fails as libpq would, encrypted or not as the server sees it (pg_stat_ssl), and a
+/// failure names the mode and why without the password.
+#[test]
+fn sslmode_as_libpq_means_it() {
+    use ckpool::history::{Store, Target};
+    let certs = make_certs();
+    let c = certs.path().display().to_string();
+    let tls = Postgres::start_ssl(certs.path());
+    let plain = Postgres::start();
+    let open = |url: String| Store::open(&Target::Postgres(url));
+    let fails = |url: String, why: &str| {
+        let e = open(url.clone()).map(|_| ()).expect_err(&url);
+        let text = ckpool::history::store::why(&e);
+        assert!(text.contains(why), "{url}: {text}");
+        assert!(!text.contains(PG_PASS), "the password in {text}");
+        text
+    };
+    // Encrypted without a root certificate: require, and prefer (the default) when offered.
+    for mode in ["?sslmode=require", "?sslmode=prefer", ""] {
+        assert!(store_ssl(&mut open(format!("{}{mode}", tls.url())).unwrap()), "{mode}: encrypted");
+    }
+    // Plain: disable, and allow when plain works; prefer against a server without TLS.
+    for mode in ["disable", "allow"] {
+        assert!(!store_ssl(&mut open(format!("{}?sslmode={mode}", tls.url())).unwrap()), "{mode}: plain");
+    }
+    assert!(!store_ssl(&mut open(format!("{}?sslmode=prefer", plain.url())).unwrap()), "prefer, no TLS offered");
+    // require against a server without TLS fails, and says so.
+    fails(format!("{}?sslmode=require", plain.url()), "server does not support TLS");
+    // verify-full with the right root certificate; with another CA's it fails, naming why.
+    let full = format!("{}?sslmode=verify-full&sslrootcert={c}/ca.crt", tls.url());
+    assert!(store_ssl(&mut open(full).unwrap()), "verify-full");
+    let wrong = fails(format!("{}?sslmode=verify-full&sslrootcert={c}/other.crt", tls.url()), "UnknownIssuer");
+    assert!(wrong.contains("with sslmode=verify-full"), "{wrong}");
+    // The certificate names 127.0.0.1, not "localhost": verify-ca connects, verify-full does not.
+    let by_name = tls.url().replace("127.0.0.1", "localhost");
+    assert!(store_ssl(&mut open(format!("{by_name}?sslmode=verify-ca&sslrootcert={c}/ca.crt")).unwrap()));
+    fails(
+        format!("{by_name}?sslmode=verify-full&sslrootcert={c}/ca.crt"),
+        "certificate not valid for name \"localhost\"",
+    );
+    // require with a root certificate verifies as verify-ca (libpq).
+    fails(format!("{}?sslmode=require&sslrootcert={c}/other.crt", tls.url()), "UnknownIssuer");
+    // The key/value form reads the same parameters.
+    let kv = format!(
+        "host=127.0.0.1 port={} user=ckpool password={PG_PASS} dbname=postgres sslmode=verify-ca sslrootcert='{c}/ca.crt'",
+        tls.port
+    );
+    assert!(store_ssl(&mut open(kv).unwrap()), "key/value verify-ca");
+    // A root certificate file that is not there: an error, even where plain would do (prefer).
+    fails(format!("{}?sslmode=verify-ca&sslrootcert={c}/missing.crt", tls.url()), "missing.crt: cannot read");
+    fails(format!("{}?sslmode=prefer&sslrootcert={c}/missing.crt", plain.url()), "missing.crt: cannot read");
+}
+
+/// A pool whose `dburl` says `sslmode=require` writes its history rows over TLS: the server
+/// shows the pool's connections (application_name ckpool-rs) encrypted. A pool with
+/// `sslmode=verify-full` and the wrong root certificate says why in one clear line, without the
+/// password, and its miner's shares are accepted all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_writes_history_over_tls() {
+    let certs = make_certs();
+    let pg = Postgres::start_ssl(certs.path());
+    let nodes = NodePair::start().await;
+    let address = nodes.a.new_address().await;
+    let mut cfg = pool_cfg(pool_config(&nodes.a, &address).await);
+    cfg["dburl"] = json!(format!("{}?sslmode=require", pg.url()));
+    cfg["instance"] = json!("tls");
+    let pool = Pool::start(cfg.clone(), &[]);
+    let api = api_addr(&pool);
+    let mut a = Client::connect(&pool.addr()).await;
+    let (en1, _) = a.handshake("alice.rig1").await;
+    let work = a.notification("mining.notify").await;
+    send_shares(&mut a, &work, &en1, 1, 5).await;
+    let v = wait_json(&api, "/api/history?range=hour", "5 shares over TLS", |v| shares_in(v) == 5).await;
+    assert_eq!(v["store"], json!("postgresql"));
+    // On the server: every connection of the pool is encrypted.
+    let url = format!("{}?sslmode=disable", pg.url());
+    let rows = tokio::task::spawn_blocking(move || {
+        let mut c = url.parse::<postgres::Config>().unwrap().connect(postgres::NoTls).unwrap();
+        c.query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'ckpool-rs'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, bool>(0))
+        .collect::<Vec<bool>>()
+    })
+    .await
+    .unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|ssl| *ssl), "the pool's connections, ssl: {rows:?}");
+    let log = pool.log();
+    assert!(log.contains("sslmode=require: TLS, certificate not verified"), "{log}");
+
+    // The wrong root certificate: one clear line, the shares still accepted.
+    cfg["dburl"] = json!(format!("{}?sslmode=verify-full&sslrootcert={}/other.crt", pg.url(), certs.path().display()));
+    cfg["instance"] = json!("wrong-root");
+    let mut wrong = Pool::start(cfg, &[]);
+    wrong.wait_log("history: cannot write to postgresql://ckpool@127.0.0.1", Duration::from_secs(30));
+    let log = wrong.log();
+    let line = log.lines().find(|l| l.contains("history: cannot write to")).unwrap();
+    assert!(line.contains("with sslmode=verify-full") && line.contains("UnknownIssuer"), "{line}");
+    let mut b = Client::connect(&wrong.addr()).await;
+    let (en1b, _) = b.handshake("bob.rig1").await;
+    let work_b = b.notification("mining.notify").await;
+    send_shares(&mut b, &work_b, &en1b, 1, 2).await;
+    for l in [pool.log(), wrong.log()] {
         assert!(!l.contains(PG_PASS), "the dburl password in the log");
     }
 }

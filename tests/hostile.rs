@@ -228,10 +228,44 @@ async fn many_short_connections_each_with_a_new_name() {
     assert_log_unforged(&pool);
 }
 
+/// Sends, after a handshake as `name`, up to 60 submits whose params `submit(i, job)` makes on
+/// the job it was sent; returns the answers to them before the pool closed the connection.
+async fn spam_until_closed(pool: &Pool, name: &str, submit: impl Fn(u32, &Value) -> Value) -> Vec<Value> {
+    let mut spam = Client::connect(&pool.addr()).await;
+    spam.handshake(name).await;
+    let job = spam.notification("mining.notify").await["params"][0].clone();
+    for i in 0..60u32 {
+        let req = json!({"id": 100 + i, "method": "mining.submit", "params": submit(i, &job)});
+        if !spam.send_raw_to_closing(&req.to_string()).await {
+            break;
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(v) = spam.read().await {
+        if v["id"].as_u64().is_some_and(|id| id >= 100) {
+            answers.push(v);
+        }
+    }
+    answers
+}
+
+/// Waits until a connection from the spammers' address is served again (after `ban_time`).
+async fn wait_let_back(pool: &Pool) {
+    wait::until_async("the address to be let back after ban_time", Duration::from_secs(20), || async {
+        let mut c = Client::connect(&pool.addr()).await;
+        let id = c.request("mining.subscribe", json!([])).await;
+        c.reply(id).await["error"].is_null()
+    })
+    .await;
+}
+
 /// Case: an invalid-share spammer. Sends, after its handshake, 60 submits on the current job with
-/// an extranonce2 of the wrong length (invalid; a job id merely unknown counts as stale). With `ban_check_shares` 50 and `ban_time` 3 s, the connection is
-/// closed at the 50th, a new connection from its address is answered "banned" and closed, and
-/// one after the ban time is served again. The metrics count the ban.
+/// an extranonce2 of the wrong length (invalid). With `ban_check_shares` 50 and `ban_time` 3 s,
+/// the connection is closed at the 50th, a new connection from its address is answered "banned"
+/// and closed, and one after the ban time is served again. Then a second spammer sends 60
+/// submits naming job ids the pool never issued ("ffff", "deadbeef", ids past any issued):
+/// answered 21 "Invalid JobID" (unknown, not stale: a stale share would not count toward the
+/// ban) and banned at the 50th just the same. The metrics count both bans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_share_spammer_is_banned_then_let_back() {
     let nodes = NodePair::start().await;
@@ -239,28 +273,12 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     let mut honest = Honest::connect(&pool).await;
     honest.share("before").await;
     let base = usage(&pool);
-    let mut spam = Client::connect(&pool.addr()).await;
-    spam.handshake("spammer").await;
-    let job = spam.notification("mining.notify").await["params"][0].clone();
-    let mut closed = false;
-    for i in 0..60u32 {
-        // A current job with a one-byte extranonce2: invalid (the pool gives 8 bytes).
-        let p = json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]);
-        if !spam.send_raw_to_closing(&json!({"id": 100 + i, "method": "mining.submit", "params": p}).to_string()).await
-        {
-            closed = true;
-            break;
-        }
-    }
-    // Every answer up to the 50th, then the close.
-    let mut answered = 0;
-    while let Some(v) = spam.read().await {
-        if v["id"].as_u64().is_some_and(|id| id >= 100) {
-            assert_eq!(v["error"][0], json!(20), "{v}");
-            answered += 1;
-        }
-    }
-    assert_eq!(answered, 50, "answered up to the check, then closed (write failed early: {closed})");
+    // A current job with a one-byte extranonce2: invalid (the pool gives 8 bytes).
+    let answers =
+        spam_until_closed(&pool, "spammer", |i, job| json!(["spammer", job, "00", "5f5e1000", format!("{i:08x}")]))
+            .await;
+    assert!(answers.iter().all(|v| v["error"][0] == json!(20)), "{answers:?}");
+    assert_eq!(answers.len(), 50, "answered up to the check, then closed");
     honest.share("after the ban").await;
     // Refused while banned: the first request is answered with the reason.
     let mut again = Client::connect(&pool.addr()).await;
@@ -268,13 +286,21 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     let r = again.reply(id).await;
     assert!(r["error"][1].as_str().unwrap().starts_with("banned"), "{r}");
     assert!(again.read().await.is_none(), "closed after the answer");
-    // Let back after the ban time.
-    wait::until_async("the address to be let back after ban_time", Duration::from_secs(20), || async {
-        let mut c = Client::connect(&pool.addr()).await;
-        let id = c.request("mining.subscribe", json!([])).await;
-        c.reply(id).await["error"].is_null()
+    wait_let_back(&pool).await;
+    // Invented job ids with a well-formed share: unknown jobs, invalid, banned as well.
+    let invented = |i: u32| match i % 3 {
+        0 => "ffff".to_string(),
+        1 => "deadbeef".to_string(),
+        _ => format!("{:x}", u64::MAX - u64::from(i)),
+    };
+    let answers = spam_until_closed(&pool, "jobfaker", |i, _| {
+        json!(["jobfaker", invented(i), "0000000000000000", "5f5e1000", format!("{i:08x}")])
     })
     .await;
+    assert!(answers.iter().all(|v| v["error"] == json!([21, "Invalid JobID", null])), "{answers:?}");
+    assert_eq!(answers.len(), 50, "invented job ids count toward the ban");
+    honest.share("after the second ban").await;
+    wait_let_back(&pool).await;
     let log = pool.log();
     let api = log
         .lines()
@@ -286,7 +312,9 @@ async fn invalid_share_spammer_is_banned_then_let_back() {
     s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut body = String::new();
     tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut body)).await.unwrap().unwrap();
-    assert!(body.contains("ckpool_connections_dropped_total{reason=\"banned\"} 1"), "{body}");
+    assert!(body.contains("ckpool_connections_dropped_total{reason=\"banned\"} 2"), "{body}");
+    assert!(body.contains("ckpool_shares_rejected_total{reason=\"unknown_job\"} 50"), "{body}");
+    assert!(body.contains("ckpool_shares_rejected_total{reason=\"stale\"} 0"), "{body}");
     assert!(!body.contains("ckpool_connections_refused_total{reason=\"banned\"} 0"), "{body}");
     assert!(log.contains("dropping miner: banned for 3 s"), "{log}");
     assert_bounded(&pool, base, 1, "invalid-share spammer");

@@ -380,7 +380,8 @@ async fn firmware_first_lines() {
     s[4] = json!(if nonce.is_empty() { "0".to_string() } else { nonce });
     s[1] = n["params"][0].clone();
     let id = g.request("mining.submit", s).await;
-    assert_eq!(g.reply(id).await["result"], json!(true));
+    let r = g.reply(id).await;
+    assert_eq!(r["result"], json!(true), "the NerdMiner-style share: {r}");
 
     // A second authorize with "d=" while working: the new difficulty is sent, then the work
     // under a new job id, before the answer (never a silent change the miner does not know of).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::difficulty::Difficulty;
 use crate::mining::vardiff::VardiffParams;
 
+pub mod dburl;
 mod raw;
 #[cfg(test)]
 mod tests;

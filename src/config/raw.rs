@@ -493,12 +493,16 @@ impl RawConfig {
             None => true,
         };
         let dburl = c.string(key!(r.dburl), "")?;
-        if !dburl.is_empty() && dburl.parse::<postgres::Config>().is_err() {
-            return Err(c.err(
-                "dburl",
-                &Value::Null,
-                "must be a PostgreSQL connection string, e.g. \"postgresql://user:password@127.0.0.1:5432/ckpool\"",
-            ));
+        if !dburl.is_empty() {
+            // libpq's sslmode and sslrootcert are read here; the rest by the client crate.
+            let url = super::dburl::DbUrl::parse(&dburl).map_err(|why| c.err("dburl", &Value::Null, why))?;
+            if url.rest.parse::<postgres::Config>().is_err() {
+                return Err(c.err(
+                    "dburl",
+                    &Value::Null,
+                    "must be a PostgreSQL connection string, e.g. \"postgresql://user:password@127.0.0.1:5432/ckpool\"",
+                ));
+            }
         }
         let instance = c.string(key!(r.instance), "")?;
         if instance.len() > 100 || instance.contains(['\n', '\0']) {

@@ -13,10 +13,12 @@
 //! Reading ([`query`]): the API's `/api/history?range=...` and `ckpool payout --measured`.
 
 pub mod agg;
+mod pgtls;
 pub mod query;
 pub mod retention;
 pub mod sim;
 pub mod store;
+mod target;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +92,8 @@ pub fn start(cfg: &Config) -> Option<Feed> {
             return None;
         }
     };
-    tracing::info!("history: keeping per-minute history in {} as instance {instance:?}", target.show());
+    let tls = target.tls().map(|t| format!(" ({t})")).unwrap_or_default();
+    tracing::info!("history: keeping per-minute history in {}{tls} as instance {instance:?}", target.show());
     let mut agg = agg::Agg::new(AGG_ROWS);
     agg.blocks_changed();
     Some(Feed { agg, tx: Some(tx), lost, thread: Some(thread) })

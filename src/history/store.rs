@@ -14,56 +14,9 @@ use anyhow::{bail, Context, Result};
 
 use super::agg::{Batch, PoolRow, WorkerRow};
 use super::retention::{self, Plan, Row, Sums, HOUR, MINUTE};
+pub use super::target::Target;
+use crate::config::dburl::DbUrl;
 use crate::difficulty::SCALE;
-
-/// Where the history lives.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Target {
-    Sqlite(std::path::PathBuf),
-    /// A PostgreSQL connection string (may hold a password: never shown, see [`Target::show`]).
-    Postgres(String),
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.show())
-    }
-}
-
-impl Target {
-    /// For logs and pages: the SQLite path, or PostgreSQL's user@host:port/dbname without any password.
-    pub fn show(&self) -> String {
-        match self {
-            Target::Sqlite(p) => format!("sqlite {}", p.display()),
-            Target::Postgres(url) => match url.parse::<postgres::Config>() {
-                Ok(c) => {
-                    let host = c
-                        .get_hosts()
-                        .first()
-                        .map(|h| match h {
-                            postgres::config::Host::Tcp(s) => s.clone(),
-                            postgres::config::Host::Unix(p) => p.display().to_string(),
-                        })
-                        .unwrap_or_default();
-                    let port = c.get_ports().first().copied().unwrap_or(5432);
-                    format!(
-                        "postgresql://{}@{host}:{port}/{}",
-                        c.get_user().unwrap_or(""),
-                        c.get_dbname().unwrap_or("")
-                    )
-                }
-                Err(_) => "postgresql (unreadable dburl)".into(),
-            },
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Target::Sqlite(_) => "sqlite",
-            Target::Postgres(_) => "postgresql",
-        }
-    }
-}
 
 /// A value passed to or read from SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,15 +211,20 @@ impl Store {
                 Conn::Sqlite(c)
             }
             Target::Postgres(url) => {
-                let mut cfg: postgres::Config = url.parse().context("dburl is not a PostgreSQL connection string")?;
+                let url = DbUrl::parse(url).map_err(|why| anyhow::anyhow!("dburl: {why}"))?;
+                let mut cfg: postgres::Config =
+                    url.rest.parse().context("dburl is not a PostgreSQL connection string")?;
                 if cfg.get_connect_timeout().is_none() {
                     cfg.connect_timeout(Duration::from_secs(5));
                 }
                 cfg.keepalives(true).keepalives_idle(Duration::from_secs(30));
                 // No statement may hold the writer (and so the buffer) for long.
                 cfg.options("-c statement_timeout=30000");
-                let client =
-                    cfg.connect(postgres::NoTls).with_context(|| format!("connecting to {}", target.show()))?;
+                // The pool's connections are told apart in pg_stat_activity.
+                if cfg.get_application_name().is_none() {
+                    cfg.application_name("ckpool-rs");
+                }
+                let client = super::pgtls::connect(&mut cfg, &url, &target.show())?;
                 Conn::Postgres { client: Box::new(client), cache: HashMap::new() }
             }
         };

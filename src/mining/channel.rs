@@ -143,6 +143,11 @@ pub struct Channel {
     rev: u8,
     last_prev: Option<[u8; 32]>,
     dropped: Option<Dropped>,
+    /// The lowest and highest local id ever issued on this channel (`u64::MAX`, 0 before the
+    /// first job): an id between them was ours once (stale when no longer held); any other id
+    /// is one this channel never issued (unknown, an invalid share).
+    issued_lo: u64,
+    issued_hi: u64,
     /// Shares judged since the face last took the tally.
     tally: ShareTally,
     /// Who mines on it: the account (`user`) and the full worker name, as authorized.
@@ -169,6 +174,8 @@ impl Channel {
             rev: 0,
             last_prev: None,
             dropped: None,
+            issued_lo: u64::MAX,
+            issued_hi: 0,
             tally: ShareTally::default(),
             user: Arc::from(""),
             worker: Arc::from(""),
@@ -366,6 +373,8 @@ impl Channel {
         }
         let (target, diff, mask) = (self.diff.to_target(), self.diff, self.version_mask);
         self.jobs.push_back(SentJob { local_id, work: w.clone(), target, diff, mask });
+        self.issued_lo = self.issued_lo.min(local_id);
+        self.issued_hi = self.issued_hi.max(local_id);
         self.last_prev = Some(w.job.prev_hash);
         Issued::Job { local_id, clean }
     }
@@ -412,6 +421,11 @@ impl Channel {
     pub fn submit_decoded(&mut self, local_id: u64, d: &Decoded, now: u64, fx: &mut Effects) -> Verdict {
         let lid = Some(local_id);
         self.judge(lid, lid, now, false, fx, |job, en1, mask, target| share::check_decoded(job, en1, d, mask, target))
+    }
+
+    /// Whether `local_id` lies within the ids this channel has issued (held or dropped since).
+    fn was_issued(&self, local_id: u64) -> bool {
+        (self.issued_lo..=self.issued_hi).contains(&local_id)
     }
 
     /// The verdict on a share for job `lid` (`ours`: an id this channel could have issued), the
@@ -481,10 +495,14 @@ impl Channel {
         Verdict { result: Ok(()), diff }
     }
 
-    /// A submit naming no job this channel holds: stale when the id is one of ours (too old),
-    /// unknown otherwise. A late share on a job of the previous block that was dropped at the
-    /// new block is logged as stale against that job, as if it were still kept.
+    /// A submit naming no job this channel holds: stale when the id is one this channel issued
+    /// (its job was dropped since: an old block, or past the jobs kept), unknown otherwise (not
+    /// hex, too long, or outside the ids ever issued: an invented id is an invalid share, held
+    /// against the miner by banning, where a stale one is not). A late share on a job of the
+    /// previous block that was dropped at the new block is logged as stale against that job, as
+    /// if it were still kept.
     fn submit_unknown_job(&mut self, lid: Option<u64>, fx: &mut Effects) -> Verdict {
+        let lid = lid.filter(|&l| self.was_issued(l));
         let r = if lid.is_some() { Reject::Stale } else { Reject::UnknownJob };
         let dropped = self.dropped.filter(|d| lid.is_some_and(|l| (d.first_local_id..=d.last_local_id).contains(&l)));
         match (dropped, lid) {

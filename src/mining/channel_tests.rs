@@ -147,15 +147,24 @@ fn duplicates_and_the_stale_window() {
     assert_eq!(v.result, Err(Reject::Stale));
     let rec = fx.share.unwrap();
     assert_eq!((rec.workinfoid, rec.diff, rec.hash), (1, d("0.000001"), None));
-    // An id this channel never issued: stale when it could be ours, unknown when it cannot.
-    for (job_id, want) in [(format!("{:x}", new_id + 0x1000), Reject::Stale), ("xyz".into(), Reject::UnknownJob)] {
+    // An id outside what this channel ever issued (past the last, before the first, not hex, too
+    // long) is unknown: an invalid share. One within that range, not held, was ours: stale.
+    let cases = [
+        (format!("{:x}", new_id + 0x1000), Reject::UnknownJob),
+        (format!("{:x}", ids[0] - 1), Reject::UnknownJob),
+        ("ffffffffffffffff".into(), Reject::UnknownJob),
+        ("1ffffffffffffffff".into(), Reject::UnknownJob),
+        ("xyz".into(), Reject::UnknownJob),
+        (format!("{:x}", ids[1] + 1), Reject::Stale),
+    ];
+    for (job_id, want) in cases {
         let sub =
             Submit { job_id: &job_id, extranonce2: "00000000", ntime: "504e86b9", nonce: "0", version_bits: None };
         assert_eq!(c.submit(&sub, 6, false, &mut fx).result, Err(want));
         assert!(fx.share.is_none(), "nothing to log against for {job_id}");
     }
     let t = c.take_tally();
-    assert_eq!((t.accepted_n, t.rejected_n), (1, 6));
+    assert_eq!((t.accepted_n, t.rejected_n), (1, 10));
 }
 
 #[test]

@@ -320,6 +320,16 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#"{"dburl": "postgresql://u:1234@h:notaport/db"}"#.into(),
             r#""dburl" = "<redacted>": must be a PostgreSQL connection string, e.g. "postgresql://user:password@127.0.0.1:5432/ckpool""#,
         ),
+        (
+            "dburl",
+            r#"{"dburl": "postgresql://u:1234@h/db?sslmode=verify"}"#.into(),
+            r#""dburl" = "<redacted>": sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full (not "verify")"#,
+        ),
+        (
+            "dburl",
+            r#"{"dburl": "host=h password=1234 sslmode=verify-full"}"#.into(),
+            r#""dburl" = "<redacted>": sslmode=verify-full needs sslrootcert=PATH (the PEM file of the certificate authority to verify the server against)"#,
+        ),
         ("instance", r#"{"instance": ["a"]}"#.into(), r#""instance" = ["a"]: must be a string"#),
         (
             "donation",

@@ -95,11 +95,12 @@ async fn a_found_block_leaves_before_the_answer() {
     assert_eq!(m.answer(4).await["error"][0], json!(22), "a duplicate");
     m.send(json!({"id": 5, "method": "mining.submit", "params": ["alice.rig", "ffff", "00000002", "504e86b9", "00000000"]}))
         .await;
-    // A job id this session never sent reads as one of an older block's, dropped: stale.
-    assert_eq!(m.answer(5).await["error"], json!([21, "Stale", null]), "an unknown job");
+    // A job id this session never sent (past the last it issued) is an invalid share, not a
+    // stale one: code 21 as ckpool answers it, counted as unknown_job (and by banning).
+    assert_eq!(m.answer(5).await["error"], json!([21, "Invalid JobID", null]), "an unknown job");
     assert_eq!(rig.ctx.counters.accepted.load(Ordering::Relaxed), 1);
     let by: Vec<_> = rig.ctx.counters.rejected_by().filter(|(_, n)| *n > 0).collect();
-    assert_eq!(by, [(RejectKind::Stale, 1), (RejectKind::Duplicate, 1)]);
+    assert_eq!(by, [(RejectKind::Duplicate, 1), (RejectKind::UnknownJob, 1)]);
     assert!(rig.blocks.try_recv().is_err(), "one block, once");
 
     drop(m);

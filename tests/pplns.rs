@@ -216,6 +216,18 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
     drop((a, b, d));
     drop(c);
     pool.stop();
+    // `ckpool pplns` derives the same parts from the share log (the pool stopped: nothing moves).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpool"))
+        .args(["pplns", "--json", "-c", pool.config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sats: Vec<u64> = audit["paid"].as_array().unwrap().iter().map(|p| p["sat"].as_u64().unwrap()).collect();
+    let (t, dd3) = (90 + 40 + 50 + 4, dd);
+    assert_eq!(sats, vec![part(dd3, 90, t), part(dd3, 50, t), part(dd3, 40, t), part(dd3, 4, t)], "{audit}");
+    assert_eq!(audit["paid"][3]["address"], json!(d_addr), "{audit}");
+    assert_eq!(audit["window_total"], json!("0.000000000184"), "{audit}");
     pool.spawn(&[]);
     let ports = pool.listener_ports();
     let mut a = Miner::connect("a", ports[ports.len() - 4], &a_addr, wpkh(21), diffs[0]).await;

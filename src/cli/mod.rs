@@ -36,6 +36,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Mining-contract payout for a difficulty epoch (exact; offline or from the node)
     Payout(crate::tools::payout::PayoutArgs),
+    /// PPLNS: what the next block's coinbase pays each miner, derived from the share log
+    Pplns(crate::tools::pplns::PplnsArgs),
     /// Difficulty epoch, projected next difficulty and network hashrate
     Difficulty(crate::tools::payout::DifficultyArgs),
     /// The rpcauth= line for bitcoin.conf and its password (as bitcoind's rpcauth.py)
@@ -94,6 +96,7 @@ pub fn main() -> i32 {
         Some(Command::Check(args)) => crate::tools::check::run(&args.config, args.proxy || as_proxy),
         Some(Command::Payout(args)) => crate::tools::payout::run_payout(args),
         Some(Command::Difficulty(args)) => crate::tools::payout::run_difficulty(args),
+        Some(Command::Pplns(args)) => crate::tools::pplns::run(args),
         Some(Command::Rpcauth(args)) => crate::tools::rpcauth::run(args),
         Some(Command::Submitblock(args)) => crate::blocks::manual::run(args),
         Some(Command::Status(args)) => crate::api::status::run(args),

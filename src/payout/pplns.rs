@@ -32,6 +32,9 @@ pub const SLICES: u128 = 256;
 pub struct Window<K> {
     window: u128,
     slices: VecDeque<Slice<K>>,
+    /// Each payee's weight over all slices, kept as slices come and go (a snapshot costs one
+    /// entry per payee, not one per payee and slice).
+    totals: BTreeMap<K, u128>,
     total: u128,
     /// Units added since [`Window::take_fresh`] was last called.
     fresh: u128,
@@ -46,7 +49,7 @@ struct Slice<K> {
 impl<K: Ord + Clone> Window<K> {
     /// An empty window of `window` difficulty units (at least 1).
     pub fn new(window: u128) -> Window<K> {
-        Window { window: window.max(1), slices: VecDeque::new(), total: 0, fresh: 0 }
+        Window { window: window.max(1), slices: VecDeque::new(), totals: BTreeMap::new(), total: 0, fresh: 0 }
     }
 
     /// The window's length in difficulty units.
@@ -79,8 +82,9 @@ impl<K: Ord + Clone> Window<K> {
             self.slices.push_back(Slice { entries: BTreeMap::new(), sum: 0 });
         }
         let newest = self.slices.back_mut().expect("a slice was just ensured");
-        add(newest.entries.entry(payee.clone()).or_insert(0), weight);
+        credit(&mut newest.entries, payee, weight);
         add(&mut newest.sum, weight);
+        credit(&mut self.totals, payee, weight);
         add(&mut self.total, weight);
         add(&mut self.fresh, weight);
         self.trim();
@@ -92,24 +96,21 @@ impl<K: Ord + Clone> Window<K> {
                 break;
             }
             self.total -= oldest.sum;
-            self.slices.pop_front();
+            let gone = self.slices.pop_front().expect("the oldest slice exists");
+            for (k, w) in gone.entries {
+                debit(&mut self.totals, &k, w);
+            }
         }
     }
 
     /// Each payee's weight in the window.
     pub fn weights(&self) -> BTreeMap<K, u128> {
-        let mut out = BTreeMap::new();
-        for s in &self.slices {
-            for (k, w) in &s.entries {
-                add(out.entry(k.clone()).or_insert(0), *w);
-            }
-        }
-        out
+        self.totals.clone()
     }
 
     /// The weight of one payee.
     pub fn weight_of(&self, payee: &K) -> u128 {
-        self.slices.iter().filter_map(|s| s.entries.get(payee)).fold(0u128, |a, w| a.saturating_add(*w))
+        self.totals.get(payee).copied().unwrap_or(0)
     }
 
     /// Moves `payee`'s whole weight to the newest end of the window (a found block did not pay
@@ -130,6 +131,7 @@ impl<K: Ord + Clone> Window<K> {
             }
         }
         self.slices.retain(|s| s.sum > 0);
+        self.totals.remove(payee);
         if weight == 0 {
             return;
         }
@@ -137,8 +139,9 @@ impl<K: Ord + Clone> Window<K> {
             self.slices.push_back(Slice { entries: BTreeMap::new(), sum: 0 });
         }
         let newest = self.slices.back_mut().expect("a slice was just ensured");
-        add(newest.entries.entry(payee.clone()).or_insert(0), weight);
+        credit(&mut newest.entries, payee, weight);
         add(&mut newest.sum, weight);
+        credit(&mut self.totals, payee, weight);
         add(&mut self.total, weight);
         self.trim();
     }
@@ -156,6 +159,26 @@ impl<K: Ord + Clone> Window<K> {
 
 fn add(a: &mut u128, b: u128) {
     *a = a.saturating_add(b);
+}
+
+/// Takes `w` from `k`'s entry; an entry at zero is removed.
+fn debit<K: Ord>(map: &mut BTreeMap<K, u128>, k: &K, w: u128) {
+    if let Some(v) = map.get_mut(k) {
+        *v = v.saturating_sub(w);
+        if *v == 0 {
+            map.remove(k);
+        }
+    }
+}
+
+/// Adds `w` to `k`'s entry, cloning the key only for a new entry.
+fn credit<K: Ord + Clone>(map: &mut BTreeMap<K, u128>, k: &K, w: u128) {
+    match map.get_mut(k) {
+        Some(v) => add(v, w),
+        None => {
+            map.insert(k.clone(), w);
+        }
+    }
 }
 
 /// What bounds a block's payouts.
@@ -340,6 +363,29 @@ mod tests {
         win.set_length(10 * 1_000);
         assert_eq!(win.total(), 10 * 1_000);
         assert_eq!(win.weights().keys().copied().collect::<Vec<_>>(), (90..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_running_totals_equal_the_slices() {
+        let mut win = Window::new(SLICES * 50);
+        for i in 0..5_000u32 {
+            win.push(&(i % 17), (i % 7 + 1) as u128 * 3);
+            if i % 500 == 499 {
+                win.carry(&(i % 5));
+            }
+            if i == 2_500 {
+                win.set_length(SLICES * 20);
+            }
+        }
+        let mut by_slices = BTreeMap::new();
+        for s in &win.slices {
+            assert_eq!(s.sum, s.entries.values().sum::<u128>());
+            for (k, w) in &s.entries {
+                *by_slices.entry(*k).or_insert(0) += *w;
+            }
+        }
+        assert_eq!(win.weights(), by_slices);
+        assert_eq!(win.total(), by_slices.values().sum::<u128>());
     }
 
     #[test]

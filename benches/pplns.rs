@@ -1,0 +1,78 @@
+//! PPLNS's costs (issue 30, docs/performance.md): a coinbase rebuilt from the window with 100 and
+//! 1,000 payees (the snapshot of the window's weights, the split, the coinbase bytes), and a
+//! tally credited to the window (what the statistics task does per session batch).
+//!
+//! Run: `cargo bench --bench pplns` (release) or `cargo test --bench pplns` (once, test profile).
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bitcoin::ScriptBuf;
+use criterion::{criterion_group, criterion_main, Criterion};
+
+use ckpool::payout::pplns::{Rules, Window, SLICES};
+use ckpool::work::coinbase::{self, CoinbaseConfig, PplnsPlan};
+use ckpool::work::template::Template;
+use serde_json::json;
+
+fn payee(i: u32) -> ScriptBuf {
+    let mut b = vec![0x00, 0x14];
+    b.extend_from_slice(&[0u8; 16]);
+    b.extend_from_slice(&i.to_le_bytes());
+    ScriptBuf::from_bytes(b)
+}
+
+/// A window holding `payees` miners' shares, each in several slices (shares over time).
+fn window(payees: u32) -> Window<ScriptBuf> {
+    let mut w = Window::new(SLICES * 1_000_000);
+    for round in 0..20u32 {
+        for i in 0..payees {
+            w.push(&payee(i), 1_000 + ((i * 7 + round) % 13) as u128 * 100);
+        }
+    }
+    w
+}
+
+fn template() -> Template {
+    Template::from_gbt(&json!({
+        "version": 0x2000_0000,
+        "previousblockhash": "00000000000000000002a7c4c1e48d76c5a37902165a270156b7a8d72728a054",
+        "transactions": [],
+        "coinbaseaux": {},
+        "coinbasevalue": 318_000_000u64,
+        "bits": "17034219",
+        "curtime": 1_713_571_767,
+        "height": 840_000,
+        "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
+    }))
+    .unwrap()
+}
+
+fn rebuild(c: &mut Criterion) {
+    let t = template();
+    for n in [100u32, 1_000] {
+        let w = window(n);
+        let base = CoinbaseConfig::new(payee(u32::MAX), "/ckpool-rs/");
+        c.bench_function(&format!("pplns coinbase rebuild, {n} payees (snapshot + split + build)"), |b| {
+            b.iter(|| {
+                let weights: BTreeMap<ScriptBuf, u128> = w.weights();
+                let plan = PplnsPlan {
+                    weights,
+                    rules: Rules { fee_bp: 100, min_output: 10_000, max_outputs: 100, bytes: 0 },
+                    coinbase_max: 750,
+                };
+                let cfg = CoinbaseConfig { pplns: Some(Arc::new(plan)), ..base.clone() };
+                black_box(coinbase::build(&t, &cfg).unwrap())
+            })
+        });
+    }
+    let mut w = window(1_000);
+    let who = payee(17);
+    c.bench_function("pplns window credit (one tally, 1,000 payees in the window)", |b| {
+        b.iter(|| w.push(black_box(&who), black_box(1_000)))
+    });
+}
+
+criterion_group!(benches, rebuild);
+criterion_main!(benches);

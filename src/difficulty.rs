@@ -100,7 +100,10 @@ impl fmt::Display for Target {
 }
 
 /// A pool difficulty, exact to 12 decimal places. Zero means "no difficulty" (every hash passes).
+/// Aligned to 8 bytes, not u128's 16: every miner's state holds several (its channel, each job
+/// sent), and 16-byte alignment padded each `Option` and each struct around them.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(packed(8))]
 pub struct Difficulty(u128);
 
 /// Why a difficulty text was refused.

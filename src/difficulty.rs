@@ -353,6 +353,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_difficulty_is_sixteen_bytes_aligned_to_eight() {
+        // Every miner's channel and each job it was sent hold several (docs/performance.md).
+        assert_eq!((std::mem::size_of::<Difficulty>(), std::mem::align_of::<Difficulty>()), (16, 8));
+        assert_eq!(std::mem::size_of::<Option<Difficulty>>(), 24);
+    }
+
+    #[test]
     fn diff1_is_nbits_1d00ffff() {
         let t = Target::from_compact(0x1d00ffff).unwrap();
         assert_eq!(t.as_u256(), diff1_target());

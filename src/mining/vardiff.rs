@@ -123,12 +123,7 @@ pub struct Meter<const N: usize> {
 impl<const N: usize> Meter<N> {
     /// A meter at zero whose clock starts at `now`; `windows_s` in seconds.
     pub fn new(windows_s: &[u64; N], now: u64) -> Meter<N> {
-        Meter {
-            windows_us: windows_s.map(|s| s * US),
-            values: [0; N],
-            last_decay: now,
-            pending: 0,
-        }
+        Meter { windows_us: windows_s.map(|s| s * US), values: [0; N], last_decay: now, pending: 0 }
     }
 
     /// Adds `units` at `now` (ckpool `decay_client`: batched when under 50 ms since the last decay).

@@ -103,7 +103,7 @@ impl fmt::Display for Target {
 /// Aligned to 8 bytes, not u128's 16: every miner's state holds several (its channel, each job
 /// sent), and 16-byte alignment padded each `Option` and each struct around them.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[repr(packed(8))]
+#[repr(C, packed(8))]
 pub struct Difficulty(u128);
 
 /// Why a difficulty text was refused.

@@ -100,7 +100,10 @@ impl fmt::Display for Target {
 }
 
 /// A pool difficulty, exact to 12 decimal places. Zero means "no difficulty" (every hash passes).
+/// Aligned to 8 bytes, not u128's 16: every miner's state holds several (its channel, each job
+/// sent), and 16-byte alignment padded each `Option` and each struct around them.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(C, packed(8))]
 pub struct Difficulty(u128);
 
 /// Why a difficulty text was refused.
@@ -348,6 +351,13 @@ impl serde::Serialize for Difficulty {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difficulty_is_sixteen_bytes_aligned_to_eight() {
+        // Every miner's channel and each job it was sent hold several (docs/performance.md).
+        assert_eq!((std::mem::size_of::<Difficulty>(), std::mem::align_of::<Difficulty>()), (16, 8));
+        assert_eq!(std::mem::size_of::<Option<Difficulty>>(), 24);
+    }
 
     #[test]
     fn diff1_is_nbits_1d00ffff() {

@@ -49,7 +49,7 @@ impl ChannelParams {
 }
 
 /// A job as this channel was given it: with the difficulty in force when it was issued.
-/// (64 bytes: an idle miner holds one or two.)
+/// (72 bytes: an idle miner holds one, in a deque sized for one.)
 struct SentJob {
     local_id: u64,
     /// The work it came from: the job, and in proxy mode the upstream job it re-issues.
@@ -372,6 +372,10 @@ impl Channel {
             self.jobs.pop_front();
         }
         let (target, diff, mask) = (self.diff.to_target(), self.diff, self.version_mask);
+        if self.jobs.capacity() == 0 {
+            // An idle miner holds one job: room for one, not the four a first push would take.
+            self.jobs.reserve_exact(1);
+        }
         self.jobs.push_back(SentJob { local_id, work: w.clone(), target, diff, mask });
         self.issued_lo = self.issued_lo.min(local_id);
         self.issued_hi = self.issued_hi.max(local_id);

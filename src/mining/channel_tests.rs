@@ -327,3 +327,15 @@ fn an_upstream_mask_change_holds_for_jobs_sent_after_it() {
     assert_eq!(q.allow_version_mask(0x0000_e000), Some(0x0000_e000));
     assert_eq!(q.version_mask(), 0x0000_e000);
 }
+
+#[test]
+fn an_idle_miner_holds_one_job_slot_and_jobs_still_grow_to_the_window() {
+    // Memory per idle miner (docs/performance.md): the first job takes one slot, not four.
+    let mut c = Channel::new(params(), &EN1, 0);
+    c.issue(&work(1, 1, "207fffff"), false);
+    assert_eq!((c.jobs.len(), c.jobs.capacity()), (1, 1));
+    for id in 2..=40 {
+        c.issue(&work(id, 1, "207fffff"), false);
+    }
+    assert_eq!(c.jobs.len(), JOBS_KEPT);
+}

@@ -111,22 +111,19 @@ const METER_SCALE: u128 = 1_000_000;
 /// dsps1/dsps5/... family), with ckpool's 50 ms batching. Values are held in 10^-6 of the unit
 /// added, per second.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meter {
-    windows_us: Vec<u64>,
-    values: Vec<u128>,
+pub struct Meter<const N: usize> {
+    /// Held inline: a channel's meter is part of every miner's state (two windows), and a
+    /// heap block per window list would cost an idle miner more than the values themselves.
+    windows_us: [u64; N],
+    values: [u128; N],
     last_decay: u64,
     pending: u128,
 }
 
-impl Meter {
+impl<const N: usize> Meter<N> {
     /// A meter at zero whose clock starts at `now`; `windows_s` in seconds.
-    pub fn new(windows_s: &[u64], now: u64) -> Meter {
-        Meter {
-            windows_us: windows_s.iter().map(|s| s * US).collect(),
-            values: vec![0; windows_s.len()],
-            last_decay: now,
-            pending: 0,
-        }
+    pub fn new(windows_s: &[u64; N], now: u64) -> Meter<N> {
+        Meter { windows_us: windows_s.map(|s| s * US), values: [0; N], last_decay: now, pending: 0 }
     }
 
     /// Adds `units` at `now` (ckpool `decay_client`: batched when under 50 ms since the last decay).
@@ -267,7 +264,7 @@ pub fn round_difficulty(d: Difficulty) -> Difficulty {
 pub struct Vardiff {
     params: VardiffParams,
     /// dsps over 60 s (index 0) and 300 s (index 1).
-    meter: Meter,
+    meter: Meter<2>,
     created: u64,
     first_share: Option<u64>,
     last_share: Option<u64>,

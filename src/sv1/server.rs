@@ -40,7 +40,10 @@ impl MinerStream {
     pub async fn read_into(&mut self, reader: &mut LineReader) -> std::io::Result<usize> {
         match self {
             MinerStream::Plain(s) => {
-                s.readable().await?;
+                // The socket's own reader waker slot (this task is its only reader), not
+                // `readable()`'s waiter node: an idle session waits here, and the waiter node
+                // with its nested futures was 150 bytes of every session's task.
+                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 reader.read_ready(s)
             }
             MinerStream::Tls(t) => match reader.read_some(t).await {
@@ -248,7 +251,9 @@ async fn accept_loop(ctx: Arc<ServerCtx>, listener: TcpListener, run: Arc<Listen
     {
         let (ctx2, run2) = (ctx.clone(), run.clone());
         sessions.spawn(async move {
-            let Some((stream, peer)) = prelude(&run2, stream, peer).await else { return };
+            // Boxed: a PROXY header read and a TLS handshake are large futures that a session's
+            // task would otherwise carry (inline, for its whole life) after they are done.
+            let Some((stream, peer)) = Box::pin(prelude(&run2, stream, peer)).await else { return };
             // Banned addresses and the per-address limit (serve::guard), on the miner's own
             // address (after any PROXY header).
             let _admitted = match ctx2.guard.admit(peer.ip(), &run2.local) {

@@ -259,7 +259,9 @@ impl Session {
                     // not subscribed yet (accepted just before a stop or a handover) gets
                     // SHUTDOWN_GRACE for its first line: it is answered, never dropped unanswered.
                     let grace = if self.subscribed { Duration::ZERO } else { SHUTDOWN_GRACE };
-                    if let Ok(Ok(n)) = tokio::time::timeout(grace, stream.read_into(&mut reader)).await {
+                    // Boxed: a timer and a read, taken once at shutdown, kept out of the task.
+                    let first = Box::pin(tokio::time::timeout(grace, stream.read_into(&mut reader)));
+                    if let Ok(Ok(n)) = first.await {
                         if n > 0 {
                             let _ = self.handle_lines(&mut reader);
                             let _ = self.write_out(&mut stream, &mut reader).await;
@@ -281,7 +283,8 @@ impl Session {
             }
             if self.outbox.take_log_full() {
                 // The miner has its answers; it waits here, not for them, until the disk catches up.
-                let room = self.ctx.shares.wait_for_room();
+                // Boxed: rare (a full disk), so an idle session's task does not carry it.
+                let room = Box::pin(self.ctx.shares.wait_for_room());
                 tokio::select! {
                     _ = room => {}
                     _ = &mut shutdown_wait => break End::Shutdown,

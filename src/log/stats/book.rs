@@ -16,7 +16,7 @@ use super::*;
 
 #[derive(Debug, Clone)]
 pub(super) struct WorkerStats {
-    pub(super) meter: Meter,
+    pub(super) meter: Meter<{ USER_WINDOWS.len() }>,
     pub(super) lastshare: u64,
     pub(super) last_share_mono: Option<u64>,
     pub(super) shares: Difficulty,
@@ -31,7 +31,7 @@ pub(super) struct WorkerStats {
 
 #[derive(Debug, Clone)]
 pub(super) struct UserStats {
-    pub(super) meter: Meter,
+    pub(super) meter: Meter<{ USER_WINDOWS.len() }>,
     pub(super) lastshare: u64,
     pub(super) shares: Difficulty,
     pub(super) best: Difficulty,
@@ -75,8 +75,8 @@ impl UserStats {
 #[derive(Debug, Clone)]
 pub struct Book {
     pub(super) started: Now,
-    pub(super) dsps: Meter,
-    pub(super) sps: Meter,
+    pub(super) dsps: Meter<{ POOL_WINDOWS.len() }>,
+    pub(super) sps: Meter<{ SPS_WINDOWS.len() }>,
     pub(super) accepted: Difficulty,
     pub(super) rejected: Difficulty,
     pub(super) best: Difficulty,
@@ -340,13 +340,12 @@ impl Book {
     /// Everything the operator's API shows, as of `now` (after `decay_to(now)`).
     pub fn view(&self, now: Now, network: Option<Difficulty>) -> View {
         let (users, workers, idle, disconnected) = self.counts(now);
-        let rate = |m: &Meter, i: usize| hashrate(m.value(i));
         let user_list = self
             .users
             .iter()
             .map(|(name, u)| UserView {
                 name: name.clone(),
-                hashrate: std::array::from_fn(|i| rate(&u.meter, i)),
+                hashrate: std::array::from_fn(|i| hashrate(u.meter.value(i))),
                 lastshare: u.lastshare,
                 workers: u.workers.values().map(|w| w.live).sum(),
                 shares: u.shares,
@@ -358,7 +357,7 @@ impl Book {
                     .iter()
                     .map(|(wname, w)| WorkerView {
                         name: wname.clone(),
-                        hashrate: std::array::from_fn(|i| rate(&w.meter, i)),
+                        hashrate: std::array::from_fn(|i| hashrate(w.meter.value(i))),
                         lastshare: w.lastshare,
                         shares: w.shares,
                         best: w.best,
@@ -377,7 +376,7 @@ impl Book {
             workers,
             idle,
             disconnected,
-            hashrate: std::array::from_fn(|i| rate(&self.dsps, i)),
+            hashrate: std::array::from_fn(|i| hashrate(self.dsps.value(i))),
             sps: std::array::from_fn(|i| self.sps.value(i) as f64 / SCALE as f64),
             accepted: self.accepted,
             rejected: self.rejected,

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::bitcoind::Rpc;
+use crate::bitcoind::{Rpc, SubmitBody};
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::BlockCandidate;
@@ -163,7 +163,7 @@ impl BlockSubmitter {
                 biased;
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
-                        let Some((p, block, witness)) = self.found(c) else { continue };
+                        let Some((p, witness)) = self.found(c) else { continue };
                         let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
                         // Submission first, from memory; the save and the checks beside it.
                         s.submitting.insert(hash.clone());
@@ -182,7 +182,7 @@ impl BlockSubmitter {
                         }
                         let path = hex_path(&self.logdir, height, &hash);
                         saves.spawn_blocking(move || {
-                            beside::save_and_check(path, crate::bitcoind::hex_in_body(&body), &block, witness, &hash)
+                            beside::save_and_check(path, &body.block_hex(), witness, &hash)
                         });
                     }
                     None => closed = true,
@@ -254,7 +254,7 @@ impl BlockSubmitter {
                 Ok(text) => {
                     tracing::warn!("block {} at height {}: {why}: submitting it again", meta.hash, meta.height);
                     s.submitting.insert(meta.hash.clone());
-                    let body = crate::bitcoind::submitblock_body(text.trim());
+                    let body = SubmitBody::of_hex(text.trim());
                     s.queue.push_back(Pending { meta, body, resumed: true });
                 }
                 Err(e) => tracing::error!(
@@ -288,17 +288,18 @@ impl BlockSubmitter {
         s.news.counts(ledger.counts());
     }
 
-    /// A session found a block: assembled and hex-encoded, nothing else (no I/O). Returns the
-    /// submission, the block's bytes for the checks and whether its coinbase has a witness
-    /// commitment; `None` when it cannot be assembled.
-    fn found(&self, c: BlockCandidate) -> Option<(Pending, Vec<u8>, bool)> {
+    /// A session found a block: its `submitblock` request made, nothing else (no I/O): the hex
+    /// of the block's first bytes (header, transaction count, coinbase) written, the template's
+    /// transactions' hex taken as it is kept (shared), so the cost does not grow with the
+    /// template. Returns the submission and whether its coinbase has a witness commitment;
+    /// `None` when it cannot be assembled.
+    fn found(&self, c: BlockCandidate) -> Option<(Pending, bool)> {
         let hash = hex::encode_rev(&c.hash);
-        let Some(block) = c.job.assemble_block(&c.en1, &c.en2, &c.header) else {
+        let Some((first, txs_hex)) = c.job.block_parts(&c.en1, &c.en2, &c.header) else {
             tracing::error!("block {hash} solved on work without transactions; cannot assemble");
             return None;
         };
-        // The request body with the hex written into it: the one copy of the hex there is.
-        let body = crate::bitcoind::submitblock_body_of(&block);
+        let body = SubmitBody::of_block(&first, txs_hex);
         let height = u64::from(c.job.height);
         tracing::info!(
             "BLOCK FOUND: height {height} hash {hash} by {} (share difficulty {}); submitting to {} node(s)",
@@ -314,7 +315,7 @@ impl BlockSubmitter {
             diff: c.difficulty.as_f64(),
             workinfoid: c.job.id,
         };
-        Some((Pending { meta, body, resumed: false }, block, c.job.coinbase.witness))
+        Some((Pending { meta, body, resumed: false }, c.job.coinbase.witness))
     }
 
     /// A submission ended: record it, fresh work, statistics.

@@ -1,11 +1,13 @@
 //! Found blocks: `submitblock` to every node at once, from memory, the moment a candidate
-//! arrives; the hex is saved and fsynced, our own checks run and blocks.log is written beside the
-//! submission, never before it ([`beside`]). Submission goes on until one node takes the block,
-//! every node refuses it, or another block takes its height ([`decide`]); a block a node took is
-//! followed to its fate: confirmations, matured or orphaned ([`fate`]). Every event is an
-//! operator log line and a `blocks.log` line ([`journal`]); a restart reads blocks.log and the
-//! saved hex back, submits again what no node has, and keeps following the rest. No found block
-//! is lost: the task ends only once every hex is on disk, and the shutdown waits for it.
+//! arrives (the request made from the hex the template's transactions are kept in: its cost
+//! does not grow with the template); the hex is saved and fsynced and blocks.log is written
+//! beside the submission, never before it, and our own checks run once it has ended
+//! ([`beside`]). Submission goes on until one node takes the block, every node refuses it, or
+//! another block takes its height ([`decide`]); a block a node took is followed to its fate:
+//! confirmations, matured or orphaned ([`fate`]). Every event is an operator log line and a
+//! `blocks.log` line ([`journal`]); a restart reads blocks.log and the saved hex back, submits
+//! again what no node has, and keeps following the rest. No found block is lost: the task ends
+//! only once every hex is on disk, and the shutdown waits for it.
 //!
 //! Shape: one task ([`BlockSubmitter::run`]) owns the ledger; each block being submitted is its
 //! own task (`submit.rs`, at most [`MAX_SUBMITTING`]; more wait their turn), each save a blocking
@@ -24,7 +26,7 @@ pub mod journal;
 pub mod manual;
 mod submit;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,6 +118,7 @@ impl BlockSubmitter {
         let mut s = Run {
             queue: VecDeque::new(),
             submitting: HashSet::new(),
+            to_check: HashMap::new(),
             news: News::default(),
             journal: Journal::spawn(self.logdir.clone()),
         };
@@ -181,22 +184,25 @@ impl BlockSubmitter {
                             s.queue.push_back(p);
                         }
                         let path = hex_path(&self.logdir, height, &hash);
-                        saves.spawn_blocking(move || {
-                            beside::save_and_check(path, &body.block_hex(), witness, &hash)
-                        });
+                        s.to_check.insert(hash.clone(), (body.clone(), witness));
+                        saves.spawn_blocking(move || beside::save(path, &body.block_hex(), &hash));
                     }
                     None => closed = true,
                 },
                 Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
                     Ok(e) => {
                         s.submitting.remove(&e.meta.hash);
+                        if let Some((body, witness)) = s.to_check.remove(&e.meta.hash) {
+                            let hash = e.meta.hash.clone();
+                            saves.spawn_blocking(move || beside::check(&body.block_hex(), witness, &hash));
+                        }
                         self.ended(&mut ledger, &mut s, e).await
                     }
                     Err(e) => tracing::error!("blocks: a submission task failed: {e}; its hex stays in logdir/blocks"),
                 },
                 Some(r) = saves.join_next(), if !saves.is_empty() => {
                     if let Err(e) = r {
-                        tracing::error!("blocks: saving a block's hex failed: {e}");
+                        tracing::error!("blocks: saving or checking a block's hex failed: {e}");
                     }
                 }
                 Some(Note::Retrying { meta, answers }) = notes.recv() => {
@@ -379,6 +385,8 @@ struct Run {
     queue: VecDeque<Pending>,
     /// Hashes queued or being submitted (a block read back again is not submitted twice).
     submitting: HashSet<String>,
+    /// Found here and being submitted: checked (`beside::check`) once its submission ends.
+    to_check: HashMap<String, (SubmitBody, bool)>,
     /// What the statistics are still to be told.
     news: News,
     journal: Journal,

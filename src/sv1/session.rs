@@ -297,8 +297,8 @@ impl Session {
         }
     }
 
-    /// Writes what the last batch produced, in one write. On a plain socket a miner slow to
-    /// read does not stop this session from reading ([`Session::write_reading`]).
+    /// Writes what the last batch produced, in one write. A miner slow to read does not stop
+    /// this session from reading ([`Session::write_reading`], [`Session::write_reading_tls`]).
     async fn write_out(&mut self, stream: &mut MinerStream, reader: &mut LineReader) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
@@ -313,18 +313,14 @@ impl Session {
             }
         }
         if sent < self.out.len() {
-            // A miner that does not read is dropped after WRITE_DEADLINE; on plain TCP the
-            // session keeps reading its lines meanwhile (a block share behind a stalled write
-            // still leaves). Boxed: the waiting state is allocated only when a write waits, so
-            // that an idle session's task does not carry it.
+            // A miner that does not read is dropped after WRITE_DEADLINE; the session keeps
+            // reading its lines meanwhile (a block share behind a stalled write still leaves).
+            // Boxed: the waiting state (over TLS, the stream's two halves too) is allocated only
+            // when a write waits, so that an idle session's task does not carry it.
             let write = async {
                 match stream {
                     MinerStream::Plain(s) => self.write_reading(s, reader, sent).await,
-                    MinerStream::Tls(t) => {
-                        t.write_all(&self.out).await.map_err(|e| End::Kick(format!("write error: {e}")))?;
-                        // rustls may keep records it could not write yet: out with them now.
-                        t.flush().await.map_err(|e| End::Kick(format!("write error: {e}")))
-                    }
+                    MinerStream::Tls(t) => self.write_reading_tls(t, reader).await,
                 }
             };
             match Box::pin(tokio::time::timeout(WRITE_DEADLINE, write)).await {
@@ -379,6 +375,59 @@ impl Session {
                         Ok(0) => return Err(End::Closed),
                         Ok(_) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(End::Kick(format!("read error: {e}"))),
+                    }
+                    kicked = self.handle_lines(reader).err();
+                    self.close_tally();
+                    if !self.outbox.try_flush(&self.ctx) {
+                        self.outbox.send_blocks(&self.ctx).await;
+                    }
+                }
+            }
+        }
+        match kicked {
+            Some(why) => Err(End::Kick(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Session::write_reading`] over TLS: the stream split in two halves for the wait (so a
+    /// write through rustls and a read can both be pending), `out` written and flushed while the
+    /// lines that arrive are handled, their answers queued behind, up to [`MAX_UNWRITTEN`] bytes.
+    async fn write_reading_tls(
+        &mut self,
+        t: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        reader: &mut LineReader,
+    ) -> Result<(), End> {
+        let (mut rd, mut wr) = tokio::io::split(t);
+        let mut sent = 0;
+        let mut kicked = None;
+        loop {
+            tokio::select! {
+                biased;
+                // Everything handed to rustls: then its records flushed to the socket.
+                r = async {
+                    if sent < self.out.len() {
+                        wr.write(&self.out[sent..]).await
+                    } else {
+                        wr.flush().await.map(|()| 0)
+                    }
+                } => {
+                    let n = r.map_err(|e| End::Kick(format!("write error: {e}")))?;
+                    if sent == self.out.len() {
+                        break;
+                    }
+                    if n == 0 {
+                        return Err(End::Kick("write error: the connection takes no more".into()));
+                    }
+                    sent += n;
+                }
+                r = reader.read_some(&mut rd), if kicked.is_none() && self.out.len() - sent < MAX_UNWRITTEN => {
+                    match r {
+                        Ok(0) => return Err(End::Closed),
+                        Ok(_) => {}
+                        // A client that closes without TLS close_notify has still just closed.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(End::Closed),
                         Err(e) => return Err(End::Kick(format!("read error: {e}"))),
                     }
                     kicked = self.handle_lines(reader).err();

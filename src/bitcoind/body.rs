@@ -54,7 +54,10 @@ impl SubmitBody {
             body.extend_from_slice(serde_json::Value::from(block_hex).to_string().as_bytes());
             body.pop(); // the closing quote: the tail has it
         }
-        SubmitBody { parts: vec![Bytes::from(body), Bytes::from_static(TAIL)], hex_from: if hex { HEAD.len() + 1 } else { 0 } }
+        SubmitBody {
+            parts: vec![Bytes::from(body), Bytes::from_static(TAIL)],
+            hex_from: if hex { HEAD.len() + 1 } else { 0 },
+        }
     }
 
     /// The body's length in bytes.

@@ -1,8 +1,7 @@
 //! What runs beside a found block's submission, never before it: the hex saved and fsynced
-//! ([`save`]; our own merkle and witness checks, for the log, once the nodes have answered:
-//! [`check`]), blocks.log's lines
-//! appended in order on their own task ([`Journal`]), and the statistics told without the block
-//! task ever waiting on their channel ([`News`]).
+//! ([`save`]), blocks.log's lines appended in order on their own task ([`Journal`]), and the
+//! statistics told without the block task ever waiting on their channel ([`News`]); and after
+//! it, once the nodes have answered, our own merkle and witness checks for the log ([`check`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

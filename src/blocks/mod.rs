@@ -168,7 +168,8 @@ impl BlockSubmitter {
                     Some(c) => {
                         let Some((p, witness)) = self.found(c) else { continue };
                         let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
-                        // Submission first, from memory; the save and the checks beside it.
+                        // Submission first, from memory; the save beside it, the checks once it
+                        // has ended.
                         s.submitting.insert(hash.clone());
                         if tasks.len() < MAX_SUBMITTING {
                             tasks.spawn(submit_task(

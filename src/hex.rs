@@ -47,6 +47,38 @@ pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
     Ok(out)
 }
 
+/// Checks that `s` is hex of whole bytes and appends it to `out` in lower case, as it is (no
+/// decode and encode again): a template's transactions kept as the text `submitblock` sends.
+pub fn append_lower(s: &str, out: &mut Vec<u8>) -> Result<(), HexError> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return Err(HexError::OddLength);
+    }
+    let start = out.len();
+    out.reserve(b.len());
+    for &c in b {
+        if let Err(e) = nibble(c) {
+            out.truncate(start);
+            return Err(e);
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    Ok(())
+}
+
+/// Decodes hex held as bytes (a request body's part) and appends the bytes to `out` (on an
+/// error, what was decoded before it stays).
+pub fn decode_append(hex: &[u8], out: &mut Vec<u8>) -> Result<(), HexError> {
+    if hex.len() % 2 != 0 {
+        return Err(HexError::OddLength);
+    }
+    out.reserve(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        out.push((nibble(pair[0])? << 4) | nibble(pair[1])?);
+    }
+    Ok(())
+}
+
 /// Parses up to 8 hex digits as a big-endian u32, left-padding short input with zeros
 /// (NerdMiner drops a nonce's leading zero about once in 16 shares).
 #[inline]
@@ -138,6 +170,15 @@ mod tests {
         assert_eq!(v, [0x00, 0xff, 0x10, 0xab]);
         assert_eq!(encode(&v), "00ff10ab");
         assert_eq!(encode_rev(&v), "ab10ff00");
+        let mut kept = Vec::new();
+        append_lower("00ff10Ab", &mut kept).unwrap();
+        assert_eq!(kept, b"00ff10ab");
+        assert_eq!(append_lower("0", &mut kept), Err(HexError::OddLength));
+        assert_eq!(append_lower("000g", &mut kept), Err(HexError::BadChar));
+        assert_eq!(kept, b"00ff10ab", "nothing of a refused text is kept");
+        let mut back = Vec::new();
+        decode_append(&kept[..8], &mut back).unwrap();
+        assert_eq!(back, v);
         for n in [0u64, 1, 0xf, 0x10, 0x1a00, u64::MAX] {
             let mut out = Vec::new();
             push_u64_hex(&mut out, n);

@@ -144,6 +144,72 @@ with socket.create_connection((host, port), timeout=20) as raw:
     t3.notification("mining.notify").await;
 }
 
+/// The pool's send queue to a connection (bytes its kernel holds unsent or unacknowledged),
+/// from /proc/net/tcp: the socket on `pool_port` whose peer is `peer_port`, both on 127.0.0.1.
+fn send_queue(pool_port: u16, peer_port: u16) -> Option<u64> {
+    let (local, remote) = (format!("0100007F:{pool_port:04X}"), format!("0100007F:{peer_port:04X}"));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+            .then(|| u64::from_str_radix(f.get(4)?.split(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+/// A TLS miner that stops reading still gets its block to the node. It reads nothing after its
+/// first notify and sends batches of requests (each answered) on a socket whose receive buffer
+/// is 4 KB until the pool's send queue to it stops growing: the pool's write to it is then
+/// pending. The block share it sends next is still read, handed to the block task and
+/// accepted. (A TLS session that stopped reading while its write was pending failed this: the
+/// block share was never read and the miner was dropped after 30 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_from_a_tls_miner_that_stopped_reading_is_accepted() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (crt, key) = cert(certs.path(), "pool");
+    let mut cfg = pool_config(node, &address).await;
+    cfg["serverurl"] = json!(["stratum+tls://127.0.0.1:0"]);
+    cfg["tlscert"] = json!(crt);
+    cfg["tlskey"] = json!(key);
+    let pool = Pool::start(cfg, &[]);
+    let port = pool.listener_ports()[0];
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let peer = tcp.local_addr().unwrap().port();
+    let config = ckpool::tls::client_config(Some(&crt)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let mut c = Client { sv1: Sv1Client::from_tls(tls), backlog: Vec::new() };
+    let (en1, _) = c.handshake("tls.deaf").await;
+    let n = c.notification("mining.notify").await;
+    let block = solve(&n, &en1, "00000000000000bb", "0.0001", false).unwrap();
+    let h = node.height().await;
+    // From here on the client reads nothing. 1,000 requests a batch (about 40 KB of answers).
+    let mut batch = String::new();
+    for i in 0..1000 {
+        batch.push_str(&format!("{{\"id\":{},\"method\":\"mining.extranonce.subscribe\",\"params\":[]}}\n", 100 + i));
+    }
+    let (mut last, mut pending) = (0, false);
+    for _ in 0..200 {
+        c.wr_bytes(batch.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let q = send_queue(port, peer).expect("the pool's socket in /proc/net/tcp");
+        if q > 0 && q == last {
+            pending = true;
+            break;
+        }
+        last = q;
+    }
+    assert!(pending, "the pool's send queue to the miner never stopped growing ({last} bytes)");
+    c.request("mining.submit", block).await;
+    node.wait_height_above(h, "a block from a TLS miner that stopped reading").await;
+    pool.wait_blocks_log("tls.deaf");
+}
+
 /// Two listeners with their own difficulties: a miner on each starts at its listener's
 /// startdiff, and a suggestion below a listener's mindiff is raised to that mindiff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,9 +379,15 @@ async fn firmware_first_lines() {
     let nonce = s[4].as_str().unwrap().trim_start_matches('0').to_string();
     s[4] = json!(if nonce.is_empty() { "0".to_string() } else { nonce });
     s[1] = n["params"][0].clone();
+    let h = node.height().await;
     let id = g.request("mining.submit", s).await;
     let r = g.reply(id).await;
     assert_eq!(r["result"], json!(true), "the NerdMiner-style share: {r}");
+    // That share is a block (regtest): its new work comes first, before the authorize below (it
+    // could otherwise arrive between the new difficulty and the new job).
+    node.wait_height_above(h, "the NerdMiner block").await;
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    g.notify_on_tip(&tip).await;
 
     // A second authorize with "d=" while working: the new difficulty is sent, then the work
     // under a new job id, before the answer (never a silent change the miner does not know of).

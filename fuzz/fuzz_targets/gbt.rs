@@ -24,7 +24,7 @@ fn check_block(t: &Template, header: &[u8; 80], block: &[u8]) {
         assert!(cb.output.iter().any(|o| o.script_pubkey.as_bytes() == &c[..]), "no witness commitment output");
         assert_eq!(cb.input[0].witness.len(), 1, "the witness reserved value");
     }
-    let rest: Vec<u8> = t.transactions.iter().flat_map(|x| x.data.iter().copied()).collect();
+    let rest = ckpool::hex::decode(std::str::from_utf8(&t.txs_hex).expect("kept as hex")).expect("kept as hex");
     assert!(block[80 + n + used..] == rest[..], "the template's transactions, in order, after the coinbase");
     let ids = std::iter::once(cb.compute_txid()).chain(t.transactions.iter().map(|x| Txid::from_byte_array(x.txid)));
     let root = bitcoin::merkle_tree::calculate_root(ids).expect("at least the coinbase");

@@ -1,6 +1,8 @@
 //! Everything that talks to bitcoind: JSON-RPC and ZMQ block announcements.
 
+pub mod body;
 pub mod rpc;
 pub mod zmq;
 
-pub use rpc::{hex_in_body, submitblock_body, submitblock_body_of, Rpc, RpcError};
+pub use body::SubmitBody;
+pub use rpc::{Rpc, RpcError};

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::body::SubmitBody;
 use crate::config::{Btcd, RpcAuth};
 
 /// One node's RPC endpoint.
@@ -131,11 +132,12 @@ impl Rpc {
     /// One HTTP exchange with node `i`: the status and the body.
     async fn post(&self, i: usize, method: &str, params: Value) -> Result<(u16, String), RpcError> {
         let body = json!({"jsonrpc": "1.0", "id": "ckpool", "method": method, "params": params});
-        self.post_body(i, method, serde_json::to_vec(&body).expect("a JSON value serializes").into()).await
+        let body = serde_json::to_vec(&body).expect("a JSON value serializes");
+        self.post_body(i, method, body.into()).await
     }
 
-    /// One HTTP exchange with node `i`, the request body given as bytes.
-    async fn post_body(&self, i: usize, method: &str, body: bytes::Bytes) -> Result<(u16, String), RpcError> {
+    /// One HTTP exchange with node `i`, the request body given.
+    async fn post_body(&self, i: usize, method: &str, body: reqwest::Body) -> Result<(u16, String), RpcError> {
         let ep = &self.nodes[i];
         let node = ep.label.clone();
         let (user, pass) = match &ep.auth {
@@ -192,11 +194,12 @@ impl Rpc {
         self.answer_of(i, method, r)
     }
 
-    /// `submitblock` on node `i`: the request body is the hex with the JSON around it, built once
-    /// per block ([`submitblock_body`]) and shared by every node's request, so a found block
-    /// costs no JSON value of a megabyte built and escaped on its way out.
-    pub async fn submit_block(&self, i: usize, body: bytes::Bytes) -> Result<Value, RpcError> {
-        let r = self.post_body(i, "submitblock", body).await;
+    /// `submitblock` on node `i`: the request body is the block's hex with the JSON around it,
+    /// made once per block ([`SubmitBody`]) and shared by every node's request; its parts are
+    /// sent as they are, so a found block costs no JSON value of a megabyte built and escaped,
+    /// nor a copy of its hex, on its way out.
+    pub async fn submit_block(&self, i: usize, body: SubmitBody) -> Result<Value, RpcError> {
+        let r = self.post_body(i, "submitblock", body.into_http()).await;
         self.answer_of(i, "submitblock", r)
     }
 
@@ -256,52 +259,13 @@ impl Rpc {
 
     /// `submitblock` to every node at once; each node's answer (null = accepted).
     pub async fn submit_block_everywhere(&self, block_hex: &str) -> Vec<(String, Result<Value, RpcError>)> {
-        let body = submitblock_body(block_hex);
+        let body = SubmitBody::of_hex(block_hex);
         let calls = (0..self.nodes.len()).map(|i| {
             let body = body.clone();
             async move { (self.nodes[i].label.clone(), self.submit_block(i, body).await) }
         });
         futures_join_all(calls).await
     }
-}
-
-/// The start of a `submitblock` request body, up to the block's hex.
-const SUBMITBLOCK_HEAD: &str = r#"{"jsonrpc":"1.0","id":"ckpool","method":"submitblock","params":["#;
-
-/// The JSON-RPC request body of `submitblock` for a block, its hex written straight into it.
-pub fn submitblock_body_of(block: &[u8]) -> bytes::Bytes {
-    let mut body = Vec::with_capacity(SUBMITBLOCK_HEAD.len() + block.len() * 2 + 4);
-    body.extend_from_slice(SUBMITBLOCK_HEAD.as_bytes());
-    body.push(b'"');
-    crate::hex::encode_to_vec(block, &mut body);
-    body.extend_from_slice(b"\"]}");
-    body.into()
-}
-
-/// The block's hex inside a body [`submitblock_body_of`] made (empty for any other text).
-pub fn hex_in_body(body: &[u8]) -> &[u8] {
-    let from = SUBMITBLOCK_HEAD.len() + 1;
-    if body.len() < from + 3 || !body.starts_with(SUBMITBLOCK_HEAD.as_bytes()) {
-        return &[];
-    }
-    &body[from..body.len() - 3]
-}
-
-/// The JSON-RPC request body of `submitblock` for a block's hex (hex needs no escaping; a text
-/// that is not hex is escaped as JSON).
-pub fn submitblock_body(block_hex: &str) -> bytes::Bytes {
-    const HEAD: &str = SUBMITBLOCK_HEAD;
-    let mut body = Vec::with_capacity(HEAD.len() + block_hex.len() + 4);
-    body.extend_from_slice(HEAD.as_bytes());
-    if block_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        body.push(b'"');
-        body.extend_from_slice(block_hex.as_bytes());
-        body.push(b'"');
-    } else {
-        body.extend_from_slice(Value::from(block_hex).to_string().as_bytes());
-    }
-    body.extend_from_slice(b"]}");
-    body.into()
 }
 
 /// Runs futures concurrently and collects their outputs in order (small, dependency-free join_all).
@@ -392,20 +356,6 @@ fn parse_reply_as<T: DeserializeOwned>(node: &str, method: &str, status: u16, te
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The submitblock body written by hand is the JSON serde writes for the same request.
-    #[test]
-    fn submitblock_body_is_the_json_request() {
-        for hex in ["00ff", "", "zz\"\\"] {
-            let ours: Value = serde_json::from_slice(&submitblock_body(hex)).unwrap();
-            let theirs = json!({"jsonrpc": "1.0", "id": "ckpool", "method": "submitblock", "params": [hex]});
-            assert_eq!(ours, theirs, "{hex}");
-        }
-        let block = [0x00, 0xff, 0x12];
-        let body = submitblock_body_of(&block);
-        assert_eq!(body, submitblock_body("00ff12"));
-        assert_eq!(hex_in_body(&body), b"00ff12");
-    }
 
     // Bodies as Bitcoin Core (master) writes them; tests/core.rs checks the same shapes live.
     #[test]

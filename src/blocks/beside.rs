@@ -1,12 +1,13 @@
 //! What runs beside a found block's submission, never before it: the hex saved and fsynced
-//! ([`save_and_check`], with our own merkle and witness checks, for the log), blocks.log's lines
-//! appended in order on their own task ([`Journal`]), and the statistics told without the block
-//! task ever waiting on their channel ([`News`]).
+//! ([`save`]), blocks.log's lines appended in order on their own task ([`Journal`]), and the
+//! statistics told without the block task ever waiting on their channel ([`News`]); and after
+//! it, once the nodes have answered, our own merkle and witness checks for the log ([`check`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bitcoin::consensus::encode::deserialize;
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -17,22 +18,34 @@ use crate::log::stats::{BlockCounts, StatEvent};
 /// submission round or fate change: this is never reached but on a stalled disk).
 const JOURNAL_QUEUE: usize = 1024;
 
-/// Saves a found block's hex to `path` (created, written, fsynced), then decodes `block` and runs
-/// the merkle root and (for a segwit coinbase) the witness commitment checks. Blocking: runs
-/// beside the submission, which has already started from memory. The node is the judge; the
-/// checks only say in the log when our assembly is wrong.
-pub fn save_and_check(path: PathBuf, hex: &[u8], block: &[u8], witness: bool, hash: &str) {
+/// Saves a found block's hex to `path` (created, written part by part, fsynced). Blocking: runs
+/// beside the submission, which has already started from memory.
+pub fn save(path: PathBuf, hex: &[Bytes], hash: &str) {
     let saved = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(path.parent().expect("under logdir/blocks"))?;
         let mut f = std::fs::File::create(&path)?;
-        f.write_all(hex)?;
+        for part in hex {
+            f.write_all(part)?;
+        }
         f.write_all(b"\n")?;
         f.sync_all()
     })();
     if let Err(e) = saved {
         tracing::error!("block {hash}: could not save it to {}: {e} (its submission goes on)", path.display());
     }
-    match deserialize::<bitcoin::Block>(block) {
+}
+
+/// Decodes a found block's hex and runs the merkle root and (for a segwit coinbase) the witness
+/// commitment checks. Blocking, and run once the nodes have answered, not beside the first
+/// request (it is the CPU of a whole block): the node is the judge; the checks only say in the
+/// log when our assembly is wrong.
+pub fn check(hex: &[Bytes], witness: bool, hash: &str) {
+    let mut block = Vec::with_capacity(hex.iter().map(|p| p.len() / 2).sum());
+    if let Some(e) = hex.iter().find_map(|p| crate::hex::decode_append(p, &mut block).err()) {
+        tracing::warn!("block {hash}: its hex does not decode ({e})");
+        return;
+    }
+    match deserialize::<bitcoin::Block>(&block) {
         Ok(b) => {
             if !b.check_merkle_root() {
                 tracing::error!("block {hash}: merkle root check FAILED (submitted anyway: the node judges)");

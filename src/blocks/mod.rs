@@ -1,11 +1,13 @@
 //! Found blocks: `submitblock` to every node at once, from memory, the moment a candidate
-//! arrives; the hex is saved and fsynced, our own checks run and blocks.log is written beside the
-//! submission, never before it ([`beside`]). Submission goes on until one node takes the block,
-//! every node refuses it, or another block takes its height ([`decide`]); a block a node took is
-//! followed to its fate: confirmations, matured or orphaned ([`fate`]). Every event is an
-//! operator log line and a `blocks.log` line ([`journal`]); a restart reads blocks.log and the
-//! saved hex back, submits again what no node has, and keeps following the rest. No found block
-//! is lost: the task ends only once every hex is on disk, and the shutdown waits for it.
+//! arrives (the request made from the hex the template's transactions are kept in: its cost
+//! does not grow with the template); the hex is saved and fsynced and blocks.log is written
+//! beside the submission, never before it, and our own checks run once it has ended
+//! ([`beside`]). Submission goes on until one node takes the block, every node refuses it, or
+//! another block takes its height ([`decide`]); a block a node took is followed to its fate:
+//! confirmations, matured or orphaned ([`fate`]). Every event is an operator log line and a
+//! `blocks.log` line ([`journal`]); a restart reads blocks.log and the saved hex back, submits
+//! again what no node has, and keeps following the rest. No found block is lost: the task ends
+//! only once every hex is on disk, and the shutdown waits for it.
 //!
 //! Shape: one task ([`BlockSubmitter::run`]) owns the ledger; each block being submitted is its
 //! own task (`submit.rs`, at most [`MAX_SUBMITTING`]; more wait their turn), each save a blocking
@@ -24,7 +26,7 @@ pub mod journal;
 pub mod manual;
 mod submit;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::bitcoind::Rpc;
+use crate::bitcoind::{Rpc, SubmitBody};
 use crate::hex;
 use crate::log::stats::StatEvent;
 use crate::mining::BlockCandidate;
@@ -116,6 +118,7 @@ impl BlockSubmitter {
         let mut s = Run {
             queue: VecDeque::new(),
             submitting: HashSet::new(),
+            to_check: HashMap::new(),
             news: News::default(),
             journal: Journal::spawn(self.logdir.clone()),
         };
@@ -163,9 +166,10 @@ impl BlockSubmitter {
                 biased;
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
-                        let Some((p, block, witness)) = self.found(c) else { continue };
+                        let Some((p, witness)) = self.found(c) else { continue };
                         let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
-                        // Submission first, from memory; the save and the checks beside it.
+                        // Submission first, from memory; the save beside it, the checks once it
+                        // has ended.
                         s.submitting.insert(hash.clone());
                         if tasks.len() < MAX_SUBMITTING {
                             tasks.spawn(submit_task(
@@ -181,22 +185,25 @@ impl BlockSubmitter {
                             s.queue.push_back(p);
                         }
                         let path = hex_path(&self.logdir, height, &hash);
-                        saves.spawn_blocking(move || {
-                            beside::save_and_check(path, crate::bitcoind::hex_in_body(&body), &block, witness, &hash)
-                        });
+                        s.to_check.insert(hash.clone(), (body.clone(), witness));
+                        saves.spawn_blocking(move || beside::save(path, &body.block_hex(), &hash));
                     }
                     None => closed = true,
                 },
                 Some(ended) = tasks.join_next(), if !tasks.is_empty() => match ended {
                     Ok(e) => {
                         s.submitting.remove(&e.meta.hash);
+                        if let Some((body, witness)) = s.to_check.remove(&e.meta.hash) {
+                            let hash = e.meta.hash.clone();
+                            saves.spawn_blocking(move || beside::check(&body.block_hex(), witness, &hash));
+                        }
                         self.ended(&mut ledger, &mut s, e).await
                     }
                     Err(e) => tracing::error!("blocks: a submission task failed: {e}; its hex stays in logdir/blocks"),
                 },
                 Some(r) = saves.join_next(), if !saves.is_empty() => {
                     if let Err(e) = r {
-                        tracing::error!("blocks: saving a block's hex failed: {e}");
+                        tracing::error!("blocks: saving or checking a block's hex failed: {e}");
                     }
                 }
                 Some(Note::Retrying { meta, answers }) = notes.recv() => {
@@ -254,7 +261,7 @@ impl BlockSubmitter {
                 Ok(text) => {
                     tracing::warn!("block {} at height {}: {why}: submitting it again", meta.hash, meta.height);
                     s.submitting.insert(meta.hash.clone());
-                    let body = crate::bitcoind::submitblock_body(text.trim());
+                    let body = SubmitBody::of_hex(text.trim());
                     s.queue.push_back(Pending { meta, body, resumed: true });
                 }
                 Err(e) => tracing::error!(
@@ -288,17 +295,18 @@ impl BlockSubmitter {
         s.news.counts(ledger.counts());
     }
 
-    /// A session found a block: assembled and hex-encoded, nothing else (no I/O). Returns the
-    /// submission, the block's bytes for the checks and whether its coinbase has a witness
-    /// commitment; `None` when it cannot be assembled.
-    fn found(&self, c: BlockCandidate) -> Option<(Pending, Vec<u8>, bool)> {
+    /// A session found a block: its `submitblock` request made, nothing else (no I/O): the hex
+    /// of the block's first bytes (header, transaction count, coinbase) written, the template's
+    /// transactions' hex taken as it is kept (shared), so the cost does not grow with the
+    /// template. Returns the submission and whether its coinbase has a witness commitment;
+    /// `None` when it cannot be assembled.
+    fn found(&self, c: BlockCandidate) -> Option<(Pending, bool)> {
         let hash = hex::encode_rev(&c.hash);
-        let Some(block) = c.job.assemble_block(&c.en1, &c.en2, &c.header) else {
+        let Some((first, txs_hex)) = c.job.block_parts(&c.en1, &c.en2, &c.header) else {
             tracing::error!("block {hash} solved on work without transactions; cannot assemble");
             return None;
         };
-        // The request body with the hex written into it: the one copy of the hex there is.
-        let body = crate::bitcoind::submitblock_body_of(&block);
+        let body = SubmitBody::of_block(&first, txs_hex);
         let height = u64::from(c.job.height);
         tracing::info!(
             "BLOCK FOUND: height {height} hash {hash} by {} (share difficulty {}); submitting to {} node(s)",
@@ -314,7 +322,7 @@ impl BlockSubmitter {
             diff: c.difficulty.as_f64(),
             workinfoid: c.job.id,
         };
-        Some((Pending { meta, body, resumed: false }, block, c.job.coinbase.witness))
+        Some((Pending { meta, body, resumed: false }, c.job.coinbase.witness))
     }
 
     /// A submission ended: record it, fresh work, statistics.
@@ -378,6 +386,8 @@ struct Run {
     queue: VecDeque<Pending>,
     /// Hashes queued or being submitted (a block read back again is not submitted twice).
     submitting: HashSet<String>,
+    /// Found here and being submitted: checked (`beside::check`) once its submission ends.
+    to_check: HashMap<String, (SubmitBody, bool)>,
     /// What the statistics are still to be told.
     news: News,
     journal: Journal,

@@ -11,13 +11,13 @@ use tokio::sync::{mpsc, watch};
 use super::decide::{self, Action, Answer, ChainView, Outcome, Submission};
 use super::hex_path;
 use super::journal::Meta;
-use crate::bitcoind::Rpc;
+use crate::bitcoind::{Rpc, SubmitBody};
 
 /// A block to submit.
 pub(super) struct Pending {
     pub meta: Meta,
-    /// The `submitblock` request body, its hex in the middle (`hex_in_body`).
-    pub body: bytes::Bytes,
+    /// The `submitblock` request body (its hex: `SubmitBody::block_hex`).
+    pub body: SubmitBody,
     /// Read back at start: look at the chain before submitting.
     pub resumed: bool,
 }

@@ -47,6 +47,7 @@ mod handshake;
 mod shares;
 #[cfg(test)]
 mod tests;
+mod write;
 
 pub struct Session {
     ctx: Arc<ServerCtx>,
@@ -300,8 +301,8 @@ impl Session {
         }
     }
 
-    /// Writes what the last batch produced, in one write. On a plain socket a miner slow to
-    /// read does not stop this session from reading ([`Session::write_reading`]).
+    /// Writes what the last batch produced, in one write. A miner slow to read does not stop
+    /// this session from reading ([`Session::write_reading`], [`Session::write_reading_tls`]).
     async fn write_out(&mut self, stream: &mut MinerStream, reader: &mut LineReader) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
@@ -316,18 +317,14 @@ impl Session {
             }
         }
         if sent < self.out.len() {
-            // A miner that does not read is dropped after WRITE_DEADLINE; on plain TCP the
-            // session keeps reading its lines meanwhile (a block share behind a stalled write
-            // still leaves). Boxed: the waiting state is allocated only when a write waits, so
-            // that an idle session's task does not carry it.
+            // A miner that does not read is dropped after WRITE_DEADLINE; the session keeps
+            // reading its lines meanwhile (a block share behind a stalled write still leaves).
+            // Boxed: the waiting state (over TLS, the stream's two halves too) is allocated only
+            // when a write waits, so that an idle session's task does not carry it.
             let write = async {
                 match stream {
                     MinerStream::Plain(s) => self.write_reading(s, reader, sent).await,
-                    MinerStream::Tls(t) => {
-                        t.write_all(&self.out).await.map_err(|e| End::Kick(format!("write error: {e}")))?;
-                        // rustls may keep records it could not write yet: out with them now.
-                        t.flush().await.map_err(|e| End::Kick(format!("write error: {e}")))
-                    }
+                    MinerStream::Tls(t) => self.write_reading_tls(t, reader).await,
                 }
             };
             match Box::pin(tokio::time::timeout(WRITE_DEADLINE, write)).await {
@@ -354,50 +351,6 @@ impl Session {
     }
 
     /// Answers every line the last read completed (written once, after); `Err` disconnects.
-    /// Writes `out` (from byte `sent` on) to a plain socket; lines that arrive while the miner is slow to read are
-    /// handled meanwhile (a found block among them leaves for the block task at once), their
-    /// answers queued behind, up to [`MAX_UNWRITTEN`] bytes.
-    async fn write_reading(
-        &mut self,
-        s: &tokio::net::TcpStream,
-        reader: &mut LineReader,
-        sent: usize,
-    ) -> Result<(), End> {
-        let mut sent = sent;
-        let mut kicked = None;
-        while sent < self.out.len() {
-            tokio::select! {
-                biased;
-                r = s.writable() => {
-                    r.map_err(|e| End::Kick(format!("write error: {e}")))?;
-                    match s.try_write(&self.out[sent..]) {
-                        Ok(n) => sent += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(End::Kick(format!("write error: {e}"))),
-                    }
-                }
-                r = s.readable(), if kicked.is_none() && self.out.len() - sent < MAX_UNWRITTEN => {
-                    r.map_err(|e| End::Kick(format!("read error: {e}")))?;
-                    match reader.read_ready(s) {
-                        Ok(0) => return Err(End::Closed),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(End::Kick(format!("read error: {e}"))),
-                    }
-                    kicked = self.handle_lines(reader).err();
-                    self.close_tally();
-                    if !self.outbox.try_flush(&self.ctx) {
-                        self.outbox.send_blocks(&self.ctx).await;
-                    }
-                }
-            }
-        }
-        match kicked {
-            Some(why) => Err(End::Kick(why)),
-            None => Ok(()),
-        }
-    }
-
     fn handle_lines(&mut self, reader: &mut LineReader) -> Result<(), String> {
         let mut result = Ok(());
         while let Some(line) = reader.buffered_line() {

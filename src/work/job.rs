@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::coinbase::{Coinbase, MAX_NONCE2_LEN};
@@ -29,6 +30,9 @@ pub struct Job {
     pub network_target: Target,
     /// The template's transactions; `None` for upstream jobs (proxy mode), which cannot be assembled.
     pub transactions: Option<Arc<[TemplateTx]>>,
+    /// The template's transactions as hex, shared with it ([`Template::txs_hex`]; empty for
+    /// upstream jobs).
+    pub txs_hex: Bytes,
     pub coinbase_value: u64,
     pub clean: bool,
     /// Shares already accepted on this job, by header hash (first 16 bytes).
@@ -79,6 +83,7 @@ impl Job {
             branches: merkle::branches(&txids),
             network_target: template.target,
             transactions: Some(template.transactions.clone()),
+            txs_hex: template.txs_hex.clone(),
             coinbase_value: template.coinbase_value,
             clean,
             seen: Mutex::new(HashSet::new()),
@@ -100,6 +105,7 @@ impl Job {
             branches: self.branches.clone(),
             network_target: self.network_target,
             transactions: self.transactions.clone(),
+            txs_hex: self.txs_hex.clone(),
             coinbase_value: self.coinbase_value,
             clean: self.clean,
             seen: Mutex::new(HashSet::new()),
@@ -174,6 +180,7 @@ impl Job {
             branches,
             network_target,
             transactions: None,
+            txs_hex: Bytes::new(),
             coinbase_value: 0,
             clean,
             seen: Mutex::new(HashSet::new()),
@@ -230,11 +237,12 @@ impl Job {
         h
     }
 
-    /// Serializes the full block for `submitblock`; `None` for jobs without transactions (upstream work).
-    pub fn assemble_block(&self, en1: &[u8], en2: &[u8], header: &[u8; 80]) -> Option<Vec<u8>> {
+    /// A block in two parts for `submitblock`: its first bytes (header, transaction count,
+    /// coinbase), small and made here, and the hex of the rest (the template's transactions, as
+    /// kept: shared, not copied). `None` for jobs without transactions (upstream work).
+    pub fn block_parts(&self, en1: &[u8], en2: &[u8], header: &[u8; 80]) -> Option<(Vec<u8>, Bytes)> {
         let txs = self.transactions.as_ref()?;
-        let size = 80 + 9 + self.coinbase.size() + 40 + txs.iter().map(|t| t.data.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(size);
+        let mut out = Vec::with_capacity(80 + 9 + self.coinbase.size() + 40);
         out.extend_from_slice(header);
         let n = txs.len() as u64 + 1;
         match n {
@@ -249,9 +257,14 @@ impl Job {
             }
         }
         self.coinbase.write_for_block(en1, en2, &mut out);
-        for t in txs.iter() {
-            out.extend_from_slice(&t.data);
-        }
+        Some((out, self.txs_hex.clone()))
+    }
+
+    /// The full block's bytes ([`Job::block_parts`] with the transactions decoded): for checks
+    /// and tests; `None` for jobs without transactions (upstream work).
+    pub fn assemble_block(&self, en1: &[u8], en2: &[u8], header: &[u8; 80]) -> Option<Vec<u8>> {
+        let (mut out, txs_hex) = self.block_parts(en1, en2, header)?;
+        hex::decode_append(&txs_hex, &mut out).expect("a template's transactions are checked hex");
         Some(out)
     }
 

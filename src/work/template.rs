@@ -4,16 +4,15 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bitcoin::consensus::encode::deserialize;
+use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::difficulty::Target;
 use crate::hex;
 
-/// One transaction of the template, as the block will carry it.
+/// One transaction of the template (its bytes are in [`Template::txs_hex`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateTx {
-    /// Full serialization (with witness when the transaction has one).
-    pub data: Vec<u8>,
     /// Non-witness txid, internal byte order: what the merkle tree hashes.
     pub txid: [u8; 32],
     pub fee: Option<u64>,
@@ -33,6 +32,11 @@ pub struct Template {
     /// `coinbaseaux.flags`, pushed into the coinbase scriptSig when present.
     pub coinbase_flags: Vec<u8>,
     pub transactions: Arc<[TemplateTx]>,
+    /// The transactions' full serializations (with witness where they have one), in order, as
+    /// the hex text the node sent (checked, lower case), one after the other: what follows the
+    /// coinbase in a `submitblock`. Kept as text and shared (`Bytes`), so a found block's
+    /// request is sent from it as it is, never decoded and encoded again.
+    pub txs_hex: Bytes,
     /// `default_witness_commitment`: the commitment output's scriptPubKey.
     pub witness_commitment: Option<Vec<u8>>,
     pub target: Target,
@@ -152,16 +156,18 @@ impl Template {
             None => None,
         };
         let mut transactions = Vec::with_capacity(raw.transactions.len());
+        let mut txs_hex = Vec::with_capacity(raw.transactions.iter().map(|t| t.data.len()).sum());
         for (i, tx) in raw.transactions.into_iter().enumerate() {
-            let data = hex::decode(&tx.data).map_err(|e| field("transactions", format!("#{i} data: {e}")))?;
+            hex::append_lower(&tx.data, &mut txs_hex).map_err(|e| field("transactions", format!("#{i} data: {e}")))?;
             let txid = match tx.txid.as_deref() {
                 Some(t) => hex::decode_hash_rev(t).map_err(|e| field("transactions", format!("#{i} txid: {e}")))?,
                 None => {
+                    let data = hex::decode(&tx.data).map_err(|e| field("transactions", format!("#{i} data: {e}")))?;
                     compute_txid(&data, tx.hash.as_deref()).map_err(|e| field("transactions", format!("#{i}: {e}")))?
                 }
             };
             let fee = tx.fee.and_then(|f| u64::try_from(f).ok());
-            transactions.push(TemplateTx { data, txid, fee });
+            transactions.push(TemplateTx { txid, fee });
         }
         Ok(Template {
             height,
@@ -173,6 +179,7 @@ impl Template {
             coinbase_value,
             coinbase_flags,
             transactions: transactions.into(),
+            txs_hex: txs_hex.into(),
             witness_commitment,
             target,
             rules: raw.rules,
@@ -296,6 +303,23 @@ mod tests {
         assert!(matches!(Template::from_gbt(&json!("nope")), Err(TemplateError::Shape(_))));
     }
 
+    /// The transactions' hex is kept in order, in lower case, one after the other; a data field
+    /// that is not hex of whole bytes is refused by its index.
+    #[test]
+    fn transactions_kept_as_their_hex() {
+        let mut v = base();
+        let tx = |data: &str, n: u8| json!({"data": data, "txid": format!("{n:02x}").repeat(32), "fee": 1});
+        v["transactions"] = json!([tx("00aa", 1), tx("BBcc01", 2)]);
+        let t = Template::from_gbt(&v).unwrap();
+        assert_eq!(t.txs_hex, &b"00aabbcc01"[..]);
+        assert_eq!(t.transactions.len(), 2);
+        for bad in ["abc", "zz"] {
+            v["transactions"] = json!([tx("00", 1), tx(bad, 2)]);
+            let e = Template::from_gbt(&v).unwrap_err().to_string();
+            assert!(e.contains("#1 data"), "{e}");
+        }
+    }
+
     #[test]
     fn txid_computed_when_missing() {
         // A real legacy transaction (mainnet block 170's spend, f4184fc5...e9e16).
@@ -303,6 +327,7 @@ mod tests {
         let mut v = base();
         v["transactions"] = json!([{ "data": data, "fee": 0 }]);
         let t = Template::from_gbt(&v).unwrap();
+        assert_eq!(t.txs_hex, data.as_bytes(), "the node's hex kept as it is");
         assert_eq!(
             hex::encode_rev(&t.transactions[0].txid),
             "f4184fc596403b9d638783cf57adfe4c75c605f6356fbc91338530e9831e9e16"

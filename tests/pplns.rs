@@ -243,3 +243,57 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
     ];
     a.notify_paying(&expect3, &pool).await;
 }
+
+/// More payees than fit: with `coinbase_max` 230 bytes, two P2WPKH outputs fit beside the pool's
+/// output and the witness commitment. The two largest parts are paid, by their weights among
+/// themselves, the third is carried, and Core accepts the block, whose coinbase stays in bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_with_more_payees_than_fit_pays_the_largest_within_the_bound() {
+    let node = CoreNode::start(&[]).await;
+    let secp = Secp256k1::new();
+    let wpkh = |n: u8| {
+        ScriptBuf::new_p2wpkh(&CompressedPublicKey::from_private_key(&secp, &regtest_key(n)).unwrap().wpubkey_hash())
+    };
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(30).to_wif())).await;
+    node.generate_to(1, &pool_addr).await;
+    let mut addrs = Vec::new();
+    for k in [31u8, 32, 33] {
+        addrs.push(node.derive_address(&format!("wpkh({})", regtest_key(k).to_wif())).await);
+    }
+    let diffs = ["0.00000000003", "0.00000000002", "0.00000000001"];
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["serverurl"] = json!(diffs
+        .iter()
+        .map(|d| json!({"url": "127.0.0.1:0", "mindiff": d.parse::<f64>().unwrap(), "startdiff": d.parse::<f64>().unwrap(), "maxdiff": d.parse::<f64>().unwrap()}))
+        .collect::<Vec<_>>());
+    cfg["mindiff"] = json!(0.00000000001);
+    cfg["startdiff"] = json!(0.00000000001);
+    cfg["payout_scheme"] = json!("pplns");
+    cfg["pplns_window"] = json!(1);
+    cfg["pplns_min_output"] = json!(546);
+    cfg["coinbase_max"] = json!(230);
+    cfg["pool_fee"] = json!(1);
+    cfg["update_interval"] = json!(1);
+    let mut pool = Pool::start(cfg, &[]);
+    let ports = pool.listener_ports();
+    let mut a = Miner::connect("a", ports[0], &addrs[0], wpkh(31), diffs[0]).await;
+    let mut b = Miner::connect("b", ports[1], &addrs[1], wpkh(32), diffs[1]).await;
+    let mut c = Miner::connect("c", ports[2], &addrs[2], wpkh(33), diffs[2]).await;
+    c.shares(1).await; // 10: the smallest part, carried
+    a.shares(1).await; // 30
+    b.shares(1).await; // 20
+    let value = 5_000_000_000u64;
+    let dd = value - value / 100;
+    let (pa, pb) = (part(dd, 30, 50), part(dd, 20, 50));
+    let expect = vec![(a.script.clone(), pa), (b.script.clone(), pb), (wpkh(30), value - pa - pb)];
+    let notify = a.notify_paying(&expect, &pool).await;
+    let hash = a.find_block(&notify, &node, &pool).await;
+    let block = node.block(&hash).await;
+    let cb = &block.txdata[0];
+    assert!(cb.base_size() <= 230, "coinbase of {} bytes", cb.base_size());
+    let outs: Vec<(ScriptBuf, u64)> = cb.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect();
+    assert_eq!(outs[..3], expect[..], "the two largest parts, the pool's output");
+    assert_eq!(outs.len(), 4, "and the witness commitment");
+    pool.wait_log("pplns: 1 miner(s) this block does not pay keep their credit", Duration::from_secs(10));
+    drop(c);
+}

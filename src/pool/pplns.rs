@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::{Network, ScriptBuf};
 use tokio::sync::Notify;
@@ -31,6 +32,8 @@ pub struct Payees {
     state: Mutex<State>,
     /// The window moved enough for a new coinbase (the template source waits on it).
     changed: Notify,
+    /// `logdir`, where carried credit is recorded.
+    journal: Option<PathBuf>,
 }
 
 struct State {
@@ -65,6 +68,7 @@ impl Payees {
                 step: (units / REBUILD_EVERY).max(1),
             }),
             changed: Notify::new(),
+            journal: None,
         }
     }
 
@@ -139,15 +143,49 @@ impl Payees {
     /// A block was found on a coinbase that split its value as `split`: the payees it did not
     /// pay keep their credit (their weight moves to the newest end of the window). Returns how
     /// many were carried.
+    /// The carries are appended to `logdir/pplns.carry` (off the caller's task), so that a
+    /// restart puts the credit back where it was.
     pub fn block_found(&self, split: &Split<ScriptBuf>) -> usize {
-        let mut st = self.lock();
-        let mut carried = 0;
-        for payee in &split.carried {
-            if st.window.carry(payee) > 0 {
-                carried += 1;
+        let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or((0, 0), |d| (d.as_secs(), d.subsec_nanos()));
+        let mut moved = Vec::new();
+        {
+            let mut st = self.lock();
+            for payee in &split.carried {
+                let w = st.window.carry(payee);
+                if w > 0 {
+                    moved.push(carry_line(at, payee, w));
+                }
             }
         }
-        carried
+        let n = moved.len();
+        if let (Some(logdir), false) = (self.journal.clone(), moved.is_empty()) {
+            let write = move || {
+                let path = logdir.join(CARRY_FILE);
+                let res = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, moved.concat().as_bytes()));
+                if let Err(e) = res {
+                    tracing::error!(
+                        "pplns: cannot record {} carried credit(s) in {}: {e}; a restart before the next block would not restore them",
+                        moved.len(),
+                        path.display()
+                    );
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => drop(h.spawn_blocking(write)),
+                Err(_) => write(),
+            }
+        }
+        n
+    }
+
+    /// Where carried credit is recorded (`logdir`); without it, nowhere (the audit tool).
+    pub fn with_journal(mut self, logdir: &Path) -> Payees {
+        self.journal = Some(logdir.to_path_buf());
+        self
     }
 
     /// Fills the window from the share log under `logdir` (at start, before miners connect):
@@ -156,11 +194,19 @@ impl Payees {
     pub fn replay(&self, logdir: &Path, network: Difficulty) -> Replayed {
         let units = window_units(self.cfg.window, network);
         let (shares, read) = read_back(logdir, units);
+        let carries = read_carries(logdir);
         let mut st = self.lock();
         st.window.set_length(units);
         st.step = (units / REBUILD_EVERY).max(1);
         let mut out = Replayed { files: read.files, lines: read.lines, ..Replayed::default() };
+        // Shares and carries in the order they happened: a carry puts the weight the payee had
+        // then at that point (what came before it of that payee is replaced).
+        let mut carries = carries.into_iter().peekable();
         for a in shares {
+            while let Some((_, script, w)) = carries.next_if(|c| c.0 <= a.at) {
+                st.window.carry_as(&script, w);
+                out.carries += 1;
+            }
             let script = match st.scripts.get(a.username.as_str()) {
                 Some(s) => s.clone(),
                 None => {
@@ -173,6 +219,10 @@ impl Payees {
                 st.window.push(&script, a.diff.units());
                 out.shares += 1;
             }
+        }
+        for (_, script, w) in carries {
+            st.window.carry_as(&script, w);
+            out.carries += 1;
         }
         out.weight = st.window.total();
         out.payees = st.window.weights().len();
@@ -191,8 +241,45 @@ pub struct Replayed {
     pub files: u64,
     pub lines: u64,
     pub shares: u64,
+    /// Carried credits put back (`logdir/pplns.carry`).
+    pub carries: u64,
     pub weight: u128,
     pub payees: usize,
+}
+
+/// The journal of carried credit under `logdir`: one JSON line per payee a found block did not
+/// pay, with the weight it had then.
+pub const CARRY_FILE: &str = "pplns.carry";
+
+fn carry_line(at: (u64, u32), script: &ScriptBuf, weight: u128) -> String {
+    format!(
+        "{{\"createdate\":\"{},{}\",\"script\":\"{}\",\"weight\":\"{weight}\"}}\n",
+        at.0,
+        at.1,
+        crate::hex::encode(script.as_bytes())
+    )
+}
+
+/// The journal's carries in order; for each payee only its last counts (it replaces what came
+/// before), so the earlier ones are left out. A line that does not read is skipped.
+pub fn read_carries(logdir: &Path) -> Vec<((u64, u32), ScriptBuf, u128)> {
+    let Ok(text) = std::fs::read_to_string(logdir.join(CARRY_FILE)) else { return Vec::new() };
+    let mut last: HashMap<ScriptBuf, ((u64, u32), u128)> = HashMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let at = v["createdate"]
+            .as_str()
+            .and_then(|s| s.split_once(','))
+            .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)));
+        let script = v["script"].as_str().and_then(|h| crate::hex::decode(h).ok()).map(ScriptBuf::from_bytes);
+        let weight = v["weight"].as_str().and_then(|w| w.parse::<u128>().ok());
+        if let (Some(at), Some(script), Some(weight)) = (at, script, weight) {
+            last.insert(script, (at, weight));
+        }
+    }
+    let mut out: Vec<_> = last.into_iter().map(|(s, (at, w))| (at, s, w)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    out
 }
 
 /// Lines read back at most (a bound on the start's time and memory; the window is then
@@ -285,6 +372,40 @@ mod tests {
         let plan = p.plan(Difficulty::from_integer(1_000));
         assert_eq!(plan.weights.len(), 1);
         assert!(p.payout_script("1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2").is_err(), "mainnet address on regtest");
+    }
+
+    /// A carried payee whose shares are older than what the share log gives back keeps its
+    /// credit after a restart: the journal puts its weight back where the carry left it.
+    #[test]
+    fn a_restart_puts_carried_credit_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let logdir = dir.path();
+        let p = Payees::new(Some(Network::Regtest), cfg()).with_journal(logdir);
+        let script = p.payout_script(A).unwrap();
+        let line = |at: u64, diff: &str| {
+            format!(
+                "{{\"diff\":{diff},\"result\":true,\"createdate\":\"{at},0\",\"username\":\"{A}\",\"workername\":\"{A}.x\"}}\n"
+            )
+        };
+        // The share log holds only a later share of the payee (the older ones were in files
+        // since removed); the journal says it was carried with weight 5 before it.
+        std::fs::create_dir_all(logdir.join("00000010")).unwrap();
+        std::fs::write(logdir.join("00000010").join("0000000000000001.sharelog"), line(2_000_000_000, "2")).unwrap();
+        std::fs::write(
+            logdir.join(CARRY_FILE),
+            carry_line((1_000_000_000, 0), &script, 3 * SCALE) + &carry_line((1_500_000_000, 0), &script, 5 * SCALE),
+        )
+        .unwrap();
+        let r = p.replay(logdir, Difficulty::from_integer(1_000));
+        assert_eq!((r.shares, r.carries), (1, 1), "only the payee's last carry counts");
+        assert_eq!(p.weight_of(&script), 7 * SCALE);
+        // A live carry is appended to the journal (no runtime here: written at once).
+        let split =
+            Split { paid: vec![], fee: 0, remainder: 0, carried: vec![script.clone()], total: 0, total_paid: 0 };
+        assert_eq!(p.block_found(&split), 1);
+        let again = read_carries(logdir);
+        assert_eq!(again.len(), 1);
+        assert_eq!((&again[0].1, again[0].2), (&script, 7 * SCALE));
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub async fn run(
                 p.max_outputs,
                 p.coinbase_max
             );
-            Some(Arc::new(crate::pool::pplns::Payees::new(network_of(&chain), p.clone())))
+            Some(Arc::new(crate::pool::pplns::Payees::new(network_of(&chain), p.clone()).with_journal(&cfg.logdir)))
         }
         (None, _) => None,
     };
@@ -129,11 +129,12 @@ pub async fn run(
         let logdir = cfg.logdir.clone();
         let r = tokio::task::spawn_blocking(move || p.replay(&logdir, network)).await?;
         tracing::info!(
-            "pplns: window rebuilt from the share log: {} accepted share(s) of {} payee(s) from {} file(s) ({} line(s))",
+            "pplns: window rebuilt from the share log: {} accepted share(s) of {} payee(s) from {} file(s) ({} line(s)), {} carried credit(s) put back",
             r.shares,
             r.payees,
             r.files,
-            r.lines
+            r.lines,
+            r.carries
         );
         source.repay();
     }

@@ -559,7 +559,7 @@ impl RawConfig {
                 }
             },
             donation_bp: c.donation(key!(r.donation))?,
-            pplns: c.pplns(&r)?,
+            pplns: c.pplns(r)?,
             unknown_keys,
         })
     }

@@ -307,7 +307,7 @@ pub fn read_back(logdir: &Path, units: u128) -> (Vec<Accepted>, Read) {
             .collect(),
         Err(_) => return (Vec::new(), read),
     };
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     let mut out = Vec::new();
     let mut weight = 0u128;
     'dirs: for (_, dir) in dirs {
@@ -339,7 +339,7 @@ pub fn read_back(logdir: &Path, units: u128) -> (Vec<Accepted>, Read) {
             break;
         }
     }
-    out.sort_by(|a, b| a.at.cmp(&b.at));
+    out.sort_by_key(|a| a.at);
     (out, read)
 }
 

@@ -402,7 +402,7 @@ mod tests {
         // The largest parts are paid, each one output; the rest is carried; the pool's output
         // holds the fee and the remainder; the witness commitment comes last.
         let n = split.paid.len();
-        assert!(n >= 15 && n < 40 && split.carried.len() == 40 - n, "{n}");
+        assert!((15..40).contains(&n) && split.carried.len() == 40 - n, "{n}");
         for (i, (script, value)) in split.paid.iter().enumerate() {
             assert_eq!((&tx.output[i].script_pubkey, tx.output[i].value.to_sat()), (script, *value));
         }

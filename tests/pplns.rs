@@ -100,6 +100,22 @@ fn coinbase_outputs(notify: &Value, en1: &str) -> Vec<(ScriptBuf, u64)> {
     tx.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect()
 }
 
+/// A PPLNS pool on `node` paying `pool_addr`, with one listener per difficulty in `diffs`, each
+/// pinned (mindiff = startdiff = maxdiff), and a window of one network difficulty.
+fn pplns_config(node: &CoreNode, pool_addr: &str, diffs: &[&str]) -> Value {
+    let mut cfg = node.pool_config(pool_addr);
+    let pinned = |d: &str| {
+        let d = d.parse::<f64>().unwrap();
+        json!({"url": "127.0.0.1:0", "mindiff": d, "startdiff": d, "maxdiff": d})
+    };
+    cfg["serverurl"] = json!(diffs.iter().map(|d| pinned(d)).collect::<Vec<_>>());
+    cfg["mindiff"] = json!(0.000000000001);
+    cfg["startdiff"] = json!(0.000000000001);
+    cfg["payout_scheme"] = json!("pplns");
+    cfg["pplns_window"] = json!(1);
+    cfg
+}
+
 /// `floor(d × w / total)`, as docs/payout.md says.
 fn part(d: u64, w: u128, total: u128) -> u64 {
     (d as u128 * w / total) as u64
@@ -132,15 +148,7 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
 
     // Difficulty units (1e-12) per share: A 30, B 20, C 10, D 1.
     let diffs = ["0.00000000003", "0.00000000002", "0.00000000001", "0.000000000001"];
-    let mut cfg = node.pool_config(&pool_addr);
-    cfg["serverurl"] = json!(diffs
-        .iter()
-        .map(|d| json!({"url": "127.0.0.1:0", "mindiff": d.parse::<f64>().unwrap(), "startdiff": d.parse::<f64>().unwrap(), "maxdiff": d.parse::<f64>().unwrap()}))
-        .collect::<Vec<_>>());
-    cfg["mindiff"] = json!(0.000000000001);
-    cfg["startdiff"] = json!(0.000000000001);
-    cfg["payout_scheme"] = json!("pplns");
-    cfg["pplns_window"] = json!(1);
+    let mut cfg = pplns_config(&node, &pool_addr, &diffs);
     cfg["pool_fee"] = json!(1);
     cfg["pplns_min_output"] = json!(100_000_000u64);
     // A template a second: the coinbase follows the window within a second whatever the
@@ -261,15 +269,7 @@ async fn a_window_with_more_payees_than_fit_pays_the_largest_within_the_bound() 
         addrs.push(node.derive_address(&format!("wpkh({})", regtest_key(k).to_wif())).await);
     }
     let diffs = ["0.00000000003", "0.00000000002", "0.00000000001"];
-    let mut cfg = node.pool_config(&pool_addr);
-    cfg["serverurl"] = json!(diffs
-        .iter()
-        .map(|d| json!({"url": "127.0.0.1:0", "mindiff": d.parse::<f64>().unwrap(), "startdiff": d.parse::<f64>().unwrap(), "maxdiff": d.parse::<f64>().unwrap()}))
-        .collect::<Vec<_>>());
-    cfg["mindiff"] = json!(0.00000000001);
-    cfg["startdiff"] = json!(0.00000000001);
-    cfg["payout_scheme"] = json!("pplns");
-    cfg["pplns_window"] = json!(1);
+    let mut cfg = pplns_config(&node, &pool_addr, &diffs);
     cfg["pplns_min_output"] = json!(546);
     cfg["coinbase_max"] = json!(230);
     cfg["pool_fee"] = json!(1);

@@ -78,7 +78,14 @@ impl<K: Ord + Clone> Window<K> {
             return;
         }
         let len = self.slice_len();
-        if self.slices.back().is_none_or(|s| s.sum >= len) {
+        self.add_newest(payee, weight, |s| s.sum >= len);
+        add(&mut self.fresh, weight);
+    }
+
+    /// Adds `weight` to `payee` in the newest slice (a new one when there is none or `full`
+    /// says the newest is full), then drops what the window no longer holds.
+    fn add_newest(&mut self, payee: &K, weight: u128, full: impl Fn(&Slice<K>) -> bool) {
+        if self.slices.back().is_none_or(full) {
             self.slices.push_back(Slice { entries: BTreeMap::new(), sum: 0 });
         }
         let newest = self.slices.back_mut().expect("a slice was just ensured");
@@ -86,7 +93,6 @@ impl<K: Ord + Clone> Window<K> {
         add(&mut newest.sum, weight);
         credit(&mut self.totals, payee, weight);
         add(&mut self.total, weight);
-        add(&mut self.fresh, weight);
         self.trim();
     }
 
@@ -132,18 +138,9 @@ impl<K: Ord + Clone> Window<K> {
         }
         self.slices.retain(|s| s.sum > 0);
         self.totals.remove(payee);
-        if weight == 0 {
-            return;
+        if weight > 0 {
+            self.add_newest(payee, weight, |_| false);
         }
-        if self.slices.is_empty() {
-            self.slices.push_back(Slice { entries: BTreeMap::new(), sum: 0 });
-        }
-        let newest = self.slices.back_mut().expect("a slice was just ensured");
-        credit(&mut newest.entries, payee, weight);
-        add(&mut newest.sum, weight);
-        credit(&mut self.totals, payee, weight);
-        add(&mut self.total, weight);
-        self.trim();
     }
 
     /// Units pushed since the last call (what decides that a coinbase is worth rebuilding).

@@ -144,8 +144,7 @@ impl BlockSubmitter {
         let mut want_poll = true;
         loop {
             s.news.try_send(&stats);
-            while tasks.len() < MAX_SUBMITTING {
-                let Some(p) = s.queue.pop_front() else { break };
+            let submit = |tasks: &mut JoinSet<Ended>, p: Pending| {
                 tasks.spawn(submit_task(
                     self.rpc.clone(),
                     self.logdir.clone(),
@@ -153,7 +152,11 @@ impl BlockSubmitter {
                     self.shutdown.clone(),
                     note_tx.clone(),
                     origin,
-                ));
+                ))
+            };
+            while tasks.len() < MAX_SUBMITTING {
+                let Some(p) = s.queue.pop_front() else { break };
+                submit(&mut tasks, p);
             }
             if closed && tasks.is_empty() && s.queue.is_empty() && saves.is_empty() && reread.is_none() {
                 break;
@@ -172,14 +175,7 @@ impl BlockSubmitter {
                         // has ended.
                         s.submitting.insert(hash.clone());
                         if tasks.len() < MAX_SUBMITTING {
-                            tasks.spawn(submit_task(
-                                self.rpc.clone(),
-                                self.logdir.clone(),
-                                p,
-                                self.shutdown.clone(),
-                                note_tx.clone(),
-                                origin,
-                            ));
+                            submit(&mut tasks, p);
                         } else {
                             tracing::warn!("block {hash}: {MAX_SUBMITTING} blocks are being submitted; it waits its turn");
                             s.queue.push_back(p);

@@ -97,7 +97,8 @@ pub async fn run(
             tracing::info!(
                 "pplns: each block pays the miners of the last {} x network difficulty of shares by their payout \
                  address ({chain}); pool fee {}.{:02} % and the remainder to {}; smallest output {} sat, at most {} \
-                 outputs in {} bytes of coinbase",
+                 outputs in {} bytes of coinbase; the share log is written (-L implied: it is what the window is \
+                 rebuilt from and audited with)",
                 p.window,
                 p.fee_bp / 100,
                 p.fee_bp % 100,

@@ -27,6 +27,17 @@ pub fn network_of(chain: &str) -> Option<Network> {
     }
 }
 
+/// The payout script of a miner's username (its part before the first `.` or `_`) on `network`,
+/// or why it cannot be paid: solo mode and PPLNS both pay miners by the address they authorize
+/// with. `network` None: a chain whose addresses the pool cannot parse.
+pub fn username_script(username: &str, network: Option<Network>) -> Result<ScriptBuf, String> {
+    let address = username.split(['.', '_']).next().unwrap_or(username);
+    let Some(network) = network else {
+        return Err(format!("{address:?}: this node's chain has no address format the pool knows"));
+    };
+    script_for_address(address, network).map_err(|e| e.to_string())
+}
+
 /// Resolves `btcaddress` to the payout script, checking it against the node. A fork's address
 /// format rust-bitcoin does not parse is taken from the node's own `validateaddress` answer.
 pub async fn payout_script(rpc: &Rpc, address: &str) -> anyhow::Result<(ScriptBuf, String)> {

@@ -16,7 +16,7 @@ use crate::config::Pplns;
 use crate::difficulty::{Difficulty, SCALE};
 use crate::log::sharelog::{parse_accepted, Accepted};
 use crate::payout::pplns::{Rules, Split, Window};
-use crate::work::coinbase::{script_for_address, PplnsPlan};
+use crate::work::coinbase::PplnsPlan;
 
 /// A new coinbase is worth building once this fraction of the window (1/n) has arrived since
 /// the last one: the per-share path never builds one, and a miner's part in the coinbase lags
@@ -79,11 +79,7 @@ impl Payees {
     /// The payout script of a username (its part before the first `.` or `_`), or why it cannot
     /// be paid: a miner authorizes with its payout address, as in solo mode.
     pub fn payout_script(&self, username: &str) -> Result<ScriptBuf, String> {
-        let address = username.split(['.', '_']).next().unwrap_or(username);
-        let Some(network) = self.network else {
-            return Err(format!("{address:?}: this node's chain has no address format the pool knows"));
-        };
-        script_for_address(address, network).map_err(|e| e.to_string())
+        super::username_script(username, self.network)
     }
 
     /// Credits `user`'s accepted share difficulty to its payout script (a name that is no

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bitcoin::{Network, ScriptBuf};
 
 use crate::mining::Work;
-use crate::work::coinbase::{self, script_for_address, CoinbaseConfig};
+use crate::work::coinbase::{self, CoinbaseConfig};
 
 /// Addresses whose work is kept per template; beyond it the oldest template's entries go first
 /// (a bound on memory, not a limit on miners: a work is rebuilt in microseconds).
@@ -55,11 +55,7 @@ impl Solo {
     /// The payout script of a solo username (the part before the first `.` or `_`), or why it
     /// cannot be paid.
     pub fn payout_script(&self, username: &str) -> Result<ScriptBuf, String> {
-        let address = username.split(['.', '_']).next().unwrap_or(username);
-        let Some(network) = self.network else {
-            return Err(format!("{address:?}: this node's chain has no address format the pool knows"));
-        };
-        script_for_address(address, network).map_err(|e| e.to_string())
+        super::username_script(username, self.network)
     }
 
     /// The work paying `script` for the template `base` was built from; None when `base` has no

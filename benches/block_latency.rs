@@ -12,6 +12,8 @@
 //! Run: `cargo bench --bench block_latency` (or, in the test profile the tests build anyway,
 //! `cargo test --release --bench block_latency`; `cargo test --bench block_latency` too).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,6 @@ use ckpool::mining::BlockCandidate;
 use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
 use ckpool::work::job::Job;
 use ckpool::work::merkle::sha256d;
-use ckpool::work::template::Template;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -37,18 +38,7 @@ fn job(txs: u32) -> Arc<Job> {
     let transactions: Vec<_> = (0..txs)
         .map(|i| json!({ "data": data, "txid": ckpool::hex::encode_rev(&sha256d(&i.to_le_bytes())), "fee": 1000 }))
         .collect();
-    let t = Template::from_gbt(&json!({
-        "version": 0x2000_0000,
-        "previousblockhash": "00000000000000000002a7c4c1e48d76c5a37902165a270156b7a8d72728a054",
-        "transactions": transactions,
-        "coinbaseaux": {},
-        "coinbasevalue": 318_000_000u64,
-        "bits": "17034219",
-        "curtime": 1_713_571_767,
-        "height": 840_000,
-        "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
-    }))
-    .unwrap();
+    let t = common::mainnet_template(transactions);
     let script = script_for_address("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", bitcoin::Network::Bitcoin).unwrap();
     let cb = coinbase::build(&t, &CoinbaseConfig::new(script, "/ckpool-rs bench/")).unwrap();
     Arc::new(Job::new(1, &t, cb, true))

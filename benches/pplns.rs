@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench pplns` (release) or `cargo test --bench pplns` (once, test profile).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ckpool::payout::pplns::{Rules, Window, SLICES};
 use ckpool::work::coinbase::{self, CoinbaseConfig, PplnsPlan};
 use ckpool::work::template::Template;
-use serde_json::json;
 
 fn payee(i: u32) -> ScriptBuf {
     let mut b = vec![0x00, 0x14];
@@ -35,18 +36,7 @@ fn window(payees: u32) -> Window<ScriptBuf> {
 }
 
 fn template() -> Template {
-    Template::from_gbt(&json!({
-        "version": 0x2000_0000,
-        "previousblockhash": "00000000000000000002a7c4c1e48d76c5a37902165a270156b7a8d72728a054",
-        "transactions": [],
-        "coinbaseaux": {},
-        "coinbasevalue": 318_000_000u64,
-        "bits": "17034219",
-        "curtime": 1_713_571_767,
-        "height": 840_000,
-        "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
-    }))
-    .unwrap()
+    common::mainnet_template(Vec::new())
 }
 
 fn rebuild(c: &mut Criterion) {

@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench share_check`
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -19,7 +21,6 @@ use ckpool::sv1::proto::{parse_request, SubmitParams};
 use ckpool::work::coinbase::{self, script_for_address, CoinbaseConfig};
 use ckpool::work::job::Job;
 use ckpool::work::merkle::{self, sha256d};
-use ckpool::work::template::Template;
 use serde_json::json;
 
 fn txid(i: u32) -> [u8; 32] {
@@ -30,18 +31,7 @@ fn realistic_job() -> Job {
     let transactions: Vec<_> = (0..5_000u32)
         .map(|i| json!({ "data": "00", "txid": ckpool::hex::encode_rev(&txid(i)), "fee": 1000 }))
         .collect();
-    let t = Template::from_gbt(&json!({
-        "version": 0x2000_0000,
-        "previousblockhash": "00000000000000000002a7c4c1e48d76c5a37902165a270156b7a8d72728a054",
-        "transactions": transactions,
-        "coinbaseaux": {},
-        "coinbasevalue": 318_000_000u64,
-        "bits": "17034219",
-        "curtime": 1_713_571_767,
-        "height": 840_000,
-        "default_witness_commitment": "6a24aa21a9ede2f61c3f71d1defd3fa999dfa36953755c690689799962b48bebd836974e8cf9",
-    }))
-    .unwrap();
+    let t = common::mainnet_template(transactions);
     let script = script_for_address("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", bitcoin::Network::Bitcoin).unwrap();
     let cb =
         coinbase::build(&t, &CoinbaseConfig::new(script, "/ckpool-rs benchmark pool signature, a typical length/"))

@@ -9,10 +9,12 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
 
 /// The start of a `submitblock` request body, up to the block's hex.
 const HEAD: &str = r#"{"jsonrpc":"1.0","id":"ckpool","method":"submitblock","params":["#;
@@ -28,6 +30,9 @@ pub struct SubmitBody {
     /// Where the block's hex starts in the first part (0: the text given was not hex; there
     /// is no hex to save).
     hex_from: usize,
+    /// Told when a request made from this body (any clone) has handed its last part to the
+    /// socket, or has given up before that ([`SubmitBody::sent`]).
+    sent: Arc<Notify>,
 }
 
 impl SubmitBody {
@@ -38,7 +43,11 @@ impl SubmitBody {
         head.push(b'"');
         crate::hex::encode_to_vec(first, &mut head);
         let parts = [Bytes::from(head), rest_hex, Bytes::from_static(TAIL)];
-        SubmitBody { parts: parts.into_iter().filter(|p| !p.is_empty()).collect(), hex_from: HEAD.len() + 1 }
+        SubmitBody {
+            parts: parts.into_iter().filter(|p| !p.is_empty()).collect(),
+            hex_from: HEAD.len() + 1,
+            sent: Arc::default(),
+        }
     }
 
     /// A block's hex as text (read back from logdir/blocks, `ckpool submitblock`): hex needs
@@ -57,7 +66,17 @@ impl SubmitBody {
         SubmitBody {
             parts: vec![Bytes::from(body), Bytes::from_static(TAIL)],
             hex_from: if hex { HEAD.len() + 1 } else { 0 },
+            sent: Arc::default(),
         }
+    }
+
+    /// Told once the first request made from this body (or a clone) has handed all its parts
+    /// to the connection (the first bytes have left; the rest is in the socket's buffer or being
+    /// written), or has ended before that; a waiter that comes later is told at once (a permit
+    /// is kept). The block task starts the hex's save on it, so that writing the block's file
+    /// does not compete with the request for the CPU before the node has it.
+    pub fn sent(&self) -> Arc<Notify> {
+        self.sent.clone()
     }
 
     /// The body's length in bytes.
@@ -91,14 +110,30 @@ impl SubmitBody {
     /// carries a `Content-Length`).
     pub fn into_http(self) -> reqwest::Body {
         let left = self.len() as u64;
-        reqwest::Body::wrap(Frames { parts: self.parts.into_iter(), left })
+        reqwest::Body::wrap(Frames { parts: self.parts.into_iter(), left, sent: Some(self.sent) })
     }
 }
 
-/// The parts as an HTTP body, one frame each.
+/// The parts as an HTTP body, one frame each; tells `sent` when the last is taken or the body
+/// is dropped unread.
 struct Frames {
     parts: std::vec::IntoIter<Bytes>,
     left: u64,
+    sent: Option<Arc<Notify>>,
+}
+
+impl Frames {
+    fn tell_sent(&mut self) {
+        if let Some(n) = self.sent.take() {
+            n.notify_one();
+        }
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        self.tell_sent();
+    }
 }
 
 impl Body for Frames {
@@ -107,10 +142,14 @@ impl Body for Frames {
 
     fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        Poll::Ready(this.parts.next().map(|p| {
+        let frame = this.parts.next().map(|p| {
             this.left -= p.len() as u64;
             Ok(Frame::data(p))
-        }))
+        });
+        if this.left == 0 {
+            this.tell_sent();
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -156,7 +195,9 @@ mod tests {
         let rest = Bytes::from(vec![b'a'; 100_000]);
         let body = SubmitBody::of_block(&[7; 80], rest.clone());
         let whole = body.to_vec();
-        let mut frames = Frames { parts: body.parts.clone().into_iter(), left: body.len() as u64 };
+        let sent = body.sent();
+        let mut frames =
+            Frames { parts: body.parts.clone().into_iter(), left: body.len() as u64, sent: Some(body.sent()) };
         assert_eq!(frames.size_hint().exact(), Some(whole.len() as u64));
         let mut got = Vec::new();
         let mut shared = false;
@@ -166,7 +207,14 @@ mod tests {
             got.extend_from_slice(&data);
         }
         assert!(frames.is_end_stream());
+        assert!(frames.sent.is_none(), "told once the last part is taken");
+        sent.notified().await; // the permit kept for a later waiter
         assert_eq!(got, whole);
         assert!(shared, "the transactions' hex is sent from where it is kept, not copied");
+        // A request that ends before its body is read tells it too.
+        let body = SubmitBody::of_hex("00");
+        let sent = body.sent();
+        drop(body.into_http());
+        sent.notified().await;
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bitcoin::consensus::encode::deserialize;
 use bytes::Bytes;
@@ -12,11 +13,30 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::bitcoind::SubmitBody;
 use crate::log::stats::{BlockCounts, StatEvent};
 
 /// Lines queued for blocks.log before the block task waits for the disk (a line is written per
 /// submission round or fate change: this is never reached but on a stalled disk).
 const JOURNAL_QUEUE: usize = 1024;
+
+/// How long the save of a found block waits for its first request to have left before it
+/// starts anyway (a node that does not read).
+pub const SAVE_AFTER: Duration = Duration::from_millis(20);
+
+/// Saves a found block's hex ([`save`]) once its first `submitblock` request has handed its
+/// bytes to the connection ([`SubmitBody::sent`]) or after [`SAVE_AFTER`], whichever is first:
+/// writing the block's file does not compete with the request for the CPU before the node has
+/// it, and a node that does not read delays the save by no more than that. The block task ends
+/// only once this has ended, so the hex is on disk before the pool could be stopped cleanly.
+pub async fn save_once_sent(path: PathBuf, body: SubmitBody, hash: String) {
+    let sent = body.sent();
+    let _ = tokio::time::timeout(SAVE_AFTER, sent.notified()).await;
+    let saved = tokio::task::spawn_blocking(move || save(path, &body.block_hex(), &hash)).await;
+    if let Err(e) = saved {
+        tracing::error!("blocks: saving a block's hex failed: {e}");
+    }
+}
 
 /// Saves a found block's hex to `path` (created, written part by part, fsynced). Blocking: runs
 /// beside the submission, which has already started from memory.

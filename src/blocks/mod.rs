@@ -182,7 +182,7 @@ impl BlockSubmitter {
                         }
                         let path = hex_path(&self.logdir, height, &hash);
                         s.to_check.insert(hash.clone(), (body.clone(), witness));
-                        saves.spawn_blocking(move || beside::save(path, &body.block_hex(), &hash));
+                        saves.spawn(beside::save_once_sent(path, body, hash));
                     }
                     None => closed = true,
                 },

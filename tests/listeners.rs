@@ -23,6 +23,31 @@ fn cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
+/// A regtest node pair and the pool on it with `serverurl` as given and a fresh self-signed
+/// certificate (`crt` and `key`, kept in `certs`) for its TLS listeners.
+struct TlsPool {
+    nodes: NodePair,
+    certs: tempfile::TempDir,
+    crt: PathBuf,
+    key: PathBuf,
+    pool: Pool,
+}
+
+impl TlsPool {
+    async fn start(serverurl: Value) -> TlsPool {
+        let nodes = NodePair::start().await;
+        let address = nodes.a.new_address().await;
+        let certs = tempfile::tempdir().unwrap();
+        let (crt, key) = cert(certs.path(), "pool");
+        let mut cfg = pool_config(&nodes.a, &address).await;
+        cfg["serverurl"] = serverurl;
+        cfg["tlscert"] = json!(crt);
+        cfg["tlskey"] = json!(key);
+        let pool = Pool::start(cfg, &[]);
+        TlsPool { nodes, certs, crt, key, pool }
+    }
+}
+
 /// The test client over TLS, trusting `ca`.
 async fn tls_client(addr: &str, ca: &Path) -> Client {
     let config = ckpool::tls::client_config(Some(ca)).unwrap();
@@ -41,16 +66,9 @@ fn wait_for(what: &str, log: impl Fn() -> String, needle: &str) -> String {
 /// refused with one log line and the pool goes on serving both ports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_miner_and_plain_tcp_refused() {
-    let nodes = NodePair::start().await;
+    let TlsPool { nodes, certs, crt, key, pool } =
+        TlsPool::start(json!(["127.0.0.1:0", "stratum+tls://127.0.0.1:0"])).await;
     let node = &nodes.a;
-    let address = node.new_address().await;
-    let certs = tempfile::tempdir().unwrap();
-    let (crt, key) = cert(certs.path(), "pool");
-    let mut cfg = pool_config(node, &address).await;
-    cfg["serverurl"] = json!(["127.0.0.1:0", "stratum+tls://127.0.0.1:0"]);
-    cfg["tlscert"] = json!(crt);
-    cfg["tlskey"] = json!(key);
-    let pool = Pool::start(cfg, &[]);
     let ports = pool.listener_ports();
     assert_eq!(ports.len(), 2, "{}", pool.log());
     let (plain, tls) = (format!("127.0.0.1:{}", ports[0]), format!("127.0.0.1:{}", ports[1]));
@@ -165,16 +183,8 @@ fn send_queue(pool_port: u16, peer_port: u16) -> Option<u64> {
 /// block share was never read and the miner was dropped after 30 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_from_a_tls_miner_that_stopped_reading_is_accepted() {
-    let nodes = NodePair::start().await;
+    let TlsPool { nodes, certs: _certs, crt, pool, .. } = TlsPool::start(json!(["stratum+tls://127.0.0.1:0"])).await;
     let node = &nodes.a;
-    let address = node.new_address().await;
-    let certs = tempfile::tempdir().unwrap();
-    let (crt, key) = cert(certs.path(), "pool");
-    let mut cfg = pool_config(node, &address).await;
-    cfg["serverurl"] = json!(["stratum+tls://127.0.0.1:0"]);
-    cfg["tlscert"] = json!(crt);
-    cfg["tlskey"] = json!(key);
-    let pool = Pool::start(cfg, &[]);
     let port = pool.listener_ports()[0];
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
@@ -260,17 +270,9 @@ async fn each_listener_has_its_own_difficulty() {
 /// certificate: the proxy fails over to it and a miner's block-meeting share becomes a block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_tls_upstream_with_tlsca_and_failover() {
-    let nodes = NodePair::start().await;
+    let TlsPool { nodes, certs, crt, pool, .. } = TlsPool::start(json!(["stratum+tls://127.0.0.1:0"])).await;
     let node = &nodes.a;
-    let address = node.new_address().await;
-    let certs = tempfile::tempdir().unwrap();
-    let (crt, key) = cert(certs.path(), "pool");
     let (wrong, _) = cert(certs.path(), "other");
-    let mut cfg = pool_config(node, &address).await;
-    cfg["serverurl"] = json!(["stratum+tls://127.0.0.1:0"]);
-    cfg["tlscert"] = json!(crt);
-    cfg["tlskey"] = json!(key);
-    let pool = Pool::start(cfg, &[]);
     let url = format!("stratum+tls://127.0.0.1:{}", pool.listener_ports()[0]);
     let proxy = Pool::start_proxy(json!({
         "proxy": [
@@ -306,20 +308,13 @@ async fn proxy_tls_upstream_with_tlsca_and_failover() {
 /// header on a PROXY port is refused with one line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v2_and_v1() {
-    let nodes = NodePair::start().await;
-    let node = &nodes.a;
-    let address = node.new_address().await;
-    let certs = tempfile::tempdir().unwrap();
-    let (crt, key) = cert(certs.path(), "pool");
-    let mut cfg = pool_config(node, &address).await;
-    cfg["serverurl"] = json!([
+    let TlsPool { nodes, certs: _certs, crt, pool, .. } = TlsPool::start(json!([
         {"url": "127.0.0.1:0", "proxy_protocol": "v2"},
         {"url": "127.0.0.1:0", "proxy_protocol": "v1"},
         {"url": "stratum+tls://127.0.0.1:0", "proxy_protocol": "v2"},
-    ]);
-    cfg["tlscert"] = json!(crt);
-    cfg["tlskey"] = json!(key);
-    let pool = Pool::start(cfg, &[]);
+    ]))
+    .await;
+    let node = &nodes.a;
     let ports = pool.listener_ports();
     let (f2, f1, f3) = (free_port(), free_port(), free_port());
     let hcfg = pool.dir.path().join("haproxy.cfg");

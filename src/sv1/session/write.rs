@@ -39,18 +39,11 @@ impl Session {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => return Err(End::Kick(format!("read error: {e}"))),
                     }
-                    kicked = self.handle_lines(reader).err();
-                    self.close_tally();
-                    if !self.outbox.try_flush(&self.ctx) {
-                        self.outbox.send_blocks(&self.ctx).await;
-                    }
+                    kicked = self.take_lines(reader).await;
                 }
             }
         }
-        match kicked {
-            Some(why) => Err(End::Kick(why)),
-            None => Ok(()),
-        }
+        kicked.map_or(Ok(()), |why| Err(End::Kick(why)))
     }
 
     /// [`Session::write_reading`] over TLS: the stream split in two halves for the wait (so a
@@ -92,17 +85,22 @@ impl Session {
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(End::Closed),
                         Err(e) => return Err(End::Kick(format!("read error: {e}"))),
                     }
-                    kicked = self.handle_lines(reader).err();
-                    self.close_tally();
-                    if !self.outbox.try_flush(&self.ctx) {
-                        self.outbox.send_blocks(&self.ctx).await;
-                    }
+                    kicked = self.take_lines(reader).await;
                 }
             }
         }
-        match kicked {
-            Some(why) => Err(End::Kick(why)),
-            None => Ok(()),
+        kicked.map_or(Ok(()), |why| Err(End::Kick(why)))
+    }
+
+    /// The lines read while a write waits: handled (a found block leaves for the block task at
+    /// once), the tally closed, the share log and statistics flushed; why the miner is to be
+    /// kicked, if it is.
+    async fn take_lines(&mut self, reader: &mut LineReader) -> Option<String> {
+        let kicked = self.handle_lines(reader).err();
+        self.close_tally();
+        if !self.outbox.try_flush(&self.ctx) {
+            self.outbox.send_blocks(&self.ctx).await;
         }
+        kicked
     }
 }

@@ -237,7 +237,54 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
     assert_eq!(sats, vec![part(dd3, 90, t), part(dd3, 50, t), part(dd3, 40, t), part(dd3, 4, t)], "{audit}");
     assert_eq!(audit["paid"][3]["address"], json!(d_addr), "{audit}");
     assert_eq!(audit["window_total"], json!("0.000000000184"), "{audit}");
+    // The window was read from the snapshot written at the stop.
+    assert!(pool.log().contains("pplns: window snapshot (at stop) written"), "{}", pool.log());
+
+    // `ckpool pplns --height`: each found block's coinbase checked against the window rebuilt
+    // from the share log as it stood when that coinbase was built (and the carries then).
+    let audit_block = |height: u64| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpool"))
+            .args(["pplns", "--json", "--height", &height.to_string(), "-c", pool.config_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let height_of = |hash: &str| {
+        let node = &node;
+        let hash = hash.to_string();
+        async move { node.call("getblock", json!([hash, 1])).await["height"].as_u64().unwrap() }
+    };
+    let (h1, h2) = (height_of(&hash1).await, height_of(&hash2).await);
+    let (ok, out, err) = audit_block(h1);
+    assert!(ok, "{out}\n{err}");
+    let a1: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&a1["hash"], &a1["match"]), (&json!(hash1), &json!(true)), "{a1}");
+    let expected: Vec<u64> =
+        a1["outputs"].as_array().unwrap().iter().map(|o| o["expected_sat"].as_u64().unwrap()).collect();
+    assert_eq!(expected, vec![pa, pb, pc, pool_part], "{a1}");
+    let d1 = a1["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(d_addr)).unwrap();
+    assert_eq!(
+        (&d1["shares"], &d1["weight"], &d1["weight_match"]),
+        (&json!(1), &json!("0.000000000001"), &json!(true))
+    );
+    let (ok, out, err) = audit_block(h2);
+    assert!(ok, "{out}\n{err}");
+    let a2: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a2["match"], json!(true), "{a2}");
+    assert_eq!(a2["outputs"].as_array().unwrap().len(), 5, "{a2}");
+    // D's carried unit (block 1) and its three new shares; every weight as the pool recorded it.
+    let d2 = a2["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(d_addr)).unwrap();
+    assert_eq!((&d2["carried_weight"], &d2["weight"]), (&json!("0.000000000001"), &json!("0.000000000004")), "{a2}");
+    assert!(a2["payees"].as_array().unwrap().iter().all(|p| p["weight_match"] == json!(true)), "{a2}");
+    // A block this pool did not find is not audited as if it had.
+    let (ok, _, err) = audit_block(h1 - 1);
+    assert!(!ok && err.contains("this pool did not find it"), "{err}");
     pool.spawn(&[]);
+    pool.wait_log("pplns: window rebuilt from the snapshot of", Duration::from_secs(10));
     let ports = pool.listener_ports();
     let mut a = Miner::connect("a", ports[ports.len() - 4], &a_addr, wpkh(21), diffs[0]).await;
     let total = 90 + 40 + 50 + 4;

@@ -146,7 +146,9 @@ pub async fn run(
         source.repay();
     }
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
-    let snapshots = payees.clone().map(|p| tokio::spawn(snapshot_task(p, cfg.logdir.clone(), shutdown.clone())));
+    let snapshots = payees
+        .clone()
+        .map(|p| tokio::spawn(snapshot_task(p, cfg.logdir.clone(), shutdown.clone(), opts.predecessor_gone.clone())));
 
     // PPLNS pays by the share log: it is the record a restart rebuilds the window from and
     // anyone audits a coinbase with, so it is written whether or not -L was given.
@@ -240,11 +242,14 @@ pub async fn run(
 /// reads it and the share log after it).
 const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Writes the PPLNS window's snapshot every [`SNAPSHOT_EVERY`] until shutdown.
+/// Writes the PPLNS window's snapshot every [`SNAPSHOT_EVERY`] until shutdown, and once the old
+/// instance of a handover (`-H`) has exited (its stop wrote its own snapshot, which this
+/// instance's window replaces).
 async fn snapshot_task(
     p: Arc<crate::pool::pplns::Payees>,
     logdir: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
+    mut predecessor: Option<watch::Receiver<bool>>,
 ) {
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +257,12 @@ async fn snapshot_task(
     loop {
         tokio::select! {
             _ = tick.tick() => save_snapshot(Some(p.clone()), logdir.clone(), "periodic").await,
+            gone = async { predecessor.as_mut().expect("guarded").wait_for(|g| *g).await.is_ok() }, if predecessor.is_some() => {
+                predecessor = None;
+                if gone {
+                    save_snapshot(Some(p.clone()), logdir.clone(), "the old instance has exited").await;
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

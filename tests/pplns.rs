@@ -280,6 +280,23 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
     let d2 = a2["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(d_addr)).unwrap();
     assert_eq!((&d2["carried_weight"], &d2["weight"]), (&json!("0.000000000001"), &json!("0.000000000004")), "{a2}");
     assert!(a2["payees"].as_array().unwrap().iter().all(|p| p["weight_match"] == json!(true)), "{a2}");
+    // A share the pool never credited, written into the share log at block 2's cut (A's: A was
+    // never carried): the audit no longer matches the coinbase and says so (exit status 1,
+    // MISMATCH per output).
+    let forged = format!(
+        "{{\"diff\":0.00000000005,\"result\":true,\"createdate\":\"{}\",\"username\":\"{a_addr}\",\"workername\":\"{a_addr}.x\"}}\n",
+        a2["cut"].as_str().unwrap()
+    );
+    let forged_file = pool.logdir.join(format!("{h2:08x}")).join("forged.sharelog");
+    std::fs::write(&forged_file, forged).unwrap();
+    let (ok, out, _) = audit_block(h2);
+    assert!(!ok, "{out}");
+    let bad: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bad["match"], json!(false), "{bad}");
+    let a3 = bad["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(a_addr)).unwrap();
+    assert_eq!((&a3["weight"], &a3["weight_match"]), (&json!("0.00000000014"), &json!(false)), "{bad}");
+    assert!(bad["outputs"].as_array().unwrap().iter().any(|o| o["match"] == json!(false)), "{bad}");
+    std::fs::remove_file(&forged_file).unwrap();
     // A block this pool did not find is not audited as if it had.
     let (ok, _, err) = audit_block(h1 - 1);
     assert!(!ok && err.contains("this pool did not find it"), "{err}");

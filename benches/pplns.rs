@@ -51,6 +51,8 @@ fn rebuild(c: &mut Criterion) {
                     weights,
                     rules: Rules { fee_bp: 100, min_output: 10_000, max_outputs: 100, bytes: 0 },
                     coinbase_max: 750,
+                    cut: (0, 0),
+                    window: w.length(),
                 };
                 let cfg = CoinbaseConfig { pplns: Some(Arc::new(plan)), ..base.clone() };
                 black_box(coinbase::build(&t, &cfg).unwrap())

@@ -21,6 +21,12 @@
 # PostgreSQL instead of the default logdir/history.sqlite (docs/performance.md, history store).
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
 # /api/pool, /api/workers and /api/blocks every second while each bench runs.
+# ACCEPTED=1 pins every session's difficulty at 0.000000000001 (mindiff = startdiff = maxdiff;
+# far below regtest's network difficulty) and runs the bench with --accepted -u ADDRESS: every
+# share meets its session's target and not the network's, so the pool accepts it (the share log,
+# the statistics and, with PPLNS=1, the window all take it). PPLNS=1 adds "payout_scheme":
+# "pplns" with a window of 1,000,000 network difficulties (a coinbase rebuild every ~7 million
+# shares at that share difficulty, as often as at mainnet's; docs/performance.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -63,6 +69,9 @@ if [ -n "${TLS:-}" ]; then
 fi
 [ "${HISTORY:-1}" != 0 ] || apiline="$apiline \"history\" : false,"
 [ -z "${DBURL:-}" ] || apiline="$apiline \"dburl\" : \"$DBURL\","
+diffs='"mindiff" : 1, "startdiff" : 42, "maxdiff" : 0,'
+[ -z "${ACCEPTED:-}" ] || diffs='"mindiff" : 0.000000000001, "startdiff" : 0.000000000001, "maxdiff" : 0.000000000001,'
+[ -z "${PPLNS:-}" ] || apiline="$apiline \"payout_scheme\" : \"pplns\", \"pplns_window\" : 1000000,"
 # Every bench share is unsolved (rejected): banning's check is set beyond reach, so each share
 # is still counted for it (its cost on the share path is measured) but no bench connection is banned.
 cat > "$work/pool/ckpool.conf" <<CONF
@@ -75,10 +84,8 @@ cat > "$work/pool/ckpool.conf" <<CONF
 "sv2_authority_key" : "$work/pool/sv2_authority.key",
 $apiline
 $tlsline
-"mindiff" : 1,
-"startdiff" : 42,
+$diffs
 "ban_check_shares" : 1000000000,
-"maxdiff" : 0,
 "zmqblock" : "tcp://127.0.0.1:$ZMQ",
 "logdir" : "$work/pool/logs"
 }
@@ -105,7 +112,7 @@ stop_pool() {
   wait "$pool" 2>/dev/null || true
   pool=
 }
-echo "bench.sh: $("$ckpool" --version), $profile build${TLS:+, stratum over TLS}${API:+, API on with a scraper every second}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "bench.sh: $("$ckpool" --version), $profile build${TLS:+, stratum over TLS}${API:+, API on with a scraper every second}${ACCEPTED:+, accepted shares at difficulty 1e-12}${PPLNS:+, PPLNS}, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 trigger="$bin/bitcoin-cli -regtest -rpcuser=$user -rpcpassword=$pass -rpcport=$RPCA generate 1"
 # The pool's Stratum V2 authority key (created on first use): the word SV2 in bench arguments
 # stands for `--sv2 KEY` and points the bench at the pool's sv2url.
@@ -114,6 +121,7 @@ sv2key=$("$ckpool" sv2-key --config "$work/pool/ckpool.conf" 2>/dev/null | awk '
 # message (as the pool hears it); an argument TRIGGER stands for the node's `generate 1`.
 bench() {
   local args=() url="stratum+tcp://127.0.0.1:$STRATUM" zmqarg=(--zmq "tcp://127.0.0.1:$ZMQ")
+  [ -z "${ACCEPTED:-}" ] || args+=(--accepted -u "$addr.bench")
   local tls_here=(${tlsargs[@]+"${tlsargs[@]}"})
   for a in "$@"; do
     case "$a" in

@@ -115,6 +115,46 @@ async fn bench_loads_the_pool_with_unsolved_shares() {
     assert!(low.iter().all(|s| s["nonce2"].as_str().unwrap().len() == 16));
 }
 
+/// `--accepted` against a PPLNS pool pinned at difficulty 1e-12: every share the bench sends is
+/// accepted, and every one reaches the PPLNS window (the snapshot the clean stop writes holds
+/// one unit per accepted share, for the bench's address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_accepted_shares_reach_the_pplns_window() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = pool_config(node, &address).await;
+    for k in ["mindiff", "startdiff", "maxdiff"] {
+        cfg[k] = json!(0.000000000001);
+    }
+    cfg["payout_scheme"] = json!("pplns");
+    cfg["pplns_window"] = json!(1_000_000);
+    let mut pool = Pool::start(cfg, &[]);
+    let url = format!("stratum+tcp://{}", pool.addr());
+    let user = format!("{address}.bench");
+    let out = tokio::task::spawn_blocking(move || {
+        bench(&["--url", &url, "--connections", "5", "--window", "4", "--duration", "2", "--accepted", "-u", &user])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let total = line_with(&stdout, "TOTAL from the first connection");
+    let accepted = number_after(total, "accepted");
+    assert!(accepted > 0.0, "{total}");
+    assert_eq!(number_after(total, "connection:"), accepted, "every answer an acceptance: {total}");
+    pool.stop();
+    let snap = ckpool::pool::pplns::snapshot::read(&pool.logdir).unwrap().expect("a snapshot at the stop");
+    let mut payees = std::collections::BTreeMap::new();
+    for (k, w) in snap.slices.iter().flatten() {
+        *payees.entry(k.clone()).or_insert(0u128) += w;
+    }
+    assert_eq!(payees.len(), 1, "{payees:?}");
+    let units = *payees.values().next().unwrap() as f64;
+    // Shares still outstanding when the bench stopped may be credited without an answer read.
+    assert!(units >= accepted && units <= accepted + 20.0, "window {units} units, bench {total}");
+}
+
 #[test]
 fn bench_refuses_non_loopback_targets() {
     for url in ["stratum+tcp://192.0.2.1:3333", "stratum+tcp://[2001:db8::1]:3333"] {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bitcoin::key::Secp256k1;
 use bitcoin::{CompressedPublicKey, ScriptBuf, Transaction};
+use ckpool::sv2::client::{self as sv2client, Event, ExtendedJob, Sv2Client, REQUIRES_VERSION_ROLLING};
 use common::core_node::{regtest_key, CoreNode};
 use common::{solve, solve_not_block, Client, Pool};
 use serde_json::{json, Value};
@@ -236,7 +237,71 @@ async fn pplns_pays_each_miner_its_part_of_the_window_exactly() {
     assert_eq!(sats, vec![part(dd3, 90, t), part(dd3, 50, t), part(dd3, 40, t), part(dd3, 4, t)], "{audit}");
     assert_eq!(audit["paid"][3]["address"], json!(d_addr), "{audit}");
     assert_eq!(audit["window_total"], json!("0.000000000184"), "{audit}");
+    // The window was read from the snapshot written at the stop.
+    assert!(pool.log().contains("pplns: window snapshot (at stop) written"), "{}", pool.log());
+
+    // `ckpool pplns --height`: each found block's coinbase checked against the window rebuilt
+    // from the share log as it stood when that coinbase was built (and the carries then).
+    let audit_block = |height: u64| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpool"))
+            .args(["pplns", "--json", "--height", &height.to_string(), "-c", pool.config_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let height_of = |hash: &str| {
+        let node = &node;
+        let hash = hash.to_string();
+        async move { node.call("getblock", json!([hash, 1])).await["height"].as_u64().unwrap() }
+    };
+    let (h1, h2) = (height_of(&hash1).await, height_of(&hash2).await);
+    let (ok, out, err) = audit_block(h1);
+    assert!(ok, "{out}\n{err}");
+    let a1: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&a1["hash"], &a1["match"]), (&json!(hash1), &json!(true)), "{a1}");
+    let expected: Vec<u64> =
+        a1["outputs"].as_array().unwrap().iter().map(|o| o["expected_sat"].as_u64().unwrap()).collect();
+    assert_eq!(expected, vec![pa, pb, pc, pool_part], "{a1}");
+    let d1 = a1["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(d_addr)).unwrap();
+    assert_eq!(
+        (&d1["shares"], &d1["weight"], &d1["weight_match"]),
+        (&json!(1), &json!("0.000000000001"), &json!(true))
+    );
+    let (ok, out, err) = audit_block(h2);
+    assert!(ok, "{out}\n{err}");
+    let a2: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a2["match"], json!(true), "{a2}");
+    assert_eq!(a2["outputs"].as_array().unwrap().len(), 5, "{a2}");
+    // D's carried unit (block 1) and its three new shares; every weight as the pool recorded it.
+    let d2 = a2["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(d_addr)).unwrap();
+    assert_eq!((&d2["carried_weight"], &d2["weight"]), (&json!("0.000000000001"), &json!("0.000000000004")), "{a2}");
+    assert!(a2["payees"].as_array().unwrap().iter().all(|p| p["weight_match"] == json!(true)), "{a2}");
+    // A share the pool never credited, written into the share log at block 2's cut (A's: A was
+    // never carried): the audit no longer matches the coinbase and says so (exit status 1,
+    // MISMATCH per output).
+    let forged = format!(
+        "{{\"diff\":0.00000000005,\"result\":true,\"createdate\":\"{}\",\"username\":\"{a_addr}\",\"workername\":\"{a_addr}.x\"}}\n",
+        a2["cut"].as_str().unwrap()
+    );
+    let forged_file = pool.logdir.join(format!("{h2:08x}")).join("forged.sharelog");
+    std::fs::write(&forged_file, forged).unwrap();
+    let (ok, out, _) = audit_block(h2);
+    assert!(!ok, "{out}");
+    let bad: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bad["match"], json!(false), "{bad}");
+    let a3 = bad["payees"].as_array().unwrap().iter().find(|p| p["address"] == json!(a_addr)).unwrap();
+    assert_eq!((&a3["weight"], &a3["weight_match"]), (&json!("0.00000000014"), &json!(false)), "{bad}");
+    assert!(bad["outputs"].as_array().unwrap().iter().any(|o| o["match"] == json!(false)), "{bad}");
+    std::fs::remove_file(&forged_file).unwrap();
+    // A block this pool did not find is not audited as if it had.
+    let (ok, _, err) = audit_block(h1 - 1);
+    assert!(!ok && err.contains("this pool did not find it"), "{err}");
     pool.spawn(&[]);
+    pool.wait_log("pplns: window rebuilt from the snapshot of", Duration::from_secs(10));
     let ports = pool.listener_ports();
     let mut a = Miner::connect("a", ports[ports.len() - 4], &a_addr, wpkh(21), diffs[0]).await;
     let total = 90 + 40 + 50 + 4;
@@ -296,4 +361,235 @@ async fn a_window_with_more_payees_than_fit_pays_the_largest_within_the_bound() 
     assert_eq!(outs.len(), 4, "and the witness commitment");
     pool.wait_log("pplns: 1 miner(s) this block does not pay keep their credit", Duration::from_secs(10));
     drop(c);
+}
+
+/// A miner over Stratum V2 (`sv2url`): one connection, one channel (extended or standard), the
+/// newest job and prevhash it was sent.
+struct Sv2Miner {
+    c: Sv2Client,
+    channel: u32,
+    /// The channel's target (little-endian, as SV2 sends it).
+    target: [u8; 32],
+    prefix: Vec<u8>,
+    /// Extended: the newest job; standard: `None` (its jobs come as `std_job`).
+    job: Option<ExtendedJob>,
+    std_job: Option<(u32, u32, [u8; 32])>,
+    /// prev hash, its min ntime, nbits.
+    prev: Option<([u8; 32], u32, u32)>,
+    seq: u32,
+    nonce: u32,
+    /// The pool's log, shown when a message does not come.
+    log: std::path::PathBuf,
+}
+
+const EN2: usize = 8;
+
+impl Sv2Miner {
+    async fn open(pool: &Pool, sock: std::net::SocketAddr, key: &[u8; 32], user: &str, extended: bool) -> Sv2Miner {
+        let mut c = Sv2Client::connect(sock, key, REQUIRES_VERSION_ROLLING).await.unwrap();
+        let rid = if extended {
+            c.open_extended(user, 0.5, EN2 as u16).await.unwrap()
+        } else {
+            c.open_standard(user, 0.5, [0xff; 32]).await.unwrap()
+        };
+        let mut m = Sv2Miner {
+            c,
+            channel: 0,
+            target: [0; 32],
+            prefix: vec![],
+            job: None,
+            std_job: None,
+            prev: None,
+            seq: 0,
+            nonce: 0,
+            log: pool.log_path(),
+        };
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let ev = m.event().await;
+            seen.push(format!("{ev:?}"));
+            match ev {
+                Event::ExtendedOpened { request_id, channel, target, extranonce_prefix, .. }
+                | Event::StandardOpened { request_id, channel, target, extranonce_prefix }
+                    if request_id == rid =>
+                {
+                    (m.channel, m.target, m.prefix) = (channel, target, extranonce_prefix)
+                }
+                _ => {}
+            }
+            if m.channel != 0 && m.prev.is_some() && (m.job.is_some() || m.std_job.is_some()) {
+                return m;
+            }
+        }
+        panic!("{user}: no channel, job and prevhash: {seen:?}");
+    }
+
+    /// The next event (≤ 20 s), jobs and prevhashes kept.
+    async fn event(&mut self) -> Event {
+        let ev = tokio::time::timeout(Duration::from_secs(20), self.c.next_event())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no sv2 message within 20 s on channel {}; pool log:\n{}",
+                    self.channel,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            })
+            .expect("the sv2 connection");
+        match &ev {
+            Event::ExtendedJob(j) => self.job = Some(j.clone()),
+            Event::StandardJob { job_id, version, merkle_root, .. } => {
+                self.std_job = Some((*job_id, *version, *merkle_root))
+            }
+            Event::PrevHash { prev_hash, min_ntime, nbits, .. } => self.prev = Some((*prev_hash, *min_ntime, *nbits)),
+            _ => {}
+        }
+        ev
+    }
+
+    /// Solves and submits one share on the newest job: a block (`block`) or a share that is not
+    /// one. Waits for its answer and returns it.
+    async fn submit(&mut self, block: bool) -> Event {
+        let (prev, ntime, nbits) = self.prev.unwrap();
+        self.seq += 1;
+        let en2 = (self.seq as u64).to_be_bytes();
+        let (job_id, version, root, ntime) = match &self.job {
+            Some(j) => {
+                let mut en = self.prefix.clone();
+                en.extend_from_slice(&en2);
+                (j.job_id, j.version, j.merkle_root(&en), j.min_ntime.unwrap_or(ntime))
+            }
+            None => {
+                let (id, v, root) = self.std_job.unwrap();
+                (id, v, root, ntime)
+            }
+        };
+        let share = ckpool::sv2::jobs::target_from_le(&self.target);
+        let net = ckpool::difficulty::Target::from_compact(nbits).unwrap();
+        // From past the last nonce: a standard channel has no extranonce to roll.
+        let nonce = (self.nonce..self.nonce + 50_000_000)
+            .find(|n| {
+                let h =
+                    ckpool::work::merkle::sha256d_header(&sv2client::header(version, &prev, &root, ntime, nbits, *n));
+                share.is_met_by(&h) && net.is_met_by(&h) == block
+            })
+            .unwrap_or_else(|| {
+                panic!("no nonce: target {} nbits {nbits:08x} block {block}", ckpool::hex::encode(&self.target))
+            });
+        self.nonce = nonce + 1;
+        if self.job.is_some() {
+            self.c.push_extended(self.channel, self.seq, job_id, nonce, ntime, version, &en2).unwrap();
+        } else {
+            self.c.push_standard(self.channel, self.seq, job_id, nonce, ntime, version).unwrap();
+        }
+        self.c.flush().await.unwrap();
+        for _ in 0..50 {
+            match self.event().await {
+                ev @ Event::Accepted { last_seq, .. } if last_seq == self.seq => return ev,
+                ev @ Event::Rejected { seq, .. } if seq == self.seq => return ev,
+                _ => {}
+            }
+        }
+        panic!("no answer to share {}", self.seq);
+    }
+
+    /// Reads until a job whose coinbase pays exactly `outputs` (then the witness commitment).
+    /// Bounded: 60 messages (a template a second here).
+    async fn job_paying(&mut self, outputs: &[(ScriptBuf, u64)], pool: &Pool) {
+        let mut seen = Vec::new();
+        for _ in 0..60 {
+            if let Some(j) = &self.job {
+                let mut tx = j.coinbase_prefix.clone();
+                tx.extend_from_slice(&self.prefix);
+                tx.extend_from_slice(&[0; EN2]);
+                tx.extend_from_slice(&j.coinbase_suffix);
+                let tx: Transaction = bitcoin::consensus::encode::deserialize(&tx).unwrap();
+                let paid: Vec<(ScriptBuf, u64)> =
+                    tx.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect();
+                if paid.len() == outputs.len() + 1 && paid[..outputs.len()] == *outputs {
+                    return;
+                }
+                seen = paid;
+            }
+            self.event().await;
+        }
+        panic!("no sv2 job paid {outputs:?}; the last paid {seen:?}\npool log:\n{}", pool.log());
+    }
+}
+
+/// Each payout username's accepted share difficulty in the share log, in 1e-12 units.
+fn share_log_weights(pool: &Pool) -> std::collections::BTreeMap<String, u128> {
+    let mut out = std::collections::BTreeMap::new();
+    for d in std::fs::read_dir(&pool.logdir).unwrap().flatten().filter(|d| d.path().is_dir()) {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|e| e == "sharelog") {
+                for line in std::fs::read_to_string(f.path()).unwrap().lines() {
+                    if let Some(a) = ckpool::log::sharelog::parse_accepted(line) {
+                        *out.entry(a.username).or_insert(0) += a.diff.units();
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// PPLNS payees mining over Stratum V2 (an extended and a standard channel, each on its own
+/// connection) are paid in the block's coinbase exactly as the share log says: the weights are
+/// summed from the share-log lines, the parts worked out by hand, and the block Core accepts
+/// (found on the extended channel's job) pays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2_payees_are_paid_as_the_share_log_says() {
+    let node = CoreNode::start(&[]).await;
+    let secp = Secp256k1::new();
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(40).to_wif())).await;
+    let pool_script =
+        ScriptBuf::new_p2wpkh(&CompressedPublicKey::from_private_key(&secp, &regtest_key(40)).unwrap().wpubkey_hash());
+    node.generate_to(1, &pool_addr).await;
+    let p_addr = node.derive_address(&format!("wpkh({})", regtest_key(41).to_wif())).await;
+    let q_addr = node.derive_address(&format!("tr({})", regtest_key(42).to_wif())).await;
+    let p_script =
+        ScriptBuf::new_p2wpkh(&CompressedPublicKey::from_private_key(&secp, &regtest_key(41)).unwrap().wpubkey_hash());
+    let (xonly, _) = CompressedPublicKey::from_private_key(&secp, &regtest_key(42)).unwrap().0.x_only_public_key();
+    let q_script = ScriptBuf::new_p2tr(&secp, xonly, None);
+
+    // The miners give no usable nominal hashrate (below 1 H/s): their channels start below
+    // regtest's network difficulty. A window of 100 network difficulties holds every share.
+    let mut cfg = pplns_config(&node, &pool_addr, &["0.00000000001"]);
+    cfg["pplns_window"] = json!(100);
+    cfg["pool_fee"] = json!(1);
+    cfg["update_interval"] = json!(1);
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    let keydir = tempfile::tempdir().unwrap();
+    cfg["sv2_authority_key"] = json!(keydir.path().join("sv2.key").display().to_string());
+    let pool = Pool::start(cfg, &[]);
+    let log = pool.log();
+    let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).expect("sv2 listening line");
+    let (addr, url) = line.split("listening for Stratum V2 miners on ").nth(1).unwrap().split_once(": ").unwrap();
+    let key = ckpool::sv2::keys::parse_public(url.trim().rsplit('/').next().unwrap()).unwrap();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+
+    let mut p = Sv2Miner::open(&pool, sock, &key, &format!("{p_addr}.ext"), true).await;
+    let mut q = Sv2Miner::open(&pool, sock, &key, &format!("{q_addr}.std"), false).await;
+    for first in [true, true, true, false, false] {
+        let ev = if first { p.submit(false).await } else { q.submit(false).await };
+        assert!(matches!(ev, Event::Accepted { .. }), "{ev:?}\n{}", pool.log());
+    }
+    // The weights as the share log records them (3 and 2 shares at the channels' difficulty).
+    let both = || Some(share_log_weights(&pool)).filter(|w| w.contains_key(&p_addr) && w.contains_key(&q_addr));
+    let w = common::wait::until("the five shares in the share log", Duration::from_secs(20), both).await;
+    assert_eq!(w[&p_addr] * 2, w[&q_addr] * 3, "both channels at one difficulty: {w:?}");
+    let value = 5_000_000_000u64;
+    let dd = value - value / 100;
+    let total = w[&p_addr] + w[&q_addr];
+    let (pp, pq) = (part(dd, w[&p_addr], total), part(dd, w[&q_addr], total));
+    let expect = vec![(p_script.clone(), pp), (q_script.clone(), pq), (pool_script, value - pp - pq)];
+    p.job_paying(&expect, &pool).await;
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    assert!(matches!(p.submit(true).await, Event::Accepted { .. }), "{}", pool.log());
+    let hash = node.wait_tip_not(&tip, Duration::from_secs(30), || format!("pool log:\n{}", pool.log())).await;
+    let cb = &node.block(&hash).await.txdata[0];
+    let outs: Vec<(ScriptBuf, u64)> = cb.output.iter().map(|o| (o.script_pubkey.clone(), o.value.to_sat())).collect();
+    assert_eq!(outs[..3], expect[..], "the block's coinbase pays the SV2 payees by the share log");
+    assert_eq!(outs.iter().map(|o| o.1).sum::<u64>(), value);
 }

@@ -118,6 +118,7 @@ fn rebuild(name: &str, expected_hash: Option<&str>) -> Rebuilt {
         witness: has_witness,
         warnings: Vec::new(),
         split: None,
+        plan: None,
     };
     let job = Job::new(1, &template, cb, true);
     assert_eq!(job.coinbase_txid(en1, en2), *coinbase.compute_txid().as_byte_array());

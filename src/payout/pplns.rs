@@ -152,6 +152,33 @@ impl<K: Ord + Clone> Window<K> {
     pub fn fresh(&self) -> u128 {
         self.fresh
     }
+
+    /// The slices, oldest first, each as its payees' weights (what a snapshot of the window
+    /// keeps: at most `SLICES + 1` slices, one entry per payee in each).
+    pub fn slices(&self) -> Vec<Vec<(K, u128)>> {
+        self.slices.iter().map(|s| s.entries.iter().map(|(k, w)| (k.clone(), *w)).collect()).collect()
+    }
+
+    /// A window of `window` units holding `slices` (oldest first, as [`Window::slices`] gave
+    /// them); the sums and running totals are worked out again, and what a shorter window no
+    /// longer holds is dropped.
+    pub fn from_slices(window: u128, slices: Vec<Vec<(K, u128)>>) -> Window<K> {
+        let mut win = Window::new(window);
+        for entries in slices {
+            let mut slice = Slice { entries: BTreeMap::new(), sum: 0 };
+            for (k, w) in entries.into_iter().filter(|(_, w)| *w > 0) {
+                credit(&mut win.totals, &k, w);
+                add(&mut win.total, w);
+                add(&mut slice.sum, w);
+                credit(&mut slice.entries, &k, w);
+            }
+            if slice.sum > 0 {
+                win.slices.push_back(slice);
+            }
+        }
+        win.trim();
+        win
+    }
 }
 
 fn add(a: &mut u128, b: u128) {
@@ -383,6 +410,28 @@ mod tests {
         }
         assert_eq!(win.weights(), by_slices);
         assert_eq!(win.total(), by_slices.values().sum::<u128>());
+    }
+
+    #[test]
+    fn a_window_rebuilt_from_its_slices_is_the_same() {
+        let mut win = Window::new(SLICES * 50);
+        for i in 0..3_000u32 {
+            win.push(&(i % 13), (i % 5 + 1) as u128 * 7);
+        }
+        win.carry(&3);
+        let again = Window::from_slices(win.length(), win.slices());
+        assert_eq!(again.weights(), win.weights());
+        assert_eq!((again.total(), again.slices()), (win.total(), win.slices()));
+        // Pushing on goes the same way in both.
+        let (mut a, mut b) = (win, again);
+        for i in 0..500u32 {
+            a.push(&(i % 3), 11);
+            b.push(&(i % 3), 11);
+        }
+        assert_eq!(a.slices(), b.slices());
+        // A shorter window keeps only what it holds.
+        let short = Window::from_slices(SLICES * 10, a.slices());
+        assert!(short.total() < a.total() && short.total() >= short.length());
     }
 
     #[test]

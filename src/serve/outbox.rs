@@ -61,7 +61,7 @@ impl Outbox {
     /// in the log; `face` is "" for SV1 and " (sv2)" for SV2.
     pub fn take_effects(&mut self, ctx: &ServerCtx, fx: &mut Effects, worker: &str, face: &str) {
         if let Some(cand) = fx.block.take() {
-            let job = cand.job.clone();
+            let (job, hash) = (cand.job.clone(), cand.hash);
             let w = crate::log::escape::Esc(worker);
             tracing::info!(worker = %w, height = cand.job.height, "block candidate {} from {w}{face}", hex::encode_rev(&cand.hash));
             if self.blocks.is_empty() {
@@ -77,7 +77,7 @@ impl Outbox {
             }
             // After the hand-over: the miners this block's coinbase did not pay keep their credit.
             if let (Some(p), Some(split)) = (&ctx.params.payees, &job.coinbase.split) {
-                let n = p.block_found(split);
+                let n = p.block_found(split, job.coinbase.plan.as_deref(), job.height, &hash);
                 if n > 0 {
                     tracing::info!("pplns: {n} miner(s) this block does not pay keep their credit in the window");
                 }

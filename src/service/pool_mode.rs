@@ -129,23 +129,33 @@ pub async fn run(
     if let (Some(p), Some(network)) = (payees.clone(), netdiff) {
         let logdir = cfg.logdir.clone();
         let r = tokio::task::spawn_blocking(move || p.replay(&logdir, network)).await?;
+        let from = match r.snapshot {
+            Some(cut) => {
+                format!("the snapshot of {} and the share log after it", crate::pool::pplns::journal::time_text(cut))
+            }
+            None => "the share log".to_string(),
+        };
         tracing::info!(
-            "pplns: window rebuilt from the share log: {} accepted share(s) of {} payee(s) from {} file(s) ({} line(s)), {} carried credit(s) put back",
+            "pplns: window rebuilt from {from}: {} accepted share(s) replayed from {} file(s) ({} line(s)), {} payee(s), {} carried credit(s) put back",
             r.shares,
-            r.payees,
             r.files,
             r.lines,
+            r.payees,
             r.carries
         );
         source.repay();
     }
     let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
+    let snapshots = payees
+        .clone()
+        .map(|p| tokio::spawn(snapshot_task(p, cfg.logdir.clone(), shutdown.clone(), opts.predecessor_gone.clone())));
 
     // PPLNS pays by the share log: it is the record a restart rebuilds the window from and
     // anyone audits a coinbase with, so it is written whether or not -L was given.
     let log_shares = opts.log_shares || payees.is_some();
     let mut params = SessionParams::new(&cfg, opts.live.clone(), cfg.version_mask, cfg.nonce1length, log_shares);
     params.solo = solo;
+    let payees_at_stop = payees.clone();
     params.payees = payees;
     let mut fe =
         FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
@@ -218,6 +228,57 @@ pub async fn run(
     if blocks.is_err() {
         tracing::warn!("block submitter still busy after {bounded:?}; block hex files are in logdir/blocks");
     }
+    // Every share is credited now (the statistics task has ended): the window's snapshot lets
+    // the next start skip the share log.
+    if let Some(t) = snapshots {
+        let _ = t.await;
+        save_snapshot(payees_at_stop.clone(), cfg.logdir.clone(), "at stop").await;
+    }
     tracing::info!("ckpool stopped");
     Ok(())
+}
+
+/// How often the PPLNS window's snapshot is written while the pool runs (a start after a crash
+/// reads it and the share log after it).
+const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Writes the PPLNS window's snapshot every [`SNAPSHOT_EVERY`] until shutdown, and once the old
+/// instance of a handover (`-H`) has exited (its stop wrote its own snapshot, which this
+/// instance's window replaces).
+async fn snapshot_task(
+    p: Arc<crate::pool::pplns::Payees>,
+    logdir: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+    mut predecessor: Option<watch::Receiver<bool>>,
+) {
+    let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => save_snapshot(Some(p.clone()), logdir.clone(), "periodic").await,
+            gone = async { predecessor.as_mut().expect("guarded").wait_for(|g| *g).await.is_ok() }, if predecessor.is_some() => {
+                predecessor = None;
+                if gone {
+                    save_snapshot(Some(p.clone()), logdir.clone(), "the old instance has exited").await;
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn save_snapshot(p: Option<Arc<crate::pool::pplns::Payees>>, logdir: std::path::PathBuf, when: &str) {
+    let Some(p) = p else { return };
+    let path = logdir.join(crate::pool::pplns::snapshot::SNAPSHOT_FILE);
+    match tokio::task::spawn_blocking(move || p.save_snapshot(&logdir)).await {
+        Ok(Ok((payees, slices))) => {
+            tracing::info!(
+                "pplns: window snapshot ({when}) written to {}: {payees} payee(s) in {slices} slice(s)",
+                path.display()
+            )
+        }
+        Ok(Err(e)) => tracing::error!("pplns: cannot write the window snapshot {}: {e}", path.display()),
+        Err(e) => tracing::error!("pplns: window snapshot task failed: {e}"),
+    }
 }

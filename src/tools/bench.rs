@@ -5,7 +5,10 @@
 //! formed (the job id it was given, an extranonce2 of the announced length that rolls, the job's
 //! ntime, a random nonce) but unsolved: the bench hashes the header itself and only sends nonces
 //! that meet neither the session's difficulty nor the network target, so the server has to
-//! rebuild and hash each one before rejecting it. `--idle` adds sessions that only subscribe and
+//! rebuild and hash each one before rejecting it. With `--accepted` each share meets the
+//! session's difficulty (not the network's) instead, for a pool pinned at a low difficulty: the
+//! pool accepts it and everything an accepted share feeds (share log, statistics, PPLNS window)
+//! is measured too. `--idle` adds sessions that only subscribe and
 //! authorize. It reports answers per second by reason, submit→answer latency, how a clean
 //! notify spreads across connections, optionally the delay from a `--trigger` command (such as
 //! the node's `generate 1`) to the resulting notify, and the server's CPU time per share and
@@ -86,6 +89,12 @@ pub struct BenchArgs {
     /// SV2 firmware opens)
     #[arg(long = "sv2-channel", value_name = "KIND", default_value = "extended", value_parser = ["extended", "standard"])]
     pub sv2_channel: String,
+    /// Send shares the pool accepts: each meets the session's difficulty but not the network's
+    /// (the bench hashes until one does). For a pool whose difficulty is pinned low enough, such
+    /// as regtest with mindiff = startdiff = maxdiff = 0.000000000001 (`ACCEPTED=1 bash
+    /// contrib/bench.sh`); a share not found within a million tries is sent unsolved
+    #[arg(long = "accepted")]
+    pub accepted: bool,
     /// Worker name sent in authorize
     #[arg(short = 'u', long = "user", default_value = "bench")]
     pub user: String,
@@ -209,6 +218,8 @@ struct ConnWork {
 struct Conn {
     idx: usize,
     idle: bool,
+    /// `--accepted`: shares that meet the session's target.
+    accepted: bool,
     user: String,
     en1: Vec<u8>,
     en2_len: usize,
@@ -230,6 +241,7 @@ impl Conn {
         Conn {
             idx,
             idle,
+            accepted: args.accepted,
             user: args.user.clone(),
             en1: Vec::new(),
             en2_len: 8,
@@ -261,11 +273,15 @@ impl Conn {
         }
         w.left_on_en2 -= 1;
         // A random nonce whose hash meets neither the share nor the network target (on regtest
-        // about half of all hashes would be blocks).
+        // about half of all hashes would be blocks); with --accepted, one that meets the share
+        // target and not the network's (a million tries at most: then it is sent unsolved).
+        let mut tries = 0u32;
         let nonce = loop {
             let nonce = self.rng.next() as u32;
             let h = sha256d_header(&w.job.header(&w.root, w.job.version, w.job.ntime, nonce));
-            if !w.job.network_target.is_met_by(&h) && !self.target.is_met_by(&h) {
+            tries += 1;
+            if !w.job.network_target.is_met_by(&h) && (self.target.is_met_by(&h) == self.accepted || tries > 1_000_000)
+            {
                 break nonce;
             }
         };

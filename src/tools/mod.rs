@@ -11,4 +11,5 @@ pub mod check;
 pub mod miner;
 pub mod payout;
 pub mod pplns;
+pub mod pplns_block;
 pub mod rpcauth;

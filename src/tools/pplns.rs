@@ -1,8 +1,9 @@
 //! `ckpool pplns --config F`: what the next block's coinbase pays under PPLNS and how each part is
 //! derived from the share log, so anyone can audit a coinbase against the shares (docs/payout.md).
-//! It reads the share log back exactly as the pool does at start (`pool/pplns.rs`), asks the
-//! node for the template (the block's value and the network's difficulty) and builds the
-//! coinbase with the pool's own builder.
+//! It reads the window back exactly as the pool does at start (`pool/pplns/`: the snapshot and
+//! the share log after it), asks the node for the template (the block's value and the network's
+//! difficulty) and builds the coinbase with the pool's own builder. `--height H` audits a past
+//! block instead (`pplns_block.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub struct PplnsArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Audit the block at this height instead (found by this pool): each output checked against
+    /// the window rebuilt from the share log as it stood when the coinbase was built
+    #[arg(long, value_name = "H")]
+    pub height: Option<u32>,
 }
 
 pub fn run(args: PplnsArgs) -> Result<()> {
@@ -37,6 +42,12 @@ pub fn run(args: PplnsArgs) -> Result<()> {
     let Some(rules) = cfg.pplns.clone() else {
         bail!("{}: no \"payout_scheme\": \"pplns\"; every block pays btcaddress", args.config.display());
     };
+    if let Some(height) = args.height {
+        if !super::pplns_block::audit(&cfg, &rules, height, args.json, address_of)? {
+            bail!("block {height}: its coinbase does not match the window the share log gives");
+        }
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let rpc = Rpc::new(&cfg.btcd, Duration::from_secs(30));
     let (script, chain, gbt) = rt.block_on(async {
@@ -152,7 +163,7 @@ fn mul_div(d: u64, w: u128, total: u128) -> u64 {
     (ruint::aliases::U256::from(d) * ruint::aliases::U256::from(w) / ruint::aliases::U256::from(total)).to::<u64>()
 }
 
-fn address_of(script: &ScriptBuf, network: Option<Network>) -> String {
+pub fn address_of(script: &ScriptBuf, network: Option<Network>) -> String {
     network
         .and_then(|n| Address::from_script(script, n).ok())
         .map_or_else(|| format!("script {}", crate::hex::encode(script.as_bytes())), |a| a.to_string())

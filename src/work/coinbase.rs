@@ -56,6 +56,11 @@ pub struct PplnsPlan {
     pub rules: Rules,
     /// The coinbase's size bound in bytes (non-witness serialization).
     pub coinbase_max: usize,
+    /// When the snapshot was taken (Unix seconds, nanoseconds): the shares the window held
+    /// then are the share log's up to this moment (`ckpool pplns --height` audits by it).
+    pub cut: (u64, u32),
+    /// The window's length in difficulty units.
+    pub window: u128,
 }
 
 /// Bytes an output paying `script` takes in a transaction.
@@ -120,6 +125,8 @@ pub struct Coinbase {
     pub warnings: Vec<String>,
     /// A PPLNS coinbase: how the block's value was split (who is paid, who is carried).
     pub split: Option<Arc<Split<ScriptBuf>>>,
+    /// A PPLNS coinbase: the window's snapshot it was split by (journaled when a block is found).
+    pub plan: Option<Arc<PplnsPlan>>,
 }
 
 /// Why a coinbase could not be built.
@@ -284,6 +291,7 @@ pub fn build(template: &Template, cfg: &CoinbaseConfig) -> Result<Coinbase, Coin
         witness: template.witness_commitment.is_some(),
         warnings,
         split,
+        plan: cfg.pplns.clone(),
     })
 }
 
@@ -391,7 +399,8 @@ mod tests {
         let payee = |i: u8| ScriptBuf::from_bytes([&[0x00, 0x14][..], &[i; 20][..]].concat()); // P2WPKH
         let weights: BTreeMap<ScriptBuf, u128> = (1..=40u8).map(|i| (payee(i), i as u128)).collect();
         let rules = Rules { fee_bp: 100, min_output: 1, max_outputs: 200, bytes: 0 };
-        c.pplns = Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: ANTMINER_COINBASE_MAX }));
+        c.pplns =
+            Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: ANTMINER_COINBASE_MAX, cut: (0, 0), window: 1 }));
         let cb = build(&t, &c).unwrap();
         assert!(cb.size() <= ANTMINER_COINBASE_MAX, "{}", cb.size());
         let split = cb.split.clone().unwrap();

@@ -176,6 +176,7 @@ impl Job {
                 witness: false,
                 warnings: Vec::new(),
                 split: None,
+                plan: None,
             },
             branches,
             network_target,

@@ -9,6 +9,9 @@
 //!   the full one, both clean; a share on the empty job after the full one arrived is accepted;
 //!   a block solved on it is accepted by Core. With `empty_first: false` the first job on the new
 //!   block is the full one.
+//! - Over ZMQ (Bitcoin SV's regtest node from tests/common/node.rs, no segwit; the tip poll once a
+//!   minute, so only ZMQ brings the block): the empty job first, without a witness commitment,
+//!   then the full one, both clean; a block on the empty job is taken by that node.
 //! - SV2 in solo mode (`-B`): the empty job as a future job with SetNewPrevHash, then the full
 //!   one active at once; the empty job pays the channel's own address the subsidy; a share and a
 //!   block on it are accepted.
@@ -22,7 +25,7 @@ use ckpool::sv2::client::{self, Event, Sv2Client, REQUIRES_VERSION_ROLLING};
 use ckpool::sv2::keys;
 use ckpool::work::empty::empty_witness_commitment;
 use common::core_node::{regtest_key, spend, CoreNode, Utxo};
-use common::{solve, solve_not_block, Client, Pool};
+use common::{solve, solve_not_block, Client, NodePair, Pool};
 use serde_json::{json, Value};
 
 /// Regtest's subsidy below height 150.
@@ -74,7 +77,7 @@ fn prev_of(notify: &Value) -> String {
     ckpool::hex::encode_rev(&ckpool::work::job::prevhash_from_stratum(notify["params"][1].as_str().unwrap()).unwrap())
 }
 
-fn pool_config(node: &CoreNode, addr: &str, empty_first: bool) -> Value {
+fn core_pool_config(node: &CoreNode, addr: &str, empty_first: bool) -> Value {
     let mut cfg = node.pool_config(addr);
     // Below regtest's network difficulty (4.66e-10): a share need not be a block.
     cfg["mindiff"] = json!(1e-10);
@@ -86,7 +89,7 @@ fn pool_config(node: &CoreNode, addr: &str, empty_first: bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_tip_gets_an_empty_job_then_the_full_one_and_the_empty_job_mines() {
     let (node, addr) = node_with_mempool(41, false).await;
-    let mut pool = Pool::start(pool_config(&node, &addr, true), &[]);
+    let mut pool = Pool::start(core_pool_config(&node, &addr, true), &[]);
     let mut c = Client::connect(&pool.addr()).await;
     let (en1, _) = c.handshake("newtip.sv1").await;
     let tip0 = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
@@ -130,7 +133,7 @@ async fn a_new_tip_gets_an_empty_job_then_the_full_one_and_the_empty_job_mines()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_empty_first_off_the_first_job_on_a_new_tip_is_the_full_one() {
     let (node, addr) = node_with_mempool(42, true).await;
-    let pool = Pool::start(pool_config(&node, &addr, false), &[]);
+    let pool = Pool::start(core_pool_config(&node, &addr, false), &[]);
     let mut c = Client::connect(&pool.addr()).await;
     c.handshake("newtip.off").await;
     let tip1 = block_without_mempool(&node, &addr).await;
@@ -172,7 +175,7 @@ fn nonce_for(hdr: impl Fn(u32) -> [u8; 80], share: &ckpool::difficulty::Target, 
 async fn sv2_solo_gets_the_empty_job_as_a_future_job_and_mines_on_it() {
     let (node, pool_addr) = node_with_mempool(43, false).await;
     let finder = node.derive_address(&format!("tr({})", regtest_key(44).to_wif())).await;
-    let mut cfg = pool_config(&node, &pool_addr, true);
+    let mut cfg = core_pool_config(&node, &pool_addr, true);
     cfg["sv2url"] = json!("127.0.0.1:0");
     let keydir = tempfile::tempdir().unwrap();
     cfg["sv2_authority_key"] = json!(keydir.path().join("k").display().to_string());
@@ -238,4 +241,36 @@ async fn sv2_solo_gets_the_empty_job_as_a_future_job_and_mines_on_it() {
     assert_eq!((b.header.prev_blockhash.to_string(), b.txdata.len()), (tip1, 1));
     assert_eq!(ckpool::hex::encode(b.txdata[0].output[0].script_pubkey.as_bytes()), finder_spk);
     assert_eq!(value_of(&b.txdata[0]), SUBSIDY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_zmq_a_node_without_segwit_gets_the_empty_job_first() {
+    let nodes = NodePair::start().await;
+    let node = &nodes.a;
+    let address = node.new_address().await;
+    let mut cfg = common::pool_config(node, &address).await;
+    cfg["blockpoll"] = json!(60_000);
+    cfg["update_interval"] = json!(3600);
+    let mut pool = Pool::start(cfg, &[]);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("newtip.zmq").await;
+    c.notification("mining.notify").await;
+    let tip1 = node.call("generate", json!([1])).await[0].as_str().unwrap().to_string();
+    let empty = c.notify_on_tip(&tip1).await;
+    let full = c.notification("mining.notify").await;
+    let log = || format!("pool log:\n{}", pool.log());
+    assert_eq!(prev_of(&full), tip1, "{}", log());
+    assert_ne!(empty["params"][0], full["params"][0], "two jobs on the new block; {}", log());
+    assert_eq!((&empty["params"][8], &full["params"][8]), (&json!(true), &json!(true)), "both clean");
+    let (cb_empty, cb_full) = (coinbase(&empty, &en1), coinbase(&full, &en1));
+    let commits = |tx: &Transaction| tx.output.iter().any(|o| o.script_pubkey.as_bytes().starts_with(&[0x6a, 0x24, 0xaa]));
+    assert!(!commits(&cb_empty) && !commits(&cb_full), "no witness commitment on a node without segwit");
+    assert_eq!(value_of(&cb_empty), value_of(&cb_full), "an empty mempool: the subsidy either way");
+    let h0 = node.height().await;
+    let block = solve(&empty, &en1, "00000000000000e3", "1", true).expect("a block");
+    let id = c.request("mining.submit", block).await;
+    assert_eq!(c.reply(id).await["result"], json!(true), "{}", log());
+    node.wait_height_above(h0, "the block solved on the empty job").await;
+    pool.wait_log(&format!("ZMQ: new block {tip1}"), Duration::from_secs(10));
+    pool.wait_log(&format!("empty-first: coinbase-only job on {tip1} (height"), Duration::from_secs(10));
 }

@@ -262,4 +262,29 @@ mod tests {
         assert!(t.witness_commitment.is_none());
         assert_eq!(t.coinbase_value, 5_000_000_000);
     }
+
+    /// PPLNS on an empty job: the window splits the subsidy, exactly, and nothing else.
+    #[test]
+    fn pplns_splits_the_subsidy_only() {
+        use crate::payout::pplns::Rules;
+        use crate::work::coinbase::PplnsPlan;
+        use std::collections::BTreeMap;
+        let t = template(Some(Network::Regtest), "regtest", &tip(200, REGTEST_BITS), &basis(), 0).unwrap();
+        assert_eq!(t.coinbase_value, 2_500_000_000);
+        let payee = |i: u8| bitcoin::ScriptBuf::from_bytes([&[0x00, 0x14][..], &[i; 20][..]].concat());
+        let weights: BTreeMap<_, u128> = [(payee(1), 3), (payee(2), 1)].into_iter().collect();
+        let rules = Rules { fee_bp: 100, min_output: 1, max_outputs: 10, bytes: 0 };
+        let mut cfg = CoinbaseConfig::new(payee(9), "/t/");
+        cfg.pplns = Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: 750 }));
+        let cb = coinbase::build(&t, &cfg).unwrap();
+        let raw = [cb.coinb1.clone(), vec![0u8; 12], cb.coinb2.clone()].concat();
+        let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw).unwrap();
+        let paid: Vec<(Vec<u8>, u64)> = tx.output.iter().map(|o| (o.script_pubkey.to_bytes(), o.value.to_sat())).collect();
+        // 1 % fee: 25,000,000 to the pool; 2,475,000,000 split 3:1.
+        assert_eq!(paid[0], (payee(1).to_bytes(), 1_856_250_000));
+        assert_eq!(paid[1], (payee(2).to_bytes(), 618_750_000));
+        assert_eq!(paid[2], (payee(9).to_bytes(), 25_000_000));
+        assert_eq!(paid[3], (empty_witness_commitment(), 0));
+        assert_eq!(paid.iter().map(|p| p.1).sum::<u64>(), t.coinbase_value);
+    }
 }

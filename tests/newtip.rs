@@ -229,9 +229,8 @@ async fn sv2_solo_gets_the_empty_job_as_a_future_job_and_mines_on_it() {
         c.push_extended(channel, seq, empty.job_id, nonce, min_ntime, empty.version, &en2).unwrap();
         c.flush().await.unwrap();
         let answer = loop {
-            match expect_event(&mut c, "share answer").await {
-                e @ (Event::Accepted { .. } | Event::Rejected { .. }) => break e,
-                _ => {}
+            if let e @ (Event::Accepted { .. } | Event::Rejected { .. }) = expect_event(&mut c, "share answer").await {
+                break e;
             }
         };
         assert!(matches!(answer, Event::Accepted { last_seq, .. } if last_seq == seq), "{answer:?}; {}", log());
@@ -263,7 +262,8 @@ async fn over_zmq_a_node_without_segwit_gets_the_empty_job_first() {
     assert_ne!(empty["params"][0], full["params"][0], "two jobs on the new block; {}", log());
     assert_eq!((&empty["params"][8], &full["params"][8]), (&json!(true), &json!(true)), "both clean");
     let (cb_empty, cb_full) = (coinbase(&empty, &en1), coinbase(&full, &en1));
-    let commits = |tx: &Transaction| tx.output.iter().any(|o| o.script_pubkey.as_bytes().starts_with(&[0x6a, 0x24, 0xaa]));
+    let commits =
+        |tx: &Transaction| tx.output.iter().any(|o| o.script_pubkey.as_bytes().starts_with(&[0x6a, 0x24, 0xaa]));
     assert!(!commits(&cb_empty) && !commits(&cb_full), "no witness commitment on a node without segwit");
     assert_eq!(value_of(&cb_empty), value_of(&cb_full), "an empty mempool: the subsidy either way");
     let h0 = node.height().await;

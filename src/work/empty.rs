@@ -200,14 +200,20 @@ mod tests {
         let main = Some(Network::Bitcoin);
         // Mainnet: the tip's bits, except when the next height retargets.
         assert_eq!(next_bits(main, "main", &tip(840_000, 0x1703_4219), true), Ok(0x1703_4219));
-        assert_eq!(next_bits(main, "main", &tip(2016 * 417 - 1, 0x1703_4219), true), Err(Refusal::Retarget(2016 * 417)));
+        assert_eq!(
+            next_bits(main, "main", &tip(2016 * 417 - 1, 0x1703_4219), true),
+            Err(Refusal::Retarget(2016 * 417))
+        );
         assert_eq!(next_bits(main, "main", &tip(2016 * 417, 0x1703_4219), true), Ok(0x1703_4219));
         assert_eq!(next_bits(Some(Network::Signet), "signet", &tip(100, 0x1e03_77ae), true), Ok(0x1e03_77ae));
         // A main chain without segwit (a fork with its own difficulty algorithm): refused.
         assert_eq!(next_bits(main, "main", &tip(100, 0x1800_0000), false), Err(Refusal::Fork));
         // Regtest: unchanged at the limit, at a 2016 multiple too (no retargeting); other bits refused.
         assert_eq!(next_bits(Some(Network::Regtest), "regtest", &tip(2015, REGTEST_BITS), false), Ok(REGTEST_BITS));
-        assert_eq!(next_bits(Some(Network::Regtest), "regtest", &tip(5, 0x1d00_ffff), true), Err(Refusal::RegtestBits(0x1d00_ffff)));
+        assert_eq!(
+            next_bits(Some(Network::Regtest), "regtest", &tip(5, 0x1d00_ffff), true),
+            Err(Refusal::RegtestBits(0x1d00_ffff))
+        );
         // Testnets and unknown chains: refused for good.
         for (n, c) in [(Some(Network::Testnet), "test"), (Some(Network::Testnet4), "testnet4"), (None, "stn")] {
             let r = next_bits(n, c, &tip(100, 0x1d00_ffff), true).unwrap_err();
@@ -279,7 +285,8 @@ mod tests {
         let cb = coinbase::build(&t, &cfg).unwrap();
         let raw = [cb.coinb1.clone(), vec![0u8; 12], cb.coinb2.clone()].concat();
         let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw).unwrap();
-        let paid: Vec<(Vec<u8>, u64)> = tx.output.iter().map(|o| (o.script_pubkey.to_bytes(), o.value.to_sat())).collect();
+        let paid: Vec<(Vec<u8>, u64)> =
+            tx.output.iter().map(|o| (o.script_pubkey.to_bytes(), o.value.to_sat())).collect();
         // 1 % fee: 25,000,000 to the pool; 2,475,000,000 split 3:1.
         assert_eq!(paid[0], (payee(1).to_bytes(), 1_856_250_000));
         assert_eq!(paid[1], (payee(2).to_bytes(), 618_750_000));

@@ -17,7 +17,7 @@ use crate::work::Template;
 pub struct EmptyFirst {
     network: Option<Network>,
     chain: String,
-    /// A refusal for good (the chain's rules) was logged at info once.
+    /// A refusal for good (the chain's rules) was logged at info once; none is tried since.
     told: bool,
 }
 
@@ -40,6 +40,9 @@ impl EmptyFirst {
     /// this tip, at info once for a reason that will persist). Not made when the block is no
     /// longer the node's tip (a newer one follows: its own announcement comes).
     pub async fn template(&mut self, rpc: &Rpc, tip: [u8; 32], basis: &Template, now: u32) -> Option<Template> {
+        if self.told {
+            return None; // refused for good (the chain's rules): no call to the node per block
+        }
         let hash = hex::encode_rev(&tip);
         let answer = rpc.call("getblockheader", json!([hash, true])).await.map_err(|e| e.to_string());
         let h = match answer.and_then(|v| Header::deserialize(&v).map_err(|e| format!("unexpected answer: {e}"))) {
@@ -63,6 +66,9 @@ impl EmptyFirst {
 
     /// The empty template on `tip` (header facts from any source), logged as [`EmptyFirst::template`].
     pub fn derive(&mut self, tip: &TipHeader, basis: &Template, now: u32) -> Option<Template> {
+        if self.told {
+            return None;
+        }
         match empty::template(self.network, &self.chain, tip, basis, now) {
             Ok(t) => Some(t),
             Err(r) => {
@@ -73,7 +79,7 @@ impl EmptyFirst {
     }
 
     fn refused(&mut self, r: &Refusal, height: u32) {
-        if r.persists() && !self.told {
+        if r.persists() {
             self.told = true;
             tracing::info!(
                 "empty-first: no coinbase-only work on new blocks on this node ({r}); miners wait for the full template"

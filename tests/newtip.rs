@@ -12,6 +12,7 @@
 //! - Over ZMQ (Bitcoin SV's regtest node from tests/common/node.rs, no segwit; the tip poll once a
 //!   minute, so only ZMQ brings the block): the empty job first, without a witness commitment,
 //!   then the full one, both clean; a block on the empty job is taken by that node.
+//! - PPLNS: the empty job's coinbase splits the subsidy (no fees) among the window's miners.
 //! - SV2 in solo mode (`-B`): the empty job as a future job with SetNewPrevHash, then the full
 //!   one active at once; the empty job pays the channel's own address the subsidy; a share and a
 //!   block on it are accepted.
@@ -273,4 +274,43 @@ async fn over_zmq_a_node_without_segwit_gets_the_empty_job_first() {
     node.wait_height_above(h0, "the block solved on the empty job").await;
     pool.wait_log(&format!("ZMQ: new block {tip1}"), Duration::from_secs(10));
     pool.wait_log(&format!("empty-first: coinbase-only job on {tip1} (height"), Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pplns_pays_the_window_from_the_subsidy_on_the_empty_job() {
+    let (node, pool_addr) = node_with_mempool(45, false).await;
+    let miner = node.derive_address(&format!("wpkh({})", regtest_key(46).to_wif())).await;
+    let miner_spk = ckpool::hex::decode(&node.script_hex(&miner).await).unwrap();
+    let mut cfg = core_pool_config(&node, &pool_addr, true);
+    cfg["payout_scheme"] = json!("pplns");
+    cfg["pplns_window"] = json!(1);
+    cfg["pool_fee"] = json!(1);
+    let pool = Pool::start(cfg, &[]);
+    let log = || format!("pool log:\n{}", pool.log());
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake(&format!("{miner}.rig")).await;
+    let mut work = c.notification("mining.notify").await;
+    for i in 0..3 {
+        let share = solve_not_block(&work, &en1, &format!("{:016x}", 0xa0 + i), "1e-10").expect("a share");
+        let id = c.request("mining.submit", share).await;
+        assert_eq!(c.reply(id).await["result"], json!(true), "{}", log());
+    }
+    // The window holds the miner's shares once a coinbase pays it (an update on the same block).
+    let pays_miner = |tx: &Transaction| tx.output.iter().any(|o| o.script_pubkey.as_bytes() == miner_spk);
+    for _ in 0..60 {
+        if pays_miner(&coinbase(&work, &en1)) {
+            break;
+        }
+        work = c.notification("mining.notify").await;
+    }
+    assert!(pays_miner(&coinbase(&work, &en1)), "no coinbase paid the miner; {}", log());
+
+    let tip1 = block_without_mempool(&node, &pool_addr).await;
+    let empty = c.notify_on_tip(&tip1).await;
+    assert_eq!(empty["params"][4], json!([]), "{}", log());
+    let cb = coinbase(&empty, &en1);
+    assert!(pays_miner(&cb), "the empty job pays the window; {cb:?}");
+    assert_eq!(value_of(&cb), SUBSIDY, "the subsidy split, no fees");
+    let full = c.notification("mining.notify").await;
+    assert_eq!((prev_of(&full), value_of(&coinbase(&full, &en1))), (tip1, SUBSIDY + FEES));
 }

@@ -17,6 +17,9 @@
 # TLS=1 serves the pool's stratum port over TLS (a self-signed certificate made with openssl in the
 # bench's work dir) and runs the bench with --tls --tlsca: CPU per share over TLS, to compare with
 # the same command without TLS=1.
+# EMPTY_FIRST=0 turns empty-first work off ("empty_first": false): new blocks wait for the full
+# template, to compare with the default (a coinbase-only job first; the bench then also reports
+# each connection's second clean notify on the block, the full template).
 # HISTORY=0 turns the history store off ("history": false); DBURL=postgresql://... puts it in
 # PostgreSQL instead of the default logdir/history.sqlite (docs/performance.md, history store).
 # API=1 turns the operator API on (apiurl on loopback) with a scraper fetching /metrics,
@@ -68,6 +71,7 @@ if [ -n "${TLS:-}" ]; then
   tlsargs=(--tls --tlsca "$work/pool/cert.pem")
 fi
 [ "${HISTORY:-1}" != 0 ] || apiline="$apiline \"history\" : false,"
+[ "${EMPTY_FIRST:-1}" != 0 ] || apiline="$apiline \"empty_first\" : false,"
 [ -z "${DBURL:-}" ] || apiline="$apiline \"dburl\" : \"$DBURL\","
 diffs='"mindiff" : 1, "startdiff" : 42, "maxdiff" : 0,'
 [ -z "${ACCEPTED:-}" ] || diffs='"mindiff" : 0.000000000001, "startdiff" : 0.000000000001, "maxdiff" : 0.000000000001,'

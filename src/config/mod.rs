@@ -124,6 +124,8 @@ pub struct Config {
     pub logdir: PathBuf,
     pub blockpoll: Duration,
     pub update_interval: Duration,
+    /// `empty_first`: on a new block, a coinbase-only job at once, then the full template.
+    pub empty_first: bool,
     pub nonce1length: usize,
     pub nonce2length: usize,
     pub version_mask: u32,
@@ -242,6 +244,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "logdir",
     "blockpoll",
     "update_interval",
+    "empty_first",
     "nonce1length",
     "nonce2length",
     "version_mask",

@@ -149,6 +149,7 @@ pub(super) struct RawConfig {
     logdir: Option<Field<String>>,
     blockpoll: Option<Field<u64>>,
     update_interval: Option<Field<u64>>,
+    empty_first: Option<Field<bool>>,
     nonce1length: Option<Field<u64>>,
     nonce2length: Option<Field<u64>>,
     version_mask: Option<Field<String>>,
@@ -504,6 +505,7 @@ impl RawConfig {
                 ));
             }
         }
+        let empty_first = c.typed(key!(r.empty_first), "must be true or false")?.is_none_or(|b| *b);
         let instance = c.string(key!(r.instance), "")?;
         if instance.len() > 100 || instance.contains(['\n', '\0']) {
             return Err(c.err("instance", &Value::String(instance), "must be a name of at most 100 bytes"));
@@ -533,6 +535,7 @@ impl RawConfig {
             logdir: PathBuf::from(c.string(key!(r.logdir), "logs")?),
             blockpoll: Duration::from_millis(c.uint(key!(r.blockpoll), 100, 1, 60_000)?),
             update_interval: Duration::from_secs(c.uint(key!(r.update_interval), 30, 1, 3600)?),
+            empty_first,
             nonce1length: c.uint(key!(r.nonce1length), 4, 2, 8)? as usize,
             nonce2length: c.uint(key!(r.nonce2length), 8, 2, 8)? as usize,
             version_mask,

@@ -36,6 +36,16 @@ fn vardiff_and_stats_keys() {
     }
 }
 
+/// `empty_first`: on unless set false; anything but a boolean names the key.
+#[test]
+fn empty_first_is_on_unless_turned_off() {
+    assert!(Config::parse(GUIDE_CKPOOL_CONF, Path::new("a.conf")).unwrap().empty_first);
+    assert!(!Config::parse(r#"{"empty_first": false}"#, Path::new("a.conf")).unwrap().empty_first);
+    assert!(Config::parse(r#"{"empty_first": true}"#, Path::new("a.conf")).unwrap().empty_first);
+    let e = Config::parse(r#"{"empty_first": "no"}"#, Path::new("a.conf")).unwrap_err().to_string();
+    assert!(e.contains("empty_first") && e.contains("true or false"), "{e}");
+}
+
 #[test]
 fn guide_config_parses() {
     let c = Config::parse(GUIDE_CKPOOL_CONF, Path::new("/etc/ckpool.conf")).unwrap();

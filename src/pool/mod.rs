@@ -4,6 +4,7 @@
 pub mod pplns;
 pub mod solo;
 pub mod templates;
+pub mod tip;
 
 use std::time::Duration;
 

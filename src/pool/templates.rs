@@ -104,8 +104,13 @@ pub struct TemplateSource {
     /// PPLNS (`payout_scheme`): each coinbase pays the window's miners; a new one is built from
     /// the last template when the window has moved enough (no call to the node).
     pub payees: Option<Arc<super::pplns::Payees>>,
-    /// The template the miners work on (PPLNS rebuilds its coinbase).
+    /// Empty-first (`empty_first`): on a new tip, a coinbase-only job before the full template.
+    pub empty_first: Option<super::tip::EmptyFirst>,
+    /// The template the miners work on (PPLNS rebuilds its coinbase; empty-first takes the
+    /// node's version, flags and rules from it).
     last: Option<Arc<Template>>,
+    /// The tip the miners have only an empty job on (the full template then goes out clean).
+    empty_on: Option<[u8; 32]>,
     next_id: u64,
     /// When the new block the next refresh looks for was announced (ZMQ, poll, found block).
     announced: Option<Instant>,
@@ -138,7 +143,9 @@ impl TemplateSource {
             solo: false,
             live: None,
             payees: None,
+            empty_first: None,
             last: None,
+            empty_on: None,
         }
     }
 
@@ -187,7 +194,8 @@ impl TemplateSource {
             }
             // Not on the announced block: is that block still the node's tip?
             let Some(best) = self.best_hash().await else { return false };
-            let serving = self.work.borrow().as_ref().map(|w| w.job.prev_hash);
+            // An empty job is not the template on that tip: it never makes the full one "served".
+            let serving = self.work.borrow().as_ref().map(|w| w.job.prev_hash).filter(|p| self.empty_on != Some(*p));
             match on_other_tip(h, t.prev_hash, best, serving) {
                 TipCheck::Serve => break t,
                 TipCheck::Served => {
@@ -216,6 +224,31 @@ impl TemplateSource {
             tracing::info!("bitcoind answering again: height {}", template.height);
             self.node_down = false;
         }
+        let height = template.height;
+        let ntx = template.transactions.len();
+        let prev = template.prev_hash;
+        let Some(new_block) = self.publish(template, announced, false) else { return false };
+        let netdiff = self.work.borrow().as_ref().map(|w| w.network_diff).unwrap_or_default();
+        // From the announcement (or tick) to work published: the node's share, ours, and waits.
+        let total = started.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let own = total.saturating_sub(timing.node);
+        if new_block {
+            tracing::info!(
+                "new block template: height {height}, prev {}, {ntx} transactions, network difficulty {netdiff} ({reason:?}; work out {:.1} ms after: node {:.1} ms, parse {:.1} ms, rest {:.1} ms, {attempts} template(s) on the old tip)",
+                hex::encode_rev(&prev),
+                ms(total), ms(timing.node), ms(timing.parse), ms(own.saturating_sub(timing.parse)),
+            );
+        } else {
+            tracing::debug!("template update: height {height}, {ntx} transactions, work out in {:.1} ms", ms(total));
+        }
+        true
+    }
+
+    /// Publishes a job for `template` to every session; `Some(new_block)` once sent (`None`: no
+    /// coinbase could be built, logged). A new previous block, or the full template after an
+    /// empty job on the same one, goes out clean (every miner switches).
+    fn publish(&mut self, template: Template, announced: Option<Instant>, empty: bool) -> Option<bool> {
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
         if let Some(p) = &self.payees {
             self.coinbase.pplns = Some(p.plan(netdiff));
@@ -224,7 +257,7 @@ impl TemplateSource {
             Ok(cb) => cb,
             Err(e) => {
                 tracing::error!("cannot build a coinbase: {e}");
-                return false;
+                return None;
             }
         };
         if !self.warned_coinbase {
@@ -235,10 +268,11 @@ impl TemplateSource {
             tracing::info!("coinbase is {} bytes (NerdMiner buffers 255, stock Antminer ~750)", cb.size());
         }
         let prev_changed = self.work.borrow().as_ref().is_none_or(|w| w.job.prev_hash != template.prev_hash);
+        let after_empty = !empty && self.empty_on == Some(template.prev_hash);
+        self.empty_on = empty.then_some(template.prev_hash);
         self.next_id += 1;
-        let job = Job::new(self.next_id, &template, cb, prev_changed);
+        let job = Job::new(self.next_id, &template, cb, prev_changed || after_empty);
         let height = template.height;
-        let ntx = template.transactions.len();
         // A new block gets a new announcement; an update on the same block keeps the block's.
         let announcement = match announced.filter(|_| prev_changed) {
             Some(at) => Some(Arc::new(Announcement::new(at, Instant::now()))),
@@ -246,29 +280,39 @@ impl TemplateSource {
             None => self.work.borrow().as_ref().and_then(|w| w.announcement.clone()),
         };
         let mut work = Work::new(Arc::new(job)).with_announcement(announcement);
+        let template = Arc::new(template);
         if self.solo {
             // Each address's coinbase is built from the template (pool/solo.rs).
-            work.template = Some(Arc::new(template.clone()));
+            work.template = Some(template.clone());
         }
-        if self.payees.is_some() {
-            self.last = Some(Arc::new(template.clone()));
-        }
+        self.last = Some(template);
         self.work.send_replace(Some(Arc::new(work)));
         self.height.send_replace(height);
-        // From the announcement (or tick) to work published: the node's share, ours, and waits.
-        let total = started.elapsed();
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let own = total.saturating_sub(timing.node);
-        if prev_changed {
-            tracing::info!(
-                "new block template: height {height}, prev {}, {ntx} transactions, network difficulty {netdiff} ({reason:?}; work out {:.1} ms after: node {:.1} ms, parse {:.1} ms, rest {:.1} ms, {attempts} template(s) on the old tip)",
-                hex::encode_rev(&template.prev_hash),
-                ms(total), ms(timing.node), ms(timing.parse), ms(own.saturating_sub(timing.parse)),
-            );
-        } else {
-            tracing::debug!("template update: height {height}, {ntx} transactions, work out in {:.1} ms", ms(total));
+        Some(prev_changed || after_empty)
+    }
+
+    /// Empty-first: on the new tip `tip`, a coinbase-only job at once, before the full template
+    /// (which follows clean). Nothing when it is off, the miners are already on `tip`, no full
+    /// template was served yet (the node's version and rules come from it), or the tip's facts
+    /// do not give the next block's fields safely (`pool/tip.rs` logs why).
+    async fn send_empty(&mut self, tip: [u8; 32]) {
+        let (Some(ef), Some(basis)) = (self.empty_first.as_mut(), self.last.clone()) else { return };
+        if self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == tip) {
+            return;
         }
-        true
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let Some(t) = ef.template(&self.rpc, tip, &basis, u32::try_from(now).unwrap_or(u32::MAX)).await else {
+            return;
+        };
+        let (height, value) = (t.height, t.coinbase_value);
+        let announced = self.announced.unwrap_or_else(Instant::now);
+        if self.publish(t, Some(announced), true).is_some() {
+            tracing::debug!(
+                "empty-first: coinbase-only job on {} (height {height}, {value} sat) out {:.2} ms after the announcement",
+                hex::encode_rev(&tip),
+                announced.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
 
     /// PPLNS: the same template with a coinbase paying the window as it is now (the shares
@@ -349,6 +393,7 @@ impl TemplateSource {
                             // Logged even when polling was first: the announcement itself arrived.
                             tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
                             if !known {
+                                self.send_empty(hash).await;
                                 retry = !self.refresh(Reason::NewBlock, Some(hash)).await;
                                 update.reset();
                             }
@@ -366,6 +411,7 @@ impl TemplateSource {
                     } else if let Some(best) = self.best_hash().await {
                         if Some(best) != current {
                             self.announced = Some(Instant::now());
+                            self.send_empty(best).await;
                             retry = !self.refresh(Reason::NewBlock, Some(best)).await;
                             update.reset();
                         }
@@ -377,6 +423,9 @@ impl TemplateSource {
                 r = refresh.recv() => {
                     let Some(tip) = r else { break };
                     let tip = newest(tip, &mut refresh);
+                    if let Some(t) = tip {
+                        self.send_empty(t).await;
+                    }
                     retry = !self.refresh(Reason::BlockFound, tip).await;
                     update.reset();
                 }

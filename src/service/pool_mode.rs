@@ -116,6 +116,7 @@ pub async fn run(
     source.solo = solo.is_some();
     source.payees = payees.clone();
     source.live = opts.live.clone();
+    source.empty_first = cfg.empty_first.then(|| crate::pool::tip::EmptyFirst::new(network_of(&chain), &chain));
     source.refresh(templates::Reason::Start, None).await;
     let netdiff = work_rx.borrow().as_ref().and_then(|w| crate::difficulty::Difficulty::from_compact(w.job.nbits));
     if let Some(network) = netdiff {

@@ -161,8 +161,12 @@ struct Stats {
     failed: AtomicUsize,
     /// Latencies in µs, merged from each connection at its end.
     latencies: Mutex<Vec<u32>>,
-    /// Clean notifies after the first job, by prevhash: arrival instants.
+    /// Clean notifies after the first job, by prevhash: arrival instants (a connection's first
+    /// on each previous block).
     notifies: Mutex<HashMap<String, Vec<Instant>>>,
+    /// A connection's second clean notify on the same previous block, by prevhash: the full
+    /// template after an empty-first job (`empty_first`).
+    followups: Mutex<HashMap<String, Vec<Instant>>>,
     /// Submitting stops when set.
     stop: AtomicBool,
     first_error: Mutex<Option<String>>,
@@ -234,6 +238,8 @@ struct Conn {
     /// Our submits awaiting an answer: (id, sent at), oldest first.
     pending: VecDeque<(u64, Instant)>,
     latencies: Vec<u32>,
+    /// The previous block of the last clean notify counted, and whether its follow-up was.
+    clean_prev: Option<(String, bool)>,
 }
 
 impl Conn {
@@ -254,6 +260,24 @@ impl Conn {
             rng: Rng((0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1),
             pending: VecDeque::new(),
             latencies: Vec::new(),
+            clean_prev: None,
+        }
+    }
+
+    /// A clean notify on `prev` arrived at `at`: the connection's first on that block counts
+    /// for the new block, its second for the full template after an empty job.
+    fn note_clean(&mut self, prev: String, stats: &Stats, at: Instant) {
+        match &mut self.clean_prev {
+            Some((p, followed)) if *p == prev => {
+                if !*followed {
+                    *followed = true;
+                    stats.followups.lock().unwrap().entry(prev).or_default().push(at);
+                }
+            }
+            _ => {
+                stats.notifies.lock().unwrap().entry(prev.clone()).or_default().push(at);
+                self.clean_prev = Some((prev, false));
+            }
         }
     }
 
@@ -305,13 +329,7 @@ impl Conn {
         match n.job(0, self.en1.len().max(1), self.en2_len) {
             Ok(j) => {
                 if j.job.clean && self.working && self.work.is_some() {
-                    stats
-                        .notifies
-                        .lock()
-                        .unwrap()
-                        .entry(crate::work::job::prevhash_to_stratum(&j.job.prev_hash))
-                        .or_default()
-                        .push(at);
+                    self.note_clean(crate::work::job::prevhash_to_stratum(&j.job.prev_hash), stats, at);
                 }
                 let ntime_hex = format!("{:08x}", j.job.ntime);
                 let en2 = vec![0u8; self.en2_len];
@@ -475,7 +493,7 @@ fn handle_event(c: &mut Conn, ev: Event<'_>, stats: &Stats, at: Instant) -> Resu
         Event::Notify(n) if c.idle => {
             if let Some((prev, clean)) = n.prevhash_clean() {
                 if clean && c.working {
-                    stats.notifies.lock().unwrap().entry(prev.into_owned()).or_default().push(at);
+                    c.note_clean(prev.into_owned(), stats, at);
                 }
             }
             c.notified = true;
@@ -859,6 +877,8 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
     if let Some(heard) = &heard {
         let heard = heard.lock().unwrap().clone();
         let (mut firsts, mut lasts, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+        let followups: HashMap<String, Vec<Instant>> = stats.followups.lock().unwrap().drain().collect();
+        let (mut full_firsts, mut full_lasts) = (Vec::new(), Vec::new());
         let mut seen = std::collections::HashSet::new();
         for (at, prev) in &heard {
             if !seen.insert(prev) {
@@ -893,10 +913,27 @@ async fn bench(args: BenchArgs, addr: SocketAddr, heard: Option<Announcements>) 
             firsts.push(rel(0.0));
             p99s.push(rel(0.99));
             lasts.push(rel(1.0));
+            if let Some(mut f) = followups.get(prev).cloned() {
+                f.sort_unstable();
+                let rel = |q: f64| quantile(&f, q).checked_duration_since(at).map(ms).unwrap_or(0.0);
+                println!(
+                    "bench: ZMQ block ..{} -> second clean notify (the full template after an empty job) at first {:.2} ms, last {:.2} ms ({}/{up} connections)",
+                    &prev[prev.len().saturating_sub(8)..],
+                    rel(0.0),
+                    rel(1.0),
+                    f.len()
+                );
+                full_firsts.push(rel(0.0));
+                full_lasts.push(rel(1.0));
+            }
         }
         summarize("ZMQ", "ZMQ message -> first connection", &mut firsts);
         summarize("ZMQ", "ZMQ message -> p99 connection", &mut p99s);
         summarize("ZMQ", "ZMQ message -> last connection", &mut lasts);
+        if !full_firsts.is_empty() {
+            summarize("ZMQ", "ZMQ message -> first connection's full template", &mut full_firsts);
+            summarize("ZMQ", "ZMQ message -> last connection's full template", &mut full_lasts);
+        }
     }
     if let (Some(pid), Some(b), Some(r), Some(c0), Some(c1)) = (args.server_pid, before, after_ramp, cpu0, cpu1) {
         report_server(pid, [b, r, c0, c1], answered, secs, up);

@@ -314,6 +314,7 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#""sv2_cert_validity" = 10: must be a whole number from 60 to 31536000"#,
         ),
         ("history", r#"{"history": "yes"}"#.into(), r#""history" = "yes": must be true or false"#),
+        ("empty_first", r#"{"empty_first": 1}"#.into(), r#""empty_first" = 1: must be true or false"#),
         ("dburl", r#"{"dburl": 1234}"#.into(), r#""dburl" = "<redacted>": must be a string"#),
         (
             "dburl",

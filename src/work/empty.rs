@@ -281,7 +281,7 @@ mod tests {
         let weights: BTreeMap<_, u128> = [(payee(1), 3), (payee(2), 1)].into_iter().collect();
         let rules = Rules { fee_bp: 100, min_output: 1, max_outputs: 10, bytes: 0 };
         let mut cfg = CoinbaseConfig::new(payee(9), "/t/");
-        cfg.pplns = Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: 750 }));
+        cfg.pplns = Some(Arc::new(PplnsPlan { weights, rules, coinbase_max: 750, cut: (0, 0), window: 1 }));
         let cb = coinbase::build(&t, &cfg).unwrap();
         let raw = [cb.coinb1.clone(), vec![0u8; 12], cb.coinb2.clone()].concat();
         let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize(&raw).unwrap();

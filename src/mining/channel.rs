@@ -545,6 +545,7 @@ impl Channel {
             ntime: format!("{:08x}", acc.ntime),
             nonce: format!("{:08x}", acc.nonce),
             version_bits: (acc.version != work.job.version).then(|| format!("{:08x}", acc.version & mask)),
+            version: acc.version,
             workername: self.worker.clone(),
             difficulty: acc.difficulty,
         })

@@ -1,0 +1,191 @@
+//! ckproxy with Stratum V2 upstreams (`stratum2+tcp://HOST:PORT/KEY`): this project's pool on a
+//! real Bitcoin Core regtest node serves its `sv2url`; SV1 miners mine through the proxy.
+//!
+//! - Blocks from a local miner reach Core through the proxy's one extended channel; the pool logs
+//!   the shares under the proxy's user, the proxy logs them per miner and counts the pool's
+//!   SubmitShares.Success verdicts.
+//! - Failover SV2 → SV1 when the SV2 pool stops, and back to SV2 when it returns.
+//! - A url pinning another authority key: the handshake is refused with one clear line and the
+//!   proxy serves from the next entry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::core_node::{regtest_key, CoreNode};
+use common::{free_port, solve, wait, Client, Pool};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The pool on `node` with an SV2 listener on a fixed port (a restart keeps it) and an
+/// authority key in the pool's own directory; returns it with the url `ckpool sv2-key` gives.
+fn pool_with_sv2(node: &CoreNode, address: &str) -> (Pool, String) {
+    let mut cfg = node.pool_config(address);
+    cfg["sv2url"] = json!(format!("127.0.0.1:{}", free_port()));
+    let keydir = tempfile::tempdir().unwrap().keep();
+    cfg["sv2_authority_key"] = json!(keydir.join("sv2_authority.key").display().to_string());
+    let pool = Pool::start(cfg, &[]);
+    let log = pool.log();
+    let line = log.lines().find(|l| l.contains("listening for Stratum V2 miners on")).expect("sv2 listening line");
+    let url = line.split_once(": stratum2+tcp://").map(|(_, u)| format!("stratum2+tcp://{}", u.trim())).unwrap();
+    (pool, url)
+}
+
+fn proxy_config(urls: &[String]) -> Value {
+    json!({
+        "proxy": urls.iter().enumerate().map(|(i, u)| json!({"url": u, "auth": format!("proxyuser.p{i}"), "pass": "x"})).collect::<Vec<_>>(),
+        "btcaddress": "",
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "maxdiff": 0,
+        "apiurl": "127.0.0.1:0",
+    })
+}
+
+/// A Core node past its first block (out of initial block download) and a payout address.
+async fn core(seed: u8) -> (CoreNode, String) {
+    let node = CoreNode::start(&[]).await;
+    let address = node.derive_address(&format!("wpkh({})", regtest_key(seed).to_wif())).await;
+    node.generate_to(1, &address).await;
+    (node, address)
+}
+
+fn lines_of(pool: &Pool, worker: &str) -> Vec<Value> {
+    pool.share_lines().into_iter().filter(|l| l["workername"] == json!(worker)).collect()
+}
+
+/// `ckpool_upstream_shares_total{result="RESULT"}` from the proxy's /metrics.
+async fn upstream_shares(proxy: &Pool, result: &str) -> u64 {
+    let log = proxy.log();
+    let api = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap()))
+        .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
+        .to_string();
+    let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.unwrap().unwrap();
+    let name = format!("ckpool_upstream_shares_total{{result=\"{result}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// A block from the miner on its work on Core's tip; waits until Core has it.
+async fn mine_a_block(node: &CoreNode, c: &mut Client, en1: &str, en2: &str, context: &Pool) {
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let n = c.notify_on_tip(&tip).await;
+    let h = node.height().await;
+    let s = solve(&n, en1, en2, "0.0001", true).unwrap();
+    let id = c.request("mining.submit", s).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r}\n{}", context.log());
+    node.wait_height(h + 1, Duration::from_secs(30), || context.log()).await;
+}
+
+/// Pool ← (SV2) proxy ← SV1 miner: the miner's blocks are accepted by Core; the pool logged the
+/// shares under the proxy's user with the miner's part of the extranonce, the proxy logged them
+/// under the miner's name, and the pool's verdicts were counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_through_an_sv2_upstream() {
+    let (node, address) = core(41).await;
+    let (pool, url) = pool_with_sv2(&node, &address);
+    let proxy = Pool::start_proxy(proxy_config(&[url]));
+    let log = proxy.log();
+    assert!(log.contains("connected over Stratum V2 (pool's key checked), extended channel"), "{log}");
+
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, n2) = c.handshake("miner.a").await;
+    assert_eq!((en1.len(), n2), (16, 4), "the channel's 4+8: the proxy gives its miners 8+4");
+    for (i, en2) in ["0000abcd", "0000abce"].iter().enumerate() {
+        mine_a_block(&node, &mut c, &en1, en2, &proxy).await;
+        pool.wait_blocks_log("proxyuser.p0");
+        let want = format!("{}{en2}", &en1[8..]);
+        let l = wait::until("the share in the pool's share log", Duration::from_secs(10), || {
+            lines_of(&pool, "proxyuser.p0").into_iter().find(|l| l["result"] == json!(true) && l["nonce2"] == json!(want))
+        })
+        .await;
+        assert_eq!(l["workername"], json!("proxyuser.p0"), "{l}");
+        let mine = wait::until("the share in the proxy's share log", Duration::from_secs(10), || {
+            let lines = lines_of(&proxy, "miner.a");
+            (lines.len() > i).then_some(lines)
+        })
+        .await;
+        assert!(mine.iter().all(|l| l["result"] == json!(true)), "{mine:?}");
+    }
+    let accepted = wait::until_async("the pool's verdicts counted", Duration::from_secs(10), || async {
+        let a = upstream_shares(&proxy, "accepted").await;
+        (a >= 2).then_some(a)
+    })
+    .await;
+    assert_eq!(accepted, 2);
+    assert_eq!(upstream_shares(&proxy, "forwarded").await, 2);
+    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+    assert_eq!(pool.log().matches("sv2 extended channel opened").count(), 1, "one channel for the proxy");
+}
+
+/// Two entries, SV2 then SV1: the SV2 pool stops, miners get work and accepted shares through the
+/// SV1 pool; the SV2 pool returns and the proxy goes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_from_sv2_to_sv1_and_back() {
+    let (node, address) = core(42).await;
+    let (mut first, url) = pool_with_sv2(&node, &address);
+    let second = Pool::start(node.pool_config(&address), &[]);
+    let proxy = Pool::start_proxy(proxy_config(&[url, second.addr()]));
+
+    let mut c = Client::connect(&proxy.addr()).await;
+    let id = c.request("mining.extranonce.subscribe", json!([])).await;
+    let (en1, _) = c.handshake("miner.f").await;
+    assert_eq!(c.reply(id).await["result"], json!(true));
+    mine_a_block(&node, &mut c, &en1, "00000001", &proxy).await;
+    wait::until("a share on the SV2 pool", Duration::from_secs(10), || !lines_of(&first, "proxyuser.p0").is_empty()).await;
+
+    first.stop();
+    let x = c.skip_to("mining.set_extranonce").await;
+    let en1 = x["params"][0].as_str().unwrap().to_string();
+    mine_a_block(&node, &mut c, &en1, "00000002", &proxy).await;
+    wait::until("a share on the SV1 pool", Duration::from_secs(10), || !lines_of(&second, "proxyuser.p1").is_empty())
+        .await;
+
+    // The SV2 pool returns (same port, same key): the proxy's probe finds it within 10 s.
+    let before = lines_of(&first, "proxyuser.p0").len();
+    first.spawn(&[]);
+    let x = c.skip_to("mining.set_extranonce").await;
+    let en1 = x["params"][0].as_str().unwrap().to_string();
+    assert!(proxy.log().contains("primary is back"), "{}", proxy.log());
+    mine_a_block(&node, &mut c, &en1, "00000003", &proxy).await;
+    wait::until("a share on the SV2 pool after the return", Duration::from_secs(10), || {
+        lines_of(&first, "proxyuser.p0").len() > before
+    })
+    .await;
+}
+
+/// A url whose key is not the pool's: the Noise handshake is refused with one line saying what
+/// (the certificate), which entry and key, and what to do; the proxy serves from the next entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_authority_key_is_refused_and_the_next_entry_serves() {
+    let (node, address) = core(43).await;
+    let (pool, url) = pool_with_sv2(&node, &address);
+    let second = Pool::start(node.pool_config(&address), &[]);
+    let other = ckpool::sv2::keys::AuthorityKey::generate().unwrap().public_string();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let wrong = format!("{base}/{other}");
+    let proxy = Pool::start_proxy(proxy_config(&[wrong, second.addr()]));
+    let log = proxy.log();
+    let line = log.lines().find(|l| l.contains("Noise handshake refused")).unwrap_or_else(|| panic!("{log}"));
+    for part in [
+        &format!("upstream {base} (proxyuser.p0)") as &str,
+        "not signed by the expected authority key",
+        &format!("proxy[0].url pins authority key {other}"),
+        "put the key `ckpool sv2-key` prints on the pool",
+        &format!("next: {}", second.addr()),
+    ] {
+        assert!(line.contains(part), "{part:?} not in {line}");
+    }
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, _) = c.handshake("miner.w").await;
+    mine_a_block(&node, &mut c, &en1, "00000001", &proxy).await;
+    wait::until("a share on the SV1 pool", Duration::from_secs(10), || !lines_of(&second, "proxyuser.p1").is_empty())
+        .await;
+    assert!(lines_of(&pool, "proxyuser.p0").is_empty(), "nothing reached the pool the key does not match");
+}

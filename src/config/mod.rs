@@ -122,7 +122,7 @@ pub struct Config {
     pub tlskey: Option<PathBuf>,
     /// The operator's HTTP API (metrics, JSON, ckpool's files, dashboard); empty: off.
     pub apiurl: Vec<SocketAddr>,
-    /// Stratum V2 listeners (pool mode); empty: off.
+    /// Stratum V2 listeners (for miners in both modes); empty: off.
     pub sv2url: Vec<SocketAddr>,
     /// The SV2 authority key file (created at first start); `None`: the default place.
     pub sv2_authority_key: Option<PathBuf>,

@@ -116,7 +116,9 @@ async fn blocks_through_an_sv2_upstream() {
         pool.wait_blocks_log("proxyuser.p0");
         let want = format!("{}{en2}", &en1[8..]);
         let l = wait::until("the share in the pool's share log", Duration::from_secs(10), || {
-            lines_of(&pool, "proxyuser.p0").into_iter().find(|l| l["result"] == json!(true) && l["nonce2"] == json!(want))
+            lines_of(&pool, "proxyuser.p0")
+                .into_iter()
+                .find(|l| l["result"] == json!(true) && l["nonce2"] == json!(want))
         })
         .await;
         assert_eq!(l["workername"], json!("proxyuser.p0"), "{l}");
@@ -167,7 +169,14 @@ async fn blocks_through_an_sv2_upstream() {
 
 /// A block from an SV2 miner on the job a SetNewPrevHash on Core's tip activates; waits until
 /// Core has it.
-async fn mine_an_sv2_block(node: &CoreNode, m: &mut Sv2Client, channel: u32, prefix: &[u8], en2: &[u8], context: &Pool) {
+async fn mine_an_sv2_block(
+    node: &CoreNode,
+    m: &mut Sv2Client,
+    channel: u32,
+    prefix: &[u8],
+    en2: &[u8],
+    context: &Pool,
+) {
     let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
     let mut future = std::collections::HashMap::new();
     let (job, prev_hash, ntime, nbits) = loop {
@@ -188,7 +197,16 @@ async fn mine_an_sv2_block(node: &CoreNode, m: &mut Sv2Client, channel: u32, pre
     let root = job.merkle_root(&extranonce);
     let target = ckpool::difficulty::Target::from_compact(nbits).unwrap();
     let nonce = (0..50_000_000u32)
-        .find(|&n| target.is_met_by(&ckpool::work::merkle::sha256d(&sv2client::header(job.version, &prev_hash, &root, ntime, nbits, n))))
+        .find(|&n| {
+            target.is_met_by(&ckpool::work::merkle::sha256d(&sv2client::header(
+                job.version,
+                &prev_hash,
+                &root,
+                ntime,
+                nbits,
+                n,
+            )))
+        })
         .expect("a block nonce");
     let h = node.height().await;
     m.push_extended(channel, 1, job.job_id, nonce, ntime, job.version, en2).unwrap();
@@ -232,7 +250,8 @@ async fn failover_from_sv2_to_sv1_and_back() {
         panic!("no channel")
     };
     mine_a_block(&node, &mut c, &en1, "00000001", &proxy).await;
-    wait::until("a share on the SV2 pool", Duration::from_secs(10), || !lines_of(&first, "proxyuser.p0").is_empty()).await;
+    wait::until("a share on the SV2 pool", Duration::from_secs(10), || !lines_of(&first, "proxyuser.p0").is_empty())
+        .await;
 
     first.stop();
     let x = c.skip_to("mining.set_extranonce").await;

@@ -362,8 +362,14 @@ fn proxy_entries_with_sv2_urls() {
     assert_eq!((c.proxy[1].authority, c.proxy[1].display()), (None, "127.0.0.1:3333".to_string()));
     let form = "must be stratum2+tcp://HOST:PORT/AUTHORITY_PUBKEY (the url `ckpool sv2-key` prints on the pool)";
     for (url, message) in [
-        ("stratum2+tcp://pool.example.org:3336".to_string(), format!("{form}: the pool's authority public key is missing")),
-        ("stratum2+tcp://pool.example.org:3336/".to_string(), format!("{form}: the pool's authority public key is missing")),
+        (
+            "stratum2+tcp://pool.example.org:3336".to_string(),
+            format!("{form}: the pool's authority public key is missing"),
+        ),
+        (
+            "stratum2+tcp://pool.example.org:3336/".to_string(),
+            format!("{form}: the pool's authority public key is missing"),
+        ),
         (format!("stratum2+tcp://pool.example.org/{key}"), format!("{form}: no host:port")),
         (
             "stratum2+tcp://pool.example.org:3336/notakey".to_string(),

@@ -18,8 +18,7 @@ use common_messages_sv2::{Protocol, SetupConnection, SetupConnectionError, Setup
 use mining_sv2::{
     NewExtendedMiningJob, NewMiningJob, OpenExtendedMiningChannel, OpenExtendedMiningChannelSuccess,
     OpenMiningChannelError, OpenStandardMiningChannel, OpenStandardMiningChannelSuccess, SetExtranoncePrefix,
-    SetNewPrevHash, SetTarget,
-    SubmitSharesError, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
+    SetNewPrevHash, SetTarget, SubmitSharesError, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
 };
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::io::{AsyncRead, AsyncWrite};

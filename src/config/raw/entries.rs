@@ -172,7 +172,8 @@ impl RawUpstream {
         let raw_url = s(key!(self.url))?;
         let bad_url = |why: String| c.err(&key("url"), &Value::String(raw_url.clone()), why);
         let (url, tls, authority) = if let Some((host_port, pubkey)) = authority::split_sv2_url(&raw_url) {
-            const FORM: &str = "stratum2+tcp://HOST:PORT/AUTHORITY_PUBKEY (the url `ckpool sv2-key` prints on the pool)";
+            const FORM: &str =
+                "stratum2+tcp://HOST:PORT/AUTHORITY_PUBKEY (the url `ckpool sv2-key` prints on the pool)";
             if !valid_host_port(host_port) {
                 return Err(bad_url(format!("must be {FORM}: no host:port")));
             }

@@ -232,7 +232,9 @@ impl UpstreamClient {
         let (job, job_id) = make(self.next_job, en1.len() + p, en2_size - p)?;
         let up = UpstreamJob { job_id: job_id.into(), target, difficulty, generation };
         let announcement = match job.clean {
-            true => Some(Arc::new(crate::mining::Announcement::new(std::time::Instant::now(), std::time::Instant::now()))),
+            true => {
+                Some(Arc::new(crate::mining::Announcement::new(std::time::Instant::now(), std::time::Instant::now())))
+            }
             false => self.work.borrow().as_ref().and_then(|w| w.announcement.clone()),
         };
         let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up).with_announcement(announcement);

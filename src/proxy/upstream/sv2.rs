@@ -286,7 +286,9 @@ impl UpstreamClient {
                     ch.future.insert(j.job_id, j);
                 }
                 (Some(ntime), Some(prev)) => self.publish_sv2(&j, prev, ntime, false, ch, addr),
-                (Some(_), None) => tracing::debug!("upstream {addr}: job {} before any SetNewPrevHash ignored", j.job_id),
+                (Some(_), None) => {
+                    tracing::debug!("upstream {addr}: job {} before any SetNewPrevHash ignored", j.job_id)
+                }
             },
             Event::PrevHash { channel, job_id, prev_hash, min_ntime, nbits } if ch.ours(channel) => {
                 let prev = Prev { prev_hash, nbits };

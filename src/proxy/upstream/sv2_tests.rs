@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use binary_sv2::{Seq0255, Str0255, Sv2Option, B032, B064K, U256};
 use common_messages_sv2::SetupConnectionSuccess;
-use mining_sv2::{NewExtendedMiningJob, OpenExtendedMiningChannelSuccess, SetNewPrevHash, SubmitSharesError, SubmitSharesSuccess};
+use mining_sv2::{
+    NewExtendedMiningJob, OpenExtendedMiningChannelSuccess, SetNewPrevHash, SubmitSharesError, SubmitSharesSuccess,
+};
 use noise_sv2::Responder;
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::sync::{mpsc, watch};
@@ -28,8 +30,13 @@ type Seen = (u32, u32, u32, u32, u32, u32, Vec<u8>);
 /// A pool that opens channel 9 (prefix 01020304, 8 bytes to roll), sends job 7 as a future job
 /// and the SetNewPrevHash naming it, refuses the first share and accepts the second.
 async fn fake_pool(l: tokio::net::TcpListener, key: AuthorityKey, seen: mpsc::Sender<Seen>) {
-    let coinb1 = crate::hex::decode("01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1003a08601").unwrap();
-    let coinb2 = crate::hex::decode("ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000").unwrap();
+    let coinb1 = crate::hex::decode(
+        "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1003a08601",
+    )
+    .unwrap();
+    let coinb2 =
+        crate::hex::decode("ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000")
+            .unwrap();
     let (s, _) = l.accept().await.unwrap();
     let (rd, wr) = s.into_split();
     let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();

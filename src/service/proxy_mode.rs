@@ -91,7 +91,7 @@ pub async fn run(
         rpc: None,
         upstream: Some(crate::api::Upstreams {
             counters: up_counters.clone(),
-            urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.display())).collect(),
+            urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.url)).collect(),
         }),
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;

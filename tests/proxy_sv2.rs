@@ -316,4 +316,30 @@ async fn a_wrong_authority_key_is_refused_and_the_next_entry_serves() {
     wait::until("a share on the SV1 pool", Duration::from_secs(10), || !lines_of(&second, "proxyuser.p1").is_empty())
         .await;
     assert!(lines_of(&pool, "proxyuser.p0").is_empty(), "nothing reached the pool the key does not match");
+
+    // `ckproxy check` says the same of each entry (its listener is taken by the running proxy).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpool"))
+        .args(["check", "--proxy", "--config"])
+        .arg(&proxy.config_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let key_line = out.lines().find(|l| l.starts_with("FAILED: proxy[0]")).unwrap_or_else(|| panic!("{out}"));
+    assert!(key_line.contains("not signed by the expected authority key"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("ok: proxy[1]")), "{out}");
+    let mut right = proxy_config(&[url]);
+    right["serverurl"] = json!(["127.0.0.1:0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckproxy.conf");
+    std::fs::write(&path, right.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpool"))
+        .args(["check", "--proxy", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("answers: Stratum V2, the pool's key checked, extended channel opened for proxyuser.p0 (extranonce 4+8 bytes)"),
+        "{out}"
+    );
 }

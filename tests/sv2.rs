@@ -223,7 +223,7 @@ async fn sv2_channels_shares_errors_and_bad_input_on_core() {
     // An extended channel: Success, a future job, the SetNewPrevHash activating it.
     let mut c = Sv2Client::connect(sock, &key, REQUIRES_VERSION_ROLLING).await.unwrap();
     let rid = c.open_extended("alice.ext", 1_000_000.0, 8).await.unwrap();
-    let Event::ExtendedOpened { request_id, channel, target, extranonce_prefix, extranonce_size } =
+    let Event::ExtendedOpened { request_id, channel, target, extranonce_prefix, extranonce_size, .. } =
         expect_event(&mut c, "extended channel").await
     else {
         panic!("no ExtendedOpened")

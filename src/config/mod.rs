@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::difficulty::Difficulty;
 use crate::mining::vardiff::VardiffParams;
 
+pub mod authority;
 pub mod dburl;
 mod raw;
 #[cfg(test)]
@@ -72,6 +73,20 @@ pub struct Upstream {
     pub tls: bool,
     /// `tlsca`: PEM certificates to trust for this upstream (else the built-in webpki roots).
     pub tlsca: Option<PathBuf>,
+    /// `stratum2+tcp://HOST:PORT/KEY`: the pool's authority public key (x-only); the session
+    /// runs Stratum V2 over Noise NX and the pool's certificate must be signed by this key.
+    pub authority: Option<[u8; 32]>,
+}
+
+impl Upstream {
+    /// The entry as the operator knows it: `host:port`, with the scheme of a TLS or SV2 entry.
+    pub fn display(&self) -> String {
+        match (&self.authority, self.tls) {
+            (Some(_), _) => format!("stratum2+tcp://{}", self.url),
+            (None, true) => format!("stratum+tls://{}", self.url),
+            (None, false) => self.url.clone(),
+        }
+    }
 }
 
 /// What one `serverurl` entry asks of its listener (the address is `Config::serverurl` at the
@@ -107,7 +122,7 @@ pub struct Config {
     pub tlskey: Option<PathBuf>,
     /// The operator's HTTP API (metrics, JSON, ckpool's files, dashboard); empty: off.
     pub apiurl: Vec<SocketAddr>,
-    /// Stratum V2 listeners (pool mode); empty: off.
+    /// Stratum V2 listeners (for miners in both modes); empty: off.
     pub sv2url: Vec<SocketAddr>,
     /// The SV2 authority key file (created at first start); `None`: the default place.
     pub sv2_authority_key: Option<PathBuf>,

@@ -164,7 +164,7 @@ fn proxy_entries_are_strict() {
         let e = parse(&format!(r#"{{"proxy": [{{"url": "{url}"}}]}}"#)).unwrap_err().to_string();
         assert_eq!(
             e,
-            format!("config file p.conf: key \"proxy[0].url\" = \"{url}\": must be host:port of the upstream pool")
+            format!("config file p.conf: key \"proxy[0].url\" = \"{url}\": must be host:port of the upstream pool (or stratum+tls://host:port, or stratum2+tcp://host:port/AUTHORITY_PUBKEY)")
         );
     }
     // A missing url is an empty one.
@@ -352,6 +352,52 @@ fn proxy_entries_with_tls() {
         let e = Config::parse(text, Path::new("t.conf")).unwrap_err().to_string();
         assert!(e.contains(message), "{text}:\n{e}");
     }
+}
+
+/// A `proxy` entry's `stratum2+tcp://HOST:PORT/KEY` url: Stratum V2 to the pool whose authority
+/// key is KEY; a missing or unreadable key stops the start, saying the form and where it comes from.
+#[test]
+fn proxy_entries_with_sv2_urls() {
+    // SRI's example authority key (sv2/keys.rs reads its secret half the same way).
+    let key = "9auqWEzQDVyd2oe1JVGFLMLHZtCo2FFqZwtKA5gd9xbuEu7PH72";
+    let text = format!(
+        r#"{{"proxy": [{{"url": "stratum2+tcp://pool.example.org:3336/{key}", "auth": "a", "pass": "x"}},
+            {{"url": "127.0.0.1:3333", "auth": "a"}}]}}"#
+    );
+    let c = Config::parse(&text, Path::new("x")).unwrap();
+    assert_eq!(c.proxy[0].url, "pool.example.org:3336");
+    assert_eq!(c.proxy[0].authority, Some(crate::config::authority::parse_public(key).unwrap()));
+    assert!(!c.proxy[0].tls);
+    assert_eq!(c.proxy[0].display(), "stratum2+tcp://pool.example.org:3336");
+    assert_eq!((c.proxy[1].authority, c.proxy[1].display()), (None, "127.0.0.1:3333".to_string()));
+    let form = "must be stratum2+tcp://HOST:PORT/AUTHORITY_PUBKEY (the url `ckpool sv2-key` prints on the pool)";
+    for (url, message) in [
+        (
+            "stratum2+tcp://pool.example.org:3336".to_string(),
+            format!("{form}: the pool's authority public key is missing"),
+        ),
+        (
+            "stratum2+tcp://pool.example.org:3336/".to_string(),
+            format!("{form}: the pool's authority public key is missing"),
+        ),
+        (format!("stratum2+tcp://pool.example.org/{key}"), format!("{form}: no host:port")),
+        (
+            "stratum2+tcp://pool.example.org:3336/notakey".to_string(),
+            format!("{form}: the authority public key is unreadable (not a base58check key"),
+        ),
+    ] {
+        let e = Config::parse(&format!(r#"{{"proxy": [{{"url": "{url}"}}]}}"#), Path::new("t.conf"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!(r#""proxy[0].url" = "{url}": {message}"#)), "{url}:\n{e}");
+    }
+    let e = Config::parse(
+        &format!(r#"{{"proxy": [{{"url": "stratum2+tcp://h:1/{key}", "tlsca": "ca.pem"}}]}}"#),
+        Path::new("t.conf"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("is for a stratum+tls:// url only"), "{e}");
 }
 
 #[test]

@@ -422,9 +422,18 @@ impl Channel {
 
     /// [`Channel::submit`] for a share that names its job by the local id it was issued under
     /// and carries its fields decoded (Stratum V2).
-    pub fn submit_decoded(&mut self, local_id: u64, d: &Decoded, now: u64, fx: &mut Effects) -> Verdict {
+    pub fn submit_decoded(
+        &mut self,
+        local_id: u64,
+        d: &Decoded,
+        now: u64,
+        upstream: bool,
+        fx: &mut Effects,
+    ) -> Verdict {
         let lid = Some(local_id);
-        self.judge(lid, lid, now, false, fx, |job, en1, mask, target| share::check_decoded(job, en1, d, mask, target))
+        self.judge(lid, lid, now, upstream, fx, |job, en1, mask, target| {
+            share::check_decoded(job, en1, d, mask, target)
+        })
     }
 
     /// Whether `local_id` lies within the ids this channel has issued (held or dropped since).
@@ -545,6 +554,7 @@ impl Channel {
             ntime: format!("{:08x}", acc.ntime),
             nonce: format!("{:08x}", acc.nonce),
             version_bits: (acc.version != work.job.version).then(|| format!("{:08x}", acc.version & mask)),
+            version: acc.version,
             workername: self.worker.clone(),
             difficulty: acc.difficulty,
         })

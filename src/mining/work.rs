@@ -56,6 +56,8 @@ pub struct UpstreamShare {
     pub ntime: String,
     pub nonce: String,
     pub version_bits: Option<String>,
+    /// The header's whole version (Stratum V2 upstreams take it as it is).
+    pub version: u32,
     pub workername: Arc<str>,
     pub difficulty: Difficulty,
 }

@@ -86,10 +86,9 @@ fn write_pidfile(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The listeners the config asks for, by key.
-fn wanted(cfg: &Config, proxy: bool) -> Vec<crate::sockets::Wanted> {
+fn wanted(cfg: &Config) -> Vec<crate::sockets::Wanted> {
     let stratum = cfg.serverurl.iter().map(|&addr| crate::sockets::Wanted { key: "serverurl", addr });
-    // Stratum V2 is served in pool mode only (a proxy logs that it ignores sv2url).
-    let sv2 = cfg.sv2url.iter().filter(|_| !proxy).map(|&addr| crate::sockets::Wanted { key: "sv2url", addr });
+    let sv2 = cfg.sv2url.iter().map(|&addr| crate::sockets::Wanted { key: "sv2url", addr });
     stratum.chain(sv2).chain(cfg.apiurl.iter().map(|&addr| crate::sockets::Wanted { key: "apiurl", addr })).collect()
 }
 
@@ -97,7 +96,7 @@ fn wanted(cfg: &Config, proxy: bool) -> Vec<crate::sockets::Wanted> {
 fn fd_needs(cfg: &Config, proxy: bool) -> crate::fdlimit::Needs {
     let api = if cfg.apiurl.is_empty() { 0 } else { crate::api::server::MAX_CONNECTIONS as u64 };
     crate::fdlimit::Needs {
-        listeners: wanted(cfg, proxy).len() as u64,
+        listeners: wanted(cfg).len() as u64,
         nodes: cfg.btcd.len() as u64,
         zmq_nodes: u64::from(cfg.zmqblock.is_some()),
         upstreams: if proxy { cfg.proxy.len() as u64 } else { 0 },
@@ -320,7 +319,7 @@ pub fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             None => (Vec::new(), None),
         };
         let old_pid = release.as_ref().map(|r| r.old_pid);
-        let listeners = crate::sockets::assemble(&wanted(&cfg, args.proxy), systemd, handed, old_pid)?;
+        let listeners = crate::sockets::assemble(&wanted(&cfg), systemd, handed, old_pid)?;
         // This instance's own handover socket, for the next one (-H): at once, or after a
         // handover once the old instance let go (its socket stays until then).
         let (released_tx, mut released_rx) = mpsc::channel::<i32>(1);

@@ -1,6 +1,6 @@
-//! Proxy mode (ckproxy): one upstream stratum session, many local miners below it, each with
-//! its own extranonce1 slice of the upstream's extranonce2 space, its own difficulty and its
-//! own statistics. Shares meeting the upstream difficulty are forwarded; every miner gets its
+//! Proxy mode (ckproxy): one upstream stratum session, many local miners (SV1 on serverurl, SV2
+//! on sv2url) below it, each with its own extranonce1 slice of the upstream's extranonce2 space,
+//! its own difficulty and its own statistics. Shares meeting the upstream difficulty are forwarded; every miner gets its
 //! local verdict at once.
 
 use std::sync::atomic::Ordering;
@@ -27,12 +27,10 @@ pub async fn run(
     // TLS listeners' certificate: a missing, unreadable or mismatched file stops the start here.
     let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let api_listeners = listeners.take("apiurl");
+    let listeners_sv2 = listeners.take("sv2url");
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     crate::serve::accept::log_listening(&listeners);
-    if !cfg.sv2url.is_empty() {
-        tracing::warn!("sv2url is served in pool mode only; this proxy serves Stratum V1 on serverurl");
-    }
     if !cfg.btcd.is_empty() {
         tracing::info!(
             "proxy mode: btcd entries are not used (an upstream job carries no transactions to assemble a block from)"
@@ -57,6 +55,8 @@ pub async fn run(
         }
     };
     let prefix_len = first.job.coinbase.nonce1_len - first.en1_prefix.len();
+    // SV2 miners (sv2url) get the same extranonce layout as SV1 ones.
+    let sv2 = crate::sv2::setup(&cfg, listeners_sv2, first.job.coinbase.nonce1_len, first.job.coinbase.nonce2_len)?;
     let granted = *mask_rx.borrow();
     let (block_tx, mut block_rx) = mpsc::channel::<crate::mining::BlockCandidate>(64);
     let params = SessionParams::new(&cfg, opts.live.clone(), granted, prefix_len, opts.log_shares);
@@ -96,6 +96,9 @@ pub async fn run(
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
     fe.serve(listeners, tls, cfg.maxclients);
+    if let Some(sv2) = sv2 {
+        fe.serve_sv2(sv2, cfg.maxclients);
+    }
     let summary = format!(
         "ckproxy ready: upstream job received, miners get {prefix_len}+{} extranonce bytes, serving on {}",
         first.job.coinbase.nonce2_len,

@@ -37,6 +37,8 @@ pub enum Event {
         target: [u8; 32],
         extranonce_prefix: Vec<u8>,
         extranonce_size: u16,
+        /// The group channel the pool put it in (jobs may come for the group).
+        group: u32,
     },
     StandardOpened {
         request_id: u32,
@@ -79,6 +81,16 @@ pub enum Event {
         code: String,
     },
     UpdateRefused {
+        channel: u32,
+        code: String,
+    },
+    /// SetExtranoncePrefix: the channel's jobs from now on take this prefix.
+    ExtranoncePrefix {
+        channel: u32,
+        prefix: Vec<u8>,
+    },
+    /// CloseChannel from the pool.
+    ChannelClosed {
         channel: u32,
         code: String,
     },
@@ -154,6 +166,7 @@ impl Event {
                 target: u256(&m.target),
                 extranonce_prefix: m.extranonce_prefix.as_bytes().to_vec(),
                 extranonce_size: m.extranonce_size,
+                group: m.group_channel_id,
             },
             AnyMessage::Mining(Mining::OpenStandardMiningChannelSuccess(m)) => Event::StandardOpened {
                 request_id: m.request_id,
@@ -202,6 +215,12 @@ impl Event {
             }
             AnyMessage::Mining(Mining::UpdateChannelError(m)) => {
                 Event::UpdateRefused { channel: m.channel_id, code: text(&m.error_code) }
+            }
+            AnyMessage::Mining(Mining::SetExtranoncePrefix(m)) => {
+                Event::ExtranoncePrefix { channel: m.channel_id, prefix: m.extranonce_prefix.as_bytes().to_vec() }
+            }
+            AnyMessage::Mining(Mining::CloseChannel(m)) => {
+                Event::ChannelClosed { channel: m.channel_id, code: text(&m.reason_code) }
             }
             other => Event::Other(format!("{other:?}").chars().take(80).collect()),
         })
@@ -285,6 +304,12 @@ impl Sv2Client {
     /// garbage after the handshake).
     pub fn writer(&mut self) -> &mut FrameWriter<OwnedWriteHalf> {
         &mut self.wr
+    }
+
+    /// The reading and writing halves, to wait on the next frame while a write is pending
+    /// (both are cancel-safe).
+    pub fn halves(&mut self) -> (&mut FrameReader<OwnedReadHalf>, &mut FrameWriter<OwnedWriteHalf>) {
+        (&mut self.rd, &mut self.wr)
     }
 
     pub async fn next_frame(&mut self) -> anyhow::Result<Frame> {

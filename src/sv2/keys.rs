@@ -5,8 +5,8 @@
 //! Files hold one line: the 32-byte secret in base58check (the form SRI's pool configs use, so
 //! a key moves between the two). A missing file is created at first start with mode 0600; a file
 //! that others can read is used and named in a warning. The public key is written the way SRI's
-//! roles read `authority_pubkey`: base58check of a 2-byte little-endian version (1) and the
-//! 32-byte x-only key.
+//! roles read `authority_pubkey` (`config::authority`, where a proxy's `stratum2+tcp://` url is
+//! read with it).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -14,8 +14,7 @@ use std::path::Path;
 
 use bitcoin::secp256k1::{Keypair, Secp256k1, SecretKey};
 
-/// Version of the public-key encoding (SRI's `Secp256k1PublicKey`).
-const PUBKEY_VERSION: u16 = 1;
+pub use crate::config::authority::{encode_public, parse_public};
 
 /// The authority key pair.
 #[derive(Clone)]
@@ -141,31 +140,6 @@ pub fn parse_secret(text: &str) -> anyhow::Result<AuthorityKey> {
     let secret: [u8; 32] =
         bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("key is {} bytes, expected 32", bytes.len()))?;
     AuthorityKey::from_secret(secret)
-}
-
-/// The public key as SRI's roles write it: base58check(version LE ‖ x-only key).
-pub fn encode_public(public: &[u8; 32]) -> String {
-    let mut raw = [0u8; 34];
-    raw[..2].copy_from_slice(&PUBKEY_VERSION.to_le_bytes());
-    raw[2..].copy_from_slice(public);
-    bitcoin::base58::encode_check(&raw)
-}
-
-/// Reads a public key written by [`encode_public`] (an `authority_pubkey`, or the key part of a
-/// `stratum2+tcp://` URL).
-pub fn parse_public(text: &str) -> anyhow::Result<[u8; 32]> {
-    let raw = bitcoin::base58::decode_check(text).map_err(|e| anyhow::anyhow!("not a base58check key: {e}"))?;
-    if raw.len() != 34 {
-        anyhow::bail!("public key is {} bytes, expected 34 (version and x-only key)", raw.len());
-    }
-    let version = u16::from_le_bytes([raw[0], raw[1]]);
-    if version != PUBKEY_VERSION {
-        anyhow::bail!("public key version {version}, expected {PUBKEY_VERSION}");
-    }
-    let key: [u8; 32] = raw[2..].try_into().expect("34 - 2 bytes");
-    bitcoin::secp256k1::XOnlyPublicKey::from_slice(&key)
-        .map_err(|e| anyhow::anyhow!("not a secp256k1 x-only key: {e}"))?;
-    Ok(key)
 }
 
 /// The URL a miner or proxy is given: `stratum2+tcp://HOST:PORT/KEY`.

@@ -1,6 +1,7 @@
-//! Stratum V2, the mining core's second face (pool mode, `sv2url`): Noise-encrypted connections
-//! from SV2 miners (standard channels) and proxies or translators (extended channels), whose
-//! shares go through the same mining core, share log, statistics, vardiff and block path as SV1.
+//! Stratum V2, the mining core's second face (`sv2url`, in pool and proxy mode): Noise-encrypted
+//! connections from SV2 miners (standard channels) and proxies or translators (extended
+//! channels), whose shares go through the same mining core, share log, statistics, vardiff and
+//! block path as SV1.
 //!
 //! ```text
 //!  keys.rs       the authority key (file, 0600), its public form and the stratum2+tcp:// URL
@@ -8,7 +9,7 @@
 //!  server.rs     listeners: accept, handshake under a deadline, one task per connection
 //!  session.rs    one connection: SetupConnection, channels, jobs, targets, shares
 //!  jobs.rs       pure: job ids, targets, hashrate -> difficulty, SV2 error codes
-//!  client.rs     an SV2 client (initiator): `ckpool bench --sv2` and the tests
+//!  client.rs     an SV2 client (initiator): `ckpool bench --sv2`, the proxy's SV2 upstream, the tests
 //! ```
 //!
 //! The wire is SRI's (`codec_sv2`, `noise_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining

@@ -17,8 +17,8 @@ use binary_sv2::{Seq0255, Seq064K, Str0255, Sv2Option, B032, B064K, U256};
 use common_messages_sv2::{Protocol, SetupConnection, SetupConnectionError, SetupConnectionSuccess};
 use mining_sv2::{
     NewExtendedMiningJob, NewMiningJob, OpenExtendedMiningChannel, OpenExtendedMiningChannelSuccess,
-    OpenMiningChannelError, OpenStandardMiningChannel, OpenStandardMiningChannelSuccess, SetNewPrevHash, SetTarget,
-    SubmitSharesError, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
+    OpenMiningChannelError, OpenStandardMiningChannel, OpenStandardMiningChannelSuccess, SetExtranoncePrefix,
+    SetNewPrevHash, SetTarget, SubmitSharesError, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
 };
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::io::{AsyncRead, AsyncWrite};

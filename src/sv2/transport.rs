@@ -69,11 +69,11 @@ pub struct FrameReader<R> {
     rd: R,
     decoder: NoiseDecoder,
     state: Option<TransportDecryptState>,
-    /// Bytes read from the socket and not yet given to the decoder (`start..end`): one read
-    /// takes every frame that has arrived, instead of one read per header and per payload.
+    /// Bytes read from the socket and not yet given to the decoder (`start..`): one read takes
+    /// every frame that has arrived, instead of one read per header and per payload. Given back
+    /// once all of it is taken, so an idle connection holds no read buffer.
     inbuf: Vec<u8>,
     start: usize,
-    end: usize,
     /// Bytes taken since the last whole frame, and the most allowed.
     in_frame: usize,
     limit: usize,
@@ -174,7 +174,7 @@ fn halves<R, W>(
     limit: usize,
 ) -> (FrameReader<R>, FrameWriter<W>) {
     (
-        FrameReader { rd, decoder, state: Some(dec), inbuf: Vec::new(), start: 0, end: 0, in_frame: 0, limit },
+        FrameReader { rd, decoder, state: Some(dec), inbuf: Vec::new(), start: 0, in_frame: 0, limit },
         FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512), sent: 0 },
     )
 }
@@ -187,26 +187,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.in_frame + want > self.limit {
                 return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
             }
-            while self.end - self.start < want {
-                if self.inbuf.len() < want.max(READ_BUF) {
-                    self.inbuf.resize(want.max(READ_BUF), 0);
-                }
-                if self.inbuf.len() - self.start < want {
+            while self.inbuf.len() - self.start < want {
+                if self.start > 0 && self.inbuf.capacity() - self.start < want.max(READ_BUF) {
                     // Room for the rest of this piece: move what is buffered to the front.
-                    self.inbuf.copy_within(self.start..self.end, 0);
-                    (self.start, self.end) = (0, self.end - self.start);
+                    self.inbuf.drain(..self.start);
+                    self.start = 0;
                 }
-                let n = self.rd.read(&mut self.inbuf[self.end..]).await?;
+                // Read into spare capacity (nothing zeroed first): at least the piece wanted.
+                self.inbuf.reserve(want.max(READ_BUF) - (self.inbuf.len() - self.start));
+                let n = self.rd.read_buf(&mut self.inbuf).await?;
                 if n == 0 {
-                    let read = self.in_frame + self.end - self.start;
+                    let read = self.in_frame + self.inbuf.len() - self.start;
                     return Err(if read == 0 { TransportError::Closed } else { TransportError::Truncated(read) });
                 }
-                self.end += n;
             }
             self.decoder.writable().copy_from_slice(&self.inbuf[self.start..self.start + want]);
             self.start += want;
-            if self.start == self.end {
-                (self.start, self.end) = (0, 0);
+            if self.start == self.inbuf.len() {
+                // All taken: the buffer goes back (allocated again by the next read).
+                self.inbuf = Vec::new();
+                self.start = 0;
             }
             self.in_frame += want;
             let state = self.state.take().ok_or_else(|| TransportError::Codec("decryption state lost".into()))?;

@@ -166,7 +166,8 @@ async fn zmq_listening(ep: &str) -> Result<(), String> {
     }
 }
 
-/// Proxy mode: each upstream pool takes a connection and answers subscribe and authorize.
+/// Proxy mode: each upstream pool takes a connection and answers subscribe and authorize (a
+/// Stratum V2 one: the handshake with its key, and a channel).
 async fn upstreams(cfg: &Config) -> usize {
     if !cfg.btcd.is_empty() {
         println!("ok: btcd entries are not used in proxy mode (not contacted)");
@@ -191,6 +192,9 @@ async fn upstreams(cfg: &Config) -> usize {
 
 async fn upstream(up: &Upstream) -> anyhow::Result<String> {
     use crate::sv1::client::Client;
+    if let Some(key) = &up.authority {
+        return sv2_upstream(up, key).await;
+    }
     let mut c = if up.tls {
         Client::connect_tls(&up.url, crate::tls::client_config(up.tlsca.as_deref())?).await?
     } else {
@@ -201,5 +205,27 @@ async fn upstream(up: &Upstream) -> anyhow::Result<String> {
     match c.authorize(&up.auth, up.pass.expose()).await? {
         Ok(()) => Ok(format!("subscribed (extranonce2 {} bytes), authorized as {}", sub.extranonce2_size, up.auth)),
         Err(r) => anyhow::bail!("authorize as {} refused: {r}", up.auth),
+    }
+}
+
+/// A `stratum2+tcp://` entry: the Noise handshake with the url's key, SetupConnection and an
+/// extended channel for `auth`.
+async fn sv2_upstream(up: &Upstream, key: &[u8; 32]) -> anyhow::Result<String> {
+    use crate::sv2::client::{Event, Sv2Client};
+    let stream = tokio::net::TcpStream::connect(&up.url).await.map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
+    let mut c = Sv2Client::connect_on(stream, key, 0).await?;
+    c.open_extended(&up.auth, 0.0, 2).await?;
+    loop {
+        match c.next_event().await? {
+            Event::ExtendedOpened { extranonce_prefix, extranonce_size, .. } => {
+                return Ok(format!(
+                    "Stratum V2, the pool's key checked, extended channel opened for {} (extranonce {}+{extranonce_size} bytes)",
+                    up.auth,
+                    extranonce_prefix.len()
+                ))
+            }
+            Event::OpenRefused { code, .. } => anyhow::bail!("extended channel for {} refused: {code}", up.auth),
+            _ => {}
+        }
     }
 }

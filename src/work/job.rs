@@ -39,6 +39,22 @@ pub struct Job {
     seen: Mutex<HashSet<u128>>,
 }
 
+/// What an upstream pool sends for a job, decoded (proxy mode).
+#[derive(Debug, Clone)]
+pub struct UpstreamParts {
+    /// Previous block hash, internal byte order.
+    pub prev_hash: [u8; 32],
+    /// The coinbase before and after the extranonce (non-witness serialization).
+    pub coinb1: Vec<u8>,
+    pub coinb2: Vec<u8>,
+    pub branches: Vec<[u8; 32]>,
+    pub version: u32,
+    pub nbits: u32,
+    pub ntime: u32,
+    /// Work on the previous block must stop (a new block).
+    pub clean: bool,
+}
+
 /// Why an upstream `mining.notify` could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotifyError {
@@ -117,12 +133,6 @@ impl Job {
     /// An extranonce2 above [`MAX_NONCE2_LEN`] bytes (a pool's subscribe answer says how long)
     /// is refused: no share could be judged on the job.
     pub fn from_notify(id: u64, params: &Value, nonce1_len: usize, nonce2_len: usize) -> Result<Job, NotifyError> {
-        if nonce2_len > MAX_NONCE2_LEN {
-            return Err(NotifyError::Field {
-                field: "extranonce2 size",
-                why: format!("{nonce2_len} bytes is more than {MAX_NONCE2_LEN}"),
-            });
-        }
         let p = params.as_array().filter(|a| a.len() >= 9).ok_or_else(|| NotifyError::Shape(params.to_string()))?;
         let s = |i: usize, field: &'static str| -> Result<&str, NotifyError> {
             p[i].as_str().ok_or_else(|| NotifyError::Field { field, why: format!("{} is not a string", p[i]) })
@@ -131,9 +141,6 @@ impl Job {
         let prev_hash = prevhash_from_stratum(s(1, "prevhash")?).map_err(|e| bad("prevhash", e))?;
         let coinb1 = hex::decode(s(2, "coinb1")?).map_err(|e| bad("coinb1", e))?;
         let coinb2 = hex::decode(s(3, "coinb2")?).map_err(|e| bad("coinb2", e))?;
-        if coinb1.len() < 5 || coinb2.len() < 4 {
-            return Err(NotifyError::Field { field: "coinb1/coinb2", why: "too short for a transaction".into() });
-        }
         let branches = p[4]
             .as_array()
             .ok_or_else(|| NotifyError::Field { field: "merkle_branch", why: "not an array".into() })?
@@ -156,6 +163,24 @@ impl Job {
         let nbits = word(6, "nbits")?;
         let ntime = word(7, "ntime")?;
         let clean = p[8].as_bool().unwrap_or(false);
+        let parts = UpstreamParts { prev_hash, coinb1, coinb2, branches, version, nbits, ntime, clean };
+        Job::upstream(id, parts, nonce1_len, nonce2_len)
+    }
+
+    /// A job from an upstream pool's parts (proxy mode: a `mining.notify`, or a Stratum V2
+    /// extended job with the SetNewPrevHash it builds on), for a session whose extranonce1 is
+    /// `nonce1_len` bytes and extranonce2 `nonce2_len` bytes.
+    pub fn upstream(id: u64, parts: UpstreamParts, nonce1_len: usize, nonce2_len: usize) -> Result<Job, NotifyError> {
+        if nonce2_len > MAX_NONCE2_LEN {
+            return Err(NotifyError::Field {
+                field: "extranonce2 size",
+                why: format!("{nonce2_len} bytes is more than {MAX_NONCE2_LEN}"),
+            });
+        }
+        let UpstreamParts { prev_hash, coinb1, coinb2, branches, version, nbits, ntime, clean } = parts;
+        if coinb1.len() < 5 || coinb2.len() < 4 {
+            return Err(NotifyError::Field { field: "coinb1/coinb2", why: "too short for a transaction".into() });
+        }
         let network_target = Target::from_compact(nbits)
             .ok_or_else(|| NotifyError::Field { field: "nbits", why: "negative or overflowing target".into() })?;
         Ok(Job {

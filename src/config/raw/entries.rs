@@ -2,6 +2,7 @@
 //! each entry checked on its own, its errors naming the list, the index and the rule.
 
 use super::*;
+use crate::config::authority;
 
 /// Normalizes a btcd url ("localhost:19332", "127.0.0.1:8332", "http://host:port") to http://host:port/.
 pub(crate) fn normalize_rpc_url(url: &str) -> Option<String> {
@@ -169,13 +170,29 @@ impl RawUpstream {
         let key = |k: &str| format!("proxy[{i}].{k}");
         let s = |(f, k): Key<String>| c.string((f, &key(k)), "");
         let raw_url = s(key!(self.url))?;
-        let (url, tls) = match raw_url.strip_prefix("stratum+tls://") {
-            Some(rest) => (rest.trim_end_matches('/').to_string(), true),
-            None => (raw_url.trim_start_matches("stratum+tcp://").to_string(), false),
+        let bad_url = |why: String| c.err(&key("url"), &Value::String(raw_url.clone()), why);
+        let (url, tls, authority) = if let Some((host_port, pubkey)) = authority::split_sv2_url(&raw_url) {
+            const FORM: &str =
+                "stratum2+tcp://HOST:PORT/AUTHORITY_PUBKEY (the url `ckpool sv2-key` prints on the pool)";
+            if !valid_host_port(host_port) {
+                return Err(bad_url(format!("must be {FORM}: no host:port")));
+            }
+            if pubkey.is_empty() {
+                return Err(bad_url(format!("must be {FORM}: the pool's authority public key is missing")));
+            }
+            let k = authority::parse_public(pubkey)
+                .map_err(|e| bad_url(format!("must be {FORM}: the authority public key is unreadable ({e})")))?;
+            (host_port.to_string(), false, Some(k))
+        } else {
+            let (url, tls) = match raw_url.strip_prefix("stratum+tls://") {
+                Some(rest) => (rest.trim_end_matches('/').to_string(), true),
+                None => (raw_url.trim_start_matches("stratum+tcp://").to_string(), false),
+            };
+            if !valid_host_port(&url) {
+                return Err(bad_url("must be host:port of the upstream pool (or stratum+tls://host:port, or stratum2+tcp://host:port/AUTHORITY_PUBKEY)".into()));
+            }
+            (url, tls, None)
         };
-        if !valid_host_port(&url) {
-            return Err(c.err(&key("url"), &Value::String(raw_url), "must be host:port of the upstream pool"));
-        }
         let tlsca = s(key!(self.tlsca))?;
         if !tlsca.is_empty() && !tls {
             return Err(c.err(&key("tlsca"), &Value::String(tlsca), "is for a stratum+tls:// url only"));
@@ -186,6 +203,7 @@ impl RawUpstream {
             pass: Secret::new(s(key!(self.pass))?),
             tls,
             tlsca: (!tlsca.is_empty()).then(|| PathBuf::from(tlsca)),
+            authority,
         })
     }
 }

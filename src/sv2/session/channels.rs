@@ -57,6 +57,10 @@ impl Sv2Session {
         };
         let now = self.now_us();
         let mut core = Channel::new(params, &key.to_be_bytes()[8 - n1..], now);
+        // Proxy mode: the upstream's extranonce comes first (empty in pool mode).
+        if let Some(prefix) = self.ctx.work.borrow().as_ref().map(|w| w.en1_prefix.clone()) {
+            core.set_prefix(&prefix);
+        }
         let base = user.split(['.', '_']).next().unwrap_or(&user).to_string();
         core.set_identity(base.into(), user.into());
         let wanted = jobs::hashrate_difficulty(hashrate, params.vardiff.target_interval_us);

@@ -43,7 +43,7 @@ impl Sv2Session {
             }
         };
         let mut fx = Effects::default();
-        let verdict = ch.core.submit_decoded(local, &d, now, &mut fx);
+        let verdict = ch.core.submit_decoded(local, &d, now, self.ctx.upstream.is_some(), &mut fx);
         self.outbox.count(&self.ctx, &verdict);
         self.last_share = Instant::now();
         self.banned |= self.score.count(Outcome::of(&verdict.result), &self.ctx.guard.policy);

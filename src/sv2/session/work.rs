@@ -45,6 +45,26 @@ impl Sv2Session {
         fresh_id: bool,
     ) {
         let Some(ch) = self.channels.get_mut(&id) else { return };
+        if *base.en1_prefix != *ch.core.prefix() {
+            // Proxy mode, a new upstream session: a new prefix, every job sent so far gone (the
+            // next job comes with a SetNewPrevHash).
+            ch.core.switch_prefix(&base.en1_prefix);
+            ch.en1_hex = hex::encode(ch.core.en1()).into();
+            ch.last_prev = None;
+            let mut prefix = ch.core.en1().to_vec();
+            if !ch.extended {
+                prefix.resize(prefix.len() + ch.n2, 0);
+            }
+            let Ok(extranonce_prefix) = B032::new(&prefix[..]) else { return };
+            let m = SetExtranoncePrefix { channel_id: id, extranonce_prefix };
+            if push(wr, AnyMessage::Mining(Mining::SetExtranoncePrefix(m))).is_err() {
+                return;
+            }
+        }
+        if let Some(allowed) = base.version_mask {
+            // Proxy mode: the mask the upstream grants now.
+            ch.core.allow_version_mask(allowed);
+        }
         let w = match (&self.ctx.params.solo, &ch.payout) {
             (Some(solo), Some(script)) => match solo.work_for(base, script) {
                 Some(w) => w,

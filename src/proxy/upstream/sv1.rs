@@ -1,167 +1,35 @@
-//! The proxy's one upstream stratum session: subscribe, authorize, version rolling; upstream
-//! jobs re-issued to local miners; forwarded shares and the upstream's verdicts; failover across
-//! the `proxy` entries with backoff, and a return to the first entry when it is back.
+//! One Stratum V1 upstream session: subscribe, authorize, version rolling (BIP310); each notify
+//! re-issued to local miners, their shares submitted and the upstream's verdicts counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
+use super::{End, UpstreamClient, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, OUT_CAP, PRIMARY_PROBE, SILENCE_LIMIT};
 use crate::config::Upstream;
 use crate::difficulty::Difficulty;
 use crate::hex;
 use crate::log::escape::Esc;
-use crate::mining::{UpstreamJob, UpstreamShare, Work};
 use crate::share::Submit;
 use crate::sv1::client::{Client, ClientError};
-use crate::sv1::server_msg::{Event, Notify, NotifyJob, Subscription};
+use crate::sv1::server_msg::{Event, NotifyJob, Subscription};
 use crate::work::coinbase::MAX_NONCE2_LEN;
 
-/// No line from the upstream for this long: it is dead (pools notify at least every ~60 s).
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(150);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-const PRIMARY_PROBE: Duration = Duration::from_secs(10);
 const MAX_BAD_LINES: u32 = 50;
 
-/// Bytes queued for the upstream (shares it has not read) past which shares are dropped.
-pub const OUT_CAP: usize = 1 << 20;
-
-/// Upstream verdict counters.
-#[derive(Debug, Default)]
-pub struct UpstreamCounters {
-    pub forwarded: AtomicU64,
-    /// Shares not written because the upstream was not reading (its queue at [`OUT_CAP`]).
-    pub dropped: AtomicU64,
-    pub accepted: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Switches from one upstream entry to another (failover, or back to the primary).
-    pub failovers: AtomicU64,
-    /// 1 + the index of the `proxy` entry the proxy is connected and authorized to; 0: none.
-    pub connected: AtomicU64,
-}
-
-impl UpstreamCounters {
-    /// Connected and authorized to entry `idx`.
-    pub fn on_connected(&self, idx: usize) {
-        self.connected.store(idx as u64 + 1, Ordering::Relaxed);
-    }
-
-    /// The session ended; `switched`: the next attempt goes to another entry.
-    pub fn on_down(&self, switched: bool) {
-        self.connected.store(0, Ordering::Relaxed);
-        if switched {
-            self.failovers.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// How many bytes of the upstream's extranonce2 each local miner gets as its own extranonce1:
-/// 4 when the upstream gives 8 (4 left to the miner), fewer for smaller upstream spaces.
-pub fn prefix_len_for(upstream_en2: usize) -> Option<usize> {
-    match upstream_en2 {
-        0 | 1 => None,
-        2 => Some(1),
-        n => Some((n - 2).min(4)),
-    }
-}
-
-pub struct UpstreamClient {
-    pub entries: Vec<Upstream>,
-    pub version_mask: u32,
-    pub work: watch::Sender<Option<Arc<Work>>>,
-    pub shares: mpsc::Receiver<UpstreamShare>,
-    pub counters: Arc<UpstreamCounters>,
-    /// Decided by the first upstream session and kept for the proxy's life.
-    pub prefix_len: Option<usize>,
-    /// The version mask the upstream granted (0 = none).
-    pub granted_mask: watch::Sender<u32>,
-    /// The same, as published with each job.
-    mask: u32,
-    next_job: u64,
-    generation: u64,
-}
-
-enum End {
-    Shutdown,
-    /// The session failed; try the next entry.
-    Failed(String),
-    /// The primary entry answers again; go back to it.
-    Primary,
-    /// The upstream asked us to reconnect (client.reconnect), possibly elsewhere.
-    Reconnect(Option<String>),
-}
-
 impl UpstreamClient {
-    pub fn new(
-        entries: Vec<Upstream>,
-        version_mask: u32,
-        work: watch::Sender<Option<Arc<Work>>>,
-        shares: mpsc::Receiver<UpstreamShare>,
-        granted_mask: watch::Sender<u32>,
-    ) -> UpstreamClient {
-        UpstreamClient {
-            entries,
-            version_mask,
-            work,
-            shares,
-            counters: Arc::default(),
-            prefix_len: None,
-            granted_mask,
-            mask: 0,
-            next_job: 0,
-            generation: 0,
-        }
-    }
-
-    /// Runs until shutdown, cycling through the entries on failure.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let n = self.entries.len();
-        let mut idx = 0usize;
-        let mut failures_in_row = 0u32;
-        let mut override_addr: Option<String> = None;
-        loop {
-            let entry = self.entries[idx].clone();
-            let addr = override_addr.take().unwrap_or_else(|| entry.url.clone());
-            let end = self.session(&addr, &entry, idx, &mut shutdown).await;
-            self.counters.on_down(matches!(end, End::Primary) || matches!(end, End::Failed(_)) && n > 1);
-            match end {
-                End::Shutdown => return,
-                End::Primary => {
-                    tracing::info!("upstream {}: primary is back; switching to it", self.entries[0].url);
-                    idx = 0;
-                    failures_in_row = 0;
-                }
-                End::Reconnect(to) => {
-                    tracing::info!(
-                        "upstream {addr}: asked us to reconnect{}",
-                        to.as_deref().map(|t| format!(" to {t}")).unwrap_or_default()
-                    );
-                    override_addr = to;
-                }
-                End::Failed(why) => {
-                    failures_in_row += 1;
-                    let next = (idx + 1) % n;
-                    tracing::warn!("upstream {addr} ({}): {why}; next: {}", entry.auth, self.entries[next].url);
-                    idx = next;
-                    // Back off once every entry has failed in a row.
-                    if failures_in_row as usize >= n {
-                        let delay = Duration::from_millis(500 * (1u64 << (failures_in_row as usize / n).min(6)));
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay.min(Duration::from_secs(30))) => {}
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn session(&mut self, addr: &str, entry: &Upstream, idx: usize, shutdown: &mut watch::Receiver<bool>) -> End {
+    pub(super) async fn sv1_session(
+        &mut self,
+        addr: &str,
+        entry: &Upstream,
+        idx: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
         let mut up = if entry.tls {
             // stratum+tls://: a certificate the entry's tlsca (or the webpki roots) does not
             // vouch for makes this upstream dead, like a refused connection.
@@ -191,7 +59,6 @@ impl UpstreamClient {
         let started = Instant::now();
         let mut probe = tokio::time::interval(PRIMARY_PROBE);
         probe.tick().await;
-        self.generation += 1;
         loop {
             let limit =
                 if s.authorized && s.en1.is_some() { last_line + SILENCE_LIMIT } else { started + HANDSHAKE_TIMEOUT };
@@ -258,17 +125,6 @@ impl UpstreamClient {
         }
     }
 
-    /// Whether the first entry takes connections again: a TCP connect, or for `stratum+tls://`
-    /// a whole TLS handshake (a pool whose certificate is refused is not back).
-    async fn primary_answers(&self) -> bool {
-        let p = &self.entries[0];
-        if !p.tls {
-            return matches!(timeout(Duration::from_secs(3), TcpStream::connect(&p.url)).await, Ok(Ok(_)));
-        }
-        let Ok(config) = crate::tls::client_config(p.tlsca.as_deref()) else { return false };
-        matches!(timeout(Duration::from_secs(5), crate::tls::connect(&p.url, config)).await, Ok(Ok(_)))
-    }
-
     /// One upstream line; `Some` ends the session.
     fn on_event(&mut self, ev: Event<'_>, s: &mut Session, addr: &str, entry: &Upstream) -> Option<End> {
         match ev {
@@ -279,7 +135,10 @@ impl UpstreamClient {
                 };
                 // Stratum's default difficulty is 1 until set_difficulty says otherwise.
                 let d = *s.difficulty.get_or_insert(Difficulty::ONE);
-                self.publish(&n, &e1, s.en2_size, d, addr);
+                let made = |id, n1, n2| n.job(id, n1, n2).map(|NotifyJob { job, job_id }| (job, job_id));
+                if let Err(e) = self.publish(&e1, s.en2_size, (d.to_target(), d), made) {
+                    tracing::warn!("upstream {addr}: unusable notify: {e}");
+                }
             }
             Event::SetDifficulty(d) => {
                 if s.difficulty != Some(d) {
@@ -323,20 +182,8 @@ impl UpstreamClient {
             }
             Event::Subscribed(Err(r)) => return Some(End::Failed(format!("subscribe refused or malformed: {r}"))),
             Event::Subscribed(Ok(Subscription { extranonce1: e, extranonce2_size: n })) => {
-                let Some(p) = prefix_len_for(n) else {
-                    return Some(End::Failed(format!("extranonce2 size {n} leaves no room for local miners")));
-                };
-                let p = *self.prefix_len.get_or_insert(p);
-                if n <= p {
-                    return Some(End::Failed(format!(
-                        "extranonce2 size {n} is smaller than this proxy's {p}-byte miner prefix"
-                    )));
-                }
-                if n - p > MAX_NONCE2_LEN {
-                    return Some(End::Failed(format!("extranonce2 size {n} leaves local miners more than {MAX_NONCE2_LEN} bytes after a {p}-byte prefix")));
-                }
-                if n - p < 4 {
-                    tracing::warn!("upstream {addr}: extranonce2 is {n} bytes; local miners get {} byte(s) of extranonce2 after a {p}-byte prefix", n - p);
+                if let Err(why) = self.miner_prefix(n, addr) {
+                    return Some(End::Failed(why));
                 }
                 s.en1 = Some(e);
                 s.en2_size = n;
@@ -372,29 +219,6 @@ impl UpstreamClient {
         }
         None
     }
-
-    /// Re-issues an upstream notify to local miners, with the mask granted now.
-    fn publish(&mut self, n: &Notify, en1: &[u8], en2_size: usize, difficulty: Difficulty, addr: &str) {
-        let generation = self.generation;
-        let Some(p) = self.prefix_len else { return };
-        self.next_job += 1;
-        match n.job(self.next_job, en1.len() + p, en2_size - p) {
-            Ok(NotifyJob { job, job_id }) => {
-                let up = UpstreamJob { job_id: job_id.into(), target: difficulty.to_target(), difficulty, generation };
-                let announcement = match job.clean {
-                    true => Some(Arc::new(crate::mining::Announcement::new(
-                        std::time::Instant::now(),
-                        std::time::Instant::now(),
-                    ))),
-                    false => self.work.borrow().as_ref().and_then(|w| w.announcement.clone()),
-                };
-                let mut work = Work::proxied(Arc::new(job), Arc::from(en1), up).with_announcement(announcement);
-                work.version_mask = Some(self.mask);
-                self.work.send_replace(Some(Arc::new(work)));
-            }
-            Err(e) => tracing::warn!("upstream {addr}: unusable notify: {e}"),
-        }
-    }
 }
 
 /// What one upstream session knows.
@@ -410,6 +234,8 @@ struct Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mining::{UpstreamShare, Work};
+    use tokio::sync::mpsc;
 
     /// The mask the upstream grants in its configure answer, then in `mining.set_version_mask`,
     /// reaches the published work (within the proxy's own mask); shares go up with the user and
@@ -479,6 +305,7 @@ mod tests {
             ntime: "65000000".into(),
             nonce: "00000000".into(),
             version_bits: None,
+            version: 0x20000000,
             workername: "local.w".into(),
             difficulty: Difficulty::ONE,
         };
@@ -497,15 +324,5 @@ mod tests {
         }
         assert_eq!(counters.forwarded.load(Ordering::Relaxed), 1);
         task.abort();
-    }
-
-    #[test]
-    fn prefix_sizes() {
-        assert_eq!(prefix_len_for(8), Some(4));
-        assert_eq!(prefix_len_for(4), Some(2));
-        assert_eq!(prefix_len_for(3), Some(1));
-        assert_eq!(prefix_len_for(2), Some(1));
-        assert_eq!(prefix_len_for(1), None);
-        assert_eq!(prefix_len_for(16), Some(4));
     }
 }

@@ -1,0 +1,376 @@
+//! One Stratum V2 upstream session (`stratum2+tcp://HOST:PORT/KEY`): the Noise NX handshake with
+//! the pool's certificate checked against the entry's authority key, SetupConnection, one
+//! extended channel for every local miner; its jobs (future ones activated by SetNewPrevHash,
+//! active ones at once), SetTarget and SetExtranoncePrefix followed; local shares meeting the
+//! channel's target sent as SubmitSharesExtended and the pool's verdicts counted.
+//!
+//! The local side is the SV1 session's: the channel's extranonce prefix plays extranonce1, its
+//! extranonce size extranonce2, so each miner's slice of it and its own difficulty are as
+//! under a Stratum V1 upstream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use binary_sv2::B032;
+use mining_sv2::SubmitSharesExtended;
+use parsers_sv2::{AnyMessage, Mining};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::{End, UpstreamClient, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, OUT_CAP, PRIMARY_PROBE, SILENCE_LIMIT};
+use crate::config::Upstream;
+use crate::difficulty::{Difficulty, Target};
+use crate::hex;
+use crate::log::escape::Esc;
+use crate::sv2::client::{Event, ExtendedJob, Sv2Client};
+use crate::sv2::transport::TransportError;
+use crate::sv2::{jobs, keys, MAX_EXTRANONCE};
+use crate::work::job::{NotifyError, UpstreamParts};
+use crate::work::Job;
+
+/// BIP320's bits: what SV2 miners roll when a job allows version rolling.
+const BIP320_MASK: u32 = 0x1fff_e000;
+/// Future jobs kept waiting for their SetNewPrevHash.
+const FUTURE_KEPT: usize = 16;
+/// Unparseable frames in a row before the upstream is given up.
+const MAX_BAD_FRAMES: u32 = 50;
+
+/// The Noise handshake with the pool at `addr`, its certificate checked against `key`.
+pub(super) async fn handshake(addr: &str, key: &[u8; 32]) -> anyhow::Result<Sv2Client> {
+    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
+    Sv2Client::handshake_on(stream, key).await
+}
+
+/// The operator's line for a failed handshake: a certificate the key does not vouch for says
+/// which key was expected and what to do.
+fn handshake_failure(e: &anyhow::Error, key: &[u8; 32], idx: usize) -> String {
+    match e.downcast_ref::<TransportError>() {
+        Some(TransportError::Handshake(why)) => format!(
+            "Noise handshake refused: {why}; proxy[{idx}].url pins authority key {}: another pool, or a new key, at this address; put the key `ckpool sv2-key` prints on the pool (its authority_pubkey) in the url",
+            keys::encode_public(key)
+        ),
+        Some(TransportError::HandshakeTimeout(t)) => {
+            format!("no Noise handshake answer within {t:?} (is this a Stratum V2 port?)")
+        }
+        Some(TransportError::Closed) => "closed the connection during the Noise handshake (is this a Stratum V2 port?)".into(),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// The block the channel's jobs build on (SetNewPrevHash).
+#[derive(Clone, Copy)]
+struct Prev {
+    prev_hash: [u8; 32],
+    nbits: u32,
+}
+
+/// What one SV2 upstream session knows once its channel is open.
+struct Channel {
+    id: u32,
+    group: u32,
+    en1: Vec<u8>,
+    en2_size: usize,
+    target: Target,
+    difficulty: Difficulty,
+    prev: Option<Prev>,
+    /// Jobs waiting for the SetNewPrevHash that names them.
+    future: HashMap<u32, ExtendedJob>,
+    seq: u32,
+    /// Shares sent and not yet answered, by sequence number: who sent them, at what difficulty.
+    pending: BTreeMap<u32, (Arc<str>, Difficulty)>,
+    /// When the pool must have said something (a share is waiting for its verdict).
+    answer_due: Option<Instant>,
+}
+
+impl Channel {
+    fn ours(&self, channel: u32) -> bool {
+        channel == self.id || channel == self.group
+    }
+}
+
+impl UpstreamClient {
+    pub(super) async fn sv2_session(
+        &mut self,
+        addr: &str,
+        entry: &Upstream,
+        key: &[u8; 32],
+        idx: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
+        let started = Instant::now();
+        let mut c = match timeout(CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT, handshake(addr, key)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return End::Failed(handshake_failure(&e, key, idx)),
+            Err(_) => return End::Failed("no Noise handshake within 25 s".into()),
+        };
+        let deadline = started + CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT;
+        let mut ch = match timeout_at(deadline, self.open_channel(&mut c, entry, addr)).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(why)) => return End::Failed(why),
+            Err(_) => return End::Failed("no SetupConnection/OpenExtendedMiningChannel answer within 25 s".into()),
+        };
+        self.counters.on_connected(idx);
+        tracing::info!(
+            "upstream {}: connected over Stratum V2 (pool's key checked), extended channel {} open for {} at difficulty {}; extranonce {}+{} bytes",
+            entry.display(),
+            ch.id,
+            entry.auth,
+            ch.difficulty,
+            ch.en1.len(),
+            ch.en2_size
+        );
+        let mut bad_frames = 0u32;
+        let mut probe = tokio::time::interval(PRIMARY_PROBE);
+        probe.tick().await;
+        loop {
+            let (rd, wr) = c.halves();
+            let limit = ch.answer_due.unwrap_or_else(|| Instant::now() + SILENCE_LIMIT);
+            tokio::select! {
+                f = rd.read_frame() => {
+                    let f = match f {
+                        Ok(f) => f,
+                        Err(TransportError::Closed) => return End::Failed("closed the connection".into()),
+                        Err(e) => return End::Failed(format!("{e}")),
+                    };
+                    ch.answer_due = (!ch.pending.is_empty()).then(|| Instant::now() + SILENCE_LIMIT);
+                    match Event::of(f) {
+                        Ok(ev) => {
+                            bad_frames = 0;
+                            if let Some(end) = self.on_sv2_event(ev, &mut ch, addr) {
+                                return end;
+                            }
+                        }
+                        Err(e) => {
+                            bad_frames += 1;
+                            tracing::warn!("upstream {addr}: {}", Esc(&format!("{e:#}")));
+                            if bad_frames > MAX_BAD_FRAMES {
+                                return End::Failed(format!("{bad_frames} unreadable messages in a row"));
+                            }
+                        }
+                    }
+                }
+                share = self.shares.recv() => {
+                    let Some(sh) = share else { return End::Shutdown };
+                    if sh.generation != self.generation {
+                        tracing::debug!("share from {} for a previous upstream session dropped as stale", Esc(&sh.workername));
+                        continue;
+                    }
+                    if wr.pending() >= OUT_CAP {
+                        if self.counters.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                            tracing::warn!("upstream {addr}: not reading ({} KiB queued); shares are dropped until it does", wr.pending() >> 10);
+                        }
+                        continue;
+                    }
+                    let parsed = (
+                        sh.job_id.parse::<u32>(),
+                        u32::from_str_radix(&sh.ntime, 16),
+                        u32::from_str_radix(&sh.nonce, 16),
+                        hex::decode(&sh.extranonce2),
+                    );
+                    let (Ok(job_id), Ok(ntime), Ok(nonce), Ok(extranonce)) = parsed else {
+                        tracing::warn!("upstream {addr}: share from {} not forwarded: unreadable fields", Esc(&sh.workername));
+                        continue;
+                    };
+                    let Ok(extranonce) = B032::new(&extranonce[..]) else { continue };
+                    ch.seq = ch.seq.wrapping_add(1);
+                    let m = SubmitSharesExtended {
+                        channel_id: ch.id,
+                        sequence_number: ch.seq,
+                        job_id,
+                        nonce,
+                        ntime,
+                        version: sh.version,
+                        extranonce,
+                    };
+                    if let Err(e) = wr.push(AnyMessage::Mining(Mining::SubmitSharesExtended(m))) {
+                        tracing::warn!("upstream {addr}: share from {} not forwarded: {e}", Esc(&sh.workername));
+                        continue;
+                    }
+                    if ch.pending.len() >= 100_000 {
+                        ch.pending.clear();
+                    }
+                    ch.pending.insert(ch.seq, (sh.workername.clone(), sh.difficulty));
+                    ch.answer_due.get_or_insert_with(|| Instant::now() + SILENCE_LIMIT);
+                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                r = wr.flush(), if wr.pending() > 0 => {
+                    if let Err(e) = r {
+                        return End::Failed(format!("write failed: {e}"));
+                    }
+                }
+                _ = probe.tick(), if idx != 0 => {
+                    if self.primary_answers().await {
+                        // Shares queued for this upstream are still due to it: written before leaving.
+                        let _ = timeout(std::time::Duration::from_secs(2), c.flush()).await;
+                        return End::Primary;
+                    }
+                }
+                _ = tokio::time::sleep_until(limit), if ch.answer_due.is_some() => {
+                    return End::Failed(format!("no answer to forwarded shares for {SILENCE_LIMIT:?}"));
+                }
+                _ = shutdown.changed() => {
+                    let _ = timeout(std::time::Duration::from_secs(2), c.flush()).await;
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// SetupConnection, then one extended channel for the entry's user; what the pool answers.
+    async fn open_channel(&mut self, c: &mut Sv2Client, entry: &Upstream, addr: &str) -> Result<Channel, String> {
+        let wire = |e: anyhow::Error| format!("{e:#}");
+        c.setup(2, 2, 0).await.map_err(wire)?;
+        loop {
+            match c.next_event().await.map_err(wire)? {
+                Event::SetupOk { .. } => break,
+                Event::SetupRefused { code, flags } => {
+                    return Err(format!("SetupConnection refused: {} (flags {flags:#b})", Esc(&code)))
+                }
+                other => tracing::debug!("upstream {addr}: before SetupConnection.Success: {other:?}"),
+            }
+        }
+        // Room for the miners' prefix and at least a byte of their own.
+        let min_extranonce = self.prefix_len.map_or(2, |p| p + 1) as u16;
+        // Hashrate 0: the pool starts the channel at its own difficulty, and its vardiff follows
+        // the shares forwarded.
+        let request = c.open_extended(&entry.auth, 0.0, min_extranonce).await.map_err(wire)?;
+        loop {
+            match c.next_event().await.map_err(wire)? {
+                Event::ExtendedOpened { request_id, channel, target, extranonce_prefix, extranonce_size, group }
+                    if request_id == request =>
+                {
+                    let n = extranonce_size as usize;
+                    if extranonce_prefix.len() + n > MAX_EXTRANONCE {
+                        return Err(format!(
+                            "extranonce prefix {} + size {n} bytes is over Stratum V2's {MAX_EXTRANONCE}",
+                            extranonce_prefix.len()
+                        ));
+                    }
+                    self.miner_prefix(n, addr)?;
+                    let target = jobs::target_from_le(&target);
+                    return Ok(Channel {
+                        id: channel,
+                        group,
+                        en1: extranonce_prefix,
+                        en2_size: n,
+                        target,
+                        difficulty: Difficulty::from_target(&target),
+                        prev: None,
+                        future: HashMap::new(),
+                        seq: 0,
+                        pending: BTreeMap::new(),
+                        answer_due: None,
+                    });
+                }
+                Event::OpenRefused { code, .. } => {
+                    return Err(format!("extended channel for {:?} refused: {}", entry.auth, Esc(&code)))
+                }
+                other => tracing::debug!("upstream {addr}: before the channel opened: {other:?}"),
+            }
+        }
+    }
+
+    /// One message from the pool; `Some` ends the session.
+    fn on_sv2_event(&mut self, ev: Event, ch: &mut Channel, addr: &str) -> Option<End> {
+        match ev {
+            Event::ExtendedJob(j) if ch.ours(j.channel) => match (j.min_ntime, ch.prev) {
+                (None, _) => {
+                    if ch.future.len() >= FUTURE_KEPT {
+                        ch.future.clear();
+                    }
+                    ch.future.insert(j.job_id, j);
+                }
+                (Some(ntime), Some(prev)) => self.publish_sv2(&j, prev, ntime, false, ch, addr),
+                (Some(_), None) => {
+                    tracing::debug!("upstream {addr}: job {} before any SetNewPrevHash ignored", j.job_id)
+                }
+            },
+            Event::PrevHash { channel, job_id, prev_hash, min_ntime, nbits } if ch.ours(channel) => {
+                let prev = Prev { prev_hash, nbits };
+                ch.prev = Some(prev);
+                match ch.future.remove(&job_id) {
+                    Some(j) => self.publish_sv2(&j, prev, min_ntime, true, ch, addr),
+                    None => tracing::warn!("upstream {addr}: SetNewPrevHash names job {job_id}, which it never sent as a future job; waiting for the next job"),
+                }
+                ch.future.clear();
+            }
+            Event::Target { channel, target } if ch.ours(channel) => {
+                ch.target = jobs::target_from_le(&target);
+                let d = Difficulty::from_target(&ch.target);
+                if d != ch.difficulty {
+                    tracing::info!("upstream {addr}: difficulty {d} (SetTarget; from the next job)");
+                }
+                ch.difficulty = d;
+            }
+            Event::ExtranoncePrefix { channel, prefix } if ch.ours(channel) => {
+                if prefix.len() + ch.en2_size > MAX_EXTRANONCE {
+                    return Some(End::Failed(format!(
+                        "unusable SetExtranoncePrefix: {} bytes with {} to roll is over {MAX_EXTRANONCE}",
+                        prefix.len(),
+                        ch.en2_size
+                    )));
+                }
+                tracing::info!("upstream {addr}: new extranonce prefix {} (from the next job)", hex::encode(&prefix));
+                ch.en1 = prefix;
+                self.generation += 1;
+            }
+            Event::Accepted { channel, last_seq, count, .. } if ch.ours(channel) => {
+                self.counters.accepted.fetch_add(count as u64, Ordering::Relaxed);
+                let later = ch.pending.split_off(&last_seq.saturating_add(1));
+                ch.pending = later;
+            }
+            Event::Rejected { channel, seq, code } if ch.ours(channel) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some((worker, d)) = ch.pending.remove(&seq) {
+                    tracing::info!(
+                        "upstream {addr} rejected a share from {} (difficulty {d}): {}",
+                        Esc(&worker),
+                        Esc(&code)
+                    );
+                }
+            }
+            Event::ChannelClosed { channel, code } if ch.ours(channel) => {
+                return Some(End::Failed(format!("closed the channel: {}", Esc(&code))));
+            }
+            other => tracing::debug!("upstream {addr}: ignoring {other:?}"),
+        }
+        if ch.pending.is_empty() {
+            ch.answer_due = None;
+        }
+        None
+    }
+
+    /// Re-issues an extended job on `prev` to local miners.
+    fn publish_sv2(&mut self, j: &ExtendedJob, prev: Prev, ntime: u32, clean: bool, ch: &Channel, addr: &str) {
+        let mask = if j.version_rolling { self.version_mask & BIP320_MASK } else { 0 };
+        if mask != self.mask {
+            self.mask = mask;
+            self.granted_mask.send_replace(mask);
+        }
+        let make = |id, n1, n2| -> Result<(Job, String), NotifyError> {
+            let parts = UpstreamParts {
+                prev_hash: prev.prev_hash,
+                coinb1: j.coinbase_prefix.clone(),
+                coinb2: j.coinbase_suffix.clone(),
+                branches: j.merkle_path.clone(),
+                version: j.version,
+                nbits: prev.nbits,
+                ntime,
+                clean,
+            };
+            Ok((Job::upstream(id, parts, n1, n2)?, j.job_id.to_string()))
+        };
+        if let Err(e) = self.publish(&ch.en1, ch.en2_size, (ch.target, ch.difficulty), make) {
+            tracing::warn!("upstream {addr}: unusable job {}: {e}", j.job_id);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "sv2_tests.rs"]
+mod tests;

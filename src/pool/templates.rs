@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use crate::bitcoind::ipc::IpcEvent;
 use crate::bitcoind::zmq::NewBlock;
 use crate::bitcoind::{Rpc, RpcError};
 use crate::difficulty::Difficulty;
@@ -18,9 +19,9 @@ use crate::work::{coinbase, CoinbaseConfig, Job, Template};
 
 /// Where a refresh's time went: waiting for the node's answers, and parsing them.
 #[derive(Debug, Default)]
-struct Timing {
-    node: Duration,
-    parse: Duration,
+pub(super) struct Timing {
+    pub(super) node: Duration,
+    pub(super) parse: Duration,
 }
 
 /// Why a fresh template is wanted.
@@ -30,6 +31,10 @@ pub enum Reason {
     NewBlock,
     Update,
     BlockFound,
+    /// A template from the node's IPC mining interface (`ipcmining`).
+    Ipc,
+    /// The IPC link is down: getblocktemplate takes over.
+    IpcLost,
 }
 
 /// How often the node's tip is polled: `blockpoll`, or at least every second alongside ZMQ (which
@@ -105,12 +110,14 @@ pub struct TemplateSource {
     /// the last template when the window has moved enough (no call to the node).
     pub payees: Option<Arc<super::pplns::Payees>>,
     /// The template the miners work on (PPLNS rebuilds its coinbase).
-    last: Option<Arc<Template>>,
+    pub(super) last: Option<Arc<Template>>,
     next_id: u64,
     /// When the new block the next refresh looks for was announced (ZMQ, poll, found block).
     announced: Option<Instant>,
     node_down: bool,
     warned_coinbase: bool,
+    /// Templates come over IPC (`ipcmining`) now: getblocktemplate waits (pool/ipc_source.rs).
+    pub(super) ipc_up: bool,
 }
 
 impl TemplateSource {
@@ -139,6 +146,7 @@ impl TemplateSource {
             live: None,
             payees: None,
             last: None,
+            ipc_up: false,
         }
     }
 
@@ -216,6 +224,20 @@ impl TemplateSource {
             tracing::info!("bitcoind answering again: height {}", template.height);
             self.node_down = false;
         }
+        self.publish(template, reason, announced, started, &timing, attempts)
+    }
+
+    /// Builds the coinbase and the job for `template` and publishes it to every session;
+    /// false when no coinbase could be built. `announced`: when its new block became known.
+    pub(super) fn publish(
+        &mut self,
+        template: Template,
+        reason: Reason,
+        announced: Option<Instant>,
+        started: Instant,
+        timing: &Timing,
+        attempts: u32,
+    ) -> bool {
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
         if let Some(p) = &self.payees {
             self.coinbase.pplns = Some(p.plan(netdiff));
@@ -250,7 +272,7 @@ impl TemplateSource {
             // Each address's coinbase is built from the template (pool/solo.rs).
             work.template = Some(Arc::new(template.clone()));
         }
-        if self.payees.is_some() {
+        if self.payees.is_some() || template.ipc_template.is_some() {
             self.last = Some(Arc::new(template.clone()));
         }
         self.work.send_replace(Some(Arc::new(work)));
@@ -328,6 +350,7 @@ impl TemplateSource {
         mut self,
         mut zmq: Option<mpsc::Receiver<NewBlock>>,
         mut refresh: mpsc::Receiver<Option<[u8; 32]>>,
+        mut ipc: Option<mpsc::Receiver<IpcEvent>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let poll_every = poll_interval(self.blockpoll, zmq.is_some());
@@ -348,7 +371,7 @@ impl TemplateSource {
                             let known = self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == hash);
                             // Logged even when polling was first: the announcement itself arrived.
                             tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
-                            if !known {
+                            if !known && !self.ipc_up {
                                 retry = !self.refresh(Reason::NewBlock, Some(hash)).await;
                                 update.reset();
                             }
@@ -359,7 +382,7 @@ impl TemplateSource {
                         }
                     }
                 }
-                _ = poll.tick() => {
+                _ = poll.tick(), if !self.ipc_up => {
                     let current = self.work.borrow().as_ref().map(|w| w.job.prev_hash);
                     if retry || current.is_none() {
                         retry = !self.refresh(Reason::Start, None).await;
@@ -371,14 +394,17 @@ impl TemplateSource {
                         }
                     }
                 }
-                _ = update.tick() => {
+                _ = update.tick(), if !self.ipc_up => {
                     retry = !self.refresh(Reason::Update, None).await;
                 }
                 r = refresh.recv() => {
                     let Some(tip) = r else { break };
                     let tip = newest(tip, &mut refresh);
-                    retry = !self.refresh(Reason::BlockFound, tip).await;
-                    update.reset();
+                    // Over IPC the node's waitNext answers on the new tip by itself.
+                    if !self.ipc_up {
+                        retry = !self.refresh(Reason::BlockFound, tip).await;
+                        update.reset();
+                    }
                 }
                 changed = async { match self.live.as_mut() { Some(l) => l.changed().await, None => std::future::pending().await } } => {
                     if changed.is_err() {
@@ -391,12 +417,30 @@ impl TemplateSource {
                     if sig != self.coinbase.btcsig && !self.solo {
                         self.coinbase.btcsig = sig;
                         self.warned_coinbase = false;
-                        retry = !self.refresh(Reason::Update, None).await;
-                        update.reset();
+                        if self.ipc_up {
+                            self.republish();
+                        } else {
+                            retry = !self.refresh(Reason::Update, None).await;
+                            update.reset();
+                        }
                     }
                 }
                 _ = async { match self.payees.clone() { Some(p) => p.changed().await, None => std::future::pending().await } } => {
                     self.repay();
+                }
+                ev = async { match ipc.as_mut() { Some(i) => i.recv().await, None => std::future::pending().await } } => {
+                    match ev {
+                        Some(ev) => {
+                            if self.on_ipc(ev).await {
+                                update.reset();
+                                retry = false;
+                            }
+                        }
+                        None => {
+                            ipc = None;
+                            self.ipc_up = false;
+                        }
+                    }
                 }
                 _ = shutdown.changed() => break,
             }

@@ -45,6 +45,17 @@ fn template_line(pool: &Pool, height: u64) -> Option<String> {
     pool.log().lines().rev().find(|l| l.contains(&needle)).map(str::to_string)
 }
 
+/// Waits for the "new block template" line of `height` (the log is written beside the work).
+async fn wait_template(pool: &Pool, height: u64) -> String {
+    wait::until_or(
+        &format!("the template line of height {height}"),
+        LIMIT,
+        || template_line(pool, height),
+        || pool.log(),
+    )
+    .await
+}
+
 /// Templates over IPC reach a miner (a new tip announced by the node's waitNext, no polling),
 /// and a block found through stratum on such a template is accepted by the node, which also got
 /// it by `submitSolution`.
@@ -59,7 +70,7 @@ async fn ipc_templates_reach_miners_and_a_found_block_is_accepted() {
     // A block mined by RPC: the pool hears of it from waitNext (GBT is idle while IPC serves).
     let tip = node.generate_to(1, &addr).await.remove(0);
     let notify = c.notify_on_tip(&tip).await;
-    let line = template_line(&pool, 103).unwrap_or_else(|| panic!("no template for 103; log:\n{}", pool.log()));
+    let line = wait_template(&pool, 103).await;
     assert!(line.contains("(Ipc;"), "the template did not come over IPC: {line}");
 
     let submit = solve(&notify, &en1, "00000000000000b2", "0.0001", true).expect("a regtest block-meeting share");
@@ -72,9 +83,7 @@ async fn ipc_templates_reach_miners_and_a_found_block_is_accepted() {
     pool.wait_blocks_log(&best);
     pool.wait_log("ipcmining: submitSolution: the node took the block", LIMIT);
     // The next template, on the pool's own block, came over IPC as well.
-    wait::until_or("the template on the found block", LIMIT, || template_line(&pool, 104).is_some(), || pool.log())
-        .await;
-    assert!(template_line(&pool, 104).unwrap().contains("(Ipc;"));
+    assert!(wait_template(&pool, 104).await.contains("(Ipc;"));
 }
 
 /// A transaction paying more than `ipcfeethreshold` enters the mempool: the node's waitNext
@@ -177,13 +186,12 @@ async fn losing_ipc_falls_back_to_getblocktemplate_and_returns() {
     // A block while IPC is down reaches the miner through getblocktemplate (polling).
     let tip = node.generate_to(1, &addr).await.remove(0);
     c.notify_on_tip(&tip).await;
-    let line = template_line(&pool, 103).unwrap_or_else(|| panic!("no template for 103; log:\n{}", pool.log()));
+    let line = wait_template(&pool, 103).await;
     assert!(!line.contains("(Ipc;"), "IPC was down, yet: {line}");
 
     cut.restore();
     pool.wait_log_count(ON_IPC, 2, Duration::from_secs(60));
     let tip = node.generate_to(1, &addr).await.remove(0);
     c.notify_on_tip(&tip).await;
-    wait::until_or("the template for 104", LIMIT, || template_line(&pool, 104).is_some(), || pool.log()).await;
-    assert!(template_line(&pool, 104).unwrap().contains("(Ipc;"), "back on IPC; log:\n{}", pool.log());
+    assert!(wait_template(&pool, 104).await.contains("(Ipc;"), "back on IPC; log:\n{}", pool.log());
 }

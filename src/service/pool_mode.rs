@@ -52,7 +52,10 @@ pub async fn run(
                 fee_threshold: m.fee_threshold,
                 update_interval: cfg.update_interval,
             };
-            Some(crate::bitcoind::ipc::spawn(params, shutdown.clone()).context("ipcmining: cannot start the IPC thread")?)
+            Some(
+                crate::bitcoind::ipc::spawn(params, shutdown.clone())
+                    .context("ipcmining: cannot start the IPC thread")?,
+            )
         }
         None => None,
     };

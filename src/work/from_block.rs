@@ -67,10 +67,7 @@ impl Template {
         let transactions: Vec<TemplateTx> = rest
             .iter()
             .zip(fees)
-            .map(|(tx, fee)| TemplateTx {
-                txid: tx.compute_txid().to_byte_array(),
-                fee: u64::try_from(*fee).ok(),
-            })
+            .map(|(tx, fee)| TemplateTx { txid: tx.compute_txid().to_byte_array(), fee: u64::try_from(*fee).ok() })
             .collect();
         // The transactions' bytes as the node sent them: after the header, the count and the coinbase.
         let skip = 80 + serialize(&bitcoin::VarInt(parsed.txdata.len() as u64)).len() + serialize(coinbase).len();

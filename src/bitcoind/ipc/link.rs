@@ -245,7 +245,9 @@ fn submit(kept: &VecDeque<(u64, block_template::Client)>, on: &thread::Client, s
         match promise.await {
             Ok(r) => match r.get().map(|r| r.get_result()) {
                 Ok(true) => tracing::info!("ipcmining: submitSolution: the node took the block"),
-                Ok(false) => tracing::warn!("ipcmining: submitSolution: the node refused the block (submitblock's answers say why)"),
+                Ok(false) => tracing::warn!(
+                    "ipcmining: submitSolution: the node refused the block (submitblock's answers say why)"
+                ),
                 Err(e) => tracing::warn!("ipcmining: submitSolution: unreadable answer: {e}"),
             },
             Err(e) => tracing::warn!("ipcmining: submitSolution failed: {e}"),

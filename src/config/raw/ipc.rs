@@ -27,3 +27,27 @@ impl Ctx<'_> {
         Ok(Some(IpcMining { path: PathBuf::from(path), fee_threshold }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, IpcMining};
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("t.conf")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ipcmining_is_a_socket_path_with_a_fee_threshold() {
+        assert_eq!(parse("{}").unwrap().ipcmining, None, "GBT is the default");
+        let c = parse(r#"{"ipcmining": "/var/lib/bitcoin/node.sock"}"#).unwrap();
+        assert_eq!(c.ipcmining, Some(IpcMining { path: "/var/lib/bitcoin/node.sock".into(), fee_threshold: 10_000 }));
+        let c = parse(r#"{"ipcmining": "unix:/n.sock", "ipcfeethreshold": 500}"#).unwrap();
+        assert_eq!(c.ipcmining, Some(IpcMining { path: "/n.sock".into(), fee_threshold: 500 }));
+        let e = parse(r#"{"ipcfeethreshold": 500}"#).unwrap_err();
+        assert!(e.contains("ipcfeethreshold") && e.contains("applies to \"ipcmining\" only"), "{e}");
+        let e = parse(r#"{"ipcmining": "/n.sock", "ipcfeethreshold": 0}"#).unwrap_err();
+        assert!(e.contains("must be a whole number from 1"), "{e}");
+    }
+}

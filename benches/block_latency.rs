@@ -138,6 +138,7 @@ fn main() {
                 height,
                 shutdown,
                 takeover: None,
+                ipc: None,
             };
             let task = tokio::spawn(sub.run(rx));
             let lat = Arc::new(Mutex::new((Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS))));

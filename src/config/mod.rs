@@ -167,6 +167,17 @@ pub struct Config {
     pub donation_bp: u32,
     /// Pool mode's PPLNS payouts in the coinbase (`payout_scheme: "pplns"`, docs/payout.md).
     pub pplns: Option<Pplns>,
+    /// Templates from Bitcoin Core's IPC mining interface (`ipcmining`, docs/configuration.md).
+    pub ipcmining: Option<IpcMining>,
+}
+
+/// Bitcoin Core's IPC mining interface: the node's unix socket (`bitcoin-node -ipcbind=unix`) and
+/// the fee rise that makes a new template on the same block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpcMining {
+    pub path: PathBuf,
+    /// Satoshis the next block's fees must rise by before the node sends a new template.
+    pub fee_threshold: u64,
 }
 
 /// PPLNS in the coinbase: each block pays the window's miners (docs/payout.md).
@@ -292,6 +303,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "pplns_min_output",
     "pplns_max_outputs",
     "coinbase_max",
+    "ipcfeethreshold",
+    // ckpool 1.2's Bitcoin Core IPC mining socket.
+    "ipcmining",
     // ckpool keys accepted for compatibility; their features are not used here.
     "donation",
     "useragent",

@@ -174,6 +174,8 @@ pub(super) struct RawConfig {
     pplns_min_output: Option<Field<u64>>,
     pplns_max_outputs: Option<Field<u64>>,
     coinbase_max: Option<Field<u64>>,
+    ipcmining: Option<Field<String>>,
+    ipcfeethreshold: Option<Field<u64>>,
     tlscert: Option<Field<String>>,
     tlskey: Option<Field<String>>,
     // ckpool keys accepted for compatibility: any value, not used (docs/configuration.md).
@@ -563,6 +565,7 @@ impl RawConfig {
             },
             donation_bp: c.donation(key!(r.donation))?,
             pplns: c.pplns(r)?,
+            ipcmining: c.ipcmining(r)?,
             unknown_keys,
         })
     }
@@ -575,6 +578,7 @@ fn level_is_valid(level: &str) -> bool {
 }
 
 mod entries;
+mod ipc;
 mod payout;
 pub(crate) use entries::normalize_rpc_url;
 use entries::*;

@@ -1,6 +1,8 @@
-//! Pool mode's work source: block templates from bitcoind (getblocktemplate, ZMQ or polling),
+//! Pool mode's work source: block templates from bitcoind (getblocktemplate, ZMQ or polling; or
+//! Bitcoin Core's IPC mining interface, `ipc_source.rs`),
 //! the payout script they pay, solo mode's per-address coinbases and PPLNS's payees.
 
+mod ipc_source;
 pub mod pplns;
 pub mod solo;
 pub mod templates;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use crate::bitcoind::ipc::IpcEvent;
 use crate::bitcoind::zmq::NewBlock;
 use crate::bitcoind::{Rpc, RpcError};
 use crate::difficulty::Difficulty;
@@ -18,9 +19,9 @@ use crate::work::{coinbase, CoinbaseConfig, Job, Template};
 
 /// Where a refresh's time went: waiting for the node's answers, and parsing them.
 #[derive(Debug, Default)]
-struct Timing {
-    node: Duration,
-    parse: Duration,
+pub(super) struct Timing {
+    pub(super) node: Duration,
+    pub(super) parse: Duration,
 }
 
 /// Why a fresh template is wanted.
@@ -30,6 +31,10 @@ pub enum Reason {
     NewBlock,
     Update,
     BlockFound,
+    /// A template from the node's IPC mining interface (`ipcmining`).
+    Ipc,
+    /// The IPC link is down: getblocktemplate takes over.
+    IpcLost,
 }
 
 /// How often the node's tip is polled: `blockpoll`, or at least every second alongside ZMQ (which
@@ -108,7 +113,7 @@ pub struct TemplateSource {
     pub empty_first: Option<super::tip::EmptyFirst>,
     /// The template the miners work on (PPLNS rebuilds its coinbase; empty-first takes the
     /// node's version, flags and rules from it).
-    last: Option<Arc<Template>>,
+    pub(super) last: Option<Arc<Template>>,
     /// The tip the miners have only an empty job on (the full template then goes out clean).
     empty_on: Option<[u8; 32]>,
     next_id: u64,
@@ -116,6 +121,8 @@ pub struct TemplateSource {
     announced: Option<Instant>,
     node_down: bool,
     warned_coinbase: bool,
+    /// Templates come over IPC (`ipcmining`) now: getblocktemplate waits (pool/ipc_source.rs).
+    pub(super) ipc_up: bool,
 }
 
 impl TemplateSource {
@@ -146,6 +153,7 @@ impl TemplateSource {
             empty_first: None,
             last: None,
             empty_on: None,
+            ipc_up: false,
         }
     }
 
@@ -224,6 +232,21 @@ impl TemplateSource {
             tracing::info!("bitcoind answering again: height {}", template.height);
             self.node_down = false;
         }
+        self.publish_logged(template, reason, announced, started, &timing, attempts)
+    }
+
+    /// [`TemplateSource::publish`] with its operator log line: for a new block, the time from
+    /// the announcement (or tick, `started`) to work published, the node's part and ours; false
+    /// when no coinbase could be built.
+    pub(super) fn publish_logged(
+        &mut self,
+        template: Template,
+        reason: Reason,
+        announced: Option<Instant>,
+        started: Instant,
+        timing: &Timing,
+        attempts: u32,
+    ) -> bool {
         let height = template.height;
         let ntx = template.transactions.len();
         let prev = template.prev_hash;
@@ -372,6 +395,7 @@ impl TemplateSource {
         mut self,
         mut zmq: Option<mpsc::Receiver<NewBlock>>,
         mut refresh: mpsc::Receiver<Option<[u8; 32]>>,
+        mut ipc: Option<mpsc::Receiver<IpcEvent>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let poll_every = poll_interval(self.blockpoll, zmq.is_some());
@@ -394,6 +418,9 @@ impl TemplateSource {
                             tracing::debug!("ZMQ: new block {}", hex::encode_rev(&hash));
                             if !known {
                                 self.send_empty(hash).await;
+                            }
+                            // Over IPC the node's waitNext answers on the new tip by itself.
+                            if !known && !self.ipc_up {
                                 retry = !self.refresh(Reason::NewBlock, Some(hash)).await;
                                 update.reset();
                             }
@@ -404,7 +431,7 @@ impl TemplateSource {
                         }
                     }
                 }
-                _ = poll.tick() => {
+                _ = poll.tick(), if !self.ipc_up => {
                     let current = self.work.borrow().as_ref().map(|w| w.job.prev_hash);
                     if retry || current.is_none() {
                         retry = !self.refresh(Reason::Start, None).await;
@@ -417,7 +444,7 @@ impl TemplateSource {
                         }
                     }
                 }
-                _ = update.tick() => {
+                _ = update.tick(), if !self.ipc_up => {
                     retry = !self.refresh(Reason::Update, None).await;
                 }
                 r = refresh.recv() => {
@@ -426,8 +453,11 @@ impl TemplateSource {
                     if let Some(t) = tip {
                         self.send_empty(t).await;
                     }
-                    retry = !self.refresh(Reason::BlockFound, tip).await;
-                    update.reset();
+                    // Over IPC the node's waitNext answers on the new tip by itself.
+                    if !self.ipc_up {
+                        retry = !self.refresh(Reason::BlockFound, tip).await;
+                        update.reset();
+                    }
                 }
                 changed = async { match self.live.as_mut() { Some(l) => l.changed().await, None => std::future::pending().await } } => {
                     if changed.is_err() {
@@ -440,12 +470,30 @@ impl TemplateSource {
                     if sig != self.coinbase.btcsig && !self.solo {
                         self.coinbase.btcsig = sig;
                         self.warned_coinbase = false;
-                        retry = !self.refresh(Reason::Update, None).await;
-                        update.reset();
+                        if self.ipc_up {
+                            self.republish();
+                        } else {
+                            retry = !self.refresh(Reason::Update, None).await;
+                            update.reset();
+                        }
                     }
                 }
                 _ = async { match self.payees.clone() { Some(p) => p.changed().await, None => std::future::pending().await } } => {
                     self.repay();
+                }
+                ev = async { match ipc.as_mut() { Some(i) => i.recv().await, None => std::future::pending().await } } => {
+                    match ev {
+                        Some(ev) => {
+                            if self.on_ipc(ev).await {
+                                update.reset();
+                                retry = false;
+                            }
+                        }
+                        None => {
+                            ipc = None;
+                            self.ipc_up = false;
+                        }
+                    }
                 }
                 _ = shutdown.changed() => break,
             }

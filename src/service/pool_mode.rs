@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use tokio::sync::{mpsc, watch};
 
 use super::events::{status_loop, Events, Options};
@@ -43,6 +43,26 @@ pub async fn run(
     // instance still waits for its node. Its statistics go through a channel of its own (handed
     // on to the statistics task once that runs), so it never waits on theirs.
     let (block_stats_tx, block_stats_rx) = mpsc::channel(16);
+    // `ipcmining`: the IPC link's thread starts now (it connects on its own and says when it
+    // cannot); its found-block channel goes to the block task, its templates to the source.
+    let ipc = match &cfg.ipcmining {
+        Some(m) => {
+            let params = crate::bitcoind::ipc::IpcParams {
+                path: m.path.clone(),
+                fee_threshold: m.fee_threshold,
+                update_interval: cfg.update_interval,
+            };
+            Some(
+                crate::bitcoind::ipc::spawn(params, shutdown.clone())
+                    .context("ipcmining: cannot start the IPC thread")?,
+            )
+        }
+        None => None,
+    };
+    let (ipc_events, ipc_solutions) = match ipc {
+        Some(l) => (Some(l.events), Some(l.solutions)),
+        None => (None, None),
+    };
     let submitter = blocks::BlockSubmitter {
         rpc: rpc.clone(),
         logdir: cfg.logdir.clone(),
@@ -51,6 +71,7 @@ pub async fn run(
         height: height_rx.clone(),
         shutdown: shutdown.clone(),
         takeover: opts.predecessor_gone.clone(),
+        ipc: ipc_solutions,
     };
     let block_task = tokio::spawn(submitter.run(block_rx));
     events.status(&format!("starting: waiting for bitcoind {}", rpc.node_label(0)));
@@ -146,7 +167,7 @@ pub async fn run(
         );
         source.repay();
     }
-    let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, shutdown.clone()));
+    let template_task = tokio::spawn(source.run(zmq_rx, refresh_rx, ipc_events, shutdown.clone()));
     let snapshots = payees
         .clone()
         .map(|p| tokio::spawn(snapshot_task(p, cfg.logdir.clone(), shutdown.clone(), opts.predecessor_gone.clone())));

@@ -147,6 +147,8 @@ pub fn template(
         witness_commitment: basis.witness_commitment.is_some().then(empty_witness_commitment),
         target,
         rules: basis.rules.clone(),
+        // Built here, not by the node: a block on it goes out by submitblock alone.
+        ipc_template: None,
     })
 }
 

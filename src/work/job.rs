@@ -35,6 +35,8 @@ pub struct Job {
     pub txs_hex: Bytes,
     pub coinbase_value: u64,
     pub clean: bool,
+    /// The IPC template this job was made from ([`Template::ipc_template`]).
+    pub ipc_template: Option<u64>,
     /// Shares already accepted on this job, by header hash (first 16 bytes).
     seen: Mutex<HashSet<u128>>,
 }
@@ -102,6 +104,7 @@ impl Job {
             txs_hex: template.txs_hex.clone(),
             coinbase_value: template.coinbase_value,
             clean,
+            ipc_template: template.ipc_template,
             seen: Mutex::new(HashSet::new()),
         }
     }
@@ -124,6 +127,7 @@ impl Job {
             txs_hex: self.txs_hex.clone(),
             coinbase_value: self.coinbase_value,
             clean: self.clean,
+            ipc_template: self.ipc_template,
             seen: Mutex::new(HashSet::new()),
         }
     }
@@ -209,6 +213,7 @@ impl Job {
             txs_hex: Bytes::new(),
             coinbase_value: 0,
             clean,
+            ipc_template: None,
             seen: Mutex::new(HashSet::new()),
         })
     }

@@ -2,6 +2,7 @@
 
 pub mod coinbase;
 pub mod empty;
+pub mod from_block;
 pub mod job;
 pub mod merkle;
 pub mod template;

@@ -41,6 +41,9 @@ pub struct Template {
     pub witness_commitment: Option<Vec<u8>>,
     pub target: Target,
     pub rules: Vec<String>,
+    /// The node's id of this template when it came over IPC (`ipcmining`): a block found on it
+    /// is also handed to the node by `submitSolution` on that template. None for GBT.
+    pub ipc_template: Option<u64>,
 }
 
 /// Why a template was refused; names the field.
@@ -183,6 +186,7 @@ impl Template {
             witness_commitment,
             target,
             rules: raw.rules,
+            ipc_template: None,
         })
     }
 

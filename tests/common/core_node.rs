@@ -27,6 +27,19 @@ pub fn core_bin() -> PathBuf {
     p
 }
 
+/// Bitcoin Core's multiprocess node with the IPC mining interface (`-ipcbind=unix`), built beside
+/// bitcoind by contrib/build-core.sh.
+pub fn node_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".regtest/core/bitcoin-node");
+    assert!(
+        p.exists(),
+        "Bitcoin Core's bitcoin-node is missing at {}: run `bash contrib/setup.sh` (contrib/build-core.sh builds it \
+         with IPC once, beside bitcoind)",
+        p.display()
+    );
+    p
+}
+
 /// How the pool and the tests log in to the node.
 #[derive(Clone, Debug)]
 pub enum CoreAuth {
@@ -55,6 +68,8 @@ pub struct CoreNode {
     pub rpc: Rpc,
     rpcauth: Option<String>,
     extra: Vec<String>,
+    /// bitcoin-node serving IPC on `<datadir>/regtest/node.sock` rather than bitcoind.
+    ipc: bool,
 }
 
 impl CoreNode {
@@ -64,7 +79,18 @@ impl CoreNode {
         CoreNode::start_with(auth, extra).await
     }
 
+    /// bitcoin-node with `-ipcbind=unix` (the IPC mining interface on [`CoreNode::ipc_socket`])
+    /// besides RPC, with an rpcauth line.
+    pub async fn start_ipc(extra: &[&str]) -> CoreNode {
+        let auth = CoreAuth::Rpcauth { user: CORE_USER.into(), pass: CORE_PASS.into() };
+        CoreNode::launch(auth, extra, true).await
+    }
+
     pub async fn start_with(auth: CoreAuth, extra: &[&str]) -> CoreNode {
+        CoreNode::launch(auth, extra, false).await
+    }
+
+    async fn launch(auth: CoreAuth, extra: &[&str], ipc: bool) -> CoreNode {
         let datadir = tempfile::tempdir().unwrap();
         let rpc_port = free_port();
         let rpc_auth = match &auth {
@@ -83,6 +109,7 @@ impl CoreNode {
             auth,
             rpcauth,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            ipc,
         };
         node.spawn().await;
         node
@@ -90,6 +117,12 @@ impl CoreNode {
 
     pub fn rpc_url(&self) -> String {
         format!("127.0.0.1:{}", self.rpc_port)
+    }
+
+    /// The IPC socket of a node started by [`CoreNode::start_ipc`] (`-ipcbind=unix`: the network's
+    /// data directory, `node.sock`).
+    pub fn ipc_socket(&self) -> PathBuf {
+        self.datadir.path().join("regtest").join("node.sock")
     }
 
     pub fn cookie_path(&self) -> PathBuf {
@@ -114,12 +147,15 @@ impl CoreNode {
         if let Some(line) = &self.rpcauth {
             a.push(format!("-{line}"));
         }
+        if self.ipc {
+            a.push("-ipcbind=unix".into());
+        }
         a.extend(self.extra.iter().cloned());
         a
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(core_bin())
+        let child = Command::new(if self.ipc { node_bin() } else { core_bin() })
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -226,6 +226,12 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#""maxdiff" = {}: must be a difficulty >= 0, fractions allowed (difficulty "{}" is not a decimal number)"#,
         ),
         ("zmqblock", r#"{"zmqblock": 28332}"#.into(), r#""zmqblock" = 28332: must be a string"#),
+        ("ipcmining", r#"{"ipcmining": 1}"#.into(), r#""ipcmining" = 1: must be a string"#),
+        (
+            "ipcfeethreshold",
+            r#"{"ipcmining": "/n.sock", "ipcfeethreshold": -1}"#.into(),
+            r#""ipcfeethreshold" = -1: must be a whole number from 1 to 2100000000000000"#,
+        ),
         ("logdir", r#"{"logdir": false}"#.into(), r#""logdir" = false: must be a string"#),
         (
             "blockpoll",

@@ -1,0 +1,256 @@
+//! The IPC link's thread: connect to the node's socket, take templates (`createNewBlock`, then
+//! `waitNext` in a loop), hand found blocks back (`submitSolution`), and after a loss reconnect
+//! with backoff. One log line when the link goes down (or cannot be made), one when it is back.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use anyhow::Context;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use super::schema::init_capnp::init;
+use super::schema::mining_capnp::{block_template, mining};
+use super::schema::proxy_capnp::thread;
+use super::{solution_parts, IpcEvent, IpcParams, Solution};
+use crate::work::Template;
+
+/// Reconnection backoff: from 1 s, doubling, at most 30 s.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Templates kept for `submitSolution` (a block found on a job a few templates old still goes).
+const KEEP_TEMPLATES: usize = 8;
+
+pub(super) fn run_thread(
+    params: IpcParams,
+    events: mpsc::Sender<IpcEvent>,
+    solutions: mpsc::Receiver<Solution>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("ipcmining: cannot start the IPC thread's runtime: {e}; templates from getblocktemplate");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(params, events, solutions, shutdown));
+}
+
+/// How a session ended without an error.
+enum Ended {
+    /// Shutdown, or the pool stopped listening.
+    Stop,
+}
+
+async fn run(
+    params: IpcParams,
+    events: mpsc::Sender<IpcEvent>,
+    mut solutions: mpsc::Receiver<Solution>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let path = params.path.display().to_string();
+    let mut backoff = BACKOFF_FIRST;
+    // None before the first attempt; Some(true) while templates come; Some(false) while down.
+    let mut up: Option<bool> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut served = false;
+        let res = session(&params, &events, &mut solutions, &mut shutdown, &mut served).await;
+        if served {
+            backoff = BACKOFF_FIRST;
+            up = Some(true);
+        }
+        match res {
+            Ok(Ended::Stop) => return,
+            Err(e) => {
+                match up {
+                    Some(true) => tracing::warn!(
+                        "ipcmining: connection to {path} lost: {e:#}; templates from getblocktemplate until it is back (retrying every {}-{} s)",
+                        BACKOFF_FIRST.as_secs(),
+                        BACKOFF_MAX.as_secs()
+                    ),
+                    None => tracing::warn!(
+                        "ipcmining: cannot use {path}: {e:#}; templates from getblocktemplate until it answers (retrying every {}-{} s)",
+                        BACKOFF_FIRST.as_secs(),
+                        BACKOFF_MAX.as_secs()
+                    ),
+                    Some(false) => tracing::debug!("ipcmining: {path} still unavailable: {e:#}"),
+                }
+                if up != Some(false) && events.send(IpcEvent::Down).await.is_err() {
+                    return;
+                }
+                up = Some(false);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection: templates until it fails (an error) or the pool stops (`Ended::Stop`).
+/// `served` is set once a template reached the pool.
+async fn session(
+    params: &IpcParams,
+    events: &mpsc::Sender<IpcEvent>,
+    solutions: &mut mpsc::Receiver<Solution>,
+    shutdown: &mut watch::Receiver<bool>,
+    served: &mut bool,
+) -> anyhow::Result<Ended> {
+    let path = params.path.display().to_string();
+    let stream = UnixStream::connect(&params.path).await.with_context(|| format!("connect to {path}"))?;
+    let (r, w) = stream.into_split();
+    let network = twoparty::VatNetwork::new(r.compat(), w.compat_write(), Side::Client, Default::default());
+    let mut rpc = RpcSystem::new(Box::new(network), None);
+    let init: init::Client = rpc.bootstrap(Side::Server);
+    // The RPC system ends (with the connection's error) when the node goes away.
+    let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+    tokio::task::spawn_local(async move {
+        let why = match rpc.await {
+            Ok(()) => "the node closed the connection".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let _ = lost_tx.send(why);
+    });
+
+    // libmultiprocess: a server thread per caller thread; waits on one, submissions on another.
+    let tm = init.construct_request().send().promise.await.context("construct")?;
+    let thread_map = tm.get()?.get_thread_map()?;
+    let wait_thread = make_thread(&thread_map, "ckpool-wait").await?;
+    let submit_thread = make_thread(&thread_map, "ckpool-submit").await?;
+    let mut req = init.make_mining_request();
+    req.get().init_context().set_thread(wait_thread.clone());
+    let mining: mining::Client = req.send().promise.await.context("makeMining")?.get()?.get_result()?;
+
+    let mut next_id: u64 = 0;
+    let mut kept: VecDeque<(u64, block_template::Client)> = VecDeque::new();
+    let mut current = create(&mining, &wait_thread).await?;
+    loop {
+        next_id += 1;
+        let template = read_template(&current, &wait_thread, next_id).await?;
+        if !*served {
+            tracing::info!(
+                "ipcmining: templates from Bitcoin Core's IPC mining interface at {path} (height {}, {} transactions)",
+                template.height,
+                template.transactions.len()
+            );
+        }
+        kept.push_back((next_id, current.clone()));
+        while kept.len() > KEEP_TEMPLATES {
+            kept.pop_front();
+        }
+        if events.send(IpcEvent::Template(Box::new(template))).await.is_err() {
+            return Ok(Ended::Stop);
+        }
+        *served = true;
+
+        // waitNext: a new tip, fees up by the threshold, or the update interval's timeout.
+        let mut req = current.wait_next_request();
+        {
+            let mut p = req.get();
+            p.reborrow().init_context().set_thread(wait_thread.clone());
+            let mut o = p.init_options();
+            o.set_timeout(params.update_interval.as_secs_f64() * 1e3);
+            o.set_fee_threshold(i64::try_from(params.fee_threshold).unwrap_or(i64::MAX));
+        }
+        let mut wait = std::pin::pin!(req.send().promise);
+        let next = loop {
+            tokio::select! {
+                r = &mut wait => break r.context("waitNext")?,
+                s = solutions.recv() => match s {
+                    Some(s) => submit(&kept, &submit_thread, s),
+                    None => return Ok(Ended::Stop),
+                },
+                why = &mut lost => anyhow::bail!("{}", why.unwrap_or_else(|_| "connection ended".into())),
+                _ = shutdown.changed() => return Ok(Ended::Stop),
+            }
+        };
+        let r = next.get()?;
+        current = if r.has_result() {
+            r.get_result()?
+        } else {
+            // The interval passed with no new tip and no fee rise: a fresh template anyway
+            // (time and transactions), as getblocktemplate's update would give.
+            create(&mining, &wait_thread).await?
+        };
+    }
+}
+
+async fn make_thread(
+    map: &super::schema::proxy_capnp::thread_map::Client,
+    name: &str,
+) -> anyhow::Result<thread::Client> {
+    let mut req = map.make_thread_request();
+    req.get().set_name(name);
+    Ok(req.send().promise.await.context("makeThread")?.get()?.get_result()?)
+}
+
+/// `createNewBlock` with the mempool, without the cooldown (the pool wants work now).
+async fn create(mining: &mining::Client, on: &thread::Client) -> anyhow::Result<block_template::Client> {
+    let mut req = mining.create_new_block_request();
+    {
+        let mut p = req.get();
+        p.reborrow().init_context().set_thread(on.clone());
+        p.reborrow().init_options().set_use_mempool(true);
+        p.set_cooldown(false);
+    }
+    let resp = req.send().promise.await.context("createNewBlock")?;
+    Ok(resp.get()?.get_result()?)
+}
+
+/// The template's block and fees, as a [`Template`].
+async fn read_template(t: &block_template::Client, on: &thread::Client, id: u64) -> anyhow::Result<Template> {
+    let mut req = t.get_block_request();
+    req.get().init_context().set_thread(on.clone());
+    let block = req.send().promise.await.context("getBlock")?;
+    let mut req = t.get_tx_fees_request();
+    req.get().init_context().set_thread(on.clone());
+    let fees = req.send().promise.await.context("getTxFees")?;
+    let fees: Vec<i64> = fees.get()?.get_result()?.iter().collect();
+    let block = block.get()?.get_result()?;
+    Template::from_block(block, &fees, id).context("the node's template")
+}
+
+/// `submitSolution` on the template the block was found on, without waiting here: the answer
+/// is logged when it comes (the block task has sent `submitblock` to every node already).
+fn submit(kept: &VecDeque<(u64, block_template::Client)>, on: &thread::Client, s: Solution) {
+    let Some((_, t)) = kept.iter().find(|(id, _)| *id == s.template) else {
+        tracing::info!("ipcmining: the block's template is no longer held; submitblock carries it");
+        return;
+    };
+    let Some((version, time, nonce, coinbase)) = solution_parts(&s.first) else {
+        tracing::warn!("ipcmining: a found block's first bytes cannot be read; submitblock carries it");
+        return;
+    };
+    let mut req = t.submit_solution_request();
+    {
+        let mut p = req.get();
+        p.reborrow().init_context().set_thread(on.clone());
+        p.set_version(version);
+        p.set_timestamp(time);
+        p.set_nonce(nonce);
+        p.set_coinbase(coinbase);
+    }
+    let promise = req.send().promise;
+    tokio::task::spawn_local(async move {
+        match promise.await {
+            Ok(r) => match r.get().map(|r| r.get_result()) {
+                Ok(true) => tracing::info!("ipcmining: submitSolution: the node took the block"),
+                Ok(false) => tracing::warn!(
+                    "ipcmining: submitSolution: the node refused the block (submitblock's answers say why)"
+                ),
+                Err(e) => tracing::warn!("ipcmining: submitSolution: unreadable answer: {e}"),
+            },
+            Err(e) => tracing::warn!("ipcmining: submitSolution failed: {e}"),
+        }
+    });
+}

@@ -3,7 +3,9 @@
 //! pointed at its socket. Templates over IPC reach a miner; a block found through stratum is
 //! accepted (and handed to the node by `submitSolution` too); a fee rise in the mempool reaches the
 //! miner as a new job on the same block; the IPC link cut and restored while a miner works: the
-//! pool serves from getblocktemplate meanwhile, says so, and goes back to IPC.
+//! pool serves from getblocktemplate meanwhile, says so, and goes back to IPC; empty-first over
+//! IPC: the node's own coinbase-only template on a new tip ahead of the full one, and a block
+//! mined on it.
 
 mod common;
 
@@ -194,4 +196,58 @@ async fn losing_ipc_falls_back_to_getblocktemplate_and_returns() {
     let tip = node.generate_to(1, &addr).await.remove(0);
     c.notify_on_tip(&tip).await;
     assert!(wait_template(&pool, 104).await.contains("(Ipc;"), "back on IPC; log:\n{}", pool.log());
+}
+
+/// Empty-first over IPC: on a new tip the node wakes two waits of the pool's, the full
+/// template's and one on a coinbase-only template (`createNewBlock` without the mempool). The
+/// empty one costs the node a coinbase and a header and reaches the miner first, unless the full
+/// one's assembly took the node's lock first (then the late empty template is dropped). With
+/// spends in the mempool, over up to 10 blocks: every first job on a new tip builds on it and
+/// is clean; when it is the empty one the full template follows, clean too; at least one block
+/// gets the empty job first, and a block solved on it is accepted (by submitblock and by
+/// submitSolution on the node's own empty template).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ipc_the_nodes_empty_template_comes_first_and_mines() {
+    let (node, addr, first) = ipc_node().await;
+    let key = regtest_key(21);
+    let mut u = Utxo::coinbase_of(&node, &first).await;
+    for _ in 0..3 {
+        u = spend(&node, &key, &u, &addr, 1_000).await;
+    }
+    let mut pool = Pool::start(ipc_config(&node, &addr, &node.ipc_socket()), &[]);
+    pool.wait_log(ON_IPC, LIMIT);
+    let mut c = Client::connect(&pool.addr()).await;
+    let (en1, _) = c.handshake("ipc.empty").await;
+    let log = |pool: &Pool| format!("pool log:\n{}", pool.log());
+    let mut found = None;
+    let mut full_first = 0;
+    for _ in 0..10 {
+        // A block without the mempool's spends: they stay for the next full template.
+        let tip = node.call("generateblock", json!([addr, []])).await["hash"].as_str().unwrap().to_string();
+        let n = c.notify_on_tip(&tip).await;
+        assert_eq!(n["params"][8], json!(true), "the first job on a new tip is clean; {}", log(&pool));
+        if n["params"][4] != json!([]) {
+            full_first += 1;
+            continue;
+        }
+        let full = c.notify_on_tip(&tip).await;
+        assert_ne!(full["params"][4], json!([]), "the full template follows the empty one; {}", log(&pool));
+        assert_eq!(full["params"][8], json!(true), "and goes out clean");
+        found = Some((tip, n));
+        break;
+    }
+    let (tip, empty) = found
+        .unwrap_or_else(|| panic!("the full template beat the empty one on all {full_first} blocks; {}", log(&pool)));
+    pool.wait_log("empty-first: the node's coinbase-only template on", LIMIT);
+
+    let block = solve(&empty, &en1, "00000000000000e3", "0.0001", true).expect("a regtest block on the empty job");
+    let id = c.request("mining.submit", block).await;
+    assert_eq!(c.reply(id).await["result"], json!(true), "{}", log(&pool));
+    let best = node.wait_tip_not(&tip, LIMIT, || log(&pool)).await;
+    let b = node.block(&best).await;
+    assert_eq!(b.header.prev_blockhash.to_string(), tip);
+    assert_eq!(b.txdata.len(), 1, "coinbase only");
+    assert!(b.check_merkle_root() && b.check_witness_commitment());
+    pool.wait_blocks_log(&best);
+    pool.wait_log("ipcmining: submitSolution: the node took the block", LIMIT);
 }

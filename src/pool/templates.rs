@@ -271,7 +271,7 @@ impl TemplateSource {
     /// Publishes a job for `template` to every session; `Some(new_block)` once sent (`None`: no
     /// coinbase could be built, logged). A new previous block, or the full template after an
     /// empty job on the same one, goes out clean (every miner switches).
-    fn publish(&mut self, template: Template, announced: Option<Instant>, empty: bool) -> Option<bool> {
+    pub(super) fn publish(&mut self, template: Template, announced: Option<Instant>, empty: bool) -> Option<bool> {
         let netdiff = Difficulty::from_compact(template.nbits).unwrap_or_default();
         if let Some(p) = &self.payees {
             self.coinbase.pplns = Some(p.plan(netdiff));
@@ -316,9 +316,14 @@ impl TemplateSource {
 
     /// Empty-first: on the new tip `tip`, a coinbase-only job at once, before the full template
     /// (which follows clean). Nothing when it is off, the miners are already on `tip`, no full
-    /// template was served yet (the node's version and rules come from it), or the tip's facts
-    /// do not give the next block's fields safely (`pool/tip.rs` logs why).
+    /// template was served yet (the node's version and rules come from it), templates come over
+    /// IPC, or the tip's facts do not give the next block's fields safely (`pool/tip.rs` logs why).
     async fn send_empty(&mut self, tip: [u8; 32]) {
+        // Over IPC the node sends its own empty template (pool/ipc_source.rs); a header call now
+        // would wait for the node's lock behind the full template's assembly.
+        if self.ipc_up {
+            return;
+        }
         let (Some(ef), Some(basis)) = (self.empty_first.as_mut(), self.last.clone()) else { return };
         if self.work.borrow().as_ref().is_some_and(|w| w.job.prev_hash == tip) {
             return;

@@ -51,6 +51,7 @@ pub async fn run(
                 path: m.path.clone(),
                 fee_threshold: m.fee_threshold,
                 update_interval: cfg.update_interval,
+                empty_first: cfg.empty_first,
             };
             Some(
                 crate::bitcoind::ipc::spawn(params, shutdown.clone())

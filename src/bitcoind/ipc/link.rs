@@ -1,6 +1,14 @@
 //! The IPC link's thread: connect to the node's socket, take templates (`createNewBlock`, then
 //! `waitNext` in a loop), hand found blocks back (`submitSolution`), and after a loss reconnect
 //! with backoff. One log line when the link goes down (or cannot be made), one when it is back.
+//!
+//! Empty-first (`empty_first`): a second `waitNext` waits, on its own server thread, on a
+//! coinbase-only template (`createNewBlock` without the mempool, and no fee threshold, so it
+//! builds nothing until the tip moves). On a new tip the node wakes both waits: the empty one is
+//! a coinbase and a header (well under a millisecond) and goes out first, unless the full one's
+//! assembly took the node's lock first; then the empty one, which builds on a tip the miners
+//! already have, is dropped here. Every field of it is the node's own (time, bits, version), so
+//! nothing is derived.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,6 +31,52 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Templates kept for `submitSolution` (a block found on a job a few templates old still goes).
 const KEEP_TEMPLATES: usize = 8;
+/// The empty-first wait's timeout: it is renewed when it passes (it builds nothing meanwhile).
+const EMPTY_WAIT_MS: f64 = 3_600_000.0;
+
+type WaitNext = capnp::capability::Promise<
+    capnp::capability::Response<super::schema::mining_capnp::block_template::wait_next_results::Owned>,
+    capnp::Error,
+>;
+
+/// `waitNext` on `t`: a new tip, fees up by `fee_threshold`, or `timeout_ms` passed.
+fn wait_next(t: &block_template::Client, on: &thread::Client, timeout_ms: f64, fee_threshold: i64) -> WaitNext {
+    let mut req = t.wait_next_request();
+    let mut p = req.get();
+    p.reborrow().init_context().set_thread(on.clone());
+    let mut o = p.init_options();
+    o.set_timeout(timeout_ms);
+    o.set_fee_threshold(fee_threshold);
+    req.send().promise
+}
+
+/// The empty-first wait: the coinbase-only template on the current tip and its pending `waitNext`.
+struct EmptyWait {
+    on: thread::Client,
+    template: block_template::Client,
+    wait: WaitNext,
+}
+
+impl EmptyWait {
+    async fn start(mining: &mining::Client, on: thread::Client) -> anyhow::Result<EmptyWait> {
+        let template = create(mining, &on, false).await?;
+        let wait = wait_next(&template, &on, EMPTY_WAIT_MS, i64::MAX);
+        Ok(EmptyWait { on, template, wait })
+    }
+}
+
+/// The empty wait's answer, or never when empty-first is off.
+async fn empty_answer(
+    empty: &mut Option<EmptyWait>,
+) -> Result<
+    capnp::capability::Response<super::schema::mining_capnp::block_template::wait_next_results::Owned>,
+    capnp::Error,
+> {
+    match empty {
+        Some(e) => (&mut e.wait).await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(super) fn run_thread(
     params: IpcParams,
@@ -133,7 +187,13 @@ async fn session(
 
     let mut next_id: u64 = 0;
     let mut kept: VecDeque<(u64, block_template::Client)> = VecDeque::new();
-    let mut current = create(&mining, &wait_thread).await?;
+    let mut current = create(&mining, &wait_thread, true).await?;
+    let mut empty = match params.empty_first {
+        true => Some(EmptyWait::start(&mining, make_thread(&thread_map, "ckpool-empty").await?).await?),
+        false => None,
+    };
+    // The previous block of the last full template sent: an empty one on it is late.
+    let mut full_prev: Option<[u8; 32]>;
     loop {
         next_id += 1;
         let template = read_template(&current, &wait_thread, next_id).await?;
@@ -144,28 +204,41 @@ async fn session(
                 template.transactions.len()
             );
         }
-        kept.push_back((next_id, current.clone()));
-        while kept.len() > KEEP_TEMPLATES {
-            kept.pop_front();
-        }
+        keep(&mut kept, next_id, current.clone());
+        full_prev = Some(template.prev_hash);
         if events.send(IpcEvent::Template(Box::new(template))).await.is_err() {
             return Ok(Ended::Stop);
         }
         *served = true;
 
         // waitNext: a new tip, fees up by the threshold, or the update interval's timeout.
-        let mut req = current.wait_next_request();
-        {
-            let mut p = req.get();
-            p.reborrow().init_context().set_thread(wait_thread.clone());
-            let mut o = p.init_options();
-            o.set_timeout(params.update_interval.as_secs_f64() * 1e3);
-            o.set_fee_threshold(i64::try_from(params.fee_threshold).unwrap_or(i64::MAX));
-        }
-        let mut wait = std::pin::pin!(req.send().promise);
+        let mut wait = wait_next(
+            &current,
+            &wait_thread,
+            params.update_interval.as_secs_f64() * 1e3,
+            i64::try_from(params.fee_threshold).unwrap_or(i64::MAX),
+        );
         let next = loop {
             tokio::select! {
                 r = &mut wait => break r.context("waitNext")?,
+                r = empty_answer(&mut empty) => {
+                    let r = r.context("waitNext (empty-first)")?;
+                    let Some(e) = empty.as_mut() else { continue };
+                    let r = r.get()?;
+                    if r.has_result() {
+                        e.template = r.get_result()?;
+                        next_id += 1;
+                        let t = read_template(&e.template, &e.on, next_id).await?;
+                        // Late (the full template on that tip went out first): not sent.
+                        if full_prev != Some(t.prev_hash) {
+                            keep(&mut kept, next_id, e.template.clone());
+                            if events.send(IpcEvent::Empty(Box::new(t))).await.is_err() {
+                                return Ok(Ended::Stop);
+                            }
+                        }
+                    }
+                    e.wait = wait_next(&e.template, &e.on, EMPTY_WAIT_MS, i64::MAX);
+                }
                 s = solutions.recv() => match s {
                     Some(s) => submit(&kept, &submit_thread, s),
                     None => return Ok(Ended::Stop),
@@ -180,8 +253,16 @@ async fn session(
         } else {
             // The interval passed with no new tip and no fee rise: a fresh template anyway
             // (time and transactions), as getblocktemplate's update would give.
-            create(&mining, &wait_thread).await?
+            create(&mining, &wait_thread, true).await?
         };
+    }
+}
+
+/// Holds `t` (id `id`) for `submitSolution`, dropping the oldest beyond [`KEEP_TEMPLATES`].
+fn keep(kept: &mut VecDeque<(u64, block_template::Client)>, id: u64, t: block_template::Client) {
+    kept.push_back((id, t));
+    while kept.len() > KEEP_TEMPLATES {
+        kept.pop_front();
     }
 }
 
@@ -194,13 +275,18 @@ async fn make_thread(
     Ok(req.send().promise.await.context("makeThread")?.get()?.get_result()?)
 }
 
-/// `createNewBlock` with the mempool, without the cooldown (the pool wants work now).
-async fn create(mining: &mining::Client, on: &thread::Client) -> anyhow::Result<block_template::Client> {
+/// `createNewBlock` with the mempool (or without: coinbase only), without the cooldown (the
+/// pool wants work now).
+async fn create(
+    mining: &mining::Client,
+    on: &thread::Client,
+    use_mempool: bool,
+) -> anyhow::Result<block_template::Client> {
     let mut req = mining.create_new_block_request();
     {
         let mut p = req.get();
         p.reborrow().init_context().set_thread(on.clone());
-        p.reborrow().init_options().set_use_mempool(true);
+        p.reborrow().init_options().set_use_mempool(use_mempool);
         p.set_cooldown(false);
     }
     let resp = req.send().promise.await.context("createNewBlock")?;

@@ -53,6 +53,9 @@ use crate::work::Template;
 pub enum IpcEvent {
     /// A template from the node (first after a connection, a new tip, fees up, or a refresh).
     Template(Box<Template>),
+    /// Empty-first: the node's coinbase-only template on a new tip (`createNewBlock` without the
+    /// mempool, renewed by its own `waitNext`), sent when it is ready before the full one.
+    Empty(Box<Template>),
     /// The connection is gone or could not be made: getblocktemplate serves meanwhile.
     Down,
 }
@@ -92,6 +95,8 @@ pub struct IpcParams {
     pub fee_threshold: u64,
     /// A fresh template at least this often (`update_interval`), as GBT's updates.
     pub update_interval: Duration,
+    /// `empty_first`: a coinbase-only template from the node on each new tip, beside the full one.
+    pub empty_first: bool,
 }
 
 /// Starts the link's thread. It connects, reconnects with backoff after a loss, and ends when

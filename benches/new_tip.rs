@@ -20,7 +20,7 @@
 //! Needs bitcoin-node (contrib/setup.sh); says so and stops without it.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::collections::HashMap;
@@ -116,6 +116,11 @@ async fn run() {
         }
         measure(mode, &node, &addr, &pool, miners, blocks).await;
         pool.stop();
+        // The pool's log (debug level: each template's timing) for a closer look.
+        let kept = std::env::temp_dir().join(format!("new_tip-{mode}.log"));
+        if std::fs::write(&kept, pool.log()).is_ok() {
+            println!("new_tip: {mode}: the pool's log is at {}", kept.display());
+        }
     }
 }
 

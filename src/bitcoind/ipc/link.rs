@@ -11,7 +11,7 @@
 //! nothing is derived.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use capnp_rpc::rpc_twoparty_capnp::Side;
@@ -193,68 +193,91 @@ async fn session(
         false => None,
     };
     // The previous block of the last full template sent: an empty one on it is late.
-    let mut full_prev: Option<[u8; 32]>;
+    let mut full_prev: Option<[u8; 32]> = None;
+    // One of the two at a time: the full template being read (an empty one can go out
+    // meanwhile), or the node's waitNext on the last one read.
+    next_id += 1;
+    let mut reading: Option<Reading> = Some(Reading::start(&current, &wait_thread, next_id));
+    let mut wait: Option<WaitNext> = None;
     loop {
-        next_id += 1;
-        let template = read_template(&current, &wait_thread, next_id).await?;
-        if !*served {
-            tracing::info!(
-                "ipcmining: templates from Bitcoin Core's IPC mining interface at {path} (height {}, {} transactions)",
-                template.height,
-                template.transactions.len()
-            );
-        }
-        keep(&mut kept, next_id, current.clone());
-        full_prev = Some(template.prev_hash);
-        if events.send(IpcEvent::Template(Box::new(template))).await.is_err() {
-            return Ok(Ended::Stop);
-        }
-        *served = true;
-
-        // waitNext: a new tip, fees up by the threshold, or the update interval's timeout.
-        let mut wait = wait_next(
-            &current,
-            &wait_thread,
-            params.update_interval.as_secs_f64() * 1e3,
-            i64::try_from(params.fee_threshold).unwrap_or(i64::MAX),
-        );
-        let next = loop {
-            tokio::select! {
-                r = &mut wait => break r.context("waitNext")?,
-                r = empty_answer(&mut empty) => {
-                    let r = r.context("waitNext (empty-first)")?;
-                    let Some(e) = empty.as_mut() else { continue };
-                    let r = r.get()?;
-                    if r.has_result() {
-                        e.template = r.get_result()?;
-                        next_id += 1;
-                        let t = read_template(&e.template, &e.on, next_id).await?;
-                        // Late (the full template on that tip went out first): not sent.
-                        if full_prev != Some(t.prev_hash) {
-                            keep(&mut kept, next_id, e.template.clone());
-                            if events.send(IpcEvent::Empty(Box::new(t))).await.is_err() {
-                                return Ok(Ended::Stop);
-                            }
+        tokio::select! {
+            t = async { reading.as_mut().map(|r| &mut r.read).expect("guarded").await }, if reading.is_some() => {
+                let Some(Reading { id, since, .. }) = reading.take() else { continue };
+                let template = t?;
+                tracing::debug!(
+                    "ipcmining: template {id} (height {}, {} transactions) read in {:.2} ms",
+                    template.height,
+                    template.transactions.len(),
+                    since.elapsed().as_secs_f64() * 1e3
+                );
+                if !*served {
+                    tracing::info!(
+                        "ipcmining: templates from Bitcoin Core's IPC mining interface at {path} (height {}, {} transactions)",
+                        template.height,
+                        template.transactions.len()
+                    );
+                }
+                keep(&mut kept, id, current.clone());
+                full_prev = Some(template.prev_hash);
+                if events.send(IpcEvent::Template(Box::new(template))).await.is_err() {
+                    return Ok(Ended::Stop);
+                }
+                *served = true;
+                // waitNext: a new tip, fees up by the threshold, or the update interval's timeout.
+                wait = Some(wait_next(
+                    &current,
+                    &wait_thread,
+                    params.update_interval.as_secs_f64() * 1e3,
+                    i64::try_from(params.fee_threshold).unwrap_or(i64::MAX),
+                ));
+            }
+            r = async { wait.as_mut().expect("guarded").await }, if wait.is_some() => {
+                wait = None;
+                let r = r.context("waitNext")?;
+                let r = r.get()?;
+                current = if r.has_result() {
+                    r.get_result()?
+                } else {
+                    // The interval passed with no new tip and no fee rise: a fresh template
+                    // anyway (time and transactions), as getblocktemplate's update would give.
+                    create(&mining, &wait_thread, true).await?
+                };
+                next_id += 1;
+                reading = Some(Reading::start(&current, &wait_thread, next_id));
+            }
+            r = empty_answer(&mut empty) => {
+                let r = r.context("waitNext (empty-first)")?;
+                let Some(e) = empty.as_mut() else { continue };
+                let r = r.get()?;
+                if r.has_result() {
+                    let since = Instant::now();
+                    e.template = r.get_result()?;
+                    next_id += 1;
+                    let t = Reading::start(&e.template, &e.on, next_id).read.await?;
+                    // Late (the full template on that tip went out first): not sent.
+                    let late = full_prev == Some(t.prev_hash);
+                    tracing::debug!(
+                        "ipcmining: empty template {next_id} (height {}) read in {:.2} ms{}",
+                        t.height,
+                        since.elapsed().as_secs_f64() * 1e3,
+                        if late { ", after the full one: not sent" } else { "" }
+                    );
+                    if !late {
+                        keep(&mut kept, next_id, e.template.clone());
+                        if events.send(IpcEvent::Empty(Box::new(t))).await.is_err() {
+                            return Ok(Ended::Stop);
                         }
                     }
-                    e.wait = wait_next(&e.template, &e.on, EMPTY_WAIT_MS, i64::MAX);
                 }
-                s = solutions.recv() => match s {
-                    Some(s) => submit(&kept, &submit_thread, s),
-                    None => return Ok(Ended::Stop),
-                },
-                why = &mut lost => anyhow::bail!("{}", why.unwrap_or_else(|_| "connection ended".into())),
-                _ = shutdown.changed() => return Ok(Ended::Stop),
+                e.wait = wait_next(&e.template, &e.on, EMPTY_WAIT_MS, i64::MAX);
             }
-        };
-        let r = next.get()?;
-        current = if r.has_result() {
-            r.get_result()?
-        } else {
-            // The interval passed with no new tip and no fee rise: a fresh template anyway
-            // (time and transactions), as getblocktemplate's update would give.
-            create(&mining, &wait_thread, true).await?
-        };
+            s = solutions.recv() => match s {
+                Some(s) => submit(&kept, &submit_thread, s),
+                None => return Ok(Ended::Stop),
+            },
+            why = &mut lost => anyhow::bail!("{}", why.unwrap_or_else(|_| "connection ended".into())),
+            _ = shutdown.changed() => return Ok(Ended::Stop),
+        }
     }
 }
 
@@ -293,17 +316,29 @@ async fn create(
     Ok(resp.get()?.get_result()?)
 }
 
-/// The template's block and fees, as a [`Template`].
-async fn read_template(t: &block_template::Client, on: &thread::Client, id: u64) -> anyhow::Result<Template> {
-    let mut req = t.get_block_request();
-    req.get().init_context().set_thread(on.clone());
-    let block = req.send().promise.await.context("getBlock")?;
-    let mut req = t.get_tx_fees_request();
-    req.get().init_context().set_thread(on.clone());
-    let fees = req.send().promise.await.context("getTxFees")?;
-    let fees: Vec<i64> = fees.get()?.get_result()?.iter().collect();
-    let block = block.get()?.get_result()?;
-    Template::from_block(block, &fees, id).context("the node's template")
+/// A template being read: `getBlock` and `getTxFees` sent together, then parsed.
+struct Reading {
+    id: u64,
+    since: Instant,
+    read: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Template>>>>,
+}
+
+impl Reading {
+    fn start(t: &block_template::Client, on: &thread::Client, id: u64) -> Reading {
+        let mut req = t.get_block_request();
+        req.get().init_context().set_thread(on.clone());
+        let block = req.send().promise;
+        let mut req = t.get_tx_fees_request();
+        req.get().init_context().set_thread(on.clone());
+        let fees = req.send().promise;
+        let read = Box::pin(async move {
+            let (block, fees) = (block.await.context("getBlock")?, fees.await.context("getTxFees")?);
+            let fees: Vec<i64> = fees.get()?.get_result()?.iter().collect();
+            let block = block.get()?.get_result()?;
+            Template::from_block(block, &fees, id).context("the node's template")
+        });
+        Reading { id, since: Instant::now(), read }
+    }
 }
 
 /// `submitSolution` on the template the block was found on, without waiting here: the answer

@@ -9,11 +9,12 @@
 //! time past + 1, so it is a valid lower bound. The transactions after the coinbase are kept as
 //! the hex of the very bytes the node sent, as GBT's are.
 
-use bitcoin::consensus::encode::{deserialize, serialize};
+use bitcoin::consensus::encode::deserialize_partial;
 use bitcoin::hashes::Hash;
 
 use super::job::bip34_height;
 use super::template::{Template, TemplateError, TemplateTx};
+use super::tx_walk;
 use crate::difficulty::Target;
 use crate::hex;
 
@@ -30,11 +31,17 @@ impl Template {
     /// starting with the coinbase's entry, as older nodes sent it). `ipc_template` is the id the
     /// IPC link gave the node's template object.
     pub fn from_block(block: &[u8], fees: &[i64], ipc_template: u64) -> Result<Template, TemplateError> {
-        let parsed: bitcoin::Block = deserialize(block).map_err(|e| field("block", e))?;
-        let h = &parsed.header;
-        let Some(coinbase) = parsed.txdata.first() else {
+        // The header and the coinbase decoded; the other transactions only walked for their
+        // txids (`tx_walk`): a full template is thousands of them.
+        let (header, at) = deserialize_partial::<bitcoin::block::Header>(block).map_err(|e| field("block", e))?;
+        let h = &header;
+        let (count, n) = deserialize_partial::<bitcoin::VarInt>(&block[at..]).map_err(|e| field("block", e))?;
+        if count.0 == 0 {
             return Err(field("block", "no coinbase transaction"));
-        };
+        }
+        let (coinbase, m) =
+            deserialize_partial::<bitcoin::Transaction>(&block[at + n..]).map_err(|e| field("block", e))?;
+        let coinbase = &coinbase;
         if !coinbase.is_coinbase() {
             return Err(field("block", "the first transaction is not a coinbase"));
         }
@@ -58,20 +65,17 @@ impl Template {
             .map(<[u8]>::to_vec);
         let nbits = h.bits.to_consensus();
         let target = Target::from_compact(nbits).ok_or_else(|| field("bits", "negative or overflowing target"))?;
-        let rest = &parsed.txdata[1..];
-        let fees = match fees.len() {
-            n if n == rest.len() => fees,
-            n if n == rest.len() + 1 => &fees[1..],
-            n => return Err(field("fees", format!("{n} fees for {} transactions", rest.len()))),
-        };
-        let transactions: Vec<TemplateTx> = rest
-            .iter()
-            .zip(fees)
-            .map(|(tx, fee)| TemplateTx { txid: tx.compute_txid().to_byte_array(), fee: u64::try_from(*fee).ok() })
-            .collect();
         // The transactions' bytes as the node sent them: after the header, the count and the coinbase.
-        let skip = 80 + serialize(&bitcoin::VarInt(parsed.txdata.len() as u64)).len() + serialize(coinbase).len();
-        let txs = block.get(skip..).ok_or_else(|| field("block", "shorter than its transactions"))?;
+        let txs = &block[at + n + m..];
+        let rest = usize::try_from(count.0 - 1).map_err(|_| field("block", "transaction count"))?;
+        let txids = tx_walk::txids(txs, rest).map_err(|e| field("block", e))?;
+        let fees = match fees.len() {
+            n if n == rest => fees,
+            n if n == rest + 1 => &fees[1..],
+            n => return Err(field("fees", format!("{n} fees for {rest} transactions"))),
+        };
+        let transactions: Vec<TemplateTx> =
+            txids.into_iter().zip(fees).map(|(txid, fee)| TemplateTx { txid, fee: u64::try_from(*fee).ok() }).collect();
         Ok(Template {
             height,
             version: h.version.to_consensus() as u32,
@@ -96,6 +100,7 @@ mod tests {
     use super::*;
     use bitcoin::absolute::LockTime;
     use bitcoin::block::{Header, Version};
+    use bitcoin::consensus::encode::serialize;
     use bitcoin::transaction::{self, OutPoint, Sequence, TxIn, TxOut};
     use bitcoin::{Amount, Block, BlockHash, CompactTarget, ScriptBuf, Transaction, TxMerkleNode, Witness};
 

@@ -6,6 +6,7 @@ pub mod from_block;
 pub mod job;
 pub mod merkle;
 pub mod template;
+pub mod tx_walk;
 
 pub use coinbase::{Coinbase, CoinbaseConfig};
 pub use job::Job;

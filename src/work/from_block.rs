@@ -7,7 +7,8 @@
 //! subsidy and fees) and the witness commitment (its output, when present). The node gives no
 //! `mintime` over IPC: the header's time is used, which the node set at or after the median
 //! time past + 1, so it is a valid lower bound. The transactions after the coinbase are kept as
-//! the hex of the very bytes the node sent, as GBT's are.
+//! the hex of the very bytes the node sent, as GBT's are; their txids come from walking those
+//! bytes (`tx_walk`), so a 3,000-transaction template is not decoded transaction by transaction.
 
 use bitcoin::consensus::encode::deserialize_partial;
 use bitcoin::hashes::Hash;

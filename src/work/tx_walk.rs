@@ -1,7 +1,8 @@
 //! The txids of serialized transactions, by walking their bytes: no transaction is decoded into
 //! inputs, outputs and scripts (no allocation per transaction). The txid is sha256d of the
 //! serialization without witness data: version, the inputs and outputs as they lie, lock time;
-//! a segwit transaction's marker, flag and witnesses are skipped (BIP144).
+//! a segwit transaction's marker, flag and witnesses are skipped (BIP144). What Core's own
+//! decoding refuses (another flag than 1, a marker with no witness) is refused here too.
 //!
 //! Used for a template's transactions as a node's IPC `getBlock` sends them (`from_block.rs`):
 //! thousands per template, on the way from a new tip to the miners' work.
@@ -39,7 +40,12 @@ fn skip(b: &[u8], at: usize, n: u64) -> Option<usize> {
 /// before it does (or a count promises more than the bytes hold: refused before it is looped over).
 fn one(b: &[u8], at: usize) -> Option<([u8; 32], usize)> {
     let version_end = skip(b, at, 4)?;
-    let segwit = b.get(version_end) == Some(&0) && b.get(version_end + 1) == Some(&1);
+    // 0x00 where the input count is: the segwit marker, which must be followed by the flag 1
+    // (Core refuses any other "optional data").
+    let segwit = b.get(version_end) == Some(&0);
+    if segwit && b.get(version_end + 1) != Some(&1) {
+        return None;
+    }
     let body = if segwit { version_end + 2 } else { version_end };
     let left = |p: usize| (b.len() - p) as u64;
     // Each input takes at least 41 bytes, each output 9, each witness item 1.
@@ -63,8 +69,11 @@ fn one(b: &[u8], at: usize) -> Option<([u8; 32], usize)> {
     }
     let body_end = p;
     if segwit {
+        // A marker with no witness at all is refused, as Core does ("superfluous witness record").
+        let mut any = false;
         for _ in 0..inputs {
             let (items, q) = compact(b, p)?;
+            any |= items > 0;
             p = q;
             if items > left(p) {
                 return None;
@@ -73,6 +82,9 @@ fn one(b: &[u8], at: usize) -> Option<([u8; 32], usize)> {
                 let (len, q) = compact(b, p)?;
                 p = skip(b, q, len)?;
             }
+        }
+        if !any {
+            return None;
         }
     }
     let end = skip(b, p, 4)?;
@@ -166,5 +178,42 @@ mod tests {
         let mut huge = vec![2, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x7f];
         huge.extend_from_slice(&[0; 64]);
         assert!(txids(&huge, 1).is_err());
+    }
+
+    /// Any bytes and count: no panic; a walk that succeeds agrees with rust-bitcoin's decoding.
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let good: Vec<u8> = shapes().iter().flat_map(serialize).collect();
+        let seeds = (
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                // Real transactions with bytes flipped.
+                proptest::collection::vec((0..good.len(), any::<u8>()), 1..4).prop_map(move |flips| {
+                    let mut b = good.clone();
+                    for (at, v) in flips {
+                        b[at] = v;
+                    }
+                    b
+                }),
+            ],
+            0usize..8,
+        );
+        runner
+            .run(&seeds, |(buf, count)| {
+                if let Ok(ids) = txids(&buf, count) {
+                    let mut at = 0;
+                    for id in ids {
+                        let (tx, n) = bitcoin::consensus::encode::deserialize_partial::<Transaction>(&buf[at..])
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(tx.compute_txid().to_byte_array(), id);
+                        at += n;
+                    }
+                    prop_assert_eq!(at, buf.len());
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

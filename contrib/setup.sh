@@ -34,6 +34,12 @@
 #     once into ~/.cache/ckpool/translator_sv2-0.6.0 (outside target/), linked as .regtest/translator_sv2.
 #     Without default features: its `monitoring` feature builds a Swagger UI that downloads a zip
 #     at build time, which a closed network refuses; the translator itself needs none of it.
+#   - SRI's pool_sv2 0.7.0 (the Stratum V2 reference pool, tests/sri_pool.rs: ckproxy under it, its
+#     templates from bitcoin-node over IPC, schema version 31 as Core's master has it), the same way
+#     into ~/.cache/ckpool/pool_sv2-0.7.0, linked as .regtest/pool_sv2, also without default features
+#     (the same `monitoring` download). It builds in the translator's target dir (their common SV2
+#     crates once); the dir is removed after both. 617 s measured here (292 s of CPU; 2 cores shared
+#     with a cargo build of this crate), about 480 MB of build dir while it runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""

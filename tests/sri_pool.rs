@@ -165,9 +165,12 @@ async fn a_block_through_ckproxy_under_sri_pool_sv2_on_core_ipc() {
         "apiurl": "127.0.0.1:0",
     }));
     let connected = "connected over Stratum V2 (pool's key checked), extended channel";
-    wait::until_or("the proxy's channel on pool_sv2", LIMIT, || proxy.log().contains(connected), || {
-        format!("proxy log:\n{}\npool_sv2 log:\n{}", proxy.log(), sri.log())
-    })
+    wait::until_or(
+        "the proxy's channel on pool_sv2",
+        LIMIT,
+        || proxy.log().contains(connected),
+        || format!("proxy log:\n{}\npool_sv2 log:\n{}", proxy.log(), sri.log()),
+    )
     .await;
 
     let mut c = Client::connect(&proxy.addr()).await;

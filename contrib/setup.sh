@@ -34,6 +34,12 @@
 #     once into ~/.cache/ckpool/translator_sv2-0.6.0 (outside target/), linked as .regtest/translator_sv2.
 #     Without default features: its `monitoring` feature builds a Swagger UI that downloads a zip
 #     at build time, which a closed network refuses; the translator itself needs none of it.
+#   - SRI's pool_sv2 0.7.0 (the Stratum V2 reference pool, tests/sri_pool.rs: ckproxy under it, its
+#     templates from bitcoin-node over IPC, schema version 31 as Core's master has it), the same way
+#     into ~/.cache/ckpool/pool_sv2-0.7.0, linked as .regtest/pool_sv2, also without default features
+#     (the same `monitoring` download). It builds in the translator's target dir (their common SV2
+#     crates once); the dir is removed after both. 617 s measured here (292 s of CPU; 2 cores shared
+#     with a cargo build of this crate), about 480 MB of build dir while it runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
@@ -102,14 +108,27 @@ echo "setup: Bitcoin Core regtest node at $here/.regtest/core/bitcoind"
 # SRI's translator_sv2: a real third-party Stratum V2 client for tests/sv2.rs.
 tproxy_version=0.6.0
 tproxy_root="${HOME}/.cache/ckpool/translator_sv2-${tproxy_version}"
+sv2_build="${HOME}/.cache/ckpool/sv2-build/target"
 if [ ! -x "$tproxy_root/bin/translator_sv2" ]; then
   echo "setup: building SRI's translator_sv2 ${tproxy_version} (cargo install, default registry; once)"
   cargo install translator_sv2 --version "$tproxy_version" --no-default-features --locked \
-    --root "$tproxy_root" --target-dir "${HOME}/.cache/ckpool/sv2-build/target"
-  rm -rf "${HOME}/.cache/ckpool/sv2-build"
+    --root "$tproxy_root" --target-dir "$sv2_build"
 fi
 ln -sfn "$tproxy_root/bin/translator_sv2" "$here/.regtest/translator_sv2"
 echo "setup: translator_sv2 at $here/.regtest/translator_sv2"
+
+# SRI's pool_sv2: a real third-party Stratum V2 pool on Core's IPC for tests/sri_pool.rs. It shares
+# the translator's build dir (the SV2 crates they have in common are built once), removed after.
+pool_sv2_version=0.7.0
+pool_sv2_root="${HOME}/.cache/ckpool/pool_sv2-${pool_sv2_version}"
+if [ ! -x "$pool_sv2_root/bin/pool_sv2" ]; then
+  echo "setup: building SRI's pool_sv2 ${pool_sv2_version} (cargo install, default registry; once)"
+  cargo install pool_sv2 --version "$pool_sv2_version" --no-default-features --locked \
+    --root "$pool_sv2_root" --target-dir "$sv2_build"
+fi
+rm -rf "${HOME}/.cache/ckpool/sv2-build"
+ln -sfn "$pool_sv2_root/bin/pool_sv2" "$here/.regtest/pool_sv2"
+echo "setup: pool_sv2 at $here/.regtest/pool_sv2"
 
 # A minimal Debian for tests/systemd.rs (a real systemd as PID 1), made once and cached.
 if [ "$(id -u)" -eq 0 ]; then

@@ -85,6 +85,9 @@ pub struct UpstreamClient {
     pub prefix_len: Option<usize>,
     /// The version mask the upstream granted (0 = none).
     pub granted_mask: watch::Sender<u32>,
+    /// How long a Stratum V2 upstream may stay silent while it owes a share verdict
+    /// ([`SILENCE_LIMIT`]; tests shorten it).
+    pub silence_limit: Duration,
     /// The same, as published with each job.
     mask: u32,
     next_job: u64,
@@ -117,6 +120,7 @@ impl UpstreamClient {
             counters: Arc::default(),
             prefix_len: None,
             granted_mask,
+            silence_limit: SILENCE_LIMIT,
             mask: 0,
             next_job: 0,
             generation: 0,

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::{End, UpstreamClient, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, OUT_CAP, PRIMARY_PROBE, SILENCE_LIMIT};
+use super::{End, UpstreamClient, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, OUT_CAP, PRIMARY_PROBE};
 use crate::config::Upstream;
 use crate::difficulty::{Difficulty, Target};
 use crate::hex;
@@ -36,6 +36,9 @@ const BIP320_MASK: u32 = 0x1fff_e000;
 const FUTURE_KEPT: usize = 16;
 /// Unparseable frames in a row before the upstream is given up.
 const MAX_BAD_FRAMES: u32 = 50;
+/// The largest SubmitShares.Success batch the proxy waits to fill before it holds the pool to an
+/// answer.
+const MAX_BATCH: usize = 1000;
 
 /// The Noise handshake with the pool at `addr`, its certificate checked against `key`.
 pub(super) async fn handshake(addr: &str, key: &[u8; 32]) -> anyhow::Result<Sv2Client> {
@@ -83,13 +86,23 @@ struct Channel {
     seq: u32,
     /// Shares sent and not yet answered, by sequence number: who sent them, at what difficulty.
     pending: BTreeMap<u32, (Arc<str>, Difficulty)>,
-    /// When the pool must have said something (a share is waiting for its verdict).
+    /// When the pool must have said something (it owes a verdict: [`Channel::owes_answer`]).
     answer_due: Option<Instant>,
+    /// The most shares one SubmitShares.Success has acknowledged (1 until the pool batches).
+    batch: usize,
 }
 
 impl Channel {
     fn ours(&self, channel: u32) -> bool {
         channel == self.id || channel == self.group
+    }
+
+    /// Whether the pool owes the proxy a verdict: as many shares unanswered as its largest batch.
+    /// A pool may acknowledge valid shares in batches (SRI's pool_sv2 answers every
+    /// `share_batch_size`-th share, blocks and refusals at once), so fewer shares waiting than
+    /// it has shown it batches is no sign of a dead pool.
+    fn owes_answer(&self) -> bool {
+        !self.pending.is_empty() && self.pending.len() >= self.batch
     }
 }
 
@@ -124,12 +137,13 @@ impl UpstreamClient {
             ch.en1.len(),
             ch.en2_size
         );
+        let silence = self.silence_limit;
         let mut bad_frames = 0u32;
         let mut probe = tokio::time::interval(PRIMARY_PROBE);
         probe.tick().await;
         loop {
             let (rd, wr) = c.halves();
-            let limit = ch.answer_due.unwrap_or_else(|| Instant::now() + SILENCE_LIMIT);
+            let limit = ch.answer_due.unwrap_or_else(|| Instant::now() + silence);
             tokio::select! {
                 f = rd.read_frame() => {
                     let f = match f {
@@ -137,7 +151,7 @@ impl UpstreamClient {
                         Err(TransportError::Closed) => return End::Failed("closed the connection".into()),
                         Err(e) => return End::Failed(format!("{e}")),
                     };
-                    ch.answer_due = (!ch.pending.is_empty()).then(|| Instant::now() + SILENCE_LIMIT);
+                    ch.answer_due = ch.owes_answer().then(|| Instant::now() + silence);
                     match Event::of(f) {
                         Ok(ev) => {
                             bad_frames = 0;
@@ -195,7 +209,9 @@ impl UpstreamClient {
                         ch.pending.clear();
                     }
                     ch.pending.insert(ch.seq, (sh.workername.clone(), sh.difficulty));
-                    ch.answer_due.get_or_insert_with(|| Instant::now() + SILENCE_LIMIT);
+                    if ch.owes_answer() {
+                        ch.answer_due.get_or_insert_with(|| Instant::now() + silence);
+                    }
                     self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 r = wr.flush(), if wr.pending() > 0 => {
@@ -211,7 +227,7 @@ impl UpstreamClient {
                     }
                 }
                 _ = tokio::time::sleep_until(limit), if ch.answer_due.is_some() => {
-                    return End::Failed(format!("no answer to forwarded shares for {SILENCE_LIMIT:?}"));
+                    return End::Failed(format!("no answer to forwarded shares for {silence:?}"));
                 }
                 _ = shutdown.changed() => {
                     let _ = timeout(std::time::Duration::from_secs(2), c.flush()).await;
@@ -236,8 +252,8 @@ impl UpstreamClient {
         }
         // Room for the miners' prefix and at least a byte of their own.
         let min_extranonce = self.prefix_len.map_or(2, |p| p + 1) as u16;
-        // Hashrate 0: the pool starts the channel at its own difficulty, and its vardiff follows
-        // the shares forwarded.
+        // Hashrate 0: this project's pool starts the channel at its own difficulty, SRI's
+        // pool_sv2 at the max_target asked (all ones); either's vardiff follows the shares forwarded.
         let request = c.open_extended(&entry.auth, 0.0, min_extranonce).await.map_err(wire)?;
         loop {
             match c.next_event().await.map_err(wire)? {
@@ -265,6 +281,7 @@ impl UpstreamClient {
                         seq: 0,
                         pending: BTreeMap::new(),
                         answer_due: None,
+                        batch: 1,
                     });
                 }
                 Event::OpenRefused { code, .. } => {
@@ -321,6 +338,11 @@ impl UpstreamClient {
             }
             Event::Accepted { channel, last_seq, count, .. } if ch.ours(channel) => {
                 self.counters.accepted.fetch_add(count as u64, Ordering::Relaxed);
+                let batch = (count as usize).min(MAX_BATCH);
+                if batch > ch.batch {
+                    tracing::info!("upstream {addr}: acknowledges shares in batches of {batch}; a verdict is due once that many wait");
+                    ch.batch = batch;
+                }
                 let later = ch.pending.split_off(&last_seq.saturating_add(1));
                 ch.pending = later;
             }
@@ -339,7 +361,7 @@ impl UpstreamClient {
             }
             other => tracing::debug!("upstream {addr}: ignoring {other:?}"),
         }
-        if ch.pending.is_empty() {
+        if !ch.owes_answer() {
             ch.answer_due = None;
         }
         None

@@ -1,0 +1,237 @@
+//! ckproxy under SRI's `pool_sv2` (the Stratum V2 reference pool, built by contrib/setup.sh and
+//! linked at .regtest/pool_sv2) on Bitcoin Core's IPC mining interface: bitcoin-node with
+//! `-ipcbind=unix` serves the pool's templates, the pool holds its own authority key and pays a
+//! coinbase to an address of ours, ckproxy opens its extended channel with the url
+//! `stratum2+tcp://127.0.0.1:PORT/KEY`, and an SV1 miner on the proxy finds a block: Core accepts
+//! it with the pool's coinbase (its signature, its output), the pool counts the share as a block,
+//! the proxy logs the miner's share and counts the pool's SubmitShares.Success.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::core_node::{regtest_key, CoreNode};
+use common::{free_port, solve, solve_not_block, wait, Client, Pool};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(60);
+/// What the pool writes into its coinbase scriptSig (SRI puts it as `Sv2/<signature>/`).
+const SRI_SIGNATURE: &str = "sri-pool-under-ckproxy-test";
+
+/// SRI's pool_sv2 as contrib/setup.sh installs it.
+fn pool_sv2_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".regtest/pool_sv2");
+    assert!(
+        p.exists(),
+        "SRI's pool_sv2 is missing at {}: run `bash contrib/setup.sh` (it `cargo install`s pool_sv2 0.7.0 once \
+         into ~/.cache/ckpool/pool_sv2-0.7.0)",
+        p.display()
+    );
+    p
+}
+
+/// SRI's pool on `node`'s IPC socket, listening on a loopback port; Drop kills and reaps it.
+struct SriPool {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The authority public key, SRI's base58check form (also ours).
+    key: String,
+}
+
+impl SriPool {
+    fn start(node: &CoreNode, payout: &str) -> SriPool {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let key = ckpool::sv2::keys::AuthorityKey::generate().unwrap();
+        let config = format!(
+            r#"listen_address = "127.0.0.1:{port}"
+authority_public_key = "{public}"
+authority_secret_key = "{secret}"
+cert_validity_sec = 3600
+coinbase_reward_script = "addr({payout})"
+server_id = 1
+pool_signature = "{SRI_SIGNATURE}"
+shares_per_minute = 6.0
+share_batch_size = 10
+
+[template_provider_type.BitcoinCoreIpc]
+version = 31
+network = "regtest"
+data_dir = "{datadir}"
+fee_threshold = 100
+min_interval = 5
+"#,
+            public = key.public_string(),
+            secret = key.secret_string(),
+            datadir = node.datadir.path().display(),
+        );
+        let path = dir.path().join("pool-config.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("pool.log")).unwrap();
+        let child = Command::new(pool_sv2_bin())
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start pool_sv2");
+        let mut pool = SriPool { child: Some(child), dir, port, key: key.public_string() };
+        pool.wait_listening();
+        pool
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pool.log")).unwrap_or_default()
+    }
+
+    /// Waits (≤ LIMIT) until the pool listens and has its first template from the node (it
+    /// logs both; a connection before that is held until the template); panics with its log if
+    /// it exits.
+    fn wait_listening(&mut self) {
+        let listening = format!("Starting downstream server at 127.0.0.1:{}", self.port);
+        let log_path = self.dir.path().join("pool.log");
+        let child = &mut self.child;
+        wait::blocking_or(
+            "pool_sv2 listening with a template from Core",
+            LIMIT,
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    panic!("pool_sv2 exited ({status}); log:\n{log}");
+                }
+                log.contains(&listening) && log.contains("Required template data received")
+            },
+            || format!("log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()),
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("stratum2+tcp://127.0.0.1:{}/{}", self.port, self.key)
+    }
+}
+
+impl Drop for SriPool {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `ckpool_upstream_shares_total{result="RESULT"}` from the proxy's /metrics.
+async fn upstream_shares(proxy: &Pool, result: &str) -> u64 {
+    let log = proxy.log();
+    let api = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap()))
+        .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
+        .to_string();
+    let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.unwrap().unwrap();
+    let name = format!("ckpool_upstream_shares_total{{result=\"{result}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Core (IPC) → SRI's pool_sv2 → (SV2) ckproxy → SV1 miner: the miner's block is accepted by
+/// Core with the SRI pool's coinbase, and the share went upstream and was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_through_ckproxy_under_sri_pool_sv2_on_core_ipc() {
+    pool_sv2_bin();
+    let node = CoreNode::start_ipc(&[]).await;
+    let address = node.derive_address(&format!("wpkh({})", regtest_key(51).to_wif())).await;
+    // createNewBlock needs height > 16; past 100 the first coinbase is mature.
+    node.generate_to(101, &address).await;
+    wait::until("the IPC socket", LIMIT, || node.ipc_socket().exists()).await;
+    let sri = SriPool::start(&node, &address);
+
+    let proxy = Pool::start_proxy(json!({
+        "proxy": [{"url": sri.url(), "auth": "proxyuser.sri", "pass": "x"}],
+        "btcaddress": "",
+        // Below regtest's network difficulty (~4.7e-10): shares that are not blocks exist.
+        "mindiff": 1e-10,
+        "startdiff": 1e-10,
+        "maxdiff": 0,
+        "apiurl": "127.0.0.1:0",
+    }));
+    let connected = "connected over Stratum V2 (pool's key checked), extended channel";
+    wait::until_or(
+        "the proxy's channel on pool_sv2",
+        LIMIT,
+        || proxy.log().contains(connected),
+        || format!("proxy log:\n{}\npool_sv2 log:\n{}", proxy.log(), sri.log()),
+    )
+    .await;
+
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, n2) = c.handshake("miner.sri").await;
+    let tip = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let h = node.height().await;
+    let notify = c.notify_on_tip(&tip).await;
+    let en2 = format!("{:0width$x}", 0x5a1u32, width = n2 * 2);
+    let s = solve(&notify, &en1, &en2, "1e-10", true).expect("a block-meeting share on regtest");
+    let id = c.request("mining.submit", s).await;
+    let r = c.reply(id).await;
+    assert_eq!(r["result"], json!(true), "{r}\nproxy log:\n{}", proxy.log());
+    let context = || format!("proxy log:\n{}\npool_sv2 log:\n{}", proxy.log(), sri.log());
+    node.wait_height(h + 1, LIMIT, context).await;
+
+    // The block is the SRI pool's: its signature in the coinbase, the whole reward to its output.
+    let best = node.call("getbestblockhash", json!([])).await.as_str().unwrap().to_string();
+    let block = node.block(&best).await;
+    let cb = &block.txdata[0];
+    let sig = cb.input[0].script_sig.as_bytes();
+    assert!(
+        sig.windows(SRI_SIGNATURE.len()).any(|w| w == SRI_SIGNATURE.as_bytes()),
+        "the new tip's coinbase does not carry pool_sv2's signature: {:?}",
+        cb.input[0].script_sig
+    );
+    let script = ckpool::hex::decode(&node.script_hex(&address).await).unwrap();
+    let paid: u64 = cb.output.iter().filter(|o| o.script_pubkey.as_bytes() == script).map(|o| o.value.to_sat()).sum();
+    // Regtest halves every 150 blocks: 50 BTC at this height, no fees (an empty mempool).
+    assert_eq!(paid, 50 * 100_000_000, "the subsidy of height {} to pool_sv2's coinbase_reward_script", h + 1);
+
+    // The share went upstream and pool_sv2 accepted it (a block: acknowledged at once).
+    let accepted = wait::until_async("pool_sv2's SubmitShares.Success counted", LIMIT, || async {
+        let a = upstream_shares(&proxy, "accepted").await;
+        (a >= 1).then_some(a)
+    })
+    .await;
+    assert_eq!(accepted, 1);
+    assert_eq!(upstream_shares(&proxy, "forwarded").await, 1);
+    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+
+    // Ten shares that are not blocks, on the pool's job on the new tip: pool_sv2 answers valid
+    // shares in batches (share_batch_size 10), one SubmitShares.Success for the ten.
+    let work = c.notify_on_tip(&best).await;
+    for i in 0..10u32 {
+        let en2 = format!("{:0width$x}", 0x100 + i, width = n2 * 2);
+        let s = solve_not_block(&work, &en1, &en2, "1e-10").expect("a share below the network target");
+        let id = c.request("mining.submit", s).await;
+        assert_eq!(c.reply(id).await["result"], json!(true), "{}", proxy.log());
+    }
+    let accepted = wait::until_async("the batch's SubmitShares.Success counted", LIMIT, || async {
+        let a = upstream_shares(&proxy, "accepted").await;
+        (a >= 11).then_some(a)
+    })
+    .await;
+    assert_eq!(accepted, 11, "{}", sri.log());
+    assert_eq!(upstream_shares(&proxy, "forwarded").await, 11);
+    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+    assert_eq!(node.height().await, h + 1, "no block from shares under the network target");
+
+    let mine: Vec<Value> = proxy.share_lines().into_iter().filter(|l| l["workername"] == json!("miner.sri")).collect();
+    assert!(mine.len() == 11 && mine.iter().all(|l| l["result"] == json!(true)), "{mine:?}");
+    let sri_log = sri.log();
+    assert!(!sri_log.contains("SubmitSharesError"), "pool_sv2 refused a share:\n{sri_log}");
+}

@@ -8,123 +8,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::core_node::{regtest_key, CoreNode};
-use common::{free_port, solve, solve_not_block, wait, Client, Pool};
+use common::sri::{pool_sv2_bin, SriPool, SRI_SIGNATURE};
+use common::{solve, solve_not_block, wait, Client, Pool};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// What the pool writes into its coinbase scriptSig (SRI puts it as `Sv2/<signature>/`).
-const SRI_SIGNATURE: &str = "sri-pool-under-ckproxy-test";
-
-/// SRI's pool_sv2 as contrib/setup.sh installs it.
-fn pool_sv2_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".regtest/pool_sv2");
-    assert!(
-        p.exists(),
-        "SRI's pool_sv2 is missing at {}: run `bash contrib/setup.sh` (it `cargo install`s pool_sv2 0.7.0 once \
-         into ~/.cache/ckpool/pool_sv2-0.7.0)",
-        p.display()
-    );
-    p
-}
-
-/// SRI's pool on `node`'s IPC socket, listening on a loopback port; Drop kills and reaps it.
-struct SriPool {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The authority public key, SRI's base58check form (also ours).
-    key: String,
-}
-
-impl SriPool {
-    fn start(node: &CoreNode, payout: &str) -> SriPool {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let key = ckpool::sv2::keys::AuthorityKey::generate().unwrap();
-        let config = format!(
-            r#"listen_address = "127.0.0.1:{port}"
-authority_public_key = "{public}"
-authority_secret_key = "{secret}"
-cert_validity_sec = 3600
-coinbase_reward_script = "addr({payout})"
-server_id = 1
-pool_signature = "{SRI_SIGNATURE}"
-shares_per_minute = 6.0
-share_batch_size = 10
-
-[template_provider_type.BitcoinCoreIpc]
-version = 31
-network = "regtest"
-data_dir = "{datadir}"
-fee_threshold = 100
-min_interval = 5
-"#,
-            public = key.public_string(),
-            secret = key.secret_string(),
-            datadir = node.datadir.path().display(),
-        );
-        let path = dir.path().join("pool-config.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("pool.log")).unwrap();
-        let child = Command::new(pool_sv2_bin())
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start pool_sv2");
-        let mut pool = SriPool { child: Some(child), dir, port, key: key.public_string() };
-        pool.wait_listening();
-        pool
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("pool.log")).unwrap_or_default()
-    }
-
-    /// Waits (≤ LIMIT) until the pool listens and has its first template from the node (it
-    /// logs both; a connection before that is held until the template); panics with its log if
-    /// it exits.
-    fn wait_listening(&mut self) {
-        let listening = format!("Starting downstream server at 127.0.0.1:{}", self.port);
-        let log_path = self.dir.path().join("pool.log");
-        let child = &mut self.child;
-        wait::blocking_or(
-            "pool_sv2 listening with a template from Core",
-            LIMIT,
-            || {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if let Some(status) = child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                    panic!("pool_sv2 exited ({status}); log:\n{log}");
-                }
-                log.contains(&listening) && log.contains("Required template data received")
-            },
-            || format!("log:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default()),
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("stratum2+tcp://127.0.0.1:{}/{}", self.port, self.key)
-    }
-}
-
-impl Drop for SriPool {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// `ckpool_upstream_shares_total{result="RESULT"}` from the proxy's /metrics.
 async fn upstream_shares(proxy: &Pool, result: &str) -> u64 {

@@ -1,6 +1,7 @@
 //! Test harness, by what it starts: `node.rs` (a real regtest bitcoind pair), `core_node.rs`
 //! (Bitcoin Core), `pool.rs` (the pool binary), `client.rs` (a stratum client and share
-//! solving), `sshd.rs` (a real OpenSSH server for the tunnel tests), `wait.rs` (the one
+//! solving), `sri.rs` (SRI's pool_sv2 on Core's IPC), `sshd.rs` (a real OpenSSH server for the
+//! tunnel tests), `wait.rs` (the one
 //! wait-until helper). Everything listens on 127.0.0.1 only; every wait has a deadline; Drop
 //! kills and reaps.
 #![allow(dead_code)]
@@ -10,6 +11,7 @@ pub mod core_node;
 pub mod node;
 pub mod package;
 pub mod pool;
+pub mod sri;
 pub mod sshd;
 pub mod wait;
 

@@ -149,6 +149,7 @@ impl Sv2Session {
     }
 
     /// Serves the connection until it closes, breaks the protocol, or the pool shuts down.
+    #[allow(clippy::manual_async_fn)] // on purpose: see the async block below
     pub fn run<R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin>(
         mut self,
         mut rd: FrameReader<R>,

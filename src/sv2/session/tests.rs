@@ -99,19 +99,32 @@ async fn an_idle_sessions_future_stays_small() {
     let (mut rd, mut wr) = transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await.unwrap();
     let mut s = Sv2Session::new(rig.ctx.clone(), 1, peer, 0);
     let ctx = rig.ctx.clone();
-    let mut parts = Vec::new();
-    parts.push(("Sv2Session", size_of::<Sv2Session>()));
-    parts.push(("FrameReader", size_of_val(&rd)));
-    parts.push(("FrameWriter", size_of_val(&wr)));
-    parts.push(("Sleep", size_of::<tokio::time::Sleep>()));
-    parts.push(("read_frame", size_of_val(&rd.read_frame())));
-    parts.push(("flush", size_of_val(&wr.flush())));
-    parts.push(("write_reading", size_of_val(&s.write_reading(&mut rd, &mut wr))));
-    parts.push(("send_blocks", size_of_val(&s.outbox.send_blocks(&ctx))));
-    parts.push(("flush_outbound", size_of_val(&s.flush_outbound())));
-    parts.push(("wait_for_room", size_of_val(&ctx.shares.wait_for_room())));
-    parts.push(("finish", size_of_val(&s.finish())));
-    parts.push(("close", size_of_val(&wr.close())));
+    let p0 = size_of::<Sv2Session>();
+    let p1 = size_of_val(&rd);
+    let p2 = size_of_val(&wr);
+    let p3 = size_of::<tokio::time::Sleep>();
+    let p4 = size_of_val(&rd.read_frame());
+    let p5 = size_of_val(&wr.flush());
+    let p6 = size_of_val(&s.write_reading(&mut rd, &mut wr));
+    let p7 = size_of_val(&s.outbox.send_blocks(&ctx));
+    let p8 = size_of_val(&s.flush_outbound());
+    let p9 = size_of_val(&ctx.shares.wait_for_room());
+    let p10 = size_of_val(&s.finish());
+    let p11 = size_of_val(&wr.close());
+    let parts = [
+        ("Sv2Session", p0),
+        ("FrameReader", p1),
+        ("FrameWriter", p2),
+        ("Sleep", p3),
+        ("read_frame", p4),
+        ("flush", p5),
+        ("write_reading", p6),
+        ("send_blocks", p7),
+        ("flush_outbound", p8),
+        ("wait_for_room", p9),
+        ("finish", p10),
+        ("close", p11),
+    ];
     let run = s.run(rd, wr);
     let size = size_of_val(&run);
     eprintln!("session future {size} bytes; parts {parts:?}");

@@ -96,6 +96,13 @@ impl Outbox {
         if self.blocks.is_empty() {
             return;
         }
+        // In a separate allocation (rare: a channel was full): the send's state, a candidate
+        // and the wait for room, is ~900 bytes that every session's task would carry for its
+        // life (issue 31).
+        Box::pin(self.send_blocks_waiting(ctx)).await;
+    }
+
+    async fn send_blocks_waiting(&mut self, ctx: &ServerCtx) {
         for cand in self.blocks.drain(..) {
             let hash = cand.hash;
             if ctx.blocks.send(cand).await.is_err() {

@@ -63,7 +63,10 @@ async fn accept_loop(
                 Err(e) => return tracing::error!("sv2: cannot make a Noise responder from the authority key: {e:?}"),
             };
             let (rd, wr) = stream.into_split();
-            let (rd, wr) = match transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await {
+            // Boxed: the handshake's state is freed once done instead of sizing this task's
+            // future for the connection's life (issue 31).
+            let handshake = Box::pin(transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT));
+            let (rd, wr) = match handshake.await {
                 Ok(halves) => halves,
                 Err(e) => {
                     if ctx.guard.log(crate::log::ratelimit::LogKind::Refusal) {

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::jobs::{self, JobIds, JobRef};
-use super::transport::{Frame, FrameReader, FrameWriter, TransportError};
+use super::transport::{Frame, FrameReader, FrameWriter, ReadReady, TransportError};
 use crate::hex;
 use crate::log::escape::Esc;
 use crate::log::ratelimit::LogKind;
@@ -93,7 +93,9 @@ pub struct Sv2Session {
     address: Arc<str>,
     agent: Arc<str>,
     setup: bool,
-    channels: HashMap<u32, Sv2Channel>,
+    /// Boxed: a map of one channel holds four buckets, and a channel is hundreds of bytes
+    /// (issue 31: 2.8 KB of an idle connection's 16 KB was this map's empty buckets).
+    channels: HashMap<u32, Box<Sv2Channel>>,
     next_channel_id: u32,
     next_en1: u64,
     born: Instant,
@@ -147,95 +149,100 @@ impl Sv2Session {
     }
 
     /// Serves the connection until it closes, breaks the protocol, or the pool shuts down.
-    pub async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    #[allow(clippy::manual_async_fn)] // on purpose: see the async block below
+    pub fn run<R: AsyncRead + ReadReady + Unpin, W: AsyncWrite + Unpin>(
         mut self,
         mut rd: FrameReader<R>,
         mut wr: FrameWriter<W>,
-    ) {
-        let mut work_rx = self.ctx.work.clone();
-        let _ = work_rx.borrow_and_update();
-        let mut shutdown = self.ctx.shutdown.clone();
-        let setup_deadline = tokio::time::sleep(SETUP_DEADLINE);
-        tokio::pin!(setup_deadline);
-        // Armed until the first channel opens.
-        let mut awaiting_channel = true;
-        // ckpool's dropidle: no share for that long, from the connection's start. The timer is
-        // moved only when it fires (a share costs no timer reset).
-        let dropidle = Duration::from_micros(self.ctx.guard.policy.dropidle_us);
-        let idle_timer = tokio::time::sleep(if dropidle.is_zero() { SETUP_DEADLINE } else { dropidle });
-        tokio::pin!(idle_timer);
-        let end = loop {
-            let step = tokio::select! {
-                f = rd.read_frame() => match f {
-                    // Then every frame already received, so that their answers go out in one write.
-                    Ok(frame) => self.on_frame(frame, &mut wr).and_then(|()| self.drain_ready(&mut rd, &mut wr)),
-                    Err(e) => Err(ended(e)),
-                },
-                r = work_rx.changed() => match r {
-                    Ok(()) => {
-                        let w = work_rx.borrow_and_update().clone();
-                        if let Some(w) = w {
-                            self.on_work(&w, &mut wr);
+    ) -> impl std::future::Future<Output = ()> {
+        // An async block using the arguments in place: an async fn would hold them twice in
+        // its future (arguments, then the locals they move into), ~750 bytes (issue 31).
+        async move {
+            let mut work_rx = self.ctx.work.clone();
+            let _ = work_rx.borrow_and_update();
+            let mut shutdown = self.ctx.shutdown.clone();
+            let setup_deadline = tokio::time::sleep(SETUP_DEADLINE);
+            tokio::pin!(setup_deadline);
+            // Armed until the first channel opens.
+            let mut awaiting_channel = true;
+            // ckpool's dropidle: no share for that long, from the connection's start. The timer is
+            // moved only when it fires (a share costs no timer reset).
+            let dropidle = Duration::from_micros(self.ctx.guard.policy.dropidle_us);
+            let idle_timer = tokio::time::sleep(if dropidle.is_zero() { SETUP_DEADLINE } else { dropidle });
+            tokio::pin!(idle_timer);
+            let end = loop {
+                let step = tokio::select! {
+                    f = rd.read_frame() => match f {
+                        // Then every frame already received, so that their answers go out in one write.
+                        Ok(frame) => self.on_frame(frame, &mut wr).and_then(|()| self.drain_ready(&mut rd, &mut wr)),
+                        Err(e) => Err(ended(e)),
+                    },
+                    r = work_rx.changed() => match r {
+                        Ok(()) => {
+                            let w = work_rx.borrow_and_update().clone();
+                            if let Some(w) = w {
+                                self.on_work(&w, &mut wr);
+                            }
+                            Ok(())
                         }
-                        Ok(())
+                        Err(_) => Err(End::Shutdown),
+                    },
+                    _ = shutdown.changed() => Err(End::Shutdown),
+                    _ = &mut idle_timer, if !dropidle.is_zero() => {
+                        let at = self.last_share + dropidle;
+                        if Instant::now() < at {
+                            idle_timer.as_mut().reset(at);
+                            Ok(())
+                        } else {
+                            self.ctx.guard.counts.dropped_idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Err(End::Refuse(format!("no share for {} s (dropidle)", dropidle.as_secs())))
+                        }
                     }
-                    Err(_) => Err(End::Shutdown),
-                },
-                _ = shutdown.changed() => Err(End::Shutdown),
-                _ = &mut idle_timer, if !dropidle.is_zero() => {
-                    let at = self.last_share + dropidle;
-                    if Instant::now() < at {
-                        idle_timer.as_mut().reset(at);
-                        Ok(())
-                    } else {
-                        self.ctx.guard.counts.dropped_idle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Err(End::Refuse(format!("no share for {} s (dropidle)", dropidle.as_secs())))
+                    _ = &mut setup_deadline, if awaiting_channel => {
+                        Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
+                    }
+                };
+                if self.channels.is_empty() != awaiting_channel {
+                    // The deadline runs while the connection holds no channel (again).
+                    awaiting_channel = self.channels.is_empty();
+                    if awaiting_channel {
+                        setup_deadline.as_mut().reset(Instant::now() + SETUP_DEADLINE);
                     }
                 }
-                _ = &mut setup_deadline, if awaiting_channel => {
-                    Err(End::Refuse(format!("no channel opened within {}s", SETUP_DEADLINE.as_secs())))
+                self.push_acks(&mut wr);
+                // A found block whose channel was full goes before the write to this peer (which
+                // may be slow to read): no block waits behind it.
+                self.outbox.send_blocks(&self.ctx).await;
+                let wrote = match step {
+                    Ok(()) => self.write_reading(&mut rd, &mut wr).await,
+                    Err(_) => Ok(()),
+                };
+                self.flush_outbound().await;
+                if self.outbox.take_log_full() {
+                    self.ctx.shares.wait_for_room().await;
+                }
+                match (step, wrote) {
+                    (Err(end), _) | (Ok(()), Err(end)) => break end,
+                    (Ok(()), Ok(())) => {}
                 }
             };
-            if self.channels.is_empty() != awaiting_channel {
-                // The deadline runs while the connection holds no channel (again).
-                awaiting_channel = self.channels.is_empty();
-                if awaiting_channel {
-                    setup_deadline.as_mut().reset(Instant::now() + SETUP_DEADLINE);
+            let logged = matches!(end, End::Shutdown) || self.ctx.guard.log(LogKind::Close);
+            match &end {
+                _ if !logged => {}
+                End::Closed if !self.setup => tracing::warn!(
+                    peer = %self.peer, client = self.id,
+                    "sv2 connection closed by the peer before SetupConnection (a client that pins another authority key closes right after the handshake: check the key it was given against `ckpool sv2-key`)"
+                ),
+                End::Closed => tracing::info!(peer = %self.peer, client = self.id, "sv2 connection closed by the peer"),
+                End::Shutdown => {}
+                End::Refuse(why) => {
+                    tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection dropped: {}", Esc(why))
                 }
             }
-            self.push_acks(&mut wr);
-            // A found block whose channel was full goes before the write to this peer (which
-            // may be slow to read): no block waits behind it.
-            self.outbox.send_blocks(&self.ctx).await;
-            let wrote = match step {
-                Ok(()) => self.write_reading(&mut rd, &mut wr).await,
-                Err(_) => Ok(()),
-            };
-            self.flush_outbound().await;
-            if self.outbox.take_log_full() {
-                self.ctx.shares.wait_for_room().await;
-            }
-            match (step, wrote) {
-                (Err(end), _) | (Ok(()), Err(end)) => break end,
-                (Ok(()), Ok(())) => {}
-            }
-        };
-        let logged = matches!(end, End::Shutdown) || self.ctx.guard.log(LogKind::Close);
-        match &end {
-            _ if !logged => {}
-            End::Closed if !self.setup => tracing::warn!(
-                peer = %self.peer, client = self.id,
-                "sv2 connection closed by the peer before SetupConnection (a client that pins another authority key closes right after the handshake: check the key it was given against `ckpool sv2-key`)"
-            ),
-            End::Closed => tracing::info!(peer = %self.peer, client = self.id, "sv2 connection closed by the peer"),
-            End::Shutdown => {}
-            End::Refuse(why) => {
-                tracing::warn!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection dropped: {}", Esc(why))
-            }
+            // Free the channels first: a peer that stopped reading must not hold them.
+            self.finish().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
         }
-        // Free the channels first: a peer that stopped reading must not hold them.
-        self.finish().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
     }
 
     /// Writes what was pushed to the peer. A peer slow to read does not stop this session
@@ -244,7 +251,7 @@ impl Sv2Session {
     /// The peer is dropped when the write makes no way within [`WRITE_DEADLINE`].
     async fn write_reading<R, W>(&mut self, rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>) -> Result<(), End>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncRead + ReadReady + Unpin,
         W: AsyncWrite + Unpin,
     {
         if wr.pending() == 0 {
@@ -275,7 +282,7 @@ impl Sv2Session {
     /// Handles the frames that can be read without waiting (at most a batch's worth).
     fn drain_ready<R, W>(&mut self, rd: &mut FrameReader<R>, wr: &mut FrameWriter<W>) -> Result<(), End>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncRead + ReadReady + Unpin,
         W: AsyncWrite + Unpin,
     {
         for _ in 0..BATCH_FRAMES {

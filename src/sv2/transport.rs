@@ -7,6 +7,7 @@
 //! bounded: bytes read since the last whole frame past the reader's limit close the connection
 //! with [`TransportError::Oversized`], before a peer can make us buffer a 16 MB frame.
 
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use codec_sv2::{
@@ -45,6 +46,27 @@ pub enum TransportError {
 
 fn codec(e: impl std::fmt::Debug) -> TransportError {
     TransportError::Codec(format!("{e:?}"))
+}
+
+/// A reading half that can wait until bytes (or the end) can be read, holding no buffer while
+/// it waits: an idle connection then holds no read buffer at all (issue 31).
+pub trait ReadReady {
+    /// Ready when a read would not wait; a reader that cannot tell is always ready (it then
+    /// holds its buffer while the read waits).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::tcp::OwnedReadHalf {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let stream: &tokio::net::TcpStream = self.as_ref();
+        stream.poll_read_ready(cx)
+    }
+}
+
+impl<T> ReadReady for tokio::io::ReadHalf<T> {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// One decrypted frame: its header and plaintext payload.
@@ -179,7 +201,7 @@ fn halves<R, W>(
     )
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
     /// The next whole frame. Cancellation-safe: bytes read before a cancel are kept.
     pub async fn read_frame(&mut self) -> Result<Frame, TransportError> {
         loop {
@@ -192,6 +214,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     // Room for the rest of this piece: move what is buffered to the front.
                     self.inbuf.drain(..self.start);
                     self.start = 0;
+                }
+                if self.inbuf.capacity() == 0 {
+                    // Nothing held: wait for bytes before taking a buffer (cancel-safe), so a
+                    // connection waiting for its next frame holds none.
+                    std::future::poll_fn(|cx| self.rd.poll_read_ready(cx)).await?;
                 }
                 // Read into spare capacity (nothing zeroed first): at least the piece wanted.
                 self.inbuf.reserve(want.max(READ_BUF) - (self.inbuf.len() - self.start));

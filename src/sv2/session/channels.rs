@@ -86,7 +86,7 @@ impl Sv2Session {
         let n2 = self.nonce2_len();
         self.channels.insert(
             id,
-            Sv2Channel {
+            Box::new(Sv2Channel {
                 core,
                 extended,
                 en1_key: key,
@@ -97,7 +97,7 @@ impl Sv2Session {
                 payout,
                 last_notify: std::time::Instant::now(),
                 n2,
-            },
+            }),
         );
         Ok(id)
     }

@@ -78,3 +78,55 @@ async fn a_block_leaves_even_when_the_peer_reads_nothing() {
     let by: Vec<_> = rig.ctx.counters.rejected_by().filter(|(_, n)| *n > 0).collect();
     assert_eq!(by, [(RejectKind::UnknownJob, 1)]);
 }
+
+/// Issue 31: an idle SV2 connection's task is the session's future (3,032 bytes before, 1,456 after), allocated for the
+/// connection's life. Its size is bounded here (the figures are printed: `cargo test --lib
+/// an_idle_sessions_future -- --nocapture`); the waits that are rare (a full channel, a found
+/// block queued behind one) live in separate allocations and do not count.
+#[tokio::test]
+async fn an_idle_sessions_future_stays_small() {
+    use std::mem::{size_of, size_of_val};
+    let rig = rig(4);
+    let key = AuthorityKey::generate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let public = *key.public();
+    // The client waits for the setup's answer: it is never joined (the session is not run).
+    let _client = tokio::spawn(async move { Sv2Client::connect(addr, &public, 0).await });
+    let (stream, peer) = listener.accept().await.unwrap();
+    let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
+    let (rd, wr) = stream.into_split();
+    let (mut rd, mut wr) = transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT).await.unwrap();
+    let mut s = Sv2Session::new(rig.ctx.clone(), 1, peer, 0);
+    let ctx = rig.ctx.clone();
+    let p0 = size_of::<Sv2Session>();
+    let p1 = size_of_val(&rd);
+    let p2 = size_of_val(&wr);
+    let p3 = size_of::<tokio::time::Sleep>();
+    let p4 = size_of_val(&rd.read_frame());
+    let p5 = size_of_val(&wr.flush());
+    let p6 = size_of_val(&s.write_reading(&mut rd, &mut wr));
+    let p7 = size_of_val(&s.outbox.send_blocks(&ctx));
+    let p8 = size_of_val(&s.flush_outbound());
+    let p9 = size_of_val(&ctx.shares.wait_for_room());
+    let p10 = size_of_val(&s.finish());
+    let p11 = size_of_val(&wr.close());
+    let parts = [
+        ("Sv2Session", p0),
+        ("FrameReader", p1),
+        ("FrameWriter", p2),
+        ("Sleep", p3),
+        ("read_frame", p4),
+        ("flush", p5),
+        ("write_reading", p6),
+        ("send_blocks", p7),
+        ("flush_outbound", p8),
+        ("wait_for_room", p9),
+        ("finish", p10),
+        ("close", p11),
+    ];
+    let run = s.run(rd, wr);
+    let size = size_of_val(&run);
+    eprintln!("session future {size} bytes; parts {parts:?}");
+    assert!(size <= 2048, "session future {size} bytes; parts {parts:?}");
+}

@@ -16,7 +16,6 @@ use ckpool::sv2::client::{self as sv2client, Event, Sv2Client};
 use common::core_node::{regtest_key, CoreNode};
 use common::{free_port, solve, wait, Client, Pool};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An SV2 listener on a fixed port (a restart keeps it) and an authority key of the test's own.
 fn with_sv2(cfg: &mut Value) {
@@ -62,23 +61,6 @@ async fn core(seed: u8) -> (CoreNode, String) {
 
 fn lines_of(pool: &Pool, worker: &str) -> Vec<Value> {
     pool.share_lines().into_iter().filter(|l| l["workername"] == json!(worker)).collect()
-}
-
-/// `ckpool_upstream_shares_total{result="RESULT"}` from the proxy's /metrics.
-async fn upstream_shares(proxy: &Pool, result: &str) -> u64 {
-    let log = proxy.log();
-    let api = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap()))
-        .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
-        .to_string();
-    let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.unwrap().unwrap();
-    let name = format!("ckpool_upstream_shares_total{{result=\"{result}\"}} ");
-    body.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// A block from the miner on its work on Core's tip; waits until Core has it.
@@ -157,13 +139,13 @@ async fn blocks_through_an_sv2_upstream() {
     .await;
 
     let accepted = wait::until_async("the pool's verdicts counted", Duration::from_secs(10), || async {
-        let a = upstream_shares(&proxy, "accepted").await;
+        let a = proxy.upstream_shares("accepted").await;
         (a >= 3).then_some(a)
     })
     .await;
     assert_eq!(accepted, 3);
-    assert_eq!(upstream_shares(&proxy, "forwarded").await, 3);
-    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+    assert_eq!(proxy.upstream_shares("forwarded").await, 3);
+    assert_eq!(proxy.upstream_shares("rejected").await, 0);
     assert_eq!(pool.log().matches("sv2 extended channel opened").count(), 1, "one channel for the proxy");
 }
 

@@ -14,26 +14,8 @@ use common::core_node::{regtest_key, CoreNode};
 use common::sri::{pool_sv2_bin, SriPool, SRI_SIGNATURE};
 use common::{solve, solve_not_block, wait, Client, Pool};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `ckpool_upstream_shares_total{result="RESULT"}` from the proxy's /metrics.
-async fn upstream_shares(proxy: &Pool, result: &str) -> u64 {
-    let log = proxy.log();
-    let api = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap()))
-        .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
-        .to_string();
-    let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.unwrap().unwrap();
-    let name = format!("ckpool_upstream_shares_total{{result=\"{result}\"}} ");
-    body.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
 
 /// Core (IPC) → SRI's pool_sv2 → (SV2) ckproxy → SV1 miner: the miner's block is accepted by
 /// Core with the SRI pool's coinbase, and the share went upstream and was accepted.
@@ -95,13 +77,13 @@ async fn a_block_through_ckproxy_under_sri_pool_sv2_on_core_ipc() {
 
     // The share went upstream and pool_sv2 accepted it (a block: acknowledged at once).
     let accepted = wait::until_async("pool_sv2's SubmitShares.Success counted", LIMIT, || async {
-        let a = upstream_shares(&proxy, "accepted").await;
+        let a = proxy.upstream_shares("accepted").await;
         (a >= 1).then_some(a)
     })
     .await;
     assert_eq!(accepted, 1);
-    assert_eq!(upstream_shares(&proxy, "forwarded").await, 1);
-    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+    assert_eq!(proxy.upstream_shares("forwarded").await, 1);
+    assert_eq!(proxy.upstream_shares("rejected").await, 0);
 
     // Ten shares that are not blocks, on the pool's job on the new tip: pool_sv2 answers valid
     // shares in batches (share_batch_size 10), one SubmitShares.Success for the ten.
@@ -113,13 +95,13 @@ async fn a_block_through_ckproxy_under_sri_pool_sv2_on_core_ipc() {
         assert_eq!(c.reply(id).await["result"], json!(true), "{}", proxy.log());
     }
     let accepted = wait::until_async("the batch's SubmitShares.Success counted", LIMIT, || async {
-        let a = upstream_shares(&proxy, "accepted").await;
+        let a = proxy.upstream_shares("accepted").await;
         (a >= 11).then_some(a)
     })
     .await;
     assert_eq!(accepted, 11, "{}", sri.log());
-    assert_eq!(upstream_shares(&proxy, "forwarded").await, 11);
-    assert_eq!(upstream_shares(&proxy, "rejected").await, 0);
+    assert_eq!(proxy.upstream_shares("forwarded").await, 11);
+    assert_eq!(proxy.upstream_shares("rejected").await, 0);
     assert_eq!(node.height().await, h + 1, "no block from shares under the network target");
 
     let mine: Vec<Value> = proxy.share_lines().into_iter().filter(|l| l["workername"] == json!("miner.sri")).collect();

@@ -181,6 +181,29 @@ impl Pool {
         format!("127.0.0.1:{port}")
     }
 
+    /// `ckpool_upstream_shares_total{result="RESULT"}` from a proxy's /metrics (the operator
+    /// API's address as its log gives it; 0 when the series is absent).
+    pub async fn upstream_shares(&self, result: &str) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let log = self.log();
+        let api = log
+            .lines()
+            .rev()
+            .find_map(|l| {
+                l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
+            .to_string();
+        let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut body)).await.unwrap().unwrap();
+        let name = format!("ckpool_upstream_shares_total{{result=\"{result}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -68,8 +68,13 @@ where
     while tasks.join_next().await.is_some() {}
 }
 
-async fn accept_loop<F, Fut>(ctx: Arc<ServerCtx>, listener: TcpListener, limit: Arc<Semaphore>, listen: Arc<Listen>, face: F)
-where
+async fn accept_loop<F, Fut>(
+    ctx: Arc<ServerCtx>,
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    listen: Arc<Listen>,
+    face: F,
+) where
     F: Fn(Arc<ServerCtx>, SocketAddr, Reader, Writer) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {

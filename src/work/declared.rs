@@ -79,11 +79,11 @@ impl DeclaredCoinbase {
         let segwit = prefix.get(4) == Some(&0) && prefix.get(5) == Some(&1);
         let count_at = if segwit { 6 } else { 4 };
         let len_at = count_at + 1 + 36;
-        let script_len = small_len(prefix, len_at)
-            .ok_or_else(|| CoinbaseRefusal::Decode(format!("the prefix ({} bytes) ends before the scriptSig", prefix.len())))?;
+        let script_len = small_len(prefix, len_at).ok_or_else(|| {
+            CoinbaseRefusal::Decode(format!("the prefix ({} bytes) ends before the scriptSig", prefix.len()))
+        })?;
         let head = prefix.len() - (len_at + 1);
-        let extranonce_len =
-            script_len.checked_sub(head).ok_or(CoinbaseRefusal::Extranonce(0))?;
+        let extranonce_len = script_len.checked_sub(head).ok_or(CoinbaseRefusal::Extranonce(0))?;
         let mut full = Vec::with_capacity(prefix.len() + extranonce_len + suffix.len());
         full.extend_from_slice(prefix);
         full.resize(prefix.len() + extranonce_len, 0);
@@ -129,7 +129,11 @@ impl DeclaredCoinbase {
         Ok(cb)
     }
 
-    fn from_tx(tx: &Transaction, script_head: Vec<u8>, extranonce_len: usize) -> Result<DeclaredCoinbase, CoinbaseRefusal> {
+    fn from_tx(
+        tx: &Transaction,
+        script_head: Vec<u8>,
+        extranonce_len: usize,
+    ) -> Result<DeclaredCoinbase, CoinbaseRefusal> {
         if tx.input.len() != 1 {
             return Err(CoinbaseRefusal::Input(format!("{} inputs", tx.input.len())));
         }
@@ -332,7 +336,8 @@ mod tests {
     #[test]
     fn a_declared_coinbase_is_read_and_gives_the_same_txid_as_rust_bitcoin() {
         for witness in [true, false] {
-            let outs = vec![TxOut { value: Amount::from_sat(5_000_000_000), script_pubkey: pool_script() }, commitment()];
+            let outs =
+                vec![TxOut { value: Amount::from_sat(5_000_000_000), script_pubkey: pool_script() }, commitment()];
             let tx = coinbase_tx(outs, witness, 16);
             let (prefix, suffix) = cut(&tx, 16);
             let cb = DeclaredCoinbase::from_declared(&prefix, &suffix).unwrap();
@@ -428,7 +433,13 @@ mod tests {
         let job = DeclaredJob {
             user: "jdc".into(),
             version: 0x2000_0000,
-            tip: Tip { prev_hash: [3u8; 32], height: 101, nbits: 0x207f_ffff, mintime: 1000, target: Target::from_compact(0x207f_ffff).unwrap() },
+            tip: Tip {
+                prev_hash: [3u8; 32],
+                height: 101,
+                nbits: 0x207f_ffff,
+                mintime: 1000,
+                target: Target::from_compact(0x207f_ffff).unwrap(),
+            },
             coinbase: DeclaredCoinbase::from_declared(&p, &s).unwrap(),
             txids: vec![TemplateTx { txid: other.compute_txid().to_byte_array(), fee: None }].into(),
             txs_hex: Bytes::from(other_hex.into_bytes()),

@@ -307,7 +307,11 @@ fn wrong_types_are_named_by_key_and_rule() {
             r#""loglevel" = "verbose": must be 0-7 (ckpool's -l: 3 error, 4 warning, 6 info, 7 debug) or error/warn/info/debug/trace"#,
         ),
         ("sv2url", r#"{"sv2url": 3336}"#.into(), r#""sv2url" = 3336: must be "address:port" or an array of them"#),
-        ("sv2jdurl", r#"{"sv2jdurl": 3337}"#.into(), r#""sv2jdurl" = 3337: must be "address:port" or an array of them"#),
+        (
+            "sv2jdurl",
+            r#"{"sv2jdurl": 3337}"#.into(),
+            r#""sv2jdurl" = 3337: must be "address:port" or an array of them"#,
+        ),
         (
             "sv2url",
             r#"{"sv2url": "nowhere:port"}"#.into(),

@@ -34,7 +34,9 @@ impl TemplateIndex {
     /// The index of `work`'s template; `self` when it is that template's already.
     pub fn for_work(current: &Option<Arc<TemplateIndex>>, work: &Work) -> Arc<TemplateIndex> {
         let job = &work.job;
-        if let Some(c) = current.as_ref().filter(|c| c.hex.as_ptr() == job.txs_hex.as_ptr() && c.hex.len() == job.txs_hex.len()) {
+        if let Some(c) =
+            current.as_ref().filter(|c| c.hex.as_ptr() == job.txs_hex.as_ptr() && c.hex.len() == job.txs_hex.len())
+        {
             return c.clone();
         }
         let mut ix = TemplateIndex { hex: job.txs_hex.clone(), ..TemplateIndex::default() };

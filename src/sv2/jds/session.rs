@@ -148,12 +148,10 @@ impl JdsSession {
                 }
             };
             let wrote = match &step {
-                Ok(()) | Err(End::Refuse(_)) => {
-                    match tokio::time::timeout(Duration::from_secs(30), wr.flush()).await {
-                        Ok(Ok(())) => Ok(()),
-                        _ => Err(End::Refuse("not reading (no write progress in 30 s)".into())),
-                    }
-                }
+                Ok(()) | Err(End::Refuse(_)) => match tokio::time::timeout(Duration::from_secs(30), wr.flush()).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(End::Refuse("not reading (no write progress in 30 s)".into())),
+                },
                 _ => Ok(()),
             };
             match (step, wrote) {
@@ -165,13 +163,19 @@ impl JdsSession {
             match &end {
                 End::Closed => tracing::info!(peer = %self.peer, client = self.id, "jds connection closed by the peer"),
                 End::Shutdown => {}
-                End::Refuse(why) => tracing::warn!(peer = %self.peer, client = self.id, "jds connection dropped: {}", Esc(why)),
+                End::Refuse(why) => {
+                    tracing::warn!(peer = %self.peer, client = self.id, "jds connection dropped: {}", Esc(why))
+                }
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), wr.close()).await;
     }
 
-    async fn on_message<W: AsyncWrite + Unpin>(&mut self, msg: AnyMessage<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {
+    async fn on_message<W: AsyncWrite + Unpin>(
+        &mut self,
+        msg: AnyMessage<'_>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         if !self.setup {
             return match msg {
                 AnyMessage::Common(CommonMessages::SetupConnection(m)) => self.on_setup(m, wr),
@@ -188,7 +192,9 @@ impl JdsSession {
                 self.on_push_solution(m).await;
                 Ok(())
             }
-            AnyMessage::Common(CommonMessages::SetupConnection(_)) => Err(End::Refuse("a second SetupConnection".into())),
+            AnyMessage::Common(CommonMessages::SetupConnection(_)) => {
+                Err(End::Refuse("a second SetupConnection".into()))
+            }
             other => {
                 if self.ctx.guard.log(LogKind::BadLine) {
                     let s = format!("{other:?}");
@@ -232,7 +238,11 @@ impl JdsSession {
         )
     }
 
-    fn on_allocate<W: AsyncWrite + Unpin>(&mut self, m: AllocateMiningJobToken<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {
+    fn on_allocate<W: AsyncWrite + Unpin>(
+        &mut self,
+        m: AllocateMiningJobToken<'_>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         let user: String = m.user_identifier.as_utf8_or_hex().chars().take(128).collect();
         if self.tokens.len() >= limits::MAX_TOKENS {
             // The oldest unused token is revoked: a client that allocates without declaring
@@ -250,7 +260,11 @@ impl JdsSession {
         push(wr, AnyMessage::JobDeclaration(JobDeclaration::AllocateMiningJobTokenSuccess(reply)))
     }
 
-    async fn on_declare<W: AsyncWrite + Unpin>(&mut self, m: DeclareMiningJob<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {
+    async fn on_declare<W: AsyncWrite + Unpin>(
+        &mut self,
+        m: DeclareMiningJob<'_>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         let request_id = m.request_id;
         let token = m.mining_job_token.try_as_array::<8>().ok().map(u64::from_le_bytes);
         let Some(at) = token.and_then(|t| self.tokens.iter().position(|(k, _)| *k == t)) else {
@@ -282,7 +296,16 @@ impl JdsSession {
             let r = refuse("missing-txs", "a newer declaration came before the missing transactions");
             self.refused(p.request_id, r, wr)?;
         }
-        let decl = Declaration { request_id, token, user, version: m.version, coinbase, wtxids, asked_at: 0, asked: Vec::new() };
+        let decl = Declaration {
+            request_id,
+            token,
+            user,
+            version: m.version,
+            coinbase,
+            wtxids,
+            asked_at: 0,
+            asked: Vec::new(),
+        };
         self.settle(decl, wr).await
     }
 
@@ -390,16 +413,28 @@ impl JdsSession {
                 return self.refused(d.request_id, refuse("stale-chain-tip", format!("the node says {reason}")), wr);
             }
             Err(super::NodeVerdict::Invalid(reason)) => {
-                return self.refused(d.request_id, refuse("invalid-job", format!("the node refuses the block: {reason}")), wr);
+                return self.refused(
+                    d.request_id,
+                    refuse("invalid-job", format!("the node refuses the block: {reason}")),
+                    wr,
+                );
             }
             Err(super::NodeVerdict::Unreachable(why)) => {
-                return self.refused(d.request_id, refuse("internal-error", format!("the node could not check it: {why}")), wr);
+                return self.refused(
+                    d.request_id,
+                    refuse("internal-error", format!("the node could not check it: {why}")),
+                    wr,
+                );
             }
         }
         let checked_ms = started.elapsed().as_secs_f64() * 1000.0;
         let declared_now = self.ctx.work.borrow().as_ref().map(|w| w.job.prev_hash);
         if declared_now != Some(declared.tip.prev_hash) {
-            return self.refused(d.request_id, refuse("stale-chain-tip", "a new block came while the node checked it"), wr);
+            return self.refused(
+                d.request_id,
+                refuse("stale-chain-tip", "a new block came while the node checked it"),
+                wr,
+            );
         }
         if let Some(reg) = &self.ctx.params.declared {
             reg.insert(d.token, declared.clone());
@@ -424,7 +459,12 @@ impl JdsSession {
         push(wr, AnyMessage::JobDeclaration(JobDeclaration::DeclareMiningJobSuccess(ok)))
     }
 
-    fn refused<W: AsyncWrite + Unpin>(&mut self, request_id: u32, r: Refusal, wr: &mut FrameWriter<W>) -> Result<(), End> {
+    fn refused<W: AsyncWrite + Unpin>(
+        &mut self,
+        request_id: u32,
+        r: Refusal,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         self.jds.counts.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.ctx.guard.log(LogKind::Refusal) {
             tracing::warn!(peer = %self.peer, client = self.id, "jds: declaration {request_id} refused ({}): {}", r.code, Esc(&r.why));

@@ -43,21 +43,30 @@ impl Sv2Session {
             return Err(("jd-not-supported", "this pool serves no job declaration (sv2jdurl)".into()));
         };
         if !self.work_selection {
-            return Err(("jd-not-supported", "the connection did not ask for work selection in SetupConnection".into()));
+            return Err((
+                "jd-not-supported",
+                "the connection did not ask for work selection in SetupConnection".into(),
+            ));
         }
         let Some(ch) = self.channels.get_mut(&m.channel_id).filter(|c| c.extended) else {
             return Err(("invalid-channel-id", format!("no extended channel {} on this connection", m.channel_id)));
         };
         let token = m.token.try_as_array::<8>().ok().map(u64::from_le_bytes);
         let Some(declared) = token.and_then(|t| registry.get(t)) else {
-            return Err(("invalid-mining-job-token", "no declared job has this token (declare it first; a new block drops the last block's)".into()));
+            return Err((
+                "invalid-mining-job-token",
+                "no declared job has this token (declare it first; a new block drops the last block's)".into(),
+            ));
         };
         let tip = self.ctx.work.borrow().as_ref().map(|w| w.job.prev_hash);
         if m.prev_hash.to_array() != declared.tip.prev_hash || tip != Some(declared.tip.prev_hash) {
             return Err(("stale-chain-tip", "the job is not on the pool's current block".into()));
         }
         if m.nbits != declared.tip.nbits {
-            return Err(("invalid-nbits", format!("nbits {:08x}, the block needs {:08x}", m.nbits, declared.tip.nbits)));
+            return Err((
+                "invalid-nbits",
+                format!("nbits {:08x}, the block needs {:08x}", m.nbits, declared.tip.nbits),
+            ));
         }
         if m.version != declared.version {
             return Err(("invalid-version", format!("version {:08x}, declared {:08x}", m.version, declared.version)));

@@ -61,9 +61,9 @@ pub async fn run(
         }
         None => None,
     };
-    let (ipc_events, ipc_solutions) = match ipc {
-        Some(l) => (Some(l.events), Some(l.solutions)),
-        None => (None, None),
+    let (ipc_events, ipc_solutions, ipc_asks) = match ipc {
+        Some(l) => (Some(l.events), Some(l.solutions), Some(l.asks)),
+        None => (None, None, None),
     };
     let submitter = blocks::BlockSubmitter {
         rpc: rpc.clone(),
@@ -200,7 +200,7 @@ pub async fn run(
         let jd_listeners =
             listeners_jd.into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
         params.declared = Some(Arc::new(crate::serve::declared::DeclaredJobs::default()));
-        let jds = Arc::new(crate::sv2::jds::Jds::new(script.clone(), rpc.clone()));
+        let jds = Arc::new(crate::sv2::jds::Jds::new(script.clone(), rpc.clone(), ipc_asks.clone()));
         Some((crate::sv2::jds::JdsSetup { listeners: jd_listeners, key, cert_validity: cfg.sv2_cert_validity }, jds))
     };
     let mut fe =

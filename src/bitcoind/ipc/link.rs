@@ -9,6 +9,11 @@
 //! assembly took the node's lock first; then the empty one, which builds on a tip the miners
 //! already have, is dropped here. Every field of it is the node's own (time, bits, version), so
 //! nothing is derived.
+//!
+//! Questions from the Job Declaration server (`checkBlock`, `getTransactionsByWitnessID`) run on
+//! a server thread of their own (`ckpool-jds`, so a pending `waitNext` never holds them up), a
+//! few at a time; while the link is down each is answered at once with an error, so the asker
+//! takes its RPC path.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -23,7 +28,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use super::schema::init_capnp::init;
 use super::schema::mining_capnp::{block_template, mining};
 use super::schema::proxy_capnp::thread;
-use super::{solution_parts, IpcEvent, IpcParams, Solution};
+use super::{solution_parts, BlockCheck, IpcEvent, IpcParams, IpcRequest, Solution};
 use crate::work::Template;
 
 /// Reconnection backoff: from 1 s, doubling, at most 30 s.
@@ -33,6 +38,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const KEEP_TEMPLATES: usize = 8;
 /// The empty-first wait's timeout: it is renewed when it passes (it builds nothing meanwhile).
 const EMPTY_WAIT_MS: f64 = 3_600_000.0;
+/// Questions sent to the node and not yet answered, at most (more wait in the channel).
+const ASKS_IN_FLIGHT: usize = 4;
 
 type WaitNext = capnp::capability::Promise<
     capnp::capability::Response<super::schema::mining_capnp::block_template::wait_next_results::Owned>,
@@ -82,6 +89,7 @@ pub(super) fn run_thread(
     params: IpcParams,
     events: mpsc::Sender<IpcEvent>,
     solutions: mpsc::Receiver<Solution>,
+    asks: mpsc::Receiver<IpcRequest>,
     shutdown: watch::Receiver<bool>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -92,7 +100,7 @@ pub(super) fn run_thread(
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(params, events, solutions, shutdown));
+    local.block_on(&rt, run(params, events, solutions, asks, shutdown));
 }
 
 /// How a session ended without an error.
@@ -105,6 +113,7 @@ async fn run(
     params: IpcParams,
     events: mpsc::Sender<IpcEvent>,
     mut solutions: mpsc::Receiver<Solution>,
+    mut asks: mpsc::Receiver<IpcRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let path = params.path.display().to_string();
@@ -116,7 +125,7 @@ async fn run(
             return;
         }
         let mut served = false;
-        let res = session(&params, &events, &mut solutions, &mut shutdown, &mut served).await;
+        let res = session(&params, &events, &mut solutions, &mut asks, &mut shutdown, &mut served).await;
         if served {
             backoff = BACKOFF_FIRST;
             up = Some(true);
@@ -143,9 +152,18 @@ async fn run(
                 up = Some(false);
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return,
+        // Down: questions are answered at once (the asker takes its RPC path).
+        let retry = tokio::time::sleep(backoff);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                _ = &mut retry => break,
+                q = asks.recv() => match q {
+                    Some(q) => refuse_ask(q, "the IPC link is down"),
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -157,6 +175,7 @@ async fn session(
     params: &IpcParams,
     events: &mpsc::Sender<IpcEvent>,
     solutions: &mut mpsc::Receiver<Solution>,
+    asks: &mut mpsc::Receiver<IpcRequest>,
     shutdown: &mut watch::Receiver<bool>,
     served: &mut bool,
 ) -> anyhow::Result<Ended> {
@@ -181,6 +200,8 @@ async fn session(
     let thread_map = tm.get()?.get_thread_map()?;
     let wait_thread = make_thread(&thread_map, "ckpool-wait").await?;
     let submit_thread = make_thread(&thread_map, "ckpool-submit").await?;
+    let ask_thread = make_thread(&thread_map, "ckpool-jds").await?;
+    let in_flight = std::rc::Rc::new(std::cell::Cell::new(0usize));
     let mut req = init.make_mining_request();
     req.get().init_context().set_thread(wait_thread.clone());
     let mining: mining::Client = req.send().promise.await.context("makeMining")?.get()?.get_result()?;
@@ -271,6 +292,10 @@ async fn session(
                 }
                 e.wait = wait_next(&e.template, &e.on, EMPTY_WAIT_MS, i64::MAX);
             }
+            q = asks.recv(), if in_flight.get() < ASKS_IN_FLIGHT => match q {
+                Some(q) => answer(&mining, &ask_thread, &in_flight, q),
+                None => return Ok(Ended::Stop),
+            },
             s = solutions.recv() => match s {
                 Some(s) => submit(&kept, &submit_thread, s),
                 None => return Ok(Ended::Stop),
@@ -374,4 +399,86 @@ fn submit(kept: &VecDeque<(u64, block_template::Client)>, on: &thread::Client, s
             Err(e) => tracing::warn!("ipcmining: submitSolution failed: {e}"),
         }
     });
+}
+
+/// Answers `q` with `why` (the link is down).
+fn refuse_ask(q: IpcRequest, why: &str) {
+    match q {
+        IpcRequest::CheckBlock { reply, .. } => drop(reply.send(Err(why.to_string()))),
+        IpcRequest::TxsByWtxid { reply, .. } => drop(reply.send(Err(why.to_string()))),
+    }
+}
+
+/// Sends `q` to the node on `on` and answers it when the node does, without waiting here.
+fn answer(
+    mining: &mining::Client,
+    on: &thread::Client,
+    in_flight: &std::rc::Rc<std::cell::Cell<usize>>,
+    q: IpcRequest,
+) {
+    in_flight.set(in_flight.get() + 1);
+    let done = DoneGuard(in_flight.clone());
+    match q {
+        IpcRequest::CheckBlock { block, reply } => {
+            let mut req = mining.check_block_request();
+            {
+                let mut p = req.get();
+                p.reborrow().init_context().set_thread(on.clone());
+                p.set_block(&block);
+                let mut o = p.init_options();
+                o.set_check_merkle_root(true);
+                o.set_check_pow(false);
+            }
+            let promise = req.send().promise;
+            tokio::task::spawn_local(async move {
+                let _done = done;
+                let r = async {
+                    let r = promise.await.map_err(|e| format!("checkBlock: {e}"))?;
+                    let r = r.get().map_err(|e| format!("checkBlock: {e}"))?;
+                    let text = |t: capnp::Result<capnp::text::Reader<'_>>| {
+                        t.ok().and_then(|t| t.to_string().ok()).unwrap_or_default()
+                    };
+                    Ok(BlockCheck { valid: r.get_result(), reason: text(r.get_reason()), debug: text(r.get_debug()) })
+                }
+                .await;
+                let _ = reply.send(r);
+            });
+        }
+        IpcRequest::TxsByWtxid { wtxids, reply } => {
+            let mut req = mining.get_transactions_by_witness_i_d_request();
+            {
+                let mut p = req.get();
+                p.reborrow().init_context().set_thread(on.clone());
+                let mut list = p.init_wtxids(wtxids.len() as u32);
+                for (i, w) in wtxids.iter().enumerate() {
+                    list.set(i as u32, &w[..]);
+                }
+            }
+            let promise = req.send().promise;
+            tokio::task::spawn_local(async move {
+                let _done = done;
+                let r = async {
+                    let r = promise.await.map_err(|e| format!("getTransactionsByWitnessID: {e}"))?;
+                    let list =
+                        r.get().and_then(|r| r.get_result()).map_err(|e| format!("getTransactionsByWitnessID: {e}"))?;
+                    let mut txs = Vec::with_capacity(list.len() as usize);
+                    for d in list.iter() {
+                        txs.push(d.map_err(|e| format!("getTransactionsByWitnessID: {e}"))?.to_vec());
+                    }
+                    Ok(txs)
+                }
+                .await;
+                let _ = reply.send(r);
+            });
+        }
+    }
+}
+
+/// Counts a question as answered when dropped (answered, failed, or the connection gone).
+struct DoneGuard(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }

@@ -12,7 +12,9 @@
 //!
 //! capnp-rpc's client is single-threaded (`Rc`), so the link runs on its own named thread with a
 //! current-thread runtime (`link.rs`), like the ZMQ subscriber: it hands templates to the
-//! template source over a bounded channel and takes found blocks on another.
+//! template source over a bounded channel and takes found blocks on another. The Job Declaration
+//! server asks it questions (`checkBlock`, `getTransactionsByWitnessID`) on a third, each with a
+//! oneshot answer ([`IpcAsk`]), so no caller ever waits on the IPC thread's runtime.
 
 mod link;
 
@@ -44,9 +46,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::work::Template;
+
+/// Questions waiting for the link's thread; past that a caller takes its other path.
+const ASK_QUEUE: usize = 32;
 
 /// What the link tells the template source.
 #[derive(Debug)]
@@ -81,10 +86,71 @@ pub fn solution_parts(first: &[u8]) -> Option<(u32, u32, u32, &[u8])> {
     Some((word(0)?, word(68)?, word(76)?, coinbase))
 }
 
-/// The link to the node: its events, and where found blocks go.
+/// The link to the node: its events, where found blocks go, and where questions go.
 pub struct IpcLink {
     pub events: mpsc::Receiver<IpcEvent>,
     pub solutions: mpsc::Sender<Solution>,
+    pub asks: IpcAsk,
+}
+
+/// What the node said of a block `checkBlock` was asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockCheck {
+    pub valid: bool,
+    /// Core's reject reason (`bad-txns-inputs-missingorspent`, `inconclusive-not-best-prevblk`, ...).
+    pub reason: String,
+    pub debug: String,
+}
+
+/// A question for the node over the link; the answer comes on the oneshot (an error when the
+/// link is down or the call failed).
+#[derive(Debug)]
+pub enum IpcRequest {
+    /// `checkBlock(block, {checkMerkleRoot: true, checkPow: false})`.
+    CheckBlock { block: Vec<u8>, reply: oneshot::Sender<Result<BlockCheck, String>> },
+    /// `getTransactionsByWitnessID(wtxids)`: each transaction's serialization from the node's
+    /// mempool, empty where the node does not have it.
+    TxsByWtxid { wtxids: Vec<[u8; 32]>, reply: oneshot::Sender<Result<Vec<Vec<u8>>, String>> },
+}
+
+/// Where questions for the node go: a bounded channel to the link's thread.
+#[derive(Debug, Clone)]
+pub struct IpcAsk {
+    tx: mpsc::Sender<IpcRequest>,
+}
+
+/// How long an answer is waited for before the caller takes its other path.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl IpcAsk {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> IpcRequest) -> Result<T, String> {
+        let (reply, answer) = oneshot::channel();
+        // Full means the link is behind by a channel's worth of questions: take the other path.
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the IPC link is busy".to_string(),
+            mpsc::error::TrySendError::Closed(_) => "the IPC link has stopped".to_string(),
+        })?;
+        match tokio::time::timeout(ASK_TIMEOUT, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the IPC link dropped the question".into()),
+            Err(_) => Err(format!("no answer over IPC within {} s", ASK_TIMEOUT.as_secs())),
+        }
+    }
+
+    /// `checkBlock` without proof of work, with the merkle root.
+    pub async fn check_block(&self, block: Vec<u8>) -> Result<BlockCheck, String> {
+        self.ask(|reply| IpcRequest::CheckBlock { block, reply }).await
+    }
+
+    /// The node's mempool transactions by wtxid (empty where unknown), in the order asked.
+    pub async fn txs_by_wtxid(&self, wtxids: Vec<[u8; 32]>) -> Result<Vec<Vec<u8>>, String> {
+        let n = wtxids.len();
+        let got = self.ask(|reply| IpcRequest::TxsByWtxid { wtxids, reply }).await?;
+        if got.len() != n {
+            return Err(format!("the node answered {} transactions for {n} wtxids", got.len()));
+        }
+        Ok(got)
+    }
 }
 
 /// What the link needs to know.
@@ -104,10 +170,11 @@ pub struct IpcParams {
 pub fn spawn(params: IpcParams, shutdown: watch::Receiver<bool>) -> std::io::Result<IpcLink> {
     let (events_tx, events) = mpsc::channel(4);
     let (solutions, solutions_rx) = mpsc::channel(16);
+    let (asks_tx, asks_rx) = mpsc::channel(ASK_QUEUE);
     std::thread::Builder::new()
         .name("ipc-mining".into())
-        .spawn(move || link::run_thread(params, events_tx, solutions_rx, shutdown))?;
-    Ok(IpcLink { events, solutions })
+        .spawn(move || link::run_thread(params, events_tx, solutions_rx, asks_rx, shutdown))?;
+    Ok(IpcLink { events, solutions, asks: IpcAsk { tx: asks_tx } })
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! the same mining core, share log, statistics and block submission as the pool's own.
 //!
 //! ```text
-//!  mod.rs      the server: listeners, the pool's output, tokens, the node's check
+//!  mod.rs      the server: listeners, the pool's output, tokens, the node's check (IPC
+//!              checkBlock, or the RPC proposal) and its mempool over IPC
 //!  session.rs  one connection: setup, tokens, declarations, missing transactions, solutions
 //!  known.rs    the transactions a declaration is resolved against (template, provided)
 //!  limits.rs   what one connection may cost (pure)
@@ -18,7 +19,7 @@ pub mod session;
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use serde_json::json;
 
 use super::keys::AuthorityKey;
 use super::server::{serve_face, Listen, Reader, Writer};
+use crate::bitcoind::ipc::IpcAsk;
 use crate::bitcoind::Rpc;
 use crate::serve::ServerCtx;
 
@@ -40,23 +42,94 @@ pub enum NodeVerdict {
     Unreachable(String),
 }
 
-/// How a declared job's block is checked by the node: `getblocktemplate` in proposal mode
-/// (BIP23: the node runs its block validity test without proof of work).
+/// How a declared job's block is checked by the node: with `ipcmining`, `checkBlock` over IPC
+/// (no proof of work, merkle root checked); otherwise, and whenever the IPC link cannot answer,
+/// `getblocktemplate` in proposal mode (BIP23: the same validity test, without proof of work).
+/// Both give Core's reject reason, so a verdict means the same whichever path gave it.
 pub struct NodeCheck {
     rpc: Arc<Rpc>,
+    ipc: Option<IpcAsk>,
+    /// The IPC path failed last time (one log line when it falls back, one when it is back).
+    ipc_failing: AtomicBool,
+}
+
+/// Which path checked a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPath {
+    Ipc,
+    Proposal,
+}
+
+impl CheckPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckPath::Ipc => "checkBlock over IPC",
+            CheckPath::Proposal => "a getblocktemplate proposal",
+        }
+    }
 }
 
 impl NodeCheck {
-    pub fn new(rpc: Arc<Rpc>) -> NodeCheck {
-        NodeCheck { rpc }
+    pub fn new(rpc: Arc<Rpc>, ipc: Option<IpcAsk>) -> NodeCheck {
+        NodeCheck { rpc, ipc, ipc_failing: AtomicBool::new(false) }
     }
 
-    pub async fn check(&self, block: &[u8]) -> Result<(), NodeVerdict> {
+    /// The IPC link, when the pool has one.
+    pub fn ipc(&self) -> Option<&IpcAsk> {
+        self.ipc.as_ref()
+    }
+
+    /// Checks `block` (serialized, with witnesses); says which path answered.
+    pub async fn check(&self, block: &[u8]) -> (CheckPath, Result<(), NodeVerdict>) {
+        if let Some(ipc) = &self.ipc {
+            match ipc.check_block(block.to_vec()).await {
+                Ok(c) => {
+                    self.ipc_answered();
+                    return (CheckPath::Ipc, if c.valid { Ok(()) } else { Err(NodeVerdict::Invalid(c.reason)) });
+                }
+                Err(why) => self.ipc_failed("checkBlock", &why),
+            }
+        }
+        (CheckPath::Proposal, self.proposal(block).await)
+    }
+
+    async fn proposal(&self, block: &[u8]) -> Result<(), NodeVerdict> {
         let params = json!([{"mode": "proposal", "data": crate::hex::encode(block), "rules": ["segwit"]}]);
         match self.rpc.call("getblocktemplate", params).await {
             Ok(v) if v.is_null() => Ok(()),
             Ok(v) => Err(NodeVerdict::Invalid(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))),
             Err(e) => Err(NodeVerdict::Unreachable(e.to_string())),
+        }
+    }
+
+    /// The node's mempool transactions by wtxid over IPC (empty where unknown); None without
+    /// IPC or when the link cannot answer (the client is asked for all of them then).
+    pub async fn mempool_txs(&self, wtxids: Vec<[u8; 32]>) -> Option<Vec<Vec<u8>>> {
+        let ipc = self.ipc.as_ref()?;
+        match ipc.txs_by_wtxid(wtxids).await {
+            Ok(txs) => {
+                self.ipc_answered();
+                Some(txs)
+            }
+            Err(why) => {
+                self.ipc_failed("getTransactionsByWitnessID", &why);
+                None
+            }
+        }
+    }
+
+    fn ipc_answered(&self) {
+        if self.ipc_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("jds: the node answers over IPC again: declared blocks checked with checkBlock");
+        }
+    }
+
+    fn ipc_failed(&self, what: &str, why: &str) {
+        if !self.ipc_failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "jds: {what} over IPC failed ({}); declared blocks checked by getblocktemplate proposal (RPC) until IPC answers",
+                crate::log::escape::Esc(why)
+            );
         }
     }
 }
@@ -85,12 +158,12 @@ pub struct Jds {
 }
 
 impl Jds {
-    pub fn new(pool_script: ScriptBuf, rpc: Arc<Rpc>) -> Jds {
+    pub fn new(pool_script: ScriptBuf, rpc: Arc<Rpc>, ipc: Option<IpcAsk>) -> Jds {
         let outputs = serialize(&vec![TxOut { value: Amount::ZERO, script_pubkey: pool_script.clone() }]);
         Jds {
             pool_script: pool_script.into_bytes(),
             outputs,
-            check: NodeCheck::new(rpc),
+            check: NodeCheck::new(rpc, ipc),
             counts: JdsCounts::default(),
             minter: std::collections::hash_map::RandomState::new(),
             minted: AtomicU64::new(0),

@@ -331,6 +331,29 @@ impl JdsSession {
         self.settle(p, wr).await
     }
 
+    /// Takes from the node's mempool (over IPC) the declaration's transactions at `missing`,
+    /// checked like provided ones (one transaction, the wtxid asked for); leaves in `missing`
+    /// those the node does not have.
+    async fn from_mempool(&mut self, d: &Declaration, missing: &mut Vec<u16>) {
+        let asked: Vec<[u8; 32]> = missing.iter().map(|&i| d.wtxids[i as usize]).collect();
+        let Some(txs) = self.jds.check.mempool_txs(asked).await else { return };
+        let mut still = Vec::new();
+        for (&pos, raw) in missing.iter().zip(txs.iter()) {
+            let wtxid = d.wtxids[pos as usize];
+            if raw.is_empty() {
+                still.push(pos);
+                continue;
+            }
+            if let Err(e) = self.provided.add(pos as usize, &wtxid, raw, limits::PROVIDED_MAX_BYTES) {
+                if self.ctx.guard.log(LogKind::BadLine) {
+                    tracing::warn!(peer = %self.peer, client = self.id, "jds: the node's mempool answer for declaration {}: {e}", d.request_id);
+                }
+                still.push(pos);
+            }
+        }
+        *missing = still;
+    }
+
     /// Drops the provided transactions when the tip has moved (they were for the last block).
     fn new_tip_check(&mut self) {
         let tip = self.ctx.work.borrow().as_ref().map(|w| w.job.prev_hash);
@@ -354,6 +377,20 @@ impl JdsSession {
             match index.get(w).or_else(|| self.provided.get(w)) {
                 Some(f) => found.push(f),
                 None => missing.push(i as u16),
+            }
+        }
+        if !missing.is_empty() && d.asked.is_empty() && self.jds.check.ipc().is_some() {
+            // With IPC, the node's mempool first: what it has is not asked of the client.
+            self.from_mempool(&d, &mut missing).await;
+            if missing.is_empty() {
+                found = d.wtxids.iter().filter_map(|w| index.get(w).or_else(|| self.provided.get(w))).collect();
+                if found.len() != d.wtxids.len() {
+                    return self.refused(
+                        d.request_id,
+                        refuse("internal-error", "a mempool transaction was dropped"),
+                        wr,
+                    );
+                }
             }
         }
         if !missing.is_empty() {
@@ -407,15 +444,20 @@ impl JdsSession {
         });
         let started = Instant::now();
         let ntime = (now_unix() as u32).max(job.mintime).max(job.ntime);
-        match self.jds.check.check(&declared.proposal(ntime)).await {
+        let (path, verdict) = self.jds.check.check(&declared.proposal(ntime)).await;
+        match verdict {
             Ok(()) => {}
             Err(super::NodeVerdict::Invalid(reason)) if reason.contains("prevblk") => {
-                return self.refused(d.request_id, refuse("stale-chain-tip", format!("the node says {reason}")), wr);
+                return self.refused(
+                    d.request_id,
+                    refuse("stale-chain-tip", format!("the node says {reason} ({})", path.name())),
+                    wr,
+                );
             }
             Err(super::NodeVerdict::Invalid(reason)) => {
                 return self.refused(
                     d.request_id,
-                    refuse("invalid-job", format!("the node refuses the block: {reason}")),
+                    refuse("invalid-job", format!("the node refuses the block ({}): {reason}", path.name())),
                     wr,
                 );
             }
@@ -447,8 +489,8 @@ impl JdsSession {
         if self.ctx.guard.log(LogKind::Connect) {
             tracing::info!(
                 peer = %self.peer, client = self.id, user = %Esc(&declared.user),
-                "jds: job {} declared at height {}: {} transaction(s), {} sat to the pool, checked by the node in {checked_ms:.1} ms",
-                d.request_id, declared.tip.height, declared.txids.len(), declared.paid
+                "jds: job {} declared at height {}: {} transaction(s), {} sat to the pool, checked by the node ({}) in {checked_ms:.1} ms",
+                d.request_id, declared.tip.height, declared.txids.len(), declared.paid, path.name()
             );
         }
         let tok = d.token.to_le_bytes();

@@ -5,7 +5,10 @@
 //! payout; hostile declarations are each refused with the protocol's code and a log line while
 //! the honest client keeps working: a reused token, a coinbase that pays someone else, an
 //! unknown transaction never provided, an invalid transaction (provided, refused by the node),
-//! a custom job on another previous block, a declaration flood.
+//! a custom job on another previous block, a declaration flood. On bitcoin-node over IPC
+//! (`ipcmining`): a transaction in the node's mempool but not in the pool's template is taken
+//! from the mempool (no ProvideMissingTransactions), and the node's `checkBlock` refuses an
+//! invalid transaction.
 
 mod common;
 
@@ -363,6 +366,101 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
         assert!(log.contains(&format!("({code})")), "no log line for {code}:\n{log}");
     }
     assert!(log.contains("jds: job 1 declared at height"), "{log}");
+}
+
+/// With `ipcmining`, the JDS asks the node's mempool before the client, and checks blocks with
+/// `checkBlock`: a transaction sent after the pool's template (no new template: a long update
+/// interval and a fee threshold no transaction reaches) is declared and accepted without
+/// ProvideMissingTransactions; an invalid one, which the node does not have, is asked for,
+/// provided, and refused by `checkBlock` with invalid-job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ipc_the_nodes_mempool_supplies_transactions_and_check_block_refuses() {
+    let node = CoreNode::start_ipc(&[]).await;
+    let key = regtest_key(33);
+    let miner_addr = node.derive_address(&format!("wpkh({})", key.to_wif())).await;
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(34).to_wif())).await;
+    let hashes = node.generate_to(101, &miner_addr).await;
+    common::wait::until("the IPC socket", LIMIT, || node.ipc_socket().exists()).await;
+
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    cfg["sv2jdurl"] = json!("127.0.0.1:0");
+    cfg["ipcmining"] = json!(node.ipc_socket().display().to_string());
+    // No template after the first one while the test runs: no fee rise reaches this threshold.
+    cfg["ipcfeethreshold"] = json!(1_000_000_000u64);
+    cfg["update_interval"] = json!(600);
+    let keydir = tempfile::tempdir().unwrap();
+    cfg["sv2_authority_key"] = json!(keydir.path().join("sv2_authority.key").display().to_string());
+    let mut pool = Pool::start(cfg, &[]);
+    pool.wait_log("ipcmining: templates from Bitcoin Core's IPC mining interface", LIMIT);
+    let (jd_addr, authority) = logged(&pool, "listening for Stratum V2 job declarations on ");
+    let pool_script = ScriptBuf::from_bytes(ckpool::hex::decode(&node.script_hex(&pool_addr).await).unwrap());
+    let next = next_block(&node).await;
+    let templates = |pool: &Pool| {
+        let needle = format!("new block template: height {},", next.height);
+        pool.log().lines().filter(|l| l.contains(&needle)).count()
+    };
+    common::wait::until("the first template's line", LIMIT, || templates(&pool) >= 1).await;
+    let before = templates(&pool);
+
+    // Sent after the pool's template: only the node's mempool has it.
+    let sent = spend(&node, &key, &Utxo::coinbase_of(&node, &hashes[0]).await, &miner_addr, 10_000).await;
+    let raw = node.call("getrawtransaction", json!([sent.txid])).await;
+    let tx: Transaction = deserialize(&ckpool::hex::decode(raw.as_str().unwrap()).unwrap()).unwrap();
+    let wtxid = [tx.compute_wtxid().to_byte_array()];
+
+    let mut jd = JdClient::connect(jd_addr, &authority, DECLARE_TX_DATA).await.unwrap();
+    assert_eq!(jd_event(&mut jd, "SetupConnection.Success").await, JdEvent::SetupOk);
+    let en = 8;
+    let (tok, _) = token(&mut jd, 1).await;
+    let cb = coinbase(next.height, en, pays(&pool_script, next.value), &wtxid);
+    let (p, s) = cut(&cb, en);
+    let d = Declaration {
+        request_id: 1,
+        token: &tok,
+        version: next.version,
+        coinbase_prefix: &p,
+        coinbase_suffix: &s,
+        wtxids: &wtxid,
+    };
+    jd.declare(&d).await.unwrap();
+    match jd_event(&mut jd, "DeclareMiningJob answer").await {
+        JdEvent::Declared { request_id: 1, .. } => {}
+        other => panic!(
+            "the mempool transaction's declaration: expected Success, got {other:?}
+{}",
+            pool.log()
+        ),
+    }
+    assert_eq!(templates(&pool), before, "the pool's template changed: the test would not show the mempool path");
+    // The operator log is written beside the answer: waited for, not read at once.
+    pool.wait_log("checked by the node (checkBlock over IPC)", LIMIT);
+
+    // An invalid transaction (its input does not exist): not in the mempool, so asked for;
+    // provided, and refused by checkBlock.
+    let (tok2, _) = token(&mut jd, 2).await;
+    let fake = Utxo { txid: "22".repeat(32), vout: 0, sat: 50_000, script_hex: node.script_hex(&miner_addr).await };
+    let invalid = sign_only(&node, &key, &fake, &miner_addr, 1_000).await;
+    let inv_wtxid = [invalid.compute_wtxid().to_byte_array()];
+    let icb = coinbase(next.height, en, pays(&pool_script, next.value), &inv_wtxid);
+    let (ip, is) = cut(&icb, en);
+    jd.declare(&Declaration {
+        request_id: 2,
+        token: &tok2,
+        coinbase_prefix: &ip,
+        coinbase_suffix: &is,
+        wtxids: &inv_wtxid,
+        ..d.clone_with()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        jd_event(&mut jd, "ProvideMissingTransactions").await,
+        JdEvent::Missing { request_id: 2, positions: vec![0] }
+    );
+    jd.provide(2, &[serialize(&invalid)]).await.unwrap();
+    refused(jd_event(&mut jd, "invalid transaction answer").await, 2, "invalid-job");
+    pool.wait_log("(invalid-job): the node refuses the block (checkBlock over IPC)", LIMIT);
 }
 
 trait CloneWith<'a> {

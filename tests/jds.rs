@@ -152,6 +152,7 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
     cfg["sv2url"] = json!("127.0.0.1:0");
     cfg["sv2jdurl"] = json!("127.0.0.1:0");
     cfg["update_interval"] = json!(1);
+    cfg["apiurl"] = json!(["127.0.0.1:0"]);
     let keydir = tempfile::tempdir().unwrap();
     cfg["sv2_authority_key"] = json!(keydir.path().join("sv2_authority.key").display().to_string());
     let pool = Pool::start(cfg, &[]);
@@ -366,6 +367,45 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
         assert!(log.contains(&format!("({code})")), "no log line for {code}:\n{log}");
     }
     assert!(log.contains("jds: job 1 declared at height"), "{log}");
+
+    // /metrics counts them: one accepted; the refusals by the code each client got.
+    let metrics = metrics(&pool).await;
+    let at = |k: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {k} in\n{metrics}"))
+    };
+    assert_eq!(at("ckpool_jds_declarations_total{result=\"accepted\"} "), 1);
+    for (code, n) in [
+        ("invalid-mining-job-token", 1),
+        ("invalid-coinbase-tx", 1 + 20),
+        ("missing-txs", 1),
+        ("invalid-job", 1),
+        ("rate-limited", 2),
+    ] {
+        assert_eq!(at(&format!("ckpool_jds_refused_total{{code=\"{code}\"}} ")), n, "{code}");
+    }
+    assert_eq!(at("ckpool_jds_declarations_total{result=\"refused\"} "), 1 + 21 + 1 + 1 + 2);
+    assert_eq!(at("ckpool_jds_connections "), 2, "the honest and the flooding connection are open");
+}
+
+/// The pool's `/metrics` (its API address from the log), read over one HTTP/1.1 exchange.
+async fn metrics(pool: &Pool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let log = pool.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split_once("serving the operator API on ").map(|(_, a)| a.split_whitespace().next().unwrap()))
+        .unwrap_or_else(|| panic!("no API line in the log:\n{log}"))
+        .to_string();
+    let mut s = tokio::time::timeout(LIMIT, tokio::net::TcpStream::connect(&addr)).await.unwrap().unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(LIMIT, s.read_to_string(&mut body)).await.unwrap().unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
 }
 
 /// With `ipcmining`, the JDS asks the node's mempool before the client, and checks blocks with

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the pool's figures in the OpenMetrics text format (prometheus-client's
 //! encoder), read at each scrape from what the pool keeps anyway: the sessions' lock-free
-//! counters, the statistics view, blocks.log's counts, the RPC client's per-node counts and the
-//! proxy's upstream counters. Label sets are bounded: reject reasons are a fixed list, nodes and
+//! counters, the statistics view, blocks.log's counts, the RPC client's per-node counts, the
+//! Job Declaration server's counts and the proxy's upstream counters. Label sets are bounded: reject reasons are a fixed list, nodes and
 //! upstreams come from the config, and per-user series stop at [`USER_SERIES_CAP`] users.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -246,6 +246,32 @@ impl Collector for Scrape {
                 let idx = i.to_string();
                 counter(&mut m.encode_family(&[("node", idx.as_str()), ("url", label.as_str())])?, *errors)?;
             }
+        }
+        if let Some(j) = &api.src.jds {
+            let mut m = enc.encode_descriptor(
+                "ckpool_jds_declarations",
+                "Job declarations (sv2jdurl) since start, by result",
+                None,
+                MetricType::Counter,
+            )?;
+            counter(&mut m.encode_family(&[("result", "accepted")])?, load(&j.accepted))?;
+            counter(&mut m.encode_family(&[("result", "refused")])?, load(&j.refused))?;
+            let mut m = enc.encode_descriptor(
+                "ckpool_jds_refused",
+                "Job declarations refused since start, by the SV2 error code the client got",
+                None,
+                MetricType::Counter,
+            )?;
+            for (code, n) in j.refused_by() {
+                counter(&mut m.encode_family(&[("code", code)])?, n)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "ckpool_jds_connections",
+                "Job Declaration connections open now",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&load(&j.connections))?;
         }
         if let Some(up) = &api.src.upstream {
             let u = &up.counters;

@@ -64,6 +64,8 @@ pub struct Sources {
     /// Pool mode: the nodes' RPC client (per-node call counts only; never called from here).
     pub rpc: Option<Arc<Rpc>>,
     pub upstream: Option<Upstreams>,
+    /// Pool mode with `sv2jdurl`: the Job Declaration server's counts.
+    pub jds: Option<Arc<crate::sv2::jds::JdsCounts>>,
 }
 
 /// The API's state, shared by its connections.

@@ -213,6 +213,7 @@ pub async fn run(
         logdir: cfg.logdir.clone(),
         rpc: Some(rpc.clone()),
         upstream: None,
+        jds: jds.as_ref().map(|(_, j)| j.counts.clone()),
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
     fe.serve(listeners, tls, cfg.maxclients);

@@ -99,6 +99,7 @@ pub async fn run(
             counters: up_counters.clone(),
             urls: cfg.proxy.iter().map(|p| crate::api::without_userinfo(&p.url)).collect(),
         }),
+        jds: None,
     };
     crate::api::start(&cfg, api_listeners, api, shutdown.clone())?;
     fe.serve(listeners, tls, cfg.maxclients);

@@ -134,12 +134,44 @@ impl NodeCheck {
     }
 }
 
-/// Declarations accepted and refused since start (the operator's API shows them).
+/// The codes a declaration is refused with (SV2's, as the client gets them): the label set of
+/// the refusals by code in `/metrics`, fixed.
+pub const REFUSAL_CODES: [&str; 8] = [
+    "invalid-mining-job-token",
+    "rate-limited",
+    "invalid-coinbase-tx",
+    "invalid-coinbase-tx-input",
+    "missing-txs",
+    "invalid-job",
+    "stale-chain-tip",
+    "internal-error",
+];
+
+/// Declarations accepted and refused since start, and connections open (the operator's API
+/// shows them: `/metrics`).
 #[derive(Debug, Default)]
 pub struct JdsCounts {
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
+    /// Connections open now.
     pub connections: AtomicU64,
+    /// Refusals by code, in [`REFUSAL_CODES`]' order (a code not in it counts in `refused` only).
+    pub refused_by: [AtomicU64; REFUSAL_CODES.len()],
+}
+
+impl JdsCounts {
+    /// Counts a refusal with `code`.
+    pub fn refusal(&self, code: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = REFUSAL_CODES.iter().position(|c| *c == code) {
+            self.refused_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals by code.
+    pub fn refused_by(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        REFUSAL_CODES.iter().zip(&self.refused_by).map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+    }
 }
 
 /// The server's shared part.
@@ -150,7 +182,7 @@ pub struct Jds {
     /// client puts the block's whole value in it).
     pub outputs: Vec<u8>,
     pub check: NodeCheck,
-    pub counts: JdsCounts,
+    pub counts: Arc<JdsCounts>,
     /// Tokens: a keyed hash (SipHash, random key) of a counter, so none can be guessed.
     minter: std::collections::hash_map::RandomState,
     minted: AtomicU64,
@@ -164,7 +196,7 @@ impl Jds {
             pool_script: pool_script.into_bytes(),
             outputs,
             check: NodeCheck::new(rpc, ipc),
-            counts: JdsCounts::default(),
+            counts: Arc::new(JdsCounts::default()),
             minter: std::collections::hash_map::RandomState::new(),
             minted: AtomicU64::new(0),
             ids: AtomicU64::new(0),
@@ -210,4 +242,24 @@ pub async fn serve(ctx: Arc<ServerCtx>, setup: JdsSetup, jds: Arc<Jds>) {
         label: "jds",
     };
     serve_face(ctx, setup.listeners, listen, face).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_code_and_in_total() {
+        let c = JdsCounts::default();
+        c.refusal("missing-txs");
+        c.refusal("missing-txs");
+        c.refusal("stale-chain-tip");
+        c.refusal("some-new-code");
+        assert_eq!(c.refused.load(Ordering::Relaxed), 4);
+        let by: std::collections::HashMap<_, _> = c.refused_by().collect();
+        assert_eq!(by["missing-txs"], 2);
+        assert_eq!(by["stale-chain-tip"], 1);
+        assert_eq!(by["invalid-job"], 0);
+        assert_eq!(by.len(), REFUSAL_CODES.len());
+    }
 }

@@ -507,7 +507,7 @@ impl JdsSession {
         r: Refusal,
         wr: &mut FrameWriter<W>,
     ) -> Result<(), End> {
-        self.jds.counts.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.jds.counts.refusal(r.code);
         if self.ctx.guard.log(LogKind::Refusal) {
             tracing::warn!(peer = %self.peer, client = self.id, "jds: declaration {request_id} refused ({}): {}", r.code, Esc(&r.why));
         }

@@ -8,7 +8,8 @@
 //! a custom job on another previous block, a declaration flood. On bitcoin-node over IPC
 //! (`ipcmining`): a transaction in the node's mempool but not in the pool's template is taken
 //! from the mempool (no ProvideMissingTransactions), and the node's `checkBlock` refuses an
-//! invalid transaction.
+//! invalid transaction. With `ipcmining` set and the IPC link down, the RPC proposal checks the
+//! declarations, and the log says so once.
 
 mod common;
 
@@ -501,6 +502,52 @@ async fn over_ipc_the_nodes_mempool_supplies_transactions_and_check_block_refuse
     jd.provide(2, &[serialize(&invalid)]).await.unwrap();
     refused(jd_event(&mut jd, "invalid transaction answer").await, 2, "invalid-job");
     pool.wait_log("(invalid-job): the node refuses the block (checkBlock over IPC)", LIMIT);
+}
+
+/// With `ipcmining` set and no node on its socket (the link down from the start), a declaration
+/// is checked by the getblocktemplate proposal instead, and the operator log says so in one line
+/// however many declarations come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ipc_link_down_the_proposal_checks_and_the_log_says_so_once() {
+    let node = CoreNode::start(&[]).await;
+    let pool_addr = node.derive_address(&format!("wpkh({})", regtest_key(37).to_wif())).await;
+    node.generate_to(101, &pool_addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = node.pool_config(&pool_addr);
+    cfg["sv2url"] = json!("127.0.0.1:0");
+    cfg["sv2jdurl"] = json!("127.0.0.1:0");
+    cfg["ipcmining"] = json!(dir.path().join("no-node.sock").display().to_string());
+    cfg["sv2_authority_key"] = json!(dir.path().join("sv2_authority.key").display().to_string());
+    let mut pool = Pool::start(cfg, &[]);
+    pool.wait_log("ipcmining: cannot use", LIMIT);
+    pool.wait_log("new block template: height", LIMIT);
+    let (jd_addr, authority) = logged(&pool, "listening for Stratum V2 job declarations on ");
+    let pool_script = ScriptBuf::from_bytes(ckpool::hex::decode(&node.script_hex(&pool_addr).await).unwrap());
+
+    let mut jd = JdClient::connect(jd_addr, &authority, DECLARE_TX_DATA).await.unwrap();
+    assert_eq!(jd_event(&mut jd, "SetupConnection.Success").await, JdEvent::SetupOk);
+    let next = next_block(&node).await;
+    let cb = coinbase(next.height, 8, pays(&pool_script, next.value), &[]);
+    let (p, s) = cut(&cb, 8);
+    for id in 1..=3u32 {
+        let (tok, _) = token(&mut jd, id).await;
+        let d = Declaration {
+            request_id: id,
+            token: &tok,
+            version: next.version,
+            coinbase_prefix: &p,
+            coinbase_suffix: &s,
+            wtxids: &[],
+        };
+        jd.declare(&d).await.unwrap();
+        match jd_event(&mut jd, "DeclareMiningJob answer").await {
+            JdEvent::Declared { request_id, .. } if request_id == id => {}
+            other => panic!("declaration {id} with the IPC link down: {other:?}\n{}", pool.log()),
+        }
+    }
+    pool.wait_log_count("checked by the node (a getblocktemplate proposal)", 3, LIMIT);
+    let log = pool.log();
+    assert_eq!(log.matches("jds: checkBlock over IPC failed").count(), 1, "one line for the fallback:\n{log}");
 }
 
 trait CloneWith<'a> {

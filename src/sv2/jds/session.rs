@@ -334,7 +334,7 @@ impl JdsSession {
     /// Takes from the node's mempool (over IPC) the declaration's transactions at `missing`,
     /// checked like provided ones (one transaction, the wtxid asked for); leaves in `missing`
     /// those the node does not have.
-    async fn from_mempool(&mut self, d: &Declaration, missing: &mut Vec<u16>) {
+    async fn take_from_mempool(&mut self, d: &Declaration, missing: &mut Vec<u16>) {
         let asked: Vec<[u8; 32]> = missing.iter().map(|&i| d.wtxids[i as usize]).collect();
         let Some(txs) = self.jds.check.mempool_txs(asked).await else { return };
         let mut still = Vec::new();
@@ -381,7 +381,7 @@ impl JdsSession {
         }
         if !missing.is_empty() && d.asked.is_empty() && self.jds.check.ipc().is_some() {
             // With IPC, the node's mempool first: what it has is not asked of the client.
-            self.from_mempool(&d, &mut missing).await;
+            self.take_from_mempool(&d, &mut missing).await;
             if missing.is_empty() {
                 found = d.wtxids.iter().filter_map(|w| index.get(w).or_else(|| self.provided.get(w))).collect();
                 if found.len() != d.wtxids.len() {

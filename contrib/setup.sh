@@ -126,9 +126,22 @@ if [ ! -x "$pool_sv2_root/bin/pool_sv2" ]; then
   cargo install pool_sv2 --version "$pool_sv2_version" --no-default-features --locked \
     --root "$pool_sv2_root" --target-dir "$sv2_build"
 fi
+
+# SRI's jd_client_sv2: a real third-party Job Declaration client for tests/jd.rs (it declares jobs
+# built from its own Core's templates to a JDS and mines them on the pool with SetCustomMiningJob).
+# Same build dir as the two above.
+jdc_version=0.6.0
+jdc_root="${HOME}/.cache/ckpool/jd_client_sv2-${jdc_version}"
+if [ ! -x "$jdc_root/bin/jd_client_sv2" ]; then
+  echo "setup: building SRI's jd_client_sv2 ${jdc_version} (cargo install, default registry; once)"
+  cargo install jd_client_sv2 --version "$jdc_version" --no-default-features --locked \
+    --root "$jdc_root" --target-dir "$sv2_build"
+fi
 rm -rf "${HOME}/.cache/ckpool/sv2-build"
 ln -sfn "$pool_sv2_root/bin/pool_sv2" "$here/.regtest/pool_sv2"
 echo "setup: pool_sv2 at $here/.regtest/pool_sv2"
+ln -sfn "$jdc_root/bin/jd_client_sv2" "$here/.regtest/jd_client_sv2"
+echo "setup: jd_client_sv2 at $here/.regtest/jd_client_sv2"
 
 # A minimal Debian for tests/systemd.rs (a real systemd as PID 1), made once and cached.
 if [ "$(id -u)" -eq 0 ]; then

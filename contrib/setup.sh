@@ -38,8 +38,14 @@
 #     templates from bitcoin-node over IPC, schema version 31 as Core's master has it), the same way
 #     into ~/.cache/ckpool/pool_sv2-0.7.0, linked as .regtest/pool_sv2, also without default features
 #     (the same `monitoring` download). It builds in the translator's target dir (their common SV2
-#     crates once); the dir is removed after both. 617 s measured here (292 s of CPU; 2 cores shared
+#     crates once); the dir is removed after all three. 617 s measured here (292 s of CPU; 2 cores shared
 #     with a cargo build of this crate), about 480 MB of build dir while it runs.
+#   - SRI's jd_client_sv2 0.6.0 (the Stratum V2 Job Declaration client, tests/jd.rs: it takes templates
+#     from bitcoin-node over IPC, declares them to a JDS -- SRI's pool_sv2 `[jds]` or ours on
+#     `sv2jdurl` -- and mines them on the pool with SetCustomMiningJob), the same way into
+#     ~/.cache/ckpool/jd_client_sv2-0.6.0, linked as .regtest/jd_client_sv2, without default features
+#     (its `monitoring` feature pulls asic-rs miner telemetry). In the same build dir: 325 s measured
+#     here (199 crates compiled, 257 s of CPU; 2 cores shared with a cargo build of this crate).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""

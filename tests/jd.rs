@@ -173,6 +173,10 @@ fn sri_upstream(sri: &SriPool) -> JdcUpstream {
 fn start_our_pool(node: &CoreNode, payout: &str) -> (Pool, JdcUpstream, tempfile::TempDir) {
     let (sv2_port, jd_port) = (free_port(), free_port());
     let mut cfg = node.pool_config(payout);
+    // Below regtest's network difficulty (~4.7e-10): the JDC's channel has shares that are not
+    // blocks.
+    cfg["mindiff"] = json!(1e-10);
+    cfg["startdiff"] = json!(1e-10);
     cfg["ipcmining"] = json!(node.ipc_socket().display().to_string());
     cfg["sv2url"] = json!(format!("127.0.0.1:{sv2_port}"));
     cfg["sv2jdurl"] = json!(format!("127.0.0.1:{jd_port}"));

@@ -152,6 +152,8 @@ struct JdMiners {
 }
 
 fn start_jd_miners(node: &CoreNode, up: &JdcUpstream, solo_payout: &str) -> JdMiners {
+    // SRI's default reserve (8 rollable bytes for its downstreams): its pool channel asks
+    // min_extranonce_size 10 (2 + max(8, the translator's 6)); pool_sv2 grants 16.
     let jdc = SriJdc::start(node, up, solo_payout, None, "debug");
     let tproxy = SriTranslator::start(&format!("127.0.0.1:{}", jdc.port), &jdc.key, "jdfarm.tproxy");
     JdMiners { _miner: Miner::start(tproxy.port, "sv1miner.rig"), _tproxy: tproxy, jdc }

@@ -298,11 +298,6 @@ min_interval = 5
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
-
-    /// Waits (≤ `limit`) until its log has `needle`; panics with the log if it exits.
-    pub fn wait_log(&mut self, what: &str, needle: &str, limit: Duration) {
-        self.proc.wait_log(what, &[needle], limit);
-    }
 }
 
 /// SRI's translator_sv2: SV1 miners on a loopback port, one aggregated extended channel on an SV2

@@ -89,6 +89,7 @@ pub fn plan(old: &Config, new: &Config, btcsig: Btcsig) -> Plan {
     key("serverurl", old.serverurl != new.serverurl, false);
     key("apiurl", old.apiurl != new.apiurl, false);
     key("sv2url", old.sv2url != new.sv2url, false);
+    key("sv2jdurl", old.sv2jdurl != new.sv2jdurl, false);
     key("sv2_authority_key", old.sv2_authority_key != new.sv2_authority_key, false);
     key("sv2_cert_validity", old.sv2_cert_validity != new.sv2_cert_validity, false);
     key("zmqblock", old.zmqblock != new.zmqblock, false);

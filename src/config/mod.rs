@@ -124,6 +124,8 @@ pub struct Config {
     pub apiurl: Vec<SocketAddr>,
     /// Stratum V2 listeners (for miners in both modes); empty: off.
     pub sv2url: Vec<SocketAddr>,
+    /// Stratum V2 Job Declaration server listeners (ckpool's `sv2jdurl`, pool mode); empty: off.
+    pub sv2jdurl: Vec<SocketAddr>,
     /// The SV2 authority key file (created at first start); `None`: the default place.
     pub sv2_authority_key: Option<PathBuf>,
     /// ckpool's `sv2_static_key`: accepted; SRI's Noise responder certifies a fresh static key
@@ -279,6 +281,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "dropidle",
     // Stratum V2 (ckpool's names).
     "sv2url",
+    "sv2jdurl",
     "sv2_authority_key",
     "sv2_static_key",
     // ckpool-rs keys (optional).

@@ -139,6 +139,7 @@ pub(super) struct RawConfig {
     serverurl: Option<Field<ServerEntries>>,
     apiurl: Option<Field<ServerUrls>>,
     sv2url: Option<Field<ServerUrls>>,
+    sv2jdurl: Option<Field<ServerUrls>>,
     sv2_authority_key: Option<Field<String>>,
     sv2_static_key: Option<Field<String>>,
     sv2_cert_validity: Option<Field<u64>>,
@@ -366,6 +367,11 @@ impl RawConfig {
             "must be \"address:port\" (port 3336 when left out), e.g. \"0.0.0.0:3336\"",
             parse_sv2_listen,
         )?;
+        let sv2jdurl = c.optional_listeners(
+            key!(r.sv2jdurl),
+            "must be \"address:port\" (port 3337 when left out), e.g. \"0.0.0.0:3337\"",
+            parse_sv2jd_listen,
+        )?;
         let path_key = |k: Key<String>| -> Result<Option<PathBuf>, ConfigError> {
             Ok(Some(c.string(k, "")?).filter(|s| !s.is_empty()).map(PathBuf::from))
         };
@@ -527,6 +533,7 @@ impl RawConfig {
             tlskey,
             apiurl,
             sv2url,
+            sv2jdurl,
             sv2_authority_key,
             sv2_static_key,
             sv2_cert_validity: Duration::from_secs(c.uint(key!(r.sv2_cert_validity), 3600, 60, 31_536_000)?),

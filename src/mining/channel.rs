@@ -401,6 +401,17 @@ impl Channel {
         self.jobs.shrink_to(4);
     }
 
+    /// Puts the jobs held under the current difficulty (Stratum V2's SetTarget on a channel
+    /// whose jobs the miner set itself, SetCustomMiningJob: the new target holds for them at
+    /// once, as SV2 says, since no new job can be sent in their place).
+    pub fn retarget_held(&mut self) {
+        let (target, diff) = (self.diff.to_target(), self.diff);
+        for j in self.jobs.iter_mut() {
+            j.target = target;
+            j.diff = diff;
+        }
+    }
+
     /// The local id of the last job sent when it is `w`'s (for a keepalive re-send).
     pub fn current_local_id(&self, w: &Work) -> Option<u64> {
         self.jobs.back().filter(|s| s.work.job.id == w.job.id).map(|s| s.local_id)

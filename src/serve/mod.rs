@@ -4,6 +4,7 @@
 
 pub mod accept;
 pub mod counters;
+pub mod declared;
 pub mod enonce;
 pub mod guard;
 pub mod outbox;
@@ -36,6 +37,9 @@ pub struct SessionParams {
     pub solo: Option<Arc<crate::pool::solo::Solo>>,
     /// PPLNS (`payout_scheme`): usernames are payout addresses, paid in the coinbase by share.
     pub payees: Option<Arc<crate::pool::pplns::Payees>>,
+    /// Job Declaration on (`sv2jdurl`): the jobs miners declared, which SV2 extended channels
+    /// of a connection that asked for work selection may mine (SetCustomMiningJob).
+    pub declared: Option<Arc<declared::DeclaredJobs>>,
     /// The reloadable values (difficulties, vardiff); connected sessions keep what they opened with.
     pub live: watch::Receiver<Live>,
 }
@@ -58,6 +62,7 @@ impl SessionParams {
             keepalive_secs: 55,
             solo: None,
             payees: None,
+            declared: None,
             live: live.unwrap_or_else(|| watch::channel(Live::of(cfg)).1),
         }
     }

@@ -89,7 +89,12 @@ fn write_pidfile(path: &Path) -> anyhow::Result<()> {
 fn wanted(cfg: &Config) -> Vec<crate::sockets::Wanted> {
     let stratum = cfg.serverurl.iter().map(|&addr| crate::sockets::Wanted { key: "serverurl", addr });
     let sv2 = cfg.sv2url.iter().map(|&addr| crate::sockets::Wanted { key: "sv2url", addr });
-    stratum.chain(sv2).chain(cfg.apiurl.iter().map(|&addr| crate::sockets::Wanted { key: "apiurl", addr })).collect()
+    let jd = cfg.sv2jdurl.iter().map(|&addr| crate::sockets::Wanted { key: "sv2jdurl", addr });
+    stratum
+        .chain(sv2)
+        .chain(jd)
+        .chain(cfg.apiurl.iter().map(|&addr| crate::sockets::Wanted { key: "apiurl", addr }))
+        .collect()
 }
 
 /// What the process needs descriptors for besides miners (crate::fdlimit).

@@ -31,6 +31,7 @@ pub async fn run(
     let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let api_listeners = listeners.take("apiurl");
     let listeners_sv2 = listeners.take("sv2url");
+    let listeners_jd = listeners.take("sv2jdurl");
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     crate::serve::accept::log_listening(&listeners);
@@ -80,7 +81,7 @@ pub async fn run(
     let (script, chain) = payout_script(&rpc, &cfg.btcaddress).await?;
     tracing::info!("bitcoind {} ({chain}); block rewards go to {}", rpc.node_label(0), cfg.btcaddress);
 
-    let mut cb = CoinbaseConfig::new(script, &cfg.btcsig);
+    let mut cb = CoinbaseConfig::new(script.clone(), &cfg.btcsig);
     cb.nonce1_len = cfg.nonce1length;
     cb.nonce2_len = cfg.nonce2length;
 
@@ -180,6 +181,28 @@ pub async fn run(
     params.solo = solo;
     let payees_at_stop = payees.clone();
     params.payees = payees;
+    // Job Declaration (`sv2jdurl`): declared coinbases pay the pool's address in full, which
+    // neither solo mode nor PPLNS's payees in the coinbase can be.
+    let jds = if cfg.sv2jdurl.is_empty() {
+        None
+    } else {
+        if sv2.is_none() {
+            bail!("sv2jdurl needs sv2url: a declared job is mined over a Stratum V2 mining connection; add an sv2url listener");
+        }
+        if params.solo.is_some() || params.payees.is_some() {
+            bail!(
+                "sv2jdurl (Job Declaration) works with the pool paying btcaddress: declared coinbases pay the pool's address in full; \
+                 remove -B or payout_scheme \"pplns\", or sv2jdurl"
+            );
+        }
+        let path = crate::sv2::authority_key_path(&cfg);
+        let (key, _) = crate::sv2::keys::AuthorityKey::load_or_create(&path)?;
+        let jd_listeners =
+            listeners_jd.into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
+        params.declared = Some(Arc::new(crate::serve::declared::DeclaredJobs::default()));
+        let jds = Arc::new(crate::sv2::jds::Jds::new(script.clone(), rpc.clone()));
+        Some((crate::sv2::jds::JdsSetup { listeners: jd_listeners, key, cert_validity: cfg.sv2_cert_validity }, jds))
+    };
     let mut fe =
         FrontEnd::new(&cfg, params, work_rx.clone(), block_tx, None, shutdown.clone(), opts.predecessor_gone.clone());
     tokio::spawn(blocks::forward_stats(block_stats_rx, fe.ctx.stats.clone()));
@@ -196,6 +219,7 @@ pub async fn run(
     if let Some(sv2) = sv2 {
         fe.serve_sv2(sv2, cfg.maxclients);
     }
+    let jds_task = jds.map(|(setup, jds)| tokio::spawn(crate::sv2::jds::serve(fe.ctx.clone(), setup, jds)));
 
     // Ready once a job is being served.
     let mut w = work_rx.clone();
@@ -237,6 +261,9 @@ pub async fn run(
     })
     .await;
     drop(ctx);
+    if let Some(t) = jds_task {
+        let _ = t.await;
+    }
     let writers = fe.stop_serving().await;
     // Sessions are gone: their channel senders are dropped, so the block submitter ends its
     // submissions in flight (a block no node took yet is submitted again at the next start) and

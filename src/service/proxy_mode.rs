@@ -28,6 +28,12 @@ pub async fn run(
     let tls = crate::tls::TlsServer::from_config(&cfg)?;
     let api_listeners = listeners.take("apiurl");
     let listeners_sv2 = listeners.take("sv2url");
+    if !cfg.sv2jdurl.is_empty() {
+        bail!(
+            "sv2jdurl is the pool's Job Declaration server (pool mode); a proxy does not serve one: remove it from {}",
+            cfg.path.display()
+        );
+    }
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     crate::serve::accept::log_listening(&listeners);

@@ -95,6 +95,17 @@ pub enum Event {
         code: String,
     },
     /// Any other message, by name.
+    /// SetCustomMiningJob taken (Job Declaration): the job id shares name.
+    CustomJobSet {
+        channel: u32,
+        request_id: u32,
+        job_id: u32,
+    },
+    CustomJobRefused {
+        channel: u32,
+        request_id: u32,
+        code: String,
+    },
     Other(String),
 }
 
@@ -221,6 +232,12 @@ impl Event {
             }
             AnyMessage::Mining(Mining::CloseChannel(m)) => {
                 Event::ChannelClosed { channel: m.channel_id, code: text(&m.reason_code) }
+            }
+            AnyMessage::Mining(Mining::SetCustomMiningJobSuccess(m)) => {
+                Event::CustomJobSet { channel: m.channel_id, request_id: m.request_id, job_id: m.job_id }
+            }
+            AnyMessage::Mining(Mining::SetCustomMiningJobError(m)) => {
+                Event::CustomJobRefused { channel: m.channel_id, request_id: m.request_id, code: text(&m.error_code) }
             }
             other => Event::Other(format!("{other:?}").chars().take(80).collect()),
         })

@@ -17,6 +17,8 @@
 //! judge shares a second way beside the core's.
 
 pub mod client;
+pub mod jd_client;
+pub mod jds;
 pub mod jobs;
 pub mod keys;
 pub mod server;

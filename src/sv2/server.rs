@@ -1,11 +1,14 @@
 //! Stratum V2 listeners: accept within `maxclients`, the Noise handshake under a deadline (one
-//! log line when it fails), then one task per connection.
+//! log line when it fails), then one task per connection, for either face that speaks SV2: the
+//! mining connections (`sv2url`) and the Job Declaration server (`sv2jdurl`, `jds/`).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use noise_sv2::Responder;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -16,7 +19,7 @@ use super::{transport, CLIENT_FRAME_LIMIT, HANDSHAKE_TIMEOUT};
 use crate::serve::accept::accept_next;
 use crate::serve::ServerCtx;
 
-/// Accepts SV2 connections on every listener until shutdown, then waits (bounded) for them.
+/// Accepts SV2 mining connections on every listener until shutdown, then waits (bounded) for them.
 pub async fn serve(
     ctx: Arc<ServerCtx>,
     listeners: Vec<TcpListener>,
@@ -24,61 +27,96 @@ pub async fn serve(
     cert_validity: Duration,
     maxclients: usize,
 ) {
+    let face = |ctx: Arc<ServerCtx>, peer: SocketAddr, rd: Reader, wr: Writer| async move {
+        let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
+        Sv2Session::new(ctx.clone(), id, peer, crate::serve::enonce::random_start()).run(rd, wr).await;
+        ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    };
+    let listen = Listen { key, cert_validity, maxclients, frame_limit: CLIENT_FRAME_LIMIT, label: "sv2" };
+    serve_face(ctx, listeners, listen, face).await
+}
+
+/// The reading and writing halves of an accepted connection after its handshake.
+pub type Reader = transport::FrameReader<OwnedReadHalf>;
+pub type Writer = transport::FrameWriter<OwnedWriteHalf>;
+
+/// How a face listens: its authority key and certificates, its connection limit (0: none), the
+/// largest frame it reads, and its name in the log.
+pub struct Listen {
+    pub key: AuthorityKey,
+    pub cert_validity: Duration,
+    pub maxclients: usize,
+    pub frame_limit: usize,
+    pub label: &'static str,
+}
+
+/// Accepts connections for `face` (mining, job declaration) on every listener until shutdown:
+/// admitted by the guard, the Noise handshake under a deadline, then `face` runs the connection.
+pub async fn serve_face<F, Fut>(ctx: Arc<ServerCtx>, listeners: Vec<TcpListener>, listen: Listen, face: F)
+where
+    F: Fn(Arc<ServerCtx>, SocketAddr, Reader, Writer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let maxclients = listen.maxclients;
     let limit = Arc::new(Semaphore::new(if maxclients == 0 { Semaphore::MAX_PERMITS } else { maxclients }));
-    let key = Arc::new(key);
+    let listen = Arc::new(listen);
     let mut tasks = JoinSet::new();
     for l in listeners {
-        tasks.spawn(accept_loop(ctx.clone(), l, limit.clone(), key.clone(), cert_validity));
+        tasks.spawn(accept_loop(ctx.clone(), l, limit.clone(), listen.clone(), face.clone()));
     }
     while tasks.join_next().await.is_some() {}
 }
 
-async fn accept_loop(
+async fn accept_loop<F, Fut>(
     ctx: Arc<ServerCtx>,
     listener: TcpListener,
     limit: Arc<Semaphore>,
-    key: Arc<AuthorityKey>,
-    cert_validity: Duration,
-) {
+    listen: Arc<Listen>,
+    face: F,
+) where
+    F: Fn(Arc<ServerCtx>, SocketAddr, Reader, Writer) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut shutdown = ctx.shutdown.clone();
     let mut backoff = Duration::from_millis(10);
     let mut conns = JoinSet::new();
-    let local = format!("{local} (sv2)");
-    // At the descriptor ceiling an SV2 miner is closed before the Noise handshake (no message
+    let label = listen.label;
+    let local = format!("{local} ({label})");
+    // At the descriptor ceiling an SV2 peer is closed before the Noise handshake (no message
     // can reach it before one).
     while let Some((stream, peer, permit)) =
         accept_next(&listener, &limit, &mut shutdown, &mut backoff, &local, &|_, _| {}).await
     {
         let _ = stream.set_nodelay(true);
         // Banned addresses and the per-address limit (serve::guard): closed before the Noise
-        // handshake (no message can reach the miner before one).
+        // handshake (no message can reach the peer before one).
         let Ok(admitted) = ctx.guard.admit(peer.ip(), &local) else { continue };
-        let (ctx, key) = (ctx.clone(), key.clone());
+        let (ctx, listen, face) = (ctx.clone(), listen.clone(), face.clone());
         conns.spawn(async move {
             let _permit = permit;
             let _admitted = admitted;
-            let responder = match Responder::from_authority_kp(key.public(), key.secret(), cert_validity) {
+            let key = &listen.key;
+            let responder = match Responder::from_authority_kp(key.public(), key.secret(), listen.cert_validity) {
                 Ok(r) => r,
-                Err(e) => return tracing::error!("sv2: cannot make a Noise responder from the authority key: {e:?}"),
+                Err(e) => return tracing::error!("{label}: cannot make a Noise responder from the authority key: {e:?}"),
             };
             let (rd, wr) = stream.into_split();
             // Boxed: the handshake's state is freed once done instead of sizing this task's
             // future for the connection's life (issue 31).
-            let handshake = Box::pin(transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, CLIENT_FRAME_LIMIT));
+            let handshake = Box::pin(transport::accept(rd, wr, responder, HANDSHAKE_TIMEOUT, listen.frame_limit));
             let (rd, wr) = match handshake.await {
                 Ok(halves) => halves,
                 Err(e) => {
                     if ctx.guard.log(crate::log::ratelimit::LogKind::Refusal) {
-                        tracing::warn!(peer = %peer, "sv2 handshake with {peer} failed: {}", crate::log::escape::Esc(&e.to_string()));
+                        tracing::warn!(peer = %peer, "{label} handshake with {peer} failed: {}", crate::log::escape::Esc(&e.to_string()));
                     }
                     return;
                 }
             };
-            let id = ctx.counters.sessions_total.fetch_add(1, Ordering::Relaxed);
-            ctx.counters.connections.fetch_add(1, Ordering::Relaxed);
-            Sv2Session::new(ctx.clone(), id, peer, crate::serve::enonce::random_start()).run(rd, wr).await;
-            ctx.counters.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(listen);
+            face(ctx, peer, rd, wr).await;
         });
         while conns.try_join_next().is_some() {}
     }

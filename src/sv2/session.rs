@@ -40,6 +40,7 @@ use crate::share::Decoded;
 use crate::work::coinbase::MAX_NONCE2_LEN;
 
 mod channels;
+mod custom;
 mod shares;
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,9 @@ struct Sv2Channel {
     last_notify: std::time::Instant,
     /// Extranonce2 bytes (a standard channel's are zeros, the tail of its prefix).
     n2: usize,
+    /// The job the miner set itself (SetCustomMiningJob, Job Declaration) on the current block:
+    /// the pool's work on that block is not sent to this channel meanwhile.
+    custom: Option<Arc<Work>>,
 }
 
 /// Why the connection ended, for the log.
@@ -115,6 +119,9 @@ pub struct Sv2Session {
     /// Banning's share counts (serve::guard); `banned`: past the threshold, close and ban.
     score: BanScore,
     banned: bool,
+    /// SetupConnection asked for work selection (Job Declaration on, `sv2jdurl`): its extended
+    /// channels may mine jobs it declared (SetCustomMiningJob).
+    work_selection: bool,
 }
 
 /// Channels one connection may open in its life: a translator opens one per SV1 miner behind it
@@ -141,6 +148,7 @@ impl Sv2Session {
             names: 0,
             score: BanScore::default(),
             banned: false,
+            work_selection: false,
         }
     }
 
@@ -369,6 +377,7 @@ impl Sv2Session {
             AnyMessage::Mining(Mining::OpenExtendedMiningChannel(m)) => self.on_open_extended(m, wr),
             AnyMessage::Mining(Mining::OpenStandardMiningChannel(m)) => self.on_open_standard(m, wr),
             AnyMessage::Mining(Mining::UpdateChannel(m)) => self.on_update(m, wr),
+            AnyMessage::Mining(Mining::SetCustomMiningJob(m)) => self.on_custom_job(m, wr)?,
             AnyMessage::Mining(Mining::CloseChannel(m)) => {
                 if self.ctx.guard.log(LogKind::Close) {
                     tracing::info!(peer = %self.peer, client = self.id, channel = m.channel_id, "sv2 channel closed by the peer: {}", Esc(&m.reason_code.as_utf8_or_hex()));
@@ -434,7 +443,8 @@ impl Sv2Session {
             (Some("unsupported-protocol"), 0)
         } else if m.min_version > VERSION || m.max_version < VERSION {
             (Some("protocol-version-mismatch"), 0)
-        } else if m.flags & REQUIRES_WORK_SELECTION != 0 {
+        } else if m.flags & REQUIRES_WORK_SELECTION != 0 && self.ctx.params.declared.is_none() {
+            // Work selection is Job Declaration: on when the pool serves `sv2jdurl`.
             (Some("unsupported-feature-flags"), REQUIRES_WORK_SELECTION)
         } else if m.flags & REQUIRES_VERSION_ROLLING != 0 && self.ctx.params.version_mask == 0 {
             // version_mask 0: this pool lets no miner roll the version.
@@ -450,6 +460,7 @@ impl Sv2Session {
             )));
         }
         self.setup = true;
+        self.work_selection = m.flags & REQUIRES_WORK_SELECTION != 0;
         if self.ctx.guard.log(LogKind::Connect) {
             tracing::info!(peer = %self.peer, client = self.id, agent = %Esc(&self.agent), "sv2 connection set up (flags {:#b})", m.flags);
         }

@@ -60,6 +60,7 @@ fn listeners(cfg: &Config, proxy: bool) -> usize {
     wanted.extend(cfg.apiurl.iter().map(|a| ("apiurl", *a)));
     if !proxy {
         wanted.extend(cfg.sv2url.iter().map(|a| ("sv2url", *a)));
+        wanted.extend(cfg.sv2jdurl.iter().map(|a| ("sv2jdurl", *a)));
     }
     let mut failed = 0;
     for (key, addr) in wanted {

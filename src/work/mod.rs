@@ -1,6 +1,7 @@
 //! From a block template to stratum work and back to a block: pure data, no I/O.
 
 pub mod coinbase;
+pub mod declared;
 pub mod empty;
 pub mod from_block;
 pub mod job;

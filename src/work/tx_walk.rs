@@ -97,11 +97,17 @@ fn one(b: &[u8], at: usize) -> Option<([u8; 32], usize)> {
 
 /// The txids (internal byte order) of exactly `count` transactions filling `bytes`.
 pub fn txids(bytes: &[u8], count: usize) -> Result<Vec<[u8; 32]>, WalkError> {
+    Ok(walk(bytes, count)?.into_iter().map(|(txid, _)| txid).collect())
+}
+
+/// Each of exactly `count` transactions filling `bytes`: its txid and where it ends (the next
+/// one starts there). Its wtxid is sha256d of its bytes as they lie.
+pub fn walk(bytes: &[u8], count: usize) -> Result<Vec<([u8; 32], usize)>, WalkError> {
     let mut out = Vec::with_capacity(count.min(bytes.len() / 60 + 1));
     let mut at = 0;
     for i in 0..count {
         let (txid, next) = one(bytes, at).ok_or(WalkError::Short(i))?;
-        out.push(txid);
+        out.push((txid, next));
         at = next;
     }
     match bytes.len() - at {

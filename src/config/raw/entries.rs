@@ -39,11 +39,20 @@ pub(super) fn parse_listen(s: &str) -> Option<SocketAddr> {
 /// A Stratum V2 listen address: `address:port`, `stratum2+tcp://address:port`, or an address
 /// alone (port 3336, SV2's usual).
 pub(super) fn parse_sv2_listen(s: &str) -> Option<SocketAddr> {
+    sv2_listen_or(s, 3336)
+}
+
+/// An `sv2jdurl` address (the Job Declaration server): as `sv2url`'s, port 3337 when left out.
+pub(super) fn parse_sv2jd_listen(s: &str) -> Option<SocketAddr> {
+    sv2_listen_or(s, 3337)
+}
+
+fn sv2_listen_or(s: &str, port: u16) -> Option<SocketAddr> {
     let s = s.trim().trim_start_matches("stratum2+tcp://").trim_end_matches('/');
     parse_listen(s).or_else(|| {
         let bare = s.trim_start_matches('[').trim_end_matches(']');
         let ip: std::net::IpAddr = bare.parse().ok()?;
-        Some(SocketAddr::new(ip, 3336))
+        Some(SocketAddr::new(ip, port))
     })
 }
 

@@ -308,6 +308,11 @@ fn wrong_types_are_named_by_key_and_rule() {
         ),
         ("sv2url", r#"{"sv2url": 3336}"#.into(), r#""sv2url" = 3336: must be "address:port" or an array of them"#),
         (
+            "sv2jdurl",
+            r#"{"sv2jdurl": 3337}"#.into(),
+            r#""sv2jdurl" = 3337: must be "address:port" or an array of them"#,
+        ),
+        (
             "sv2url",
             r#"{"sv2url": "nowhere:port"}"#.into(),
             r#""sv2url" = "nowhere:port": must be "address:port" (port 3336 when left out), e.g. "0.0.0.0:3336""#,

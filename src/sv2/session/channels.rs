@@ -97,6 +97,7 @@ impl Sv2Session {
                 payout,
                 last_notify: std::time::Instant::now(),
                 n2,
+                custom: None,
             }),
         );
         Ok(id)
@@ -221,8 +222,13 @@ impl Sv2Session {
         let target = jobs::target_le(&ch.core.difficulty().to_target());
         tracing::debug!(peer = %self.peer, client = self.id, channel = id, "sv2 difficulty -> {}", ch.core.difficulty());
         let msg = SetTarget { channel_id: id, maximum_target: U256::new(&target).expect("32 bytes") };
-        if push(wr, AnyMessage::Mining(Mining::SetTarget(msg))).is_ok() {
-            self.send_current_work(id, wr, true);
+        if push(wr, AnyMessage::Mining(Mining::SetTarget(msg))).is_err() {
+            return;
+        }
+        match self.channels.get_mut(&id) {
+            // Its jobs are the miner's own: they take the new target as they are.
+            Some(ch) if ch.custom.is_some() => ch.core.retarget_held(),
+            _ => self.send_current_work(id, wr, true),
         }
     }
 }

@@ -45,6 +45,14 @@ impl Sv2Session {
         fresh_id: bool,
     ) {
         let Some(ch) = self.channels.get_mut(&id) else { return };
+        if let Some(custom) = &ch.custom {
+            if custom.job.prev_hash == base.job.prev_hash {
+                // The miner mines its own job on this block (SetCustomMiningJob).
+                return;
+            }
+            // A new block: the pool's work until the miner sets a job on it.
+            ch.custom = None;
+        }
         if *base.en1_prefix != *ch.core.prefix() {
             // Proxy mode, a new upstream session: a new prefix, every job sent so far gone (the
             // next job comes with a SetNewPrevHash).

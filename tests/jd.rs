@@ -143,21 +143,26 @@ async fn assert_declared_block(node: &CoreNode, hash: &str, txids: &[String], pa
 }
 
 /// The JDC's side of every test: SRI's JDC with its templates from `node` declaring to `up` (its
-/// solo fallback paying `solo_payout`), SRI's translator under it as `jdfarm.tproxy`, and
-/// `ckpool mine` under the translator. Field order is drop order: the miner stops first.
+/// solo fallback paying `solo_payout`, `reserved` its `reserved_downstream_rollable_extranonce_size`),
+/// SRI's translator under it as `jdfarm.tproxy`, and `ckpool mine` under the translator. Field
+/// order is drop order: the miner stops first.
 struct JdMiners {
     _miner: Miner,
     _tproxy: SriTranslator,
     jdc: SriJdc,
 }
 
-fn start_jd_miners(node: &CoreNode, up: &JdcUpstream, solo_payout: &str) -> JdMiners {
-    // SRI's default reserve (8 rollable bytes for its downstreams): its pool channel asks
-    // min_extranonce_size 10 (2 + max(8, the translator's 6)); pool_sv2 grants 16.
-    let jdc = SriJdc::start(node, up, solo_payout, None, "debug");
+fn start_jd_miners(node: &CoreNode, up: &JdcUpstream, solo_payout: &str, reserved: Option<u8>) -> JdMiners {
+    let jdc = SriJdc::start(node, up, solo_payout, reserved, "debug");
     let tproxy = SriTranslator::start(&format!("127.0.0.1:{}", jdc.port), &jdc.key, "jdfarm.tproxy");
     JdMiners { _miner: Miner::start(tproxy.port, "sv1miner.rig"), _tproxy: tproxy, jdc }
 }
+
+/// The JDC's rollable reserve against our pool. The JDC's pool channel asks min_extranonce_size
+/// = 2 + max(reserve, the translator's 6). With SRI's default reserve (8) that is 10: pool_sv2
+/// grants 16, our pool grants `nonce2length` (at most 8) and refuses 10 with
+/// min-extranonce-size-too-large, so the JDC falls back to solo. 6 asks for 8.
+const OUR_POOL_RESERVE: Option<u8> = Some(6);
 
 /// The JDC's upstream entry for SRI's pool and its JDS.
 fn sri_upstream(sri: &SriPool) -> JdcUpstream {
@@ -175,10 +180,6 @@ fn sri_upstream(sri: &SriPool) -> JdcUpstream {
 fn start_our_pool(node: &CoreNode, payout: &str) -> (Pool, JdcUpstream, tempfile::TempDir) {
     let (sv2_port, jd_port) = (free_port(), free_port());
     let mut cfg = node.pool_config(payout);
-    // Below regtest's network difficulty (~4.7e-10): the JDC's channel has shares that are not
-    // blocks.
-    cfg["mindiff"] = json!(1e-10);
-    cfg["startdiff"] = json!(1e-10);
     cfg["ipcmining"] = json!(node.ipc_socket().display().to_string());
     cfg["sv2url"] = json!(format!("127.0.0.1:{sv2_port}"));
     cfg["sv2jdurl"] = json!(format!("127.0.0.1:{jd_port}"));
@@ -208,7 +209,7 @@ async fn sri_jd_client_declares_to_sri_pool_jds_and_core_accepts_the_block() {
     let pool_payout = node.derive_address(&format!("wpkh({})", regtest_key(61).to_wif())).await;
     let solo_payout = node.derive_address(&format!("wpkh({})", regtest_key(62).to_wif())).await;
     let sri = SriPool::start_with_jds(&node, &pool_payout, "debug");
-    let m = start_jd_miners(&node, &sri_upstream(&sri), &solo_payout);
+    let m = start_jd_miners(&node, &sri_upstream(&sri), &solo_payout, None);
     wait_steps(&m.jdc, &JD_STEPS, &sri_logs_follow);
     let hash = wait_confirmed(&node, &txids, Duration::from_secs(120), sri_logs_follow).await;
     assert_declared_block(&node, &hash, &txids, &pool_payout).await;
@@ -228,7 +229,7 @@ async fn sri_jds_asks_for_the_transactions_its_node_lacks_and_sri_jd_client_prov
     let pool_payout = pool_node.derive_address(&format!("wpkh({})", regtest_key(65).to_wif())).await;
     let solo_payout = pool_node.derive_address(&format!("wpkh({})", regtest_key(66).to_wif())).await;
     let sri = SriPool::start_with_jds(&pool_node, &pool_payout, "debug");
-    let m = start_jd_miners(&jdc_node, &sri_upstream(&sri), &solo_payout);
+    let m = start_jd_miners(&jdc_node, &sri_upstream(&sri), &solo_payout, None);
     wait_steps(&m.jdc, &[PROVIDED], &sri_logs_follow);
     assert!(sri.log().contains("Received: ProvideMissingTransactionsSuccess"), "{}", sri.log());
     wait_steps(&m.jdc, &JD_STEPS, &sri_logs_follow);
@@ -245,7 +246,7 @@ async fn sri_jd_client_declares_jobs_to_our_pool_and_core_accepts_the_block() {
     let pool_payout = node.derive_address(&format!("wpkh({})", regtest_key(63).to_wif())).await;
     let solo_payout = node.derive_address(&format!("wpkh({})", regtest_key(64).to_wif())).await;
     let (pool, up, _keydir) = start_our_pool(&node, &pool_payout);
-    let m = start_jd_miners(&node, &up, &solo_payout);
+    let m = start_jd_miners(&node, &up, &solo_payout, OUR_POOL_RESERVE);
     // SRI's processes print their logs when the test fails; ours here.
     let context = || format!("pool log:\n{}", pool.log());
     wait_steps(&m.jdc, &JD_STEPS, &context);
@@ -272,7 +273,7 @@ async fn our_jds_gets_the_transactions_its_node_lacks_from_sri_jd_client_and_our
     let pool_payout = pool_node.derive_address(&format!("wpkh({})", regtest_key(67).to_wif())).await;
     let solo_payout = pool_node.derive_address(&format!("wpkh({})", regtest_key(68).to_wif())).await;
     let (pool, up, _keydir) = start_our_pool(&pool_node, &pool_payout);
-    let m = start_jd_miners(&jdc_node, &up, &solo_payout);
+    let m = start_jd_miners(&jdc_node, &up, &solo_payout, OUR_POOL_RESERVE);
     let context = || format!("pool log:\n{}", pool.log());
     wait_steps(&m.jdc, &[JD_STEPS[0], PROVIDED], &context);
     wait_steps(&m.jdc, &JD_STEPS[1..], &context);

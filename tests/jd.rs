@@ -158,11 +158,10 @@ fn start_jd_miners(node: &CoreNode, up: &JdcUpstream, solo_payout: &str, reserve
     JdMiners { _miner: Miner::start(tproxy.port, "sv1miner.rig"), _tproxy: tproxy, jdc }
 }
 
-/// The JDC's rollable reserve against our pool. The JDC's pool channel asks min_extranonce_size
-/// = 2 + max(reserve, the translator's 6). With SRI's default reserve (8) that is 10: pool_sv2
-/// grants 16, our pool grants `nonce2length` (at most 8) and refuses 10 with
-/// min-extranonce-size-too-large, so the JDC falls back to solo. 6 asks for 8.
-const OUR_POOL_RESERVE: Option<u8> = Some(6);
+/// The JDC's rollable reserve against our pool: SRI's default. Its pool channel asks
+/// min_extranonce_size = 2 + max(reserve, the translator's 6) = 10, more than `nonce2length`;
+/// our pool grants it on a work-selection connection (the channel mines declared jobs only).
+const OUR_POOL_RESERVE: Option<u8> = None;
 
 /// The JDC's upstream entry for SRI's pool and its JDS.
 fn sri_upstream(sri: &SriPool) -> JdcUpstream {
@@ -255,6 +254,15 @@ async fn sri_jd_client_declares_jobs_to_our_pool_and_core_accepts_the_block() {
     // The pool records the block, and the shares under the JDC's user.
     let blocks = pool.wait_blocks_log(&hash);
     assert!(blocks.contains("\"username\":\"jdfarm\""), "blocks.log names the JDC's channel user: {blocks}");
+    // The JDC also pushes the block to the JDS (PushSolution): the same block, submitted once.
+    wait::blocking_or(
+        "the pushed solution to be seen as the block already submitted",
+        Duration::from_secs(30),
+        || pool.log().contains(&format!("block {hash} from")).then_some(()),
+        || pool.log(),
+    );
+    let found = pool.log().lines().filter(|l| l.contains("BLOCK FOUND") && l.contains(&hash)).count();
+    assert_eq!(found, 1, "one BLOCK FOUND for {hash}:\n{}", pool.log());
     let shares: Vec<Value> = pool.share_lines();
     let ours: Vec<&Value> =
         shares.iter().filter(|s| s["workername"].as_str().is_some_and(|w| w.starts_with("jdfarm"))).collect();

@@ -8,7 +8,9 @@
 //!
 //! - against SRI's pool_sv2 with its embedded JDS (`[jds]`): the reference chain, proving the
 //!   harness;
-//! - against our pool (`sv2url` + `sv2jdurl`).
+//! - against our pool (`sv2url` + `sv2jdurl`);
+//! - and the other way round: ckproxy declaring its node's templates (`jds` in its `proxy`
+//!   entry) to SRI's pool_sv2 and its JDS.
 
 mod common;
 
@@ -347,4 +349,48 @@ fn wait_steps(jdc: &SriJdc, steps: &[(&str, &str)], context: &dyn Fn() -> String
         );
         assert!(reached, "{what}: the JDC gave up on its upstream first\n{}", context());
     }
+}
+
+/// ckproxy as the JD client under SRI's pool_sv2 and its JDS: the proxy declares templates from
+/// its own node (Core, the same node here) with the mempool transactions, sets them on its
+/// channel, and `ckpool mine` under the proxy finds a block Core accepts, carrying the declared
+/// transactions, the proxy's coinbase tag and SRI's payout for all of the block's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ckproxy_declares_to_sri_pool_jds_and_core_accepts_the_block() {
+    let (node, txids) = node_with_mempool().await;
+    let payout = node.derive_address(&format!("wpkh({})", regtest_key(65).to_wif())).await;
+    let sri = SriPool::start_with_jds(&node, &payout, "info");
+    let jds = sri.jds_port.expect("pool_sv2 started with its JDS");
+    let btcd = node.pool_config(&payout)["btcd"].clone();
+    let cfg = json!({
+        "proxy": [{"url": format!("stratum2+tcp://127.0.0.1:{}/{}", sri.port, sri.key), "auth": "ckproxy", "pass": "x",
+                   "jds": format!("127.0.0.1:{jds}")}],
+        "btcd": btcd,
+        "btcaddress": "",
+        "btcsig": "/ckproxy-jd/",
+        "mindiff": 0.0001,
+        "startdiff": 0.0001,
+        "maxdiff": 0,
+    });
+    let proxy = Pool::start_proxy(cfg);
+    let context = || format!("proxy log:\n{}\n{}", proxy.log(), sri_logs_follow());
+    wait::until_async_or(
+        "the proxy mining a declared job",
+        LIMIT,
+        || async { proxy.log().contains("mining declared job") },
+        context,
+    )
+    .await;
+    let port: u16 = proxy.addr().rsplit(':').next().unwrap().parse().unwrap();
+    let _miner = Miner::start(port, "rig.one");
+    let hash = wait_confirmed(&node, &txids, LIMIT, context).await;
+    let block = node.block(&hash).await;
+    let cb = &block.txdata[0];
+    let tag = b"/ckproxy-jd/";
+    assert!(cb.input[0].script_sig.as_bytes().windows(tag.len()).any(|w| w == tag), "not the proxy's coinbase: {cb:?}");
+    let script = ckpool::hex::decode(&node.script_hex(&payout).await).unwrap();
+    let total: u64 = cb.output.iter().map(|o| o.value.to_sat()).sum();
+    assert_eq!(total, 50 * 100_000_000 + TXS as u64 * 10_000, "{:?}", cb.output);
+    assert_eq!(cb.output[0].script_pubkey.as_bytes(), &script[..], "SRI's payout: {:?}", cb.output);
+    assert_eq!(cb.output[0].value.to_sat(), total);
 }

@@ -355,7 +355,7 @@ async fn a_proxy_declares_its_nodes_jobs_and_falls_back_to_the_pools() {
     };
     wait::until_async_or("the node's template to hold the spend", Duration::from_secs(30), has_it, || pool.log()).await;
 
-    let mut pcfg = proxy_config(&[url.clone()]);
+    let mut pcfg = proxy_config(std::slice::from_ref(&url));
     pcfg["proxy"][0]["jds"] = json!(jds);
     pcfg["btcd"] = cfg["btcd"].clone();
     pcfg["btcsig"] = json!("/jd-proxy/");

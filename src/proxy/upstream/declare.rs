@@ -172,7 +172,7 @@ impl Declarer {
                 None
             }
             JdEvent::Missing { request_id, positions } => {
-                let Some(f) = self.inflight.as_ref().filter(|f| f.request_id == request_id) else { return None };
+                let f = self.inflight.as_ref().filter(|f| f.request_id == request_id)?;
                 let txs: Vec<Vec<u8>> = positions.iter().filter_map(|&p| f.txs.get(p as usize).cloned()).collect();
                 tracing::info!(
                     "jds {}: the server asks for {} transaction(s) of declaration {request_id}",

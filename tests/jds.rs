@@ -334,6 +334,13 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
     // A declaration flood on a connection of its own: past the burst, refused.
     let mut flood = JdClient::connect(jd_addr, &authority, DECLARE_TX_DATA).await.unwrap();
     assert_eq!(jd_event(&mut flood, "SetupConnection.Success").await, JdEvent::SetupOk);
+    // A client holds at most 16 unused tokens: the 17th revokes the first.
+    let (first, _) = token(&mut flood, 200).await;
+    for id in 201..217u32 {
+        token(&mut flood, id).await;
+    }
+    flood.declare(&Declaration { request_id: 200, token: &first, ..d.clone_with() }).await.unwrap();
+    refused(jd_event(&mut flood, "a revoked token's answer").await, 200, "invalid-mining-job-token");
     let mut codes = Vec::new();
     for id in 100..122u32 {
         let (t, _) = token(&mut flood, id).await;

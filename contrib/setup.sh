@@ -38,8 +38,14 @@
 #     templates from bitcoin-node over IPC, schema version 31 as Core's master has it), the same way
 #     into ~/.cache/ckpool/pool_sv2-0.7.0, linked as .regtest/pool_sv2, also without default features
 #     (the same `monitoring` download). It builds in the translator's target dir (their common SV2
-#     crates once); the dir is removed after both. 617 s measured here (292 s of CPU; 2 cores shared
+#     crates once); the dir is removed after all three. 617 s measured here (292 s of CPU; 2 cores shared
 #     with a cargo build of this crate), about 480 MB of build dir while it runs.
+#   - SRI's jd_client_sv2 0.6.0 (the Stratum V2 Job Declaration client, tests/jd.rs: it takes templates
+#     from bitcoin-node over IPC, declares them to a JDS -- SRI's pool_sv2 `[jds]` or ours on
+#     `sv2jdurl` -- and mines them on the pool with SetCustomMiningJob), the same way into
+#     ~/.cache/ckpool/jd_client_sv2-0.6.0, linked as .regtest/jd_client_sv2, without default features
+#     (its `monitoring` feature pulls asic-rs miner telemetry). In the same build dir: 325 s measured
+#     here (199 crates compiled, 257 s of CPU; 2 cores shared with a cargo build of this crate).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=""
@@ -126,9 +132,22 @@ if [ ! -x "$pool_sv2_root/bin/pool_sv2" ]; then
   cargo install pool_sv2 --version "$pool_sv2_version" --no-default-features --locked \
     --root "$pool_sv2_root" --target-dir "$sv2_build"
 fi
+
+# SRI's jd_client_sv2: a real third-party Job Declaration client for tests/jd.rs (it declares jobs
+# built from its own Core's templates to a JDS and mines them on the pool with SetCustomMiningJob).
+# Same build dir as the two above.
+jdc_version=0.6.0
+jdc_root="${HOME}/.cache/ckpool/jd_client_sv2-${jdc_version}"
+if [ ! -x "$jdc_root/bin/jd_client_sv2" ]; then
+  echo "setup: building SRI's jd_client_sv2 ${jdc_version} (cargo install, default registry; once)"
+  cargo install jd_client_sv2 --version "$jdc_version" --no-default-features --locked \
+    --root "$jdc_root" --target-dir "$sv2_build"
+fi
 rm -rf "${HOME}/.cache/ckpool/sv2-build"
 ln -sfn "$pool_sv2_root/bin/pool_sv2" "$here/.regtest/pool_sv2"
 echo "setup: pool_sv2 at $here/.regtest/pool_sv2"
+ln -sfn "$jdc_root/bin/jd_client_sv2" "$here/.regtest/jd_client_sv2"
+echo "setup: jd_client_sv2 at $here/.regtest/jd_client_sv2"
 
 # A minimal Debian for tests/systemd.rs (a real systemd as PID 1), made once and cached.
 if [ "$(id -u)" -eq 0 ]; then

@@ -339,6 +339,13 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
     // A declaration flood on a connection of its own: past the burst, refused.
     let mut flood = JdClient::connect(jd_addr, &authority, DECLARE_TX_DATA).await.unwrap();
     assert_eq!(jd_event(&mut flood, "SetupConnection.Success").await, JdEvent::SetupOk);
+    // A client holds at most 16 unused tokens: the 17th revokes the first.
+    let (first, _) = token(&mut flood, 200).await;
+    for id in 201..217u32 {
+        token(&mut flood, id).await;
+    }
+    flood.declare(&Declaration { request_id: 200, token: &first, ..d.clone_with() }).await.unwrap();
+    refused(jd_event(&mut flood, "a revoked token's answer").await, 200, "invalid-mining-job-token");
     let mut codes = Vec::new();
     for id in 100..122u32 {
         let (t, _) = token(&mut flood, id).await;
@@ -581,4 +588,46 @@ async fn sign_only(node: &CoreNode, key: &bitcoin::PrivateKey, input: &Utxo, to:
     let signed = node.call("signrawtransactionwithkey", json!([raw, [key.to_wif()], prev])).await;
     assert_eq!(signed["complete"], json!(true), "{signed}");
     deserialize(&ckpool::hex::decode(signed["hex"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+/// `sv2jdurl` where it cannot work stops the start with a line naming what to change: without
+/// `sv2url`, with solo mode (-B), with PPLNS payouts, and in proxy mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sv2jdurl_where_it_cannot_work_stops_the_start() {
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(33).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("sv2_authority.key").display().to_string();
+    let base = || {
+        let mut cfg = node.pool_config(&addr);
+        cfg["sv2jdurl"] = json!("127.0.0.1:0");
+        cfg["sv2_authority_key"] = json!(key);
+        cfg
+    };
+    let mut with_sv2 = base();
+    with_sv2["sv2url"] = json!("127.0.0.1:0");
+    let mut pplns = with_sv2.clone();
+    pplns["payout_scheme"] = json!("pplns");
+    let mut proxy = with_sv2.clone();
+    proxy["proxy"] = json!([{"url": "127.0.0.1:1", "auth": "a", "pass": "x"}]);
+    let cases: [(serde_json::Value, &[&str], &str); 4] = [
+        (base(), &[], "sv2jdurl needs sv2url"),
+        (with_sv2.clone(), &["-B"], "sv2jdurl (Job Declaration) works with the pool paying btcaddress"),
+        (pplns, &[], "sv2jdurl (Job Declaration) works with the pool paying btcaddress"),
+        (proxy, &["-p"], "sv2jdurl is the pool's Job Declaration server (pool mode)"),
+    ];
+    for (cfg, extra, why) in cases {
+        let pool = Pool::prepare(cfg);
+        let out = tokio::time::timeout(
+            LIMIT,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ckpool")).args(pool.args(extra)).output(),
+        )
+        .await
+        .expect("the start ends")
+        .unwrap();
+        assert!(!out.status.success(), "{extra:?}: started");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), pool.log());
+        assert!(text.contains(why), "{extra:?}: expected {why:?} in\n{text}");
+    }
 }

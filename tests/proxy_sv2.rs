@@ -325,3 +325,77 @@ async fn a_wrong_authority_key_is_refused_and_the_next_entry_serves() {
         "{out}"
     );
 }
+
+/// Job Declaration from the proxy (a `proxy` entry with `jds`): the proxy declares templates
+/// from its own node (Core, here the pool's node too) with a mempool transaction to the pool's
+/// JDS, sets them on its channel and gives them to its SV1 miner; Core takes the block, which
+/// carries the proxy's coinbase tag, the declared transaction and the pool's full payout. With
+/// the JDS gone (another entry's `jds` on a closed port) the proxy says so and mines the pool's
+/// jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_declares_its_nodes_jobs_and_falls_back_to_the_pools() {
+    use bitcoin::hashes::Hash;
+    let node = CoreNode::start(&[]).await;
+    let key = regtest_key(43);
+    let spender = node.derive_address(&format!("wpkh({})", key.to_wif())).await;
+    let address = node.derive_address(&format!("wpkh({})", regtest_key(44).to_wif())).await;
+    let hashes = node.generate_to(101, &spender).await;
+    let mut cfg = node.pool_config(&address);
+    with_sv2(&mut cfg);
+    cfg["sv2jdurl"] = json!(format!("127.0.0.1:{}", free_port()));
+    let jds = cfg["sv2jdurl"].as_str().unwrap().to_string();
+    let pool = Pool::start(cfg.clone(), &[]);
+    let url = sv2_url_of(&pool);
+    let utxo = common::core_node::Utxo::coinbase_of(&node, &hashes[0]).await;
+    let sent = common::core_node::spend(&node, &key, &utxo, &spender, 20_000).await;
+    // Core keeps a template for 5 s while only the mempool changes: wait until it has the spend.
+    let has_it = || async {
+        let t = node.call("getblocktemplate", json!([{"rules": ["segwit"]}])).await;
+        t["transactions"].as_array().unwrap().iter().any(|x| x["txid"] == json!(sent.txid))
+    };
+    wait::until_async_or("the node's template to hold the spend", Duration::from_secs(30), has_it, || pool.log()).await;
+
+    let mut pcfg = proxy_config(std::slice::from_ref(&url));
+    pcfg["proxy"][0]["jds"] = json!(jds);
+    pcfg["btcd"] = cfg["btcd"].clone();
+    pcfg["btcsig"] = json!("/jd-proxy/");
+    pcfg["update_interval"] = json!(1);
+    let proxy = Pool::start_proxy(pcfg);
+    wait::until("the proxy mining a declared job", Duration::from_secs(30), || {
+        proxy.log().contains("mining declared job").then_some(())
+    })
+    .await;
+    // A miner that connects now gets the declared job.
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, _) = c.handshake("miner.jd").await;
+    mine_a_block(&node, &mut c, &en1, "0000abcd", &proxy).await;
+    let best = node.call("getbestblockhash", json!([])).await;
+    let block = node.block(best.as_str().unwrap()).await;
+    let cb = &block.txdata[0];
+    let tag = b"/jd-proxy/";
+    assert!(cb.input[0].script_sig.as_bytes().windows(tag.len()).any(|w| w == tag), "the proxy's coinbase: {cb:?}");
+    assert_eq!(cb.output[0].script_pubkey.to_hex_string(), node.script_hex(&address).await, "the pool is paid");
+    let txids: Vec<String> = block.txdata.iter().map(|t| t.compute_txid().to_string()).collect();
+    assert!(txids.contains(&sent.txid), "the declared transaction is in the block: {txids:?}\n{}", proxy.log());
+    assert!(block.txdata[1..].iter().all(|t| t.compute_txid().to_byte_array() != [0; 32]));
+    let plog = pool.log();
+    assert!(plog.contains("jds: job") && plog.contains("mining a declared job"), "{plog}");
+    pool.wait_blocks_log("proxyuser.p0");
+    drop(c);
+    drop(proxy);
+
+    // The JDS gone: the pool's jobs, and a line saying so.
+    let mut pcfg = proxy_config(&[url]);
+    pcfg["proxy"][0]["jds"] = json!(format!("127.0.0.1:{}", free_port()));
+    pcfg["btcd"] = cfg["btcd"].clone();
+    pcfg["btcsig"] = json!("/jd-proxy/");
+    let proxy = Pool::start_proxy(pcfg);
+    let log = proxy.log();
+    assert!(log.contains("Job Declaration server") && log.contains("mining the pool's jobs"), "{log}");
+    let mut c = Client::connect(&proxy.addr()).await;
+    let (en1, _) = c.handshake("miner.fallback").await;
+    mine_a_block(&node, &mut c, &en1, "0000abce", &proxy).await;
+    let best = node.call("getbestblockhash", json!([])).await;
+    let cb = node.block(best.as_str().unwrap()).await.txdata[0].clone();
+    assert!(!cb.input[0].script_sig.as_bytes().windows(tag.len()).any(|w| w == tag), "the pool's own coinbase");
+}

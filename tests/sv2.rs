@@ -10,14 +10,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ckpool::sv2::client::{self, Event, Sv2Client, REQUIRES_VERSION_ROLLING};
 use ckpool::sv2::keys;
 use common::core_node::{regtest_key, CoreNode};
-use common::{free_port, wait, Pool};
+use common::sri::SriTranslator;
+use common::Pool;
 use serde_json::{json, Value};
 
 /// The pool on `node` with an SV2 listener on a port the system picks; returns it with the SV2
@@ -55,27 +56,6 @@ impl Drop for Killed {
     }
 }
 
-fn translator_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".regtest/translator_sv2");
-    assert!(p.exists(), "{} missing: run contrib/setup.sh (it builds SRI's translator_sv2 once)", p.display());
-    p
-}
-
-async fn wait_port(port: u16, child: &mut Child, log: &Path) {
-    let child = &std::sync::Mutex::new(child);
-    let listening = move || async move {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return true;
-        }
-        if let Some(s) = child.lock().unwrap().try_wait().unwrap() {
-            panic!("translator exited ({s}); its log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-        }
-        false
-    };
-    let context = || format!("log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-    wait::until_async_or("the translator to listen", Duration::from_secs(60), listening, context).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sri_translator_mines_blocks_on_core_through_the_pools_sv2_port() {
     let node = CoreNode::start(&[]).await;
@@ -94,44 +74,8 @@ async fn sri_translator_mines_blocks_on_core_through_the_pools_sv2_port() {
     assert!(out.contains(&format!("stratum2+tcp://127.0.0.1:0/{printed}")), "{out}");
 
     // SRI's translator, upstream to our SV2 port with that key.
-    let dir = tempfile::tempdir().unwrap();
-    let down_port = free_port();
-    let (host, port) = sv2_addr.rsplit_once(':').unwrap();
-    let config = format!(
-        r#"downstream_address = "127.0.0.1"
-downstream_port = {down_port}
-max_supported_version = 2
-min_supported_version = 2
-downstream_extranonce2_size = 4
-verify_payout = false
-aggregate_channels = true
-supported_extensions = []
-
-[downstream_difficulty_config]
-min_individual_miner_hashrate = 2_000_000.0
-shares_per_minute = 60.0
-enable_vardiff = true
-job_keepalive_interval_secs = 60
-
-[[upstreams]]
-address = "{host}"
-port = {port}
-authority_pubkey = "{printed}"
-user_identity = "sv2farm.tproxy"
-"#
-    );
-    let conf = dir.path().join("tproxy.toml");
-    std::fs::write(&conf, config).unwrap();
-    let tlog = dir.path().join("tproxy.log");
-    let mut tproxy = Command::new(translator_bin())
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::fs::File::create(&tlog).unwrap())
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("tproxy.err")).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_port(down_port, &mut tproxy, &tlog).await;
-    let _tproxy = Killed(tproxy);
+    let tproxy = SriTranslator::start(&sv2_addr, &printed, "sv2farm.tproxy");
+    let down_port = tproxy.port;
 
     // An SV1 miner into the translator.
     let h0 = node.height().await;
@@ -153,7 +97,7 @@ user_identity = "sv2farm.tproxy"
         .unwrap();
     let _miner = Killed(miner);
     node.wait_height(h0 + 3, Duration::from_secs(180), || {
-        format!("pool log:\n{}\ntranslator log:\n{}", pool.log(), std::fs::read_to_string(&tlog).unwrap_or_default())
+        format!("pool log:\n{}\ntranslator log:\n{}", pool.log(), tproxy.log())
     })
     .await;
     // Core's chain has them: each pays the pool's address and carries its signature.

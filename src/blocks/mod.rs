@@ -172,6 +172,13 @@ impl BlockSubmitter {
                 biased;
                 c = rx.recv(), if !closed => match c {
                     Some(c) => {
+                        let known = hex::encode_rev(&c.hash);
+                        if s.submitting.contains(&known) || ledger.get(&known).is_some() {
+                            // The same block by a second path (a job-declaring client's
+                            // PushSolution beside its share): one submission, one record.
+                            tracing::info!("block {known} from {} again: already submitted, not twice", c.workername);
+                            continue;
+                        }
                         let Some((p, witness)) = self.found(c) else { continue };
                         let (hash, height, body) = (p.meta.hash.clone(), p.meta.height, p.body.clone());
                         // Submission first, from memory; the save beside it, the checks once it

@@ -76,6 +76,9 @@ pub struct Upstream {
     /// `stratum2+tcp://HOST:PORT/KEY`: the pool's authority public key (x-only); the session
     /// runs Stratum V2 over Noise NX and the pool's certificate must be signed by this key.
     pub authority: Option<[u8; 32]>,
+    /// `jds`: the pool's Job Declaration server (`host:port`, a Stratum V2 entry only): the proxy
+    /// declares jobs built from its own node (`btcd`) there and mines them on this upstream.
+    pub jds: Option<String>,
 }
 
 impl Upstream {
@@ -320,7 +323,7 @@ pub const KNOWN_KEYS: &[&str] = &[
 pub const BTCD_KEYS: &[&str] = &["url", "auth", "pass", "cookie", "notify"];
 
 /// The keys of a `proxy` entry (anything else is reported as unknown, as `proxy[i].key`).
-pub const PROXY_KEYS: &[&str] = &["url", "auth", "pass", "tlsca"];
+pub const PROXY_KEYS: &[&str] = &["url", "auth", "pass", "tlsca", "jds"];
 
 /// The keys of a `serverurl` entry written as an object (anything else is reported as unknown,
 /// as `serverurl[i].key`).

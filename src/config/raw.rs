@@ -205,6 +205,7 @@ pub(super) struct RawUpstream {
     auth: Option<Field<String>>,
     pass: Option<Field<String>>,
     tlsca: Option<Field<String>>,
+    jds: Option<Field<String>>,
 }
 
 /// `(field, "its key")`: the key named in messages is the field's own name.

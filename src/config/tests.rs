@@ -357,6 +357,29 @@ fn proxy_entries_with_tls() {
 /// A `proxy` entry's `stratum2+tcp://HOST:PORT/KEY` url: Stratum V2 to the pool whose authority
 /// key is KEY; a missing or unreadable key stops the start, saying the form and where it comes from.
 #[test]
+fn proxy_entries_with_jds() {
+    let key = "9auqWEzQDVyd2oe1JVGFLMLHZtCo2FFqZwtKA5gd9xbuEu7PH72";
+    let text = format!(
+        r#"{{"proxy": [{{"url": "stratum2+tcp://pool.example.org:3336/{key}", "jds": "pool.example.org:3337"}}]}}"#
+    );
+    let c = Config::parse(&text, Path::new("x")).unwrap();
+    assert_eq!(c.proxy[0].jds.as_deref(), Some("pool.example.org:3337"));
+    for (entry, why) in [
+        (
+            r#"{"url": "pool.example.org:3333", "jds": "pool.example.org:3337"}"#.to_string(),
+            "is for a stratum2+tcp:// url only",
+        ),
+        (
+            format!(r#"{{"url": "stratum2+tcp://p:3336/{key}", "jds": "nowhere"}}"#),
+            "must be host:port of the pool's Job Declaration server",
+        ),
+    ] {
+        let e = Config::parse(&format!(r#"{{"proxy": [{entry}]}}"#), Path::new("t.conf")).unwrap_err();
+        assert!(e.to_string().contains("proxy[0].jds") && e.to_string().contains(why), "{entry}: {e}");
+    }
+}
+
+#[test]
 fn proxy_entries_with_sv2_urls() {
     // SRI's example authority key (sv2/keys.rs reads its secret half the same way).
     let key = "9auqWEzQDVyd2oe1JVGFLMLHZtCo2FFqZwtKA5gd9xbuEu7PH72";

@@ -37,15 +37,29 @@ pub async fn run(
     let listeners =
         listeners.take("serverurl").into_iter().map(crate::sockets::to_tokio).collect::<anyhow::Result<Vec<_>>>()?;
     crate::serve::accept::log_listening(&listeners);
-    if !cfg.btcd.is_empty() {
-        tracing::info!(
-            "proxy mode: btcd entries are not used (an upstream job carries no transactions to assemble a block from)"
-        );
-    }
+    // Job Declaration (a `proxy` entry with `jds`): templates come from the proxy's own node.
+    let declaring = cfg.proxy.iter().any(|p| p.jds.is_some());
+    let node = match (declaring, cfg.btcd.is_empty()) {
+        (true, true) => bail!(
+            "a proxy entry has jds (Job Declaration) but there is no btcd entry: the proxy declares jobs built from its own node; add one"
+        ),
+        (true, false) => Some(Arc::new(crate::bitcoind::Rpc::new(&cfg.btcd, std::time::Duration::from_secs(15)))),
+        (false, false) => {
+            tracing::info!(
+                "proxy mode: btcd entries are not used without jds (an upstream job carries no transactions to assemble a block from)"
+            );
+            None
+        }
+        (false, true) => None,
+    };
     let (work_tx, work_rx) = watch::channel(None);
     let (mask_tx, mask_rx) = watch::channel(0u32);
     let (up_tx, up_rx) = mpsc::channel(65_536);
-    let client = upstream::UpstreamClient::new(cfg.proxy.clone(), cfg.version_mask, work_tx, up_rx, mask_tx);
+    let mut client = upstream::UpstreamClient::new(cfg.proxy.clone(), cfg.version_mask, work_tx, up_rx, mask_tx);
+    client.node = node.clone();
+    client.btcsig = cfg.btcsig.clone();
+    client.blockpoll = cfg.blockpoll;
+    client.update_interval = cfg.update_interval;
     let up_counters = client.counters.clone();
     let upstream_task = tokio::spawn(client.run(shutdown.clone()));
 
@@ -86,6 +100,22 @@ pub async fn run(
                 b.job.height,
                 b.workername
             );
+            // A declared job's block has its transactions here: the own node gets it too.
+            if let (Some(rpc), Some(block)) = (&node, b.job.assemble_block(&b.en1, &b.en2, &b.header)) {
+                match rpc.call("submitblock", serde_json::json!([crate::hex::encode(&block)])).await {
+                    Ok(v) if v.is_null() => tracing::info!(
+                        "block {} submitted to this proxy's node: accepted",
+                        crate::hex::encode_rev(&b.hash)
+                    ),
+                    Ok(v) => {
+                        tracing::info!("block {} submitted to this proxy's node: {v}", crate::hex::encode_rev(&b.hash))
+                    }
+                    Err(e) => tracing::warn!(
+                        "block {} not submitted to this proxy's node: {e} (the upstream pool has it)",
+                        crate::hex::encode_rev(&b.hash)
+                    ),
+                }
+            }
             let _ = stats.send(crate::log::stats::StatEvent::BlockForwarded).await;
         }
     });

@@ -244,6 +244,27 @@ impl Event {
     }
 }
 
+/// This project's SetupConnection for `protocol` (the clients' own: `hardware` names which).
+pub fn setup_message(
+    protocol: Protocol,
+    (min_version, max_version): (u16, u16),
+    flags: u32,
+    hardware: &'static [u8],
+) -> SetupConnection<'static> {
+    SetupConnection {
+        protocol,
+        min_version,
+        max_version,
+        flags,
+        endpoint_host: Str0255::new(b"127.0.0.1").expect("short"),
+        endpoint_port: 0,
+        vendor: Str0255::new(b"ckpool-rs").expect("short"),
+        hardware_version: Str0255::new(hardware).expect("short"),
+        firmware: Str0255::new(env!("CARGO_PKG_VERSION").as_bytes()).expect("short"),
+        device_id: Str0255::new(b"").expect("short"),
+    }
+}
+
 /// One connection to an SV2 pool.
 pub struct Sv2Client {
     rd: FrameReader<OwnedReadHalf>,
@@ -288,18 +309,7 @@ impl Sv2Client {
 
     /// Sends SetupConnection (the answer is the next event).
     pub async fn setup(&mut self, min_version: u16, max_version: u16, flags: u32) -> anyhow::Result<()> {
-        let m = SetupConnection {
-            protocol: Protocol::MiningProtocol,
-            min_version,
-            max_version,
-            flags,
-            endpoint_host: Str0255::new(b"127.0.0.1").expect("short"),
-            endpoint_port: 0,
-            vendor: Str0255::new(b"ckpool-rs").expect("short"),
-            hardware_version: Str0255::new(b"sv2 client").expect("short"),
-            firmware: Str0255::new(env!("CARGO_PKG_VERSION").as_bytes()).expect("short"),
-            device_id: Str0255::new(b"").expect("short"),
-        };
+        let m = setup_message(Protocol::MiningProtocol, (min_version, max_version), flags, b"sv2 client");
         self.send(AnyMessage::Common(CommonMessages::SetupConnection(m))).await
     }
 

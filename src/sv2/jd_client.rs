@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use binary_sv2::{Seq064K, Str0255, B016M, B0255, B064K, U256};
-use common_messages_sv2::{Protocol, SetupConnection};
+use common_messages_sv2::Protocol;
 use job_declaration_sv2::{AllocateMiningJobToken, DeclareMiningJob, ProvideMissingTransactionsSuccess};
 use noise_sv2::Initiator;
 use parsers_sv2::{AnyMessage, CommonMessages, JobDeclaration};
@@ -56,18 +56,7 @@ impl JdClient {
         let (rd, wr) = stream.into_split();
         let (rd, wr) = transport::connect(rd, wr, initiator, HANDSHAKE_TIMEOUT, 1 << 20).await?;
         let mut c = JdClient { rd, wr };
-        let m = SetupConnection {
-            protocol: Protocol::JobDeclarationProtocol,
-            min_version: 2,
-            max_version: 2,
-            flags,
-            endpoint_host: Str0255::new(b"127.0.0.1").expect("short"),
-            endpoint_port: 0,
-            vendor: Str0255::new(b"ckpool-rs").expect("short"),
-            hardware_version: Str0255::new(b"jd client").expect("short"),
-            firmware: Str0255::new(env!("CARGO_PKG_VERSION").as_bytes()).expect("short"),
-            device_id: Str0255::new(b"").expect("short"),
-        };
+        let m = super::client::setup_message(Protocol::JobDeclarationProtocol, (2, 2), flags, b"jd client");
         c.send(AnyMessage::Common(CommonMessages::SetupConnection(m))).await?;
         Ok(c)
     }

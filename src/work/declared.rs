@@ -160,6 +160,66 @@ impl DeclaredCoinbase {
         })
     }
 
+    /// The coinbase a declaring proxy builds for `template`: the height, `tag` (cut to what
+    /// fits) and the extranonce closing the scriptSig; the template's whole value to
+    /// `pool_script` (the server's output), then its witness commitment.
+    pub fn for_template(
+        template: &Template,
+        pool_script: &[u8],
+        tag: &[u8],
+        extranonce_len: usize,
+    ) -> DeclaredCoinbase {
+        let mut head = super::coinbase::bip34_height_push(template.height);
+        let room = SCRIPTSIG_MAX.saturating_sub(head.len() + 2 + extranonce_len).min(75);
+        let tag = &tag[..tag.len().min(room)];
+        if !tag.is_empty() {
+            head.push(tag.len() as u8);
+            head.extend_from_slice(tag);
+        }
+        head.push(extranonce_len as u8);
+        let mut outputs = vec![TxOut {
+            value: bitcoin::Amount::from_sat(template.coinbase_value),
+            script_pubkey: bitcoin::ScriptBuf::from_bytes(pool_script.to_vec()),
+        }];
+        if let Some(c) = &template.witness_commitment {
+            outputs
+                .push(TxOut { value: bitcoin::Amount::ZERO, script_pubkey: bitcoin::ScriptBuf::from_bytes(c.clone()) });
+        }
+        DeclaredCoinbase {
+            version: 2,
+            script_head: head,
+            extranonce_len,
+            sequence: u32::MAX,
+            outputs: serialize(&outputs),
+            locktime: 0,
+            witness: template.witness_commitment.is_some(),
+        }
+    }
+
+    /// DeclareMiningJob's `coinbase_tx_prefix` and `coinbase_tx_suffix`: the serialization
+    /// (with the witness when it has one) before and after the extranonce.
+    pub fn declared_parts(&self) -> (Vec<u8>, Vec<u8>) {
+        let mut prefix = Vec::with_capacity(48 + self.script_head.len());
+        prefix.extend_from_slice(&self.version.to_le_bytes());
+        if self.witness {
+            prefix.extend_from_slice(&[0, 1]);
+        }
+        prefix.push(1);
+        prefix.extend_from_slice(&[0u8; 32]);
+        prefix.extend_from_slice(&u32::MAX.to_le_bytes());
+        prefix.push((self.script_head.len() + self.extranonce_len) as u8);
+        prefix.extend_from_slice(&self.script_head);
+        let mut suffix = Vec::with_capacity(44 + self.outputs.len());
+        suffix.extend_from_slice(&self.sequence.to_le_bytes());
+        suffix.extend_from_slice(&self.outputs);
+        if self.witness {
+            suffix.extend_from_slice(&[1, 32]);
+            suffix.extend_from_slice(&[0u8; 32]);
+        }
+        suffix.extend_from_slice(&self.locktime.to_le_bytes());
+        (prefix, suffix)
+    }
+
     /// The outputs, decoded.
     pub fn decoded_outputs(&self) -> Vec<TxOut> {
         deserialize(&self.outputs).expect("checked when read")
@@ -420,6 +480,33 @@ mod tests {
         let mut longer = s.clone();
         longer.push(0);
         assert!(DeclaredCoinbase::from_declared(&p, &longer).is_err(), "trailing bytes");
+    }
+
+    #[test]
+    fn a_proxys_coinbase_reads_back_as_declared() {
+        let t = crate::work::Template {
+            height: 700_000,
+            version: 0x2000_0000,
+            prev_hash: [1; 32],
+            nbits: 0x1703_0ecd,
+            curtime: 0,
+            mintime: 0,
+            coinbase_value: 625_000_000,
+            coinbase_flags: Vec::new(),
+            transactions: Vec::new().into(),
+            txs_hex: Bytes::new(),
+            witness_commitment: Some(commitment().script_pubkey.into_bytes()),
+            target: Target::from_compact(0x1703_0ecd).unwrap(),
+            rules: Vec::new(),
+            ipc_template: None,
+        };
+        let cb = DeclaredCoinbase::for_template(&t, pool_script().as_bytes(), &[b'x'; 200], 12);
+        let (p, s) = cb.declared_parts();
+        assert_eq!(DeclaredCoinbase::from_declared(&p, &s).unwrap(), cb);
+        assert_eq!(cb.check_pays(pool_script().as_bytes(), 625_000_000), Ok(625_000_000));
+        let custom = DeclaredCoinbase::from_parts(2, &cb.script_head, 12, u32::MAX, &cb.outputs, 0).unwrap();
+        assert_eq!(custom, cb, "SetCustomMiningJob's parts give the same coinbase");
+        assert!(cb.script_head.len() + 12 <= 100, "the tag is cut to fit the scriptSig");
     }
 
     #[test]

@@ -206,7 +206,22 @@ impl RawUpstream {
         if !tlsca.is_empty() && !tls {
             return Err(c.err(&key("tlsca"), &Value::String(tlsca), "is for a stratum+tls:// url only"));
         }
+        let jds = s(key!(self.jds))?.trim().to_string();
+        if !jds.is_empty() {
+            let jds_addr = jds.trim_start_matches("stratum2+tcp://").trim_end_matches('/');
+            if authority.is_none() {
+                return Err(c.err(&key("jds"), &Value::String(jds.clone()), "is for a stratum2+tcp:// url only (the Job Declaration server speaks with the pool's authority key)"));
+            }
+            if !valid_host_port(jds_addr) {
+                return Err(c.err(
+                    &key("jds"),
+                    &Value::String(jds.clone()),
+                    "must be host:port of the pool's Job Declaration server (its sv2jdurl, port 3337 by default)",
+                ));
+            }
+        }
         Ok(Upstream {
+            jds: (!jds.is_empty()).then(|| jds.trim_start_matches("stratum2+tcp://").trim_end_matches('/').to_string()),
             url,
             auth: s(key!(self.auth))?,
             pass: Secret::new(s(key!(self.pass))?),

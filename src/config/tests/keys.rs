@@ -141,6 +141,11 @@ fn wrong_types_are_named_by_key_and_rule() {
         ),
         ("proxy[0]", r#"{"proxy": ["h:1"]}"#.into(), r#""proxy[0]" = "h:1": must be an object with url, auth, pass"#),
         ("proxy[0].url", r#"{"proxy": [{"url": 3333}]}"#.into(), r#""proxy[0].url" = 3333: must be a string"#),
+        (
+            "proxy[0].jds",
+            r#"{"proxy": [{"url": "p:1", "jds": 3337}]}"#.into(),
+            r#""proxy[0].jds" = 3337: must be a string"#,
+        ),
         ("proxy[0].auth", format!(r#"{{{p}, "auth": ["w"]}}]}}"#), r#""proxy[0].auth" = ["w"]: must be a string"#),
         (
             "proxy[0].pass",

@@ -9,8 +9,11 @@
 //!  sv1.rs  one Stratum V1 session: subscribe, authorize, version rolling, notify, submit
 //!  sv2.rs  one Stratum V2 session over Noise NX: one extended channel, its jobs, target and
 //!          extranonce prefix followed, SubmitSharesExtended and its verdicts
+//!  declare.rs  Job Declaration (an entry with `jds`): the own node's templates declared to the
+//!          pool's server, set on the channel (SetCustomMiningJob), the pool's jobs the fallback
 //! ```
 
+mod declare;
 mod sv1;
 mod sv2;
 
@@ -88,6 +91,12 @@ pub struct UpstreamClient {
     /// How long a Stratum V2 upstream may stay silent while it owes a share verdict
     /// ([`SILENCE_LIMIT`]; tests shorten it).
     pub silence_limit: Duration,
+    /// Job Declaration (entries with `jds`): the proxy's own node, the tag its coinbases carry
+    /// (`btcsig`), how often it looks for a new block and refreshes the declared job.
+    pub node: Option<Arc<crate::bitcoind::Rpc>>,
+    pub btcsig: String,
+    pub blockpoll: Duration,
+    pub update_interval: Duration,
     /// The same, as published with each job.
     mask: u32,
     next_job: u64,
@@ -121,6 +130,10 @@ impl UpstreamClient {
             prefix_len: None,
             granted_mask,
             silence_limit: SILENCE_LIMIT,
+            node: None,
+            btcsig: String::new(),
+            blockpoll: Duration::from_millis(500),
+            update_interval: Duration::from_secs(30),
             mask: 0,
             next_job: 0,
             generation: 0,

@@ -12,13 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use binary_sv2::B032;
-use mining_sv2::SubmitSharesExtended;
+use binary_sv2::{Seq0255, B0255, B032, B064K, U256};
+use mining_sv2::{SetCustomMiningJob, SubmitSharesExtended};
 use parsers_sv2::{AnyMessage, Mining};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::declare::{Declared, Declarer, Step};
 use super::{End, UpstreamClient, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, OUT_CAP, PRIMARY_PROBE};
 use crate::config::Upstream;
 use crate::difficulty::{Difficulty, Target};
@@ -30,6 +31,8 @@ use crate::sv2::{jobs, keys, MAX_EXTRANONCE};
 use crate::work::job::{NotifyError, UpstreamParts};
 use crate::work::Job;
 
+/// SetupConnection flag: the proxy selects its own work (Job Declaration, an entry with `jds`).
+const REQUIRES_WORK_SELECTION: u32 = 0b010;
 /// BIP320's bits: what SV2 miners roll when a job allows version rolling.
 const BIP320_MASK: u32 = 0x1fff_e000;
 /// Future jobs kept waiting for their SetNewPrevHash.
@@ -90,6 +93,11 @@ struct Channel {
     answer_due: Option<Instant>,
     /// The most shares one SubmitShares.Success has acknowledged (1 until the pool batches).
     batch: usize,
+    /// Job Declaration: jobs sent with SetCustomMiningJob and not yet answered, by request id.
+    custom_pending: HashMap<u32, Declared>,
+    custom_request: u32,
+    /// The block a declared job is mined on: the pool's own jobs on it are not published.
+    declared_tip: Option<[u8; 32]>,
 }
 
 impl Channel {
@@ -122,7 +130,33 @@ impl UpstreamClient {
             Err(_) => return End::Failed("no Noise handshake within 25 s".into()),
         };
         let deadline = started + CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT;
-        let mut ch = match timeout_at(deadline, self.open_channel(&mut c, entry, addr)).await {
+        // Job Declaration: the server first; without it the pool's jobs (and no work selection).
+        let mut declarer = match (&entry.jds, &self.node) {
+            (Some(jds), Some(rpc)) => {
+                let poll = self.blockpoll;
+                match Declarer::connect(jds, key, &entry.auth, rpc.clone(), &self.btcsig, poll, self.update_interval)
+                    .await
+                {
+                    Ok(d) => {
+                        tracing::info!(
+                            "upstream {}: Job Declaration server {jds} set up; declaring jobs from this proxy's node",
+                            entry.display()
+                        );
+                        Some(d)
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "upstream {}: Job Declaration server {jds}: {}; mining the pool's jobs",
+                            entry.display(),
+                            Esc(&format!("{e:#}"))
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut ch = match timeout_at(deadline, self.open_channel(&mut c, entry, addr, declarer.is_some())).await {
             Ok(Ok(ch)) => ch,
             Ok(Err(why)) => return End::Failed(why),
             Err(_) => return End::Failed("no SetupConnection/OpenExtendedMiningChannel answer within 25 s".into()),
@@ -138,13 +172,18 @@ impl UpstreamClient {
             ch.en2_size
         );
         let silence = self.silence_limit;
+        let full_extranonce = ch.en1.len() + ch.en2_size;
         let mut bad_frames = 0u32;
         let mut probe = tokio::time::interval(PRIMARY_PROBE);
         probe.tick().await;
         loop {
             let (rd, wr) = c.halves();
             let limit = ch.answer_due.unwrap_or_else(|| Instant::now() + silence);
+            let mut declared = None;
             tokio::select! {
+                step = async { declarer.as_mut().expect("guarded").next(full_extranonce).await }, if declarer.is_some() => {
+                    declared = Some(step);
+                }
                 f = rd.read_frame() => {
                     let f = match f {
                         Ok(f) => f,
@@ -234,13 +273,37 @@ impl UpstreamClient {
                     return End::Shutdown;
                 }
             }
+            match declared {
+                None => {}
+                Some(Step::Declared(d)) => {
+                    if let Err(e) = set_custom_job(c.writer(), &mut ch, d) {
+                        tracing::warn!("upstream {addr}: SetCustomMiningJob not sent: {e}; mining the pool's jobs");
+                    }
+                }
+                Some(Step::Refused(why)) => {
+                    tracing::warn!("upstream {addr}: Job Declaration: {why}; mining the pool's jobs on this block");
+                }
+                Some(Step::Failed(why)) => {
+                    tracing::warn!(
+                        "upstream {addr}: Job Declaration server lost: {}; mining the pool's jobs from now on",
+                        Esc(&why)
+                    );
+                    declarer = None;
+                }
+            }
         }
     }
 
     /// SetupConnection, then one extended channel for the entry's user; what the pool answers.
-    async fn open_channel(&mut self, c: &mut Sv2Client, entry: &Upstream, addr: &str) -> Result<Channel, String> {
+    async fn open_channel(
+        &mut self,
+        c: &mut Sv2Client,
+        entry: &Upstream,
+        addr: &str,
+        work_selection: bool,
+    ) -> Result<Channel, String> {
         let wire = |e: anyhow::Error| format!("{e:#}");
-        c.setup(2, 2, 0).await.map_err(wire)?;
+        c.setup(2, 2, if work_selection { REQUIRES_WORK_SELECTION } else { 0 }).await.map_err(wire)?;
         loop {
             match c.next_event().await.map_err(wire)? {
                 Event::SetupOk { .. } => break,
@@ -282,6 +345,9 @@ impl UpstreamClient {
                         pending: BTreeMap::new(),
                         answer_due: None,
                         batch: 1,
+                        custom_pending: HashMap::new(),
+                        custom_request: 0,
+                        declared_tip: None,
                     });
                 }
                 Event::OpenRefused { code, .. } => {
@@ -356,6 +422,16 @@ impl UpstreamClient {
                     );
                 }
             }
+            Event::CustomJobSet { channel, request_id, job_id } if ch.ours(channel) => {
+                if let Some(d) = ch.custom_pending.remove(&request_id) {
+                    self.publish_declared(d, job_id, ch, addr);
+                }
+            }
+            Event::CustomJobRefused { channel, request_id, code } if ch.ours(channel) => {
+                if ch.custom_pending.remove(&request_id).is_some() {
+                    tracing::warn!("upstream {addr}: SetCustomMiningJob {request_id} refused ({}); mining the pool's jobs on this block", Esc(&code));
+                }
+            }
             Event::ChannelClosed { channel, code } if ch.ours(channel) => {
                 return Some(End::Failed(format!("closed the channel: {}", Esc(&code))));
             }
@@ -367,8 +443,33 @@ impl UpstreamClient {
         None
     }
 
+    /// Publishes a job the pool took (SetCustomMiningJob.Success) to local miners: its
+    /// transactions are the own node's, so a block found on it can be assembled here too.
+    fn publish_declared(&mut self, d: Declared, job_id: u32, ch: &mut Channel, addr: &str) {
+        let t = d.template.clone();
+        let clean = self.work.borrow().as_ref().is_none_or(|w| w.job.prev_hash != t.prev_hash);
+        let make = |id, n1, n2| -> Result<(Job, String), NotifyError> {
+            Ok((Job::new(id, &t, d.coinbase.coinbase(n1, n2), clean), job_id.to_string()))
+        };
+        match self.publish(&ch.en1, ch.en2_size, (ch.target, ch.difficulty), make) {
+            Ok(()) => {
+                ch.declared_tip = Some(t.prev_hash);
+                tracing::info!(
+                    "upstream {addr}: mining declared job {job_id} at height {} ({} transaction(s) from this proxy's node)",
+                    t.height,
+                    t.transactions.len()
+                );
+            }
+            Err(e) => tracing::warn!("upstream {addr}: declared job {job_id} unusable: {e}"),
+        }
+    }
+
     /// Re-issues an extended job on `prev` to local miners.
     fn publish_sv2(&mut self, j: &ExtendedJob, prev: Prev, ntime: u32, clean: bool, ch: &Channel, addr: &str) {
+        if ch.declared_tip == Some(prev.prev_hash) {
+            // A declared job is mined on this block: the pool's are the fallback only.
+            return;
+        }
         let mask = if j.version_rolling { self.version_mask & BIP320_MASK } else { 0 };
         if mask != self.mask {
             self.mask = mask;
@@ -391,6 +492,41 @@ impl UpstreamClient {
             tracing::warn!("upstream {addr}: unusable job {}: {e}", j.job_id);
         }
     }
+}
+
+/// Sends a declared job to the pool on the channel (the answer comes as an event).
+fn set_custom_job<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut crate::sv2::transport::FrameWriter<W>,
+    ch: &mut Channel,
+    d: Declared,
+) -> Result<(), String> {
+    let t = &d.template;
+    let txids: Vec<[u8; 32]> = t.transactions.iter().map(|x| x.txid).collect();
+    let branches = crate::work::merkle::branches(&txids);
+    let path: Vec<U256<'_>> = branches.iter().map(|b| U256::new(&b[..]).expect("32 bytes")).collect();
+    ch.custom_request = ch.custom_request.wrapping_add(1);
+    let request_id = ch.custom_request;
+    let m = SetCustomMiningJob {
+        channel_id: ch.id,
+        request_id,
+        token: B0255::new(&d.token[..]).map_err(|e| format!("token: {e:?}"))?,
+        version: t.version,
+        prev_hash: U256::new(&t.prev_hash[..]).expect("32 bytes"),
+        min_ntime: t.curtime.max(t.mintime),
+        nbits: t.nbits,
+        coinbase_tx_version: d.coinbase.version,
+        coinbase_prefix: B0255::new(&d.coinbase.script_head[..]).map_err(|e| format!("coinbase prefix: {e:?}"))?,
+        coinbase_tx_input_n_sequence: d.coinbase.sequence,
+        coinbase_tx_outputs: B064K::new(&d.coinbase.outputs[..]).map_err(|e| format!("outputs: {e:?}"))?,
+        coinbase_tx_locktime: d.coinbase.locktime,
+        merkle_path: Seq0255::new(path).map_err(|e| format!("merkle path: {e:?}"))?,
+    };
+    wr.push(AnyMessage::Mining(Mining::SetCustomMiningJob(m))).map_err(|e| e.to_string())?;
+    if ch.custom_pending.len() >= FUTURE_KEPT {
+        ch.custom_pending.clear();
+    }
+    ch.custom_pending.insert(request_id, d);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 /// Tokens allocated and not yet declared with, per connection; past it the oldest is revoked
 /// (declaring with it is refused: invalid-mining-job-token).
 pub const MAX_TOKENS: usize = 16;
-/// Declared jobs a connection's PushSolution may name (its latest).
-pub const MAX_OWN_JOBS: usize = 64;
+/// Declared jobs of one connection kept for its SetCustomMiningJob and PushSolution (its
+/// latest; each may hold a block's transactions).
+pub const MAX_OWN_JOBS: usize = 8;
 /// Declarations a connection may make at once, and per minute after that (a JDC declares one
 /// per template: SRI's default is one every few seconds, and one per new block).
 pub const DECLARE_BURST: u32 = 20;

@@ -482,7 +482,11 @@ impl JdsSession {
             reg.insert(d.token, declared.clone());
         }
         if self.own.len() >= limits::MAX_OWN_JOBS {
-            self.own.pop_front();
+            // Superseded: a client mines its latest declarations (a job already set on a
+            // channel lives on there).
+            if let (Some(old), Some(reg)) = (self.own.pop_front(), &self.ctx.params.declared) {
+                reg.remove(old);
+            }
         }
         self.own.push_back(d.token);
         self.jds.counts.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

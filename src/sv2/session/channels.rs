@@ -128,8 +128,18 @@ impl Sv2Session {
         wr: &mut FrameWriter<W>,
     ) {
         let user = m.user_identity.as_utf8_or_hex();
-        let nonce2_len = self.nonce2_len();
-        if m.min_extranonce_size as usize > nonce2_len {
+        let mut nonce2_len = self.nonce2_len();
+        let asked = m.min_extranonce_size as usize;
+        if asked > nonce2_len && self.work_selection {
+            // A job-declaring client builds its own coinbases: it may roll more than the pool's
+            // own jobs leave (SRI's jd_client_sv2 asks 10 bytes by default), up to SV2's 32 with
+            // the prefix and the core's extranonce2 limit. The pool's jobs are not sent to it.
+            let most = MAX_NONCE2_LEN.min(crate::sv2::MAX_EXTRANONCE - self.ctx.params.nonce1_len);
+            if asked <= most {
+                nonce2_len = asked;
+            }
+        }
+        if asked > nonce2_len {
             let _ = self.open_refused(wr, m.request_id, &user, "min-extranonce-size-too-large");
             return;
         }
@@ -140,7 +150,8 @@ impl Sv2Session {
                 return;
             }
         };
-        let ch = &self.channels[&id];
+        let ch = self.channels.get_mut(&id).expect("just opened");
+        ch.n2 = nonce2_len;
         let target = jobs::target_le(&ch.core.difficulty().to_target());
         let ok = OpenExtendedMiningChannelSuccess {
             request_id: m.request_id,

@@ -45,6 +45,11 @@ impl Sv2Session {
         fresh_id: bool,
     ) {
         let Some(ch) = self.channels.get_mut(&id) else { return };
+        if self.work_selection && ch.extended && ch.n2 != base.job.coinbase.nonce2_len {
+            // A job-declaring client's channel rolling more than the pool's jobs allow: it
+            // mines its own jobs only (SetCustomMiningJob).
+            return;
+        }
         if let Some(custom) = &ch.custom {
             if custom.job.prev_hash == base.job.prev_hash {
                 // The miner mines its own job on this block (SetCustomMiningJob).

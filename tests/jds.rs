@@ -386,7 +386,8 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
     };
     assert_eq!(at("ckpool_jds_declarations_total{result=\"accepted\"} "), 1);
     for (code, n) in [
-        ("invalid-mining-job-token", 1),
+        // The reused token, and the revoked one (the 17th token revokes the first).
+        ("invalid-mining-job-token", 2),
         ("invalid-coinbase-tx", 1 + 20),
         ("missing-txs", 1),
         ("invalid-job", 1),
@@ -394,7 +395,7 @@ async fn declared_jobs_are_checked_mined_and_refused_with_codes_on_core() {
     ] {
         assert_eq!(at(&format!("ckpool_jds_refused_total{{code=\"{code}\"}} ")), n, "{code}");
     }
-    assert_eq!(at("ckpool_jds_declarations_total{result=\"refused\"} "), 1 + 21 + 1 + 1 + 2);
+    assert_eq!(at("ckpool_jds_declarations_total{result=\"refused\"} "), 2 + 21 + 1 + 1 + 2);
     assert_eq!(at("ckpool_jds_connections "), 2, "the honest and the flooding connection are open");
 }
 

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  keys.rs       the authority key (file, 0600), its public form and the stratum2+tcp:// URL
-//!  transport.rs  Noise NX handshake and bounded, encrypted frames (SRI's codec_sv2 / noise_sv2)
+//!  transport.rs  Noise NX handshake (SRI's noise_sv2) and bounded frames sealed and opened in place
+//!  hot.rs        the share path's messages by hand: SubmitShares.Extended in, .Success/.Error out
 //!  server.rs     listeners: accept, handshake under a deadline, one task per connection
 //!  session.rs    one connection: SetupConnection, channels, jobs, targets, shares
 //!  jobs.rs       pure: job ids, targets, hashrate -> difficulty, SV2 error codes
@@ -17,6 +18,7 @@
 //! judge shares a second way beside the core's.
 
 pub mod client;
+pub mod hot;
 pub mod jobs;
 pub mod keys;
 pub mod server;

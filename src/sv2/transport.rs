@@ -24,12 +24,11 @@ use noise_sv2::{
 use parsers_sv2::AnyMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes read from the socket at once once a read buffer is held (a frame longer than the
-/// first read, or a burst).
-const READ_BUF: usize = 8 * 1024;
-/// The first read after a wait: into the stack, then into a buffer of just the bytes that came
-/// (a setup burst or a batch of shares takes what it needs, not [`READ_BUF`]).
+/// The buffer of the first read after a wait (a batch of pipelined submits is ~100 bytes
+/// each, a channel's setup a few hundred); it lives only while its frames are handled.
 const FIRST_READ: usize = 4 * 1024;
+/// Bytes read at once when more than the first read's room is wanted (a long frame, a burst).
+const READ_BUF: usize = 8 * 1024;
 /// A frame's header, sealed.
 const SEALED_HEADER: usize = Header::SIZE + AEAD_MAC_LEN;
 /// Plaintext bytes one sealed chunk of a payload carries.
@@ -62,22 +61,12 @@ pub trait ReadReady {
     /// Ready when a read would not wait; a reader that cannot tell is always ready (it then
     /// holds its buffer while the read waits).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
-
-    /// Reads what has arrived without waiting (`WouldBlock` if nothing has); a reader that
-    /// cannot says `Unsupported`, and is read through `AsyncRead` instead.
-    fn try_read_now(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
 }
 
 impl ReadReady for tokio::net::tcp::OwnedReadHalf {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let stream: &tokio::net::TcpStream = self.as_ref();
         stream.poll_read_ready(cx)
-    }
-
-    fn try_read_now(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.try_read(buf)
     }
 }
 
@@ -304,42 +293,24 @@ impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
     /// Reads until `need` bytes are buffered past `start`.
     async fn fill(&mut self, need: usize) -> Result<(), TransportError> {
         while self.inbuf.len() - self.start < need {
-            if self.inbuf.capacity() == 0 {
+            let first = self.inbuf.capacity() == 0;
+            if first {
                 // Nothing held: wait for bytes before taking a buffer (cancel-safe), so a
-                // connection waiting for its next frame holds none; then take what came.
+                // connection waiting for its next frame holds none.
                 std::future::poll_fn(|cx| self.rd.poll_read_ready(cx)).await?;
-                match self.first_read(need) {
-                    Ok(0) => return Err(self.ended()),
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if self.start > 0 && self.inbuf.capacity() - self.start < need.max(READ_BUF) {
+            } else if self.start > 0 && self.inbuf.capacity() - self.start < need.max(READ_BUF) {
                 // Room for the rest of this piece: move what is buffered to the front.
                 self.inbuf.drain(..self.start);
                 self.start = 0;
             }
             // Read into spare capacity (nothing zeroed first): at least the piece wanted.
-            self.inbuf.reserve(need.max(READ_BUF) - (self.inbuf.len() - self.start));
+            let room = need.max(if first { FIRST_READ } else { READ_BUF });
+            self.inbuf.reserve(room - (self.inbuf.len() - self.start));
             if self.rd.read_buf(&mut self.inbuf).await? == 0 {
                 return Err(self.ended());
             }
         }
         Ok(())
-    }
-
-    /// Reads what has arrived into the stack, then into a buffer of that size (at least `need`).
-    fn first_read(&mut self, need: usize) -> std::io::Result<usize> {
-        let mut first = [0u8; FIRST_READ];
-        let n = self.rd.try_read_now(&mut first)?;
-        if n > 0 {
-            self.inbuf = Vec::with_capacity(n.max(need));
-            self.inbuf.extend_from_slice(&first[..n]);
-            self.start = 0;
-        }
-        Ok(n)
     }
 
     /// The error for the end of the stream here: closed between frames, or in one.
@@ -376,9 +347,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         len: usize,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(), TransportError> {
-        let l = u32::try_from(len).ok().filter(|l| *l < 1 << 24).ok_or_else(|| {
-            TransportError::Encode(format!("payload of {len} bytes is over the 24-bit length"))
-        })?;
+        let l = u32::try_from(len)
+            .ok()
+            .filter(|l| *l < 1 << 24)
+            .ok_or_else(|| TransportError::Encode(format!("payload of {len} bytes is over the 24-bit length")))?;
         self.seal(Header::SIZE + len, |dst| {
             dst[..2].copy_from_slice(&ext_type.to_le_bytes());
             dst[2] = msg_type;
@@ -553,8 +525,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let (mut ar, mut aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
-        let responder =
-            Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
+        let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
         let pool = tokio::spawn(accept(br, bw, responder, Duration::from_secs(5), 1 << 20));
         // SRI's side: codec_sv2's handshake, encoder and decoder over the raw pipe.
         let (first, sent) = Handshake::initiator(Initiator::from_raw_k(*key.public()).unwrap()).step_0().unwrap();
@@ -575,7 +546,11 @@ mod tests {
             let sealed = encoder.encode_transport(frame, &mut enc).unwrap();
             aw.write_all(sealed.as_ref()).await.unwrap();
             let f = pr.next_frame().await.unwrap();
-            assert_eq!((f.header.ext_type(), f.header.msg_type(), &f.payload[..]), (0x8000, 0x1b, &payload[..]), "{n} bytes");
+            assert_eq!(
+                (f.header.ext_type(), f.header.msg_type(), &f.payload[..]),
+                (0x8000, 0x1b, &payload[..]),
+                "{n} bytes"
+            );
             // We seal, SRI opens.
             pw.push_raw(0x8000, 0x1c, &payload).unwrap();
             pw.flush().await.unwrap();

@@ -6,7 +6,11 @@ use super::*;
 impl Sv2Session {
     /// A frame read: SubmitShares.Extended, the share path, decoded by hand (`sv2::hot`); any
     /// other message (or a submit SRI's parser must judge) through `on_frame`.
-    pub(super) fn handle<W: AsyncWrite + Unpin>(&mut self, frame: Frame<'_>, wr: &mut FrameWriter<W>) -> Result<(), End> {
+    pub(super) fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: Frame<'_>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         if self.setup {
             if let Some(m) = hot::submit_extended(frame.header.ext_type(), frame.msg_type(), frame.payload) {
                 let d = Decoded { extranonce2: m.extranonce, ntime: m.ntime, nonce: m.nonce, version: m.version };

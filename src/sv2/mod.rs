@@ -13,7 +13,7 @@
 //!  client.rs     an SV2 client (initiator): `ckpool bench --sv2`, the proxy's SV2 upstream, the tests
 //! ```
 //!
-//! The wire is SRI's (`codec_sv2`, `noise_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining
+//! The wire is SRI's (`noise_sv2`, `framing_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining
 //! logic is ours (`crate::mining`). SRI's `channels_sv2` server channels are not used: they would
 //! judge shares a second way beside the core's.
 

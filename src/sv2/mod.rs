@@ -5,18 +5,22 @@
 //!
 //! ```text
 //!  keys.rs       the authority key (file, 0600), its public form and the stratum2+tcp:// URL
-//!  transport.rs  Noise NX handshake and bounded, encrypted frames (SRI's codec_sv2 / noise_sv2)
+//!  transport.rs  Noise NX handshake (SRI's noise_sv2) and bounded frames sealed and opened in place
+//!  hot.rs        the share path's messages by hand: SubmitShares.Extended in, .Success/.Error out
 //!  server.rs     listeners: accept, handshake under a deadline, one task per connection
 //!  session.rs    one connection: SetupConnection, channels, jobs, targets, shares
 //!  jobs.rs       pure: job ids, targets, hashrate -> difficulty, SV2 error codes
 //!  client.rs     an SV2 client (initiator): `ckpool bench --sv2`, the proxy's SV2 upstream, the tests
+//!  jds/          the Job Declaration server (`sv2jdurl`): tokens, declarations checked by the node
+//!  jd_client.rs  a Job Declaration client: the tests, a declaring proxy
 //! ```
 //!
-//! The wire is SRI's (`codec_sv2`, `noise_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining
+//! The wire is SRI's (`noise_sv2`, `framing_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining
 //! logic is ours (`crate::mining`). SRI's `channels_sv2` server channels are not used: they would
 //! judge shares a second way beside the core's.
 
 pub mod client;
+pub mod hot;
 pub mod jd_client;
 pub mod jds;
 pub mod jobs;

@@ -18,14 +18,15 @@ use common_messages_sv2::{Protocol, SetupConnection, SetupConnectionError, Setup
 use mining_sv2::{
     NewExtendedMiningJob, NewMiningJob, OpenExtendedMiningChannel, OpenExtendedMiningChannelSuccess,
     OpenMiningChannelError, OpenStandardMiningChannel, OpenStandardMiningChannelSuccess, SetExtranoncePrefix,
-    SetNewPrevHash, SetTarget, SubmitSharesError, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
+    SetNewPrevHash, SetTarget, SubmitSharesSuccess, UpdateChannel, UpdateChannelError,
 };
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::hot;
 use super::jobs::{self, JobIds, JobRef};
-use super::transport::{Frame, FrameReader, FrameWriter, ReadReady, TransportError};
+use super::transport::{FrameReader, FrameRef as Frame, FrameWriter, ReadReady, TransportError};
 use crate::hex;
 use crate::log::escape::Esc;
 use crate::log::ratelimit::LogKind;
@@ -180,9 +181,9 @@ impl Sv2Session {
             tokio::pin!(idle_timer);
             let end = loop {
                 let step = tokio::select! {
-                    f = rd.read_frame() => match f {
+                    f = rd.next_frame() => match f {
                         // Then every frame already received, so that their answers go out in one write.
-                        Ok(frame) => self.on_frame(frame, &mut wr).and_then(|()| self.drain_ready(&mut rd, &mut wr)),
+                        Ok(frame) => self.handle(frame, &mut wr).and_then(|()| self.drain_ready(&mut rd, &mut wr)),
                         Err(e) => Err(ended(e)),
                     },
                     r = work_rx.changed() => match r {
@@ -271,9 +272,9 @@ impl Sv2Session {
             tokio::select! {
                 biased;
                 r = wr.flush() => return r.map_err(|_| End::Closed),
-                f = rd.read_frame(), if wr.pending() < MAX_UNWRITTEN => {
+                f = rd.next_frame(), if wr.pending() < MAX_UNWRITTEN => {
                     match f {
-                        Ok(frame) => self.on_frame(frame, wr)?,
+                        Ok(frame) => self.handle(frame, wr)?,
                         Err(e) => return Err(ended(e)),
                     }
                     self.push_acks(wr);
@@ -294,9 +295,9 @@ impl Sv2Session {
         W: AsyncWrite + Unpin,
     {
         for _ in 0..BATCH_FRAMES {
-            match poll_once(rd.read_frame()) {
+            match poll_once(rd.next_frame()) {
                 None => return Ok(()),
-                Some(Ok(frame)) => self.on_frame(frame, wr)?,
+                Some(Ok(frame)) => self.handle(frame, wr)?,
                 Some(Err(e)) => return Err(ended(e)),
             }
         }
@@ -307,7 +308,7 @@ impl Sv2Session {
     /// of a channel.
     fn push_acks<W: AsyncWrite + Unpin>(&mut self, wr: &mut FrameWriter<W>) {
         for ok in self.acks.drain(..) {
-            let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+            let _ = hot::push_success(wr, &ok);
         }
     }
 

@@ -1,27 +1,38 @@
 //! Stratum V2's encrypted transport over TCP: the Noise NX handshake (as responder for the pool,
-//! as initiator for our client and load tool) and framed, encrypted messages after it, through
-//! SRI's `codec_sv2` / `noise_sv2`.
+//! as initiator for our client and load tool) through SRI's `noise_sv2`, and framed, encrypted
+//! messages after it, sealed and opened in place with the cipher halves `noise_sv2` hands out.
 //!
-//! Reads are cancellation-safe (the bytes of a frame read so far live in [`FrameReader`], not in
-//! the future), so a session can `select!` on the next frame beside new work. Every frame is
-//! bounded: bytes read since the last whole frame past the reader's limit close the connection
-//! with [`TransportError::Oversized`], before a peer can make us buffer a 16 MB frame.
+//! A frame on the wire is its 6-byte header sealed as one AEAD message (22 bytes), then its
+//! payload sealed in chunks of at most 65,519 bytes (each followed by its 16-byte tag), as SRI's
+//! `codec_sv2` lays them out. Frames are sealed straight into the write buffer and opened in the
+//! read buffer where they arrived: no allocation or copy per frame (issue 31).
+//!
+//! Reads are cancellation-safe (the bytes of a frame read so far and its opened header live in
+//! [`FrameReader`], not in the future), so a session can `select!` on the next frame beside new
+//! work. Every frame is bounded: a header announcing more than the reader's limit closes the
+//! connection with [`TransportError::Oversized`] before any of the payload is buffered.
 
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use codec_sv2::{
-    Decoded, Decrypted, Handshake, HandshakeMessage, NoiseDecoder, NoiseEncoder, TransportDecryptState,
-    TransportEncryptState,
-};
-use framing_sv2::framing::MessageFrame;
+use framing_sv2::framing::{EncodableFrame, MessageFrame};
 use framing_sv2::header::Header;
-use noise_sv2::{Initiator, Responder, ELLSWIFT_ENCODING_SIZE, INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE};
+use noise_sv2::{
+    Initiator, NoiseDecryptor, NoiseEncryptor, Responder, AEAD_MAC_LEN, ELLSWIFT_ENCODING_SIZE,
+    INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE,
+};
 use parsers_sv2::AnyMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes read from the socket at once (a batch of pipelined submits is ~100 bytes each).
+/// The buffer of the first read after a wait (a batch of pipelined submits is ~100 bytes
+/// each, a channel's setup a few hundred); it lives only while its frames are handled.
+const FIRST_READ: usize = 4 * 1024;
+/// Bytes read at once when more than the first read's room is wanted (a long frame, a burst).
 const READ_BUF: usize = 8 * 1024;
+/// A frame's header, sealed.
+const SEALED_HEADER: usize = Header::SIZE + AEAD_MAC_LEN;
+/// Plaintext bytes one sealed chunk of a payload carries.
+const CHUNK: usize = framing_sv2::SV2_FRAME_CHUNK_SIZE - AEAD_MAC_LEN;
 
 /// Why a connection's transport failed; the text is for the operator's log line.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +53,6 @@ pub enum TransportError {
     Codec(String),
     #[error("message could not be encoded: {0}")]
     Encode(String),
-}
-
-fn codec(e: impl std::fmt::Debug) -> TransportError {
-    TransportError::Codec(format!("{e:?}"))
 }
 
 /// A reading half that can wait until bytes (or the end) can be read, holding no buffer while
@@ -69,68 +76,100 @@ impl<T> ReadReady for tokio::io::ReadHalf<T> {
     }
 }
 
-/// One decrypted frame: its header and plaintext payload.
-pub struct Frame {
+/// One opened frame: its header and plaintext payload, owned (`Vec<u8>`, the client's) or
+/// borrowed from the reader's buffer until the next read (`&mut [u8]`, the pool's sessions).
+pub struct Frame<P = Vec<u8>> {
     pub header: Header,
-    pub payload: Vec<u8>,
+    pub payload: P,
 }
 
-impl Frame {
+/// A frame borrowed from the reader's buffer ([`FrameReader::next_frame`]).
+pub type FrameRef<'a> = Frame<&'a mut [u8]>;
+
+impl<P: AsMut<[u8]>> Frame<P> {
     pub fn msg_type(&self) -> u8 {
         self.header.msg_type()
     }
 
     /// The message, parsed by SRI's parsers (borrowing the payload).
     pub fn message(&mut self) -> Result<AnyMessage<'_>, parsers_sv2::ParserError> {
-        AnyMessage::try_from((self.header, self.payload.as_mut_slice()))
+        AnyMessage::try_from((self.header, self.payload.as_mut()))
     }
+}
+
+/// `len` bytes of `buf` being sealed or opened in place: the AEAD's buffer, bounded by the
+/// slice (a tag is written into the room after the plaintext, not appended to a `Vec`).
+struct InPlace<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl AsRef<[u8]> for InPlace<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl AsMut<[u8]> for InPlace<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl aead::Buffer for InPlace<'_> {
+    fn extend_from_slice(&mut self, other: &[u8]) -> aead::Result<()> {
+        let end = self.len + other.len();
+        self.buf.get_mut(self.len..end).ok_or(aead::Error)?.copy_from_slice(other);
+        self.len = end;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// Bytes a payload of `len` takes sealed: the payload plus one tag per chunk.
+fn sealed_len(len: usize) -> usize {
+    len + len.div_ceil(CHUNK) * AEAD_MAC_LEN
 }
 
 /// The reading half after the handshake.
 pub struct FrameReader<R> {
     rd: R,
-    decoder: NoiseDecoder,
-    state: Option<TransportDecryptState>,
-    /// Bytes read from the socket and not yet given to the decoder (`start..`): one read takes
-    /// every frame that has arrived, instead of one read per header and per payload. Given back
-    /// once all of it is taken, so an idle connection holds no read buffer.
+    dec: NoiseDecryptor,
+    /// Bytes read from the socket and not yet opened (`start..`): one read takes every frame
+    /// that has arrived. A frame handed out by reference lives in `..start` until the next
+    /// call, which gives the buffer back once all of it is taken (an idle connection holds no
+    /// read buffer).
     inbuf: Vec<u8>,
     start: usize,
-    /// Bytes taken since the last whole frame, and the most allowed.
-    in_frame: usize,
+    /// The opened header of a frame whose payload has not all arrived.
+    header: Option<Header>,
     limit: usize,
 }
 
-/// The writing half: messages are encoded into `out` and written together by [`FrameWriter::flush`].
+/// The writing half: frames are sealed into `out` and written together by [`FrameWriter::flush`].
 pub struct FrameWriter<W> {
     wr: W,
-    encoder: NoiseEncoder,
-    state: TransportEncryptState,
+    enc: NoiseEncryptor,
+    /// Given back once written, so an idle connection holds no write buffer.
     out: Vec<u8>,
     /// Bytes of `out` already written (a flush cancelled midway goes on from here).
     sent: usize,
 }
 
-/// Bytes of one handshake message arriving, within `timeout`.
-async fn read_handshake<R: AsyncRead + Unpin, X: codec_sv2::ExpectsHandshakeMessage>(
+/// Reads one handshake message of exactly `N` bytes, within `timeout`.
+async fn read_handshake<R: AsyncRead + Unpin, const N: usize>(
     rd: &mut R,
-    decoder: &mut NoiseDecoder,
     timeout: Duration,
-) -> Result<HandshakeMessage, TransportError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut buf = vec![0u8; decoder.writable_len()];
-        match tokio::time::timeout_at(deadline, rd.read_exact(&mut buf)).await {
-            Err(_) => return Err(TransportError::HandshakeTimeout(timeout)),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(TransportError::Closed),
-            Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(_)) => {}
-        }
-        decoder.writable().copy_from_slice(&buf);
-        match decoder.next_handshake_frame::<X>().map_err(codec)? {
-            Decoded::Frame(m) => return Ok(m),
-            Decoded::Incomplete(_) => {}
-        }
+) -> Result<[u8; N], TransportError> {
+    let mut buf = [0u8; N];
+    match tokio::time::timeout(timeout, rd.read_exact(&mut buf)).await {
+        Err(_) => Err(TransportError::HandshakeTimeout(timeout)),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(TransportError::Closed),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(_)) => Ok(buf),
     }
 }
 
@@ -139,25 +178,18 @@ async fn read_handshake<R: AsyncRead + Unpin, X: codec_sv2::ExpectsHandshakeMess
 pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     mut wr: W,
-    responder: Box<Responder>,
+    mut responder: Box<Responder>,
     timeout: Duration,
     limit: usize,
 ) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
-    let mut decoder = NoiseDecoder::new();
-    let mut encoder = NoiseEncoder::new();
-    let first = read_handshake::<R, Responder>(&mut rd, &mut decoder, timeout).await?;
-    let payload: [u8; ELLSWIFT_ENCODING_SIZE] = first
-        .payload()
-        .try_into()
-        .map_err(|_| TransportError::Handshake("first handshake message has the wrong size".into()))?;
-    let (second, transport) =
-        Handshake::responder(responder).step_1(payload).map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
-    let bytes = encoder.encode_handshake(second);
-    tokio::time::timeout(timeout, wr.write_all(bytes.as_ref()))
+    let first = read_handshake::<R, ELLSWIFT_ENCODING_SIZE>(&mut rd, timeout).await?;
+    let (second, engine) = responder.step_1(first).map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
+    drop(responder);
+    tokio::time::timeout(timeout, wr.write_all(&second))
         .await
         .map_err(|_| TransportError::HandshakeTimeout(timeout))??;
-    let (enc, dec) = transport.split();
-    Ok(halves(rd, wr, decoder, encoder, enc, dec, limit))
+    let (enc, dec) = engine.into_split();
+    Ok(halves(rd, wr, enc, dec, limit))
 }
 
 /// The client's side: sends an ephemeral key, checks the pool's certificate against the
@@ -165,120 +197,210 @@ pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 pub async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     mut wr: W,
-    initiator: Box<Initiator>,
+    mut initiator: Box<Initiator>,
     timeout: Duration,
     limit: usize,
 ) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
-    let mut decoder = NoiseDecoder::new();
-    let mut encoder = NoiseEncoder::new();
-    let (first, sent) =
-        Handshake::initiator(initiator).step_0().map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
-    wr.write_all(encoder.encode_handshake(first).as_ref()).await?;
-    let second = read_handshake::<R, codec_sv2::InitiatorSent>(&mut rd, &mut decoder, timeout).await?;
-    let payload: [u8; INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE] = second
-        .payload()
-        .try_into()
-        .map_err(|_| TransportError::Handshake("second handshake message has the wrong size".into()))?;
-    let transport = sent.step_2(payload).map_err(|e| {
+    let first = initiator.step_0().map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
+    wr.write_all(&first).await?;
+    let second = read_handshake::<R, INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE>(&mut rd, timeout).await?;
+    let engine = initiator.step_2(second).map_err(|e| {
         TransportError::Handshake(format!("the pool's certificate is not signed by the expected authority key ({e:?})"))
     })?;
-    let (enc, dec) = transport.split();
-    Ok(halves(rd, wr, decoder, encoder, enc, dec, limit))
+    let (enc, dec) = engine.into_split();
+    Ok(halves(rd, wr, enc, dec, limit))
 }
 
 fn halves<R, W>(
     rd: R,
     wr: W,
-    decoder: NoiseDecoder,
-    encoder: NoiseEncoder,
-    enc: TransportEncryptState,
-    dec: TransportDecryptState,
+    enc: NoiseEncryptor,
+    dec: NoiseDecryptor,
     limit: usize,
 ) -> (FrameReader<R>, FrameWriter<W>) {
     (
-        FrameReader { rd, decoder, state: Some(dec), inbuf: Vec::new(), start: 0, in_frame: 0, limit },
-        FrameWriter { wr, encoder, state: enc, out: Vec::with_capacity(512), sent: 0 },
+        FrameReader { rd, dec, inbuf: Vec::new(), start: 0, header: None, limit },
+        FrameWriter { wr, enc, out: Vec::new(), sent: 0 },
     )
 }
 
 impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
-    /// The next whole frame. Cancellation-safe: bytes read before a cancel are kept.
+    /// The next whole frame, copied out of the read buffer (the client's; see [`Self::next_frame`]).
     pub async fn read_frame(&mut self) -> Result<Frame, TransportError> {
+        let f = self.next_frame().await?;
+        Ok(Frame { header: f.header, payload: f.payload.to_vec() })
+    }
+
+    /// The next whole frame, opened in the read buffer and borrowed from it until the next call.
+    /// Cancellation-safe: bytes read and a header opened before a cancel are kept.
+    pub async fn next_frame(&mut self) -> Result<FrameRef<'_>, TransportError> {
+        if self.start == self.inbuf.len() && self.inbuf.capacity() > 0 {
+            // The last frame handed out is done with: the buffer goes back.
+            self.inbuf = Vec::new();
+            self.start = 0;
+        }
         loop {
-            let want = self.decoder.writable_len();
-            if self.in_frame + want > self.limit {
-                return Err(TransportError::Oversized { read: self.in_frame, limit: self.limit });
+            let need = match &self.header {
+                None => SEALED_HEADER,
+                Some(h) => sealed_len(h.payload_length()),
+            };
+            self.fill(need).await?;
+            let at = self.start;
+            self.start += need;
+            match self.header.take() {
+                None => {
+                    let sealed = &mut self.inbuf[at..at + SEALED_HEADER];
+                    self.dec
+                        .decrypt(&mut InPlace { buf: sealed, len: SEALED_HEADER })
+                        .map_err(|e| TransportError::Codec(format!("frame header: {e:?}")))?;
+                    let h = Header::from_bytes(&sealed[..Header::SIZE])
+                        .map_err(|e| TransportError::Codec(format!("frame header: {e:?}")))?;
+                    let whole = SEALED_HEADER + sealed_len(h.payload_length());
+                    if whole > self.limit {
+                        let read = SEALED_HEADER + self.inbuf.len() - self.start;
+                        return Err(TransportError::Oversized { read, limit: self.limit });
+                    }
+                    self.header = Some(h);
+                }
+                Some(h) => {
+                    let len = h.payload_length();
+                    self.open_payload(at, len)?;
+                    return Ok(Frame { header: h, payload: &mut self.inbuf[at..at + len] });
+                }
             }
-            while self.inbuf.len() - self.start < want {
-                if self.start > 0 && self.inbuf.capacity() - self.start < want.max(READ_BUF) {
-                    // Room for the rest of this piece: move what is buffered to the front.
-                    self.inbuf.drain(..self.start);
-                    self.start = 0;
-                }
-                if self.inbuf.capacity() == 0 {
-                    // Nothing held: wait for bytes before taking a buffer (cancel-safe), so a
-                    // connection waiting for its next frame holds none.
-                    std::future::poll_fn(|cx| self.rd.poll_read_ready(cx)).await?;
-                }
-                // Read into spare capacity (nothing zeroed first): at least the piece wanted.
-                self.inbuf.reserve(want.max(READ_BUF) - (self.inbuf.len() - self.start));
-                let n = self.rd.read_buf(&mut self.inbuf).await?;
-                if n == 0 {
-                    let read = self.in_frame + self.inbuf.len() - self.start;
-                    return Err(if read == 0 { TransportError::Closed } else { TransportError::Truncated(read) });
-                }
+        }
+    }
+
+    /// Opens a sealed payload of `len` plaintext bytes at `at`, chunk by chunk, moving each
+    /// chunk's plaintext up against the previous one (over its tag).
+    fn open_payload(&mut self, at: usize, len: usize) -> Result<(), TransportError> {
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            let src = at + done + (done / CHUNK) * AEAD_MAC_LEN;
+            let sealed = &mut self.inbuf[src..src + n + AEAD_MAC_LEN];
+            self.dec
+                .decrypt(&mut InPlace { buf: sealed, len: n + AEAD_MAC_LEN })
+                .map_err(|e| TransportError::Codec(format!("frame payload: {e:?}")))?;
+            if src != at + done {
+                self.inbuf.copy_within(src..src + n, at + done);
             }
-            self.decoder.writable().copy_from_slice(&self.inbuf[self.start..self.start + want]);
-            self.start += want;
-            if self.start == self.inbuf.len() {
-                // All taken: the buffer goes back (allocated again by the next read).
-                self.inbuf = Vec::new();
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads until `need` bytes are buffered past `start`.
+    async fn fill(&mut self, need: usize) -> Result<(), TransportError> {
+        while self.inbuf.len() - self.start < need {
+            let first = self.inbuf.capacity() == 0;
+            if first {
+                // Nothing held: wait for bytes before taking a buffer (cancel-safe), so a
+                // connection waiting for its next frame holds none.
+                std::future::poll_fn(|cx| self.rd.poll_read_ready(cx)).await?;
+            } else if self.start > 0 && self.inbuf.capacity() - self.start < need.max(READ_BUF) {
+                // Room for the rest of this piece: move what is buffered to the front.
+                self.inbuf.drain(..self.start);
                 self.start = 0;
             }
-            self.in_frame += want;
-            let state = self.state.take().ok_or_else(|| TransportError::Codec("decryption state lost".into()))?;
-            match self.decoder.next_transport_frame(state).map_err(codec)? {
-                Decrypted::Frame(mut f, state) => {
-                    self.state = Some(state);
-                    self.in_frame = 0;
-                    return Ok(Frame { header: f.header(), payload: f.payload().to_vec() });
-                }
-                Decrypted::Incomplete(_, state) => self.state = Some(state),
+            // Read into spare capacity (nothing zeroed first): at least the piece wanted.
+            let room = need.max(if first { FIRST_READ } else { READ_BUF });
+            self.inbuf.reserve(room - (self.inbuf.len() - self.start));
+            if self.rd.read_buf(&mut self.inbuf).await? == 0 {
+                return Err(self.ended());
             }
+        }
+        Ok(())
+    }
+
+    /// The error for the end of the stream here: closed between frames, or in one.
+    fn ended(&self) -> TransportError {
+        let read = self.inbuf.len() - self.start + if self.header.is_some() { SEALED_HEADER } else { 0 };
+        if read == 0 {
+            TransportError::Closed
+        } else {
+            TransportError::Truncated(read)
         }
     }
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    /// Encrypts `msg` into the outgoing buffer (sent by [`FrameWriter::flush`]).
+    /// Seals `msg` into the outgoing buffer (sent by [`FrameWriter::flush`]).
     pub fn push(&mut self, msg: AnyMessage<'_>) -> Result<(), TransportError> {
         let frame = MessageFrame::try_from(msg).map_err(|e| TransportError::Encode(format!("{e:?}")))?;
-        let bytes = self
-            .encoder
-            .encode_transport(frame, &mut self.state)
-            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
-        self.out.extend_from_slice(bytes.as_ref());
-        Ok(())
+        let len = frame.encoded_length();
+        self.seal(len, |dst| frame.encode_into(dst).map_err(|e| TransportError::Encode(format!("{e:?}"))))
     }
 
-    /// Encrypts a frame built from its parts, whatever the message type (tests use it to send
+    /// Seals a frame built from its parts, whatever the message type (tests use it to send
     /// what a well-behaved client never would).
     pub fn push_raw(&mut self, ext_type: u16, msg_type: u8, payload: &[u8]) -> Result<(), TransportError> {
-        let len = u32::try_from(payload.len()).ok().filter(|l| *l < 1 << 24).ok_or_else(|| {
-            TransportError::Encode(format!("payload of {} bytes is over the 24-bit length", payload.len()))
-        })?;
-        let mut bytes = Vec::with_capacity(6 + payload.len());
-        bytes.extend_from_slice(&ext_type.to_le_bytes());
-        bytes.push(msg_type);
-        bytes.extend_from_slice(&len.to_le_bytes()[..3]);
-        bytes.extend_from_slice(payload);
-        let frame = framing_sv2::framing::SerializedFrame::from_bytes(bytes)
-            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
-        let out = self
-            .encoder
-            .encode_transport(frame, &mut self.state)
-            .map_err(|e| TransportError::Encode(format!("{e:?}")))?;
-        self.out.extend_from_slice(out.as_ref());
+        self.push_with(ext_type, msg_type, payload.len(), |dst| dst.copy_from_slice(payload))
+    }
+
+    /// Seals a frame whose payload of `len` bytes `write` fills (the hot messages, encoded by
+    /// hand: `sv2::hot`).
+    pub fn push_with(
+        &mut self,
+        ext_type: u16,
+        msg_type: u8,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(), TransportError> {
+        let l = u32::try_from(len)
+            .ok()
+            .filter(|l| *l < 1 << 24)
+            .ok_or_else(|| TransportError::Encode(format!("payload of {len} bytes is over the 24-bit length")))?;
+        self.seal(Header::SIZE + len, |dst| {
+            dst[..2].copy_from_slice(&ext_type.to_le_bytes());
+            dst[2] = msg_type;
+            dst[3..6].copy_from_slice(&l.to_le_bytes()[..3]);
+            write(&mut dst[Header::SIZE..]);
+            Ok(())
+        })
+    }
+
+    /// Seals a frame of `len` bytes (header and payload) that `encode` writes, in place at the
+    /// end of the outgoing buffer: header, its tag, then each payload chunk and its tag.
+    fn seal(
+        &mut self,
+        len: usize,
+        encode: impl FnOnce(&mut [u8]) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        if len < Header::SIZE {
+            return Err(TransportError::Encode(format!("frame of {len} bytes has no header")));
+        }
+        let plen = len - Header::SIZE;
+        let at = self.out.len();
+        self.out.resize(at + SEALED_HEADER + sealed_len(plen), 0);
+        // Encoded after the header's tag room: the payload is then where its first chunk goes.
+        let r = encode(&mut self.out[at + AEAD_MAC_LEN..at + AEAD_MAC_LEN + len]).and_then(|()| {
+            self.out.copy_within(at + AEAD_MAC_LEN..at + SEALED_HEADER, at);
+            self.seal_in_place(at, plen)
+        });
+        if r.is_err() {
+            self.out.truncate(at);
+        }
+        r
+    }
+
+    fn seal_in_place(&mut self, at: usize, plen: usize) -> Result<(), TransportError> {
+        let fail = |e| TransportError::Encode(format!("sealing failed: {e:?}"));
+        let body = at + SEALED_HEADER;
+        // Chunks past the first move up to make room for the tags before them (last first).
+        let chunks = plen.div_ceil(CHUNK);
+        for i in (1..chunks).rev() {
+            let n = CHUNK.min(plen - i * CHUNK);
+            self.out.copy_within(body + i * CHUNK..body + i * CHUNK + n, body + i * (CHUNK + AEAD_MAC_LEN));
+        }
+        self.enc.encrypt(&mut InPlace { buf: &mut self.out[at..body], len: Header::SIZE }).map_err(fail)?;
+        for i in 0..chunks {
+            let n = CHUNK.min(plen - i * CHUNK);
+            let from = body + i * (CHUNK + AEAD_MAC_LEN);
+            self.enc
+                .encrypt(&mut InPlace { buf: &mut self.out[from..from + n + AEAD_MAC_LEN], len: n })
+                .map_err(fail)?;
+        }
         Ok(())
     }
 
@@ -304,12 +426,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
             self.sent += n;
         }
-        if !self.out.is_empty() {
-            self.out.clear();
+        if self.out.capacity() > 0 {
+            // All written: the buffer goes back (the next batch of answers takes a new one).
+            self.out = Vec::new();
             self.sent = 0;
-            if self.out.capacity() > 64 * 1024 {
-                self.out.shrink_to(512);
-            }
         }
         self.wr.flush().await
     }
@@ -393,6 +513,62 @@ mod tests {
                 assert_eq!(m.firmware.as_utf8_or_hex(), "esp-miner v2.9");
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Frames as SRI's `codec_sv2` seals and opens them, both ways, from empty to several chunks:
+    /// ours is the same wire.
+    #[tokio::test]
+    async fn frames_cross_to_and_from_sris_codec() {
+        use codec_sv2::{Decrypted, Handshake, NoiseDecoder, NoiseEncoder};
+        let key = AuthorityKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
+        let pool = tokio::spawn(accept(br, bw, responder, Duration::from_secs(5), 1 << 20));
+        // SRI's side: codec_sv2's handshake, encoder and decoder over the raw pipe.
+        let (first, sent) = Handshake::initiator(Initiator::from_raw_k(*key.public()).unwrap()).step_0().unwrap();
+        aw.write_all(first.payload()).await.unwrap();
+        let mut second = [0u8; INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE];
+        ar.read_exact(&mut second).await.unwrap();
+        let (mut enc, mut dec) = sent.step_2(second).unwrap().split();
+        let (mut pr, mut pw) = pool.await.unwrap().unwrap();
+        let (mut encoder, mut decoder) = (NoiseEncoder::new(), NoiseDecoder::new());
+        let sizes = [0usize, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17];
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+            // SRI seals, we open.
+            let mut bytes = vec![0x00, 0x80, 0x1b];
+            bytes.extend_from_slice(&(n as u32).to_le_bytes()[..3]);
+            bytes.extend_from_slice(&payload);
+            let frame = framing_sv2::framing::SerializedFrame::from_bytes(bytes).unwrap();
+            let sealed = encoder.encode_transport(frame, &mut enc).unwrap();
+            aw.write_all(sealed.as_ref()).await.unwrap();
+            let f = pr.next_frame().await.unwrap();
+            assert_eq!(
+                (f.header.ext_type(), f.header.msg_type(), &f.payload[..]),
+                (0x8000, 0x1b, &payload[..]),
+                "{n} bytes"
+            );
+            // We seal, SRI opens.
+            pw.push_raw(0x8000, 0x1c, &payload).unwrap();
+            pw.flush().await.unwrap();
+            let mut state = dec;
+            let got = loop {
+                let mut piece = vec![0u8; decoder.writable_len()];
+                ar.read_exact(&mut piece).await.unwrap();
+                decoder.writable().copy_from_slice(&piece);
+                match decoder.next_transport_frame(state).unwrap() {
+                    Decrypted::Frame(mut f, s) => {
+                        state = s;
+                        break (f.header().ext_type(), f.header().msg_type(), f.payload().to_vec());
+                    }
+                    Decrypted::Incomplete(_, s) => state = s,
+                }
+            };
+            dec = state;
+            assert_eq!(got, (0x8000, 0x1c, payload), "{n} bytes");
         }
     }
 

@@ -4,6 +4,23 @@
 use super::*;
 
 impl Sv2Session {
+    /// A frame read: SubmitShares.Extended, the share path, decoded by hand (`sv2::hot`); any
+    /// other message (or a submit SRI's parser must judge) through `on_frame`.
+    pub(super) fn handle<W: AsyncWrite + Unpin>(
+        &mut self,
+        frame: Frame<'_>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
+        if self.setup {
+            if let Some(m) = hot::submit_extended(frame.header.ext_type(), frame.msg_type(), frame.payload) {
+                let d = Decoded { extranonce2: m.extranonce, ntime: m.ntime, nonce: m.nonce, version: m.version };
+                self.on_submit(m.channel_id, m.sequence_number, m.job_id, d, wr);
+                return self.check_ban();
+            }
+        }
+        self.on_frame(frame, wr)
+    }
+
     pub(super) fn on_submit<W: AsyncWrite + Unpin>(
         &mut self,
         channel_id: u32,
@@ -68,9 +85,9 @@ impl Sv2Session {
             Err(r) => {
                 // Earlier accepted shares are answered first.
                 for ok in self.acks.drain(..) {
-                    let _ = push(wr, AnyMessage::Mining(Mining::SubmitSharesSuccess(ok)));
+                    let _ = hot::push_success(wr, &ok);
                 }
-                let _ = push(wr, submit_error(channel_id, seq, jobs::reject_code(&r)));
+                let _ = hot::push_error(wr, channel_id, seq, jobs::reject_code(&r));
                 Some(r.reason())
             }
         };
@@ -114,17 +131,9 @@ impl Sv2Session {
         code: &'static str,
     ) {
         self.push_acks(wr);
-        let _ = push(wr, submit_error(channel_id, seq, code));
+        let _ = hot::push_error(wr, channel_id, seq, code);
     }
 }
 
 /// A standard channel's extranonce2.
 static ZERO_EN2: [u8; MAX_NONCE2_LEN] = [0; MAX_NONCE2_LEN];
-
-fn submit_error(channel_id: u32, seq: u32, code: &'static str) -> AnyMessage<'static> {
-    AnyMessage::Mining(Mining::SubmitSharesError(SubmitSharesError {
-        channel_id,
-        sequence_number: seq,
-        error_code: Str0255::new(code.as_bytes()).expect("short code"),
-    }))
-}

@@ -103,7 +103,7 @@ async fn an_idle_sessions_future_stays_small() {
     let p1 = size_of_val(&rd);
     let p2 = size_of_val(&wr);
     let p3 = size_of::<tokio::time::Sleep>();
-    let p4 = size_of_val(&rd.read_frame());
+    let p4 = size_of_val(&rd.next_frame());
     let p5 = size_of_val(&wr.flush());
     let p6 = size_of_val(&s.write_reading(&mut rd, &mut wr));
     let p7 = size_of_val(&s.outbox.send_blocks(&ctx));
@@ -116,7 +116,7 @@ async fn an_idle_sessions_future_stays_small() {
         ("FrameReader", p1),
         ("FrameWriter", p2),
         ("Sleep", p3),
-        ("read_frame", p4),
+        ("next_frame", p4),
         ("flush", p5),
         ("write_reading", p6),
         ("send_blocks", p7),

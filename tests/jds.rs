@@ -18,12 +18,13 @@ use std::time::Duration;
 use binary_sv2::{Seq0255, B0255, B064K, U256};
 use bitcoin::consensus::encode::{deserialize, serialize};
 use bitcoin::hashes::Hash;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
 use ckpool::sv2::client::{self, Event, Sv2Client, REQUIRES_VERSION_ROLLING};
 use ckpool::sv2::jd_client::{Declaration, JdClient, JdEvent, DECLARE_TX_DATA};
 use ckpool::sv2::keys;
 use ckpool::work::merkle;
 use common::core_node::{regtest_key, spend, CoreNode, Utxo};
+use common::declare::{coinbase, cut};
 use common::Pool;
 use mining_sv2::SetCustomMiningJob;
 use parsers_sv2::{AnyMessage, Mining};
@@ -83,40 +84,6 @@ async fn next_block(node: &CoreNode) -> Next {
         curtime: t["curtime"].as_u64().unwrap() as u32,
         value: t["coinbasevalue"].as_u64().unwrap(),
     }
-}
-
-/// A declared coinbase: height, a tag, the extranonce push and `en` zero bytes; witness
-/// reserved value; `outputs` then the witness commitment of `wtxids`.
-fn coinbase(height: u32, en: usize, mut outputs: Vec<TxOut>, wtxids: &[[u8; 32]]) -> Transaction {
-    let mut script = bitcoin::script::Builder::new().push_int(height as i64).into_script().into_bytes();
-    script.extend_from_slice(&[7, b'j', b'd', b'-', b't', b'e', b's', b't']);
-    script.push(en as u8);
-    script.resize(script.len() + en, 0);
-    let mut leaves = vec![[0u8; 32]];
-    leaves.extend_from_slice(wtxids);
-    let root = merkle::root(&leaves);
-    let commitment = merkle::sha256d(&[&root[..], &[0u8; 32][..]].concat());
-    let mut cscript = vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
-    cscript.extend_from_slice(&commitment);
-    outputs.push(TxOut { value: Amount::ZERO, script_pubkey: ScriptBuf::from_bytes(cscript) });
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::null(),
-            script_sig: ScriptBuf::from_bytes(script),
-            sequence: Sequence::MAX,
-            witness: Witness::from_slice(&[vec![0u8; 32]]),
-        }],
-        output: outputs,
-    }
-}
-
-/// The declared prefix and suffix: the witness serialization cut around the extranonce.
-fn cut(tx: &Transaction, en: usize) -> (Vec<u8>, Vec<u8>) {
-    let b = serialize(tx);
-    let end = 6 + 1 + 36 + 1 + tx.input[0].script_sig.len();
-    (b[..end - en].to_vec(), b[end..].to_vec())
 }
 
 fn pays(script: &ScriptBuf, sat: u64) -> Vec<TxOut> {

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod core_node;
+pub mod declare;
 pub mod node;
 pub mod package;
 pub mod pool;

@@ -5,6 +5,9 @@
 #   bash contrib/bench.sh                    the whole set (a)-(c) of docs/performance.md
 #   bash contrib/bench.sh -- BENCH ARGS...   one bench run with your own arguments
 #                                            (--url and --server-pid are filled in)
+#   bash contrib/bench.sh --sv2-set          SV1 beside SV2: CPU per share (window and equal
+#                                            rate), memory per connection, new block -> last
+#                                            of 1,000 (RUNS=2, RATE=40000)
 #   bash contrib/bench.sh --run CMD...       CMD with POOL_PID, POOL_URL, TRIGGER and ZMQ_URL set (profiling)
 # In bench arguments, the word TRIGGER stands for the node's `generate 1` command.
 #   MEMPOOL=3000 bash contrib/bench.sh     full templates: node a's mempool holds 3,000 transactions
@@ -196,6 +199,19 @@ fi
 if [ "${1:-}" = "--" ]; then
   shift
   bench "$@"
+  exit
+fi
+if [ "${1:-}" = "--sv2-set" ]; then
+  # Issue 31's figures in one run, SV1 and SV2 (extended channels) alternated, RUNS times
+  # (default 2): CPU per share and shares/s with a window of 16 and at one share rate for both
+  # (RATE shares/s, default 40000, below what the SV2 bench client can send), memory per idle
+  # connection with 1,000 up, and new block -> last of 1,000.
+  for _ in $(seq 1 "${RUNS:-2}"); do
+    for v in "" SV2; do bench --connections 20 --window 16 --duration 10 -q $v; done
+    for v in "" SV2; do bench --connections 20 --rate "${RATE:-40000}" --duration 10 -q $v; done
+    for v in "" SV2; do bench --connections 0 --idle 1000 --duration 2 -q $v; done
+    for v in "" SV2; do bench --connections 0 --idle 1000 --duration 2 -q --trigger TRIGGER --blocks 10 $v; done
+  done
   exit
 fi
 # (a) server CPU per share and shares/s

@@ -94,7 +94,10 @@ async fn bench_loads_the_pool_with_unsolved_shares() {
     let server = line_with(&stdout, "us/share");
     // The pool hashed and logged every answered share: it spent CPU on them.
     assert!(number_after(server, "cpu") > 0.0, "{server}");
-    assert!(line_with(&stdout, "bytes/connection").contains("with 25 connections up"), "{stdout}");
+    let memory = line_with(&stdout, "bytes/connection");
+    assert!(memory.contains("with 25 connections up"), "{stdout}");
+    // Both all resident memory and its anonymous part (heap and stacks) are given per connection.
+    assert!(memory.contains("(anon "), "{memory}");
 
     // The server's own record: every share hashed and logged as "Above target", none accepted.
     let all_logged = || Some(pool.share_lines()).filter(|s| s.len() as f64 >= answers);

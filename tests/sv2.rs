@@ -473,3 +473,41 @@ async fn a_block_from_an_sv2_client_that_stopped_reading_is_accepted() {
     pool.wait_blocks_log("\"workername\":\"slow.reader\"");
     drop(c);
 }
+
+/// `ckpool bench --sv2 KEY --rate R`: the load generator's SV2 side paces its shares (what
+/// docs/performance.md compares SV1 and SV2 at), every one answered by the pool, and the
+/// server's CPU and memory lines are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_paces_sv2_shares_at_a_rate() {
+    let node = CoreNode::start(&[]).await;
+    let addr = node.derive_address(&format!("wpkh({})", regtest_key(24).to_wif())).await;
+    node.generate_to(1, &addr).await;
+    let (pool, sv2_addr, key) = pool_with_sv2(&node, &addr, &[("ban_check_shares", json!(1_000_000_000))]);
+    let url = keys::url(&sv2_addr, &key);
+    let key_text = url.rsplit('/').next().unwrap().to_string();
+    let pid = pool.pid().to_string();
+    let (rate, connections, duration) = (200.0, 4.0, 2.0);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_ckpool"))
+            .args(["bench", "--url", &sv2_addr, "--sv2", &key_text, "--connections", "4", "--idle", "2"])
+            .args(["--rate", "200", "--duration", "2", "--server-pid", &pid])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("200 shares/s total"), "{stdout}");
+    assert!(stdout.contains("6/6 connections working"), "{stdout}");
+    let result = stdout.lines().find(|l| l.contains("RESULT")).expect("RESULT line");
+    let answers: f64 = result.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let secs: f64 = result.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!(secs >= duration, "{result}");
+    // Paced: at most the rate over the window plus what each connection may catch up on (64).
+    assert!(answers > 0.0 && answers <= rate * secs + 64.0 * connections, "{result}");
+    assert!(result.contains("accepted 0"), "{result}");
+    assert!(stdout.contains("us/share"), "{stdout}");
+    let memory = stdout.lines().find(|l| l.contains("connections up")).expect("memory line");
+    assert!(memory.contains("(anon "), "{memory}");
+}

@@ -374,9 +374,35 @@ fn hex_word(v: u32, out: &mut [u8; 8]) {
 }
 
 /// Submit pacing for `--rate`: one share every `every`, per connection.
-struct Pace {
-    every: Duration,
-    next: Instant,
+/// `--rate`: when a connection's next share is due (the rate spread evenly over the
+/// submitting connections).
+pub(crate) struct Pace {
+    pub every: Duration,
+    pub next: Instant,
+}
+
+impl Pace {
+    /// The pace of one of `args.connections` submitting connections, if `--rate` is given.
+    pub(crate) fn for_connection(args: &BenchArgs) -> Option<Pace> {
+        (args.rate > 0).then(|| {
+            let per_conn = (args.rate as f64 / args.connections.max(1) as f64).max(0.001);
+            Pace { every: Duration::from_secs_f64(1.0 / per_conn), next: Instant::now() }
+        })
+    }
+
+    /// Shares due now, at most `room` (missed ticks are caught up on, never more than `room`
+    /// at once); the next tick is moved past now when the room ran out.
+    pub(crate) fn due(&mut self, now: Instant, room: usize) -> usize {
+        let mut n = 0;
+        while self.next <= now && n < room {
+            self.next += self.every;
+            n += 1;
+        }
+        if self.next <= now {
+            self.next = now + self.every;
+        }
+        n
+    }
 }
 
 /// Phases the connections follow: load, stop submitting (finish what is outstanding), close.
@@ -408,10 +434,7 @@ async fn connection(
     let mut c = Conn::new(idx, idle, &args);
     client.send_subscribe(concat!("ckpool-bench/", env!("CARGO_PKG_VERSION")), None);
     client.send_authorize(&c.user, "x");
-    let mut pace = (args.rate > 0 && !idle).then(|| {
-        let per_conn = (args.rate as f64 / args.connections.max(1) as f64).max(0.001);
-        Pace { every: Duration::from_secs_f64(1.0 / per_conn), next: Instant::now() }
-    });
+    let mut pace = if idle { None } else { Pace::for_connection(&args) };
     loop {
         let now_phase = *phase.borrow_and_update();
         if now_phase == CLOSE || (now_phase == STOP && c.pending.is_empty()) {
@@ -541,8 +564,31 @@ impl Stats {
     }
 }
 
-/// CPU time (µs, utime + stime) and resident memory (bytes) of a process.
-pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
+/// A process's CPU time and memory, from /proc.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Usage {
+    /// utime + stime, µs.
+    pub cpu_us: u64,
+    /// Resident memory, bytes (`VmRSS`): includes the pages of the binary's own code and of the
+    /// libraries it has run so far, which grow as code runs for the first time.
+    pub rss: u64,
+    /// Resident anonymous memory, bytes (`RssAnon`): the heap, stacks and other private memory,
+    /// without file-backed pages. What a connection costs shows here.
+    pub anon: u64,
+}
+
+/// A `kB` field of /proc/PID/status, in bytes (0 when missing).
+fn status_bytes(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// CPU time and resident memory of a process.
+pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("no process {pid}"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')').context("odd /proc stat")? + 2..];
@@ -550,12 +596,11 @@ pub(crate) fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64)> {
     let ticks: u64 = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    Ok((ticks * 1_000_000 / clock_ticks(), rss_kb * 1024))
+    Ok(Usage {
+        cpu_us: ticks * 1_000_000 / clock_ticks(),
+        rss: status_bytes(&status, "VmRSS:"),
+        anon: status_bytes(&status, "RssAnon:"),
+    })
 }
 
 fn clock_ticks() -> u64 {
@@ -595,26 +640,31 @@ pub(crate) fn report_triggers(cmd: &str, trigger_ats: &[Instant], arrivals: &[&[
     summarize("TRIGGERS", "after the command's start, last connection", &mut lasts);
 }
 
-/// The SERVER lines from the pool's (cpu µs, rss bytes) before the ramp, after it, and at the
-/// start and end of the load.
-pub(crate) fn report_server(pid: u32, [b, r, c0, c1]: [(u64, u64); 4], answered: u64, secs: f64, up: usize) {
-    let cpu_us = c1.0.saturating_sub(c0.0);
+/// The SERVER lines from the pool's usage before the ramp, after it, and at the start and end
+/// of the load. Memory per connection is given twice: all resident memory (`rss`), and the
+/// anonymous part (`anon`: heap and stacks), which leaves out the binary's code pages that
+/// grow as code runs for the first time (about 1–2 MB whatever the number of connections).
+pub(crate) fn report_server(pid: u32, [b, r, c0, c1]: [Usage; 4], answered: u64, secs: f64, up: usize) {
+    let cpu_us = c1.cpu_us.saturating_sub(c0.cpu_us);
     let per_share = if answered > 0 { format!("{:.2}", cpu_us as f64 / answered as f64) } else { "-".into() };
     println!(
         "bench: SERVER pid {pid}: cpu {per_share} us/share ({:.1} ms cpu over {answered} shares in {secs:.2} s = {:.0}% of a core)",
         cpu_us as f64 / 1000.0,
         cpu_us as f64 / 1e4 / secs
     );
+    let per = |now: u64, then: u64| (now as i64 - then as i64) / up.max(1) as i64;
     println!(
-        "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection",
-        b.1 / 1024,
-        r.1 / 1024,
-        (r.1 as i64 - b.1 as i64) / up.max(1) as i64
+        "bench: SERVER pid {pid}: rss {} KiB before, {} KiB with {up} connections up: {} bytes/connection (anon {} bytes/connection)",
+        b.rss / 1024,
+        r.rss / 1024,
+        per(r.rss, b.rss),
+        per(r.anon, b.anon)
     );
     println!(
-        "bench: SERVER pid {pid}: rss {} KiB at the end of the load: {} bytes/connection",
-        c1.1 / 1024,
-        (c1.1 as i64 - b.1 as i64) / up.max(1) as i64
+        "bench: SERVER pid {pid}: rss {} KiB at the end of the load: {} bytes/connection (anon {} bytes/connection)",
+        c1.rss / 1024,
+        per(c1.rss, b.rss),
+        per(c1.anon, b.anon)
     );
 }
 
@@ -1003,8 +1053,25 @@ mod tests {
     }
 
     #[test]
+    fn pace_catches_up_within_its_room_and_moves_past_now() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = Pace { every: ms(10), next: t };
+        // Ticks at 0, 10, 20 and 30 ms are due at 35 ms.
+        assert_eq!(p.due(t + ms(35), 64), 4);
+        assert_eq!(p.next, t + ms(40));
+        assert_eq!(p.due(t + ms(35), 64), 0);
+        // Only three fit: the rest are skipped, the next tick is one period after now.
+        assert_eq!(p.due(t + ms(200), 3), 3);
+        assert_eq!(p.next, t + ms(210));
+        assert_eq!(p.due(t + ms(300), 0), 0);
+        assert_eq!(p.next, t + ms(310));
+    }
+
+    #[test]
     fn proc_usage_reads_own_process() {
-        let (_cpu, rss) = proc_usage(std::process::id()).unwrap();
-        assert!(rss > 0, "VmRSS of a running process is positive");
+        let u = proc_usage(std::process::id()).unwrap();
+        assert!(u.rss > 0, "VmRSS of a running process is positive");
+        assert!(u.anon > 0 && u.anon <= u.rss, "RssAnon is part of VmRSS: {u:?}");
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::time::Instant;
 
-use super::bench::{ms, proc_usage, report_server, report_triggers, BenchArgs};
+use super::bench::{ms, proc_usage, report_server, report_triggers, BenchArgs, Pace};
 use crate::difficulty::Target;
 use crate::sv2::client::{self, Event, ExtendedJob, Sv2Client, REQUIRES_VERSION_ROLLING};
 use crate::sv2::jobs::target_from_le;
@@ -67,6 +67,20 @@ impl Conn {
         j.merkle_root(&self.extranonce)
     }
 
+    /// Queues one unsolved share on the live job (sent by the next flush).
+    fn push(&mut self, c: &mut Sv2Client, l: &Live) -> anyhow::Result<()> {
+        let nonce = self.unsolved(l);
+        self.seq = self.seq.wrapping_add(1);
+        if self.extended {
+            let en2 = &self.extranonce[self.extranonce.len() - self.rolled..];
+            c.push_extended(self.channel, self.seq, l.job_id, nonce, l.ntime, l.version, en2)?;
+        } else {
+            c.push_standard(self.channel, self.seq, l.job_id, nonce, l.ntime, l.version)?;
+        }
+        self.outstanding += 1;
+        Ok(())
+    }
+
     /// The next nonce whose header meets neither the channel's target nor the network's.
     fn unsolved(&mut self, l: &Live) -> u32 {
         let net = Target::from_compact(l.nbits).unwrap_or(Target::MAX);
@@ -86,11 +100,11 @@ pub async fn bench_sv2(args: BenchArgs, addr: SocketAddr, key: [u8; 32], extende
     let total = args.connections + args.idle;
     let start = Instant::now();
     println!(
-        "bench: {} submitting + {} idle Stratum V2 {} channel connection(s) to {addr}, window {}, {} s",
+        "bench: {} submitting + {} idle Stratum V2 {} channel connection(s) to {addr}, {}, {} s",
         args.connections,
         args.idle,
         if extended { "extended" } else { "standard" },
-        args.window,
+        if args.rate > 0 { format!("{} shares/s total", args.rate) } else { format!("window {}", args.window) },
         args.duration
     );
     let before = args.server_pid.map(proc_usage).transpose()?;
@@ -210,34 +224,36 @@ async fn run_connection(
     let mut counted = false;
     // Idle connections (the first --idle) open a channel and only listen.
     let window = if i < args.idle { 0 } else { args.window.max(1) };
+    // --rate: shares when due (at most 64 outstanding) instead of keeping the window full.
+    let mut pace = if window > 0 { Pace::for_connection(args) } else { None };
     loop {
         if stats.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // Keep the window full.
+        let mut wait = Duration::from_secs(1);
         if let Some(cn) = conn.as_mut() {
             if let Some(l) = cn.live.clone() {
                 if !counted {
                     counted = true;
                     stats.working.fetch_add(1, Ordering::Relaxed);
                 }
-                while cn.outstanding < window {
-                    let nonce = cn.unsolved(&l);
-                    cn.seq = cn.seq.wrapping_add(1);
-                    if cn.extended {
-                        let en2 = cn.extranonce[cn.extranonce.len() - cn.rolled..].to_vec();
-                        c.push_extended(cn.channel, cn.seq, l.job_id, nonce, l.ntime, l.version, &en2)?;
-                    } else {
-                        c.push_standard(cn.channel, cn.seq, l.job_id, nonce, l.ntime, l.version)?;
-                    }
-                    cn.outstanding += 1;
+                let now = Instant::now();
+                let due = match pace.as_mut() {
+                    Some(p) => p.due(now, 64usize.saturating_sub(cn.outstanding)),
+                    None => window.saturating_sub(cn.outstanding),
+                };
+                for _ in 0..due {
+                    cn.push(&mut c, &l)?;
                 }
-                if window > 0 {
+                if due > 0 {
                     c.flush().await?;
+                }
+                if let Some(p) = &pace {
+                    wait = wait.min(p.next.saturating_duration_since(now));
                 }
             }
         }
-        let ev = tokio::time::timeout(Duration::from_secs(1), c.next_event()).await;
+        let ev = tokio::time::timeout(wait, c.next_event()).await;
         let ev = match ev {
             Err(_) => continue,
             Ok(r) => r?,

@@ -247,7 +247,7 @@ fn our_initiator_refuses_a_pool_certified_by_another_key() {
     let key = AuthorityKey::generate().unwrap();
     let other = AuthorityKey::generate().unwrap();
     let (ours, _) = ours_with_sri_responder(&key, other.public(), NOW, NOW);
-    let e = ours.err().expect("another authority key must be refused");
+    let e = ours.expect_err("another authority key must be refused");
     assert_eq!(e, NoiseError::CertificateSignature);
     assert!(e.to_string().contains("not signed by the expected authority key"), "{e}");
     // Ours on both sides too.

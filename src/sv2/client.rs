@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 
+use super::noise::Initiator;
 use binary_sv2::{Str0255, B032, U256};
 use common_messages_sv2::{Protocol, SetupConnection};
 use mining_sv2::{
     OpenExtendedMiningChannel, OpenStandardMiningChannel, SubmitSharesExtended, SubmitSharesStandard, UpdateChannel,
 };
-use noise_sv2::Initiator;
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -284,7 +284,7 @@ impl Sv2Client {
     /// buffer, for a client slow to read).
     pub async fn handshake_on(stream: TcpStream, authority: &[u8; 32]) -> anyhow::Result<Sv2Client> {
         let _ = stream.set_nodelay(true);
-        let initiator = Initiator::from_raw_k(*authority).map_err(|e| anyhow::anyhow!("authority key: {e:?}"))?;
+        let initiator = Initiator::from_raw_k(*authority).map_err(|e| anyhow::anyhow!("authority key: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (rd, wr) = transport::connect(rd, wr, initiator, HANDSHAKE_TIMEOUT, POOL_FRAME_LIMIT).await?;
         Ok(Sv2Client { rd, wr, next_request: 1 })

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 
+use super::noise::Initiator;
 use binary_sv2::{Seq064K, Str0255, B016M, B0255, B064K, U256};
 use common_messages_sv2::Protocol;
 use job_declaration_sv2::{AllocateMiningJobToken, DeclareMiningJob, ProvideMissingTransactionsSuccess};
-use noise_sv2::Initiator;
 use parsers_sv2::{AnyMessage, CommonMessages, JobDeclaration};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -52,7 +52,7 @@ impl JdClient {
     pub async fn connect(addr: SocketAddr, authority: &[u8; 32], flags: u32) -> anyhow::Result<JdClient> {
         let stream = TcpStream::connect(addr).await.map_err(|e| anyhow::anyhow!("connect {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let initiator = Initiator::from_raw_k(*authority).map_err(|e| anyhow::anyhow!("authority key: {e:?}"))?;
+        let initiator = Initiator::from_raw_k(*authority).map_err(|e| anyhow::anyhow!("authority key: {e}"))?;
         let (rd, wr) = stream.into_split();
         let (rd, wr) = transport::connect(rd, wr, initiator, HANDSHAKE_TIMEOUT, 1 << 20).await?;
         let mut c = JdClient { rd, wr };

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  keys.rs       the authority key (file, 0600), its public form and the stratum2+tcp:// URL
-//!  transport.rs  Noise NX handshake (SRI's noise_sv2) and bounded frames sealed and opened in place
+//!  noise.rs      the Noise NX handshake (both roles, the authority's certificate) and its cipher (ring)
+//!  transport.rs  the handshake over a socket, then bounded frames sealed and opened in place
 //!  hot.rs        the share path's messages by hand: SubmitShares.Extended in, .Success/.Error out
 //!  server.rs     listeners: accept, handshake under a deadline, one task per connection
 //!  session.rs    one connection: SetupConnection, channels, jobs, targets, shares
@@ -15,8 +16,9 @@
 //!  jd_client.rs  a Job Declaration client: the tests, a declaring proxy
 //! ```
 //!
-//! The wire is SRI's (`noise_sv2`, `framing_sv2`, `parsers_sv2`, `mining_sv2`, ...); the mining
-//! logic is ours (`crate::mining`). SRI's `channels_sv2` server channels are not used: they would
+//! The wire is SRI's (`framing_sv2`, `parsers_sv2`, `mining_sv2`, ...) but for the Noise layer,
+//! ours and wire-compatible with SRI's `noise_sv2` (tested against it) for `ring`'s faster cipher;
+//! the mining logic is ours (`crate::mining`). SRI's `channels_sv2` server channels are not used: they would
 //! judge shares a second way beside the core's.
 
 pub mod client;
@@ -25,6 +27,7 @@ pub mod jd_client;
 pub mod jds;
 pub mod jobs;
 pub mod keys;
+pub mod noise;
 pub mod server;
 pub mod session;
 pub mod transport;

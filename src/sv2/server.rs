@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use noise_sv2::Responder;
+use super::noise::Responder;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -100,7 +100,7 @@ async fn accept_loop<F, Fut>(
             let key = &listen.key;
             let responder = match Responder::from_authority_kp(key.public(), key.secret(), listen.cert_validity) {
                 Ok(r) => r,
-                Err(e) => return tracing::error!("{label}: cannot make a Noise responder from the authority key: {e:?}"),
+                Err(e) => return tracing::error!("{label}: cannot make a Noise responder from the authority key: {e}"),
             };
             let (rd, wr) = stream.into_split();
             // Boxed: the handshake's state is freed once done instead of sizing this task's

@@ -1,6 +1,6 @@
 //! Stratum V2's encrypted transport over TCP: the Noise NX handshake (as responder for the pool,
-//! as initiator for our client and load tool) through SRI's `noise_sv2`, and framed, encrypted
-//! messages after it, sealed and opened in place with the cipher halves `noise_sv2` hands out.
+//! as initiator for our client and load tool, [`super::noise`]), and framed, encrypted messages
+//! after it, sealed and opened in place with the cipher halves the handshake hands out.
 //!
 //! A frame on the wire is its 6-byte header sealed as one AEAD message (22 bytes), then its
 //! payload sealed in chunks of at most 65,519 bytes (each followed by its 16-byte tag), as SRI's
@@ -15,12 +15,9 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::noise::{Decryptor, Encryptor, Initiator, Responder, ACT_1_LEN, ACT_2_LEN, MAC_LEN};
 use framing_sv2::framing::{EncodableFrame, MessageFrame};
 use framing_sv2::header::Header;
-use noise_sv2::{
-    Initiator, NoiseDecryptor, NoiseEncryptor, Responder, AEAD_MAC_LEN, ELLSWIFT_ENCODING_SIZE,
-    INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE,
-};
 use parsers_sv2::AnyMessage;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -30,9 +27,9 @@ const FIRST_READ: usize = 4 * 1024;
 /// Bytes read at once when more than the first read's room is wanted (a long frame, a burst).
 const READ_BUF: usize = 8 * 1024;
 /// A frame's header, sealed.
-const SEALED_HEADER: usize = Header::SIZE + AEAD_MAC_LEN;
+const SEALED_HEADER: usize = Header::SIZE + MAC_LEN;
 /// Plaintext bytes one sealed chunk of a payload carries.
-const CHUNK: usize = framing_sv2::SV2_FRAME_CHUNK_SIZE - AEAD_MAC_LEN;
+const CHUNK: usize = framing_sv2::SV2_FRAME_CHUNK_SIZE - MAC_LEN;
 
 /// Why a connection's transport failed; the text is for the operator's log line.
 #[derive(Debug, thiserror::Error)]
@@ -97,47 +94,15 @@ impl<P: AsMut<[u8]>> Frame<P> {
     }
 }
 
-/// `len` bytes of `buf` being sealed or opened in place: the AEAD's buffer, bounded by the
-/// slice (a tag is written into the room after the plaintext, not appended to a `Vec`).
-struct InPlace<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl AsRef<[u8]> for InPlace<'_> {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-impl AsMut<[u8]> for InPlace<'_> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
-    }
-}
-
-impl aead::Buffer for InPlace<'_> {
-    fn extend_from_slice(&mut self, other: &[u8]) -> aead::Result<()> {
-        let end = self.len + other.len();
-        self.buf.get_mut(self.len..end).ok_or(aead::Error)?.copy_from_slice(other);
-        self.len = end;
-        Ok(())
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-}
-
 /// Bytes a payload of `len` takes sealed: the payload plus one tag per chunk.
 fn sealed_len(len: usize) -> usize {
-    len + len.div_ceil(CHUNK) * AEAD_MAC_LEN
+    len + len.div_ceil(CHUNK) * MAC_LEN
 }
 
 /// The reading half after the handshake.
 pub struct FrameReader<R> {
     rd: R,
-    dec: NoiseDecryptor,
+    dec: Decryptor,
     /// Bytes read from the socket and not yet opened (`start..`): one read takes every frame
     /// that has arrived. A frame handed out by reference lives in `..start` until the next
     /// call, which gives the buffer back once all of it is taken (an idle connection holds no
@@ -152,7 +117,7 @@ pub struct FrameReader<R> {
 /// The writing half: frames are sealed into `out` and written together by [`FrameWriter::flush`].
 pub struct FrameWriter<W> {
     wr: W,
-    enc: NoiseEncryptor,
+    enc: Encryptor,
     /// Given back once written, so an idle connection holds no write buffer.
     out: Vec<u8>,
     /// Bytes of `out` already written (a flush cancelled midway goes on from here).
@@ -178,17 +143,15 @@ async fn read_handshake<R: AsyncRead + Unpin, const N: usize>(
 pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     mut wr: W,
-    mut responder: Box<Responder>,
+    responder: Responder,
     timeout: Duration,
     limit: usize,
 ) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
-    let first = read_handshake::<R, ELLSWIFT_ENCODING_SIZE>(&mut rd, timeout).await?;
-    let (second, engine) = responder.step_1(first).map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
-    drop(responder);
+    let first = read_handshake::<R, ACT_1_LEN>(&mut rd, timeout).await?;
+    let (second, enc, dec) = responder.step_1(&first).map_err(|e| TransportError::Handshake(e.to_string()))?;
     tokio::time::timeout(timeout, wr.write_all(&second))
         .await
         .map_err(|_| TransportError::HandshakeTimeout(timeout))??;
-    let (enc, dec) = engine.into_split();
     Ok(halves(rd, wr, enc, dec, limit))
 }
 
@@ -197,27 +160,18 @@ pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 pub async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut rd: R,
     mut wr: W,
-    mut initiator: Box<Initiator>,
+    initiator: Initiator,
     timeout: Duration,
     limit: usize,
 ) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
-    let first = initiator.step_0().map_err(|e| TransportError::Handshake(format!("{e:?}")))?;
+    let (first, sent) = initiator.step_0();
     wr.write_all(&first).await?;
-    let second = read_handshake::<R, INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE>(&mut rd, timeout).await?;
-    let engine = initiator.step_2(second).map_err(|e| {
-        TransportError::Handshake(format!("the pool's certificate is not signed by the expected authority key ({e:?})"))
-    })?;
-    let (enc, dec) = engine.into_split();
+    let second = read_handshake::<R, ACT_2_LEN>(&mut rd, timeout).await?;
+    let (enc, dec) = sent.step_2(&second).map_err(|e| TransportError::Handshake(e.to_string()))?;
     Ok(halves(rd, wr, enc, dec, limit))
 }
 
-fn halves<R, W>(
-    rd: R,
-    wr: W,
-    enc: NoiseEncryptor,
-    dec: NoiseDecryptor,
-    limit: usize,
-) -> (FrameReader<R>, FrameWriter<W>) {
+fn halves<R, W>(rd: R, wr: W, enc: Encryptor, dec: Decryptor, limit: usize) -> (FrameReader<R>, FrameWriter<W>) {
     (
         FrameReader { rd, dec, inbuf: Vec::new(), start: 0, header: None, limit },
         FrameWriter { wr, enc, out: Vec::new(), sent: 0 },
@@ -250,9 +204,7 @@ impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
             match self.header.take() {
                 None => {
                     let sealed = &mut self.inbuf[at..at + SEALED_HEADER];
-                    self.dec
-                        .decrypt(&mut InPlace { buf: sealed, len: SEALED_HEADER })
-                        .map_err(|e| TransportError::Codec(format!("frame header: {e:?}")))?;
+                    self.dec.open_in_place(sealed).map_err(|e| TransportError::Codec(format!("frame header: {e}")))?;
                     let h = Header::from_bytes(&sealed[..Header::SIZE])
                         .map_err(|e| TransportError::Codec(format!("frame header: {e:?}")))?;
                     let whole = SEALED_HEADER + sealed_len(h.payload_length());
@@ -277,11 +229,9 @@ impl<R: AsyncRead + ReadReady + Unpin> FrameReader<R> {
         let mut done = 0;
         while done < len {
             let n = CHUNK.min(len - done);
-            let src = at + done + (done / CHUNK) * AEAD_MAC_LEN;
-            let sealed = &mut self.inbuf[src..src + n + AEAD_MAC_LEN];
-            self.dec
-                .decrypt(&mut InPlace { buf: sealed, len: n + AEAD_MAC_LEN })
-                .map_err(|e| TransportError::Codec(format!("frame payload: {e:?}")))?;
+            let src = at + done + (done / CHUNK) * MAC_LEN;
+            let sealed = &mut self.inbuf[src..src + n + MAC_LEN];
+            self.dec.open_in_place(sealed).map_err(|e| TransportError::Codec(format!("frame payload: {e}")))?;
             if src != at + done {
                 self.inbuf.copy_within(src..src + n, at + done);
             }
@@ -374,8 +324,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let at = self.out.len();
         self.out.resize(at + SEALED_HEADER + sealed_len(plen), 0);
         // Encoded after the header's tag room: the payload is then where its first chunk goes.
-        let r = encode(&mut self.out[at + AEAD_MAC_LEN..at + AEAD_MAC_LEN + len]).and_then(|()| {
-            self.out.copy_within(at + AEAD_MAC_LEN..at + SEALED_HEADER, at);
+        let r = encode(&mut self.out[at + MAC_LEN..at + MAC_LEN + len]).and_then(|()| {
+            self.out.copy_within(at + MAC_LEN..at + SEALED_HEADER, at);
             self.seal_in_place(at, plen)
         });
         if r.is_err() {
@@ -385,21 +335,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     fn seal_in_place(&mut self, at: usize, plen: usize) -> Result<(), TransportError> {
-        let fail = |e| TransportError::Encode(format!("sealing failed: {e:?}"));
+        let fail = |e| TransportError::Encode(format!("sealing failed: {e}"));
         let body = at + SEALED_HEADER;
         // Chunks past the first move up to make room for the tags before them (last first).
         let chunks = plen.div_ceil(CHUNK);
         for i in (1..chunks).rev() {
             let n = CHUNK.min(plen - i * CHUNK);
-            self.out.copy_within(body + i * CHUNK..body + i * CHUNK + n, body + i * (CHUNK + AEAD_MAC_LEN));
+            self.out.copy_within(body + i * CHUNK..body + i * CHUNK + n, body + i * (CHUNK + MAC_LEN));
         }
-        self.enc.encrypt(&mut InPlace { buf: &mut self.out[at..body], len: Header::SIZE }).map_err(fail)?;
+        self.enc.seal_in_place(&mut self.out[at..body]).map_err(fail)?;
         for i in 0..chunks {
             let n = CHUNK.min(plen - i * CHUNK);
-            let from = body + i * (CHUNK + AEAD_MAC_LEN);
-            self.enc
-                .encrypt(&mut InPlace { buf: &mut self.out[from..from + n + AEAD_MAC_LEN], len: n })
-                .map_err(fail)?;
+            let from = body + i * (CHUNK + MAC_LEN);
+            self.enc.seal_in_place(&mut self.out[from..from + n + MAC_LEN]).map_err(fail)?;
         }
         Ok(())
     }
@@ -516,24 +464,21 @@ mod tests {
         }
     }
 
-    /// Frames as SRI's `codec_sv2` seals and opens them, both ways, from empty to several chunks:
-    /// ours is the same wire.
-    #[tokio::test]
-    async fn frames_cross_to_and_from_sris_codec() {
-        use codec_sv2::{Decrypted, Handshake, NoiseDecoder, NoiseEncoder};
-        let key = AuthorityKey::generate().unwrap();
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let (mut ar, mut aw) = tokio::io::split(a);
-        let (br, bw) = tokio::io::split(b);
-        let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
-        let pool = tokio::spawn(accept(br, bw, responder, Duration::from_secs(5), 1 << 20));
-        // SRI's side: codec_sv2's handshake, encoder and decoder over the raw pipe.
-        let (first, sent) = Handshake::initiator(Initiator::from_raw_k(*key.public()).unwrap()).step_0().unwrap();
-        aw.write_all(first.payload()).await.unwrap();
-        let mut second = [0u8; INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE];
-        ar.read_exact(&mut second).await.unwrap();
-        let (mut enc, mut dec) = sent.step_2(second).unwrap().split();
-        let (mut pr, mut pw) = pool.await.unwrap().unwrap();
+    type Pipe = (tokio::io::ReadHalf<tokio::io::DuplexStream>, tokio::io::WriteHalf<tokio::io::DuplexStream>);
+    type Halves = (
+        FrameReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+        FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+    );
+
+    /// Frames sealed by SRI's `codec_sv2` (over `sri`, with its cipher states) open with ours,
+    /// and ours open with it, both ways, from empty to several chunks.
+    async fn cross_frames_with_codec_sv2(
+        (mut pr, mut pw): Halves,
+        (mut ar, mut aw): Pipe,
+        mut enc: codec_sv2::TransportEncryptState,
+        mut dec: codec_sv2::TransportDecryptState,
+    ) {
+        use codec_sv2::{Decrypted, NoiseDecoder, NoiseEncoder};
         let (mut encoder, mut decoder) = (NoiseEncoder::new(), NoiseDecoder::new());
         let sizes = [0usize, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17];
         for (i, &n) in sizes.iter().enumerate() {
@@ -569,6 +514,65 @@ mod tests {
             };
             dec = state;
             assert_eq!(got, (0x8000, 0x1c, payload), "{n} bytes");
+        }
+    }
+
+    /// SRI's initiator (codec_sv2 over noise_sv2) against our pool side: the handshake completes
+    /// and frames cross both ways: ours is the same wire.
+    #[tokio::test]
+    async fn frames_cross_to_and_from_sris_codec_as_initiator() {
+        use codec_sv2::Handshake;
+        let key = AuthorityKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let responder = Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
+        let pool = tokio::spawn(accept(br, bw, responder, Duration::from_secs(5), 1 << 20));
+        let sri = noise_sv2::Initiator::from_raw_k(*key.public()).unwrap();
+        let (first, sent) = Handshake::initiator(sri).step_0().unwrap();
+        aw.write_all(first.payload()).await.unwrap();
+        let mut second = [0u8; ACT_2_LEN];
+        ar.read_exact(&mut second).await.unwrap();
+        let (enc, dec) = sent.step_2(second).unwrap().split();
+        let pool = pool.await.unwrap().unwrap();
+        cross_frames_with_codec_sv2(pool, (ar, aw), enc, dec).await;
+    }
+
+    /// SRI's responder (codec_sv2 over noise_sv2, as SRI's pool and JDS answer) against our
+    /// client side.
+    #[tokio::test]
+    async fn frames_cross_to_and_from_sris_codec_as_responder() {
+        use codec_sv2::Handshake;
+        let key = AuthorityKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (mut ar, mut aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let initiator = Initiator::from_raw_k(*key.public()).unwrap();
+        let client = tokio::spawn(connect(br, bw, initiator, Duration::from_secs(5), 1 << 20));
+        let sri =
+            noise_sv2::Responder::from_authority_kp(key.public(), key.secret(), Duration::from_secs(3600)).unwrap();
+        let mut first = [0u8; ACT_1_LEN];
+        ar.read_exact(&mut first).await.unwrap();
+        let (second, transport) = Handshake::responder(sri).step_1(first).unwrap();
+        aw.write_all(second.payload()).await.unwrap();
+        let (enc, dec) = transport.split();
+        let client = client.await.unwrap().unwrap();
+        cross_frames_with_codec_sv2(client, (ar, aw), enc, dec).await;
+    }
+
+    /// A frame changed on the way (header or payload) closes with a codec error naming the part.
+    #[tokio::test]
+    async fn a_tampered_frame_is_refused() {
+        let key = AuthorityKey::generate().unwrap();
+        for (at, part) in [(3, "frame header"), (SEALED_HEADER + 10, "frame payload")] {
+            let (client, pool) = pair(&key, key.public()).await;
+            let ((_, mut cw), (mut pr, _)) = (client.unwrap(), pool.unwrap());
+            cw.push_raw(0, 0x1b, &[5u8; 40]).unwrap();
+            cw.out[at] ^= 0x04;
+            cw.flush().await.unwrap();
+            let e = pr.read_frame().await.err().expect("a changed frame must be refused");
+            assert!(matches!(e, TransportError::Codec(_)), "{e}");
+            assert!(e.to_string().contains(part) && e.to_string().contains("failed authentication"), "{e}");
         }
     }
 

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
+use crate::sv2::noise::Responder;
 use binary_sv2::{Seq0255, Str0255, Sv2Option, B032, B064K, U256};
 use common_messages_sv2::SetupConnectionSuccess;
 use mining_sv2::{
     NewExtendedMiningJob, OpenExtendedMiningChannelSuccess, SetNewPrevHash, SubmitSharesError, SubmitSharesSuccess,
 };
-use noise_sv2::Responder;
 use parsers_sv2::{AnyMessage, CommonMessages, Mining};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use noise_sv2::Responder;
+use crate::sv2::noise::Responder;
 use tokio::net::TcpListener;
 
 use super::super::keys::AuthorityKey;

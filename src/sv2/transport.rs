@@ -15,7 +15,7 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::noise::{Decryptor, Encryptor, Initiator, Responder, ACT_1_LEN, ACT_2_LEN, MAC_LEN};
+use super::noise::{Decryptor, Encryptor, Initiator, NoiseError, Responder, ACT_1_LEN, ACT_2_LEN, MAC_LEN};
 use framing_sv2::framing::{EncodableFrame, MessageFrame};
 use framing_sv2::header::Header;
 use parsers_sv2::AnyMessage;
@@ -43,7 +43,7 @@ pub enum TransportError {
     #[error("no complete handshake message within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("handshake failed: {0}")]
-    Handshake(String),
+    Handshake(#[from] NoiseError),
     #[error("frame larger than {limit} bytes ({read} bytes of it read); closing")]
     Oversized { read: usize, limit: usize },
     #[error("frame could not be decrypted or decoded (not a Stratum V2 client, or a corrupted stream): {0}")]
@@ -148,7 +148,7 @@ pub async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     limit: usize,
 ) -> Result<(FrameReader<R>, FrameWriter<W>), TransportError> {
     let first = read_handshake::<R, ACT_1_LEN>(&mut rd, timeout).await?;
-    let (second, enc, dec) = responder.step_1(&first).map_err(|e| TransportError::Handshake(e.to_string()))?;
+    let (second, enc, dec) = responder.step_1(&first)?;
     tokio::time::timeout(timeout, wr.write_all(&second))
         .await
         .map_err(|_| TransportError::HandshakeTimeout(timeout))??;
@@ -167,7 +167,7 @@ pub async fn connect<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let (first, sent) = initiator.step_0();
     wr.write_all(&first).await?;
     let second = read_handshake::<R, ACT_2_LEN>(&mut rd, timeout).await?;
-    let (enc, dec) = sent.step_2(&second).map_err(|e| TransportError::Handshake(e.to_string()))?;
+    let (enc, dec) = sent.step_2(&second)?;
     Ok(halves(rd, wr, enc, dec, limit))
 }
 

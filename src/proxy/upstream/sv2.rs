@@ -26,6 +26,7 @@ use crate::difficulty::{Difficulty, Target};
 use crate::hex;
 use crate::log::escape::Esc;
 use crate::sv2::client::{Event, ExtendedJob, Sv2Client};
+use crate::sv2::noise::NoiseError;
 use crate::sv2::transport::TransportError;
 use crate::sv2::{jobs, keys, MAX_EXTRANONCE};
 use crate::work::job::{NotifyError, UpstreamParts};
@@ -53,13 +54,15 @@ pub(super) async fn handshake(addr: &str, key: &[u8; 32]) -> anyhow::Result<Sv2C
 }
 
 /// The operator's line for a failed handshake: a certificate the key does not vouch for says
-/// which key was expected and what to do.
+/// which key was expected and what to do; any other handshake failure (a certificate out of its
+/// window, a tampered message) says what failed.
 fn handshake_failure(e: &anyhow::Error, key: &[u8; 32], idx: usize) -> String {
     match e.downcast_ref::<TransportError>() {
-        Some(TransportError::Handshake(why)) => format!(
+        Some(TransportError::Handshake(why @ NoiseError::CertificateSignature)) => format!(
             "Noise handshake refused: {why}; proxy[{idx}].url pins authority key {}: another pool, or a new key, at this address; put the key `ckpool sv2-key` prints on the pool (its authority_pubkey) in the url",
             keys::encode_public(key)
         ),
+        Some(TransportError::Handshake(why)) => format!("Noise handshake failed: {why}"),
         Some(TransportError::HandshakeTimeout(t)) => {
             format!("no Noise handshake answer within {t:?} (is this a Stratum V2 port?)")
         }

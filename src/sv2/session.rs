@@ -189,10 +189,10 @@ impl Sv2Session {
                     r = work_rx.changed() => match r {
                         Ok(()) => {
                             let w = work_rx.borrow_and_update().clone();
-                            if let Some(w) = w {
-                                self.on_work(&w, &mut wr);
+                            match w {
+                                Some(w) => self.on_work(&w, &mut wr),
+                                None => Ok(()),
                             }
-                            Ok(())
                         }
                         Err(_) => Err(End::Shutdown),
                     },

@@ -130,3 +130,83 @@ async fn an_idle_sessions_future_stays_small() {
     eprintln!("session future {size} bytes; parts {parts:?}");
     assert!(size <= 2048, "session future {size} bytes; parts {parts:?}");
 }
+
+/// Proxy mode, a failover to an upstream that leaves another extranonce2 size (an SV1 pool's 4
+/// bytes after SRI's 16, say). A standard channel's rollable part is zeros at the end of its
+/// prefix: it gets a prefix of the new length and jobs whose blocks carry the new size. An
+/// extended channel's size was fixed when it opened, so its shares would all be refused: its
+/// connection is closed, and the miner opens the channel again with the new size.
+#[tokio::test]
+async fn a_new_upstream_with_another_extranonce_size() {
+    use crate::mining::{UpstreamJob, Work};
+    use crate::serve::testing::{notify_params, solve};
+    use crate::work::job::Job;
+    use std::sync::Arc;
+
+    let mut rig = rig(4);
+    let (mut standard, _t1) = connect(&rig).await;
+    standard.open_standard("bob.std", 1e12, [0xff; 32]).await.unwrap();
+    let channel = match next(&mut standard).await {
+        Event::StandardOpened { channel, extranonce_prefix, .. } => {
+            assert_eq!(extranonce_prefix.len(), 4 + 4, "extranonce1, then 4 zero bytes");
+            channel
+        }
+        other => panic!("{other:?}"),
+    };
+    let (mut extended, extended_task) = connect(&rig).await;
+    extended.open_extended("bob.ext", 1e12, 4).await.unwrap();
+    match next(&mut extended).await {
+        Event::ExtendedOpened { extranonce_size, .. } => assert_eq!(extranonce_size, 4),
+        other => panic!("{other:?}"),
+    }
+    for c in [&mut standard, &mut extended] {
+        assert!(matches!(next(c).await, Event::StandardJob { .. } | Event::ExtendedJob(_)));
+        assert!(matches!(next(c).await, Event::PrevHash { .. }));
+    }
+
+    // The new upstream: extranonce1 0xabcd, 2 bytes of extranonce2 left.
+    let job = Job::from_notify(2, &notify_params(), 2 + 4, 2).unwrap();
+    let up = UpstreamJob { job_id: "up-1".into(), target: Target::MAX, difficulty: job_difficulty(), generation: 2 };
+    rig.work.send(Some(Arc::new(Work::proxied(Arc::new(job), Arc::from(&[0xab, 0xcd][..]), up)))).unwrap();
+
+    let prefix = match next(&mut standard).await {
+        Event::ExtranoncePrefix { channel: ch, prefix } if ch == channel => prefix,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(prefix.len(), 2 + 4 + 2, "upstream's extranonce1, the miner's own 4 bytes, 2 zero bytes");
+    assert_eq!(&prefix[..2], &[0xab, 0xcd]);
+    let (job_id, version) = match next(&mut standard).await {
+        Event::StandardJob { job_id, version, merkle_root, .. } => {
+            let job = Job::from_notify(2, &notify_params(), 6, 2).unwrap();
+            assert_eq!(merkle_root, job.merkle_root(&prefix[..6], &prefix[6..]));
+            (job_id, version)
+        }
+        other => panic!("{other:?}"),
+    };
+    let ntime = match next(&mut standard).await {
+        Event::PrevHash { min_ntime, .. } => min_ntime,
+        other => panic!("{other:?}"),
+    };
+    // A block on the new job is built with the new size.
+    let nonce = solve(&prefix[..6], &prefix[6..], true);
+    standard.push_standard(channel, 1, job_id, nonce, ntime, version).unwrap();
+    standard.flush().await.unwrap();
+    let cand = tokio::time::timeout(Duration::from_secs(10), rig.blocks.recv()).await.expect("the block").unwrap();
+    assert_eq!((cand.en1.as_slice(), cand.en2.as_slice()), (&prefix[..6], &[0u8, 0][..]));
+
+    // The extended channel's connection is closed (its task ends).
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if extended.next_event().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the extended channel's connection is closed");
+    tokio::time::timeout(Duration::from_secs(10), extended_task).await.expect("its session ends").unwrap();
+}
+
+fn job_difficulty() -> crate::difficulty::Difficulty {
+    crate::difficulty::Difficulty::from_target(&Target::MAX)
+}

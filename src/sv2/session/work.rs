@@ -16,12 +16,18 @@ impl Sv2Session {
     ) {
         let base = self.ctx.work.borrow().clone();
         if let Some(base) = base {
-            self.send_work(id, &base, wr, fresh_id);
+            // A size change is met first by `on_work`, which ends the connection.
+            let _ = self.send_work(id, &base, wr, fresh_id);
         }
     }
 
     /// New work published: every channel gets it (after an idle channel's difficulty drop).
-    pub(super) fn on_work<W: AsyncWrite + Unpin>(&mut self, base: &Arc<Work>, wr: &mut FrameWriter<W>) {
+    /// Ends the connection when an extended channel cannot mine it (see `send_work`).
+    pub(super) fn on_work<W: AsyncWrite + Unpin>(
+        &mut self,
+        base: &Arc<Work>,
+        wr: &mut FrameWriter<W>,
+    ) -> Result<(), End> {
         let ids: Vec<u32> = self.channels.keys().copied().collect();
         let network = Some(base.network_diff);
         let now = self.now_us();
@@ -30,9 +36,10 @@ impl Sv2Session {
             if lowered {
                 self.retarget(id, wr);
             } else {
-                self.send_work(id, base, wr, false);
+                self.send_work(id, base, wr, false)?;
             }
         }
+        Ok(())
     }
 
     /// Sends `base` (in solo mode the channel's own coinbase of it) to channel `id`: a new block
@@ -43,22 +50,40 @@ impl Sv2Session {
         base: &Arc<Work>,
         wr: &mut FrameWriter<W>,
         fresh_id: bool,
-    ) {
-        let Some(ch) = self.channels.get_mut(&id) else { return };
-        if self.work_selection && ch.extended && ch.n2 != base.job.coinbase.nonce2_len {
+    ) -> Result<(), End> {
+        let Some(ch) = self.channels.get_mut(&id) else { return Ok(()) };
+        let n2 = base.job.coinbase.nonce2_len;
+        if self.work_selection && ch.extended && ch.n2 != n2 {
             // A job-declaring client's channel rolling more than the pool's jobs allow: it
             // mines its own jobs only (SetCustomMiningJob).
-            return;
+            return Ok(());
+        }
+        let mut resized = false;
+        if ch.n2 != n2 {
+            // Proxy mode: the new upstream leaves another extranonce2 size.
+            if ch.extended {
+                // An extended channel's rollable size is fixed when it opens (SetExtranoncePrefix
+                // cannot change it), and shares of the old size would all be refused: the
+                // miner reconnects and opens its channel with the new size.
+                return Err(End::Refuse(format!(
+                    "the upstream pool now leaves {n2} extranonce bytes to roll, channel {id} was opened with {}: closed so that the miner opens it again",
+                    ch.n2
+                )));
+            }
+            // A standard channel's rollable part is zeros at the end of its prefix: a new
+            // prefix of the new length.
+            ch.n2 = n2;
+            resized = true;
         }
         if let Some(custom) = &ch.custom {
             if custom.job.prev_hash == base.job.prev_hash {
                 // The miner mines its own job on this block (SetCustomMiningJob).
-                return;
+                return Ok(());
             }
             // A new block: the pool's work until the miner sets a job on it.
             ch.custom = None;
         }
-        if *base.en1_prefix != *ch.core.prefix() {
+        if resized || *base.en1_prefix != *ch.core.prefix() {
             // Proxy mode, a new upstream session: a new prefix, every job sent so far gone (the
             // next job comes with a SetNewPrevHash).
             ch.core.switch_prefix(&base.en1_prefix);
@@ -68,10 +93,10 @@ impl Sv2Session {
             if !ch.extended {
                 prefix.resize(prefix.len() + ch.n2, 0);
             }
-            let Ok(extranonce_prefix) = B032::new(&prefix[..]) else { return };
+            let Ok(extranonce_prefix) = B032::new(&prefix[..]) else { return Ok(()) };
             let m = SetExtranoncePrefix { channel_id: id, extranonce_prefix };
             if push(wr, AnyMessage::Mining(Mining::SetExtranoncePrefix(m))).is_err() {
-                return;
+                return Ok(());
             }
         }
         if let Some(allowed) = base.version_mask {
@@ -81,11 +106,11 @@ impl Sv2Session {
         let w = match (&self.ctx.params.solo, &ch.payout) {
             (Some(solo), Some(script)) => match solo.work_for(base, script) {
                 Some(w) => w,
-                None => return,
+                None => return Ok(()),
             },
             _ => base.clone(),
         };
-        let Issued::Job { local_id, .. } = ch.core.issue(&w, fresh_id) else { return };
+        let Issued::Job { local_id, .. } = ch.core.issue(&w, fresh_id) else { return Ok(()) };
         let job_id = ch.ids.assign(local_id);
         let job = &w.job;
         let new_block = ch.last_prev != Some(job.prev_hash);
@@ -118,7 +143,7 @@ impl Sv2Session {
             }))
         };
         if push(wr, msg).is_err() {
-            return;
+            return Ok(());
         }
         if new_block {
             ch.last_prev = Some(job.prev_hash);
@@ -134,5 +159,6 @@ impl Sv2Session {
             w.note_notified(ch.last_notify, std::time::Instant::now());
         }
         ch.last_notify = std::time::Instant::now();
+        Ok(())
     }
 }

@@ -375,26 +375,3 @@ proptest! {
         }
     }
 }
-
-/// Not a test: seals `SEAL_N` messages of `SEAL_LEN` bytes with ours (`SEAL_WITH=ours`) or
-/// noise_sv2's (`SEAL_WITH=sri`), for callgrind to count one seal as the slope between two `SEAL_N`
-/// (docs/performance.md).
-#[test]
-#[ignore]
-fn seal_count() {
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let n: usize = var("SEAL_N").parse().unwrap_or(1000);
-    let len: usize = var("SEAL_LEN").parse().unwrap_or(6);
-    let (mut sri, mut enc, _) = sri_initiator_with_ours(&authority());
-    let with_sri = var("SEAL_WITH") == "sri";
-    let mut buf = vec![0u8; len + MAC_LEN];
-    for _ in 0..n {
-        if with_sri {
-            buf.truncate(len);
-            sri.encrypt(&mut buf).unwrap();
-        } else {
-            enc.seal_in_place(&mut buf).unwrap();
-        }
-        std::hint::black_box(&mut buf);
-    }
-}

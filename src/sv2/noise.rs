@@ -31,6 +31,8 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use ring::hmac;
 use zeroize::Zeroize;
 
+use crate::hex;
+
 /// The AEAD tag after each sealed message.
 pub const MAC_LEN: usize = 16;
 /// An ElligatorSwift-encoded public key.
@@ -392,6 +394,36 @@ impl Certificate {
     }
 }
 
+/// The pool's authority key pair, its public half checked against its secret once: a listener
+/// builds it at start and hands it to the responder of every connection. Wiped when dropped.
+pub struct Authority(Keypair);
+
+impl Authority {
+    /// The key pair of `secret`, refused when `public` is not its x-only public key.
+    pub fn new(public: &[u8; 32], secret: &[u8; 32]) -> Result<Authority, NoiseError> {
+        let sk =
+            SecretKey::from_slice(secret).map_err(|_| NoiseError::AuthorityKey("not a valid secp256k1 secret key"))?;
+        let kp = Keypair::from_secret_key(&Secp256k1::signing_only(), &sk);
+        if kp.x_only_public_key().0.serialize() != *public {
+            return Err(NoiseError::AuthorityKey("the public key is not the secret key's"));
+        }
+        Ok(Authority(kp))
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.0.non_secure_erase();
+    }
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        write!(f, "Authority({})", hex::encode(&self.0.x_only_public_key().0.serialize()))
+    }
+}
+
 /// The pool's side: answers act 1 with act 2, certifying a static key made for this connection
 /// with the authority key.
 pub struct Responder {
@@ -421,24 +453,27 @@ impl Responder {
         Responder::with_random(public, secret, cert_validity, &mut system_random)
     }
 
+    /// A responder certifying with `authority`, checked once by the listener that holds it.
+    pub fn new(authority: &Authority, cert_validity: Duration) -> Result<Responder, NoiseError> {
+        Responder::with_authority(authority, cert_validity, &mut system_random)
+    }
+
     fn with_random(
         public: &[u8; 32],
         secret: &[u8; 32],
         cert_validity: Duration,
         fill: Fill,
     ) -> Result<Responder, NoiseError> {
+        Responder::with_authority(&Authority::new(public, secret)?, cert_validity, fill)
+    }
+
+    fn with_authority(authority: &Authority, cert_validity: Duration, fill: Fill) -> Result<Responder, NoiseError> {
         let secp = Secp256k1::new();
-        let sk =
-            SecretKey::from_slice(secret).map_err(|_| NoiseError::AuthorityKey("not a valid secp256k1 secret key"))?;
-        let authority = Keypair::from_secret_key(&secp, &sk);
-        if authority.x_only_public_key().0.serialize() != *public {
-            return Err(NoiseError::AuthorityKey("the public key is not the secret key's"));
-        }
         let e = even_keypair(&secp, fill)?;
         let s = even_keypair(&secp, fill)?;
         let secp = blinded(secp, fill)?;
         let cert_validity = u32::try_from(cert_validity.as_secs()).unwrap_or(u32::MAX);
-        Ok(Responder { secp, sym: SymmetricState::new(), e, s, authority, cert_validity })
+        Ok(Responder { secp, sym: SymmetricState::new(), e, s, authority: authority.0, cert_validity })
     }
 
     /// Reads act 1 and answers it: act 2 to send, and the session's halves.

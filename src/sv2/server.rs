@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::noise::Responder;
+use super::noise::{Authority, Responder};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -84,6 +84,11 @@ async fn accept_loop<F, Fut>(
     let mut conns = JoinSet::new();
     let label = listen.label;
     let local = format!("{local} ({label})");
+    // The authority key pair once for every handshake on this listener.
+    let authority = match Authority::new(listen.key.public(), listen.key.secret()) {
+        Ok(a) => Arc::new(a),
+        Err(e) => return tracing::error!("{local}: cannot certify Noise handshakes with the authority key: {e}"),
+    };
     // At the descriptor ceiling an SV2 peer is closed before the Noise handshake (no message
     // can reach it before one).
     while let Some((stream, peer, permit)) =
@@ -93,15 +98,15 @@ async fn accept_loop<F, Fut>(
         // Banned addresses and the per-address limit (serve::guard): closed before the Noise
         // handshake (no message can reach the peer before one).
         let Ok(admitted) = ctx.guard.admit(peer.ip(), &local) else { continue };
-        let (ctx, listen, face) = (ctx.clone(), listen.clone(), face.clone());
+        let (ctx, listen, face, authority) = (ctx.clone(), listen.clone(), face.clone(), authority.clone());
         conns.spawn(async move {
             let _permit = permit;
             let _admitted = admitted;
-            let key = &listen.key;
-            let responder = match Responder::from_authority_kp(key.public(), key.secret(), listen.cert_validity) {
+            let responder = match Responder::new(&authority, listen.cert_validity) {
                 Ok(r) => r,
-                Err(e) => return tracing::error!("{label}: cannot make a Noise responder from the authority key: {e}"),
+                Err(e) => return tracing::error!("{label}: cannot make a Noise responder: {e}"),
             };
+            drop(authority);
             let (rd, wr) = stream.into_split();
             // Boxed: the handshake's state is freed once done instead of sizing this task's
             // future for the connection's life (issue 31).
